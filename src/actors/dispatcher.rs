@@ -1,0 +1,430 @@
+//! One dispatcher actor per provider: a token-bucket rate limit, a concurrency cap, a circuit
+//! breaker, and the outcome of each send recorded through the message status machine —
+//! `sent`, a durable retry, or a fallback to the next provider of the channel.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use parking_lot::Mutex;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::oneshot;
+
+use crate::domain::message::{MessageRecord, StatusChange, StatusEvent};
+use crate::domain::retry::{RetryDecision, RetryPolicy};
+use crate::ports::{
+    Clock, DocumentStore, Provider, RetryEntry, RetrySchedule, SendOutcome, SendRequest, StoreError,
+};
+use crate::telemetry::Metrics;
+
+use super::supervision::contain_async;
+
+/// Above this many queued jobs, `Dispatch` answers only once the queue has room.
+const QUEUE_LIMIT: usize = 10_000;
+/// Consecutive retryable failures that open the circuit, and how long it stays open.
+const BREAKER_THRESHOLD: u32 = 5;
+const BREAKER_COOLDOWN: Duration = Duration::from_secs(5);
+
+/// Send attempt `attempt` of a message through this provider (or its fallbacks from
+/// `provider_index` on). Resolves once the dispatcher has accepted the job.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Dispatch {
+    pub record: MessageRecord,
+    pub attempt: u32,
+    pub provider_index: usize,
+}
+
+/// The channel's dispatchers in fallback order and this one's place in it (set once all
+/// are started).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetChain {
+    pub chain: Vec<Addr<Dispatcher>>,
+    pub index: usize,
+}
+
+/// Provider limits (`[[providers]]`).
+#[derive(Debug, Clone)]
+pub struct DispatcherSettings {
+    pub rate_per_sec: u32,
+    pub timeout: Duration,
+    pub max_concurrency: usize,
+    pub retry: RetryPolicy,
+    pub callback_base_url: String,
+}
+
+/// What a dispatcher needs besides its provider.
+#[derive(Clone)]
+pub struct DispatcherPorts {
+    pub docs: Arc<dyn DocumentStore>,
+    pub retries: Arc<dyn RetrySchedule>,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Arc<Metrics>,
+}
+
+struct Breaker {
+    consecutive_failures: u32,
+    open_until: Option<Instant>,
+}
+
+impl Breaker {
+    fn is_open(&self, now: Instant) -> bool {
+        self.open_until.is_some_and(|t| now < t)
+    }
+}
+
+pub struct Dispatcher {
+    provider: Arc<dyn Provider>,
+    settings: DispatcherSettings,
+    ports: DispatcherPorts,
+    chain: Vec<Addr<Dispatcher>>,
+    index: usize,
+    queue: VecDeque<Dispatch>,
+    waiting: Vec<oneshot::Sender<()>>,
+    in_flight: usize,
+    tokens: f64,
+    refilled: Instant,
+    breaker: Breaker,
+    pump_scheduled: bool,
+    rng: Arc<Mutex<SmallRng>>,
+}
+
+impl Dispatcher {
+    pub fn new(
+        provider: Arc<dyn Provider>,
+        settings: DispatcherSettings,
+        ports: DispatcherPorts,
+        seed: u64,
+    ) -> Self {
+        Dispatcher {
+            provider,
+            tokens: settings.rate_per_sec.max(1) as f64,
+            settings,
+            ports,
+            chain: Vec::new(),
+            index: 0,
+            queue: VecDeque::new(),
+            waiting: Vec::new(),
+            in_flight: 0,
+            refilled: Instant::now(),
+            breaker: Breaker {
+                consecutive_failures: 0,
+                open_until: None,
+            },
+            pump_scheduled: false,
+            rng: Arc::new(Mutex::new(SmallRng::seed_from_u64(seed))),
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let rate = self.settings.rate_per_sec.max(1) as f64;
+        let elapsed = now.duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(rate.max(1.0));
+        self.refilled = now;
+    }
+
+    fn schedule_pump(&mut self, ctx: &mut Context<Self>, after: Duration) {
+        if !self.pump_scheduled {
+            self.pump_scheduled = true;
+            ctx.run_later(after, |act, ctx| {
+                act.pump_scheduled = false;
+                act.pump(ctx);
+            });
+        }
+    }
+
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        if self.breaker.is_open(now) {
+            // Open circuit: hand the queue to the fallback if there is one, else wait.
+            if let Some(next) = self.fallback_of(self.index) {
+                while let Some(job) = self.queue.pop_front() {
+                    next.do_send(Dispatch {
+                        provider_index: job.provider_index + 1,
+                        ..job
+                    });
+                }
+            } else {
+                let wait = self
+                    .breaker
+                    .open_until
+                    .map_or(BREAKER_COOLDOWN, |t| t - now);
+                self.schedule_pump(ctx, wait);
+            }
+            self.release_waiters();
+            return;
+        }
+        self.refill(now);
+        while self.in_flight < self.settings.max_concurrency && !self.queue.is_empty() {
+            if self.tokens < 1.0 {
+                let rate = self.settings.rate_per_sec.max(1) as f64;
+                let wait = Duration::from_secs_f64((1.0 - self.tokens) / rate);
+                self.schedule_pump(ctx, wait.max(Duration::from_millis(1)));
+                break;
+            }
+            self.tokens -= 1.0;
+            let job = self.queue.pop_front().expect("queue is not empty");
+            self.start_send(job, ctx);
+        }
+        self.release_waiters();
+    }
+
+    fn release_waiters(&mut self) {
+        if self.queue.len() < QUEUE_LIMIT / 2 {
+            for w in self.waiting.drain(..) {
+                let _ = w.send(());
+            }
+        }
+    }
+
+    fn fallback_of(&self, index: usize) -> Option<Addr<Dispatcher>> {
+        self.chain.get(index + 1).cloned()
+    }
+
+    fn start_send(&mut self, job: Dispatch, ctx: &mut Context<Self>) {
+        self.in_flight += 1;
+        let Some(to) = job.record.to.clone() else {
+            // Cannot happen for a queued message (no address means skipped), but never panic.
+            self.in_flight -= 1;
+            return;
+        };
+        let request = SendRequest {
+            message_id: job.record.id.clone(),
+            attempt: job.attempt,
+            to,
+            body: job.record.body.clone(),
+            channel: job.record.channel,
+            callback_url: format!(
+                "{}/{}",
+                self.settings.callback_base_url,
+                self.provider.name()
+            ),
+        };
+        let send = self.provider.send(request);
+        let timeout = self.settings.timeout;
+        let fut = async move {
+            match tokio::time::timeout(timeout, contain_async(send)).await {
+                Ok(Ok(outcome)) => outcome,
+                Ok(Err(panic)) => SendOutcome::Retryable {
+                    retry_after_ms: None,
+                    detail: format!("provider adapter panicked: {panic}"),
+                },
+                Err(_) => SendOutcome::Retryable {
+                    retry_after_ms: None,
+                    detail: format!("timed out after {} ms", timeout.as_millis()),
+                },
+            }
+        };
+        ctx.spawn(fut.into_actor(self).map(move |outcome, act, ctx| {
+            act.in_flight -= 1;
+            act.on_outcome(job, outcome, ctx);
+            act.pump(ctx);
+        }));
+    }
+
+    fn on_outcome(&mut self, job: Dispatch, outcome: SendOutcome, ctx: &mut Context<Self>) {
+        let name = self.provider.name().to_string();
+        let metrics = self.ports.metrics.clone();
+        match outcome {
+            SendOutcome::Accepted {
+                provider_message_id,
+            } => {
+                metrics.dispatch_outcome(&name, "sent");
+                self.breaker.consecutive_failures = 0;
+                self.breaker.open_until = None;
+                let change = StatusChange {
+                    event: StatusEvent::Sent,
+                    at: self.ports.clock.now_ms(),
+                    provider: Some(name),
+                    detail: None,
+                    provider_message_id: Some(provider_message_id),
+                    attempt: Some(job.attempt),
+                    expect_provider_message_id: None,
+                };
+                let docs = self.ports.docs.clone();
+                let id = job.record.id.clone();
+                ctx.spawn(
+                    async move {
+                        write_with_retry(|| docs.transition(id.clone(), change.clone())).await
+                    }
+                    .into_actor(self)
+                    .map(|_, _, _| ()),
+                );
+            }
+            SendOutcome::Retryable {
+                retry_after_ms,
+                detail,
+            } => {
+                metrics.dispatch_outcome(&name, "retryable");
+                self.breaker.consecutive_failures += 1;
+                if self.breaker.consecutive_failures >= BREAKER_THRESHOLD {
+                    tracing::warn!(provider = %name, "circuit opened after repeated failures");
+                    self.breaker.open_until = Some(Instant::now() + BREAKER_COOLDOWN);
+                    self.breaker.consecutive_failures = 0;
+                }
+                let detail = format!("{name}: {detail}");
+                let fut = schedule_retry(
+                    self.ports.clone(),
+                    self.settings.retry,
+                    self.rng.clone(),
+                    job.record.id.clone(),
+                    job.attempt,
+                    retry_after_ms.unwrap_or(0),
+                    Some(name),
+                    detail,
+                    None,
+                );
+                ctx.spawn(fut.into_actor(self).map(|_, _, _| ()));
+            }
+            SendOutcome::Rejected { detail } => {
+                metrics.dispatch_outcome(&name, "rejected");
+                let detail = format!("{name} rejected: {detail}");
+                if let Some(next) = self.chain.get(job.provider_index + 1).cloned() {
+                    // Ordered fallback: record why, then try the next provider (a new attempt).
+                    let change = StatusChange {
+                        event: StatusEvent::Retrying,
+                        at: self.ports.clock.now_ms(),
+                        provider: Some(name),
+                        detail: Some(format!("{detail}; falling back")),
+                        provider_message_id: None,
+                        attempt: Some(job.attempt),
+                        expect_provider_message_id: None,
+                    };
+                    let docs = self.ports.docs.clone();
+                    let id = job.record.id.clone();
+                    let fut = async move {
+                        write_with_retry(|| docs.transition(id.clone(), change.clone())).await;
+                    };
+                    ctx.spawn(fut.into_actor(self).map(move |_, _, _| {
+                        next.do_send(Dispatch {
+                            attempt: job.attempt + 1,
+                            provider_index: job.provider_index + 1,
+                            record: job.record,
+                        });
+                    }));
+                } else {
+                    let change = StatusChange {
+                        event: StatusEvent::Failed,
+                        at: self.ports.clock.now_ms(),
+                        provider: Some(name),
+                        detail: Some(detail),
+                        provider_message_id: None,
+                        attempt: Some(job.attempt),
+                        expect_provider_message_id: None,
+                    };
+                    let docs = self.ports.docs.clone();
+                    let id = job.record.id.clone();
+                    ctx.spawn(
+                        async move {
+                            write_with_retry(|| docs.transition(id.clone(), change.clone())).await
+                        }
+                        .into_actor(self)
+                        .map(|_, _, _| ()),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// After attempt `attempt` failed retryably: schedule the next one durably and mark the
+/// message `retrying`, or mark it `failed` when attempts are exhausted. Shared by the
+/// dispatchers and the callback handler.
+#[allow(clippy::too_many_arguments)]
+pub async fn schedule_retry(
+    ports: DispatcherPorts,
+    policy: RetryPolicy,
+    rng: Arc<Mutex<SmallRng>>,
+    message_id: String,
+    attempt: u32,
+    min_delay_ms: u64,
+    provider: Option<String>,
+    detail: String,
+    expect_provider_message_id: Option<String>,
+) -> Result<(), StoreError> {
+    let unit: f64 = rng.lock().gen();
+    let now = ports.clock.now_ms();
+    let (event, detail) = match policy.decide(attempt, unit, min_delay_ms) {
+        RetryDecision::RetryAfter {
+            attempt: next,
+            delay_ms,
+        } => {
+            // The schedule first: if we crash before the status write, the retry still fires
+            // (it only fires for messages that are not terminal).
+            let entry = RetryEntry {
+                message_id: message_id.clone(),
+                attempt: next,
+                due_ms: now + delay_ms as i64,
+            };
+            write_with_retry(|| ports.retries.schedule(entry.clone())).await;
+            ports.metrics.retries_scheduled.inc();
+            (StatusEvent::Retrying, detail)
+        }
+        RetryDecision::GiveUp => (
+            StatusEvent::Failed,
+            format!("{detail} (gave up after {attempt} attempts)"),
+        ),
+    };
+    let change = StatusChange {
+        event,
+        at: now,
+        provider,
+        detail: Some(detail),
+        provider_message_id: None,
+        attempt: Some(attempt),
+        expect_provider_message_id,
+    };
+    write_with_retry(|| ports.docs.transition(message_id.clone(), change.clone())).await;
+    Ok(())
+}
+
+/// Retries a store write with backoff until it succeeds (the store being down pauses this
+/// message's progress; nothing is dropped).
+pub async fn write_with_retry<T, F>(mut write: impl FnMut() -> F) -> T
+where
+    F: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut delay = Duration::from_millis(10);
+    loop {
+        match contain_async(write()).await {
+            Ok(Ok(v)) => return v,
+            Ok(Err(e)) => tracing::warn!(error = %e, "message store write failed; retrying"),
+            Err(panic) => tracing::error!(panic, "message store write panicked; retrying"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+impl Actor for Dispatcher {
+    type Context = Context<Self>;
+}
+
+impl Handler<SetChain> for Dispatcher {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetChain, _ctx: &mut Context<Self>) {
+        self.chain = msg.chain;
+        self.index = msg.index;
+    }
+}
+
+impl Handler<Dispatch> for Dispatcher {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, msg: Dispatch, ctx: &mut Context<Self>) -> ResponseFuture<()> {
+        self.queue.push_back(msg);
+        self.pump(ctx);
+        if self.queue.len() < QUEUE_LIMIT {
+            return Box::pin(async {});
+        }
+        let (tx, rx) = oneshot::channel();
+        self.waiting.push(tx);
+        Box::pin(async move {
+            let _ = rx.await;
+        })
+    }
+}

@@ -1,0 +1,202 @@
+//! The actor system: supervision, mailboxes, batching, commit tracking, backpressure.
+//! One actor per file, its messages beside it. [`Pipeline`] wires the tree of DESIGN.md.
+
+pub mod aggregator;
+pub mod batcher;
+pub mod callback_handler;
+pub mod context;
+pub mod dispatcher;
+pub mod partition;
+pub mod retry;
+pub mod root;
+pub mod source_supervisor;
+pub mod supervision;
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use actix::prelude::*;
+use tokio::sync::watch;
+
+use crate::domain::campaign::{Campaign, Channel};
+use crate::ports::{CallbackSink, Provider};
+
+use batcher::{Batcher, FlushNow};
+use callback_handler::CallbackHandler;
+use context::{Ports, Settings, Shared};
+use dispatcher::{Dispatcher, DispatcherPorts, DispatcherSettings, SetChain};
+use retry::{RetryActor, Wake};
+use root::{Attach, RootSupervisor, Shutdown};
+use source_supervisor::{Running, SourceSupervisor};
+
+/// A provider with its place in its channel's fallback order.
+pub struct ProviderSpec {
+    pub provider: Arc<dyn Provider>,
+    pub channel: Channel,
+    pub priority: u32,
+    pub rate_per_sec: u32,
+    pub timeout: Duration,
+    pub max_concurrency: usize,
+}
+
+/// Everything a pipeline is built from.
+pub struct PipelineSpec {
+    pub settings: Settings,
+    pub campaigns: Vec<Campaign>,
+    pub providers: Vec<ProviderSpec>,
+    pub workers: usize,
+    pub batch_shards: usize,
+    pub seed: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("{0}")]
+    Failed(String),
+    #[error("shutdown did not finish within {0:?}")]
+    ShutdownTimeout(Duration),
+}
+
+/// A running pipeline. Start it inside an actix `System`.
+pub struct Pipeline {
+    root: Addr<RootSupervisor>,
+    source: Addr<SourceSupervisor>,
+    retry: Addr<RetryActor>,
+    shared: Arc<Shared>,
+    callbacks: Arc<CallbackHandler>,
+    arbiters: Vec<Arbiter>,
+    failure: watch::Receiver<Option<String>>,
+}
+
+impl Pipeline {
+    pub fn start(spec: PipelineSpec, ports: Ports) -> Pipeline {
+        let workers = spec.workers.max(1);
+        let arbiters: Vec<Arbiter> = (0..workers).map(|_| Arbiter::new()).collect();
+        let handles: Vec<ArbiterHandle> = arbiters.iter().map(|a| a.handle()).collect();
+
+        let dispatcher_ports = DispatcherPorts {
+            docs: ports.docs.clone(),
+            retries: ports.retries.clone(),
+            clock: ports.clock.clone(),
+            metrics: ports.metrics.clone(),
+        };
+        let mut providers = spec.providers;
+        providers.sort_by_key(|p| p.priority);
+        let mut by_channel: Vec<(Channel, Vec<Addr<Dispatcher>>)> = Vec::new();
+        for (i, p) in providers.into_iter().enumerate() {
+            let settings = DispatcherSettings {
+                rate_per_sec: p.rate_per_sec,
+                timeout: p.timeout,
+                max_concurrency: p.max_concurrency,
+                retry: spec.settings.retry,
+                callback_base_url: spec.settings.callback_base_url.clone(),
+            };
+            let addr = Dispatcher::new(
+                p.provider,
+                settings,
+                dispatcher_ports.clone(),
+                spec.seed ^ (i as u64 + 1),
+            )
+            .start();
+            match by_channel.iter_mut().find(|(c, _)| *c == p.channel) {
+                Some((_, v)) => v.push(addr),
+                None => by_channel.push((p.channel, vec![addr])),
+            }
+        }
+        for (_, chain) in &by_channel {
+            for (index, d) in chain.iter().enumerate() {
+                d.do_send(SetChain {
+                    chain: chain.clone(),
+                    index,
+                });
+            }
+        }
+
+        let batchers_cell: Arc<OnceLock<Vec<Addr<Batcher>>>> = Arc::new(OnceLock::new());
+        let shared = Arc::new(Shared {
+            settings: spec.settings.clone(),
+            ports: ports.clone(),
+            campaigns: spec.campaigns,
+            batchers: batchers_cell,
+            dispatchers: by_channel,
+        });
+        let batchers: Vec<Addr<Batcher>> = (0..spec.batch_shards.max(1))
+            .map(|i| {
+                let s = shared.clone();
+                Batcher::start_in_arbiter(&handles[i % handles.len()], move |_| Batcher::new(i, s))
+            })
+            .collect();
+        let _ = shared.batchers.set(batchers);
+
+        let callbacks =
+            CallbackHandler::new(dispatcher_ports, spec.settings.retry, spec.seed ^ 0xca11);
+        let retry = RetryActor::new(shared.clone()).start();
+        let (failure_tx, failure) = watch::channel(None);
+        let root = RootSupervisor::new(failure_tx).start();
+        let source = SourceSupervisor::new(shared.clone(), handles, root.clone()).start();
+        root.do_send(Attach(source.clone()));
+        Pipeline {
+            root,
+            source,
+            retry,
+            shared,
+            callbacks,
+            arbiters,
+            failure,
+        }
+    }
+
+    /// The callback entry point (the webhook receiver and in-process providers use it).
+    pub fn callbacks(&self) -> Arc<dyn CallbackSink> {
+        self.callbacks.clone()
+    }
+
+    pub async fn running_partitions(&self) -> Vec<u32> {
+        self.source.send(Running).await.unwrap_or_default()
+    }
+
+    /// Asks the retry actor to sweep now.
+    pub fn wake_retries(&self) {
+        self.retry.do_send(Wake);
+    }
+
+    /// Asks every batcher to flush what it holds now.
+    pub fn flush_now(&self) {
+        for b in self.shared.batchers.get().into_iter().flatten() {
+            b.do_send(FlushNow);
+        }
+    }
+
+    /// Resolves with the reason when a failure escalated to the root.
+    pub async fn failed(&self) -> String {
+        let mut rx = self.failure.clone();
+        loop {
+            if let Some(reason) = rx.borrow().clone() {
+                return reason;
+            }
+            if rx.changed().await.is_err() {
+                futures::future::pending::<()>().await;
+            }
+        }
+    }
+
+    pub fn failure(&self) -> Option<String> {
+        self.failure.borrow().clone()
+    }
+
+    /// G6: stop consuming, let in-flight records become durable, commit, stop the workers.
+    pub async fn shutdown(self) -> Result<(), PipelineError> {
+        let timeout = self.shared.settings.shutdown_timeout;
+        let drained = tokio::time::timeout(timeout, self.root.send(Shutdown)).await;
+        for a in &self.arbiters {
+            a.stop();
+        }
+        if let Some(reason) = self.failure.borrow().clone() {
+            return Err(PipelineError::Failed(reason));
+        }
+        match drained {
+            Ok(_) => Ok(()),
+            Err(_) => Err(PipelineError::ShutdownTimeout(timeout)),
+        }
+    }
+}

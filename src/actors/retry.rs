@@ -1,0 +1,138 @@
+//! The retry actor: sweeps the durable due-time index every `retry.sweep_ms` (and whenever it
+//! is woken early), claims what is due — atomically, so several instances fire each retry
+//! once — and dispatches it again. On start it re-dispatches messages left `queued`.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+
+use crate::domain::message::MessageStatus;
+
+use super::context::Shared;
+use super::dispatcher::Dispatch;
+
+const CLAIM_BATCH: usize = 256;
+
+/// Sweep now (a key-expiry notification arrived, or a test wants it).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Wake;
+
+pub struct RetryActor {
+    shared: Arc<Shared>,
+    sweeping: bool,
+}
+
+impl RetryActor {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        RetryActor {
+            shared,
+            sweeping: false,
+        }
+    }
+
+    fn sweep(&mut self, ctx: &mut Context<Self>) {
+        if self.sweeping {
+            return;
+        }
+        self.sweeping = true;
+        let shared = self.shared.clone();
+        let fut = async move {
+            let ports = &shared.ports;
+            loop {
+                let now = ports.clock.now_ms();
+                let due = match ports.retries.claim_due(now, CLAIM_BATCH).await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "retry sweep failed; next sweep retries");
+                        return;
+                    }
+                };
+                let n = due.len();
+                for entry in due {
+                    let record = match ports.docs.get_message(entry.message_id.clone()).await {
+                        Ok(Some(r)) => r,
+                        Ok(None) => continue,
+                        Err(e) => {
+                            // Put it back so it is not lost.
+                            tracing::warn!(error = %e, id = entry.message_id, "retry load failed; rescheduling");
+                            let _ = ports.retries.schedule(entry).await;
+                            continue;
+                        }
+                    };
+                    if !matches!(
+                        record.status,
+                        MessageStatus::Queued | MessageStatus::Retrying
+                    ) {
+                        continue;
+                    }
+                    let Some(first) = shared.dispatchers_for(record.channel).first().cloned()
+                    else {
+                        continue;
+                    };
+                    ports.metrics.retries_fired.inc();
+                    let _ = first
+                        .send(Dispatch {
+                            attempt: entry.attempt,
+                            record,
+                            provider_index: 0,
+                        })
+                        .await;
+                }
+                if n < CLAIM_BATCH {
+                    return;
+                }
+            }
+        };
+        ctx.spawn(fut.into_actor(self).map(|(), act, _| act.sweeping = false));
+    }
+
+    /// Messages still `queued` after a restart were never handed to a provider (or the
+    /// outcome was lost): dispatch them again with the same attempt number, so the
+    /// `Idempotency-Key` covers a send whose outcome is unknown.
+    fn recover_queued(&mut self, ctx: &mut Context<Self>) {
+        let shared = self.shared.clone();
+        let fut = async move {
+            let queued = match shared.ports.docs.queued_messages(100_000).await {
+                Ok(q) => q,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not list queued messages at start");
+                    return;
+                }
+            };
+            if !queued.is_empty() {
+                tracing::info!(count = queued.len(), "re-dispatching queued messages");
+            }
+            for record in queued {
+                if let Some(first) = shared.dispatchers_for(record.channel).first().cloned() {
+                    let _ = first
+                        .send(Dispatch {
+                            attempt: record.attempts + 1,
+                            record,
+                            provider_index: 0,
+                        })
+                        .await;
+                }
+            }
+        };
+        ctx.spawn(fut.into_actor(self));
+    }
+}
+
+impl Actor for RetryActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.recover_queued(ctx);
+        let every = self.shared.settings.retry_sweep;
+        ctx.run_interval(every, |act, ctx| act.sweep(ctx));
+    }
+}
+
+impl Handler<Wake> for RetryActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Wake, ctx: &mut Context<Self>) {
+        self.sweep(ctx);
+    }
+}

@@ -1,0 +1,165 @@
+//! In-memory document store: the `users` and `messages` collections.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use futures::FutureExt;
+use parking_lot::Mutex;
+
+use crate::domain::message::{ApplyResult, MessageRecord, MessageStatus, StatusChange};
+use crate::domain::user::{UserProfile, UserState};
+use crate::ports::{BoxFut, DocumentStore, StoreError, TransitionResult};
+
+use super::memory_state::shard_of;
+
+const SHARDS: usize = 64;
+
+type UserShard = Mutex<HashMap<String, (Arc<UserState>, i64), ahash::RandomState>>;
+
+pub struct MemoryDocumentStore {
+    users: Vec<UserShard>,
+    messages: Mutex<HashMap<String, MessageRecord>>,
+    early_callbacks: Mutex<HashMap<String, Vec<StatusChange>>>,
+}
+
+impl Default for MemoryDocumentStore {
+    fn default() -> Self {
+        MemoryDocumentStore {
+            users: (0..SHARDS)
+                .map(|_| Mutex::new(HashMap::default()))
+                .collect(),
+            messages: Mutex::new(HashMap::new()),
+            early_callbacks: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl MemoryDocumentStore {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Every user document's aggregated profile, by user id.
+    pub fn users(&self) -> BTreeMap<String, UserProfile> {
+        let mut out = BTreeMap::new();
+        for shard in &self.users {
+            for (id, (state, _)) in shard.lock().iter() {
+                out.insert(id.clone(), state.profile.clone());
+            }
+        }
+        out
+    }
+
+    pub fn user_count(&self) -> usize {
+        self.users.iter().map(|s| s.lock().len()).sum()
+    }
+
+    pub fn messages(&self) -> Vec<MessageRecord> {
+        self.messages.lock().values().cloned().collect()
+    }
+
+    pub fn message(&self, id: &str) -> Option<MessageRecord> {
+        self.messages.lock().get(id).cloned()
+    }
+
+    pub fn status_counts(&self) -> BTreeMap<&'static str, usize> {
+        let mut out = BTreeMap::new();
+        for m in self.messages.lock().values() {
+            *out.entry(m.status.as_str()).or_insert(0) += 1;
+        }
+        out
+    }
+
+    /// Messages not yet in a terminal status.
+    pub fn unfinished(&self) -> usize {
+        self.messages
+            .lock()
+            .values()
+            .filter(|m| !m.status.is_terminal())
+            .count()
+    }
+}
+
+impl DocumentStore for MemoryDocumentStore {
+    fn upsert_users(
+        &self,
+        users: Vec<Arc<UserState>>,
+        now_ms: i64,
+    ) -> BoxFut<Result<(), StoreError>> {
+        for u in users {
+            self.users[shard_of(&u.user_id, SHARDS)]
+                .lock()
+                .insert(u.user_id.clone(), (u, now_ms));
+        }
+        async { Ok(()) }.boxed()
+    }
+
+    fn insert_messages(&self, messages: Vec<MessageRecord>) -> BoxFut<Result<(), StoreError>> {
+        let mut store = self.messages.lock();
+        let mut early = self.early_callbacks.lock();
+        for m in messages {
+            let id = m.id.clone();
+            let entry = store.entry(id.clone()).or_insert(m);
+            if let Some(changes) = early.remove(&id) {
+                for c in &changes {
+                    entry.apply(c);
+                }
+            }
+        }
+        async { Ok(()) }.boxed()
+    }
+
+    fn transition(
+        &self,
+        id: String,
+        change: StatusChange,
+    ) -> BoxFut<Result<TransitionResult, StoreError>> {
+        let result = match self.messages.lock().get_mut(&id) {
+            None => TransitionResult::NotFound,
+            Some(m) => match m.apply(&change) {
+                ApplyResult::Applied => TransitionResult::Applied(m.clone()),
+                ApplyResult::Ignored => TransitionResult::Ignored(m.status),
+                ApplyResult::NotReady => TransitionResult::NotReady,
+            },
+        };
+        async move { Ok(result) }.boxed()
+    }
+
+    fn record_early_callback(
+        &self,
+        id: String,
+        change: StatusChange,
+    ) -> BoxFut<Result<(), StoreError>> {
+        // The message may have been inserted meanwhile: apply directly in that case.
+        let mut store = self.messages.lock();
+        match store.get_mut(&id) {
+            Some(m) => {
+                m.apply(&change);
+            }
+            None => self
+                .early_callbacks
+                .lock()
+                .entry(id)
+                .or_default()
+                .push(change),
+        }
+        async { Ok(()) }.boxed()
+    }
+
+    fn get_message(&self, id: String) -> BoxFut<Result<Option<MessageRecord>, StoreError>> {
+        let m = self.messages.lock().get(&id).cloned();
+        async move { Ok(m) }.boxed()
+    }
+
+    fn queued_messages(&self, limit: usize) -> BoxFut<Result<Vec<MessageRecord>, StoreError>> {
+        let v: Vec<MessageRecord> = self
+            .messages
+            .lock()
+            .values()
+            .filter(|m| m.status == MessageStatus::Queued)
+            .take(limit)
+            .cloned()
+            .collect();
+        async move { Ok(v) }.boxed()
+    }
+}

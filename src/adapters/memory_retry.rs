@@ -1,0 +1,71 @@
+//! In-memory retry schedule: a due-time index, claimed atomically under one lock.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use futures::FutureExt;
+use parking_lot::Mutex;
+
+use crate::ports::{BoxFut, RetryEntry, RetrySchedule, StoreError};
+
+#[derive(Default)]
+struct Inner {
+    by_due: BTreeSet<(i64, String)>,
+    entries: HashMap<String, RetryEntry>,
+}
+
+#[derive(Default)]
+pub struct MemoryRetrySchedule {
+    inner: Mutex<Inner>,
+}
+
+impl MemoryRetrySchedule {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+}
+
+impl RetrySchedule for MemoryRetrySchedule {
+    fn schedule(&self, entry: RetryEntry) -> BoxFut<Result<(), StoreError>> {
+        let mut inner = self.inner.lock();
+        if let Some(old) = inner.entries.remove(&entry.message_id) {
+            inner.by_due.remove(&(old.due_ms, old.message_id));
+        }
+        inner
+            .by_due
+            .insert((entry.due_ms, entry.message_id.clone()));
+        inner.entries.insert(entry.message_id.clone(), entry);
+        async { Ok(()) }.boxed()
+    }
+
+    fn claim_due(&self, now_ms: i64, limit: usize) -> BoxFut<Result<Vec<RetryEntry>, StoreError>> {
+        let mut inner = self.inner.lock();
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let Some((due, _)) = inner.by_due.first() else {
+                break;
+            };
+            if *due > now_ms {
+                break;
+            }
+            let (_, id) = inner.by_due.pop_first().expect("first() was Some");
+            if let Some(e) = inner.entries.remove(&id) {
+                out.push(e);
+            }
+        }
+        async move { Ok(out) }.boxed()
+    }
+
+    fn cancel(&self, message_id: String) -> BoxFut<Result<(), StoreError>> {
+        let mut inner = self.inner.lock();
+        if let Some(old) = inner.entries.remove(&message_id) {
+            inner.by_due.remove(&(old.due_ms, old.message_id));
+        }
+        async { Ok(()) }.boxed()
+    }
+
+    fn len(&self) -> BoxFut<Result<usize, StoreError>> {
+        let n = self.inner.lock().entries.len();
+        async move { Ok(n) }.boxed()
+    }
+}

@@ -1,0 +1,7 @@
+//! Adapters: implementations of the ports. Nothing here decides a business outcome.
+
+pub mod embedded_source;
+pub mod memory_docs;
+pub mod memory_retry;
+pub mod memory_state;
+pub mod sim_provider;

@@ -1,0 +1,466 @@
+//! Decoding and validating Segment-shaped input messages (CONTRACT §2).
+//!
+//! The fast path deserialises straight into borrowed fields; only when serde reports a
+//! type error do we re-parse as a generic JSON value to name the offending field, so
+//! valid traffic pays nothing for precise error messages.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+/// Maximum length of `messageId` and `userId`, in characters.
+pub const MAX_ID_CHARS: usize = 128;
+/// Maximum length of a track event name, in characters.
+pub const MAX_EVENT_NAME_CHARS: usize = 64;
+
+/// A validated input message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub message_id: String,
+    pub user_id: String,
+    /// Event time, milliseconds since the Unix epoch (BSON dates have millisecond precision).
+    pub timestamp_ms: i64,
+    pub kind: EventKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventKind {
+    Identify {
+        /// `Some(v)` sets the trait, `None` (JSON null) removes it.
+        traits: Vec<(String, Option<Value>)>,
+        tags_add: Vec<String>,
+        tags_remove: Vec<String>,
+    },
+    Track {
+        event: String,
+    },
+}
+
+/// Why a message was rejected; the `code` is the `reason` label of
+/// `herald_events_invalid_total` and the prefix of the dead letter's `herald-error` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    TooLarge,
+    NotUtf8,
+    NotJson,
+    NotObject,
+    MissingField,
+    BadField,
+    UnknownType,
+    BadTimestamp,
+    BadEventName,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 9] = [
+        RejectReason::TooLarge,
+        RejectReason::NotUtf8,
+        RejectReason::NotJson,
+        RejectReason::NotObject,
+        RejectReason::MissingField,
+        RejectReason::BadField,
+        RejectReason::UnknownType,
+        RejectReason::BadTimestamp,
+        RejectReason::BadEventName,
+    ];
+
+    pub fn code(self) -> &'static str {
+        match self {
+            RejectReason::TooLarge => "too_large",
+            RejectReason::NotUtf8 => "not_utf8",
+            RejectReason::NotJson => "not_json",
+            RejectReason::NotObject => "not_object",
+            RejectReason::MissingField => "missing_field",
+            RejectReason::BadField => "bad_field",
+            RejectReason::UnknownType => "unknown_type",
+            RejectReason::BadTimestamp => "bad_timestamp",
+            RejectReason::BadEventName => "bad_event_name",
+        }
+    }
+}
+
+/// A rejected message: the reason and a human-readable detail.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {detail}", reason.code())]
+pub struct Rejection {
+    pub reason: RejectReason,
+    pub detail: String,
+}
+
+impl Rejection {
+    fn new(reason: RejectReason, detail: impl Into<String>) -> Self {
+        Rejection {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawTags<'a> {
+    #[serde(default, borrow)]
+    add: Option<Vec<Cow<'a, str>>>,
+    #[serde(default, borrow)]
+    remove: Option<Vec<Cow<'a, str>>>,
+}
+
+#[derive(Deserialize)]
+struct RawEvent<'a> {
+    #[serde(rename = "messageId", default, borrow)]
+    message_id: Option<Cow<'a, str>>,
+    #[serde(rename = "type", default, borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(rename = "userId", default, borrow)]
+    user_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    timestamp: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    event: Option<Cow<'a, str>>,
+    #[serde(default)]
+    traits: Option<Map<String, Value>>,
+    #[serde(default, borrow)]
+    tags: Option<RawTags<'a>>,
+    #[serde(default)]
+    properties: Option<Map<String, Value>>,
+}
+
+/// Decodes one raw message. `max_bytes` is `limits.max_message_bytes`.
+pub fn decode(bytes: &[u8], max_bytes: usize) -> Result<Event, Rejection> {
+    if bytes.len() > max_bytes {
+        return Err(Rejection::new(
+            RejectReason::TooLarge,
+            format!("message is {} bytes, limit is {max_bytes}", bytes.len()),
+        ));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        Rejection::new(
+            RejectReason::NotUtf8,
+            format!("invalid UTF-8 at byte {}", e.valid_up_to()),
+        )
+    })?;
+    match serde_json::from_str::<RawEvent<'_>>(text) {
+        Ok(raw) => validate(raw),
+        Err(err) => Err(classify_serde_error(text, &err)),
+    }
+}
+
+fn classify_serde_error(text: &str, err: &serde_json::Error) -> Rejection {
+    use serde_json::error::Category;
+    match err.classify() {
+        Category::Syntax | Category::Eof | Category::Io => {
+            Rejection::new(RejectReason::NotJson, err.to_string())
+        }
+        Category::Data => match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(map)) => Rejection::new(RejectReason::BadField, name_bad_field(&map)),
+            Ok(other) => Rejection::new(
+                RejectReason::NotObject,
+                format!("expected a JSON object, got {}", json_type(&other)),
+            ),
+            Err(e) => Rejection::new(RejectReason::NotJson, e.to_string()),
+        },
+    }
+}
+
+/// Finds which known field has the wrong JSON type (slow path, invalid messages only).
+fn name_bad_field(map: &Map<String, Value>) -> String {
+    let expect_string = ["messageId", "type", "userId", "timestamp", "event"];
+    for field in expect_string {
+        if let Some(v) = map.get(field) {
+            if !v.is_string() && !v.is_null() {
+                return format!("`{field}` must be a string, got {}", json_type(v));
+            }
+        }
+    }
+    for field in ["traits", "properties"] {
+        if let Some(v) = map.get(field) {
+            if !v.is_object() && !v.is_null() {
+                return format!("`{field}` must be an object, got {}", json_type(v));
+            }
+        }
+    }
+    if let Some(tags) = map.get("tags") {
+        match tags {
+            Value::Object(t) => {
+                for part in ["add", "remove"] {
+                    match t.get(part) {
+                        None | Some(Value::Null) => {}
+                        Some(Value::Array(items)) => {
+                            if let Some(bad) = items.iter().find(|i| !i.is_string()) {
+                                return format!(
+                                    "`tags.{part}` must hold strings, got {}",
+                                    json_type(bad)
+                                );
+                            }
+                        }
+                        Some(other) => {
+                            return format!(
+                                "`tags.{part}` must be an array, got {}",
+                                json_type(other)
+                            )
+                        }
+                    }
+                }
+            }
+            Value::Null => {}
+            other => return format!("`tags` must be an object, got {}", json_type(other)),
+        }
+    }
+    "a field has the wrong type".to_string()
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn required<'a>(field: &'static str, v: Option<Cow<'a, str>>) -> Result<Cow<'a, str>, Rejection> {
+    v.ok_or_else(|| Rejection::new(RejectReason::MissingField, format!("`{field}` is required")))
+}
+
+fn check_id(field: &'static str, v: Cow<'_, str>) -> Result<String, Rejection> {
+    let n = v.chars().count();
+    if n == 0 || n > MAX_ID_CHARS {
+        return Err(Rejection::new(
+            RejectReason::BadField,
+            format!("`{field}` must be 1-{MAX_ID_CHARS} characters, got {n}"),
+        ));
+    }
+    Ok(v.into_owned())
+}
+
+/// `^[A-Za-z0-9_ -]{1,64}$`
+pub fn is_valid_event_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_EVENT_NAME_CHARS
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b' ' || b == b'-')
+}
+
+/// Parses an RFC 3339 timestamp into milliseconds since the epoch.
+pub fn parse_timestamp(text: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.timestamp_millis())
+}
+
+fn validate(raw: RawEvent<'_>) -> Result<Event, Rejection> {
+    let message_id = check_id("messageId", required("messageId", raw.message_id)?)?;
+    let kind = required("type", raw.kind)?;
+    let user_id = check_id("userId", required("userId", raw.user_id)?)?;
+    let ts_text = required("timestamp", raw.timestamp)?;
+    let timestamp_ms = parse_timestamp(&ts_text).ok_or_else(|| {
+        Rejection::new(
+            RejectReason::BadTimestamp,
+            format!("`timestamp` is not RFC 3339: {:?}", truncate(&ts_text, 64)),
+        )
+    })?;
+    let kind = match kind.as_ref() {
+        "identify" => {
+            let traits = raw
+                .traits
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, if v.is_null() { None } else { Some(v) }))
+                .collect();
+            let (tags_add, tags_remove) = match raw.tags {
+                None => (Vec::new(), Vec::new()),
+                Some(t) => (owned(t.add), owned(t.remove)),
+            };
+            EventKind::Identify {
+                traits,
+                tags_add,
+                tags_remove,
+            }
+        }
+        "track" => {
+            let event = required("event", raw.event)?;
+            if !is_valid_event_name(&event) {
+                return Err(Rejection::new(
+                    RejectReason::BadEventName,
+                    format!(
+                        "`event` must match ^[A-Za-z0-9_ -]{{1,64}}$, got {:?}",
+                        truncate(&event, 80)
+                    ),
+                ));
+            }
+            // Properties are validated (must be an object) but not aggregated.
+            let _ = raw.properties;
+            EventKind::Track {
+                event: event.into_owned(),
+            }
+        }
+        other => {
+            return Err(Rejection::new(
+                RejectReason::UnknownType,
+                format!(
+                    "`type` must be \"identify\" or \"track\", got {:?}",
+                    truncate(other, 64)
+                ),
+            ))
+        }
+    };
+    Ok(Event {
+        message_id,
+        user_id,
+        timestamp_ms,
+        kind,
+    })
+}
+
+fn owned(v: Option<Vec<Cow<'_, str>>>) -> Vec<String> {
+    v.unwrap_or_default()
+        .into_iter()
+        .map(Cow::into_owned)
+        .collect()
+}
+
+fn truncate(s: &str, max_chars: usize) -> Cow<'_, str> {
+    match s.char_indices().nth(max_chars) {
+        None => Cow::Borrowed(s),
+        Some((i, _)) => Cow::Owned(format!("{}…", &s[..i])),
+    }
+}
+
+impl fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: usize = 1 << 20;
+
+    fn reason(bytes: &[u8]) -> RejectReason {
+        decode(bytes, MAX).unwrap_err().reason
+    }
+
+    #[test]
+    fn decodes_identify_with_traits_and_tags() {
+        let e = decode(
+            br#"{"messageId":"m-1","type":"identify","userId":"u-42","timestamp":"2026-11-23T10:00:00Z",
+                "traits":{"email":"a@example.com","plan":null},"tags":{"add":["vip"],"remove":["trial"]}}"#,
+            MAX,
+        )
+        .unwrap();
+        assert_eq!(e.user_id, "u-42");
+        assert_eq!(e.timestamp_ms, 1_795_428_000_000);
+        match e.kind {
+            EventKind::Identify {
+                traits,
+                tags_add,
+                tags_remove,
+            } => {
+                assert!(traits.contains(&("plan".to_string(), None)));
+                assert!(traits.contains(&(
+                    "email".to_string(),
+                    Some(Value::String("a@example.com".into()))
+                )));
+                assert_eq!(tags_add, vec!["vip"]);
+                assert_eq!(tags_remove, vec!["trial"]);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn decodes_track_with_escaped_strings() {
+        let e = decode(
+            br#"{"messageId":"m\u002d2","type":"track","userId":"u-42","timestamp":"2026-11-23T10:00:01.250+01:00","event":"signed_up","properties":{"source":"web"}}"#,
+            MAX,
+        )
+        .unwrap();
+        assert_eq!(e.message_id, "m-2");
+        assert_eq!(e.timestamp_ms, 1_795_424_401_250);
+        assert_eq!(
+            e.kind,
+            EventKind::Track {
+                event: "signed_up".into()
+            }
+        );
+    }
+
+    #[test]
+    fn every_reject_reason_is_reachable() {
+        let base = r#""messageId":"m","userId":"u","timestamp":"2026-11-23T10:00:00Z""#;
+        assert_eq!(
+            decode(&[b' '; 20], 10).unwrap_err().reason,
+            RejectReason::TooLarge
+        );
+        assert_eq!(reason(&[0xff, 0xfe]), RejectReason::NotUtf8);
+        assert_eq!(reason(b"{not json"), RejectReason::NotJson);
+        assert_eq!(reason(b"[1,2]"), RejectReason::NotObject);
+        assert_eq!(
+            reason(
+                br#"{"type":"track","userId":"u","timestamp":"2026-11-23T10:00:00Z","event":"x"}"#
+            ),
+            RejectReason::MissingField
+        );
+        assert_eq!(
+            reason(format!(r#"{{{base},"type":"track"}}"#).as_bytes()),
+            RejectReason::MissingField
+        );
+        assert_eq!(
+            reason(br#"{"messageId":5,"type":"track","userId":"u","timestamp":"2026-11-23T10:00:00Z","event":"x"}"#),
+            RejectReason::BadField
+        );
+        assert_eq!(
+            reason(format!(r#"{{{base},"type":"identify","traits":[1]}}"#).as_bytes()),
+            RejectReason::BadField
+        );
+        assert_eq!(
+            reason(format!(r#"{{{base},"type":"page"}}"#).as_bytes()),
+            RejectReason::UnknownType
+        );
+        assert_eq!(
+            reason(br#"{"messageId":"m","type":"track","userId":"u","timestamp":"yesterday","event":"x"}"#),
+            RejectReason::BadTimestamp
+        );
+        assert_eq!(
+            reason(format!(r#"{{{base},"type":"track","event":"bad/name"}}"#).as_bytes()),
+            RejectReason::BadEventName
+        );
+    }
+
+    #[test]
+    fn id_length_limits() {
+        let long = "x".repeat(129);
+        let msg = format!(
+            r#"{{"messageId":"{long}","type":"track","userId":"u","timestamp":"2026-11-23T10:00:00Z","event":"e"}}"#
+        );
+        assert_eq!(reason(msg.as_bytes()), RejectReason::BadField);
+        let empty = r#"{"messageId":"m","type":"track","userId":"","timestamp":"2026-11-23T10:00:00Z","event":"e"}"#;
+        assert_eq!(reason(empty.as_bytes()), RejectReason::BadField);
+    }
+
+    #[test]
+    fn bad_field_names_the_field() {
+        let r = decode(
+            br#"{"messageId":"m","type":"identify","userId":"u","timestamp":"2026-11-23T10:00:00Z","tags":{"add":[1]}}"#,
+            MAX,
+        )
+        .unwrap_err();
+        assert_eq!(r.reason, RejectReason::BadField);
+        assert!(r.detail.contains("tags.add"), "{}", r.detail);
+    }
+
+    #[test]
+    fn event_names() {
+        assert!(is_valid_event_name("signed_up"));
+        assert!(is_valid_event_name("Order Completed-2"));
+        assert!(!is_valid_event_name(""));
+        assert!(!is_valid_event_name(&"a".repeat(65)));
+        assert!(!is_valid_event_name("é"));
+    }
+}

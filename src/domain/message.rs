@@ -1,0 +1,271 @@
+//! The message document and its strict status machine (CONTRACT §3).
+//!
+//! `delivered`, `failed` and `skipped` are terminal: nothing moves a message out of them,
+//! and a late `sent` never overwrites `delivered`.
+
+use serde::{Deserialize, Serialize};
+
+use super::campaign::{Channel, TriggeredMessage};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageStatus {
+    Queued,
+    Sent,
+    Retrying,
+    Delivered,
+    Failed,
+    Skipped,
+}
+
+impl MessageStatus {
+    pub const ALL: [MessageStatus; 6] = [
+        MessageStatus::Queued,
+        MessageStatus::Sent,
+        MessageStatus::Retrying,
+        MessageStatus::Delivered,
+        MessageStatus::Failed,
+        MessageStatus::Skipped,
+    ];
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            MessageStatus::Delivered | MessageStatus::Failed | MessageStatus::Skipped
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageStatus::Queued => "queued",
+            MessageStatus::Sent => "sent",
+            MessageStatus::Retrying => "retrying",
+            MessageStatus::Delivered => "delivered",
+            MessageStatus::Failed => "failed",
+            MessageStatus::Skipped => "skipped",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<MessageStatus> {
+        MessageStatus::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+}
+
+/// Something that happened to a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StatusEvent {
+    /// A provider accepted the send.
+    Sent,
+    /// A retry was scheduled (retryable send error, `undelivered` or retryable `failed` callback).
+    Retrying,
+    /// The provider reported delivery.
+    Delivered,
+    /// Terminal failure (non-retryable, or attempts exhausted).
+    Failed,
+}
+
+impl StatusEvent {
+    pub const ALL: [StatusEvent; 4] = [
+        StatusEvent::Sent,
+        StatusEvent::Retrying,
+        StatusEvent::Delivered,
+        StatusEvent::Failed,
+    ];
+
+    /// The statuses from which this event is accepted; from any other it is ignored.
+    pub fn allowed_from(self) -> &'static [MessageStatus] {
+        use MessageStatus::*;
+        match self {
+            StatusEvent::Sent => &[Queued, Retrying],
+            StatusEvent::Retrying => &[Queued, Sent, Retrying],
+            StatusEvent::Delivered => &[Queued, Sent, Retrying],
+            StatusEvent::Failed => &[Queued, Sent, Retrying],
+        }
+    }
+
+    pub fn target(self) -> MessageStatus {
+        match self {
+            StatusEvent::Sent => MessageStatus::Sent,
+            StatusEvent::Retrying => MessageStatus::Retrying,
+            StatusEvent::Delivered => MessageStatus::Delivered,
+            StatusEvent::Failed => MessageStatus::Failed,
+        }
+    }
+}
+
+/// The pure transition function: `Some(new status)` or `None` when the event is ignored.
+pub fn transition(from: MessageStatus, event: StatusEvent) -> Option<MessageStatus> {
+    event.allowed_from().contains(&from).then(|| event.target())
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub status: MessageStatus,
+    pub at: i64,
+    pub provider: Option<String>,
+    pub detail: Option<String>,
+}
+
+/// A requested status change with what to record alongside it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusChange {
+    pub event: StatusEvent,
+    pub at: i64,
+    pub provider: Option<String>,
+    pub detail: Option<String>,
+    pub provider_message_id: Option<String>,
+    /// The attempt number this change belongs to, when it is known.
+    pub attempt: Option<u32>,
+    /// For callbacks: the provider message id the callback is about. If the document does
+    /// not carry it yet (the callback overtook the send's own answer), the change is
+    /// [`ApplyResult::NotReady`] and the caller asks the provider to call back again.
+    pub expect_provider_message_id: Option<String>,
+}
+
+/// What [`MessageRecord::apply`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyResult {
+    Applied,
+    /// The status machine refused it (terminal status, or not allowed from here).
+    Ignored,
+    /// It refers to a send this document does not know about yet.
+    NotReady,
+}
+
+/// The `messages` document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageRecord {
+    pub id: String,
+    pub user_id: String,
+    pub campaign: String,
+    pub channel: Channel,
+    pub to: Option<String>,
+    pub body: String,
+    pub provider: Option<String>,
+    pub status: MessageStatus,
+    pub attempts: u32,
+    pub provider_message_id: Option<String>,
+    pub error: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub history: Vec<HistoryEntry>,
+}
+
+impl MessageRecord {
+    /// The initial document of a triggered message: `queued`, or `skipped` with its reason.
+    pub fn from_triggered(m: &TriggeredMessage, now_ms: i64) -> MessageRecord {
+        let status = if m.skipped.is_some() {
+            MessageStatus::Skipped
+        } else {
+            MessageStatus::Queued
+        };
+        MessageRecord {
+            id: m.id.clone(),
+            user_id: m.user_id.clone(),
+            campaign: m.campaign.clone(),
+            channel: m.channel,
+            to: m.to.clone(),
+            body: m.body.clone(),
+            provider: None,
+            status,
+            attempts: 0,
+            provider_message_id: None,
+            error: m.skipped.clone(),
+            created_at: now_ms,
+            updated_at: now_ms,
+            history: vec![HistoryEntry {
+                status,
+                at: now_ms,
+                provider: None,
+                detail: m.skipped.clone(),
+            }],
+        }
+    }
+
+    /// Applies a change if the status machine allows it.
+    pub fn apply(&mut self, change: &StatusChange) -> ApplyResult {
+        let Some(next) = transition(self.status, change.event) else {
+            return ApplyResult::Ignored;
+        };
+        if let Some(expected) = &change.expect_provider_message_id {
+            if self.provider_message_id.as_ref() != Some(expected) {
+                // About an older send of ours (stale): nothing to do. Unknown: not yet recorded.
+                return if self.knows_provider_message_id(expected) {
+                    ApplyResult::Ignored
+                } else {
+                    ApplyResult::NotReady
+                };
+            }
+            if change.event == StatusEvent::Retrying && self.status == MessageStatus::Retrying {
+                // The same callback again: the retry is already scheduled.
+                return ApplyResult::Ignored;
+            }
+        }
+        self.status = next;
+        self.updated_at = change.at;
+        if let Some(p) = &change.provider {
+            self.provider = Some(p.clone());
+        }
+        if let Some(pid) = &change.provider_message_id {
+            self.provider_message_id = Some(pid.clone());
+        }
+        if let Some(a) = change.attempt {
+            self.attempts = self.attempts.max(a);
+        }
+        match change.event {
+            StatusEvent::Sent | StatusEvent::Delivered => {}
+            StatusEvent::Retrying | StatusEvent::Failed => self.error = change.detail.clone(),
+        }
+        // A `sent` entry's detail is the provider message id, so late callbacks about an
+        // older send can be told from callbacks that overtook their send.
+        let detail = match change.event {
+            StatusEvent::Sent => change.provider_message_id.clone().or(change.detail.clone()),
+            _ => change.detail.clone(),
+        };
+        self.history.push(HistoryEntry {
+            status: next,
+            at: change.at,
+            provider: change.provider.clone(),
+            detail,
+        });
+        ApplyResult::Applied
+    }
+
+    /// Whether `provider_message_id` belongs to one of this message's sends.
+    pub fn knows_provider_message_id(&self, provider_message_id: &str) -> bool {
+        self.provider_message_id.as_deref() == Some(provider_message_id)
+            || self.history.iter().any(|h| {
+                h.status == MessageStatus::Sent && h.detail.as_deref() == Some(provider_message_id)
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use MessageStatus::*;
+
+    #[test]
+    fn terminal_statuses_absorb_everything() {
+        for from in [Delivered, Failed, Skipped] {
+            for ev in StatusEvent::ALL {
+                assert_eq!(transition(from, ev), None, "{from:?} {ev:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn late_sent_never_overwrites_delivered() {
+        assert_eq!(transition(Sent, StatusEvent::Delivered), Some(Delivered));
+        assert_eq!(transition(Delivered, StatusEvent::Sent), None);
+        // A delivery callback that overtakes the send's own acknowledgement still wins.
+        assert_eq!(transition(Queued, StatusEvent::Delivered), Some(Delivered));
+    }
+
+    #[test]
+    fn retry_cycle() {
+        assert_eq!(transition(Sent, StatusEvent::Retrying), Some(Retrying));
+        assert_eq!(transition(Retrying, StatusEvent::Sent), Some(Sent));
+        assert_eq!(transition(Sent, StatusEvent::Sent), None);
+    }
+}

@@ -1,0 +1,10 @@
+//! Herald: turns a firehose of user events into per-user state and personalised messages,
+//! effectively once. See ARCHITECTURE.md for the map.
+
+pub mod actors;
+pub mod adapters;
+pub mod config;
+pub mod domain;
+pub mod ports;
+pub mod telemetry;
+pub mod workload;

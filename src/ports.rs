@@ -1,0 +1,262 @@
+//! The ports: what the actors need from the outside world. Adapters implement them (Kafka,
+//! RabbitMQ, Redis, MongoDB, HTTP providers later; embedded and in-memory ones now).
+//!
+//! Every method returns a `'static` boxed future so an actor can run it in its context
+//! without borrowing the adapter.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::domain::campaign::Channel;
+use crate::domain::message::{MessageRecord, MessageStatus, StatusChange};
+use crate::domain::user::UserState;
+
+pub type BoxFut<T> = BoxFuture<'static, T>;
+
+/// One record read from a partition (or queue).
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub partition: u32,
+    pub offset: u64,
+    pub key: Option<Bytes>,
+    pub payload: Bytes,
+    /// When the source received the record (ms since epoch), if it knows.
+    pub timestamp_ms: Option<i64>,
+}
+
+/// An invalid record on its way to the dead-letter destination.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub record: Record,
+    /// `<reason code>: <detail>`, the `herald-error` header.
+    pub error: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("source unavailable: {0}")]
+    Unavailable(String),
+    #[error("partition {0} is not assigned to this instance")]
+    NotAssigned(u32),
+    #[error("commit rejected: {0}")]
+    CommitRejected(String),
+}
+
+/// A change of which partitions this instance consumes.
+#[derive(Debug)]
+pub enum AssignmentEvent {
+    Assigned(Vec<u32>),
+    /// The source waits for `done` before handing the partitions to someone else, so the
+    /// partitions can drain and commit first.
+    Revoked {
+        partitions: Vec<u32>,
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// Where records come from.
+pub trait Source: Send + Sync + 'static {
+    /// The `source` label of `herald_events_consumed_total`.
+    fn kind(&self) -> &'static str;
+    /// The assignment stream; `None` once taken (there is one consumer of it).
+    fn take_assignments(&self) -> Option<mpsc::UnboundedReceiver<AssignmentEvent>>;
+    /// A reader positioned at the partition's committed position.
+    fn reader(&self, partition: u32) -> Result<Arc<dyn PartitionReader>, SourceError>;
+    /// Commits `next_offset` (everything below it is durable).
+    fn commit(&self, partition: u32, next_offset: u64) -> BoxFut<Result<(), SourceError>>;
+    /// Writes invalid records to the dead-letter destination; resolves once they are durable.
+    fn dead_letter(&self, letters: Vec<DeadLetter>) -> BoxFut<Result<(), SourceError>>;
+    /// The partition's high watermark, for lag, if known.
+    fn high_watermark(&self, partition: u32) -> Option<u64>;
+}
+
+/// Reads one partition in order.
+pub trait PartitionReader: Send + Sync {
+    /// The committed position this reader started from.
+    fn start_offset(&self) -> u64;
+    /// Up to `max` records; an empty batch means "nothing right now" (poll again later).
+    fn fetch(&self, max: usize) -> BoxFut<Result<Vec<Record>, SourceError>>;
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// Worth retrying: timeouts, connection loss, server busy.
+    #[error("transient store error: {0}")]
+    Transient(String),
+    /// The data itself was refused (never succeeds on retry).
+    #[error("store rejected data for {key}: {detail}")]
+    BadData { key: String, detail: String },
+}
+
+impl StoreError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Transient(_))
+    }
+}
+
+/// Per-user state with its replay protection (Redis in production).
+pub trait StateStore: Send + Sync + 'static {
+    fn load(&self, user_id: &str) -> BoxFut<Result<Option<UserState>, StoreError>>;
+    fn save(&self, states: Vec<Arc<UserState>>) -> BoxFut<Result<(), StoreError>>;
+}
+
+/// The result of a conditional status transition.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TransitionResult {
+    Applied(MessageRecord),
+    /// The status machine refused it; the message stays in this status.
+    Ignored(MessageStatus),
+    /// A callback about a send the document does not know yet: ask for it again later.
+    NotReady,
+    NotFound,
+}
+
+/// The `users` and `messages` collections (MongoDB in production).
+pub trait DocumentStore: Send + Sync + 'static {
+    /// Idempotent upsert of each user's full document; `now_ms` is `updated_at`.
+    fn upsert_users(
+        &self,
+        users: Vec<Arc<UserState>>,
+        now_ms: i64,
+    ) -> BoxFut<Result<(), StoreError>>;
+    /// Inserts messages that do not exist yet (existing ones are left untouched), then applies
+    /// any callback recorded for them before they existed.
+    fn insert_messages(&self, messages: Vec<MessageRecord>) -> BoxFut<Result<(), StoreError>>;
+    /// Applies a status change if the status machine allows it.
+    fn transition(
+        &self,
+        id: String,
+        change: StatusChange,
+    ) -> BoxFut<Result<TransitionResult, StoreError>>;
+    /// Keeps a callback for a message not stored yet.
+    fn record_early_callback(
+        &self,
+        id: String,
+        change: StatusChange,
+    ) -> BoxFut<Result<(), StoreError>>;
+    fn get_message(&self, id: String) -> BoxFut<Result<Option<MessageRecord>, StoreError>>;
+    /// Messages still `queued` (to re-dispatch after a restart).
+    fn queued_messages(&self, limit: usize) -> BoxFut<Result<Vec<MessageRecord>, StoreError>>;
+}
+
+/// What to send through a provider.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SendRequest {
+    pub message_id: String,
+    pub attempt: u32,
+    pub to: String,
+    pub body: String,
+    pub channel: Channel,
+    pub callback_url: String,
+}
+
+impl SendRequest {
+    /// `Idempotency-Key: <message id>:<attempt>` (CONTRACT §5).
+    pub fn idempotency_key(&self) -> String {
+        format!("{}:{}", self.message_id, self.attempt)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SendOutcome {
+    Accepted {
+        provider_message_id: String,
+    },
+    /// 429, 5xx, timeout, connection error.
+    Retryable {
+        retry_after_ms: Option<u64>,
+        detail: String,
+    },
+    /// Other 4xx: this provider will never take it.
+    Rejected {
+        detail: String,
+    },
+}
+
+pub trait Provider: Send + Sync + 'static {
+    fn name(&self) -> &str;
+    fn send(&self, request: SendRequest) -> BoxFut<SendOutcome>;
+}
+
+/// A provider's delivery callback, after authentication.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Callback {
+    pub provider: String,
+    pub message_id: String,
+    pub provider_message_id: Option<String>,
+    pub status: CallbackStatus,
+    pub error: Option<String>,
+    pub retryable: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallbackStatus {
+    Delivered,
+    Failed,
+    Undelivered,
+}
+
+impl CallbackStatus {
+    pub fn parse(s: &str) -> Option<CallbackStatus> {
+        match s {
+            "delivered" => Some(CallbackStatus::Delivered),
+            "failed" => Some(CallbackStatus::Failed),
+            "undelivered" => Some(CallbackStatus::Undelivered),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallbackError {
+    /// The callback is about a send Herald has not recorded yet: the provider should call
+    /// back again later (HTTP 503).
+    #[error("callback for {0} arrived before its send was recorded; try again")]
+    NotReady(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Where callbacks go (the webhook receiver, or the in-process simulator directly).
+pub trait CallbackSink: Send + Sync + 'static {
+    /// Resolves once the callback's effect is durable.
+    fn deliver(&self, callback: Callback) -> BoxFut<Result<(), CallbackError>>;
+}
+
+/// One scheduled retry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryEntry {
+    pub message_id: String,
+    pub attempt: u32,
+    pub due_ms: i64,
+}
+
+/// The durable retry schedule (a Redis due-time index in production).
+pub trait RetrySchedule: Send + Sync + 'static {
+    fn schedule(&self, entry: RetryEntry) -> BoxFut<Result<(), StoreError>>;
+    /// Atomically takes up to `limit` entries due at `now_ms`: each is returned to exactly one
+    /// caller, even with several instances.
+    fn claim_due(&self, now_ms: i64, limit: usize) -> BoxFut<Result<Vec<RetryEntry>, StoreError>>;
+    fn cancel(&self, message_id: String) -> BoxFut<Result<(), StoreError>>;
+    fn len(&self) -> BoxFut<Result<usize, StoreError>>;
+}
+
+/// Wall-clock time, injected so tests and the domain never read the clock themselves.
+pub trait Clock: Send + Sync + 'static {
+    fn now_ms(&self) -> i64;
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
+    }
+}

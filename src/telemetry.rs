@@ -1,0 +1,296 @@
+//! Metrics of CONTRACT §7, in one registry. Each reportable thing has one method here, so the
+//! metric and its log line live together instead of counters scattered through the code.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::domain::event::RejectReason;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// All of Herald's metrics. Cheap to share (`Arc<Metrics>`); every update is an atomic.
+pub struct Metrics {
+    registry: Registry,
+    consumed: Family<Labels, Counter>,
+    pub applied: Counter,
+    pub duplicates: Counter,
+    invalid: Family<Labels, Counter>,
+    pub batch_size: Histogram,
+    pub mongo_bulk_write_seconds: Histogram,
+    documents_written: Family<Labels, Counter>,
+    consumer_lag: Family<Labels, Gauge>,
+    commit_offset: Family<Labels, Gauge>,
+    pub aggregators_active: Gauge,
+    pub end_to_end_latency: Histogram,
+    dispatch: Family<Labels, Counter>,
+    pub retries_scheduled: Counter,
+    pub retries_fired: Counter,
+    webhook_requests: Family<Labels, Counter>,
+    actor_restarts: Family<Labels, Counter>,
+    /// Exact latency percentiles for the demo summary (milliseconds).
+    latency_ms: Mutex<hdrhistogram::Histogram<u64>>,
+    consumed_total: AtomicU64,
+    invalid_total: AtomicU64,
+    restarts_total: AtomicU64,
+    sent_total: AtomicU64,
+    aggregators: AtomicI64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let consumed = Family::<Labels, Counter>::default();
+        let applied = Counter::default();
+        let duplicates = Counter::default();
+        let invalid = Family::<Labels, Counter>::default();
+        let batch_size = Histogram::new(exponential_buckets(1.0, 4.0, 10));
+        let mongo_bulk_write_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        let documents_written = Family::<Labels, Counter>::default();
+        let consumer_lag = Family::<Labels, Gauge>::default();
+        let commit_offset = Family::<Labels, Gauge>::default();
+        let aggregators_active = Gauge::default();
+        let end_to_end_latency = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        let dispatch = Family::<Labels, Counter>::default();
+        let retries_scheduled = Counter::default();
+        let retries_fired = Counter::default();
+        let webhook_requests = Family::<Labels, Counter>::default();
+        let actor_restarts = Family::<Labels, Counter>::default();
+        registry.register(
+            "herald_events_consumed",
+            "Records read from the source",
+            consumed.clone(),
+        );
+        registry.register(
+            "herald_events_applied",
+            "Events applied to user state",
+            applied.clone(),
+        );
+        registry.register(
+            "herald_events_duplicate",
+            "Events skipped as replays or duplicate messageIds",
+            duplicates.clone(),
+        );
+        registry.register(
+            "herald_events_invalid",
+            "Invalid records sent to the dead-letter destination",
+            invalid.clone(),
+        );
+        registry.register(
+            "herald_batch_size",
+            "Events per batcher flush",
+            batch_size.clone(),
+        );
+        registry.register(
+            "herald_mongo_bulk_write_seconds",
+            "Duration of document store bulk writes",
+            mongo_bulk_write_seconds.clone(),
+        );
+        registry.register(
+            "herald_mongo_documents_written",
+            "Documents written per collection",
+            documents_written.clone(),
+        );
+        registry.register(
+            "herald_consumer_lag",
+            "Records behind the source's high watermark",
+            consumer_lag.clone(),
+        );
+        registry.register(
+            "herald_commit_offset",
+            "Last committed source position",
+            commit_offset.clone(),
+        );
+        registry.register(
+            "herald_aggregators_active",
+            "Live per-user aggregator actors",
+            aggregators_active.clone(),
+        );
+        registry.register(
+            "herald_end_to_end_latency_seconds",
+            "Event timestamp to durable write",
+            end_to_end_latency.clone(),
+        );
+        registry.register(
+            "herald_dispatch",
+            "Provider send outcomes",
+            dispatch.clone(),
+        );
+        registry.register(
+            "herald_retries_scheduled",
+            "Retries put on the durable schedule",
+            retries_scheduled.clone(),
+        );
+        registry.register(
+            "herald_retries_fired",
+            "Retries taken off the schedule and dispatched",
+            retries_fired.clone(),
+        );
+        registry.register(
+            "herald_webhook_requests",
+            "Provider callbacks received, by response code",
+            webhook_requests.clone(),
+        );
+        registry.register(
+            "herald_actor_restarts",
+            "Actor restarts after a contained panic or failure",
+            actor_restarts.clone(),
+        );
+        Metrics {
+            registry,
+            consumed,
+            applied,
+            duplicates,
+            invalid,
+            batch_size,
+            mongo_bulk_write_seconds,
+            documents_written,
+            consumer_lag,
+            commit_offset,
+            aggregators_active,
+            end_to_end_latency,
+            dispatch,
+            retries_scheduled,
+            retries_fired,
+            webhook_requests,
+            actor_restarts,
+            latency_ms: Mutex::new(
+                hdrhistogram::Histogram::new_with_bounds(1, 3_600_000, 3)
+                    .expect("static histogram bounds are valid"),
+            ),
+            consumed_total: AtomicU64::new(0),
+            invalid_total: AtomicU64::new(0),
+            restarts_total: AtomicU64::new(0),
+            sent_total: AtomicU64::new(0),
+            aggregators: AtomicI64::new(0),
+        }
+    }
+
+    pub fn shared() -> Arc<Metrics> {
+        Arc::new(Self::new())
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn records_consumed(&self, source: &str, partition: u32, n: u64) {
+        self.consumed
+            .get_or_create(&vec![
+                ("source", source.to_string()),
+                ("partition", partition.to_string()),
+            ])
+            .inc_by(n);
+        self.consumed_total.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn invalid_record(&self, reason: RejectReason, partition: u32, detail: &str) {
+        self.invalid
+            .get_or_create(&vec![("reason", reason.code().to_string())])
+            .inc();
+        self.invalid_total.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            partition,
+            reason = reason.code(),
+            detail,
+            "invalid record dead-lettered"
+        );
+    }
+
+    pub fn documents_written(&self, collection: &'static str, n: u64) {
+        self.documents_written
+            .get_or_create(&vec![("collection", collection.to_string())])
+            .inc_by(n);
+    }
+
+    pub fn committed(&self, partition: u32, offset: u64, high_watermark: Option<u64>) {
+        let p = vec![("partition", partition.to_string())];
+        self.commit_offset
+            .get_or_create(&p)
+            .set(offset.min(i64::MAX as u64) as i64);
+        if let Some(hw) = high_watermark {
+            self.consumer_lag
+                .get_or_create(&p)
+                .set(hw.saturating_sub(offset).min(i64::MAX as u64) as i64);
+        }
+    }
+
+    pub fn aggregators_changed(&self, delta: i64) {
+        let now = self.aggregators.fetch_add(delta, Ordering::Relaxed) + delta;
+        self.aggregators_active.set(now);
+    }
+
+    /// `count` events became durable `latency_ms` after their timestamp.
+    pub fn durable_latency(&self, latency_ms: i64, count: u64) {
+        let ms = latency_ms.max(1) as u64;
+        for _ in 0..count.min(64) {
+            self.end_to_end_latency.observe(ms as f64 / 1000.0);
+        }
+        let _ = self.latency_ms.lock().record_n(ms.min(3_600_000), count);
+    }
+
+    pub fn dispatch_outcome(&self, provider: &str, outcome: &'static str) {
+        self.dispatch
+            .get_or_create(&vec![
+                ("provider", provider.to_string()),
+                ("outcome", outcome.to_string()),
+            ])
+            .inc();
+        if outcome == "sent" {
+            self.sent_total.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn webhook_request(&self, provider: &str, code: u16) {
+        self.webhook_requests
+            .get_or_create(&vec![
+                ("provider", provider.to_string()),
+                ("code", code.to_string()),
+            ])
+            .inc();
+    }
+
+    pub fn actor_restarted(&self, actor: &'static str, cause: &str) {
+        self.actor_restarts
+            .get_or_create(&vec![("actor", actor.to_string())])
+            .inc();
+        self.restarts_total.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(actor, cause, "actor restarted");
+    }
+
+    pub fn consumed_total(&self) -> u64 {
+        self.consumed_total.load(Ordering::Relaxed)
+    }
+    pub fn invalid_total(&self) -> u64 {
+        self.invalid_total.load(Ordering::Relaxed)
+    }
+    pub fn restarts_total(&self) -> u64 {
+        self.restarts_total.load(Ordering::Relaxed)
+    }
+    pub fn sent_total(&self) -> u64 {
+        self.sent_total.load(Ordering::Relaxed)
+    }
+
+    /// (p50, p99) end-to-end latency in milliseconds.
+    pub fn latency_percentiles_ms(&self) -> (u64, u64) {
+        let h = self.latency_ms.lock();
+        (h.value_at_quantile(0.5), h.value_at_quantile(0.99))
+    }
+}
