@@ -4,7 +4,9 @@
 pub mod actors;
 pub mod adapters;
 pub mod config;
+pub mod demo;
 pub mod domain;
+pub mod embedded;
 pub mod ports;
 pub mod telemetry;
 pub mod workload;

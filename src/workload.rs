@@ -54,13 +54,14 @@ pub enum MessageKind {
     Invalid,
 }
 
-const EVENT_NAMES: [&str; 6] = [
-    "page_viewed",
-    "added_to_cart",
-    "app_opened",
-    "purchased",
-    "signed_up",
-    "password_reset",
+/// Track event names with their weights (out of 100).
+const EVENT_NAMES: [(&str, u32); 6] = [
+    ("page_viewed", 40),
+    ("app_opened", 25),
+    ("added_to_cart", 20),
+    ("purchased", 8),
+    ("signed_up", 5),
+    ("password_reset", 2),
 ];
 const FIRST_NAMES: [&str; 8] = [
     "Ada", "Grace", "Alan", "Edsger", "Barbara", "Ken", "Frances", "Zoë",
@@ -155,7 +156,15 @@ impl Workload {
             }
             b.push('}');
         } else {
-            let name = EVENT_NAMES[self.rng.gen_range(0..EVENT_NAMES.len())];
+            let mut pick = self.rng.gen_range(0..100u32);
+            let mut name = EVENT_NAMES[0].0;
+            for (n, w) in EVENT_NAMES {
+                if pick < w {
+                    name = n;
+                    break;
+                }
+                pick -= w;
+            }
             let _ = write!(
                 b,
                 r#"{{"messageId":"{id}","type":"track","userId":"{user}","timestamp":"{ts}","event":"{name}","properties":{{"source":"web","n":{i}}}}}"#

@@ -1,0 +1,126 @@
+//! The embedded rig: the real actor pipeline on in-process adapters (source, stores, retry
+//! schedule, simulated providers). Used by `herald demo`, the benchmark and the actor tests.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::actors::context::{Ports, Settings};
+use crate::actors::{Pipeline, PipelineSpec, ProviderSpec};
+use crate::adapters::embedded_source::EmbeddedSource;
+use crate::adapters::memory_docs::MemoryDocumentStore;
+use crate::adapters::memory_retry::MemoryRetrySchedule;
+use crate::adapters::memory_state::MemoryStateStore;
+use crate::adapters::sim_provider::{SimBehaviour, SimulatedProvider};
+use crate::config::Config;
+use crate::domain::campaign::Channel;
+use crate::ports::{Clock, DocumentStore, StateStore, SystemClock};
+use crate::telemetry::Metrics;
+
+pub struct EmbeddedRig {
+    pub source: Arc<EmbeddedSource>,
+    pub state: Arc<MemoryStateStore>,
+    pub docs: Arc<MemoryDocumentStore>,
+    pub retries: Arc<MemoryRetrySchedule>,
+    pub metrics: Arc<Metrics>,
+    pub providers: Vec<Arc<SimulatedProvider>>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl EmbeddedRig {
+    pub fn new(config: &Config, seed: u64) -> EmbeddedRig {
+        let sim = &config.demo.simulator;
+        let providers = config
+            .providers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let behaviour = SimBehaviour {
+                    fail_rate: sim.fail_rate,
+                    throttle_rate: sim.throttle_rate,
+                    reject_rate: sim
+                        .reject_rate_by_provider
+                        .get(&p.name)
+                        .copied()
+                        .unwrap_or(sim.reject_rate),
+                    undelivered_rate: sim.undelivered_rate,
+                    latency_ms: sim.latency_ms,
+                    callback_latency_ms: sim.callback_latency_ms,
+                };
+                SimulatedProvider::new(p.name.clone(), behaviour, seed.wrapping_add(i as u64 * 7919))
+            })
+            .collect();
+        EmbeddedRig {
+            source: EmbeddedSource::new(config.demo.partitions),
+            state: MemoryStateStore::new(),
+            docs: MemoryDocumentStore::new(),
+            retries: MemoryRetrySchedule::new(),
+            metrics: Metrics::shared(),
+            providers,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// The rig's ports, optionally with other state and document stores (fault injection).
+    pub fn ports_with(
+        &self,
+        state: Option<Arc<dyn StateStore>>,
+        docs: Option<Arc<dyn DocumentStore>>,
+    ) -> Ports {
+        Ports {
+            source: self.source.clone(),
+            state: state.unwrap_or_else(|| self.state.clone()),
+            docs: docs.unwrap_or_else(|| self.docs.clone()),
+            retries: self.retries.clone(),
+            clock: self.clock.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+
+    pub fn spec(&self, config: &Config, seed: u64) -> PipelineSpec {
+        let providers = config
+            .providers
+            .iter()
+            .zip(&self.providers)
+            .filter_map(|(p, sim)| {
+                Some(ProviderSpec {
+                    provider: sim.clone(),
+                    channel: Channel::parse(&p.channel)?,
+                    priority: p.priority,
+                    rate_per_sec: p.rate_per_sec,
+                    timeout: Duration::from_millis(p.timeout_ms),
+                    max_concurrency: p.max_concurrency,
+                })
+            })
+            .collect();
+        PipelineSpec {
+            settings: Settings::from_config(config),
+            campaigns: config.parsed_campaigns.clone(),
+            providers,
+            workers: config.workers(),
+            batch_shards: config.batch_shards(),
+            seed,
+        }
+    }
+
+    /// Starts the pipeline (inside an actix `System`) and connects the simulated providers'
+    /// callbacks to it. Partitions are not assigned yet: call `source.assign_all()`.
+    pub fn start_with(&self, config: &Config, seed: u64, ports: Ports) -> Pipeline {
+        let pipeline = Pipeline::start(self.spec(config, seed), ports);
+        for p in &self.providers {
+            p.connect(pipeline.callbacks());
+        }
+        pipeline
+    }
+
+    pub fn start(&self, config: &Config, seed: u64) -> Pipeline {
+        self.start_with(config, seed, self.ports_with(None, None))
+    }
+
+    /// Records fully committed, no message left in flight, no retry pending.
+    pub fn quiescent(&self) -> bool {
+        use crate::ports::RetrySchedule;
+        self.source.fully_committed()
+            && self.docs.unfinished() == 0
+            && futures::executor::block_on(self.retries.len()).unwrap_or(1) == 0
+    }
+}
