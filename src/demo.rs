@@ -168,9 +168,9 @@ fn verify(
     for (id, want) in &expected {
         match actual.get(id) {
             None => mismatches.push(format!("user {id}: missing")),
-            Some(got) if got != want => {
-                mismatches.push(format!("user {id}: differs\n  want {want:?}\n  got  {got:?}"))
-            }
+            Some(got) if got != want => mismatches.push(format!(
+                "user {id}: differs\n  want {want:?}\n  got  {got:?}"
+            )),
             Some(_) => {}
         }
         if mismatches.len() >= 10 {

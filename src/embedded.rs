@@ -46,7 +46,11 @@ impl EmbeddedRig {
                     latency_ms: sim.latency_ms,
                     callback_latency_ms: sim.callback_latency_ms,
                 };
-                SimulatedProvider::new(p.name.clone(), behaviour, seed.wrapping_add(i as u64 * 7919))
+                SimulatedProvider::new(
+                    p.name.clone(),
+                    behaviour,
+                    seed.wrapping_add(i as u64 * 7919),
+                )
             })
             .collect();
         EmbeddedRig {
@@ -121,6 +125,6 @@ impl EmbeddedRig {
         use crate::ports::RetrySchedule;
         self.source.fully_committed()
             && self.docs.unfinished() == 0
-            && futures::executor::block_on(self.retries.len()).unwrap_or(1) == 0
+            && futures::executor::block_on(self.retries.pending()).unwrap_or(1) == 0
     }
 }

@@ -12,7 +12,11 @@ use herald::config::{Config, LogFormat, SourceKind, DEFAULT_TOML};
 const DEMO_TOML: &str = include_str!("../config/demo.toml");
 
 #[derive(Parser)]
-#[command(name = "herald", version, about = "Per-user state and personalised messages from a firehose of events, effectively once.")]
+#[command(
+    name = "herald",
+    version,
+    about = "Per-user state and personalised messages from a firehose of events, effectively once."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -154,3 +158,8 @@ fn main() -> ExitCode {
         Command::ProviderSim { .. } => fail("`herald provider-sim` is not in this build yet"),
     }
 }
+
+// glibc malloc spends a third of the pipeline's time consolidating small blocks freed on other
+// threads (measured with perf); mimalloc's thread-local free lists avoid it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -106,7 +106,7 @@ pub trait StateStore: Send + Sync + 'static {
 /// The result of a conditional status transition.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TransitionResult {
-    Applied(MessageRecord),
+    Applied(Box<MessageRecord>),
     /// The status machine refused it; the message stays in this status.
     Ignored(MessageStatus),
     /// A callback about a send the document does not know yet: ask for it again later.
@@ -241,7 +241,8 @@ pub trait RetrySchedule: Send + Sync + 'static {
     /// caller, even with several instances.
     fn claim_due(&self, now_ms: i64, limit: usize) -> BoxFut<Result<Vec<RetryEntry>, StoreError>>;
     fn cancel(&self, message_id: String) -> BoxFut<Result<(), StoreError>>;
-    fn len(&self) -> BoxFut<Result<usize, StoreError>>;
+    /// How many retries are scheduled.
+    fn pending(&self) -> BoxFut<Result<usize, StoreError>>;
 }
 
 /// Wall-clock time, injected so tests and the domain never read the clock themselves.

@@ -228,10 +228,11 @@ fn stream_strategy() -> impl Strategy<Value = Stream> {
     (
         2usize..=5,
         1u32..=4,
-        vec(
-            (any::<Index>(), id_choice(), timestamp(), kind_strategy()),
-            0..=200,
-        ),
+        {
+            // Mostly short streams, up to 200 events.
+            let spec = (any::<Index>(), id_choice(), timestamp(), kind_strategy()).boxed();
+            prop_oneof![3 => vec(spec.clone(), 0..=40), 1 => vec(spec, 0..=200)]
+        },
         vec(prop_oneof![3 => Just(0u64), 1 => 1u64..5], 1..16),
         vec(0u64..1_000, 4),
     )
@@ -340,11 +341,6 @@ proptest! {
             prop_assert_eq!(state.last_position(p), last);
         }
     }
-}
-
-// The stream properties below build more per case: fewer cases keep the file fast.
-proptest! {
-    #![proptest_config(config(128))]
 
     /// Property 2a: a crash after the state of the first `k` records was persisted but only the
     /// first `j <= k` were committed replays `j..` with the same positions: same result.
@@ -1356,8 +1352,7 @@ proptest! {
 /// the value the producer sent, and a `UserState` persisted as JSON changes on reload.
 /// Passes once `serde_json` has `features = ["float_roundtrip"]`.
 #[test]
-#[ignore = "known bug: serde_json without float_roundtrip parses some floats 1 ULP off"]
-fn known_bug_floats_survive_json() {
+fn floats_survive_json() {
     let text = "5.2698918177237114e-281";
     let exact: f64 = text.parse().unwrap();
     let msg = [
@@ -1394,8 +1389,7 @@ fn known_bug_floats_survive_json() {
 /// as an array of two arrays is read as `add`/`remove` instead of `bad_field` (CONTRACT §2:
 /// the message is an object; `tags` is an object).
 #[test]
-#[ignore = "known bug: decode accepts JSON arrays where the contract requires objects"]
-fn known_bug_arrays_decode_as_objects() {
+fn arrays_are_not_objects() {
     let top = br#"["m-1","track","u-1","2026-11-23T10:00:00Z","signed_up"]"#;
     assert_eq!(
         decode(top, MAX_BYTES).map_err(|r| r.reason),

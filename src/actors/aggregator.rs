@@ -18,10 +18,12 @@ use super::partition::{AggregatorFailed, Durable, PartitionActor};
 use super::supervision::{contain, contain_async};
 
 /// A user's records from one batch, in partition order: (offset, event, record time ms).
+pub type UserRecords = Vec<(u64, Event, i64)>;
+
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Apply {
-    pub records: Vec<(u64, Event, i64)>,
+    pub records: UserRecords,
 }
 
 pub struct Aggregator {
@@ -53,7 +55,7 @@ impl Aggregator {
 
     /// Applies records; returns the offsets, applied count, triggered messages and the
     /// earliest record time.
-    fn apply(&mut self, records: Vec<(u64, Event, i64)>) -> Applied {
+    fn apply(&mut self, records: UserRecords) -> Applied {
         let now = self.shared.ports.clock.now_ms();
         let limits = self.shared.settings.dedup;
         let campaigns = &self.shared.campaigns;
@@ -104,7 +106,7 @@ impl Actor for Aggregator {
         let load = async move {
             let mut delay = Duration::from_millis(10);
             loop {
-                match contain_async(store.load(&user_id)).await {
+                match contain_async(async { store.load(&user_id).await }).await {
                     Ok(Ok(state)) => return Ok(state),
                     Ok(Err(e)) => {
                         tracing::warn!(user_id, error = %e, "state load failed; retrying");

@@ -212,7 +212,8 @@ where
 {
     let mut delay = Duration::from_millis(10);
     loop {
-        match contain_async(write()).await {
+        // The call itself may panic, not only the future it returns: contain both.
+        match contain_async(async { write().await }).await {
             Ok(Ok(())) => return,
             Ok(Err(e)) => {
                 tracing::warn!(shard, what, error = %e, retry_in_ms = delay.as_millis() as u64, "write failed; the source pauses until it succeeds");

@@ -203,9 +203,10 @@ impl Dispatcher {
                 self.provider.name()
             ),
         };
-        let send = self.provider.send(request);
+        let provider = self.provider.clone();
         let timeout = self.settings.timeout;
         let fut = async move {
+            let send = async move { provider.send(request).await };
             match tokio::time::timeout(timeout, contain_async(send)).await {
                 Ok(Ok(outcome)) => outcome,
                 Ok(Err(panic)) => SendOutcome::Retryable {
@@ -389,7 +390,8 @@ where
 {
     let mut delay = Duration::from_millis(10);
     loop {
-        match contain_async(write()).await {
+        // The call itself may panic, not only the future it returns: contain both.
+        match contain_async(async { write().await }).await {
             Ok(Ok(v)) => return v,
             Ok(Err(e)) => tracing::warn!(error = %e, "message store write failed; retrying"),
             Err(panic) => tracing::error!(panic, "message store write panicked; retrying"),

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use crate::domain::event::{decode, Event};
+use crate::domain::event::decode;
 use crate::domain::watermark::Watermark;
 use crate::ports::{DeadLetter, PartitionReader, Record};
 
-use super::aggregator::{Aggregator, Apply};
+use super::aggregator::{Aggregator, Apply, UserRecords};
 use super::context::Shared;
 use super::source_supervisor::{PartitionFailed, SourceSupervisor};
 use super::supervision::contain;
@@ -153,7 +153,7 @@ impl PartitionActor {
             .metrics
             .records_consumed(ports.source.kind(), self.partition, batch.len() as u64);
         let max_bytes = self.settings().max_message_bytes;
-        let mut groups: Vec<(String, Vec<(u64, Event, i64)>)> = Vec::new();
+        let mut groups: Vec<(String, UserRecords)> = Vec::new();
         let mut index: HashMap<String, usize, ahash::RandomState> = HashMap::default();
         let mut dead = Vec::new();
         for record in batch {

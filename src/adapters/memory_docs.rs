@@ -117,7 +117,7 @@ impl DocumentStore for MemoryDocumentStore {
         let result = match self.messages.lock().get_mut(&id) {
             None => TransitionResult::NotFound,
             Some(m) => match m.apply(&change) {
-                ApplyResult::Applied => TransitionResult::Applied(m.clone()),
+                ApplyResult::Applied => TransitionResult::Applied(Box::new(m.clone())),
                 ApplyResult::Ignored => TransitionResult::Ignored(m.status),
                 ApplyResult::NotReady => TransitionResult::NotReady,
             },

@@ -64,7 +64,7 @@ impl RetrySchedule for MemoryRetrySchedule {
         async { Ok(()) }.boxed()
     }
 
-    fn len(&self) -> BoxFut<Result<usize, StoreError>> {
+    fn pending(&self) -> BoxFut<Result<usize, StoreError>> {
         let n = self.inner.lock().entries.len();
         async move { Ok(n) }.boxed()
     }

@@ -99,14 +99,6 @@ impl Rejection {
 }
 
 #[derive(Deserialize)]
-struct RawTags<'a> {
-    #[serde(default, borrow)]
-    add: Option<Vec<Cow<'a, str>>>,
-    #[serde(default, borrow)]
-    remove: Option<Vec<Cow<'a, str>>>,
-}
-
-#[derive(Deserialize)]
 struct RawEvent<'a> {
     #[serde(rename = "messageId", default, borrow)]
     message_id: Option<Cow<'a, str>>,
@@ -120,8 +112,9 @@ struct RawEvent<'a> {
     event: Option<Cow<'a, str>>,
     #[serde(default)]
     traits: Option<Map<String, Value>>,
-    #[serde(default, borrow)]
-    tags: Option<RawTags<'a>>,
+    /// Kept generic: serde would also read a JSON array into a struct, by position.
+    #[serde(default)]
+    tags: Option<Value>,
     #[serde(default)]
     properties: Option<Map<String, Value>>,
 }
@@ -140,6 +133,16 @@ pub fn decode(bytes: &[u8], max_bytes: usize) -> Result<Event, Rejection> {
             format!("invalid UTF-8 at byte {}", e.valid_up_to()),
         )
     })?;
+    // serde's derived struct visitor also accepts a JSON array (fields by position).
+    if !text.trim_start().starts_with('{') {
+        return Err(match serde_json::from_str::<Value>(text) {
+            Ok(other) => Rejection::new(
+                RejectReason::NotObject,
+                format!("expected a JSON object, got {}", json_type(&other)),
+            ),
+            Err(e) => Rejection::new(RejectReason::NotJson, e.to_string()),
+        });
+    }
     match serde_json::from_str::<RawEvent<'_>>(text) {
         Ok(raw) => validate(raw),
         Err(err) => Err(classify_serde_error(text, &err)),
@@ -263,6 +266,7 @@ fn validate(raw: RawEvent<'_>) -> Result<Event, Rejection> {
             format!("`timestamp` is not RFC 3339: {:?}", truncate(&ts_text, 64)),
         )
     })?;
+    let (tags_add, tags_remove) = tags(raw.tags)?;
     let kind = match kind.as_ref() {
         "identify" => {
             let traits = raw
@@ -271,10 +275,6 @@ fn validate(raw: RawEvent<'_>) -> Result<Event, Rejection> {
                 .into_iter()
                 .map(|(k, v)| (k, if v.is_null() { None } else { Some(v) }))
                 .collect();
-            let (tags_add, tags_remove) = match raw.tags {
-                None => (Vec::new(), Vec::new()),
-                Some(t) => (owned(t.add), owned(t.remove)),
-            };
             EventKind::Identify {
                 traits,
                 tags_add,
@@ -316,11 +316,38 @@ fn validate(raw: RawEvent<'_>) -> Result<Event, Rejection> {
     })
 }
 
-fn owned(v: Option<Vec<Cow<'_, str>>>) -> Vec<String> {
-    v.unwrap_or_default()
-        .into_iter()
-        .map(Cow::into_owned)
-        .collect()
+/// `tags`: an object with optional `add`/`remove` arrays of strings.
+fn tags(v: Option<Value>) -> Result<(Vec<String>, Vec<String>), Rejection> {
+    let mut map = match v {
+        None | Some(Value::Null) => return Ok((Vec::new(), Vec::new())),
+        Some(Value::Object(m)) => m,
+        Some(other) => {
+            return Err(Rejection::new(
+                RejectReason::BadField,
+                format!("`tags` must be an object, got {}", json_type(&other)),
+            ))
+        }
+    };
+    let mut part = |name: &str| -> Result<Vec<String>, Rejection> {
+        match map.remove(name) {
+            None | Some(Value::Null) => Ok(Vec::new()),
+            Some(Value::Array(items)) => items
+                .into_iter()
+                .map(|i| match i {
+                    Value::String(s) => Ok(s),
+                    other => Err(Rejection::new(
+                        RejectReason::BadField,
+                        format!("`tags.{name}` must hold strings, got {}", json_type(&other)),
+                    )),
+                })
+                .collect(),
+            Some(other) => Err(Rejection::new(
+                RejectReason::BadField,
+                format!("`tags.{name}` must be an array, got {}", json_type(&other)),
+            )),
+        }
+    };
+    Ok((part("add")?, part("remove")?))
 }
 
 fn truncate(s: &str, max_chars: usize) -> Cow<'_, str> {

@@ -35,8 +35,7 @@ impl RetryPolicy {
     pub fn ceiling_ms(&self, n: u32) -> u64 {
         let shift = n.saturating_sub(1).min(63);
         self.base_ms
-            .checked_mul(1u64 << shift)
-            .unwrap_or(u64::MAX)
+            .saturating_mul(1u64 << shift)
             .min(self.max_delay_ms)
     }
 

@@ -39,7 +39,7 @@ impl Watermark {
             });
         }
         self.pending.push_back((offset, false));
-        self.next = offset + 1;
+        self.next = offset.saturating_add(1);
         self.outstanding += 1;
         Ok(())
     }
