@@ -48,9 +48,22 @@ fn main() {
     // (b) the full pipeline on the same bytes (same workload spec and seed).
     let env: Vec<(String, String)> = Vec::new();
     let demo_toml = include_str!("../config/demo.toml");
-    let config = Config::load_with(&[], &[("config/demo.toml", demo_toml)], &env).expect("demo config");
-    let report = demo::run(config, DemoArgs { events, users, seed }).expect("pipeline run");
-    assert!(report.mismatches.is_empty(), "pipeline result differs from replay: {:?}", report.mismatches);
+    let config =
+        Config::load_with(&[], &[("config/demo.toml", demo_toml)], &env).expect("demo config");
+    let report = demo::run(
+        config,
+        DemoArgs {
+            events,
+            users,
+            seed,
+        },
+    )
+    .expect("pipeline run");
+    assert!(
+        report.mismatches.is_empty(),
+        "pipeline result differs from replay: {:?}",
+        report.mismatches
+    );
     let pipeline_rate = report.events_per_sec();
     let ratio = pipeline_rate / decode_rate;
 
