@@ -364,7 +364,15 @@ impl Config {
         let mut config: Config = serde_path_to_error::deserialize(merged).map_err(|e| {
             let key = e.path().to_string();
             let source = lookup_provenance(&provenance, &key);
-            ConfigError::new(source, key, e.into_inner().to_string())
+            // toml appends "in `key`" on a second line; the key is already named.
+            let problem = e.into_inner().to_string();
+            let problem = problem
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            ConfigError::new(source, key, problem)
         })?;
         config.effective = Some(effective);
         config.validate(&provenance)?;
