@@ -226,6 +226,15 @@ impl Dispatcher {
         }));
     }
 
+    /// Records a status change durably (in the background; the status machine orders it).
+    fn record(&mut self, id: String, change: StatusChange, ctx: &mut Context<Self>) {
+        let docs = self.ports.docs.clone();
+        let write = async move {
+            write_with_retry(|| docs.transition(id.clone(), change.clone())).await;
+        };
+        ctx.spawn(write.into_actor(self));
+    }
+
     fn on_outcome(&mut self, job: Dispatch, outcome: SendOutcome, ctx: &mut Context<Self>) {
         let name = self.provider.name().to_string();
         let metrics = self.ports.metrics.clone();
@@ -245,15 +254,7 @@ impl Dispatcher {
                     attempt: Some(job.attempt),
                     expect_provider_message_id: None,
                 };
-                let docs = self.ports.docs.clone();
-                let id = job.record.id.clone();
-                ctx.spawn(
-                    async move {
-                        write_with_retry(|| docs.transition(id.clone(), change.clone())).await
-                    }
-                    .into_actor(self)
-                    .map(|_, _, _| ()),
-                );
+                self.record(job.record.id.clone(), change, ctx);
             }
             SendOutcome::Retryable {
                 retry_after_ms,
@@ -316,15 +317,7 @@ impl Dispatcher {
                         attempt: Some(job.attempt),
                         expect_provider_message_id: None,
                     };
-                    let docs = self.ports.docs.clone();
-                    let id = job.record.id.clone();
-                    ctx.spawn(
-                        async move {
-                            write_with_retry(|| docs.transition(id.clone(), change.clone())).await
-                        }
-                        .into_actor(self)
-                        .map(|_, _, _| ()),
-                    );
+                    self.record(job.record.id.clone(), change, ctx);
                 }
             }
         }
