@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Installs (when missing) and starts the backends Herald's tests use, on 127.0.0.1 only,
+# idempotently, waiting until each is ready:
+#   Kafka protocol : Tansu (crates.io), SQLite storage      127.0.0.1:${HERALD_KAFKA_PORT:-9092}
+#   MongoDB protocol: nx-27017 (PyPI), one file per database 127.0.0.1:${HERALD_MONGO_PORT:-27017}
+#   Redis, RabbitMQ : Debian packages (started if not running)
+# Usage: scripts/backends.sh up|down|status
+set -euo pipefail
+
+CACHE="${HERALD_CACHE:-$HOME/.cache/herald}"
+DATA="${HERALD_BACKENDS_DIR:-$CACHE/backends}"
+KAFKA_PORT="${HERALD_KAFKA_PORT:-9092}"
+MONGO_PORT="${HERALD_MONGO_PORT:-27017}"
+TANSU="${CARGO_HOME:-$HOME/.cargo}/bin/tansu"
+NX_VENV="$CACHE/nx-venv"
+mkdir -p "$CACHE" "$DATA"
+
+log() { printf 'backends: %s\n' "$*" >&2; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_for() { # name seconds command...
+  local name=$1 secs=$2; shift 2
+  local deadline=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    if [ $SECONDS -ge $deadline ]; then log "$name did not become ready in ${secs}s"; return 1; fi
+    sleep 0.5
+  done
+  log "$name ready"
+}
+
+install_tansu() {
+  if [ -x "$TANSU" ]; then return; fi
+  log "installing tansu (about 9 minutes on 2 cores, once; cached in $TANSU)"
+  # The default features have no storage engine; dynostore+libsql give memory:// and sqlite://.
+  cargo install --locked tansu --features dynostore,libsql >"$CACHE/tansu-install.log" 2>&1 \
+    || { tail -20 "$CACHE/tansu-install.log" >&2; return 1; }
+}
+
+install_nx() {
+  if [ -x "$NX_VENV/bin/nx-27017" ]; then return; fi
+  log "installing nx-27017 into $NX_VENV"
+  python3 -m venv "$NX_VENV"
+  "$NX_VENV/bin/pip" install -q nx-27017
+}
+
+kafka_up() {
+  install_tansu
+  if port_open "$KAFKA_PORT"; then log "kafka-protocol broker already on :$KAFKA_PORT"; return; fi
+  mkdir -p "$DATA/tansu"
+  # Absolute sqlite path: it is relative to the broker's working directory otherwise.
+  (cd "$DATA/tansu" && nohup "$TANSU" broker \
+      --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+      --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+      --storage-engine "sqlite://$DATA/tansu/tansu.db" \
+      >"$DATA/tansu/tansu.log" 2>&1 & echo $! >"$DATA/tansu/pid")
+  wait_for tansu 60 port_open "$KAFKA_PORT"
+}
+
+mongo_up() {
+  install_nx
+  if port_open "$MONGO_PORT"; then log "mongodb-protocol server already on :$MONGO_PORT"; return; fi
+  mkdir -p "$DATA/nx"
+  # --data-dir: one SQLite file per database (a single --db file shares collections).
+  nohup "$NX_VENV/bin/nx-27017" --data-dir "$DATA/nx" --host 127.0.0.1 -p "$MONGO_PORT" \
+    >"$DATA/nx/nx.log" 2>&1 & echo $! >"$DATA/nx/pid"
+  wait_for nx-27017 60 port_open "$MONGO_PORT"
+}
+
+redis_up() {
+  if redis-cli -h 127.0.0.1 ping >/dev/null 2>&1; then log "redis already running"; else
+    command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
+    wait_for redis 30 redis-cli -h 127.0.0.1 ping
+  fi
+  # Retry wake-ups use key-expiry events (CONTRACT §5).
+  redis-cli -h 127.0.0.1 config set notify-keyspace-events Ex >/dev/null || true
+}
+
+rabbit_up() {
+  if ! command -v rabbitmq-server >/dev/null; then
+    log "rabbitmq-server not installed; skipping (only the RabbitMQ tests need it)"; return
+  fi
+  if ! rabbitmq-diagnostics -q ping >/dev/null 2>&1; then
+    rabbitmq-server -detached || true
+    wait_for rabbitmq 90 rabbitmq-diagnostics -q ping
+  fi
+  rabbitmq-plugins enable rabbitmq_consistent_hash_exchange >/dev/null 2>&1 || true
+}
+
+stop_pidfile() {
+  local f=$1
+  if [ -f "$f" ]; then kill "$(cat "$f")" 2>/dev/null || true; rm -f "$f"; fi
+}
+
+case "${1:-up}" in
+  up) redis_up; mongo_up; kafka_up; rabbit_up ;;
+  down) stop_pidfile "$DATA/tansu/pid"; stop_pidfile "$DATA/nx/pid"; log "stopped tansu and nx-27017" ;;
+  status)
+    port_open "$KAFKA_PORT" && echo "kafka   up :$KAFKA_PORT" || echo "kafka   down"
+    port_open "$MONGO_PORT" && echo "mongo   up :$MONGO_PORT" || echo "mongo   down"
+    redis-cli -h 127.0.0.1 ping >/dev/null 2>&1 && echo "redis   up" || echo "redis   down"
+    rabbitmq-diagnostics -q ping >/dev/null 2>&1 && echo "rabbit  up" || echo "rabbit  down" ;;
+  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+esac

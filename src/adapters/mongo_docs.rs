@@ -1,0 +1,437 @@
+//! MongoDB document store: `users` (full-document upserts through the multi-statement
+//! `update` command, `ordered: false`: idempotent, so a replay or a half-applied batch is
+//! harmless) and `messages` (insert-if-absent, then transitions through the status machine
+//! with an optimistic `version` check).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{FutureExt, TryStreamExt};
+use mongodb::bson::{doc, Bson, DateTime, Document};
+use mongodb::options::ClientOptions;
+use mongodb::{Client, Database};
+
+use crate::domain::campaign::Channel;
+use crate::domain::message::{
+    ApplyResult, HistoryEntry, MessageRecord, MessageStatus, StatusChange, StatusEvent,
+};
+use crate::domain::user::{UserProfile, UserState};
+use crate::ports::{BoxFut, DocumentStore, StoreError, TransitionResult};
+
+/// Statements per `update` command (the test server's sweet spot; real MongoDB takes more).
+const CHUNK: usize = 1000;
+
+#[derive(Clone)]
+pub struct MongoDocumentStore {
+    db: Database,
+}
+
+fn transient(e: mongodb::error::Error) -> StoreError {
+    StoreError::Transient(format!("mongodb: {e}"))
+}
+
+impl MongoDocumentStore {
+    pub async fn connect(url: &str, database: &str) -> Result<Self, StoreError> {
+        let mut options = ClientOptions::parse(url).await.map_err(|e| StoreError::BadData {
+            key: "mongo.url".into(),
+            detail: e.to_string(),
+        })?;
+        options.server_selection_timeout = Some(Duration::from_secs(5));
+        options.connect_timeout = Some(Duration::from_secs(2));
+        options.app_name = Some("herald".into());
+        let client = Client::with_options(options).map_err(transient)?;
+        Ok(MongoDocumentStore {
+            db: client.database(database),
+        })
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.db
+            .run_command(doc! {"ping": 1})
+            .await
+            .map(|_| ())
+            .map_err(transient)
+    }
+
+    /// Indexes the queries need (idempotent).
+    pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
+        for (coll, key, name) in [
+            ("messages", "status", "status_1"),
+            ("early_callbacks", "message_id", "message_id_1"),
+        ] {
+            self.db
+                .run_command(doc! {
+                    "createIndexes": coll,
+                    "indexes": [ { "key": { key: 1 }, "name": name } ],
+                })
+                .await
+                .map_err(transient)?;
+        }
+        Ok(())
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// Runs `update` commands of at most [`CHUNK`] statements; duplicate-key errors on an
+    /// upsert (two upserts racing) count as success, as in the MongoDB Kafka sink connector.
+    async fn update_many(db: &Database, coll: &str, statements: Vec<Document>) -> Result<(), StoreError> {
+        for chunk in statements.chunks(CHUNK) {
+            let reply = db
+                .run_command(doc! {
+                    "update": coll,
+                    "updates": chunk.to_vec(),
+                    "ordered": false,
+                })
+                .await
+                .map_err(transient)?;
+            if let Ok(errors) = reply.get_array("writeErrors") {
+                let real: Vec<&Bson> = errors
+                    .iter()
+                    .filter(|e| {
+                        e.as_document()
+                            .and_then(|d| d.get("code"))
+                            .and_then(bson_i64)
+                            != Some(11000)
+                    })
+                    .collect();
+                if let Some(first) = real.first() {
+                    let detail = first
+                        .as_document()
+                        .and_then(|d| d.get_str("errmsg").ok())
+                        .unwrap_or("write error")
+                        .to_string();
+                    return Err(StoreError::BadData {
+                        key: format!("{coll} ({} statements refused)", real.len()),
+                        detail,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn bson_i64(b: &Bson) -> Option<i64> {
+    match b {
+        Bson::Int32(i) => Some(*i as i64),
+        Bson::Int64(i) => Some(*i),
+        Bson::Double(f) => Some(*f as i64),
+        _ => None,
+    }
+}
+
+fn date(ms: i64) -> Bson {
+    Bson::DateTime(DateTime::from_millis(ms))
+}
+
+fn opt_str(v: &Option<String>) -> Bson {
+    v.as_ref().map_or(Bson::Null, |s| Bson::String(s.clone()))
+}
+
+/// The `users` document of CONTRACT §3 (without `_id`).
+pub fn user_document(profile: &UserProfile, updated_at: i64) -> Document {
+    let traits: Document = profile
+        .traits
+        .iter()
+        .map(|(k, v)| (k.clone(), Bson::try_from(v.clone()).unwrap_or(Bson::Null)))
+        .collect();
+    let events: Document = profile
+        .events
+        .iter()
+        .map(|(name, s)| {
+            (
+                name.clone(),
+                Bson::Document(doc! {
+                    "count": s.count,
+                    "first_at": date(s.first_at),
+                    "last_at": date(s.last_at),
+                }),
+            )
+        })
+        .collect();
+    doc! {
+        "traits": traits,
+        "tags": profile.tags.iter().cloned().collect::<Vec<String>>(),
+        "event_count": profile.event_count,
+        "events": events,
+        "first_seen": profile.first_seen.map_or(Bson::Null, date),
+        "last_seen": profile.last_seen.map_or(Bson::Null, date),
+        "updated_at": date(updated_at),
+    }
+}
+
+fn message_document(m: &MessageRecord, version: i64) -> Document {
+    let history: Vec<Bson> = m
+        .history
+        .iter()
+        .map(|h| {
+            Bson::Document(doc! {
+                "status": h.status.as_str(),
+                "at": date(h.at),
+                "provider": opt_str(&h.provider),
+                "detail": opt_str(&h.detail),
+            })
+        })
+        .collect();
+    doc! {
+        "_id": &m.id,
+        "user_id": &m.user_id,
+        "campaign": &m.campaign,
+        "channel": m.channel.as_str(),
+        "to": opt_str(&m.to),
+        "body": &m.body,
+        "provider": opt_str(&m.provider),
+        "status": m.status.as_str(),
+        "attempts": m.attempts as i64,
+        "provider_message_id": opt_str(&m.provider_message_id),
+        "error": opt_str(&m.error),
+        "created_at": date(m.created_at),
+        "updated_at": date(m.updated_at),
+        "history": history,
+        "version": version,
+    }
+}
+
+fn get_opt_str(d: &Document, k: &str) -> Option<String> {
+    d.get_str(k).ok().map(str::to_string)
+}
+
+fn get_ms(d: &Document, k: &str) -> i64 {
+    match d.get(k) {
+        Some(Bson::DateTime(t)) => t.timestamp_millis(),
+        Some(other) => bson_i64(other).unwrap_or(0),
+        None => 0,
+    }
+}
+
+fn parse_message(d: &Document) -> Result<(MessageRecord, i64), StoreError> {
+    let bad = |what: &str| StoreError::BadData {
+        key: format!("messages/{}", d.get_str("_id").unwrap_or("?")),
+        detail: format!("unreadable field {what}"),
+    };
+    let status = d
+        .get_str("status")
+        .ok()
+        .and_then(MessageStatus::parse)
+        .ok_or_else(|| bad("status"))?;
+    let channel = d
+        .get_str("channel")
+        .ok()
+        .and_then(Channel::parse)
+        .ok_or_else(|| bad("channel"))?;
+    let history = d
+        .get_array("history")
+        .map(|a| {
+            a.iter()
+                .filter_map(Bson::as_document)
+                .filter_map(|h| {
+                    Some(HistoryEntry {
+                        status: MessageStatus::parse(h.get_str("status").ok()?)?,
+                        at: get_ms(h, "at"),
+                        provider: get_opt_str(h, "provider"),
+                        detail: get_opt_str(h, "detail"),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let record = MessageRecord {
+        id: d.get_str("_id").map_err(|_| bad("_id"))?.to_string(),
+        user_id: get_opt_str(d, "user_id").unwrap_or_default(),
+        campaign: get_opt_str(d, "campaign").unwrap_or_default(),
+        channel,
+        to: get_opt_str(d, "to"),
+        body: get_opt_str(d, "body").unwrap_or_default(),
+        provider: get_opt_str(d, "provider"),
+        status,
+        attempts: d.get("attempts").and_then(bson_i64).unwrap_or(0) as u32,
+        provider_message_id: get_opt_str(d, "provider_message_id"),
+        error: get_opt_str(d, "error"),
+        created_at: get_ms(d, "created_at"),
+        updated_at: get_ms(d, "updated_at"),
+        history,
+    };
+    let version = d.get("version").and_then(bson_i64).unwrap_or(0);
+    Ok((record, version))
+}
+
+fn change_document(message_id: &str, c: &StatusChange) -> Document {
+    let event = match c.event {
+        StatusEvent::Sent => "sent",
+        StatusEvent::Retrying => "retrying",
+        StatusEvent::Delivered => "delivered",
+        StatusEvent::Failed => "failed",
+    };
+    doc! {
+        "message_id": message_id,
+        "event": event,
+        "at": date(c.at),
+        "provider": opt_str(&c.provider),
+        "detail": opt_str(&c.detail),
+        "provider_message_id": opt_str(&c.provider_message_id),
+        "attempt": c.attempt.map_or(Bson::Null, |a| Bson::Int64(a as i64)),
+        "expect_provider_message_id": opt_str(&c.expect_provider_message_id),
+    }
+}
+
+fn parse_change(d: &Document) -> Option<StatusChange> {
+    let event = match d.get_str("event").ok()? {
+        "sent" => StatusEvent::Sent,
+        "retrying" => StatusEvent::Retrying,
+        "delivered" => StatusEvent::Delivered,
+        "failed" => StatusEvent::Failed,
+        _ => return None,
+    };
+    Some(StatusChange {
+        event,
+        at: get_ms(d, "at"),
+        provider: get_opt_str(d, "provider"),
+        detail: get_opt_str(d, "detail"),
+        provider_message_id: get_opt_str(d, "provider_message_id"),
+        attempt: d.get("attempt").and_then(bson_i64).map(|a| a as u32),
+        // An early callback is applied when its message appears: the send it refers to is
+        // unknowable then, so it is applied as is.
+        expect_provider_message_id: None,
+    })
+}
+
+/// Read-modify-write of one message through the domain's status machine, retried on a
+/// concurrent update (optimistic `version`).
+async fn transition(db: Database, id: String, change: StatusChange) -> Result<TransitionResult, StoreError> {
+    let coll = db.collection::<Document>("messages");
+    for _ in 0..16 {
+        let Some(found) = coll.find_one(doc! {"_id": &id}).await.map_err(transient)? else {
+            return Ok(TransitionResult::NotFound);
+        };
+        let (mut record, version) = parse_message(&found)?;
+        match record.apply(&change) {
+            ApplyResult::Ignored => return Ok(TransitionResult::Ignored(record.status)),
+            ApplyResult::NotReady => return Ok(TransitionResult::NotReady),
+            ApplyResult::Applied => {}
+        }
+        let replaced = coll
+            .replace_one(
+                doc! {"_id": &id, "version": version},
+                message_document(&record, version + 1),
+            )
+            .await
+            .map_err(transient)?;
+        if replaced.matched_count == 1 {
+            return Ok(TransitionResult::Applied(Box::new(record)));
+        }
+    }
+    Err(StoreError::Transient(format!(
+        "message {id}: too many concurrent updates"
+    )))
+}
+
+impl DocumentStore for MongoDocumentStore {
+    fn upsert_users(&self, users: Vec<Arc<UserState>>, now_ms: i64) -> BoxFut<Result<(), StoreError>> {
+        let db = self.db.clone();
+        async move {
+            let statements: Vec<Document> = users
+                .iter()
+                .map(|u| {
+                    doc! {
+                        "q": { "_id": &u.user_id },
+                        "u": user_document(&u.profile, now_ms),
+                        "upsert": true,
+                    }
+                })
+                .collect();
+            Self::update_many(&db, "users", statements).await
+        }
+        .boxed()
+    }
+
+    fn insert_messages(&self, messages: Vec<MessageRecord>) -> BoxFut<Result<(), StoreError>> {
+        let db = self.db.clone();
+        async move {
+            let ids: Vec<String> = messages.iter().map(|m| m.id.clone()).collect();
+            let statements: Vec<Document> = messages
+                .iter()
+                .map(|m| {
+                    doc! {
+                        "q": { "_id": &m.id },
+                        "u": { "$setOnInsert": message_document(m, 0) },
+                        "upsert": true,
+                    }
+                })
+                .collect();
+            Self::update_many(&db, "messages", statements).await?;
+            // Callbacks that arrived before their message existed.
+            let early = db.collection::<Document>("early_callbacks");
+            let pending: Vec<Document> = early
+                .find(doc! {"message_id": {"$in": ids}})
+                .await
+                .map_err(transient)?
+                .try_collect()
+                .await
+                .map_err(transient)?;
+            for d in pending {
+                if let (Ok(id), Some(change)) = (d.get_str("message_id"), parse_change(&d)) {
+                    transition(db.clone(), id.to_string(), change).await?;
+                }
+                if let Some(oid) = d.get("_id") {
+                    early
+                        .delete_one(doc! {"_id": oid.clone()})
+                        .await
+                        .map_err(transient)?;
+                }
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn transition(&self, id: String, change: StatusChange) -> BoxFut<Result<TransitionResult, StoreError>> {
+        transition(self.db.clone(), id, change).boxed()
+    }
+
+    fn record_early_callback(&self, id: String, change: StatusChange) -> BoxFut<Result<(), StoreError>> {
+        let db = self.db.clone();
+        async move {
+            // The message may have appeared meanwhile: then apply directly.
+            if let TransitionResult::NotFound = transition(db.clone(), id.clone(), change.clone()).await? {
+                db.collection::<Document>("early_callbacks")
+                    .insert_one(change_document(&id, &change))
+                    .await
+                    .map_err(transient)?;
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn get_message(&self, id: String) -> BoxFut<Result<Option<MessageRecord>, StoreError>> {
+        let db = self.db.clone();
+        async move {
+            let found = db
+                .collection::<Document>("messages")
+                .find_one(doc! {"_id": &id})
+                .await
+                .map_err(transient)?;
+            found.map(|d| parse_message(&d).map(|(r, _)| r)).transpose()
+        }
+        .boxed()
+    }
+
+    fn queued_messages(&self, limit: usize) -> BoxFut<Result<Vec<MessageRecord>, StoreError>> {
+        let db = self.db.clone();
+        async move {
+            let docs: Vec<Document> = db
+                .collection::<Document>("messages")
+                .find(doc! {"status": "queued"})
+                .limit(limit as i64)
+                .await
+                .map_err(transient)?
+                .try_collect()
+                .await
+                .map_err(transient)?;
+            docs.iter().map(|d| parse_message(d).map(|(r, _)| r)).collect()
+        }
+        .boxed()
+    }
+}
