@@ -61,6 +61,7 @@ pub struct KafkaConfig {
     pub group_id: String,
     #[serde(default)]
     pub group_instance_id: Option<String>,
+    pub partitions: i32,
 }
 
 #[derive(Debug, Clone, Deserialize)]

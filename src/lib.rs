@@ -8,5 +8,6 @@ pub mod demo;
 pub mod domain;
 pub mod embedded;
 pub mod ports;
+pub mod service;
 pub mod telemetry;
 pub mod workload;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use herald::config::{Config, LogFormat, SourceKind, DEFAULT_TOML};
+use herald::config::{Config, LogFormat};
 
 const DEMO_TOML: &str = include_str!("../config/demo.toml");
 
@@ -144,17 +144,32 @@ fn main() -> ExitCode {
                 Err(e) => return fail(e),
             };
             init_logging(cfg.log.format, "info");
-            let _ = DEFAULT_TOML;
-            match cfg.source.kind {
-                SourceKind::Embedded => fail(
-                    "source.kind = \"embedded\" is for `herald demo`; `herald run` needs kafka or rabbitmq",
-                ),
-                other => fail(format!(
-                    "source.kind = \"{other}\": this build has no {other} adapter yet (use `herald demo`)"
-                )),
+            match actix::System::new().block_on(herald::service::run(cfg)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(format!("{e:#}")),
             }
         }
-        Command::Produce { .. } => fail("`herald produce` needs a Kafka or RabbitMQ adapter, which this build does not have yet"),
+        Command::Produce {
+            config,
+            events,
+            users,
+            seed,
+            rate,
+        } => {
+            let cfg = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => return fail(e),
+            };
+            init_logging(cfg.log.format, "warn");
+            if users == 0 {
+                return fail("--users must be at least 1");
+            }
+            let spec = herald::workload::WorkloadSpec::new(events, users, seed);
+            match actix::System::new().block_on(herald::service::produce(cfg, spec, rate)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(format!("{e:#}")),
+            }
+        }
         Command::ProviderSim { .. } => fail("`herald provider-sim` is not in this build yet"),
     }
 }

@@ -31,7 +31,7 @@ impl WorkloadSpec {
             users: users.max(1),
             seed,
             duplicate_rate: 0.01,
-            invalid_rate: 0.005,
+            invalid_rate: 0.01,
             // 2026-11-23T00:00:00Z
             start_ms: 1_795_392_000_000,
         }

@@ -141,8 +141,13 @@ pub fn client_config(brokers: &str) -> ClientConfig {
 }
 
 /// Creates the topics if they do not exist (Tansu auto-creates with 4 partitions otherwise).
-pub async fn ensure_topics(brokers: &str, topics: &[(&str, i32)], timeout: Duration) -> Result<(), SourceError> {
-    let admin: AdminClient<DefaultClientContext> = client_config(brokers).create().map_err(unavailable)?;
+pub async fn ensure_topics(
+    brokers: &str,
+    topics: &[(&str, i32)],
+    timeout: Duration,
+) -> Result<(), SourceError> {
+    let admin: AdminClient<DefaultClientContext> =
+        client_config(brokers).create().map_err(unavailable)?;
     let new: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|(name, partitions)| {
@@ -152,11 +157,16 @@ pub async fn ensure_topics(brokers: &str, topics: &[(&str, i32)], timeout: Durat
         })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(timeout));
-    let results = admin.create_topics(new.iter(), &opts).await.map_err(unavailable)?;
+    let results = admin
+        .create_topics(new.iter(), &opts)
+        .await
+        .map_err(unavailable)?;
     for r in results {
         if let Err((name, code)) = r {
             if code != RDKafkaErrorCode::TopicAlreadyExists {
-                return Err(SourceError::Unavailable(format!("cannot create topic {name}: {code}")));
+                return Err(SourceError::Unavailable(format!(
+                    "cannot create topic {name}: {code}"
+                )));
             }
         }
     }
@@ -166,7 +176,10 @@ pub async fn ensure_topics(brokers: &str, topics: &[(&str, i32)], timeout: Durat
 impl KafkaSource {
     /// Connects, checks the broker answers within `timeout`, creates the topics if missing,
     /// subscribes, and starts the poll thread.
-    pub async fn start(settings: KafkaSettings, timeout: Duration) -> Result<Arc<KafkaSource>, SourceError> {
+    pub async fn start(
+        settings: KafkaSettings,
+        timeout: Duration,
+    ) -> Result<Arc<KafkaSource>, SourceError> {
         let dlq = format!("{}.dlq", settings.topic);
         ensure_topics(
             &settings.brokers,
@@ -202,14 +215,25 @@ impl KafkaSource {
         let consumer = Arc::new(consumer);
         let probe = consumer.clone();
         let topic = settings.topic.clone();
-        let metadata = tokio::task::spawn_blocking(move || probe.fetch_metadata(Some(&topic), timeout))
-            .await
-            .map_err(|e| SourceError::Unavailable(e.to_string()))?
-            .map_err(|e| SourceError::Unavailable(format!("kafka at {} did not answer: {e}", settings.brokers)))?;
+        let metadata =
+            tokio::task::spawn_blocking(move || probe.fetch_metadata(Some(&topic), timeout))
+                .await
+                .map_err(|e| SourceError::Unavailable(e.to_string()))?
+                .map_err(|e| {
+                    SourceError::Unavailable(format!(
+                        "kafka at {} did not answer: {e}",
+                        settings.brokers
+                    ))
+                })?;
         if metadata.topics().iter().all(|t| t.partitions().is_empty()) {
-            return Err(SourceError::Unavailable(format!("topic {} has no partitions", settings.topic)));
+            return Err(SourceError::Unavailable(format!(
+                "topic {} has no partitions",
+                settings.topic
+            )));
         }
-        consumer.subscribe(&[&settings.topic]).map_err(unavailable)?;
+        consumer
+            .subscribe(&[&settings.topic])
+            .map_err(unavailable)?;
         let producer: FutureProducer = client_config(&settings.brokers)
             .set("acks", "all")
             .set("enable.idempotence", "false")
@@ -282,7 +306,11 @@ impl KafkaSource {
     /// blocking task).
     pub fn refresh_high_watermarks(&self, partitions: &[u32]) {
         for p in partitions {
-            if let Ok((_, high)) = self.consumer.fetch_watermarks(&self.settings.topic, *p as i32, Duration::from_secs(2)) {
+            if let Ok((_, high)) = self.consumer.fetch_watermarks(
+                &self.settings.topic,
+                *p as i32,
+                Duration::from_secs(2),
+            ) {
                 self.high_watermarks.lock().insert(*p, high.max(0) as u64);
             }
         }
@@ -307,7 +335,9 @@ impl PartitionReader for SharedReader {
             // Wait a little for the first record, then take what is there.
             match tokio::time::timeout(Duration::from_millis(50), rx.recv()).await {
                 Ok(Some(r)) => batch.push(r),
-                Ok(None) => return Err(SourceError::Unavailable("partition channel closed".into())),
+                Ok(None) => {
+                    return Err(SourceError::Unavailable("partition channel closed".into()))
+                }
                 Err(_) => return Ok(batch),
             }
             while batch.len() < max {
@@ -393,8 +423,14 @@ impl Source for KafkaSource {
                 .iter()
                 .map(|l| {
                     let headers = OwnedHeaders::new()
-                        .insert(Header { key: "herald-error", value: Some(l.error.as_bytes()) })
-                        .insert(Header { key: "herald-source-topic", value: Some(source_topic.as_bytes()) })
+                        .insert(Header {
+                            key: "herald-error",
+                            value: Some(l.error.as_bytes()),
+                        })
+                        .insert(Header {
+                            key: "herald-source-topic",
+                            value: Some(source_topic.as_bytes()),
+                        })
                         .insert(Header {
                             key: "herald-source-partition",
                             value: Some(l.record.partition.to_string().as_bytes()),

@@ -32,10 +32,12 @@ fn transient(e: mongodb::error::Error) -> StoreError {
 
 impl MongoDocumentStore {
     pub async fn connect(url: &str, database: &str) -> Result<Self, StoreError> {
-        let mut options = ClientOptions::parse(url).await.map_err(|e| StoreError::BadData {
-            key: "mongo.url".into(),
-            detail: e.to_string(),
-        })?;
+        let mut options = ClientOptions::parse(url)
+            .await
+            .map_err(|e| StoreError::BadData {
+                key: "mongo.url".into(),
+                detail: e.to_string(),
+            })?;
         options.server_selection_timeout = Some(Duration::from_secs(5));
         options.connect_timeout = Some(Duration::from_secs(2));
         options.app_name = Some("herald".into());
@@ -76,7 +78,11 @@ impl MongoDocumentStore {
 
     /// Runs `update` commands of at most [`CHUNK`] statements; duplicate-key errors on an
     /// upsert (two upserts racing) count as success, as in the MongoDB Kafka sink connector.
-    async fn update_many(db: &Database, coll: &str, statements: Vec<Document>) -> Result<(), StoreError> {
+    async fn update_many(
+        db: &Database,
+        coll: &str,
+        statements: Vec<Document>,
+    ) -> Result<(), StoreError> {
         for chunk in statements.chunks(CHUNK) {
             let reply = db
                 .run_command(doc! {
@@ -299,7 +305,11 @@ fn parse_change(d: &Document) -> Option<StatusChange> {
 
 /// Read-modify-write of one message through the domain's status machine, retried on a
 /// concurrent update (optimistic `version`).
-async fn transition(db: Database, id: String, change: StatusChange) -> Result<TransitionResult, StoreError> {
+async fn transition(
+    db: Database,
+    id: String,
+    change: StatusChange,
+) -> Result<TransitionResult, StoreError> {
     let coll = db.collection::<Document>("messages");
     for _ in 0..16 {
         let Some(found) = coll.find_one(doc! {"_id": &id}).await.map_err(transient)? else {
@@ -328,7 +338,11 @@ async fn transition(db: Database, id: String, change: StatusChange) -> Result<Tr
 }
 
 impl DocumentStore for MongoDocumentStore {
-    fn upsert_users(&self, users: Vec<Arc<UserState>>, now_ms: i64) -> BoxFut<Result<(), StoreError>> {
+    fn upsert_users(
+        &self,
+        users: Vec<Arc<UserState>>,
+        now_ms: i64,
+    ) -> BoxFut<Result<(), StoreError>> {
         let db = self.db.clone();
         async move {
             let statements: Vec<Document> = users
@@ -386,15 +400,25 @@ impl DocumentStore for MongoDocumentStore {
         .boxed()
     }
 
-    fn transition(&self, id: String, change: StatusChange) -> BoxFut<Result<TransitionResult, StoreError>> {
+    fn transition(
+        &self,
+        id: String,
+        change: StatusChange,
+    ) -> BoxFut<Result<TransitionResult, StoreError>> {
         transition(self.db.clone(), id, change).boxed()
     }
 
-    fn record_early_callback(&self, id: String, change: StatusChange) -> BoxFut<Result<(), StoreError>> {
+    fn record_early_callback(
+        &self,
+        id: String,
+        change: StatusChange,
+    ) -> BoxFut<Result<(), StoreError>> {
         let db = self.db.clone();
         async move {
             // The message may have appeared meanwhile: then apply directly.
-            if let TransitionResult::NotFound = transition(db.clone(), id.clone(), change.clone()).await? {
+            if let TransitionResult::NotFound =
+                transition(db.clone(), id.clone(), change.clone()).await?
+            {
                 db.collection::<Document>("early_callbacks")
                     .insert_one(change_document(&id, &change))
                     .await
@@ -430,7 +454,9 @@ impl DocumentStore for MongoDocumentStore {
                 .try_collect()
                 .await
                 .map_err(transient)?;
-            docs.iter().map(|d| parse_message(d).map(|(r, _)| r)).collect()
+            docs.iter()
+                .map(|d| parse_message(d).map(|(r, _)| r))
+                .collect()
         }
         .boxed()
     }

@@ -28,11 +28,10 @@ pub fn transient(e: redis::RedisError) -> StoreError {
 impl RedisStateStore {
     /// Connects (the manager reconnects by itself with backoff after a connection loss).
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| StoreError::BadData {
-                key: "redis.url".into(),
-                detail: e.to_string(),
-            })?;
+        let client = redis::Client::open(url).map_err(|e| StoreError::BadData {
+            key: "redis.url".into(),
+            detail: e.to_string(),
+        })?;
         let config = ConnectionManagerConfig::new()
             // The 500 ms default is too short for a 1000-command pipeline on a busy machine.
             .set_response_timeout(Some(Duration::from_secs(10)))
@@ -71,12 +70,14 @@ impl StateStore for RedisStateStore {
             let raw: Option<Vec<u8>> = conn.get(&key).await.map_err(transient)?;
             match raw {
                 None => Ok(None),
-                Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-                    StoreError::BadData {
-                        key,
-                        detail: format!("stored state does not parse: {e}"),
-                    }
-                }),
+                Some(bytes) => {
+                    serde_json::from_slice(&bytes)
+                        .map(Some)
+                        .map_err(|e| StoreError::BadData {
+                            key,
+                            detail: format!("stored state does not parse: {e}"),
+                        })
+                }
             }
         }
         .boxed()
@@ -93,7 +94,8 @@ impl StateStore for RedisStateStore {
                         key: s.user_id.clone(),
                         detail: e.to_string(),
                     })?;
-                    pipe.set(format!("{prefix}user:{}", s.user_id), json).ignore();
+                    pipe.set(format!("{prefix}user:{}", s.user_id), json)
+                        .ignore();
                 }
                 pipe.query_async::<()>(&mut conn).await.map_err(transient)?;
             }

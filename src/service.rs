@@ -1,0 +1,258 @@
+//! `herald run` and `herald produce`: the service on real backends (the edge: `anyhow`).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _};
+use indicatif::{ProgressBar, ProgressStyle};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+use crate::actors::context::{Ports, Settings};
+use crate::actors::{Pipeline, PipelineSpec};
+use crate::adapters::kafka_source::{client_config, ensure_topics, KafkaSettings, KafkaSource};
+use crate::adapters::memory_retry::MemoryRetrySchedule;
+use crate::adapters::mongo_docs::MongoDocumentStore;
+use crate::adapters::redis_state::RedisStateStore;
+use crate::config::{mask_url_password, Config, SourceKind};
+use crate::ports::SystemClock;
+use crate::telemetry::Metrics;
+use crate::workload::{Workload, WorkloadSpec};
+
+/// Retries `connect` until it succeeds or `timeout` passes; the error names the backend.
+async fn within<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
+    what: &str,
+    timeout: Duration,
+    mut connect: impl FnMut() -> F,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + timeout;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let last =
+            match tokio::time::timeout(remaining.max(Duration::from_millis(1)), connect()).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "timed out".to_string(),
+            };
+        if Instant::now() + delay >= deadline {
+            bail!(
+                "cannot reach {what} within {} ms: {last}",
+                timeout.as_millis()
+            );
+        }
+        tracing::warn!(what, error = %last, "backend not reachable yet; retrying");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+fn kafka_settings(config: &Config) -> KafkaSettings {
+    KafkaSettings {
+        brokers: config.kafka.brokers.clone(),
+        topic: config.kafka.topic.clone(),
+        group_id: config.kafka.group_id.clone(),
+        group_instance_id: config.kafka.group_instance_id.clone(),
+        partitions: config.kafka.partitions,
+    }
+}
+
+/// Runs the service until SIGINT/SIGTERM, then drains and commits (G6).
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    match config.source.kind {
+        SourceKind::Kafka => {}
+        SourceKind::Rabbitmq => {
+            bail!("source.kind = \"rabbitmq\": this build has no RabbitMQ adapter yet")
+        }
+        SourceKind::Embedded => bail!("source.kind = \"embedded\" is for `herald demo`"),
+    }
+    if !config.campaigns.is_empty() {
+        bail!("campaigns need HTTP providers, which this build does not have yet; remove [[campaigns]] to ingest only");
+    }
+    let startup = Duration::from_millis(config.startup.timeout_ms);
+    let redis_url = config.redis.url.clone();
+    let prefix = config.redis.prefix.clone();
+    let state = within(
+        &format!("Redis at {}", mask_url_password(&redis_url)),
+        startup,
+        || {
+            let (u, p) = (redis_url.clone(), prefix.clone());
+            async move {
+                let s = RedisStateStore::connect(&u, &p).await?;
+                s.ping().await?;
+                Ok::<_, crate::ports::StoreError>(s)
+            }
+        },
+    )
+    .await?;
+    let mongo_url = config.mongo.url.clone();
+    let database = config.mongo.database.clone();
+    let docs = within(
+        &format!("MongoDB at {}", mask_url_password(&mongo_url)),
+        startup,
+        || {
+            let (u, d) = (mongo_url.clone(), database.clone());
+            async move {
+                let s = MongoDocumentStore::connect(&u, &d).await?;
+                s.ping().await?;
+                s.ensure_indexes().await?;
+                Ok::<_, crate::ports::StoreError>(s)
+            }
+        },
+    )
+    .await?;
+    let settings = kafka_settings(&config);
+    let source = within(
+        &format!("Kafka at {}", config.kafka.brokers),
+        startup,
+        || KafkaSource::start(settings.clone(), Duration::from_secs(5).min(startup)),
+    )
+    .await?;
+    tracing::info!(topic = %config.kafka.topic, group = %config.kafka.group_id, "herald running");
+
+    let metrics = Metrics::shared();
+    let ports = Ports {
+        source: source.clone(),
+        state: Arc::new(state),
+        docs: Arc::new(docs),
+        retries: MemoryRetrySchedule::new(),
+        clock: Arc::new(SystemClock),
+        metrics: metrics.clone(),
+    };
+    let spec = PipelineSpec {
+        settings: Settings::from_config(&config),
+        campaigns: config.parsed_campaigns.clone(),
+        providers: Vec::new(),
+        workers: config.workers(),
+        batch_shards: config.batch_shards(),
+        seed: std::process::id() as u64,
+    };
+    let pipeline = Pipeline::start(spec, ports);
+    let reason = tokio::select! {
+        r = shutdown_signal() => r,
+        failure = pipeline.failed() => format!("failure: {failure}"),
+    };
+    tracing::info!(
+        reason,
+        "shutting down: draining in-flight work and committing"
+    );
+    let result = pipeline.shutdown().await;
+    let closer = source.clone();
+    let _ = tokio::task::spawn_blocking(move || closer.close()).await;
+    result.map_err(|e| anyhow!(e))?;
+    tracing::info!("drained and committed; bye");
+    Ok(())
+}
+
+async fn shutdown_signal() -> String {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return futures::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM".to_string(),
+        _ = tokio::signal::ctrl_c() => "SIGINT".to_string(),
+    }
+}
+
+/// Publishes a deterministic workload to the configured source.
+pub async fn produce(config: Config, spec: WorkloadSpec, rate: Option<u64>) -> anyhow::Result<()> {
+    if config.source.kind != SourceKind::Kafka {
+        bail!("`herald produce` supports source.kind = \"kafka\" in this build");
+    }
+    let brokers = config.kafka.brokers.clone();
+    let topic = config.kafka.topic.clone();
+    let startup = Duration::from_millis(config.startup.timeout_ms);
+    within(&format!("Kafka at {brokers}"), startup, || {
+        let b = brokers.clone();
+        let t = topic.clone();
+        let parts = config.kafka.partitions;
+        async move {
+            ensure_topics(
+                &b,
+                &[(&t, parts), (&format!("{t}.dlq"), 1)],
+                Duration::from_secs(5),
+            )
+            .await
+        }
+    })
+    .await?;
+    let producer: FutureProducer = client_config(&brokers)
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "200000")
+        .create()
+        .context("creating the Kafka producer")?;
+    let bar = ProgressBar::new(spec.events);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} produced ({per_sec})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let started = Instant::now();
+    let mut pending = futures::stream::FuturesOrdered::new();
+    let mut sent: u64 = 0;
+    use futures::StreamExt;
+    for m in Workload::new(spec) {
+        if let Some(r) = rate {
+            let due = Duration::from_secs_f64(sent as f64 / r.max(1) as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        loop {
+            let record = FutureRecord::to(&topic)
+                .key(m.key.as_bytes())
+                .payload(&m.payload[..]);
+            match producer.send_result(record) {
+                Ok(delivery) => {
+                    pending.push_back(delivery);
+                    break;
+                }
+                Err((e, _)) => {
+                    // Local queue full: wait for deliveries, then enqueue again.
+                    if pending.is_empty() {
+                        bail!("cannot enqueue to Kafka: {e}");
+                    }
+                    settle(pending.next().await, &bar)?;
+                }
+            }
+        }
+        sent += 1;
+        while pending.len() >= 10_000 {
+            settle(pending.next().await, &bar)?;
+        }
+    }
+    while let Some(r) = pending.next().await {
+        settle(Some(r), &bar)?;
+    }
+    producer
+        .flush(Duration::from_secs(30))
+        .context("flushing the producer")?;
+    bar.finish_and_clear();
+    eprintln!(
+        "produced {} messages to {topic} in {:.2} s",
+        spec.events,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+type Delivery = Result<
+    rdkafka::producer::future_producer::OwnedDeliveryResult,
+    futures::channel::oneshot::Canceled,
+>;
+
+fn settle(result: Option<Delivery>, bar: &ProgressBar) -> anyhow::Result<()> {
+    match result {
+        None => Ok(()),
+        Some(Ok(Ok(_))) => {
+            bar.inc(1);
+            Ok(())
+        }
+        Some(Ok(Err((e, _)))) => Err(anyhow!("delivery failed: {e}")),
+        Some(Err(_)) => Err(anyhow!("the producer was dropped before delivery")),
+    }
+}
