@@ -193,9 +193,8 @@ pub async fn produce(config: Config, spec: WorkloadSpec, rate: Option<u64>) -> a
     );
     let started = Instant::now();
     let mut pending = futures::stream::FuturesOrdered::new();
-    let mut sent: u64 = 0;
     use futures::StreamExt;
-    for m in Workload::new(spec) {
+    for (sent, m) in (0_u64..).zip(Workload::new(spec)) {
         if let Some(r) = rate {
             let due = Duration::from_secs_f64(sent as f64 / r.max(1) as f64);
             if let Some(wait) = due.checked_sub(started.elapsed()) {
@@ -220,7 +219,6 @@ pub async fn produce(config: Config, spec: WorkloadSpec, rate: Option<u64>) -> a
                 }
             }
         }
-        sent += 1;
         while pending.len() >= 10_000 {
             settle(pending.next().await, &bar)?;
         }
