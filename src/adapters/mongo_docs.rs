@@ -348,9 +348,13 @@ impl DocumentStore for MongoDocumentStore {
             let statements: Vec<Document> = users
                 .iter()
                 .map(|u| {
+                    // `_id` in the replacement too: some servers (nx-27017) otherwise give an
+                    // upserted document a fresh ObjectId instead of the query's `_id`.
+                    let mut replacement = doc! {"_id": &u.user_id};
+                    replacement.extend(user_document(&u.profile, now_ms));
                     doc! {
                         "q": { "_id": &u.user_id },
-                        "u": user_document(&u.profile, now_ms),
+                        "u": replacement,
                         "upsert": true,
                     }
                 })

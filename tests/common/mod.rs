@@ -1,0 +1,362 @@
+//! Helpers for integration tests against the real backends started by scripts/backends.sh:
+//! unique names per test, the `herald` binary as a child process, Kafka offsets, MongoDB users
+//! and the dead-letter topic.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::TryStreamExt;
+use herald::domain::event::decode;
+use herald::domain::user::{sequential_replay, EventStats, UserProfile};
+use herald::workload::{MessageKind, Workload, WorkloadSpec};
+use mongodb::bson::{Bson, Document};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+
+pub const BROKERS: &str = "127.0.0.1:9092";
+pub const MONGO: &str = "mongodb://127.0.0.1:27017";
+pub const REDIS: &str = "redis://127.0.0.1:6379/0";
+
+/// Names for one test: topic, group, database and Redis prefix (letters, digits, `_`).
+#[derive(Clone, Debug)]
+pub struct Names {
+    pub base: String,
+    pub partitions: i32,
+}
+
+impl Names {
+    pub fn new(test: &str, partitions: i32) -> Names {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        Names {
+            base: format!("it_{test}_{}_{}", std::process::id(), nanos % 1_000_000_000),
+            partitions,
+        }
+    }
+    pub fn topic(&self) -> String {
+        self.base.clone()
+    }
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("HERALD__KAFKA__BROKERS".into(), BROKERS.into()),
+            ("HERALD__KAFKA__TOPIC".into(), self.base.clone()),
+            ("HERALD__KAFKA__GROUP_ID".into(), self.base.clone()),
+            (
+                "HERALD__KAFKA__PARTITIONS".into(),
+                self.partitions.to_string(),
+            ),
+            ("HERALD__MONGO__URL".into(), MONGO.into()),
+            ("HERALD__MONGO__DATABASE".into(), self.base.clone()),
+            ("HERALD__REDIS__URL".into(), REDIS.into()),
+            ("HERALD__REDIS__PREFIX".into(), format!("{}:", self.base)),
+            ("HERALD__PIPELINE__COMMIT_INTERVAL_MS".into(), "200".into()),
+            ("HERALD__LOG__FORMAT".into(), "json".into()),
+        ]
+    }
+}
+
+pub fn herald_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_herald"))
+}
+
+pub fn log_dir() -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("it-logs");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// `herald produce` of the deterministic workload (the same one [`expected`] replays).
+pub fn produce(names: &Names, events: u64, users: u64, seed: u64) {
+    let status = Command::new(herald_bin())
+        .args([
+            "produce",
+            "--events",
+            &events.to_string(),
+            "--users",
+            &users.to_string(),
+            "--seed",
+            &seed.to_string(),
+        ])
+        .envs(names.env())
+        .status()
+        .expect("run herald produce");
+    assert!(status.success(), "herald produce failed");
+}
+
+/// Starts `herald run` with the test's names plus `extra` environment.
+pub fn spawn_herald(names: &Names, extra: &[(&str, &str)], tag: &str) -> Child {
+    let log = std::fs::File::create(log_dir().join(format!("{}-{tag}.log", names.base))).unwrap();
+    Command::new(herald_bin())
+        .arg("run")
+        .envs(names.env())
+        .envs(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn herald run")
+}
+
+pub fn kill9(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// SIGTERM and wait; returns the exit status and how long it took.
+pub fn sigterm(child: &mut Child, limit: Duration) -> (std::process::ExitStatus, Duration) {
+    let started = Instant::now();
+    unsafe_sigterm(child.id());
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status, started.elapsed());
+        }
+        assert!(
+            started.elapsed() < limit,
+            "herald did not exit within {limit:?} of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn unsafe_sigterm(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+}
+
+/// A consumer handle (not subscribed) to read the group's committed offsets and watermarks.
+pub fn offsets_client(names: &Names) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", BROKERS)
+        .set("group.id", names.base.as_str())
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap()
+}
+
+pub fn committed(client: &BaseConsumer, names: &Names) -> Vec<i64> {
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..names.partitions {
+        tpl.add_partition(&names.topic(), p);
+    }
+    let c = client
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap();
+    (0..names.partitions)
+        .map(
+            |p| match c.find_partition(&names.topic(), p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => 0,
+            },
+        )
+        .collect()
+}
+
+pub fn end_offsets(client: &BaseConsumer, names: &Names) -> Vec<i64> {
+    (0..names.partitions)
+        .map(|p| {
+            client
+                .fetch_watermarks(&names.topic(), p, Duration::from_secs(10))
+                .unwrap()
+                .1
+        })
+        .collect()
+}
+
+/// Waits until the group committed the end of every partition.
+pub fn wait_fully_committed(names: &Names, limit: Duration) {
+    let client = offsets_client(names);
+    let end = end_offsets(&client, names);
+    let started = Instant::now();
+    loop {
+        let c = committed(&client, names);
+        if c.iter().zip(&end).all(|(c, e)| c >= e) {
+            return;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "not fully committed after {limit:?}: {c:?} of {end:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The workload's messages and the sequential replay of its valid ones.
+pub struct Expected {
+    pub users: BTreeMap<String, UserProfile>,
+    pub invalid: BTreeSet<Vec<u8>>,
+}
+
+pub fn expected(events: u64, users: u64, seed: u64) -> Expected {
+    let msgs: Vec<_> = Workload::new(WorkloadSpec::new(events, users, seed)).collect();
+    let decoded: Vec<_> = msgs
+        .iter()
+        .filter_map(|m| decode(&m.payload, 1 << 20).ok())
+        .collect();
+    Expected {
+        users: sequential_replay(decoded.iter()),
+        invalid: msgs
+            .iter()
+            .filter(|m| m.kind == MessageKind::Invalid)
+            .map(|m| m.payload.to_vec())
+            .collect(),
+    }
+}
+
+fn ms(b: Option<&Bson>) -> Option<i64> {
+    match b? {
+        Bson::DateTime(d) => Some(d.timestamp_millis()),
+        _ => None,
+    }
+}
+
+fn int(b: Option<&Bson>) -> i64 {
+    match b {
+        Some(Bson::Int32(i)) => *i as i64,
+        Some(Bson::Int64(i)) => *i,
+        Some(Bson::Double(f)) => *f as i64,
+        _ => 0,
+    }
+}
+
+/// Reads the `users` collection back into profiles.
+pub async fn mongo_users(names: &Names) -> BTreeMap<String, UserProfile> {
+    let client = mongodb::Client::with_uri_str(MONGO).await.unwrap();
+    let docs: Vec<Document> = client
+        .database(&names.base)
+        .collection::<Document>("users")
+        .find(mongodb::bson::doc! {})
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    docs.into_iter()
+        .map(|d| {
+            let id = d.get_str("_id").unwrap().to_string();
+            let traits = d
+                .get_document("traits")
+                .map(|t| {
+                    t.iter()
+                        .map(|(k, v)| (k.clone(), v.clone().into_relaxed_extjson()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let tags = d
+                .get_array("tags")
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|t| t.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let events = d
+                .get_document("events")
+                .map(|e| {
+                    e.iter()
+                        .filter_map(|(k, v)| {
+                            let s = v.as_document()?;
+                            Some((
+                                k.clone(),
+                                EventStats {
+                                    count: int(s.get("count")),
+                                    first_at: ms(s.get("first_at"))?,
+                                    last_at: ms(s.get("last_at"))?,
+                                },
+                            ))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let profile = UserProfile {
+                traits,
+                tags,
+                event_count: int(d.get("event_count")),
+                events,
+                first_seen: ms(d.get("first_seen")),
+                last_seen: ms(d.get("last_seen")),
+            };
+            (id, profile)
+        })
+        .collect()
+}
+
+/// Asserts the stored users equal the replay, naming the first differences.
+pub fn assert_users_equal(
+    actual: &BTreeMap<String, UserProfile>,
+    want: &BTreeMap<String, UserProfile>,
+) {
+    let mut diffs = Vec::new();
+    for (id, w) in want {
+        match actual.get(id) {
+            None => diffs.push(format!("{id}: missing")),
+            Some(a) if a != w => diffs.push(format!("{id}:\n  want {w:?}\n  got  {a:?}")),
+            _ => {}
+        }
+    }
+    for id in actual.keys() {
+        if !want.contains_key(id) {
+            diffs.push(format!("{id}: unexpected"));
+        }
+    }
+    assert!(
+        diffs.is_empty(),
+        "{} of {} users differ from the replay; first: {}",
+        diffs.len(),
+        want.len(),
+        diffs.iter().take(3).cloned().collect::<Vec<_>>().join("\n")
+    );
+}
+
+/// Every record of `<topic>.dlq`: (payload, herald-error header).
+pub fn dead_letters(names: &Names) -> Vec<(Vec<u8>, String)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", BROKERS)
+        .set("group.id", format!("{}_dlq_reader", names.base))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let dlq = format!("{}.dlq", names.base);
+    let (_, high) = consumer
+        .fetch_watermarks(&dlq, 0, Duration::from_secs(10))
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&dlq, 0, Offset::Beginning)
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let started = Instant::now();
+    while (out.len() as i64) < high {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "reading the DLQ timed out"
+        );
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let error = m
+                .headers()
+                .and_then(|h| {
+                    h.iter()
+                        .find(|h| h.key == "herald-error")
+                        .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
+                })
+                .unwrap_or_default();
+            out.push((m.payload().unwrap_or_default().to_vec(), error));
+        }
+    }
+    out
+}
+
+/// Runs an async block on a fresh runtime (for the MongoDB reads).
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
