@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs Herald's whole test suite. Later steps start the real backends here first
-# (Kafka-protocol broker, MongoDB-protocol server, Redis, RabbitMQ); the foundation needs none.
+# Runs Herald's whole test suite: starts the real backends first (installing what is missing:
+# Tansu, nx-27017; Redis and RabbitMQ from Debian), then every unit, actor and integration test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+./scripts/backends.sh up
 cargo test "$@"

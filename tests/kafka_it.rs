@@ -103,3 +103,120 @@ fn sigterm_drains_commits_and_exits_zero() {
     assert!(status.success());
     assert_users_equal(&block_on(mongo_users(&names)), &want.users);
 }
+
+/// G5: killed right after a commit, every valid record below the committed offsets is durable:
+/// its messageId is in the user's Redis state (written after MongoDB) and the user is in MongoDB.
+#[test]
+fn committed_offsets_never_pass_what_is_durable() {
+    let names = Names::new("g5", 4);
+    produce(&names, EVENTS / 2, USERS, 14);
+    let client = offsets_client(&names);
+    let mut child = spawn_herald(&names, &[("HERALD__KAFKA__GROUP_INSTANCE_ID", "g5-1")], "0");
+    let mut last: i64 = 0;
+    let started = Instant::now();
+    // Wait for a second commit to move, then kill at once.
+    let mut moves = 0;
+    let committed_at_kill = loop {
+        let c = committed(&client, &names);
+        let sum: i64 = c.iter().sum();
+        if sum > last {
+            moves += 1;
+            last = sum;
+            if moves >= 2 {
+                kill9(&mut child);
+                break committed(&client, &names);
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "no commits");
+    };
+    let records = records_below(&names, &committed_at_kill);
+    assert_eq!(records.len() as i64, committed_at_kill.iter().sum::<i64>());
+    let users = block_on(mongo_users(&names));
+    let redis = redis::Client::open(REDIS).unwrap();
+    let mut conn = redis.get_connection().unwrap();
+    let mut checked = 0;
+    for (p, o, payload) in records {
+        let Ok(e) = herald::domain::event::decode(&payload, 1 << 20) else { continue };
+        let raw: Option<Vec<u8>> =
+            redis::cmd("GET").arg(format!("{}:user:{}", names.base, e.user_id)).query(&mut conn).unwrap();
+        let state: herald::domain::user::UserState =
+            serde_json::from_slice(&raw.unwrap_or_else(|| panic!("no state for {} (p{p} o{o})", e.user_id))).unwrap();
+        assert!(state.seen.contains(&e.message_id), "record p{p} o{o} committed but not durable");
+        assert!(users.contains_key(&e.user_id), "user {} committed but not in MongoDB", e.user_id);
+        checked += 1;
+    }
+    assert!(checked > 0);
+}
+
+/// G7: MongoDB stops for 20 s mid-run: Herald pauses with bounded memory, says why, resumes by
+/// itself, and the result equals the replay.
+#[test]
+fn a_mongodb_outage_pauses_and_resumes() {
+    let mut names = Names::new("g7mongo", 4);
+    let port = free_port();
+    let data = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(&names.base);
+    let mut mongo = private_mongo(port, &data);
+    names.mongo = format!("mongodb://127.0.0.1:{port}");
+    produce(&names, EVENTS / 2, USERS, 15);
+    let want = expected(EVENTS / 2, USERS, 15);
+    let client = offsets_client(&names);
+    let mut child = spawn_herald(&names, &[("HERALD__KAFKA__GROUP_INSTANCE_ID", "g7m-1")], "0");
+    let started = Instant::now();
+    while committed(&client, &names).iter().sum::<i64>() == 0 && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    kill9(&mut mongo.0);
+    let down_at = Instant::now();
+    let before = committed(&client, &names);
+    let mut max_rss = 0;
+    while down_at.elapsed() < Duration::from_secs(20) {
+        max_rss = max_rss.max(rss_kib(child.id()));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let after = committed(&client, &names);
+    assert!(
+        after.iter().sum::<i64>() - before.iter().sum::<i64>() <= 4 * 20_000,
+        "commits went on while MongoDB was down: {before:?} → {after:?}"
+    );
+    assert!(max_rss < 1_500_000, "memory grew to {max_rss} KiB while MongoDB was down");
+    mongo = private_mongo(port, &data);
+    wait_fully_committed(&names, Duration::from_secs(600));
+    let (status, _) = sigterm(&mut child, Duration::from_secs(40));
+    assert!(status.success());
+    let log = std::fs::read_to_string(log_dir().join(format!("{}-0.log", names.base))).unwrap();
+    assert!(log.contains("mongodb"), "the log names the cause");
+    assert_users_equal(&block_on(mongo_users(&names)), &want.users);
+    drop(mongo);
+}
+
+/// G7: Redis hangs for 20 s mid-run (SIGSTOP): Herald pauses, resumes, and the result equals
+/// the replay. (Redis here keeps nothing on disk, so the outage is a pause, not a restart.)
+#[test]
+fn a_redis_outage_pauses_and_resumes() {
+    let mut names = Names::new("g7redis", 4);
+    let port = free_port();
+    let redis = private_redis(port);
+    names.redis = format!("redis://127.0.0.1:{port}/0");
+    produce(&names, EVENTS / 2, USERS, 16);
+    let want = expected(EVENTS / 2, USERS, 16);
+    let client = offsets_client(&names);
+    let mut child = spawn_herald(&names, &[("HERALD__KAFKA__GROUP_INSTANCE_ID", "g7r-1")], "0");
+    let started = Instant::now();
+    while committed(&client, &names).iter().sum::<i64>() == 0 && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    signal(redis.0.id(), "-STOP");
+    let mut max_rss = 0;
+    let down_at = Instant::now();
+    while down_at.elapsed() < Duration::from_secs(20) {
+        max_rss = max_rss.max(rss_kib(child.id()));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    signal(redis.0.id(), "-CONT");
+    assert!(max_rss < 1_500_000, "memory grew to {max_rss} KiB while Redis was down");
+    wait_fully_committed(&names, Duration::from_secs(600));
+    let (status, _) = sigterm(&mut child, Duration::from_secs(40));
+    assert!(status.success());
+    assert_users_equal(&block_on(mongo_users(&names)), &want.users);
+    drop(redis);
+}

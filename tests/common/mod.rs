@@ -27,6 +27,8 @@ pub const REDIS: &str = "redis://127.0.0.1:6379/0";
 pub struct Names {
     pub base: String,
     pub partitions: i32,
+    pub mongo: String,
+    pub redis: String,
 }
 
 impl Names {
@@ -38,6 +40,8 @@ impl Names {
         Names {
             base: format!("it_{test}_{}_{}", std::process::id(), nanos % 1_000_000_000),
             partitions,
+            mongo: MONGO.to_string(),
+            redis: REDIS.to_string(),
         }
     }
     pub fn topic(&self) -> String {
@@ -52,9 +56,9 @@ impl Names {
                 "HERALD__KAFKA__PARTITIONS".into(),
                 self.partitions.to_string(),
             ),
-            ("HERALD__MONGO__URL".into(), MONGO.into()),
+            ("HERALD__MONGO__URL".into(), self.mongo.clone()),
             ("HERALD__MONGO__DATABASE".into(), self.base.clone()),
-            ("HERALD__REDIS__URL".into(), REDIS.into()),
+            ("HERALD__REDIS__URL".into(), self.redis.clone()),
             ("HERALD__REDIS__PREFIX".into(), format!("{}:", self.base)),
             ("HERALD__PIPELINE__COMMIT_INTERVAL_MS".into(), "200".into()),
             ("HERALD__LOG__FORMAT".into(), "json".into()),
@@ -227,7 +231,7 @@ fn int(b: Option<&Bson>) -> i64 {
 
 /// Reads the `users` collection back into profiles.
 pub async fn mongo_users(names: &Names) -> BTreeMap<String, UserProfile> {
-    let client = mongodb::Client::with_uri_str(MONGO).await.unwrap();
+    let client = mongodb::Client::with_uri_str(&names.mongo).await.unwrap();
     let docs: Vec<Document> = client
         .database(&names.base)
         .collection::<Document>("users")
@@ -359,4 +363,104 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .build()
         .unwrap()
         .block_on(f)
+}
+
+/// Every record of the topic below `until[p]` per partition: (partition, offset, payload).
+pub fn records_below(names: &Names, until: &[i64]) -> Vec<(i32, i64, Vec<u8>)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", BROKERS)
+        .set("group.id", format!("{}_reader", names.base))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..names.partitions {
+        if until[p as usize] > 0 {
+            tpl.add_partition_offset(&names.topic(), p, Offset::Beginning).unwrap();
+        }
+    }
+    let mut out = Vec::new();
+    if tpl.count() == 0 {
+        return out;
+    }
+    consumer.assign(&tpl).unwrap();
+    let want: i64 = until.iter().sum();
+    let mut seen = vec![0i64; names.partitions as usize];
+    let started = Instant::now();
+    while seen.iter().sum::<i64>() < want {
+        assert!(started.elapsed() < Duration::from_secs(120), "reading the topic timed out");
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let p = m.partition();
+            if m.offset() < until[p as usize] {
+                seen[p as usize] += 1;
+                out.push((p, m.offset(), m.payload().unwrap_or_default().to_vec()));
+            }
+        }
+    }
+    out
+}
+
+/// A private server process for outage tests (killed when dropped).
+pub struct Private(pub Child);
+
+impl Drop for Private {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn wait_port(port: u16, limit: Duration) {
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < limit, "port {port} did not open");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A private nx-27017 (from the virtualenv scripts/backends.sh made) on `port`.
+pub fn private_mongo(port: u16, data: &std::path::Path) -> Private {
+    let cache = std::env::var("HERALD_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/herald"));
+    std::fs::create_dir_all(data).unwrap();
+    let child = Command::new(cache.join("nx-venv/bin/nx-27017"))
+        .args(["--data-dir", data.to_str().unwrap(), "--host", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nx-27017 (run scripts/backends.sh up first)");
+    wait_port(port, Duration::from_secs(30));
+    Private(child)
+}
+
+pub fn private_redis(port: u16) -> Private {
+    let child = Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start redis-server");
+    wait_port(port, Duration::from_secs(30));
+    Private(child)
+}
+
+pub fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
+}
+
+/// Resident memory of a process in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
 }
