@@ -48,12 +48,17 @@ kafka_up() {
   install_tansu
   if port_open "$KAFKA_PORT"; then log "kafka-protocol broker already on :$KAFKA_PORT"; return; fi
   mkdir -p "$DATA/tansu"
-  # Absolute sqlite path: it is relative to the broker's working directory otherwise.
-  (cd "$DATA/tansu" && nohup "$TANSU" broker \
+  # Tansu 0.6 resolves the sqlite path against its working directory (an absolute path got
+  # the directory prepended twice here), so run it inside the data directory.
+  (
+    cd "$DATA/tansu" || exit 1
+    nohup "$TANSU" broker \
       --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
       --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-      --storage-engine "sqlite://$DATA/tansu/tansu.db" \
-      >"$DATA/tansu/tansu.log" 2>&1 & echo $! >"$DATA/tansu/pid")
+      --storage-engine "sqlite://tansu.db" \
+      >tansu.log 2>&1 </dev/null &
+    echo $! >pid
+  )
   wait_for tansu 60 port_open "$KAFKA_PORT"
 }
 
@@ -63,7 +68,8 @@ mongo_up() {
   mkdir -p "$DATA/nx"
   # --data-dir: one SQLite file per database (a single --db file shares collections).
   nohup "$NX_VENV/bin/nx-27017" --data-dir "$DATA/nx" --host 127.0.0.1 -p "$MONGO_PORT" \
-    >"$DATA/nx/nx.log" 2>&1 & echo $! >"$DATA/nx/pid"
+    >"$DATA/nx/nx.log" 2>&1 </dev/null &
+  echo $! >"$DATA/nx/pid"
   wait_for nx-27017 60 port_open "$MONGO_PORT"
 }
 
