@@ -136,13 +136,26 @@ fn committed_offsets_never_pass_what_is_durable() {
     let mut conn = redis.get_connection().unwrap();
     let mut checked = 0;
     for (p, o, payload) in records {
-        let Ok(e) = herald::domain::event::decode(&payload, 1 << 20) else { continue };
-        let raw: Option<Vec<u8>> =
-            redis::cmd("GET").arg(format!("{}:user:{}", names.base, e.user_id)).query(&mut conn).unwrap();
-        let state: herald::domain::user::UserState =
-            serde_json::from_slice(&raw.unwrap_or_else(|| panic!("no state for {} (p{p} o{o})", e.user_id))).unwrap();
-        assert!(state.seen.contains(&e.message_id), "record p{p} o{o} committed but not durable");
-        assert!(users.contains_key(&e.user_id), "user {} committed but not in MongoDB", e.user_id);
+        let Ok(e) = herald::domain::event::decode(&payload, 1 << 20) else {
+            continue;
+        };
+        let raw: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(format!("{}:user:{}", names.base, e.user_id))
+            .query(&mut conn)
+            .unwrap();
+        let state: herald::domain::user::UserState = serde_json::from_slice(
+            &raw.unwrap_or_else(|| panic!("no state for {} (p{p} o{o})", e.user_id)),
+        )
+        .unwrap();
+        assert!(
+            state.seen.contains(&e.message_id),
+            "record p{p} o{o} committed but not durable"
+        );
+        assert!(
+            users.contains_key(&e.user_id),
+            "user {} committed but not in MongoDB",
+            e.user_id
+        );
         checked += 1;
     }
     assert!(checked > 0);
@@ -160,9 +173,15 @@ fn a_mongodb_outage_pauses_and_resumes() {
     produce(&names, EVENTS / 2, USERS, 15);
     let want = expected(EVENTS / 2, USERS, 15);
     let client = offsets_client(&names);
-    let mut child = spawn_herald(&names, &[("HERALD__KAFKA__GROUP_INSTANCE_ID", "g7m-1")], "0");
+    let mut child = spawn_herald(
+        &names,
+        &[("HERALD__KAFKA__GROUP_INSTANCE_ID", "g7m-1")],
+        "0",
+    );
     let started = Instant::now();
-    while committed(&client, &names).iter().sum::<i64>() == 0 && started.elapsed() < Duration::from_secs(60) {
+    while committed(&client, &names).iter().sum::<i64>() == 0
+        && started.elapsed() < Duration::from_secs(60)
+    {
         std::thread::sleep(Duration::from_millis(50));
     }
     kill9(&mut mongo.0);
@@ -178,7 +197,10 @@ fn a_mongodb_outage_pauses_and_resumes() {
         after.iter().sum::<i64>() - before.iter().sum::<i64>() <= 4 * 20_000,
         "commits went on while MongoDB was down: {before:?} → {after:?}"
     );
-    assert!(max_rss < 1_500_000, "memory grew to {max_rss} KiB while MongoDB was down");
+    assert!(
+        max_rss < 1_500_000,
+        "memory grew to {max_rss} KiB while MongoDB was down"
+    );
     mongo = private_mongo(port, &data);
     wait_fully_committed(&names, Duration::from_secs(600));
     let (status, _) = sigterm(&mut child, Duration::from_secs(40));
@@ -200,9 +222,15 @@ fn a_redis_outage_pauses_and_resumes() {
     produce(&names, EVENTS / 2, USERS, 16);
     let want = expected(EVENTS / 2, USERS, 16);
     let client = offsets_client(&names);
-    let mut child = spawn_herald(&names, &[("HERALD__KAFKA__GROUP_INSTANCE_ID", "g7r-1")], "0");
+    let mut child = spawn_herald(
+        &names,
+        &[("HERALD__KAFKA__GROUP_INSTANCE_ID", "g7r-1")],
+        "0",
+    );
     let started = Instant::now();
-    while committed(&client, &names).iter().sum::<i64>() == 0 && started.elapsed() < Duration::from_secs(60) {
+    while committed(&client, &names).iter().sum::<i64>() == 0
+        && started.elapsed() < Duration::from_secs(60)
+    {
         std::thread::sleep(Duration::from_millis(50));
     }
     signal(redis.0.id(), "-STOP");
@@ -213,7 +241,10 @@ fn a_redis_outage_pauses_and_resumes() {
         std::thread::sleep(Duration::from_millis(200));
     }
     signal(redis.0.id(), "-CONT");
-    assert!(max_rss < 1_500_000, "memory grew to {max_rss} KiB while Redis was down");
+    assert!(
+        max_rss < 1_500_000,
+        "memory grew to {max_rss} KiB while Redis was down"
+    );
     wait_fully_committed(&names, Duration::from_secs(600));
     let (status, _) = sigterm(&mut child, Duration::from_secs(40));
     assert!(status.success());

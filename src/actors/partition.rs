@@ -121,6 +121,20 @@ impl PartitionActor {
         let fut = self.reader.fetch(self.settings().fetch_max_records);
         ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {
             act.fetching = false;
+            if !act.draining.is_empty() {
+                // A drain arrived while this fetch was out: what it read is processed (and
+                // waited for) like anything else in flight, then the drain may finish.
+                if let Ok(batch) = result {
+                    if !batch.is_empty() {
+                        if let Err(cause) = contain(|| act.process(batch, ctx)) {
+                            act.fail(ctx, "partition", cause);
+                            return;
+                        }
+                    }
+                }
+                act.try_finish_drain(ctx);
+                return;
+            }
             match result {
                 Ok(batch) if batch.is_empty() => {
                     act.fetch_backoff = Duration::from_millis(10);
@@ -128,12 +142,10 @@ impl PartitionActor {
                 }
                 Ok(batch) => {
                     act.fetch_backoff = Duration::from_millis(10);
-                    let partition = act.partition;
                     if let Err(cause) = contain(|| act.process(batch, ctx)) {
                         act.fail(ctx, "partition", cause);
                         return;
                     }
-                    let _ = partition;
                     act.pump(ctx);
                 }
                 Err(e) => {

@@ -46,6 +46,8 @@ type Receivers = Arc<Mutex<HashMap<u32, mpsc::Receiver<Record>>>>;
 
 pub struct RebalanceContext {
     topic: String,
+    /// Set when the source closes: a revoke then has nobody to drain for it.
+    closing: Arc<AtomicBool>,
     events: mpsc::UnboundedSender<AssignmentEvent>,
     senders: Senders,
     receivers: Receivers,
@@ -72,7 +74,7 @@ impl ConsumerContext for RebalanceContext {
                     senders.remove(p);
                 }
             }
-            if partitions.is_empty() {
+            if partitions.is_empty() || self.closing.load(Ordering::Acquire) {
                 return;
             }
             let (done, wait) = oneshot::channel();
@@ -190,8 +192,10 @@ impl KafkaSource {
         let (events, assignments) = mpsc::unbounded_channel();
         let senders: Senders = Arc::default();
         let receivers: Receivers = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
         let context = RebalanceContext {
             topic: settings.topic.clone(),
+            closing: stop.clone(),
             events,
             senders: senders.clone(),
             receivers: receivers.clone(),
@@ -246,7 +250,7 @@ impl KafkaSource {
             assignments: Mutex::new(Some(assignments)),
             senders,
             receivers,
-            stop: Arc::new(AtomicBool::new(false)),
+            stop,
             poller: Mutex::new(None),
             high_watermarks: Arc::default(),
         });
@@ -262,8 +266,29 @@ impl KafkaSource {
         let handle = std::thread::Builder::new()
             .name("kafka-poll".into())
             .spawn(move || {
+                // Records that did not fit their partition's channel; the partition is paused
+                // meanwhile so one slow partition never blocks the others.
+                let mut overflow: HashMap<u32, std::collections::VecDeque<Record>> = HashMap::new();
                 while !stop.load(Ordering::Acquire) {
-                    match consumer.poll(Duration::from_millis(100)) {
+                    overflow.retain(|p, queue| {
+                        let Some(sender) = senders.lock().get(p).cloned() else {
+                            return false; // revoked: its next owner re-reads these
+                        };
+                        while let Some(r) = queue.pop_front() {
+                            match sender.try_send(r) {
+                                Ok(()) => {}
+                                Err(mpsc::error::TrySendError::Full(r)) => {
+                                    queue.push_front(r);
+                                    return true;
+                                }
+                                Err(mpsc::error::TrySendError::Closed(_)) => return false,
+                            }
+                        }
+                        set_paused(&consumer, &topic, *p, false);
+                        false
+                    });
+                    let timeout = if overflow.is_empty() { 100 } else { 5 };
+                    match consumer.poll(Duration::from_millis(timeout)) {
                         None => {}
                         Some(Err(e)) => tracing::warn!(error = %e, "kafka poll error"),
                         Some(Ok(m)) => {
@@ -278,11 +303,19 @@ impl KafkaSource {
                                 payload: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
                                 timestamp_ms: m.timestamp().to_millis(),
                             };
+                            if let Some(queue) = overflow.get_mut(&partition) {
+                                queue.push_back(record);
+                                continue;
+                            }
                             let sender = senders.lock().get(&partition).cloned();
                             // A record of a partition no longer ours is dropped: it is not
                             // committed, so its next owner reads it.
                             if let Some(s) = sender {
-                                let _ = s.blocking_send(record);
+                                if let Err(mpsc::error::TrySendError::Full(r)) = s.try_send(record)
+                                {
+                                    set_paused(&consumer, &topic, partition, true);
+                                    overflow.entry(partition).or_default().push_back(r);
+                                }
                             }
                         }
                     }
@@ -458,5 +491,18 @@ impl Source for KafkaSource {
 
     fn high_watermark(&self, partition: u32) -> Option<u64> {
         self.high_watermarks.lock().get(&partition).copied()
+    }
+}
+
+fn set_paused(consumer: &HeraldConsumer, topic: &str, partition: u32, paused: bool) {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition as i32);
+    let result = if paused {
+        consumer.pause(&tpl)
+    } else {
+        consumer.resume(&tpl)
+    };
+    if let Err(e) = result {
+        tracing::warn!(partition, paused, error = %e, "kafka pause/resume failed");
     }
 }

@@ -376,7 +376,8 @@ pub fn records_below(names: &Names, until: &[i64]) -> Vec<(i32, i64, Vec<u8>)> {
     let mut tpl = TopicPartitionList::new();
     for p in 0..names.partitions {
         if until[p as usize] > 0 {
-            tpl.add_partition_offset(&names.topic(), p, Offset::Beginning).unwrap();
+            tpl.add_partition_offset(&names.topic(), p, Offset::Beginning)
+                .unwrap();
         }
     }
     let mut out = Vec::new();
@@ -388,7 +389,10 @@ pub fn records_below(names: &Names, until: &[i64]) -> Vec<(i32, i64, Vec<u8>)> {
     let mut seen = vec![0i64; names.partitions as usize];
     let started = Instant::now();
     while seen.iter().sum::<i64>() < want {
-        assert!(started.elapsed() < Duration::from_secs(120), "reading the topic timed out");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "reading the topic timed out"
+        );
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
             let p = m.partition();
             if m.offset() < until[p as usize] {
@@ -411,7 +415,11 @@ impl Drop for Private {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn wait_port(port: u16, limit: Duration) {
@@ -429,7 +437,14 @@ pub fn private_mongo(port: u16, data: &std::path::Path) -> Private {
         .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/herald"));
     std::fs::create_dir_all(data).unwrap();
     let child = Command::new(cache.join("nx-venv/bin/nx-27017"))
-        .args(["--data-dir", data.to_str().unwrap(), "--host", "127.0.0.1", "-p", &port.to_string()])
+        .args([
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--host",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -440,7 +455,16 @@ pub fn private_mongo(port: u16, data: &std::path::Path) -> Private {
 
 pub fn private_redis(port: u16) -> Private {
     let child = Command::new("redis-server")
-        .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
