@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs (when missing) and starts the backends Herald's tests use, on 127.0.0.1 only,
 # idempotently, waiting until each is ready:
-#   Kafka protocol : Tansu (crates.io), SQLite storage      127.0.0.1:${HERALD_KAFKA_PORT:-9092}
+#   Kafka protocol : Tansu (crates.io), memory storage      127.0.0.1:${HERALD_KAFKA_PORT:-9092}
 #   MongoDB protocol: nx-27017 (PyPI), one file per database 127.0.0.1:${HERALD_MONGO_PORT:-27017}
 #   Redis, RabbitMQ : Debian packages (started if not running)
 # Usage: scripts/backends.sh up|down|status
@@ -48,14 +48,17 @@ kafka_up() {
   install_tansu
   if port_open "$KAFKA_PORT"; then log "kafka-protocol broker already on :$KAFKA_PORT"; return; fi
   mkdir -p "$DATA/tansu"
-  # Tansu 0.6 resolves the sqlite path against its working directory (an absolute path got
-  # the directory prepended twice here), so run it inside the data directory.
+  # Memory storage: with SQLite, fetches scan to the end of the store and the broker fell
+  # behind under the guarantee tests (requests timing out after 10 s, group sessions lost).
+  # Its quirk — ListOffsets(latest) answers the first offset of the last batch + 1 — is
+  # handled in the tests by sealing each partition with a single-record batch.
+  # (With sqlite://, Tansu 0.6 resolves the path against its working directory.)
   (
     cd "$DATA/tansu" || exit 1
     nohup "$TANSU" broker \
       --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
       --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-      --storage-engine "sqlite://tansu.db" \
+      --storage-engine "${HERALD_TANSU_STORAGE:-memory://tansu/}" \
       >tansu.log 2>&1 </dev/null &
     echo $! >pid
   )

@@ -28,7 +28,7 @@ use crate::ports::{
 };
 
 /// Records buffered per partition between the poll thread and the partition actor.
-const CHANNEL_CAPACITY: usize = 4096;
+const CHANNEL_CAPACITY: usize = 20_000;
 
 /// Settings of the Kafka source (`kafka.*`).
 #[derive(Debug, Clone)]
@@ -266,29 +266,8 @@ impl KafkaSource {
         let handle = std::thread::Builder::new()
             .name("kafka-poll".into())
             .spawn(move || {
-                // Records that did not fit their partition's channel; the partition is paused
-                // meanwhile so one slow partition never blocks the others.
-                let mut overflow: HashMap<u32, std::collections::VecDeque<Record>> = HashMap::new();
                 while !stop.load(Ordering::Acquire) {
-                    overflow.retain(|p, queue| {
-                        let Some(sender) = senders.lock().get(p).cloned() else {
-                            return false; // revoked: its next owner re-reads these
-                        };
-                        while let Some(r) = queue.pop_front() {
-                            match sender.try_send(r) {
-                                Ok(()) => {}
-                                Err(mpsc::error::TrySendError::Full(r)) => {
-                                    queue.push_front(r);
-                                    return true;
-                                }
-                                Err(mpsc::error::TrySendError::Closed(_)) => return false,
-                            }
-                        }
-                        set_paused(&consumer, &topic, *p, false);
-                        false
-                    });
-                    let timeout = if overflow.is_empty() { 100 } else { 5 };
-                    match consumer.poll(Duration::from_millis(timeout)) {
+                    match consumer.poll(Duration::from_millis(100)) {
                         None => {}
                         Some(Err(e)) => tracing::warn!(error = %e, "kafka poll error"),
                         Some(Ok(m)) => {
@@ -303,19 +282,14 @@ impl KafkaSource {
                                 payload: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
                                 timestamp_ms: m.timestamp().to_millis(),
                             };
-                            if let Some(queue) = overflow.get_mut(&partition) {
-                                queue.push_back(record);
-                                continue;
-                            }
                             let sender = senders.lock().get(&partition).cloned();
                             // A record of a partition no longer ours is dropped: it is not
-                            // committed, so its next owner reads it.
+                            // committed, so its next owner reads it. A full channel blocks the
+                            // poller: only a stalled pipeline fills one, and then all partitions
+                            // wait on the same stores anyway. (Pausing the partition instead lost
+                            // records on resume against Tansu: gaps in the offsets, measured.)
                             if let Some(s) = sender {
-                                if let Err(mpsc::error::TrySendError::Full(r)) = s.try_send(record)
-                                {
-                                    set_paused(&consumer, &topic, partition, true);
-                                    overflow.entry(partition).or_default().push_back(r);
-                                }
+                                let _ = s.blocking_send(record);
                             }
                         }
                     }
@@ -491,18 +465,5 @@ impl Source for KafkaSource {
 
     fn high_watermark(&self, partition: u32) -> Option<u64> {
         self.high_watermarks.lock().get(&partition).copied()
-    }
-}
-
-fn set_paused(consumer: &HeraldConsumer, topic: &str, partition: u32, paused: bool) {
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition(topic, partition as i32);
-    let result = if paused {
-        consumer.pause(&tpl)
-    } else {
-        consumer.resume(&tpl)
-    };
-    if let Err(e) = result {
-        tracing::warn!(partition, paused, error = %e, "kafka pause/resume failed");
     }
 }

@@ -76,26 +76,75 @@ pub fn log_dir() -> PathBuf {
     d
 }
 
-/// `herald produce` of the deterministic workload (the same one [`expected`] replays).
+/// Publishes the deterministic workload (the same one [`expected`] replays), keyed by user,
+/// **one record per batch**. Tansu's memory storage (BACKENDS.md) serves a fetch that starts in
+/// the middle of a batch from the *next* batch — measured here: fetching from offset 1234 of a
+/// batched topic returned 1832 first — so a consumer resuming from a commit inside a batch would
+/// silently skip records. And its ListOffsets(latest) is the first offset of the last batch + 1.
+/// Single-record batches avoid both; `herald produce` (batched) is exercised by the demo docs.
 pub fn produce(names: &Names, events: u64, users: u64, seed: u64) {
-    let status = Command::new(herald_bin())
-        .args([
-            "produce",
-            "--events",
-            &events.to_string(),
-            "--users",
-            &users.to_string(),
-            "--seed",
-            &seed.to_string(),
-        ])
-        .envs(names.env())
-        .status()
-        .expect("run herald produce");
-    assert!(status.success(), "herald produce failed");
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    // Herald creates the topic with the right partition count when it starts; create it now.
+    block_on(herald::adapters::kafka_source::ensure_topics(
+        BROKERS,
+        &[
+            (&names.base, names.partitions),
+            (&format!("{}.dlq", names.base), 1),
+        ],
+        Duration::from_secs(10),
+    ))
+    .unwrap();
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", BROKERS)
+        .set("batch.num.messages", "1")
+        .set("linger.ms", "0")
+        .set("acks", "1")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .unwrap();
+    for m in Workload::new(WorkloadSpec::new(events, users, seed)) {
+        let mut record = BaseRecord::<[u8], [u8]>::to(&names.base)
+            .key(m.key.as_bytes())
+            .payload(&m.payload[..]);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    record = r;
+                    producer.poll(Duration::from_millis(10));
+                }
+            }
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(120)).unwrap();
+}
+
+/// A running `herald run`; killed if the test panics first.
+pub struct Herald(pub Child);
+
+impl Drop for Herald {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Herald {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Herald {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
 }
 
 /// Starts `herald run` with the test's names plus `extra` environment.
-pub fn spawn_herald(names: &Names, extra: &[(&str, &str)], tag: &str) -> Child {
+pub fn spawn_herald(names: &Names, extra: &[(&str, &str)], tag: &str) -> Herald {
     let log = std::fs::File::create(log_dir().join(format!("{}-{tag}.log", names.base))).unwrap();
     Command::new(herald_bin())
         .arg("run")
@@ -104,6 +153,7 @@ pub fn spawn_herald(names: &Names, extra: &[(&str, &str)], tag: &str) -> Child {
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
+        .map(Herald)
         .expect("spawn herald run")
 }
 
@@ -327,21 +377,17 @@ pub fn dead_letters(names: &Names) -> Vec<(Vec<u8>, String)> {
         .create()
         .unwrap();
     let dlq = format!("{}.dlq", names.base);
-    let (_, high) = consumer
-        .fetch_watermarks(&dlq, 0, Duration::from_secs(10))
-        .unwrap();
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(&dlq, 0, Offset::Beginning)
         .unwrap();
     consumer.assign(&tpl).unwrap();
     let mut out = Vec::new();
-    let started = Instant::now();
-    while (out.len() as i64) < high {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "reading the DLQ timed out"
-        );
+    // Read until quiet: Tansu's memory storage reports a high watermark short of the end
+    // (first offset of the last batch + 1), so the watermark cannot say when we are done.
+    let mut quiet_since = Instant::now();
+    while quiet_since.elapsed() < Duration::from_secs(3) {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            quiet_since = Instant::now();
             let error = m
                 .headers()
                 .and_then(|h| {
