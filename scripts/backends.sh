@@ -71,6 +71,7 @@ mongo_up() {
   mkdir -p "$DATA/nx"
   # --data-dir: one SQLite file per database (a single --db file shares collections).
   nohup "$NX_VENV/bin/nx-27017" --data-dir "$DATA/nx" --host 127.0.0.1 -p "$MONGO_PORT" \
+    --pid-file "$DATA/nx/nx-27017.pid" --log-file "$DATA/nx/nx-27017.log" \
     >"$DATA/nx/nx.log" 2>&1 </dev/null &
   echo $! >"$DATA/nx/pid"
   wait_for nx-27017 60 port_open "$MONGO_PORT"

@@ -483,14 +483,15 @@ pub fn private_mongo(port: u16, data: &std::path::Path) -> Private {
         .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/herald"));
     std::fs::create_dir_all(data).unwrap();
     let child = Command::new(cache.join("nx-venv/bin/nx-27017"))
-        .args([
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--host",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-        ])
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--host", "127.0.0.1", "-p", &port.to_string()])
+        // Its own pid and log files: by default nx-27017 refuses to start while another
+        // instance's pid file (/tmp/nx_27017.pid) exists.
+        .arg("--pid-file")
+        .arg(data.join("nx.pid"))
+        .arg("--log-file")
+        .arg(data.join("nx.log"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
