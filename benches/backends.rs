@@ -1,0 +1,309 @@
+//! `cargo bench --bench backends` (backends running: `scripts/backends.sh up`): in one run on the
+//! same workload, Herald end to end (Kafka → Redis → MongoDB, the release `herald run`) against
+//! (1) each backend's own rate for the same work — consume-only from Kafka, the same Redis
+//! pipelined writes, the same MongoDB bulk upserts — and (2) a naive pipeline (per event: read
+//! state, write MongoDB, write Redis, commit). Prints the rates and writes
+//! `target/bench/backends.json`.
+//!
+//! Size: HERALD_BENCH_EVENTS (default 100,000), HERALD_BENCH_USERS (default 10,000).
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use herald::adapters::kafka_source::ensure_topics;
+use herald::adapters::mongo_docs::MongoDocumentStore;
+use herald::adapters::redis_state::RedisStateStore;
+use herald::domain::event::decode;
+use herald::domain::user::{DedupLimits, Position, UserState};
+use herald::ports::{DocumentStore, StateStore};
+use herald::workload::{Workload, WorkloadSpec};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const BROKERS: &str = "127.0.0.1:9092";
+const MONGO: &str = "mongodb://127.0.0.1:27017";
+const REDIS: &str = "redis://127.0.0.1:6379/0";
+const PARTITIONS: i32 = 4;
+/// The batcher's default flush size: the unit of coalescing for "the same writes".
+const BATCH: usize = 5000;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn main() {
+    let events = env_u64("HERALD_BENCH_EVENTS", 100_000);
+    let users = env_u64("HERALD_BENCH_USERS", 10_000);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+        % 1_000_000_000;
+    let base = format!("bench_{}_{nanos}", std::process::id());
+    let msgs: Vec<_> = Workload::new(WorkloadSpec::new(events, users, 42)).collect();
+    let rt = rt();
+
+    // Produce once (single-record batches: Tansu's memory storage mishandles fetches that
+    // start inside a batch, see tests/common).
+    rt.block_on(ensure_topics(
+        BROKERS,
+        &[(&base, PARTITIONS), (&format!("{base}.dlq"), 1)],
+        Duration::from_secs(10),
+    ))
+    .unwrap();
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", BROKERS)
+        .set("batch.num.messages", "1")
+        .set("linger.ms", "0")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .unwrap();
+    for m in &msgs {
+        let mut r = BaseRecord::<[u8], [u8]>::to(&base)
+            .key(m.key.as_bytes())
+            .payload(&m.payload[..]);
+        loop {
+            match producer.send(r) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    r = back;
+                    producer.poll(Duration::from_millis(5));
+                }
+            }
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(120)).unwrap();
+
+    // (1a) Kafka consume-only.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", BROKERS)
+        .set("group.id", format!("{base}_consume_only"))
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(&base, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let started = Instant::now();
+    let mut n = 0usize;
+    while n < msgs.len() {
+        if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
+            n += 1;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "consume-only stalled at {n}"
+        );
+    }
+    let kafka_rate = n as f64 / started.elapsed().as_secs_f64();
+
+    // The writes Herald makes: per flush of BATCH events, one state per distinct user.
+    let limits = DedupLimits::default();
+    let mut states: HashMap<String, UserState> = HashMap::new();
+    let mut flushes: Vec<Vec<Arc<UserState>>> = Vec::new();
+    let mut touched: HashMap<String, ()> = HashMap::new();
+    let mut count = 0;
+    for (i, m) in msgs.iter().enumerate() {
+        if let Ok(e) = decode(&m.payload, 1 << 20) {
+            let s = states
+                .entry(e.user_id.clone())
+                .or_insert_with(|| UserState::new(e.user_id.clone()));
+            s.apply(
+                Some(Position {
+                    partition: 0,
+                    offset: i as u64,
+                }),
+                &e,
+                0,
+                limits,
+            );
+            touched.insert(e.user_id.clone(), ());
+            count += 1;
+        }
+        if count >= BATCH || i + 1 == msgs.len() {
+            flushes.push(
+                touched
+                    .drain()
+                    .map(|(u, _)| Arc::new(states[&u].clone()))
+                    .collect(),
+            );
+            count = 0;
+        }
+    }
+    let writes: usize = flushes.iter().map(Vec::len).sum();
+
+    // (1b) Redis pipelines of the same writes, (1c) MongoDB bulk upserts of the same documents.
+    let (redis_secs, mongo_secs) = rt.block_on(async {
+        let redis = RedisStateStore::connect(REDIS, &format!("{base}_alone:"))
+            .await
+            .unwrap();
+        let started = Instant::now();
+        for f in &flushes {
+            redis.save(f.clone()).await.unwrap();
+        }
+        let redis_secs = started.elapsed().as_secs_f64();
+        let mongo = MongoDocumentStore::connect(MONGO, &format!("{base}_alone"))
+            .await
+            .unwrap();
+        let started = Instant::now();
+        for f in &flushes {
+            mongo.upsert_users(f.clone(), 0).await.unwrap();
+        }
+        (redis_secs, started.elapsed().as_secs_f64())
+    });
+    let redis_rate = events as f64 / redis_secs;
+    let mongo_rate = events as f64 / mongo_secs;
+
+    // (2) Herald end to end: the release binary, timed from its first commit to its last.
+    let herald = env!("CARGO_MANIFEST_DIR").to_string() + "/target/release/herald";
+    let log = std::fs::File::create(format!(
+        "{}/target/bench/{base}.log",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .or_else(|_| {
+        std::fs::create_dir_all(format!("{}/target/bench", env!("CARGO_MANIFEST_DIR")))?;
+        std::fs::File::create(format!(
+            "{}/target/bench/{base}.log",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+    })
+    .unwrap();
+    let mut child = Command::new(&herald)
+        .arg("run")
+        .env("HERALD__KAFKA__TOPIC", &base)
+        .env("HERALD__KAFKA__GROUP_ID", &base)
+        .env("HERALD__KAFKA__PARTITIONS", PARTITIONS.to_string())
+        .env("HERALD__MONGO__DATABASE", &base)
+        .env("HERALD__REDIS__PREFIX", format!("{base}:"))
+        .env("HERALD__PIPELINE__COMMIT_INTERVAL_MS", "100")
+        .env("HERALD__LOG__FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("run `cargo build --release` first");
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", BROKERS)
+        .set("group.id", &base)
+        .create()
+        .unwrap();
+    let committed = |c: &BaseConsumer| -> i64 {
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..PARTITIONS {
+            tpl.add_partition(&base, p);
+        }
+        c.committed_offsets(tpl, Duration::from_secs(10))
+            .unwrap()
+            .elements()
+            .iter()
+            .map(|e| match e.offset() {
+                Offset::Offset(o) => o,
+                _ => 0,
+            })
+            .sum()
+    };
+    let started = Instant::now();
+    let (mut first, mut first_at) = (0, None);
+    let total = msgs.len() as i64;
+    let done_at = loop {
+        let c = committed(&client);
+        if c > 0 && first_at.is_none() {
+            first = c;
+            first_at = Some(Instant::now());
+        }
+        if c >= total {
+            break Instant::now();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(900),
+            "herald stalled at {c}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let herald_rate =
+        (total - first) as f64 / done_at.duration_since(first_at.unwrap()).as_secs_f64();
+
+    // (3) Naive: per event read state, write MongoDB, write Redis, commit. A sample suffices.
+    let sample = 1_000.min(msgs.len());
+    let naive_secs = rt.block_on(async {
+        let redis = RedisStateStore::connect(REDIS, &format!("{base}_naive:"))
+            .await
+            .unwrap();
+        let mongo = MongoDocumentStore::connect(MONGO, &format!("{base}_naive"))
+            .await
+            .unwrap();
+        let started = Instant::now();
+        for (i, m) in msgs.iter().take(sample).enumerate() {
+            let Ok(e) = decode(&m.payload, 1 << 20) else {
+                continue;
+            };
+            let mut s = redis
+                .load(&e.user_id)
+                .await
+                .unwrap()
+                .unwrap_or_else(|| UserState::new(e.user_id.clone()));
+            s.apply(
+                Some(Position {
+                    partition: 0,
+                    offset: i as u64,
+                }),
+                &e,
+                0,
+                limits,
+            );
+            let s = Arc::new(s);
+            mongo.upsert_users(vec![s.clone()], 0).await.unwrap();
+            redis.save(vec![s]).await.unwrap();
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(&base, 0, Offset::Offset(i as i64 + 1))
+                .unwrap();
+            consumer.commit(&tpl, CommitMode::Sync).unwrap();
+        }
+        started.elapsed().as_secs_f64()
+    });
+    let naive_rate = sample as f64 / naive_secs;
+
+    let slowest = kafka_rate.min(redis_rate).min(mongo_rate);
+    println!("workload: {events} events, {users} users, {writes} coalesced user writes");
+    println!("kafka consume-only   {kafka_rate:>10.0} events/s");
+    println!("redis same writes    {redis_rate:>10.0} events/s");
+    println!("mongodb same upserts {mongo_rate:>10.0} events/s");
+    println!(
+        "herald end to end    {herald_rate:>10.0} events/s  ({:.0} % of the slowest backend)",
+        100.0 * herald_rate / slowest
+    );
+    println!(
+        "naive per-event      {naive_rate:>10.0} events/s  (herald is {:.0}x faster)",
+        herald_rate / naive_rate
+    );
+    let json = format!(
+        "{{\"events\":{events},\"users\":{users},\"kafka\":{kafka_rate:.0},\"redis\":{redis_rate:.0},\"mongo\":{mongo_rate:.0},\"herald\":{herald_rate:.0},\"naive\":{naive_rate:.0}}}\n"
+    );
+    let _ = std::fs::write(
+        format!("{}/target/bench/backends.json", env!("CARGO_MANIFEST_DIR")),
+        json,
+    );
+}
