@@ -97,8 +97,21 @@ fn sigterm_drains_commits_and_exits_zero() {
     let (status, took) = sigterm(&mut child, Duration::from_secs(40));
     assert!(status.success(), "{status:?}");
     assert!(took < Duration::from_secs(30), "took {took:?}");
+    let at_exit = committed(&client, &names);
     let mut child = spawn_herald(&names, &extra, "1");
     wait_fully_committed(&names, Duration::from_secs(600));
+    // The restart read each partition from exactly where the drained instance committed.
+    let log = std::fs::read_to_string(log_dir().join(format!("{}-1.log", names.base))).unwrap();
+    for line in log.lines().filter(|l| l.contains("first record read")) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let p = v["fields"]["partition"].as_u64().unwrap() as usize;
+        let first = v["fields"]["offset"].as_u64().unwrap() as i64;
+        assert!(
+            first >= at_exit[p],
+            "partition {p} re-read offset {first} below its commit {}",
+            at_exit[p]
+        );
+    }
     let (status, _) = sigterm(&mut child, Duration::from_secs(40));
     assert!(status.success());
     assert_users_equal(&block_on(mongo_users(&names)), &want.users);

@@ -164,6 +164,16 @@ impl PartitionActor {
         ports
             .metrics
             .records_consumed(ports.source.kind(), self.partition, batch.len() as u64);
+        if self.watermark.next() == self.reader.start_offset() {
+            if let Some(first) = batch.first() {
+                // Operators (and the SIGTERM test) see where a partition resumed.
+                tracing::info!(
+                    partition = self.partition,
+                    offset = first.offset,
+                    "first record read"
+                );
+            }
+        }
         let max_bytes = self.settings().max_message_bytes;
         let mut groups: Vec<(String, UserRecords)> = Vec::new();
         let mut index: HashMap<String, usize, ahash::RandomState> = HashMap::default();
