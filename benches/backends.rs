@@ -286,6 +286,20 @@ fn main() {
     });
     let naive_rate = sample as f64 / naive_secs;
 
+    // (4) Latency at half Herald's rate: a fresh topic, Herald already running on it, events
+    // produced at that pace; Herald logs p50/p99 (Kafka record time → durable write) on exit.
+    let lat_rate = std::env::var("HERALD_BENCH_LATENCY_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(herald_rate / 2.0);
+    let (p50, p99, produced_rate) = latency_at(
+        &rt,
+        &format!("{base}_lat"),
+        &msgs[..msgs.len() / 2],
+        lat_rate,
+        &herald,
+    );
+
     let slowest = kafka_rate.min(redis_rate).min(mongo_rate);
     println!("workload: {events} events, {users} users, {writes} coalesced user writes");
     println!("kafka consume-only   {kafka_rate:>10.0} events/s");
@@ -299,11 +313,127 @@ fn main() {
         "naive per-event      {naive_rate:>10.0} events/s  (herald is {:.0}x faster)",
         herald_rate / naive_rate
     );
+    println!(
+        "latency at {lat_rate:.0} events/s asked, {produced_rate:.0} produced: p50 {p50} ms, p99 {p99} ms (Kafka record time to durable write)"
+    );
     let json = format!(
-        "{{\"events\":{events},\"users\":{users},\"kafka\":{kafka_rate:.0},\"redis\":{redis_rate:.0},\"mongo\":{mongo_rate:.0},\"herald\":{herald_rate:.0},\"naive\":{naive_rate:.0}}}\n"
+        "{{\"events\":{events},\"users\":{users},\"kafka\":{kafka_rate:.0},\"redis\":{redis_rate:.0},\"mongo\":{mongo_rate:.0},\"herald\":{herald_rate:.0},\"naive\":{naive_rate:.0},\"latency_p50_ms\":{p50},\"latency_p99_ms\":{p99}}}\n"
     );
     let _ = std::fs::write(
         format!("{}/target/bench/backends.json", env!("CARGO_MANIFEST_DIR")),
         json,
     );
+}
+
+fn latency_at(
+    rt: &tokio::runtime::Runtime,
+    topic: &str,
+    msgs: &[herald::workload::GeneratedMessage],
+    rate: f64,
+    herald: &str,
+) -> (u64, u64, f64) {
+    rt.block_on(ensure_topics(
+        BROKERS,
+        &[(topic, PARTITIONS), (&format!("{topic}.dlq"), 1)],
+        Duration::from_secs(10),
+    ))
+    .unwrap();
+    let log_path = format!("{}/target/bench/{topic}.log", env!("CARGO_MANIFEST_DIR"));
+    let mut child = Command::new(herald)
+        .arg("run")
+        .env("HERALD__KAFKA__TOPIC", topic)
+        .env("HERALD__KAFKA__GROUP_ID", topic)
+        .env("HERALD__MONGO__DATABASE", topic)
+        .env("HERALD__REDIS__PREFIX", format!("{topic}:"))
+        .env("HERALD__LOG__FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    // Wait until Herald owns the partitions before producing.
+    let started = Instant::now();
+    while !std::fs::read_to_string(&log_path)
+        .unwrap_or_default()
+        .contains("partitions assigned")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "herald did not join"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", BROKERS)
+        // Batched: Herald reads this topic from the start and never resumes mid-batch, so
+        // Tansu's mid-batch fetch quirk cannot bite, and single-record batches could not
+        // keep up (about 3,000/s), which would measure the producer's queue, not Herald.
+        .set("linger.ms", "2")
+        .create()
+        .unwrap();
+    let started = Instant::now();
+    for (i, m) in msgs.iter().enumerate() {
+        let due = Duration::from_secs_f64(i as f64 / rate.max(1.0));
+        if let Some(wait) = due.checked_sub(started.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        let mut r = BaseRecord::<[u8], [u8]>::to(topic)
+            .key(m.key.as_bytes())
+            .payload(&m.payload[..]);
+        loop {
+            match producer.send(r) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    r = back;
+                    producer.poll(Duration::from_millis(1));
+                }
+            }
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(60)).unwrap();
+    let produced_rate = msgs.len() as f64 / started.elapsed().as_secs_f64();
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", BROKERS)
+        .set("group.id", topic)
+        .create()
+        .unwrap();
+    let total = msgs.len() as i64;
+    loop {
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..PARTITIONS {
+            tpl.add_partition(topic, p);
+        }
+        let c: i64 = client
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .unwrap()
+            .elements()
+            .iter()
+            .map(|e| {
+                if let Offset::Offset(o) = e.offset() {
+                    o
+                } else {
+                    0
+                }
+            })
+            .sum();
+        if c >= total {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("latency_p50_ms"))
+        .expect("herald logged its latency");
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    (
+        v["fields"]["latency_p50_ms"].as_u64().unwrap_or(0),
+        v["fields"]["latency_p99_ms"].as_u64().unwrap_or(0),
+        produced_rate,
+    )
 }

@@ -140,7 +140,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let closer = source.clone();
     let _ = tokio::task::spawn_blocking(move || closer.close()).await;
     result.map_err(|e| anyhow!(e))?;
-    tracing::info!("drained and committed; bye");
+    let (p50, p99) = metrics.latency_percentiles_ms();
+    tracing::info!(
+        latency_p50_ms = p50,
+        latency_p99_ms = p99,
+        applied = metrics.applied.get(),
+        "drained and committed; bye"
+    );
     Ok(())
 }
 
