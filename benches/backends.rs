@@ -76,19 +76,7 @@ fn main() {
         .create()
         .unwrap();
     for m in &msgs {
-        let mut r = BaseRecord::<[u8], [u8]>::to(&base)
-            .key(m.key.as_bytes())
-            .payload(&m.payload[..]);
-        loop {
-            match producer.send(r) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    r = back;
-                    producer.poll(Duration::from_millis(5));
-                }
-            }
-        }
-        producer.poll(Duration::ZERO);
+        send(&producer, &base, m);
     }
     producer.flush(Duration::from_secs(120)).unwrap();
 
@@ -376,19 +364,7 @@ fn latency_at(
         if let Some(wait) = due.checked_sub(started.elapsed()) {
             std::thread::sleep(wait);
         }
-        let mut r = BaseRecord::<[u8], [u8]>::to(topic)
-            .key(m.key.as_bytes())
-            .payload(&m.payload[..]);
-        loop {
-            match producer.send(r) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    r = back;
-                    producer.poll(Duration::from_millis(1));
-                }
-            }
-        }
-        producer.poll(Duration::ZERO);
+        send(&producer, topic, m);
     }
     producer.flush(Duration::from_secs(60)).unwrap();
     let produced_rate = msgs.len() as f64 / started.elapsed().as_secs_f64();
@@ -436,4 +412,21 @@ fn latency_at(
         v["fields"]["latency_p99_ms"].as_u64().unwrap_or(0),
         produced_rate,
     )
+}
+
+/// Enqueues one record keyed by user, waiting while the producer's local queue is full.
+fn send(producer: &BaseProducer, topic: &str, m: &herald::workload::GeneratedMessage) {
+    let mut r = BaseRecord::<[u8], [u8]>::to(topic)
+        .key(m.key.as_bytes())
+        .payload(&m.payload[..]);
+    loop {
+        match producer.send(r) {
+            Ok(()) => break,
+            Err((_, back)) => {
+                r = back;
+                producer.poll(Duration::from_millis(5));
+            }
+        }
+    }
+    producer.poll(Duration::ZERO);
 }
