@@ -89,6 +89,10 @@ pub enum StoreError {
     /// The data itself was refused (never succeeds on retry).
     #[error("store rejected data for {key}: {detail}")]
     BadData { key: String, detail: String },
+    /// Some documents of a bulk write were refused (the others were written): the refused
+    /// `(id, reason)` pairs. Retrying them would fail again.
+    #[error("store refused {} document(s), first {first:?}", .refused.len(), first = .refused.first())]
+    Refused { refused: Vec<(String, String)> },
 }
 
 impl StoreError {

@@ -201,6 +201,19 @@ impl Metrics {
         self.consumed_total.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// A record whose resulting user document MongoDB refused, dead-lettered after the fact.
+    pub fn store_refused(&self, partition: u32, detail: &str) {
+        self.invalid
+            .get_or_create(&vec![("reason", "store_refused".to_string())])
+            .inc();
+        self.invalid_total.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            partition,
+            detail,
+            "record dead-lettered: store refused its result"
+        );
+    }
+
     pub fn invalid_record(&self, reason: RejectReason, partition: u32, detail: &str) {
         self.invalid
             .get_or_create(&vec![("reason", reason.code().to_string())])

@@ -167,6 +167,57 @@ impl StateStore for CountingState {
     }
 }
 
+/// A document store that refuses (as MongoDB refuses bad data) the document of any user
+/// whose traits hold `poison`, writing the others.
+struct RefusingDocs {
+    inner: Arc<dyn DocumentStore>,
+}
+
+impl DocumentStore for RefusingDocs {
+    fn upsert_users(
+        &self,
+        users: Vec<Arc<UserState>>,
+        now_ms: i64,
+    ) -> BoxFut<Result<(), StoreError>> {
+        let (bad, good): (Vec<_>, Vec<_>) = users
+            .into_iter()
+            .partition(|u| u.profile.traits.contains_key("poison"));
+        let write = self.inner.upsert_users(good, now_ms);
+        async move {
+            write.await?;
+            if bad.is_empty() {
+                return Ok(());
+            }
+            Err(StoreError::Refused {
+                refused: bad
+                    .iter()
+                    .map(|u| (u.user_id.clone(), "document failed validation".into()))
+                    .collect(),
+            })
+        }
+        .boxed()
+    }
+    fn insert_messages(&self, m: Vec<MessageRecord>) -> BoxFut<Result<(), StoreError>> {
+        self.inner.insert_messages(m)
+    }
+    fn transition(
+        &self,
+        id: String,
+        c: StatusChange,
+    ) -> BoxFut<Result<TransitionResult, StoreError>> {
+        self.inner.transition(id, c)
+    }
+    fn record_early_callback(&self, id: String, c: StatusChange) -> BoxFut<Result<(), StoreError>> {
+        self.inner.record_early_callback(id, c)
+    }
+    fn get_message(&self, id: String) -> BoxFut<Result<Option<MessageRecord>, StoreError>> {
+        self.inner.get_message(id)
+    }
+    fn queued_messages(&self, limit: usize) -> BoxFut<Result<Vec<MessageRecord>, StoreError>> {
+        self.inner.queued_messages(limit)
+    }
+}
+
 // ---------- tests ----------
 
 #[test]
@@ -505,4 +556,76 @@ fn the_demo_runs_the_whole_messaging_path_and_verifies() {
     assert!(report.statuses.get("skipped").copied().unwrap_or(0) > 0);
     assert!(report.retries_fired > 0, "retries happened");
     assert!(report.duplicates > 0 && report.invalid > 0);
+}
+
+#[test]
+fn documents_the_store_refuses_dead_letter_their_records_and_nothing_else_is_lost() {
+    let cfg = config("[demo]\npartitions = 1\n");
+    let rig = EmbeddedRig::new(&cfg, 8);
+    let mut valid = Vec::new();
+    let mut push = |user: &str, body: String| {
+        let text = format!(
+            r#"{{"messageId":"m-{}","userId":"{user}","timestamp":"2026-11-23T10:00:00Z",{body}}}"#,
+            valid.len()
+        );
+        rig.source
+            .append(user, Bytes::from(text.clone().into_bytes()));
+        valid.push(decode(text.as_bytes(), 1 << 20).unwrap());
+    };
+    for round in 0..50 {
+        push("u-good", r#""type":"track","event":"tick""#.into());
+        push("u-bad", r#""type":"track","event":"tick""#.into());
+        if round == 20 {
+            push(
+                "u-bad",
+                r#""type":"identify","traits":{"poison":true}"#.into(),
+            );
+        }
+    }
+    run(async {
+        let docs = Arc::new(RefusingDocs {
+            inner: rig.docs.clone(),
+        });
+        let pipeline = rig.start_with(&cfg, 8, rig.ports_with(None, Some(docs)));
+        rig.source.assign_all();
+        until("all committed", 30, || rig.source.fully_committed()).await;
+        finish(pipeline).await;
+    });
+    let letters = rig.source.dead_letters();
+    assert!(
+        letters
+            .iter()
+            .any(|l| std::str::from_utf8(&l.record.payload)
+                .unwrap()
+                .contains("\"poison\":true")),
+        "the poisoning record is dead-lettered"
+    );
+    assert!(letters.iter().all(|l| l.error.starts_with("store_refused")));
+    // Everything not dead-lettered is in `users`, exactly once, in order.
+    let kept: Vec<_> = valid
+        .iter()
+        .filter(|e| {
+            !letters.iter().any(|l| {
+                decode(&l.record.payload, 1 << 20).is_ok_and(|d| d.message_id == e.message_id)
+            })
+        })
+        .cloned()
+        .collect();
+    assert!(
+        letters
+            .iter()
+            .all(|l| l.record.key.as_deref() == Some(&b"u-bad"[..])),
+        "only u-bad's records went"
+    );
+    let users = rig.docs.users();
+    assert_eq!(users, sequential_replay(kept.iter()));
+    assert_eq!(users["u-good"].event_count, 50);
+    let text = rig.metrics.render();
+    assert!(
+        text.contains(&format!(
+            "herald_events_invalid_total{{reason=\"store_refused\"}} {}",
+            letters.len()
+        )),
+        "{text}"
+    );
 }

@@ -11,14 +11,23 @@ use actix::prelude::*;
 use crate::domain::campaign::{evaluate_all, TriggeredMessage};
 use crate::domain::event::Event;
 use crate::domain::user::{ApplyOutcome, Position, UserState};
+use crate::ports::Record;
 
 use super::batcher::UserUpdate;
 use super::context::Shared;
 use super::partition::{AggregatorFailed, Durable, PartitionActor};
 use super::supervision::{contain, contain_async};
 
-/// A user's records from one batch, in partition order: (offset, event, record time ms).
-pub type UserRecords = Vec<(u64, Event, i64)>;
+/// One decoded record, with the raw record kept so a store refusal can dead-letter it.
+pub struct UserRecord {
+    pub event: Event,
+    /// Record time (ms), for end-to-end latency.
+    pub ts: i64,
+    pub raw: Record,
+}
+
+/// A user's records from one batch, in partition order.
+pub type UserRecords = Vec<UserRecord>;
 
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -65,17 +74,19 @@ impl Aggregator {
             applied: 0,
             messages: Vec::new(),
             earliest_ms: i64::MAX,
+            raw: Vec::with_capacity(records.len()),
         };
-        for (offset, event, ts) in records {
-            out.offsets.push(offset);
+        for UserRecord { event, ts, raw } in records {
+            out.offsets.push(raw.offset);
             out.earliest_ms = out.earliest_ms.min(ts);
             let position = Position {
                 partition: self.partition,
-                offset,
+                offset: raw.offset,
             };
             match state.apply(Some(position), &event, now, limits) {
                 ApplyOutcome::Applied => {
                     out.applied += 1;
+                    out.raw.push(raw);
                     if !campaigns.is_empty() {
                         out.messages
                             .extend(evaluate_all(campaigns, &event, &state.profile));
@@ -93,33 +104,42 @@ struct Applied {
     applied: u64,
     messages: Vec<TriggeredMessage>,
     earliest_ms: i64,
+    /// The applied records (what a refusal of the new state dead-letters).
+    raw: Vec<Record>,
 }
 
-impl Actor for Aggregator {
-    type Context = Context<Self>;
+/// The store refused this user's new state: the records behind it were dead-lettered, so
+/// forget the in-memory state and reload the last durable one before applying more.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Reset;
 
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        self.shared.ports.metrics.aggregators_changed(1);
-        // Until the state is loaded, no record is processed (`wait` holds the mailbox).
-        let store = self.shared.ports.state.clone();
-        let user_id = self.user_id.clone();
-        let load = async move {
-            let mut delay = Duration::from_millis(10);
-            loop {
-                match contain_async(async { store.load(&user_id).await }).await {
-                    Ok(Ok(state)) => return Ok(state),
-                    Ok(Err(e)) => {
-                        tracing::warn!(user_id, error = %e, "state load failed; retrying");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(5));
-                    }
-                    Err(panic) => return Err(panic),
-                }
+/// Loads a user's durable state, retrying transient errors; `Err` is a contained panic.
+async fn load_state(
+    store: Arc<dyn crate::ports::StateStore>,
+    user_id: String,
+) -> Result<Option<UserState>, String> {
+    let mut delay = Duration::from_millis(10);
+    loop {
+        match contain_async(async { store.load(&user_id).await }).await {
+            Ok(Ok(state)) => return Ok(state),
+            Ok(Err(e)) => {
+                tracing::warn!(user_id, error = %e, "state load failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
             }
-        };
+            Err(panic) => return Err(panic),
+        }
+    }
+}
+
+impl Aggregator {
+    /// Holds the mailbox until the durable state is loaded.
+    fn load(&mut self, ctx: &mut Context<Self>) {
+        let load = load_state(self.shared.ports.state.clone(), self.user_id.clone());
         ctx.wait(load.into_actor(self).map(|result, act, ctx| match result {
             Ok(Some(state)) => act.state = Arc::new(state),
-            Ok(None) => {}
+            Ok(None) => act.state = Arc::new(UserState::new(act.user_id.clone())),
             Err(cause) => {
                 act.owner.do_send(AggregatorFailed {
                     user_id: act.user_id.clone(),
@@ -128,6 +148,16 @@ impl Actor for Aggregator {
                 ctx.stop();
             }
         }));
+    }
+}
+
+impl Actor for Aggregator {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.shared.ports.metrics.aggregators_changed(1);
+        // Until the state is loaded, no record is processed (`wait` holds the mailbox).
+        self.load(ctx);
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
@@ -174,6 +204,16 @@ impl Handler<Apply> for Aggregator {
             offsets: applied.offsets,
             events: applied.applied,
             earliest_ms: applied.earliest_ms,
+            raw: applied.raw,
+            aggregator: ctx.address(),
         });
+    }
+}
+
+impl Handler<Reset> for Aggregator {
+    type Result = ();
+
+    fn handle(&mut self, _: Reset, ctx: &mut Context<Self>) {
+        self.load(ctx);
     }
 }

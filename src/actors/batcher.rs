@@ -13,8 +13,9 @@ use futures::future::join_all;
 use crate::domain::campaign::TriggeredMessage;
 use crate::domain::message::MessageRecord;
 use crate::domain::user::UserState;
-use crate::ports::StoreError;
+use crate::ports::{DeadLetter, Record, StoreError};
 
+use super::aggregator::{Aggregator, Reset};
 use super::context::Shared;
 use super::dispatcher::Dispatch;
 use super::partition::{Durable, PartitionActor};
@@ -35,6 +36,9 @@ pub struct UserUpdate {
     pub events: u64,
     /// Earliest record time among them (ms), for end-to-end latency.
     pub earliest_ms: i64,
+    /// The applied records, dead-lettered if the store refuses the new state.
+    pub raw: Vec<Record>,
+    pub aggregator: Addr<Aggregator>,
 }
 
 /// Flush whatever is pending now (used on shutdown and by tests).
@@ -42,11 +46,19 @@ pub struct UserUpdate {
 #[rtype(result = "()")]
 pub struct FlushNow;
 
+/// One user's coalesced updates.
+struct PendingUser {
+    state: Arc<UserState>,
+    messages: Vec<TriggeredMessage>,
+    /// Offsets to report per partition actor (one, unless the partition was restarted).
+    offsets: Vec<(Addr<PartitionActor>, Vec<u64>)>,
+    raw: Vec<Record>,
+    aggregator: Addr<Aggregator>,
+}
+
 #[derive(Default)]
 struct Pending {
-    users: HashMap<String, (Arc<UserState>, Vec<TriggeredMessage>), ahash::RandomState>,
-    /// Offsets to report per partition actor.
-    offsets: Vec<(Addr<PartitionActor>, Vec<u64>)>,
+    users: HashMap<String, PendingUser, ahash::RandomState>,
     events: u64,
     latency: Vec<(i64, u64)>,
     since: Option<Instant>,
@@ -56,17 +68,27 @@ impl Pending {
     fn add(&mut self, u: UserUpdate) {
         match self.users.get_mut(u.state.user_id.as_str()) {
             Some(entry) => {
-                entry.0 = u.state;
-                entry.1.extend(u.messages);
+                entry.state = u.state;
+                entry.messages.extend(u.messages);
+                entry.raw.extend(u.raw);
+                entry.aggregator = u.aggregator;
+                match entry.offsets.iter_mut().find(|(a, _)| *a == u.owner) {
+                    Some((_, v)) => v.extend(u.offsets),
+                    None => entry.offsets.push((u.owner, u.offsets)),
+                }
             }
             None => {
-                self.users
-                    .insert(u.state.user_id.clone(), (u.state, u.messages));
+                self.users.insert(
+                    u.state.user_id.clone(),
+                    PendingUser {
+                        state: u.state,
+                        messages: u.messages,
+                        offsets: vec![(u.owner, u.offsets)],
+                        raw: u.raw,
+                        aggregator: u.aggregator,
+                    },
+                );
             }
-        }
-        match self.offsets.iter_mut().find(|(a, _)| *a == u.owner) {
-            Some((_, v)) => v.extend(u.offsets),
-            None => self.offsets.push((u.owner, u.offsets)),
         }
         self.events += u.events;
         self.latency.push((u.earliest_ms, u.events));
@@ -94,7 +116,7 @@ impl Batcher {
     }
 
     fn maybe_flush(&mut self, ctx: &mut Context<Self>) {
-        if self.flushing || self.pending.users.is_empty() && self.pending.offsets.is_empty() {
+        if self.flushing || self.pending.users.is_empty() {
             return;
         }
         let max_wait = self.shared.settings.batch_max_wait;
@@ -122,19 +144,10 @@ impl Batcher {
         let fut = async move {
             let ports = &shared.ports;
             let now = ports.clock.now_ms();
-            let states: Vec<Arc<UserState>> =
-                batch.users.values().map(|(s, _)| s.clone()).collect();
-            let records: Vec<MessageRecord> = batch
-                .users
-                .values()
-                .flat_map(|(_, m)| m.iter())
-                .map(|m| MessageRecord::from_triggered(m, now))
-                .collect();
+            let mut states: Vec<Arc<UserState>> =
+                batch.users.values().map(|u| u.state.clone()).collect();
             let started = Instant::now();
-            persist(&shared, shard, "users", || {
-                ports.docs.upsert_users(states.clone(), now)
-            })
-            .await;
+            let refused = persist_users(&shared, shard, &mut states, now).await;
             ports
                 .metrics
                 .mongo_bulk_write_seconds
@@ -142,6 +155,13 @@ impl Batcher {
             ports
                 .metrics
                 .documents_written("users", states.len() as u64);
+            let records: Vec<MessageRecord> = batch
+                .users
+                .iter()
+                .filter(|(id, _)| !refused.contains_key(id.as_str()))
+                .flat_map(|(_, u)| u.messages.iter())
+                .map(|m| MessageRecord::from_triggered(m, now))
+                .collect();
             if !records.is_empty() {
                 persist(&shared, shard, "messages", || {
                     ports.docs.insert_messages(records.clone())
@@ -155,6 +175,9 @@ impl Batcher {
                 ports.state.save(states.clone())
             })
             .await;
+            if !refused.is_empty() {
+                dead_letter_refused(&shared, &batch, &refused).await;
+            }
             (batch, records)
         };
         ctx.spawn(fut.into_actor(self).map(|(batch, records), act, ctx| {
@@ -175,8 +198,10 @@ impl Batcher {
         for (earliest, n) in batch.latency {
             metrics.durable_latency(now - earliest, n);
         }
-        for (owner, offsets) in batch.offsets {
-            owner.do_send(Durable { offsets });
+        for (_, user) in batch.users {
+            for (owner, offsets) in user.offsets {
+                owner.do_send(Durable { offsets });
+            }
         }
         let sends: Vec<_> = records
             .into_iter()
@@ -201,6 +226,79 @@ impl Batcher {
             act.flushing = false;
             act.maybe_flush(ctx);
         }));
+    }
+}
+
+/// Upserts the `users` documents, retrying transient errors. Documents the store refuses
+/// (bad data) are taken out of `states` and returned with the reason: their state is not
+/// saved and their records go to the dead-letter destination instead (never retried forever,
+/// never dropped silently).
+async fn persist_users(
+    shared: &Shared,
+    shard: usize,
+    states: &mut Vec<Arc<UserState>>,
+    now: i64,
+) -> HashMap<String, String> {
+    let ports = &shared.ports;
+    let mut refused = HashMap::new();
+    let mut delay = Duration::from_millis(10);
+    while !states.is_empty() {
+        let attempt = states.clone();
+        match contain_async(async { ports.docs.upsert_users(attempt, now).await }).await {
+            Ok(Ok(())) => break,
+            Ok(Err(StoreError::Refused { refused: docs })) => {
+                for (id, detail) in docs {
+                    tracing::error!(shard, user_id = %id, error = %detail, "MongoDB refused the user's document; dead-lettering the records behind it");
+                    refused.insert(id, detail);
+                }
+                // The other documents were written (unordered write); writing them again is
+                // idempotent and confirms it.
+                states.retain(|s| !refused.contains_key(&s.user_id));
+                continue;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(shard, what = "users", error = %e, retry_in_ms = delay.as_millis() as u64, "write failed; the source pauses until it succeeds");
+            }
+            Err(panic) => {
+                ports
+                    .metrics
+                    .actor_restarted("batcher", &format!("users write panicked: {panic}"));
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(MAX_BACKOFF);
+    }
+    refused
+}
+
+/// Sends the records behind refused documents to the dead-letter destination (durably,
+/// before their offsets count as done) and resets their aggregators to the last durable state.
+async fn dead_letter_refused(shared: &Shared, batch: &Pending, refused: &HashMap<String, String>) {
+    let ports = &shared.ports;
+    let mut letters = Vec::new();
+    for (user_id, detail) in refused {
+        let Some(user) = batch.users.get(user_id.as_str()) else {
+            continue;
+        };
+        for record in &user.raw {
+            ports.metrics.store_refused(record.partition, detail);
+            letters.push(DeadLetter {
+                record: record.clone(),
+                error: format!("store_refused: {detail}"),
+            });
+        }
+        user.aggregator.do_send(Reset);
+    }
+    let mut delay = Duration::from_millis(10);
+    loop {
+        match ports.source.dead_letter(letters.clone()).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "dead-letter write failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(MAX_BACKOFF);
+            }
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use crate::domain::event::decode;
 use crate::domain::watermark::Watermark;
 use crate::ports::{DeadLetter, PartitionReader, Record};
 
-use super::aggregator::{Aggregator, Apply, UserRecords};
+use super::aggregator::{Aggregator, Apply, UserRecord, UserRecords};
 use super::context::Shared;
 use super::source_supervisor::{PartitionFailed, SourceSupervisor};
 use super::supervision::contain;
@@ -194,7 +194,11 @@ impl PartitionActor {
                             groups.len() - 1
                         }
                     };
-                    groups[slot].1.push((record.offset, event, ts));
+                    groups[slot].1.push(UserRecord {
+                        event,
+                        ts,
+                        raw: record,
+                    });
                 }
                 Err(rejection) => {
                     ports.metrics.invalid_record(
@@ -214,7 +218,7 @@ impl PartitionActor {
         }
         let now = Instant::now();
         for (user_id, records) in groups {
-            let last_offset = records.last().map(|r| r.0).unwrap_or(0);
+            let last_offset = records.last().map(|r| r.raw.offset).unwrap_or(0);
             let addr = match self.aggregators.get_mut(user_id.as_str()) {
                 Some(entry) => {
                     entry.last_offset = last_offset;

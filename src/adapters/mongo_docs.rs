@@ -78,11 +78,15 @@ impl MongoDocumentStore {
 
     /// Runs `update` commands of at most [`CHUNK`] statements; duplicate-key errors on an
     /// upsert (two upserts racing) count as success, as in the MongoDB Kafka sink connector.
+    /// Statements the server refuses (bad data: never succeeds on retry) come back as
+    /// [`StoreError::Refused`] naming each statement's `_id`; the other statements, of every
+    /// chunk, are written (`ordered: false`).
     async fn update_many(
         db: &Database,
         coll: &str,
         statements: Vec<Document>,
     ) -> Result<(), StoreError> {
+        let mut refused = Vec::new();
         for chunk in statements.chunks(CHUNK) {
             let reply = db
                 .run_command(doc! {
@@ -92,30 +96,38 @@ impl MongoDocumentStore {
                 })
                 .await
                 .map_err(transient)?;
-            if let Ok(errors) = reply.get_array("writeErrors") {
-                let real: Vec<&Bson> = errors
-                    .iter()
-                    .filter(|e| {
-                        e.as_document()
-                            .and_then(|d| d.get("code"))
-                            .and_then(bson_i64)
-                            != Some(11000)
-                    })
-                    .collect();
-                if let Some(first) = real.first() {
-                    let detail = first
-                        .as_document()
-                        .and_then(|d| d.get_str("errmsg").ok())
-                        .unwrap_or("write error")
-                        .to_string();
-                    return Err(StoreError::BadData {
-                        key: format!("{coll} ({} statements refused)", real.len()),
-                        detail,
-                    });
+            let Ok(errors) = reply.get_array("writeErrors") else {
+                continue;
+            };
+            for error in errors.iter().filter_map(Bson::as_document) {
+                if error.get("code").and_then(bson_i64) == Some(11000) {
+                    continue;
+                }
+                let detail = error.get_str("errmsg").unwrap_or("write error").to_string();
+                let id = error
+                    .get("index")
+                    .and_then(bson_i64)
+                    .and_then(|i| chunk.get(i as usize))
+                    .and_then(|st| st.get_document("q").ok())
+                    .and_then(|q| q.get_str("_id").ok())
+                    .map(str::to_string);
+                match id {
+                    Some(id) => refused.push((id, detail)),
+                    // A refusal we cannot attribute: retrying is all that is safe.
+                    None => {
+                        return Err(StoreError::BadData {
+                            key: coll.to_string(),
+                            detail,
+                        })
+                    }
                 }
             }
         }
-        Ok(())
+        if refused.is_empty() {
+            Ok(())
+        } else {
+            Err(StoreError::Refused { refused })
+        }
     }
 }
 
