@@ -289,6 +289,12 @@ impl PartitionActor {
     fn commit(&mut self, ctx: &mut Context<Self>) {
         let position = self.watermark.committable();
         if self.committing || position <= self.last_committed {
+            // Nothing new to commit; the lag still moves with the high watermark.
+            let hw = self.shared.ports.source.high_watermark(self.partition);
+            self.shared
+                .ports
+                .metrics
+                .committed(self.partition, self.last_committed, hw);
             return;
         }
         self.committing = true;

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::FutureExt;
@@ -300,6 +300,24 @@ impl KafkaSource {
             })
             .expect("spawning the kafka poll thread");
         *self.poller.lock() = Some(handle);
+        // Lag has its own thread: asking the broker for watermarks must never delay polling
+        // (rebalance callbacks are served from the poll loop).
+        let consumer = self.consumer.clone();
+        let stop = self.stop.clone();
+        let topic = self.settings.topic.clone();
+        let high_watermarks = self.high_watermarks.clone();
+        std::thread::Builder::new()
+            .name("kafka-lag".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Acquire) {
+                    refresh_high_watermarks(&consumer, &topic, &high_watermarks);
+                    let next = Instant::now() + WATERMARK_REFRESH;
+                    while !stop.load(Ordering::Acquire) && Instant::now() < next {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            })
+            .expect("spawning the kafka lag thread");
     }
 
     /// Stops polling and closes the consumer (after the partitions drained).
@@ -311,17 +329,25 @@ impl KafkaSource {
         }
         self.consumer.unsubscribe();
     }
+}
 
-    /// Refreshes the high watermarks used for `herald_consumer_lag` (blocking; call from a
-    /// blocking task).
-    pub fn refresh_high_watermarks(&self, partitions: &[u32]) {
-        for p in partitions {
-            if let Ok((_, high)) = self.consumer.fetch_watermarks(
-                &self.settings.topic,
-                *p as i32,
-                Duration::from_secs(2),
-            ) {
-                self.high_watermarks.lock().insert(*p, high.max(0) as u64);
+/// How often the high watermarks for `herald_consumer_lag` are read from the broker.
+const WATERMARK_REFRESH: Duration = Duration::from_secs(2);
+
+/// Reads the high watermark of each assigned partition from the broker.
+fn refresh_high_watermarks(
+    consumer: &BaseConsumer<RebalanceContext>,
+    topic: &str,
+    into: &Mutex<HashMap<u32, u64>>,
+) {
+    let Ok(assignment) = consumer.assignment() else {
+        return;
+    };
+    for element in assignment.elements_for_topic(topic) {
+        let asked = consumer.fetch_watermarks(topic, element.partition(), Duration::from_secs(2));
+        if let Ok((_, high)) = asked {
+            if high >= 0 {
+                into.lock().insert(element.partition() as u32, high as u64);
             }
         }
     }
