@@ -57,13 +57,32 @@ enum Command {
     /// Simulate an SMS/email/push provider over HTTP.
     ProviderSim {
         #[arg(long)]
-        listen: String,
+        listen: std::net::SocketAddr,
+        /// Probability of a 5xx answer.
         #[arg(long, default_value_t = 0.0)]
         fail_rate: f64,
+        /// Probability that an accepted send is called back `undelivered`.
         #[arg(long, default_value_t = 0.0)]
         undelivered_rate: f64,
         #[arg(long, default_value_t = 0)]
         latency_ms: u64,
+        /// Probability of a 429 answer (with Retry-After: 1).
+        #[arg(long, default_value_t = 0.0)]
+        throttle_rate: f64,
+        /// Probability of a 400 answer (terminal for that provider).
+        #[arg(long, default_value_t = 0.0)]
+        reject_rate: f64,
+        /// Delay before each delivery callback.
+        #[arg(long, default_value_t = 20)]
+        callback_delay_ms: u64,
+        /// Secret that signs callbacks.
+        #[arg(long, env = "HERALD_SIM_WEBHOOK_SECRET", hide_env_values = true)]
+        webhook_secret: String,
+        /// Bearer token sends must carry (none: any).
+        #[arg(long, env = "HERALD_SIM_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
     },
     /// Validate configuration and print the effective config (secrets masked).
     CheckConfig {
@@ -170,7 +189,49 @@ fn main() -> ExitCode {
                 Err(e) => fail(format!("{e:#}")),
             }
         }
-        Command::ProviderSim { .. } => fail("`herald provider-sim` is not in this build yet"),
+        Command::ProviderSim {
+            listen,
+            fail_rate,
+            undelivered_rate,
+            latency_ms,
+            throttle_rate,
+            reject_rate,
+            callback_delay_ms,
+            webhook_secret,
+            token,
+            seed,
+        } => {
+            init_logging(None, "info");
+            for (name, rate) in [
+                ("--fail-rate", fail_rate),
+                ("--undelivered-rate", undelivered_rate),
+                ("--throttle-rate", throttle_rate),
+                ("--reject-rate", reject_rate),
+            ] {
+                if !(0.0..=1.0).contains(&rate) {
+                    return fail(format!("{name} must be between 0 and 1, got {rate}"));
+                }
+            }
+            if fail_rate + throttle_rate + reject_rate > 1.0 {
+                return fail("--fail-rate + --throttle-rate + --reject-rate must not exceed 1");
+            }
+            let options = herald::provider_sim::SimOptions {
+                listen,
+                fail_rate,
+                throttle_rate,
+                reject_rate,
+                undelivered_rate,
+                latency_ms,
+                callback_delay_ms,
+                webhook_secret: webhook_secret.into_bytes(),
+                token,
+                seed,
+            };
+            match actix::System::new().block_on(herald::provider_sim::run(options)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(format!("{e:#}")),
+            }
+        }
     }
 }
 

@@ -239,14 +239,30 @@ pub struct RetryEntry {
 }
 
 /// The durable retry schedule (a Redis due-time index in production).
+///
+/// Claiming is a lease, not a removal: a claimed entry becomes due again `lease_ms` later
+/// unless [`RetrySchedule::complete`] is called once the attempt's outcome is durable, so a
+/// crash between claim and send loses nothing (the repeated send carries the same
+/// `Idempotency-Key`).
 pub trait RetrySchedule: Send + Sync + 'static {
+    /// Schedules (or reschedules) the message's next attempt; one entry per message.
     fn schedule(&self, entry: RetryEntry) -> BoxFut<Result<(), StoreError>>;
-    /// Atomically takes up to `limit` entries due at `now_ms`: each is returned to exactly one
-    /// caller, even with several instances.
-    fn claim_due(&self, now_ms: i64, limit: usize) -> BoxFut<Result<Vec<RetryEntry>, StoreError>>;
+    /// Atomically leases up to `limit` entries due at `now_ms`: each is returned to exactly
+    /// one caller, even with several instances, until its lease runs out.
+    fn claim_due(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: usize,
+    ) -> BoxFut<Result<Vec<RetryEntry>, StoreError>>;
+    /// The claimed attempt is settled: removes the entry unless it was rescheduled since
+    /// (a newer attempt).
+    fn complete(&self, entry: RetryEntry) -> BoxFut<Result<(), StoreError>>;
     fn cancel(&self, message_id: String) -> BoxFut<Result<(), StoreError>>;
     /// How many retries are scheduled.
     fn pending(&self) -> BoxFut<Result<usize, StoreError>>;
+    /// The earliest due time, if any (to arm an early wake-up).
+    fn next_due(&self) -> BoxFut<Result<Option<i64>, StoreError>>;
 }
 
 /// Wall-clock time, injected so tests and the domain never read the clock themselves.
@@ -264,4 +280,11 @@ impl Clock for SystemClock {
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0)
     }
+}
+
+/// A readiness check of one backend (`/readyz`).
+pub trait Probe: Send + Sync + 'static {
+    /// `source`, `redis`, `mongodb`: what `/readyz` names when it fails.
+    fn name(&self) -> &'static str;
+    fn check(&self) -> BoxFut<Result<(), String>>;
 }

@@ -1,21 +1,27 @@
 //! `herald run` and `herald produce`: the service on real backends (the edge: `anyhow`).
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
+use futures::FutureExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use crate::actors::context::{Ports, Settings};
+use crate::actors::ProviderSpec;
 use crate::actors::{Pipeline, PipelineSpec};
+use crate::adapters::http_provider::HttpProvider;
+use crate::adapters::http_server::{self, HttpState, Listeners};
 use crate::adapters::kafka_source::{client_config, ensure_topics, KafkaSettings, KafkaSource};
-use crate::adapters::memory_retry::MemoryRetrySchedule;
 use crate::adapters::mongo_docs::MongoDocumentStore;
+use crate::adapters::redis_retry::{listen_for_wakeups, RedisRetrySchedule};
 use crate::adapters::redis_state::RedisStateStore;
 use crate::config::{mask_url_password, Config, SourceKind};
-use crate::ports::SystemClock;
+use crate::domain::campaign::Channel;
+use crate::ports::{BoxFut, Clock, Probe, SystemClock};
 use crate::telemetry::Metrics;
 use crate::workload::{Workload, WorkloadSpec};
 
@@ -66,9 +72,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         SourceKind::Embedded => bail!("source.kind = \"embedded\" is for `herald demo`"),
     }
-    if !config.campaigns.is_empty() {
-        bail!("campaigns need HTTP providers, which this build does not have yet; remove [[campaigns]] to ingest only");
-    }
+    // The port first: a taken port is a one-line error before anything else starts.
+    let listeners = Listeners::bind(config.http.listen, config.http.metrics_listen)?;
+    let providers = http_providers(&config)?;
     let startup = Duration::from_millis(config.startup.timeout_ms);
     let redis_url = config.redis.url.clone();
     let prefix = config.redis.prefix.clone();
@@ -101,6 +107,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
     )
     .await?;
+    let retry_db = config.redis.retry_db;
+    let retries = within(
+        &format!("Redis at {}", mask_url_password(&redis_url)),
+        startup,
+        || RedisRetrySchedule::connect(&redis_url, &prefix, retry_db),
+    )
+    .await?;
     let settings = kafka_settings(&config);
     let source = within(
         &format!("Kafka at {}", config.kafka.brokers),
@@ -111,23 +124,48 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(topic = %config.kafka.topic, group = %config.kafka.group_id, "herald running");
 
     let metrics = Metrics::shared();
+    let state = Arc::new(state);
+    let docs = Arc::new(docs);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let ports = Ports {
         source: source.clone(),
-        state: Arc::new(state),
-        docs: Arc::new(docs),
-        retries: MemoryRetrySchedule::new(),
-        clock: Arc::new(SystemClock),
+        state: state.clone(),
+        docs: docs.clone(),
+        retries: Arc::new(retries),
+        clock: clock.clone(),
         metrics: metrics.clone(),
     };
+    let secrets = webhook_secrets(&config);
     let spec = PipelineSpec {
         settings: Settings::from_config(&config),
         campaigns: config.parsed_campaigns.clone(),
-        providers: Vec::new(),
+        providers,
         workers: config.workers(),
         batch_shards: config.batch_shards(),
-        seed: std::process::id() as u64,
+        seed: std::process::id() as u64 ^ clock.now_ms() as u64,
     };
     let pipeline = Pipeline::start(spec, ports);
+    let waker = pipeline.retry_waker();
+    let wakeups = actix_web::rt::spawn(listen_for_wakeups(
+        redis_url.clone(),
+        prefix.clone(),
+        retry_db,
+        waker,
+    ));
+    let probes: Vec<Arc<dyn Probe>> = vec![
+        Arc::new(KafkaProbe(source.clone())),
+        Arc::new(RedisProbe(state)),
+        Arc::new(MongoProbe(docs)),
+    ];
+    let http_state = HttpState {
+        secrets,
+        callbacks: pipeline.callbacks(),
+        metrics: metrics.clone(),
+        probes,
+        clock,
+    };
+    let servers = http_server::start(http_state, listeners, 2)?;
+    tracing::info!(listen = %config.http.listen, "HTTP listening (webhooks, /metrics, /healthz, /readyz)");
     let reason = tokio::select! {
         r = shutdown_signal() => r,
         failure = pipeline.failed() => format!("failure: {failure}"),
@@ -137,6 +175,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "shutting down: draining in-flight work and committing"
     );
     let result = pipeline.shutdown().await;
+    for server in servers {
+        server.stop(true).await;
+    }
+    wakeups.abort();
     let closer = source.clone();
     let _ = tokio::task::spawn_blocking(move || closer.close()).await;
     result.map_err(|e| anyhow!(e))?;
@@ -148,6 +190,94 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "drained and committed; bye"
     );
     Ok(())
+}
+
+/// One HTTP provider per `[[providers]]`, tokens from the environment.
+fn http_providers(config: &Config) -> anyhow::Result<Vec<ProviderSpec>> {
+    let mut out = Vec::new();
+    for p in &config.providers {
+        let token = match &p.token_env {
+            Some(var) => Some(std::env::var(var).map_err(|_| {
+                anyhow!(
+                    "provider {}: token_env names ${var}, which is not set",
+                    p.name
+                )
+            })?),
+            None => None,
+        };
+        let timeout = Duration::from_millis(p.timeout_ms);
+        let provider = HttpProvider::new(&p.name, &p.url, token, timeout)
+            .with_context(|| format!("provider {}: building its HTTP client", p.name))?;
+        let channel = Channel::parse(&p.channel)
+            .ok_or_else(|| anyhow!("provider {}: unknown channel {}", p.name, p.channel))?;
+        out.push(ProviderSpec {
+            provider: Arc::new(provider),
+            channel,
+            priority: p.priority,
+            rate_per_sec: p.rate_per_sec,
+            timeout,
+            max_concurrency: p.max_concurrency,
+        });
+    }
+    Ok(out)
+}
+
+/// Provider name → webhook secret from its `webhook_secret_env` (unset: callbacks refused).
+fn webhook_secrets(config: &Config) -> HashMap<String, Option<Vec<u8>>> {
+    config
+        .providers
+        .iter()
+        .map(|p| {
+            let secret = p
+                .webhook_secret_env
+                .as_ref()
+                .and_then(|var| std::env::var(var).ok())
+                .map(String::into_bytes);
+            if secret.is_none() {
+                tracing::warn!(provider = %p.name, "no webhook secret set: its callbacks are refused with 401");
+            }
+            (p.name.clone(), secret)
+        })
+        .collect()
+}
+
+struct KafkaProbe(Arc<KafkaSource>);
+struct RedisProbe(Arc<RedisStateStore>);
+struct MongoProbe(Arc<MongoDocumentStore>);
+
+impl Probe for KafkaProbe {
+    fn name(&self) -> &'static str {
+        "source"
+    }
+    fn check(&self) -> BoxFut<Result<(), String>> {
+        let source = self.0.clone();
+        async move {
+            tokio::task::spawn_blocking(move || source.check_broker())
+                .await
+                .map_err(|e| e.to_string())?
+        }
+        .boxed()
+    }
+}
+
+impl Probe for RedisProbe {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+    fn check(&self) -> BoxFut<Result<(), String>> {
+        let store = self.0.clone();
+        async move { store.ping().await.map_err(|e| e.to_string()) }.boxed()
+    }
+}
+
+impl Probe for MongoProbe {
+    fn name(&self) -> &'static str {
+        "mongodb"
+    }
+    fn check(&self) -> BoxFut<Result<(), String>> {
+        let store = self.0.clone();
+        async move { store.ping().await.map_err(|e| e.to_string()) }.boxed()
+    }
 }
 
 async fn shutdown_signal() -> String {

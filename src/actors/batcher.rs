@@ -212,6 +212,7 @@ impl Batcher {
                     attempt: r.attempts + 1,
                     record: r,
                     provider_index: 0,
+                    lease: None,
                 }))
             })
             .collect();

@@ -35,6 +35,9 @@ pub struct Dispatch {
     pub record: MessageRecord,
     pub attempt: u32,
     pub provider_index: usize,
+    /// The retry-schedule lease this attempt came from, completed once its outcome is
+    /// durable (until then a crash lets the schedule fire it again).
+    pub lease: Option<RetryEntry>,
 }
 
 /// The channel's dispatchers in fallback order and this one's place in it (set once all
@@ -189,6 +192,8 @@ impl Dispatcher {
         let Some(to) = job.record.to.clone() else {
             // Cannot happen for a queued message (no address means skipped), but never panic.
             self.in_flight -= 1;
+            let retries = self.ports.retries.clone();
+            ctx.spawn(complete_lease(retries, job.lease).into_actor(self));
             return;
         };
         let request = SendRequest {
@@ -226,11 +231,20 @@ impl Dispatcher {
         }));
     }
 
-    /// Records a status change durably (in the background; the status machine orders it).
-    fn record(&mut self, id: String, change: StatusChange, ctx: &mut Context<Self>) {
+    /// Records a status change durably (in the background; the status machine orders it),
+    /// then settles the attempt's retry lease.
+    fn record(
+        &mut self,
+        id: String,
+        change: StatusChange,
+        lease: Option<RetryEntry>,
+        ctx: &mut Context<Self>,
+    ) {
         let docs = self.ports.docs.clone();
+        let retries = self.ports.retries.clone();
         let write = async move {
             write_with_retry(|| docs.transition(id.clone(), change.clone())).await;
+            complete_lease(retries, lease).await;
         };
         ctx.spawn(write.into_actor(self));
     }
@@ -254,7 +268,7 @@ impl Dispatcher {
                     attempt: Some(job.attempt),
                     expect_provider_message_id: None,
                 };
-                self.record(job.record.id.clone(), change, ctx);
+                self.record(job.record.id.clone(), change, job.lease, ctx);
             }
             SendOutcome::Retryable {
                 retry_after_ms,
@@ -279,7 +293,13 @@ impl Dispatcher {
                     detail,
                     None,
                 );
-                ctx.spawn(fut.into_actor(self).map(|_, _, _| ()));
+                let retries = self.ports.retries.clone();
+                let lease = job.lease;
+                let fut = async move {
+                    let _ = fut.await;
+                    complete_lease(retries, lease).await;
+                };
+                ctx.spawn(fut.into_actor(self));
             }
             SendOutcome::Rejected { detail } => {
                 metrics.dispatch_outcome(&name, "rejected");
@@ -305,6 +325,7 @@ impl Dispatcher {
                             attempt: job.attempt + 1,
                             provider_index: job.provider_index + 1,
                             record: job.record,
+                            lease: job.lease,
                         });
                     }));
                 } else {
@@ -317,10 +338,18 @@ impl Dispatcher {
                         attempt: Some(job.attempt),
                         expect_provider_message_id: None,
                     };
-                    self.record(job.record.id.clone(), change, ctx);
+                    self.record(job.record.id.clone(), change, job.lease, ctx);
                 }
             }
         }
+    }
+}
+
+/// Settles a retry lease (retrying until the schedule answers: a lease left open only makes
+/// the attempt fire again, with the same `Idempotency-Key`).
+async fn complete_lease(retries: Arc<dyn RetrySchedule>, lease: Option<RetryEntry>) {
+    if let Some(entry) = lease {
+        write_with_retry(|| retries.complete(entry.clone())).await;
     }
 }
 

@@ -160,6 +160,12 @@ impl Pipeline {
         self.retry.do_send(Wake);
     }
 
+    /// A handle that wakes the retry actor (for the Redis key-expiry listener).
+    pub fn retry_waker(&self) -> impl Fn() + Send + Sync + 'static {
+        let retry = self.retry.clone();
+        move || retry.do_send(Wake)
+    }
+
     /// Asks every batcher to flush what it holds now.
     pub fn flush_now(&self) {
         for b in self.shared.batchers.get().into_iter().flatten() {

@@ -12,6 +12,9 @@ use super::context::Shared;
 use super::dispatcher::Dispatch;
 
 const CLAIM_BATCH: usize = 256;
+/// A claimed retry fires again after this long unless its outcome was recorded (a crash
+/// between claim and send loses nothing).
+const LEASE_MS: i64 = 15_000;
 
 /// Sweep now (a key-expiry notification arrived, or a test wants it).
 #[derive(Message)]
@@ -41,7 +44,7 @@ impl RetryActor {
             let ports = &shared.ports;
             loop {
                 let now = ports.clock.now_ms();
-                let due = match ports.retries.claim_due(now, CLAIM_BATCH).await {
+                let due = match ports.retries.claim_due(now, LEASE_MS, CLAIM_BATCH).await {
                     Ok(d) => d,
                     Err(e) => {
                         tracing::warn!(error = %e, "retry sweep failed; next sweep retries");
@@ -52,18 +55,24 @@ impl RetryActor {
                 for entry in due {
                     let record = match ports.docs.get_message(entry.message_id.clone()).await {
                         Ok(Some(r)) => r,
-                        Ok(None) => continue,
+                        Ok(None) => {
+                            let _ = ports.retries.complete(entry).await;
+                            continue;
+                        }
                         Err(e) => {
-                            // Put it back so it is not lost.
-                            tracing::warn!(error = %e, id = entry.message_id, "retry load failed; rescheduling");
-                            let _ = ports.retries.schedule(entry).await;
+                            // The lease runs out and the entry fires again: nothing is lost.
+                            tracing::warn!(error = %e, id = entry.message_id, "retry load failed; it fires again after its lease");
                             continue;
                         }
                     };
                     if !matches!(
                         record.status,
                         MessageStatus::Queued | MessageStatus::Retrying
-                    ) {
+                    ) || record.attempts >= entry.attempt
+                    {
+                        // Settled already (terminal, or this attempt was made: a lease that
+                        // ran out after the send was recorded).
+                        let _ = ports.retries.complete(entry).await;
                         continue;
                     }
                     let Some(first) = shared.dispatchers_for(record.channel).first().cloned()
@@ -76,6 +85,7 @@ impl RetryActor {
                             attempt: entry.attempt,
                             record,
                             provider_index: 0,
+                            lease: Some(entry),
                         })
                         .await;
                 }
@@ -110,6 +120,7 @@ impl RetryActor {
                             attempt: record.attempts + 1,
                             record,
                             provider_index: 0,
+                            lease: None,
                         })
                         .await;
                 }

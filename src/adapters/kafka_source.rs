@@ -320,6 +320,14 @@ impl KafkaSource {
             .expect("spawning the kafka lag thread");
     }
 
+    /// Asks the broker for the topic's metadata (readiness; blocking, call off the runtime).
+    pub fn check_broker(&self) -> Result<(), String> {
+        self.consumer
+            .fetch_metadata(Some(&self.settings.topic), Duration::from_secs(2))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
     /// Stops polling and closes the consumer (after the partitions drained).
     pub fn close(&self) {
         self.stop.store(true, Ordering::Release);

@@ -38,7 +38,12 @@ impl RetrySchedule for MemoryRetrySchedule {
         async { Ok(()) }.boxed()
     }
 
-    fn claim_due(&self, now_ms: i64, limit: usize) -> BoxFut<Result<Vec<RetryEntry>, StoreError>> {
+    fn claim_due(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: usize,
+    ) -> BoxFut<Result<Vec<RetryEntry>, StoreError>> {
         let mut inner = self.inner.lock();
         let mut out = Vec::new();
         while out.len() < limit {
@@ -49,11 +54,29 @@ impl RetrySchedule for MemoryRetrySchedule {
                 break;
             }
             let (_, id) = inner.by_due.pop_first().expect("first() was Some");
-            if let Some(e) = inner.entries.remove(&id) {
-                out.push(e);
+            // Leased: due again after the lease unless completed.
+            inner.by_due.insert((now_ms + lease_ms, id.clone()));
+            if let Some(e) = inner.entries.get_mut(&id) {
+                out.push(e.clone());
+                e.due_ms = now_ms + lease_ms;
             }
         }
         async move { Ok(out) }.boxed()
+    }
+
+    fn complete(&self, entry: RetryEntry) -> BoxFut<Result<(), StoreError>> {
+        let mut inner = self.inner.lock();
+        let current = inner.entries.get(&entry.message_id).cloned();
+        if let Some(current) = current.filter(|c| c.attempt == entry.attempt) {
+            inner.entries.remove(&entry.message_id);
+            inner.by_due.remove(&(current.due_ms, current.message_id));
+        }
+        async { Ok(()) }.boxed()
+    }
+
+    fn next_due(&self) -> BoxFut<Result<Option<i64>, StoreError>> {
+        let next = self.inner.lock().by_due.first().map(|(d, _)| *d);
+        async move { Ok(next) }.boxed()
     }
 
     fn cancel(&self, message_id: String) -> BoxFut<Result<(), StoreError>> {

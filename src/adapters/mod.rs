@@ -1,10 +1,13 @@
 //! Adapters: implementations of the ports. Nothing here decides a business outcome.
 
 pub mod embedded_source;
+pub mod http_provider;
+pub mod http_server;
 pub mod kafka_source;
 pub mod memory_docs;
 pub mod memory_retry;
 pub mod memory_state;
 pub mod mongo_docs;
+pub mod redis_retry;
 pub mod redis_state;
 pub mod sim_provider;

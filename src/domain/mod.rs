@@ -6,5 +6,6 @@ pub mod dedup;
 pub mod event;
 pub mod message;
 pub mod retry;
+pub mod signature;
 pub mod user;
 pub mod watermark;

@@ -1,0 +1,170 @@
+//! A provider over HTTP (CONTRACT §5): `POST url` with the message as JSON,
+//! `Idempotency-Key: <message id>:<attempt>` and an optional bearer token. The answer is
+//! classified, not decided on: `2xx` accepted, `429`/`5xx`/timeout/connection error
+//! retryable (with `Retry-After`), other `4xx` rejected.
+
+use std::time::Duration;
+
+use futures::FutureExt;
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use crate::ports::{BoxFut, Provider, SendOutcome, SendRequest};
+
+pub struct HttpProvider {
+    name: String,
+    url: String,
+    token: Option<String>,
+    client: reqwest::Client,
+}
+
+#[derive(Serialize)]
+struct SendBody<'a> {
+    id: &'a str,
+    to: &'a str,
+    body: &'a str,
+    channel: &'a str,
+    callback_url: &'a str,
+}
+
+#[derive(Deserialize)]
+struct Accepted {
+    provider_message_id: String,
+}
+
+/// Longest detail kept from a provider's error body.
+const DETAIL_CHARS: usize = 200;
+
+impl HttpProvider {
+    pub fn new(
+        name: impl Into<String>,
+        url: impl Into<String>,
+        token: Option<String>,
+        timeout: Duration,
+    ) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .pool_max_idle_per_host(64)
+            .build()?;
+        Ok(HttpProvider {
+            name: name.into(),
+            url: url.into(),
+            token,
+            client,
+        })
+    }
+}
+
+/// `Retry-After` in seconds or as an HTTP date, in milliseconds from now.
+pub fn retry_after_ms(headers: &HeaderMap) -> Option<u64> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = value.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then_some((secs * 1000.0) as u64);
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+    )
+}
+
+fn short(text: &str) -> String {
+    text.chars().take(DETAIL_CHARS).collect()
+}
+
+async fn classify(response: reqwest::Response) -> SendOutcome {
+    let status = response.status();
+    let retry_after = retry_after_ms(response.headers());
+    let text = response.text().await.unwrap_or_default();
+    if status.is_success() {
+        return match serde_json::from_str::<Accepted>(&text) {
+            Ok(a) => SendOutcome::Accepted {
+                provider_message_id: a.provider_message_id,
+            },
+            // A 2xx without an id: the send may have happened; retrying with the same
+            // Idempotency-Key is what covers an unknown outcome (G4).
+            Err(e) => SendOutcome::Retryable {
+                retry_after_ms: None,
+                detail: format!("{status} without provider_message_id ({e})"),
+            },
+        };
+    }
+    let detail = format!("{status}: {}", short(&text));
+    let retryable = status == StatusCode::TOO_MANY_REQUESTS
+        || status == StatusCode::REQUEST_TIMEOUT
+        || status.is_server_error();
+    if retryable {
+        SendOutcome::Retryable {
+            retry_after_ms: retry_after,
+            detail,
+        }
+    } else {
+        SendOutcome::Rejected { detail }
+    }
+}
+
+impl Provider for HttpProvider {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn send(&self, request: SendRequest) -> BoxFut<SendOutcome> {
+        let body = SendBody {
+            id: &request.message_id,
+            to: &request.to,
+            body: &request.body,
+            channel: request.channel.as_str(),
+            callback_url: &request.callback_url,
+        };
+        let mut builder = self
+            .client
+            .post(&self.url)
+            .header("Idempotency-Key", request.idempotency_key())
+            .json(&body);
+        if let Some(token) = &self.token {
+            builder = builder.bearer_auth(token);
+        }
+        async move {
+            match builder.send().await {
+                Ok(response) => classify(response).await,
+                Err(e) => SendOutcome::Retryable {
+                    retry_after_ms: None,
+                    detail: if e.is_timeout() {
+                        "timed out".to_string()
+                    } else if e.is_connect() {
+                        format!("connection failed: {e}")
+                    } else {
+                        format!("request failed: {e}")
+                    },
+                },
+            }
+        }
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        let mut h = HeaderMap::new();
+        assert_eq!(retry_after_ms(&h), None);
+        h.insert(RETRY_AFTER, HeaderValue::from_static("2"));
+        assert_eq!(retry_after_ms(&h), Some(2000));
+        h.insert(RETRY_AFTER, HeaderValue::from_static("0.5"));
+        assert_eq!(retry_after_ms(&h), Some(500));
+        h.insert(
+            RETRY_AFTER,
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(retry_after_ms(&h), Some(0), "a past date means now");
+        h.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
+        assert_eq!(retry_after_ms(&h), None);
+    }
+}

@@ -1,0 +1,308 @@
+//! The durable retry schedule in Redis (CONTRACT §5).
+//!
+//! - `<prefix>retry:due`: a sorted set, message id → due time (ms). The truth.
+//! - `<prefix>retry:entry`: a hash, message id → attempt number.
+//! - `<prefix>retry:wake` in the dedicated `redis.retry_db`: one timer key whose expiry wakes
+//!   the retry actors of every instance early. One key, not one per message: expiry events
+//!   get later the more TTL keys share a database (BACKENDS.md), and they are fire-and-forget,
+//!   so the sweeper stays the safety net.
+//!
+//! Claims are Lua scripts (atomic on the server), so with several instances each due entry is
+//! leased to exactly one of them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Script;
+
+use crate::ports::{BoxFut, RetryEntry, RetrySchedule, StoreError};
+
+use super::redis_state::transient;
+
+/// Leases due entries: re-scores each to `now + lease` and returns id, attempt, due.
+const CLAIM: &str = r#"
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[3])
+local out = {}
+for i = 1, #ids, 2 do
+  local id = ids[i]
+  local attempt = redis.call('HGET', KEYS[2], id)
+  if attempt then
+    redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), id)
+    table.insert(out, id)
+    table.insert(out, attempt)
+    table.insert(out, ids[i + 1])
+  else
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+return out
+"#;
+
+/// Removes the entry only if it still is the claimed attempt.
+const COMPLETE: &str = r#"
+if redis.call('HGET', KEYS[2], ARGV[1]) == ARGV[2] then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+"#;
+
+/// Arms the wake-up timer unless it already fires sooner.
+const ARM: &str = r#"
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 or ttl > tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+end
+return 1
+"#;
+
+#[derive(Clone)]
+pub struct RedisRetrySchedule {
+    conn: ConnectionManager,
+    timer_conn: ConnectionManager,
+    due_key: Arc<str>,
+    entry_key: Arc<str>,
+    wake_key: Arc<str>,
+    claim: Arc<Script>,
+    complete: Arc<Script>,
+    arm: Arc<Script>,
+}
+
+fn bad_url(e: redis::RedisError) -> StoreError {
+    StoreError::BadData {
+        key: "redis.url".into(),
+        detail: e.to_string(),
+    }
+}
+
+/// `redis://host:port/0` with its database replaced by `db`.
+pub fn url_with_db(url: &str, db: u32) -> Result<redis::ConnectionInfo, StoreError> {
+    use redis::IntoConnectionInfo;
+    let info = url.into_connection_info().map_err(bad_url)?;
+    let redis_settings = info.redis_settings().clone().set_db(db as i64);
+    Ok(info.set_redis_settings(redis_settings))
+}
+
+async fn manager(info: redis::ConnectionInfo) -> Result<ConnectionManager, StoreError> {
+    let client = redis::Client::open(info).map_err(bad_url)?;
+    let config = ConnectionManagerConfig::new()
+        .set_response_timeout(Some(Duration::from_secs(5)))
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_secs(2));
+    ConnectionManager::new_with_config(client, config)
+        .await
+        .map_err(transient)
+}
+
+impl RedisRetrySchedule {
+    pub async fn connect(url: &str, prefix: &str, retry_db: u32) -> Result<Self, StoreError> {
+        use redis::IntoConnectionInfo;
+        let conn = manager(url.into_connection_info().map_err(bad_url)?).await?;
+        let timer_conn = manager(url_with_db(url, retry_db)?).await?;
+        Ok(RedisRetrySchedule {
+            conn,
+            timer_conn,
+            due_key: format!("{prefix}retry:due").into(),
+            entry_key: format!("{prefix}retry:entry").into(),
+            wake_key: format!("{prefix}retry:wake").into(),
+            claim: Arc::new(Script::new(CLAIM)),
+            complete: Arc::new(Script::new(COMPLETE)),
+            arm: Arc::new(Script::new(ARM)),
+        })
+    }
+
+    /// Arms the shared wake-up key to expire in `delay_ms`, unless it expires sooner already.
+    pub async fn arm_wake(&self, delay_ms: i64) -> Result<(), StoreError> {
+        let mut conn = self.timer_conn.clone();
+        self.arm
+            .key(&*self.wake_key)
+            .arg(delay_ms.max(1))
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(transient)
+    }
+}
+
+impl RetrySchedule for RedisRetrySchedule {
+    fn schedule(&self, entry: RetryEntry) -> BoxFut<Result<(), StoreError>> {
+        let this = self.clone();
+        async move {
+            let mut conn = this.conn.clone();
+            redis::pipe()
+                .atomic()
+                .hset(&*this.entry_key, &entry.message_id, entry.attempt)
+                .ignore()
+                .zadd(&*this.due_key, &entry.message_id, entry.due_ms)
+                .ignore()
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(transient)?;
+            let now = crate::ports::Clock::now_ms(&crate::ports::SystemClock);
+            // Waking early is an optimisation: the sweeper fires the entry anyway.
+            if let Err(e) = this.arm_wake(entry.due_ms - now).await {
+                tracing::debug!(error = %e, "could not arm the retry wake-up key");
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn claim_due(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: usize,
+    ) -> BoxFut<Result<Vec<RetryEntry>, StoreError>> {
+        let this = self.clone();
+        async move {
+            let mut conn = this.conn.clone();
+            let flat: Vec<String> = this
+                .claim
+                .key(&*this.due_key)
+                .key(&*this.entry_key)
+                .arg(now_ms)
+                .arg(lease_ms)
+                .arg(limit)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(transient)?;
+            // Re-arm the wake-up for what is due next (the key may have been armed for an
+            // entry just claimed).
+            if let Ok(Some(next)) = this.next_due().await {
+                if let Err(e) = this.arm_wake(next - now_ms).await {
+                    tracing::debug!(error = %e, "could not arm the retry wake-up key");
+                }
+            }
+            let mut out = Vec::with_capacity(flat.len() / 3);
+            for chunk in flat.chunks_exact(3) {
+                let (Ok(attempt), Ok(due)) = (chunk[1].parse::<u32>(), chunk[2].parse::<f64>())
+                else {
+                    tracing::error!(id = chunk[0], "unreadable retry entry; left for its lease");
+                    continue;
+                };
+                out.push(RetryEntry {
+                    message_id: chunk[0].clone(),
+                    attempt,
+                    due_ms: due as i64,
+                });
+            }
+            Ok(out)
+        }
+        .boxed()
+    }
+
+    fn complete(&self, entry: RetryEntry) -> BoxFut<Result<(), StoreError>> {
+        let this = self.clone();
+        async move {
+            let mut conn = this.conn.clone();
+            this.complete
+                .key(&*this.due_key)
+                .key(&*this.entry_key)
+                .arg(&entry.message_id)
+                .arg(entry.attempt)
+                .invoke_async::<i64>(&mut conn)
+                .await
+                .map(|_| ())
+                .map_err(transient)
+        }
+        .boxed()
+    }
+
+    fn cancel(&self, message_id: String) -> BoxFut<Result<(), StoreError>> {
+        let this = self.clone();
+        async move {
+            let mut conn = this.conn.clone();
+            redis::pipe()
+                .atomic()
+                .zrem(&*this.due_key, &message_id)
+                .ignore()
+                .hdel(&*this.entry_key, &message_id)
+                .ignore()
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(transient)
+        }
+        .boxed()
+    }
+
+    fn pending(&self) -> BoxFut<Result<usize, StoreError>> {
+        let this = self.clone();
+        async move {
+            let mut conn = this.conn.clone();
+            redis::cmd("ZCARD")
+                .arg(&*this.due_key)
+                .query_async::<usize>(&mut conn)
+                .await
+                .map_err(transient)
+        }
+        .boxed()
+    }
+
+    fn next_due(&self) -> BoxFut<Result<Option<i64>, StoreError>> {
+        let this = self.clone();
+        async move {
+            let mut conn = this.conn.clone();
+            let first: Vec<(String, f64)> = redis::cmd("ZRANGE")
+                .arg(&*this.due_key)
+                .arg(0)
+                .arg(0)
+                .arg("WITHSCORES")
+                .query_async(&mut conn)
+                .await
+                .map_err(transient)?;
+            Ok(first.first().map(|(_, due)| *due as i64))
+        }
+        .boxed()
+    }
+}
+
+/// Listens for the wake-up key's expiry on `retry_db` and calls `wake` for each, for as
+/// long as the process runs; reconnects with backoff (events missed meanwhile are covered
+/// by the sweeper). Turns on `notify-keyspace-events Ex` when the server allows it.
+pub async fn listen_for_wakeups(url: String, prefix: String, retry_db: u32, wake: impl Fn()) {
+    let wake_key = format!("{prefix}retry:wake");
+    let channel = format!("__keyevent@{retry_db}__:expired");
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let attempt = async {
+            let info = url_with_db(&url, retry_db).map_err(|e| e.to_string())?;
+            let client = redis::Client::open(info).map_err(|e| e.to_string())?;
+            let mut conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(|e| e.to_string())?;
+            let set: Result<(), _> = redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("notify-keyspace-events")
+                .arg("Ex")
+                .query_async(&mut conn)
+                .await;
+            if let Err(e) = set {
+                tracing::info!(error = %e, "cannot set notify-keyspace-events (the sweeper still fires retries)");
+            }
+            let mut pubsub = client.get_async_pubsub().await.map_err(|e| e.to_string())?;
+            pubsub
+                .subscribe(&channel)
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::debug!(channel, "listening for retry wake-ups");
+            let mut messages = pubsub.into_on_message();
+            while let Some(msg) = messages.next().await {
+                if msg.get_payload::<String>().is_ok_and(|k| k == wake_key) {
+                    wake();
+                }
+            }
+            Err::<(), String>("subscription closed".into())
+        };
+        if let Err(e) = attempt.await {
+            tracing::warn!(error = %e, "retry wake-up listener lost Redis; reconnecting");
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
