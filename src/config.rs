@@ -219,6 +219,12 @@ pub struct ProviderConfig {
     pub timeout_ms: u64,
     #[serde(default = "default_concurrency")]
     pub max_concurrency: usize,
+    /// Consecutive retryable failures (429, 5xx, timeouts) that open the circuit.
+    #[serde(default = "default_circuit_failures")]
+    pub circuit_failures: u32,
+    /// How long an open circuit stays open (its sends go to the fallback meanwhile).
+    #[serde(default = "default_circuit_open_ms")]
+    pub circuit_open_ms: u64,
     #[serde(default)]
     pub token_env: Option<String>,
     #[serde(default)]
@@ -236,6 +242,12 @@ fn default_provider_timeout() -> u64 {
 }
 fn default_concurrency() -> usize {
     64
+}
+fn default_circuit_failures() -> u32 {
+    5
+}
+fn default_circuit_open_ms() -> u64 {
+    5000
 }
 
 /// The raw, fully merged configuration (what `check-config` prints).

@@ -93,6 +93,8 @@ impl EmbeddedRig {
                     rate_per_sec: p.rate_per_sec,
                     timeout: Duration::from_millis(p.timeout_ms),
                     max_concurrency: p.max_concurrency,
+                    circuit_failures: p.circuit_failures,
+                    circuit_open: Duration::from_millis(p.circuit_open_ms),
                 })
             })
             .collect();

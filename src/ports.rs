@@ -259,6 +259,8 @@ pub trait RetrySchedule: Send + Sync + 'static {
     /// (a newer attempt).
     fn complete(&self, entry: RetryEntry) -> BoxFut<Result<(), StoreError>>;
     fn cancel(&self, message_id: String) -> BoxFut<Result<(), StoreError>>;
+    /// The message's scheduled retry, if any.
+    fn entry(&self, message_id: String) -> BoxFut<Result<Option<RetryEntry>, StoreError>>;
     /// How many retries are scheduled.
     fn pending(&self) -> BoxFut<Result<usize, StoreError>>;
     /// The earliest due time, if any (to arm an early wake-up).

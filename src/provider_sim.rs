@@ -85,6 +85,8 @@ pub struct Received {
     pub status: u16,
     pub provider_message_id: Option<String>,
     pub callback: Option<String>,
+    /// Requests repeated with the same `Idempotency-Key` (answered, not sent again).
+    pub repeats: u32,
 }
 
 #[derive(Default, Serialize)]
@@ -200,7 +202,11 @@ async fn send(sim: web::Data<Sim>, req: HttpRequest, body: web::Bytes) -> HttpRe
     // A repeated key: the same answer, no new send.
     if let Some(&i) = sim.by_key.lock().get(&key) {
         sim.repeated.fetch_add(1, Ordering::Relaxed);
-        let r = sim.received.lock()[i].clone();
+        let r = {
+            let mut received = sim.received.lock();
+            received[i].repeats += 1;
+            received[i].clone()
+        };
         return answer(&Answer {
             status: r.status,
             retry_after: None,
@@ -228,6 +234,7 @@ async fn send(sim: web::Data<Sim>, req: HttpRequest, body: web::Bytes) -> HttpRe
         status: step.status,
         provider_message_id: provider_message_id.clone(),
         callback: callback.clone(),
+        repeats: 0,
     };
     {
         let mut received = sim.received.lock();

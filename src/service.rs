@@ -217,6 +217,8 @@ fn http_providers(config: &Config) -> anyhow::Result<Vec<ProviderSpec>> {
             rate_per_sec: p.rate_per_sec,
             timeout,
             max_concurrency: p.max_concurrency,
+            circuit_failures: p.circuit_failures,
+            circuit_open: Duration::from_millis(p.circuit_open_ms),
         });
     }
     Ok(out)

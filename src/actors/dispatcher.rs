@@ -23,9 +23,6 @@ use super::supervision::contain_async;
 
 /// Above this many queued jobs, `Dispatch` answers only once the queue has room.
 const QUEUE_LIMIT: usize = 10_000;
-/// Consecutive retryable failures that open the circuit, and how long it stays open.
-const BREAKER_THRESHOLD: u32 = 5;
-const BREAKER_COOLDOWN: Duration = Duration::from_secs(5);
 
 /// Send attempt `attempt` of a message through this provider (or its fallbacks from
 /// `provider_index` on). Resolves once the dispatcher has accepted the job.
@@ -55,6 +52,9 @@ pub struct DispatcherSettings {
     pub rate_per_sec: u32,
     pub timeout: Duration,
     pub max_concurrency: usize,
+    /// Consecutive retryable failures that open the circuit, and how long it stays open.
+    pub circuit_failures: u32,
+    pub circuit_open: Duration,
     pub retry: RetryPolicy,
     pub callback_base_url: String,
 }
@@ -154,7 +154,7 @@ impl Dispatcher {
                 let wait = self
                     .breaker
                     .open_until
-                    .map_or(BREAKER_COOLDOWN, |t| t - now);
+                    .map_or(self.settings.circuit_open, |t| t - now);
                 self.schedule_pump(ctx, wait);
             }
             self.release_waiters();
@@ -276,9 +276,9 @@ impl Dispatcher {
             } => {
                 metrics.dispatch_outcome(&name, "retryable");
                 self.breaker.consecutive_failures += 1;
-                if self.breaker.consecutive_failures >= BREAKER_THRESHOLD {
+                if self.breaker.consecutive_failures >= self.settings.circuit_failures {
                     tracing::warn!(provider = %name, "circuit opened after repeated failures");
-                    self.breaker.open_until = Some(Instant::now() + BREAKER_COOLDOWN);
+                    self.breaker.open_until = Some(Instant::now() + self.settings.circuit_open);
                     self.breaker.consecutive_failures = 0;
                 }
                 let detail = format!("{name}: {detail}");

@@ -37,6 +37,8 @@ pub struct ProviderSpec {
     pub rate_per_sec: u32,
     pub timeout: Duration,
     pub max_concurrency: usize,
+    pub circuit_failures: u32,
+    pub circuit_open: Duration,
 }
 
 /// Everything a pipeline is built from.
@@ -88,6 +90,8 @@ impl Pipeline {
                 rate_per_sec: p.rate_per_sec,
                 timeout: p.timeout,
                 max_concurrency: p.max_concurrency,
+                circuit_failures: p.circuit_failures.max(1),
+                circuit_open: p.circuit_open,
                 retry: spec.settings.retry,
                 callback_base_url: spec.settings.callback_base_url.clone(),
             };

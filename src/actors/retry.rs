@@ -114,6 +114,15 @@ impl RetryActor {
                 tracing::info!(count = queued.len(), "re-dispatching queued messages");
             }
             for record in queued {
+                // A scheduled retry means the last attempt's outcome was recorded there
+                // before the crash (the status write was still pending): the schedule fires it.
+                match shared.ports.retries.entry(record.id.clone()).await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, id = record.id, "retry schedule unreadable; re-dispatching (same Idempotency-Key)");
+                    }
+                }
                 if let Some(first) = shared.dispatchers_for(record.channel).first().cloned() {
                     let _ = first
                         .send(Dispatch {

@@ -74,6 +74,11 @@ impl RetrySchedule for MemoryRetrySchedule {
         async { Ok(()) }.boxed()
     }
 
+    fn entry(&self, message_id: String) -> BoxFut<Result<Option<RetryEntry>, StoreError>> {
+        let e = self.inner.lock().entries.get(&message_id).cloned();
+        async move { Ok(e) }.boxed()
+    }
+
     fn next_due(&self) -> BoxFut<Result<Option<i64>, StoreError>> {
         let next = self.inner.lock().by_due.first().map(|(d, _)| *d);
         async move { Ok(next) }.boxed()

@@ -230,6 +230,25 @@ impl RetrySchedule for RedisRetrySchedule {
         .boxed()
     }
 
+    fn entry(&self, message_id: String) -> BoxFut<Result<Option<RetryEntry>, StoreError>> {
+        let this = self.clone();
+        async move {
+            let mut conn = this.conn.clone();
+            let (attempt, due): (Option<u32>, Option<f64>) = redis::pipe()
+                .hget(&*this.entry_key, &message_id)
+                .zscore(&*this.due_key, &message_id)
+                .query_async(&mut conn)
+                .await
+                .map_err(transient)?;
+            Ok(attempt.zip(due).map(|(attempt, due)| RetryEntry {
+                message_id,
+                attempt,
+                due_ms: due as i64,
+            }))
+        }
+        .boxed()
+    }
+
     fn pending(&self) -> BoxFut<Result<usize, StoreError>> {
         let this = self.clone();
         async move {

@@ -535,3 +535,143 @@ pub fn rss_kib(pid: u32) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// Publishes `(key, payload)` records in order, one record per batch (see [`produce`]).
+pub fn produce_records(names: &Names, records: &[(String, String)]) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    block_on(herald::adapters::kafka_source::ensure_topics(
+        BROKERS,
+        &[
+            (&names.base, names.partitions),
+            (&format!("{}.dlq", names.base), 1),
+        ],
+        Duration::from_secs(10),
+    ))
+    .unwrap();
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", BROKERS)
+        .set("batch.num.messages", "1")
+        .set("linger.ms", "0")
+        .set("acks", "1")
+        .create()
+        .unwrap();
+    for (key, payload) in records {
+        let mut record = BaseRecord::<[u8], [u8]>::to(&names.base)
+            .key(key.as_bytes())
+            .payload(payload.as_bytes());
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    record = r;
+                    producer.poll(Duration::from_millis(10));
+                }
+            }
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(60)).unwrap();
+}
+
+/// Starts `herald run --config <file>` with the test's names plus `extra` environment.
+pub fn spawn_herald_with_config(
+    names: &Names,
+    config: &std::path::Path,
+    extra: &[(&str, &str)],
+    tag: &str,
+) -> Herald {
+    let log = std::fs::File::create(log_dir().join(format!("{}-{tag}.log", names.base))).unwrap();
+    Command::new(herald_bin())
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .envs(names.env())
+        .envs(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map(Herald)
+        .expect("spawn herald run")
+}
+
+/// A running `herald provider-sim` on `port`, signing callbacks with `secret`.
+pub fn spawn_sim(port: u16, secret: &str, args: &[&str], tag: &str) -> Private {
+    let log = std::fs::File::create(log_dir().join(format!("sim-{tag}-{port}.log"))).unwrap();
+    let child = Command::new(herald_bin())
+        .arg("provider-sim")
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .args(args)
+        .env("HERALD_SIM_WEBHOOK_SECRET", secret)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn provider-sim");
+    wait_port(port, Duration::from_secs(20));
+    Private(child)
+}
+
+/// Queues scripted answers for a recipient at a provider-sim.
+pub async fn sim_script(port: u16, to: &str, steps: serde_json::Value) {
+    let r = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/v1/script"))
+        .json(&serde_json::json!({ "to": to, "steps": steps }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "script: {}", r.status());
+}
+
+/// Every send a provider-sim received.
+pub async fn sim_sends(port: u16) -> Vec<serde_json::Value> {
+    reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/v1/messages"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+pub async fn sim_stats(port: u16) -> serde_json::Value {
+    reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/v1/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// The `messages` collection, by `_id`.
+pub async fn mongo_messages(names: &Names) -> BTreeMap<String, Document> {
+    let client = mongodb::Client::with_uri_str(&names.mongo).await.unwrap();
+    let coll = client
+        .database(&names.base)
+        .collection::<Document>("messages");
+    let docs: Vec<Document> = coll
+        .find(Document::new())
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    docs.into_iter()
+        .map(|d| (d.get_str("_id").unwrap_or_default().to_string(), d))
+        .collect()
+}
+
+/// Polls `cond` (async) until it holds, failing with `what` after `limit`.
+pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !cond().await {
+        assert!(started.elapsed() < limit, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,598 @@
+//! Messaging against real parts: `herald run` (Kafka, Redis, MongoDB) sending through two
+//! `herald provider-sim` processes over HTTP, their signed callbacks coming back to Herald's
+//! webhook receiver, and retries on the Redis schedule — including across a SIGKILL and with
+//! two instances sharing Redis.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use herald::domain::signature::sign;
+use mongodb::bson::Document;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+const SECRET: &str = "it-webhook-secret";
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn write_config(names: &Names, text: &str) -> PathBuf {
+    let path = log_dir().join(format!("{}.toml", names.base));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn providers_toml(primary: u16, backup: u16) -> String {
+    format!(
+        r#"
+[[campaigns]]
+id = "welcome"
+on_event = "signed_up"
+channel = "sms"
+template = "Hi {{{{traits.first_name}}}}, welcome aboard!"
+
+[[providers]]
+name = "sim-a"
+channel = "sms"
+url = "http://127.0.0.1:{primary}/v1/messages"
+priority = 1
+webhook_secret_env = "IT_SIM_SECRET"
+
+[[providers]]
+name = "sim-b"
+channel = "sms"
+url = "http://127.0.0.1:{backup}/v1/messages"
+priority = 2
+webhook_secret_env = "IT_SIM_SECRET"
+"#
+    )
+}
+
+/// An identify with a phone (or none) and a `signed_up` track, each published twice (the
+/// duplicates must not send anything twice).
+fn user_events(user: &str, phone: Option<&str>) -> Vec<(String, String)> {
+    let traits = match phone {
+        Some(p) => json!({"phone": p, "first_name": user}),
+        None => json!({"first_name": user}),
+    };
+    let identify = json!({"messageId": format!("id-{user}"), "type": "identify", "userId": user,
+        "timestamp": "2026-11-23T10:00:00Z", "traits": traits})
+    .to_string();
+    let track = json!({"messageId": format!("su-{user}"), "type": "track", "userId": user,
+        "timestamp": "2026-11-23T10:00:01Z", "event": "signed_up"})
+    .to_string();
+    vec![
+        (user.to_string(), identify.clone()),
+        (user.to_string(), track.clone()),
+        (user.to_string(), identify),
+        (user.to_string(), track),
+    ]
+}
+
+fn status(doc: &Document) -> &str {
+    doc.get_str("status").unwrap_or("?")
+}
+
+fn history(doc: &Document) -> Vec<String> {
+    doc.get_array("history")
+        .map(|h| {
+            h.iter()
+                .filter_map(|e| e.as_document()?.get_str("status").ok().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Idempotency keys a sim received for one message.
+fn keys_for(sends: &[serde_json::Value], id: &str) -> Vec<String> {
+    let mut keys: Vec<String> = sends
+        .iter()
+        .filter(|s| s["id"] == id)
+        .map(|s| s["idempotency_key"].as_str().unwrap().to_string())
+        .collect();
+    keys.sort();
+    keys
+}
+
+async fn post_callback(
+    client: &reqwest::Client,
+    port: u16,
+    provider: &str,
+    body: &[u8],
+    headers: &[(&str, String)],
+) -> u16 {
+    let mut req = client
+        .post(format!("http://127.0.0.1:{port}/webhooks/{provider}"))
+        .body(body.to_vec());
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    req.send().await.unwrap().status().as_u16()
+}
+
+fn signed(body: &[u8], secret: &str, ts: i64) -> Vec<(&'static str, String)> {
+    let ts = ts.to_string();
+    vec![
+        ("X-Herald-Signature", sign(secret.as_bytes(), &ts, body)),
+        ("X-Herald-Timestamp", ts),
+    ]
+}
+
+#[test]
+fn every_path_ends_right_and_webhooks_are_guarded() {
+    let names = Names::new("paths", 2);
+    let (port_a, port_b, http) = (free_port(), free_port(), free_port());
+    let _sim_a = spawn_sim(port_a, SECRET, &[], "a");
+    let _sim_b = spawn_sim(port_b, SECRET, &[], "b");
+    let config = write_config(
+        &names,
+        &format!(
+            "[retry]\nbase_ms = 300\nmax_delay_ms = 1000\nmax_attempts = 2\nsweep_ms = 100\n{}",
+            providers_toml(port_a, port_b)
+        ),
+    );
+    // Per recipient, what sim-a answers, in order (sim-b answers 200 + delivered).
+    let scripts = [
+        ("u-ok", json!([{"status": 200}])),
+        (
+            "u-429",
+            json!([{"status": 429, "retry_after": 1}, {"status": 200}]),
+        ),
+        ("u-5xx", json!([{"status": 503}, {"status": 200}])),
+        ("u-4xx", json!([{"status": 400}])),
+        (
+            "u-undelivered",
+            json!([{"status": 200, "callback": "undelivered"}, {"status": 200}]),
+        ),
+        ("u-fail", json!([{"status": 503}, {"status": 502}])),
+        ("u-hold", json!([{"status": 200, "callback": "none"}])),
+    ];
+    let phone = |u: &str| {
+        format!(
+            "+1555{}",
+            u.len() * 1000 + u.bytes().map(u32::from).sum::<u32>() as usize
+        )
+    };
+    block_on(async {
+        for (user, steps) in &scripts {
+            sim_script(port_a, &phone(user), steps.clone()).await;
+        }
+    });
+    let mut records = Vec::new();
+    for (user, _) in &scripts {
+        records.extend(user_events(user, Some(&phone(user))));
+    }
+    records.extend(user_events("u-nophone", None));
+    produce_records(&names, &records);
+    let http_listen = format!("127.0.0.1:{http}");
+    let _herald = spawn_herald_with_config(
+        &names,
+        &config,
+        &[
+            ("HERALD__HTTP__LISTEN", &http_listen),
+            ("IT_SIM_SECRET", SECRET),
+        ],
+        "paths",
+    );
+    let id = |u: &str| format!("welcome:su-{u}");
+    let terminal = ["delivered", "failed", "skipped"];
+    block_on(async {
+        eventually("every message settled", Duration::from_secs(90), || async {
+            let docs = mongo_messages(&names).await;
+            docs.len() == scripts.len() + 1
+                && docs
+                    .iter()
+                    .filter(|(k, _)| **k != id("u-hold"))
+                    .all(|(_, d)| terminal.contains(&status(d)))
+                && docs.get(&id("u-hold")).is_some_and(|d| status(d) == "sent")
+        })
+        .await;
+        let docs = mongo_messages(&names).await;
+        let expect = [
+            ("u-ok", "delivered", "sim-a", 1),
+            ("u-429", "delivered", "sim-a", 2),
+            ("u-5xx", "delivered", "sim-a", 2),
+            ("u-4xx", "delivered", "sim-b", 2),
+            ("u-undelivered", "delivered", "sim-a", 2),
+            ("u-fail", "failed", "sim-a", 2),
+        ];
+        for (user, want, provider, attempts) in expect {
+            let d = &docs[&id(user)];
+            assert_eq!(status(d), want, "{user}: {d}");
+            assert_eq!(d.get_str("provider").unwrap(), provider, "{user}: {d}");
+            assert_eq!(
+                d.get("attempts")
+                    .and_then(|a| a.as_i64().or(a.as_i32().map(i64::from))),
+                Some(attempts),
+                "{user}: {d}"
+            );
+            let h = history(d);
+            assert_eq!(
+                h.first().map(String::as_str),
+                Some("queued"),
+                "{user}: {h:?}"
+            );
+            assert_eq!(h.last().map(String::as_str), Some(want), "{user}: {h:?}");
+        }
+        assert!(history(&docs[&id("u-undelivered")]).contains(&"retrying".to_string()));
+        let skipped = &docs[&id("u-nophone")];
+        assert_eq!(status(skipped), "skipped");
+        assert!(
+            skipped.get_str("error").unwrap_or("").contains("phone"),
+            "{skipped}"
+        );
+
+        // One send per attempt, nothing twice despite the duplicated trigger events.
+        let sends_a = sim_sends(port_a).await;
+        let sends_b = sim_sends(port_b).await;
+        let per_message: BTreeMap<&str, usize> = [
+            ("u-ok", 1),
+            ("u-429", 2),
+            ("u-5xx", 2),
+            ("u-4xx", 1),
+            ("u-undelivered", 2),
+            ("u-fail", 2),
+            ("u-hold", 1),
+        ]
+        .into_iter()
+        .collect();
+        for (user, n) in &per_message {
+            let keys = keys_for(&sends_a, &id(user));
+            assert_eq!(keys.len(), *n, "{user}: {keys:?}");
+            let distinct: BTreeSet<_> = keys.iter().collect();
+            assert_eq!(distinct.len(), keys.len(), "{user}: a key sent twice");
+        }
+        assert_eq!(
+            keys_for(&sends_b, &id("u-4xx")),
+            vec![format!("{}:2", id("u-4xx"))]
+        );
+        assert_eq!(sends_b.len(), 1);
+        assert_eq!(sim_stats(port_a).await["repeated_keys"], 0);
+
+        // Webhook security: a message in `sent` (its provider never called back) is the target.
+        let client = reqwest::Client::new();
+        let hold = id("u-hold");
+        let pid = docs[&hold]
+            .get_str("provider_message_id")
+            .unwrap()
+            .to_string();
+        let body = json!({"id": hold, "provider_message_id": pid, "status": "delivered"})
+            .to_string()
+            .into_bytes();
+        let now = now_secs();
+        let cases: Vec<(&str, &str, Vec<u8>, Vec<(&str, String)>, u16)> = vec![
+            ("unsigned", "sim-a", body.clone(), vec![], 401),
+            (
+                "wrong secret",
+                "sim-a",
+                body.clone(),
+                signed(&body, "nope", now),
+                401,
+            ),
+            (
+                "too old",
+                "sim-a",
+                body.clone(),
+                signed(&body, SECRET, now - 301),
+                401,
+            ),
+            (
+                "from the future",
+                "sim-a",
+                body.clone(),
+                signed(&body, SECRET, now + 301),
+                401,
+            ),
+            (
+                "replayed old signature",
+                "sim-a",
+                body.clone(),
+                signed(&body, SECRET, now - 3600),
+                401,
+            ),
+            (
+                "signature of another body",
+                "sim-a",
+                body.clone(),
+                signed(b"{}", SECRET, now),
+                401,
+            ),
+            (
+                "unknown provider",
+                "sim-zzz",
+                body.clone(),
+                signed(&body, SECRET, now),
+                404,
+            ),
+        ];
+        let big = vec![b' '; 64 * 1024 + 1];
+        let malformed = b"{\"id\": ".to_vec();
+        let unknown_status = json!({"id": hold, "provider_message_id": pid, "status": "lost"})
+            .to_string()
+            .into_bytes();
+        let mut cases = cases;
+        cases.push((
+            "oversized",
+            "sim-a",
+            big.clone(),
+            signed(&big, SECRET, now),
+            413,
+        ));
+        cases.push((
+            "malformed",
+            "sim-a",
+            malformed.clone(),
+            signed(&malformed, SECRET, now),
+            400,
+        ));
+        cases.push((
+            "unknown status",
+            "sim-a",
+            unknown_status.clone(),
+            signed(&unknown_status, SECRET, now),
+            400,
+        ));
+        for (what, provider, body, headers, want) in &cases {
+            let got = post_callback(&client, http, provider, body, headers).await;
+            assert_eq!(got, *want, "{what}");
+        }
+        let after = mongo_messages(&names).await;
+        assert_eq!(
+            status(&after[&hold]),
+            "sent",
+            "refused callbacks changed nothing"
+        );
+        assert_eq!(history(&after[&hold]), history(&docs[&hold]));
+
+        // The right callback: 204 once durable; a duplicate changes nothing.
+        let ok = signed(&body, SECRET, now_secs());
+        assert_eq!(post_callback(&client, http, "sim-a", &body, &ok).await, 204);
+        let delivered = mongo_messages(&names).await[&hold].clone();
+        assert_eq!(status(&delivered), "delivered");
+        assert_eq!(post_callback(&client, http, "sim-a", &body, &ok).await, 204);
+        let again = mongo_messages(&names).await[&hold].clone();
+        assert_eq!(
+            history(&again),
+            history(&delivered),
+            "duplicate changed nothing"
+        );
+
+        // A callback before its message exists is kept (204), not dropped.
+        let early =
+            json!({"id": "welcome:not-yet", "provider_message_id": "sim-x", "status": "delivered"})
+                .to_string()
+                .into_bytes();
+        let h = signed(&early, SECRET, now_secs());
+        assert_eq!(post_callback(&client, http, "sim-a", &early, &h).await, 204);
+
+        // Fuzz: random bodies and headers never get a 5xx and never take Herald down.
+        let mut rng = SmallRng::seed_from_u64(4);
+        let statuses = [
+            "delivered",
+            "failed",
+            "undelivered",
+            "sent",
+            "",
+            "DELIVERED",
+        ];
+        let mut codes: BTreeMap<u16, usize> = BTreeMap::new();
+        let mut jobs = Vec::new();
+        for i in 0..10_000u32 {
+            let body: Vec<u8> = match rng.gen_range(0..5) {
+                0 => (0..rng.gen_range(0..300)).map(|_| rng.gen()).collect(),
+                1 => json!({"id": format!("fuzz:{i}"), "status": statuses[rng.gen_range(0..statuses.len())],
+                    "retryable": rng.gen::<bool>(), "error": null})
+                .to_string()
+                .into_bytes(),
+                2 => json!({"id": rng.gen::<u32>(), "status": [1, 2]}).to_string().into_bytes(),
+                3 => format!("{{\"id\":\"{}\"", "x".repeat(rng.gen_range(0..100))).into_bytes(),
+                _ => json!({"id": hold, "status": "failed", "provider_message_id": pid}).to_string().into_bytes(),
+            };
+            let ts = match rng.gen_range(0..4) {
+                0 => "not-a-number".to_string(),
+                1 => (now_secs() + rng.gen_range(-1000..1000)).to_string(),
+                _ => now_secs().to_string(),
+            };
+            let secret = if rng.gen_bool(0.5) { SECRET } else { "wrong" };
+            let mut headers = vec![("X-Herald-Timestamp", ts.clone())];
+            match rng.gen_range(0..4) {
+                0 => {}
+                1 => headers.push((
+                    "X-Herald-Signature",
+                    format!("v1={}", "ab".repeat(rng.gen_range(0..40))),
+                )),
+                _ => headers.push(("X-Herald-Signature", sign(secret.as_bytes(), &ts, &body))),
+            }
+            let provider = if rng.gen_bool(0.9) { "sim-a" } else { "nobody" };
+            jobs.push((provider, body, headers));
+        }
+        for chunk in jobs.chunks(32) {
+            let results = futures::future::join_all(
+                chunk
+                    .iter()
+                    .map(|(p, b, h)| post_callback(&client, http, p, b, h)),
+            )
+            .await;
+            for code in results {
+                *codes.entry(code).or_default() += 1;
+            }
+        }
+        assert!(
+            codes.keys().all(|c| *c < 500),
+            "no 5xx from random callbacks: {codes:?}"
+        );
+        assert!(codes.contains_key(&204) && codes.contains_key(&401) && codes.contains_key(&400));
+        let last = mongo_messages(&names).await[&hold].clone();
+        assert_eq!(
+            status(&last),
+            "delivered",
+            "terminal stays terminal under fuzz"
+        );
+        let ready = reqwest::get(format!("http://127.0.0.1:{http}/readyz"))
+            .await
+            .unwrap();
+        assert_eq!(
+            ready.status().as_u16(),
+            200,
+            "still up and ready after the fuzz"
+        );
+    });
+}
+
+#[test]
+fn a_thousand_retries_fire_once_across_a_sigkill_and_two_instances() {
+    let names = Names::new("retries", 2);
+    let (port_a, port_b) = (free_port(), free_port());
+    let (http_1, http_2) = (free_port(), free_port());
+    let _sim_a = spawn_sim(port_a, SECRET, &[], "a");
+    let _sim_b = spawn_sim(port_b, SECRET, &[], "b");
+    let config = write_config(
+        &names,
+        &format!(
+            "[retry]\nbase_ms = 500\nmax_delay_ms = 2000\nmax_attempts = 3\nsweep_ms = 500\n{}",
+            // 1,000 scripted 503s in a row would open sim-a's circuit (and fall back to
+            // sim-b): here they are per-message answers, not an outage.
+            providers_toml(port_a, port_b).replace(
+                "priority = 1\n",
+                "priority = 1\ncircuit_failures = 1000000\n"
+            )
+        ),
+    );
+    const N: usize = 1000;
+    let phone = |i: usize| format!("+1777{i:06}");
+    // The first send of each answers 503 with Retry-After: 8, so all 1,000 retries are
+    // scheduled (and none due) when the first instance is killed.
+    block_on(async {
+        for i in 0..N {
+            sim_script(
+                port_a,
+                &phone(i),
+                json!([{"status": 503, "retry_after": 8}, {"status": 200}]),
+            )
+            .await;
+        }
+    });
+    let mut records = Vec::new();
+    for i in 0..N {
+        let user = format!("r-{i}");
+        let events = user_events(&user, Some(&phone(i)));
+        records.extend(events.into_iter().take(2));
+    }
+    produce_records(&names, &records);
+    let spawn = |http: u16, instance: &str, tag: &str| {
+        let listen = format!("127.0.0.1:{http}");
+        spawn_herald_with_config(
+            &names,
+            &config,
+            &[
+                ("HERALD__HTTP__LISTEN", listen.as_str()),
+                ("HERALD__KAFKA__GROUP_INSTANCE_ID", instance),
+                ("IT_SIM_SECRET", SECRET),
+            ],
+            tag,
+        )
+    };
+    let mut first = spawn(http_1, "one", "one-a");
+    let _second = spawn(http_2, "two", "two");
+    let redis_client = redis::Client::open(REDIS).unwrap();
+    let due_key = format!("{}:retry:due", names.base);
+    let due: Vec<(String, f64)> = block_on(async {
+        let mut conn = redis_client
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let mut snapshot = Vec::new();
+        eventually("1,000 retries scheduled", Duration::from_secs(120), || {
+            let mut conn = conn.clone();
+            let key = due_key.clone();
+            async move {
+                let n: usize = redis::cmd("ZCARD")
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                n == N
+            }
+        })
+        .await;
+        snapshot = redis::cmd("ZRANGE")
+            .arg(&due_key)
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .query_async(&mut conn)
+            .await
+            .unwrap_or(snapshot);
+        snapshot
+    });
+    assert_eq!(due.len(), N);
+    kill9(&mut first);
+    let _first_again = spawn(http_1, "one", "one-b");
+    block_on(async {
+        eventually(
+            "every retry delivered",
+            Duration::from_secs(120),
+            || async {
+                let docs = mongo_messages(&names).await;
+                docs.len() == N && docs.values().all(|d| status(d) == "delivered")
+            },
+        )
+        .await;
+        let sends = sim_sends(port_a).await;
+        let mut by_key: BTreeMap<String, i64> = BTreeMap::new();
+        for s in &sends {
+            by_key.insert(
+                s["idempotency_key"].as_str().unwrap().to_string(),
+                s["received_at_ms"].as_i64().unwrap(),
+            );
+        }
+        assert_eq!(
+            sends.len(),
+            2 * N,
+            "one first send and one retry per message"
+        );
+        // A first send whose outcome was not recorded before the kill may be repeated with
+        // its Idempotency-Key (G4); the retries themselves are never sent twice.
+        let repeated: Vec<_> = sends
+            .iter()
+            .filter(|s| s["repeats"].as_u64() != Some(0))
+            .map(|s| s["idempotency_key"].as_str().unwrap())
+            .collect();
+        assert!(
+            repeated.iter().all(|k| k.ends_with(":1")),
+            "a retry fired twice: {repeated:?}"
+        );
+        eprintln!("first sends repeated after the kill: {}", repeated.len());
+        for (member, due_ms) in &due {
+            let key = format!("{member}:2");
+            let at = by_key
+                .get(&key)
+                .unwrap_or_else(|| panic!("{key} never fired"));
+            assert!(
+                *at + 5 >= *due_ms as i64,
+                "{key} fired {} ms early",
+                *due_ms as i64 - at
+            );
+        }
+        assert!(sim_sends(port_b).await.is_empty(), "no fallback was needed");
+        let mut conn = redis_client
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let left: usize = redis::cmd("ZCARD")
+            .arg(&due_key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(left, 0, "the schedule is empty once everything settled");
+    });
+}
