@@ -119,6 +119,9 @@ async fn post_callback(
     req.send().await.unwrap().status().as_u16()
 }
 
+/// A refused callback: what it is, provider, body, headers, expected status.
+type Case<'a> = (&'a str, &'a str, Vec<u8>, Vec<(&'a str, String)>, u16);
+
 fn signed(body: &[u8], secret: &str, ts: i64) -> Vec<(&'static str, String)> {
     let ts = ts.to_string();
     vec![
@@ -269,7 +272,7 @@ fn every_path_ends_right_and_webhooks_are_guarded() {
             .to_string()
             .into_bytes();
         let now = now_secs();
-        let cases: Vec<(&str, &str, Vec<u8>, Vec<(&str, String)>, u16)> = vec![
+        let cases: Vec<Case> = vec![
             ("unsigned", "sim-a", body.clone(), vec![], 401),
             (
                 "wrong secret",
