@@ -177,3 +177,80 @@ fn mongo_messages_follow_the_status_machine() {
         assert!(store.queued_messages(10).await.unwrap().is_empty());
     });
 }
+
+/// Two store instances (two Herald processes) race the same transitions of many messages
+/// through their group-commit writers: each change is applied exactly once.
+#[test]
+fn grouped_transitions_from_two_writers_apply_each_change_once() {
+    let names = Names::new("race", 1);
+    block_on(async {
+        let a = MongoDocumentStore::connect(MONGO, &names.base)
+            .await
+            .unwrap();
+        let b = MongoDocumentStore::connect(MONGO, &names.base)
+            .await
+            .unwrap();
+        let ids: Vec<String> = (0..200).map(|i| format!("welcome:r{i}")).collect();
+        let records: Vec<MessageRecord> = ids
+            .iter()
+            .map(|id| {
+                MessageRecord::from_triggered(
+                    &TriggeredMessage {
+                        id: id.clone(),
+                        user_id: "u".into(),
+                        campaign: "welcome".into(),
+                        channel: Channel::Sms,
+                        to: Some("+1555".into()),
+                        body: "Hi".into(),
+                        skipped: None,
+                        trigger_at: 1,
+                    },
+                    2,
+                )
+            })
+            .collect();
+        a.insert_messages(records).await.unwrap();
+        let change = |event, pid: Option<&str>, expect: Option<&str>| StatusChange {
+            event,
+            at: 3,
+            provider: Some("sim".into()),
+            detail: None,
+            provider_message_id: pid.map(str::to_string),
+            attempt: Some(1),
+            expect_provider_message_id: expect.map(str::to_string),
+        };
+        // Both instances record the same send, then the same delivery, all at once.
+        for (event, pid, expect) in [
+            (StatusEvent::Sent, Some("p-1"), None),
+            (StatusEvent::Delivered, None, Some("p-1")),
+        ] {
+            let mut all = Vec::new();
+            for id in &ids {
+                for store in [&a, &b] {
+                    all.push(store.transition(id.clone(), change(event, pid, expect)));
+                }
+            }
+            let results = futures::future::join_all(all).await;
+            let applied = results
+                .iter()
+                .filter(|r| matches!(r, Ok(TransitionResult::Applied(_))))
+                .count();
+            assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+            assert_eq!(applied, ids.len(), "{event:?}: one applied per message");
+        }
+        for id in &ids {
+            let m = a.get_message(id.clone()).await.unwrap().unwrap();
+            assert_eq!(m.status, MessageStatus::Delivered);
+            let statuses: Vec<MessageStatus> = m.history.iter().map(|h| h.status).collect();
+            assert_eq!(
+                statuses,
+                vec![
+                    MessageStatus::Queued,
+                    MessageStatus::Sent,
+                    MessageStatus::Delivered
+                ],
+                "{id}"
+            );
+        }
+    });
+}

@@ -8,6 +8,7 @@ pub mod memory_docs;
 pub mod memory_retry;
 pub mod memory_state;
 pub mod mongo_docs;
+pub mod mongo_transitions;
 pub mod redis_retry;
 pub mod redis_state;
 pub mod sim_provider;

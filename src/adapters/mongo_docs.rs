@@ -13,10 +13,13 @@ use mongodb::{Client, Database};
 
 use crate::domain::campaign::Channel;
 use crate::domain::message::{
-    ApplyResult, HistoryEntry, MessageRecord, MessageStatus, StatusChange, StatusEvent,
+    HistoryEntry, MessageRecord, MessageStatus, StatusChange, StatusEvent,
 };
 use crate::domain::user::{UserProfile, UserState};
 use crate::ports::{BoxFut, DocumentStore, StoreError, TransitionResult};
+
+use super::mongo_transitions::{self, transition_alone, Codec, Job, ReadJob};
+use tokio::sync::{mpsc, oneshot};
 
 /// Statements per `update` command (the test server's sweet spot; real MongoDB takes more).
 const CHUNK: usize = 1000;
@@ -24,6 +27,10 @@ const CHUNK: usize = 1000;
 #[derive(Clone)]
 pub struct MongoDocumentStore {
     db: Database,
+    /// The group-commit writer of status transitions.
+    transitions: mpsc::UnboundedSender<Job>,
+    /// The grouped reader of single messages.
+    reads: mpsc::UnboundedSender<ReadJob>,
 }
 
 fn transient(e: mongodb::error::Error) -> StoreError {
@@ -42,8 +49,11 @@ impl MongoDocumentStore {
         options.connect_timeout = Some(Duration::from_secs(2));
         options.app_name = Some("herald".into());
         let client = Client::with_options(options).map_err(transient)?;
+        let db = client.database(database);
         Ok(MongoDocumentStore {
-            db: client.database(database),
+            transitions: mongo_transitions::spawn(db.clone(), codec()),
+            reads: mongo_transitions::spawn_reader(db.clone(), codec()),
+            db,
         })
     }
 
@@ -317,36 +327,11 @@ fn parse_change(d: &Document) -> Option<StatusChange> {
 
 /// Read-modify-write of one message through the domain's status machine, retried on a
 /// concurrent update (optimistic `version`).
-async fn transition(
-    db: Database,
-    id: String,
-    change: StatusChange,
-) -> Result<TransitionResult, StoreError> {
-    let coll = db.collection::<Document>("messages");
-    for _ in 0..16 {
-        let Some(found) = coll.find_one(doc! {"_id": &id}).await.map_err(transient)? else {
-            return Ok(TransitionResult::NotFound);
-        };
-        let (mut record, version) = parse_message(&found)?;
-        match record.apply(&change) {
-            ApplyResult::Ignored => return Ok(TransitionResult::Ignored(record.status)),
-            ApplyResult::NotReady => return Ok(TransitionResult::NotReady),
-            ApplyResult::Applied => {}
-        }
-        let replaced = coll
-            .replace_one(
-                doc! {"_id": &id, "version": version},
-                message_document(&record, version + 1),
-            )
-            .await
-            .map_err(transient)?;
-        if replaced.matched_count == 1 {
-            return Ok(TransitionResult::Applied(Box::new(record)));
-        }
+fn codec() -> Codec {
+    Codec {
+        parse: parse_message,
+        render: message_document,
     }
-    Err(StoreError::Transient(format!(
-        "message {id}: too many concurrent updates"
-    )))
 }
 
 impl DocumentStore for MongoDocumentStore {
@@ -402,7 +387,7 @@ impl DocumentStore for MongoDocumentStore {
                 .map_err(transient)?;
             for d in pending {
                 if let (Ok(id), Some(change)) = (d.get_str("message_id"), parse_change(&d)) {
-                    transition(db.clone(), id.to_string(), change).await?;
+                    transition_alone(&db, &codec(), id, &change).await?;
                 }
                 if let Some(oid) = d.get("_id") {
                     early
@@ -421,7 +406,23 @@ impl DocumentStore for MongoDocumentStore {
         id: String,
         change: StatusChange,
     ) -> BoxFut<Result<TransitionResult, StoreError>> {
-        transition(self.db.clone(), id, change).boxed()
+        let (reply, answer) = oneshot::channel();
+        let queued = self.transitions.send(Job {
+            id: id.clone(),
+            change: change.clone(),
+            reply,
+        });
+        let db = self.db.clone();
+        async move {
+            if queued.is_ok() {
+                if let Ok(result) = answer.await {
+                    return result;
+                }
+            }
+            // The writer's runtime is gone (a store used across runtimes): apply it alone.
+            transition_alone(&db, &codec(), &id, &change).await
+        }
+        .boxed()
     }
 
     fn record_early_callback(
@@ -433,7 +434,7 @@ impl DocumentStore for MongoDocumentStore {
         async move {
             // The message may have appeared meanwhile: then apply directly.
             if let TransitionResult::NotFound =
-                transition(db.clone(), id.clone(), change.clone()).await?
+                transition_alone(&db, &codec(), &id, &change).await?
             {
                 db.collection::<Document>("early_callbacks")
                     .insert_one(change_document(&id, &change))
@@ -447,7 +448,17 @@ impl DocumentStore for MongoDocumentStore {
 
     fn get_message(&self, id: String) -> BoxFut<Result<Option<MessageRecord>, StoreError>> {
         let db = self.db.clone();
+        let (reply, answer) = oneshot::channel();
+        let queued = self.reads.send(ReadJob {
+            id: id.clone(),
+            reply,
+        });
         async move {
+            if queued.is_ok() {
+                if let Ok(result) = answer.await {
+                    return result;
+                }
+            }
             let found = db
                 .collection::<Document>("messages")
                 .find_one(doc! {"_id": &id})

@@ -1,0 +1,278 @@
+//! Group commit for message status transitions. Sends, callbacks and retries each change one
+//! message; done one by one that is two round trips per change (read, version-checked
+//! replace), and the test server does a few thousand of those per second. Concurrent changes
+//! are queued here and applied together: one `find` with `$in`, the status machine in memory
+//! (in arrival order, so two changes of one message compose), one `update` command of
+//! version-checked replacements. Each replacement carries a fresh write token; a statement
+//! that lost a race (another instance wrote first) is found by its token missing and redone
+//! alone, through the same read-check-replace loop.
+
+use std::collections::HashMap;
+
+use futures::TryStreamExt;
+use mongodb::bson::{doc, Bson, Document};
+use mongodb::Database;
+use rand::Rng;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::domain::message::{ApplyResult, MessageRecord, StatusChange};
+use crate::ports::{StoreError, TransitionResult};
+
+/// Most changes applied in one round.
+const MAX_GROUP: usize = 500;
+
+pub struct Job {
+    pub id: String,
+    pub change: StatusChange,
+    pub reply: oneshot::Sender<Result<TransitionResult, StoreError>>,
+}
+
+/// Codec of the `messages` documents (owned by the document store).
+pub struct Codec {
+    pub parse: fn(&Document) -> Result<(MessageRecord, i64), StoreError>,
+    pub render: fn(&MessageRecord, i64) -> Document,
+}
+
+/// Starts the writer on the current runtime; it ends when every sender is dropped.
+pub fn spawn(db: Database, codec: Codec) -> mpsc::UnboundedSender<Job> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(writer(db, codec, rx));
+    tx
+}
+
+async fn writer(db: Database, codec: Codec, mut rx: mpsc::UnboundedReceiver<Job>) {
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let results = match apply_group(&db, &codec, &jobs).await {
+            Ok(results) => results,
+            Err(e) => jobs.iter().map(|_| Err(e.clone())).collect(),
+        };
+        for (job, result) in jobs.into_iter().zip(results) {
+            let _ = job.reply.send(result);
+        }
+    }
+}
+
+fn transient(e: mongodb::error::Error) -> StoreError {
+    StoreError::Transient(format!("mongodb: {e}"))
+}
+
+/// One message's state through the group: as read, and as the changes leave it.
+struct Slot {
+    record: MessageRecord,
+    version: i64,
+    dirty: bool,
+}
+
+async fn apply_group(
+    db: &Database,
+    codec: &Codec,
+    jobs: &[Job],
+) -> Result<Vec<Result<TransitionResult, StoreError>>, StoreError> {
+    let coll = db.collection::<Document>("messages");
+    let mut ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let found: Vec<Document> = coll
+        .find(doc! {"_id": {"$in": &ids}})
+        .await
+        .map_err(transient)?
+        .try_collect()
+        .await
+        .map_err(transient)?;
+    let mut slots: HashMap<String, Slot> = HashMap::with_capacity(found.len());
+    let mut unreadable: HashMap<String, StoreError> = HashMap::new();
+    for d in &found {
+        let (record, version) = match (codec.parse)(d) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                // One unreadable document fails its own changes, not the group's.
+                unreadable.insert(d.get_str("_id").unwrap_or_default().to_string(), e);
+                continue;
+            }
+        };
+        slots.insert(
+            record.id.clone(),
+            Slot {
+                record,
+                version,
+                dirty: false,
+            },
+        );
+    }
+    let mut results: Vec<Result<TransitionResult, StoreError>> = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        if let Some(e) = unreadable.get(&job.id) {
+            results.push(Err(e.clone()));
+            continue;
+        }
+        let Some(slot) = slots.get_mut(&job.id) else {
+            results.push(Ok(TransitionResult::NotFound));
+            continue;
+        };
+        results.push(Ok(match slot.record.apply(&job.change) {
+            ApplyResult::Ignored => TransitionResult::Ignored(slot.record.status),
+            ApplyResult::NotReady => TransitionResult::NotReady,
+            ApplyResult::Applied => {
+                slot.dirty = true;
+                TransitionResult::Applied(Box::new(slot.record.clone()))
+            }
+        }));
+    }
+    let token: i64 = rand::thread_rng().gen();
+    let statements: Vec<Document> = slots
+        .values()
+        .filter(|s| s.dirty)
+        .map(|s| {
+            let mut replacement = (codec.render)(&s.record, s.version + 1);
+            replacement.insert("_id", &s.record.id);
+            replacement.insert("w", token);
+            doc! {
+                "q": {"_id": &s.record.id, "version": s.version},
+                "u": replacement,
+                "upsert": false,
+            }
+        })
+        .collect();
+    if statements.is_empty() {
+        return Ok(results);
+    }
+    let reply = db
+        .run_command(doc! {"update": "messages", "updates": &statements, "ordered": false})
+        .await
+        .map_err(transient)?;
+    let matched = reply.get("n").and_then(as_i64).unwrap_or(0);
+    if matched as usize == statements.len() {
+        return Ok(results);
+    }
+    // Someone else wrote some of these first: find which, and redo their changes alone.
+    let dirty: Vec<&str> = slots
+        .values()
+        .filter(|s| s.dirty)
+        .map(|s| s.record.id.as_str())
+        .collect();
+    let written: Vec<Document> = coll
+        .find(doc! {"_id": {"$in": &dirty}, "w": token})
+        .projection(doc! {"_id": 1})
+        .await
+        .map_err(transient)?
+        .try_collect()
+        .await
+        .map_err(transient)?;
+    let ours: std::collections::HashSet<&str> = written
+        .iter()
+        .filter_map(|d| d.get_str("_id").ok())
+        .collect();
+    for (job, result) in jobs.iter().zip(results.iter_mut()) {
+        let lost = slots
+            .get(&job.id)
+            .is_some_and(|s| s.dirty && !ours.contains(job.id.as_str()));
+        if lost {
+            *result = transition_alone(db, codec, &job.id, &job.change).await;
+        }
+    }
+    Ok(results)
+}
+
+fn as_i64(b: &Bson) -> Option<i64> {
+    match b {
+        Bson::Int32(i) => Some(*i as i64),
+        Bson::Int64(i) => Some(*i),
+        Bson::Double(f) => Some(*f as i64),
+        _ => None,
+    }
+}
+
+/// Read, check with the status machine, replace if the version is unchanged; again on a race.
+pub async fn transition_alone(
+    db: &Database,
+    codec: &Codec,
+    id: &str,
+    change: &StatusChange,
+) -> Result<TransitionResult, StoreError> {
+    let coll = db.collection::<Document>("messages");
+    for _ in 0..16 {
+        let Some(found) = coll.find_one(doc! {"_id": id}).await.map_err(transient)? else {
+            return Ok(TransitionResult::NotFound);
+        };
+        let (mut record, version) = (codec.parse)(&found)?;
+        match record.apply(change) {
+            ApplyResult::Ignored => return Ok(TransitionResult::Ignored(record.status)),
+            ApplyResult::NotReady => return Ok(TransitionResult::NotReady),
+            ApplyResult::Applied => {}
+        }
+        let replaced = coll
+            .replace_one(
+                doc! {"_id": id, "version": version},
+                (codec.render)(&record, version + 1),
+            )
+            .await
+            .map_err(transient)?;
+        if replaced.matched_count == 1 {
+            return Ok(TransitionResult::Applied(Box::new(record)));
+        }
+    }
+    Err(StoreError::Transient(format!(
+        "message {id}: too many concurrent updates"
+    )))
+}
+
+/// A read of one message, grouped with concurrent reads into one `find` with `$in`.
+pub struct ReadJob {
+    pub id: String,
+    pub reply: oneshot::Sender<Result<Option<MessageRecord>, StoreError>>,
+}
+
+/// Starts the grouped reader on the current runtime.
+pub fn spawn_reader(db: Database, codec: Codec) -> mpsc::UnboundedSender<ReadJob> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<ReadJob>();
+    tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            let mut jobs = vec![first];
+            while jobs.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+            let ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
+            let found = async {
+                db.collection::<Document>("messages")
+                    .find(doc! {"_id": {"$in": &ids}})
+                    .await
+                    .map_err(transient)?
+                    .try_collect::<Vec<Document>>()
+                    .await
+                    .map_err(transient)
+            }
+            .await;
+            match found {
+                Ok(docs) => {
+                    let by_id: HashMap<&str, &Document> = docs
+                        .iter()
+                        .filter_map(|d| Some((d.get_str("_id").ok()?, d)))
+                        .collect();
+                    for job in jobs {
+                        let result = by_id
+                            .get(job.id.as_str())
+                            .map(|d| (codec.parse)(d).map(|(r, _)| r))
+                            .transpose();
+                        let _ = job.reply.send(result);
+                    }
+                }
+                Err(e) => {
+                    for job in jobs {
+                        let _ = job.reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+    });
+    tx
+}
