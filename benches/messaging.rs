@@ -9,7 +9,7 @@
 //!    `herald provider-sim` over HTTP; timed from the first `sent` to the last.
 //!
 //! Size: HERALD_BENCH_CALLBACKS (default 60,000), HERALD_BENCH_SENDS (default 10,000),
-//! HERALD_BENCH_SECONDS (wrk duration, default 10). Results: `target/bench/messaging.json`.
+//! HERALD_BENCH_SECONDS (wrk duration, default 10), HERALD_BENCH_CONNECTIONS (default 64). Results: `target/bench/messaging.json`.
 
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
@@ -228,6 +228,7 @@ fn main() {
     let callbacks = env_u64("HERALD_BENCH_CALLBACKS", 60_000) as usize;
     let sends = env_u64("HERALD_BENCH_SENDS", 10_000) as usize;
     let seconds = env_u64("HERALD_BENCH_SECONDS", 10);
+    let connections = env_u64("HERALD_BENCH_CONNECTIONS", 64);
     let base = format!("bench_msg_{}_{}", std::process::id(), now_ms() % 1_000_000);
     let (http, sim_port) = (free_port(), free_port());
 
@@ -270,7 +271,13 @@ fn main() {
     let herald = spawn_herald(&base, http, sim_port);
     let script = write_wrk_script(&base, callbacks);
     let out = Command::new("wrk")
-        .args(["-t2", "-c64", &format!("-d{seconds}s"), "--latency", "-s"])
+        .args([
+            "-t2",
+            &format!("-c{connections}"),
+            &format!("-d{seconds}s"),
+            "--latency",
+            "-s",
+        ])
         .arg(&script)
         .arg(format!("http://127.0.0.1:{http}"))
         .output()
