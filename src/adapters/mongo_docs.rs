@@ -33,7 +33,7 @@ pub struct MongoDocumentStore {
     reads: mpsc::UnboundedSender<ReadJob>,
 }
 
-fn transient(e: mongodb::error::Error) -> StoreError {
+pub(crate) fn transient(e: mongodb::error::Error) -> StoreError {
     StoreError::Transient(format!("mongodb: {e}"))
 }
 
@@ -141,7 +141,7 @@ impl MongoDocumentStore {
     }
 }
 
-fn bson_i64(b: &Bson) -> Option<i64> {
+pub(crate) fn bson_i64(b: &Bson) -> Option<i64> {
     match b {
         Bson::Int32(i) => Some(*i as i64),
         Bson::Int64(i) => Some(*i),

@@ -10,13 +10,15 @@
 use std::collections::HashMap;
 
 use futures::TryStreamExt;
-use mongodb::bson::{doc, Bson, Document};
+use mongodb::bson::{doc, Document};
 use mongodb::Database;
 use rand::Rng;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::domain::message::{ApplyResult, MessageRecord, StatusChange};
 use crate::ports::{StoreError, TransitionResult};
+
+use super::mongo_docs::{bson_i64, transient};
 
 /// Most changes applied in one round.
 const MAX_GROUP: usize = 500;
@@ -40,15 +42,21 @@ pub fn spawn(db: Database, codec: Codec) -> mpsc::UnboundedSender<Job> {
     tx
 }
 
-async fn writer(db: Database, codec: Codec, mut rx: mpsc::UnboundedReceiver<Job>) {
-    while let Some(first) = rx.recv().await {
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
-            }
+/// Waits for one item, then takes whatever else is queued, up to [`MAX_GROUP`].
+async fn next_group<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> Option<Vec<T>> {
+    let first = rx.recv().await?;
+    let mut group = vec![first];
+    while group.len() < MAX_GROUP {
+        match rx.try_recv() {
+            Ok(item) => group.push(item),
+            Err(_) => break,
         }
+    }
+    Some(group)
+}
+
+async fn writer(db: Database, codec: Codec, mut rx: mpsc::UnboundedReceiver<Job>) {
+    while let Some(jobs) = next_group(&mut rx).await {
         let results = match apply_group(&db, &codec, &jobs).await {
             Ok(results) => results,
             Err(e) => jobs.iter().map(|_| Err(e.clone())).collect(),
@@ -57,10 +65,6 @@ async fn writer(db: Database, codec: Codec, mut rx: mpsc::UnboundedReceiver<Job>
             let _ = job.reply.send(result);
         }
     }
-}
-
-fn transient(e: mongodb::error::Error) -> StoreError {
-    StoreError::Transient(format!("mongodb: {e}"))
 }
 
 /// One message's state through the group: as read, and as the changes leave it.
@@ -147,7 +151,7 @@ async fn apply_group(
         .run_command(doc! {"update": "messages", "updates": &statements, "ordered": false})
         .await
         .map_err(transient)?;
-    let matched = reply.get("n").and_then(as_i64).unwrap_or(0);
+    let matched = reply.get("n").and_then(bson_i64).unwrap_or(0);
     if matched as usize == statements.len() {
         return Ok(results);
     }
@@ -178,15 +182,6 @@ async fn apply_group(
         }
     }
     Ok(results)
-}
-
-fn as_i64(b: &Bson) -> Option<i64> {
-    match b {
-        Bson::Int32(i) => Some(*i as i64),
-        Bson::Int64(i) => Some(*i),
-        Bson::Double(f) => Some(*f as i64),
-        _ => None,
-    }
 }
 
 /// Read, check with the status machine, replace if the version is unchanged; again on a race.
@@ -233,14 +228,7 @@ pub struct ReadJob {
 pub fn spawn_reader(db: Database, codec: Codec) -> mpsc::UnboundedSender<ReadJob> {
     let (tx, mut rx) = mpsc::unbounded_channel::<ReadJob>();
     tokio::spawn(async move {
-        while let Some(first) = rx.recv().await {
-            let mut jobs = vec![first];
-            while jobs.len() < MAX_GROUP {
-                match rx.try_recv() {
-                    Ok(job) => jobs.push(job),
-                    Err(_) => break,
-                }
-            }
+        while let Some(jobs) = next_group(&mut rx).await {
             let ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
             let found = async {
                 db.collection::<Document>("messages")

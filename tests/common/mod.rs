@@ -62,6 +62,9 @@ impl Names {
             ("HERALD__REDIS__PREFIX".into(), format!("{}:", self.base)),
             ("HERALD__PIPELINE__COMMIT_INTERVAL_MS".into(), "200".into()),
             ("HERALD__LOG__FORMAT".into(), "json".into()),
+            // Tests run in parallel: each instance takes an ephemeral HTTP port unless the
+            // test names one.
+            ("HERALD__HTTP__LISTEN".into(), "127.0.0.1:0".into()),
         ]
     }
 }
@@ -83,8 +86,18 @@ pub fn log_dir() -> PathBuf {
 /// silently skip records. And its ListOffsets(latest) is the first offset of the last batch + 1.
 /// Single-record batches avoid both; `herald produce` (batched) is exercised by the demo docs.
 pub fn produce(names: &Names, events: u64, users: u64, seed: u64) {
+    let records = Workload::new(WorkloadSpec::new(events, users, seed)).map(|m| (m.key, m.payload));
+    produce_single_record_batches(names, records);
+}
+
+/// Creates the test's topics (Herald creates them with the right partition count when it
+/// starts; the producer would otherwise auto-create them) and publishes `(key, payload)` in
+/// order, one record per batch.
+fn produce_single_record_batches<K: AsRef<[u8]>, P: AsRef<[u8]>>(
+    names: &Names,
+    records: impl IntoIterator<Item = (K, P)>,
+) {
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-    // Herald creates the topic with the right partition count when it starts; create it now.
     block_on(herald::adapters::kafka_source::ensure_topics(
         BROKERS,
         &[
@@ -102,10 +115,10 @@ pub fn produce(names: &Names, events: u64, users: u64, seed: u64) {
         .set("queue.buffering.max.messages", "1000000")
         .create()
         .unwrap();
-    for m in Workload::new(WorkloadSpec::new(events, users, seed)) {
+    for (key, payload) in records {
         let mut record = BaseRecord::<[u8], [u8]>::to(&names.base)
-            .key(m.key.as_bytes())
-            .payload(&m.payload[..]);
+            .key(key.as_ref())
+            .payload(payload.as_ref());
         loop {
             match producer.send(record) {
                 Ok(()) => break,
@@ -538,39 +551,7 @@ pub fn rss_kib(pid: u32) -> u64 {
 
 /// Publishes `(key, payload)` records in order, one record per batch (see [`produce`]).
 pub fn produce_records(names: &Names, records: &[(String, String)]) {
-    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-    block_on(herald::adapters::kafka_source::ensure_topics(
-        BROKERS,
-        &[
-            (&names.base, names.partitions),
-            (&format!("{}.dlq", names.base), 1),
-        ],
-        Duration::from_secs(10),
-    ))
-    .unwrap();
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", BROKERS)
-        .set("batch.num.messages", "1")
-        .set("linger.ms", "0")
-        .set("acks", "1")
-        .create()
-        .unwrap();
-    for (key, payload) in records {
-        let mut record = BaseRecord::<[u8], [u8]>::to(&names.base)
-            .key(key.as_bytes())
-            .payload(payload.as_bytes());
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    record = r;
-                    producer.poll(Duration::from_millis(10));
-                }
-            }
-        }
-        producer.poll(Duration::ZERO);
-    }
-    producer.flush(Duration::from_secs(60)).unwrap();
+    produce_single_record_batches(names, records.iter().map(|(k, p)| (k, p)));
 }
 
 /// Starts `herald run --config <file>` with the test's names plus `extra` environment.
