@@ -164,8 +164,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         probes,
         clock,
     };
+    // The bound address, not the configured one (port 0 takes an ephemeral port).
+    let bound = listeners
+        .main
+        .local_addr()
+        .map_or_else(|_| config.http.listen.to_string(), |a| a.to_string());
     let servers = http_server::start(http_state, listeners, 2)?;
-    tracing::info!(listen = %config.http.listen, "HTTP listening (webhooks, /metrics, /healthz, /readyz)");
+    tracing::info!(listen = %bound, "HTTP listening (webhooks, /metrics, /healthz, /readyz)");
     let reason = tokio::select! {
         r = shutdown_signal() => r,
         failure = pipeline.failed() => format!("failure: {failure}"),
