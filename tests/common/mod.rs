@@ -603,10 +603,10 @@ pub async fn sim_script(port: u16, to: &str, steps: serde_json::Value) {
     assert!(r.status().is_success(), "script: {}", r.status());
 }
 
-/// Every send a provider-sim received.
-pub async fn sim_sends(port: u16) -> Vec<serde_json::Value> {
+/// A provider-sim's JSON answer to `GET path`.
+async fn sim_get(port: u16, path: &str) -> serde_json::Value {
     reqwest::Client::new()
-        .get(format!("http://127.0.0.1:{port}/v1/messages"))
+        .get(format!("http://127.0.0.1:{port}{path}"))
         .send()
         .await
         .unwrap()
@@ -615,15 +615,16 @@ pub async fn sim_sends(port: u16) -> Vec<serde_json::Value> {
         .unwrap()
 }
 
+/// Every send a provider-sim received.
+pub async fn sim_sends(port: u16) -> Vec<serde_json::Value> {
+    match sim_get(port, "/v1/messages").await {
+        serde_json::Value::Array(sends) => sends,
+        other => panic!("/v1/messages answered {other}"),
+    }
+}
+
 pub async fn sim_stats(port: u16) -> serde_json::Value {
-    reqwest::Client::new()
-        .get(format!("http://127.0.0.1:{port}/v1/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    sim_get(port, "/v1/stats").await
 }
 
 /// The `messages` collection, by `_id`.
