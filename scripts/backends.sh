@@ -87,15 +87,34 @@ redis_up() {
   redis-cli -h 127.0.0.1 config set notify-keyspace-events Ex >/dev/null || true
 }
 
+apt_install() { # packages...
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
 rabbit_up() {
-  if ! command -v rabbitmq-server >/dev/null; then
-    log "rabbitmq-server not installed; skipping (only the RabbitMQ tests need it)"; return
-  fi
+  command -v rabbitmq-server >/dev/null || { log "installing rabbitmq-server"; apt_install rabbitmq-server; }
   if ! rabbitmq-diagnostics -q ping >/dev/null 2>&1; then
     rabbitmq-server -detached || true
     wait_for rabbitmq 90 rabbitmq-diagnostics -q ping
   fi
-  rabbitmq-plugins enable rabbitmq_consistent_hash_exchange >/dev/null 2>&1 || true
+  # An interrupted restart test may have left the application stopped.
+  rabbitmq-diagnostics -q check_running >/dev/null 2>&1 || rabbitmqctl start_app >/dev/null
+  wait_for rabbitmq-app 60 rabbitmq-diagnostics -q check_running
+  rabbitmq-plugins enable rabbitmq_consistent_hash_exchange >/dev/null
+}
+
+# Prometheus (server + promtool) for the scrape test; docker-compose 1.29 validates the
+# compose file without an engine.
+tools_up() {
+  local missing=()
+  command -v prometheus >/dev/null || missing+=(prometheus)
+  command -v docker-compose >/dev/null || missing+=(docker-compose)
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${missing[*]}"
+    apt_install "${missing[@]}"
+    # Debian's package may start its own Prometheus on :9090; the tests run their own.
+    pkill -x prometheus 2>/dev/null || true
+  fi
 }
 
 stop_pidfile() {
@@ -104,7 +123,7 @@ stop_pidfile() {
 }
 
 case "${1:-up}" in
-  up) redis_up; mongo_up; kafka_up; rabbit_up ;;
+  up) redis_up; mongo_up; kafka_up; rabbit_up; tools_up ;;
   down) stop_pidfile "$DATA/tansu/pid"; stop_pidfile "$DATA/nx/pid"; log "stopped tansu and nx-27017" ;;
   status)
     port_open "$KAFKA_PORT" && echo "kafka   up :$KAFKA_PORT" || echo "kafka   down"

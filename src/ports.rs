@@ -43,6 +43,11 @@ pub enum SourceError {
     NotAssigned(u32),
     #[error("commit rejected: {0}")]
     CommitRejected(String),
+    /// The partition was taken away without a revoke (a RabbitMQ channel closed): nothing
+    /// more can be committed for this incarnation; what it did not commit comes back
+    /// redelivered to the next consumer.
+    #[error("partition {0} was lost: its uncommitted records will be redelivered")]
+    Lost(u32),
 }
 
 /// A change of which partitions this instance consumes.

@@ -17,11 +17,12 @@ use crate::adapters::http_provider::HttpProvider;
 use crate::adapters::http_server::{self, HttpState, Listeners};
 use crate::adapters::kafka_source::{client_config, ensure_topics, KafkaSettings, KafkaSource};
 use crate::adapters::mongo_docs::MongoDocumentStore;
+use crate::adapters::rabbitmq_source::{self, RabbitSettings, RabbitSource};
 use crate::adapters::redis_retry::{listen_for_wakeups, RedisRetrySchedule};
 use crate::adapters::redis_state::RedisStateStore;
 use crate::config::{mask_url_password, Config, SourceKind};
 use crate::domain::campaign::Channel;
-use crate::ports::{BoxFut, Clock, Probe, SystemClock};
+use crate::ports::{BoxFut, Clock, Probe, Source, SystemClock};
 use crate::telemetry::Metrics;
 use crate::workload::{Workload, WorkloadSpec};
 
@@ -63,15 +64,83 @@ fn kafka_settings(config: &Config) -> KafkaSettings {
     }
 }
 
+fn rabbit_settings(config: &Config) -> RabbitSettings {
+    // Room for a full batch being flushed while the next one fills, within what a partition
+    // may hold in flight anyway (the AMQP prefetch count is 16 bits).
+    let prefetch = (config.batch.max_size * 2)
+        .min(config.pipeline.max_in_flight_per_partition)
+        .clamp(1, u16::MAX as usize) as u16;
+    RabbitSettings {
+        url: config.rabbitmq.url.clone(),
+        exchange: config.rabbitmq.exchange.clone(),
+        queues: config.rabbitmq.queues,
+        prefetch,
+    }
+}
+
+/// The running source, whichever it is.
+#[derive(Clone)]
+enum RunningSource {
+    Kafka(Arc<KafkaSource>),
+    Rabbit(Arc<RabbitSource>),
+}
+
+impl RunningSource {
+    async fn start(config: &Config, startup: Duration) -> anyhow::Result<RunningSource> {
+        match config.source.kind {
+            SourceKind::Kafka => {
+                let settings = kafka_settings(config);
+                let source = within(
+                    &format!("Kafka at {}", config.kafka.brokers),
+                    startup,
+                    || KafkaSource::start(settings.clone(), Duration::from_secs(5).min(startup)),
+                )
+                .await?;
+                tracing::info!(topic = %config.kafka.topic, group = %config.kafka.group_id, "herald running");
+                Ok(RunningSource::Kafka(source))
+            }
+            SourceKind::Rabbitmq => {
+                let settings = rabbit_settings(config);
+                let url = settings.url.clone();
+                let conn = within(
+                    &format!("RabbitMQ at {}", mask_url_password(&url)),
+                    startup,
+                    || rabbitmq_source::connect(&url, "herald"),
+                )
+                .await?;
+                // Not retried: a missing plugin or a conflicting queue does not fix itself.
+                let source = RabbitSource::start(settings, conn).await?;
+                tracing::info!(exchange = %config.rabbitmq.exchange, queues = config.rabbitmq.queues, "herald running");
+                Ok(RunningSource::Rabbit(source))
+            }
+            SourceKind::Embedded => bail!("source.kind = \"embedded\" is for `herald demo`"),
+        }
+    }
+
+    fn port(&self) -> Arc<dyn Source> {
+        match self {
+            RunningSource::Kafka(s) => s.clone(),
+            RunningSource::Rabbit(s) => s.clone(),
+        }
+    }
+
+    fn probe(&self) -> Arc<dyn Probe> {
+        Arc::new(SourceProbe(self.clone()))
+    }
+
+    async fn close(&self) {
+        match self {
+            RunningSource::Kafka(s) => {
+                let closer = s.clone();
+                let _ = tokio::task::spawn_blocking(move || closer.close()).await;
+            }
+            RunningSource::Rabbit(s) => s.close().await,
+        }
+    }
+}
+
 /// Runs the service until SIGINT/SIGTERM, then drains and commits (G6).
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    match config.source.kind {
-        SourceKind::Kafka => {}
-        SourceKind::Rabbitmq => {
-            bail!("source.kind = \"rabbitmq\": this build has no RabbitMQ adapter yet")
-        }
-        SourceKind::Embedded => bail!("source.kind = \"embedded\" is for `herald demo`"),
-    }
     // The port first: a taken port is a one-line error before anything else starts.
     let listeners = Listeners::bind(config.http.listen, config.http.metrics_listen)?;
     let providers = http_providers(&config)?;
@@ -114,21 +183,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         || RedisRetrySchedule::connect(&redis_url, &prefix, retry_db),
     )
     .await?;
-    let settings = kafka_settings(&config);
-    let source = within(
-        &format!("Kafka at {}", config.kafka.brokers),
-        startup,
-        || KafkaSource::start(settings.clone(), Duration::from_secs(5).min(startup)),
-    )
-    .await?;
-    tracing::info!(topic = %config.kafka.topic, group = %config.kafka.group_id, "herald running");
+    let source = RunningSource::start(&config, startup).await?;
 
     let metrics = Metrics::shared();
     let state = Arc::new(state);
     let docs = Arc::new(docs);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let ports = Ports {
-        source: source.clone(),
+        source: source.port(),
         state: state.clone(),
         docs: docs.clone(),
         retries: Arc::new(retries),
@@ -153,7 +215,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         waker,
     ));
     let probes: Vec<Arc<dyn Probe>> = vec![
-        Arc::new(KafkaProbe(source.clone())),
+        source.probe(),
         Arc::new(RedisProbe(state)),
         Arc::new(MongoProbe(docs)),
     ];
@@ -184,8 +246,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         server.stop(true).await;
     }
     wakeups.abort();
-    let closer = source.clone();
-    let _ = tokio::task::spawn_blocking(move || closer.close()).await;
+    source.close().await;
     result.map_err(|e| anyhow!(e))?;
     let (p50, p99) = metrics.latency_percentiles_ms();
     tracing::info!(
@@ -248,22 +309,30 @@ fn webhook_secrets(config: &Config) -> HashMap<String, Option<Vec<u8>>> {
         .collect()
 }
 
-struct KafkaProbe(Arc<KafkaSource>);
+struct SourceProbe(RunningSource);
 struct RedisProbe(Arc<RedisStateStore>);
 struct MongoProbe(Arc<MongoDocumentStore>);
 
-impl Probe for KafkaProbe {
+impl Probe for SourceProbe {
     fn name(&self) -> &'static str {
-        "source"
+        match self.0 {
+            RunningSource::Kafka(_) => "kafka",
+            RunningSource::Rabbit(_) => "rabbitmq",
+        }
     }
     fn check(&self) -> BoxFut<Result<(), String>> {
-        let source = self.0.clone();
-        async move {
-            tokio::task::spawn_blocking(move || source.check_broker())
-                .await
-                .map_err(|e| e.to_string())?
+        match &self.0 {
+            RunningSource::Kafka(source) => {
+                let source = source.clone();
+                async move {
+                    tokio::task::spawn_blocking(move || source.check_broker())
+                        .await
+                        .map_err(|e| e.to_string())?
+                }
+                .boxed()
+            }
+            RunningSource::Rabbit(source) => futures::future::ready(source.check_broker()).boxed(),
         }
-        .boxed()
     }
 }
 
@@ -301,9 +370,92 @@ async fn shutdown_signal() -> String {
 
 /// Publishes a deterministic workload to the configured source.
 pub async fn produce(config: Config, spec: WorkloadSpec, rate: Option<u64>) -> anyhow::Result<()> {
-    if config.source.kind != SourceKind::Kafka {
-        bail!("`herald produce` supports source.kind = \"kafka\" in this build");
+    match config.source.kind {
+        SourceKind::Kafka => produce_kafka(config, spec, rate).await,
+        SourceKind::Rabbitmq => produce_rabbit(config, spec, rate).await,
+        SourceKind::Embedded => {
+            bail!("`herald produce` publishes to kafka or rabbitmq; source.kind is \"embedded\"")
+        }
     }
+}
+
+fn progress_bar(events: u64) -> ProgressBar {
+    let bar = ProgressBar::new(events);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} produced ({per_sec})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// Waits until message number `sent` is due at `rate` messages/s.
+async fn pace(rate: Option<u64>, sent: u64, started: Instant) {
+    if let Some(r) = rate {
+        let due = Duration::from_secs_f64(sent as f64 / r.max(1) as f64);
+        if let Some(wait) = due.checked_sub(started.elapsed()) {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// Publishes to the consistent-hash exchange (declaring the topology first, so nothing is
+/// unroutable) with publisher confirms: it returns only when the broker confirmed every
+/// message, and fails on the first refused one.
+async fn produce_rabbit(
+    config: Config,
+    spec: WorkloadSpec,
+    rate: Option<u64>,
+) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let settings = rabbit_settings(&config);
+    let startup = Duration::from_millis(config.startup.timeout_ms);
+    let url = settings.url.clone();
+    let conn = within(
+        &format!("RabbitMQ at {}", mask_url_password(&url)),
+        startup,
+        || rabbitmq_source::connect(&url, "herald-produce"),
+    )
+    .await?;
+    let channel = rabbitmq_source::confirming_channel(&conn).await?;
+    rabbitmq_source::declare_topology(&channel, &settings).await?;
+    let bar = progress_bar(spec.events);
+    let started = Instant::now();
+    let mut pending = futures::stream::FuturesOrdered::new();
+    for (sent, m) in (0_u64..).zip(Workload::new(spec)) {
+        pace(rate, sent, started).await;
+        let confirm =
+            rabbitmq_source::publish(&channel, &settings.exchange, &m.key, &m.payload, None)
+                .await?;
+        pending.push_back(confirm);
+        while pending.len() >= 5_000 {
+            if let Some(r) = pending.next().await {
+                r?;
+                bar.inc(1);
+            }
+        }
+    }
+    while let Some(r) = pending.next().await {
+        r?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let _ = conn.close(200, "produced".into()).await;
+    eprintln!(
+        "produced {} messages to exchange {} in {:.2} s",
+        spec.events,
+        settings.exchange,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+async fn produce_kafka(
+    config: Config,
+    spec: WorkloadSpec,
+    rate: Option<u64>,
+) -> anyhow::Result<()> {
     let brokers = config.kafka.brokers.clone();
     let topic = config.kafka.topic.clone();
     let startup = Duration::from_millis(config.startup.timeout_ms);
@@ -327,23 +479,12 @@ pub async fn produce(config: Config, spec: WorkloadSpec, rate: Option<u64>) -> a
         .set("queue.buffering.max.messages", "200000")
         .create()
         .context("creating the Kafka producer")?;
-    let bar = ProgressBar::new(spec.events);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} produced ({per_sec})",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let bar = progress_bar(spec.events);
     let started = Instant::now();
     let mut pending = futures::stream::FuturesOrdered::new();
     use futures::StreamExt;
     for (sent, m) in (0_u64..).zip(Workload::new(spec)) {
-        if let Some(r) = rate {
-            let due = Duration::from_secs_f64(sent as f64 / r.max(1) as f64);
-            if let Some(wait) = due.checked_sub(started.elapsed()) {
-                tokio::time::sleep(wait).await;
-            }
-        }
+        pace(rate, sent, started).await;
         loop {
             let record = FutureRecord::to(&topic)
                 .key(m.key.as_bytes())

@@ -149,6 +149,10 @@ impl Metrics {
             "Actor restarts after a contained panic or failure",
             actor_restarts.clone(),
         );
+        // Zero from the start, so a dashboard shows "no restarts" rather than "no data".
+        for actor in ["partition", "aggregator", "batcher"] {
+            let _ = actor_restarts.get_or_create(&vec![("actor", actor.to_string())]);
+        }
         Metrics {
             registry,
             consumed,

@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 
 use crate::domain::event::decode;
 use crate::domain::watermark::Watermark;
-use crate::ports::{DeadLetter, PartitionReader, Record};
+use crate::ports::{DeadLetter, PartitionReader, Record, SourceError};
 
 use super::aggregator::{Aggregator, Apply, UserRecord, UserRecords};
 use super::context::Shared;
@@ -21,6 +21,8 @@ use super::supervision::contain;
 
 /// Poll again this soon when the source had nothing.
 const IDLE_POLL: Duration = Duration::from_millis(5);
+/// Retry a commit refused during a drain after this long.
+const COMMIT_RETRY: Duration = Duration::from_millis(100);
 /// Retry a failed fetch or dead-letter write after this long (doubling, capped).
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -69,6 +71,9 @@ pub struct PartitionActor {
     dead_letters_in_flight: usize,
     draining: Vec<oneshot::Sender<u64>>,
     failed: bool,
+    /// The source took the partition away (a closed RabbitMQ channel): nothing more can be
+    /// committed; a drain finishes once the in-flight work is durable.
+    lost: bool,
 }
 
 impl PartitionActor {
@@ -94,6 +99,7 @@ impl PartitionActor {
             dead_letters_in_flight: 0,
             draining: Vec::new(),
             failed: false,
+            lost: false,
         }
     }
 
@@ -103,7 +109,7 @@ impl PartitionActor {
 
     /// Reads the next batch unless paused (draining, too much in flight, too many aggregators).
     fn pump(&mut self, ctx: &mut Context<Self>) {
-        if self.fetching || !self.draining.is_empty() || self.failed {
+        if self.fetching || !self.draining.is_empty() || self.failed || self.lost {
             return;
         }
         if self.watermark.in_flight() >= self.settings().max_in_flight_per_partition {
@@ -288,7 +294,7 @@ impl PartitionActor {
     /// Commits the durable watermark if it moved.
     fn commit(&mut self, ctx: &mut Context<Self>) {
         let position = self.watermark.committable();
-        if self.committing || position <= self.last_committed {
+        if self.committing || self.lost || position <= self.last_committed {
             // Nothing new to commit; the lag still moves with the high watermark.
             let hw = self.shared.ports.source.high_watermark(self.partition);
             self.shared
@@ -307,8 +313,21 @@ impl PartitionActor {
                     let hw = act.shared.ports.source.high_watermark(act.partition);
                     act.shared.ports.metrics.committed(act.partition, position, hw);
                 }
+                Err(SourceError::Lost(_)) => {
+                    tracing::warn!(
+                        partition = act.partition,
+                        committed = act.last_committed,
+                        "partition lost; what was not committed will be redelivered"
+                    );
+                    act.lost = true;
+                }
                 Err(e) => {
-                    tracing::warn!(partition = act.partition, error = %e, "commit failed; will retry")
+                    tracing::warn!(partition = act.partition, error = %e, "commit failed; will retry");
+                    if !act.draining.is_empty() {
+                        // Not at once: a broker that refuses commits needs a moment.
+                        ctx.run_later(COMMIT_RETRY, |act, ctx| act.try_finish_drain(ctx));
+                        return;
+                    }
                 }
             }
             if !act.draining.is_empty() {
@@ -325,7 +344,7 @@ impl PartitionActor {
         {
             return;
         }
-        if self.watermark.committable() > self.last_committed {
+        if !self.lost && self.watermark.committable() > self.last_committed {
             self.commit(ctx);
             return;
         }

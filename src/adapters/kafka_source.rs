@@ -23,6 +23,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
 
+use super::channel_reader::ChannelReader;
 use crate::ports::{
     AssignmentEvent, BoxFut, DeadLetter, PartitionReader, Record, Source, SourceError,
 };
@@ -361,41 +362,6 @@ fn refresh_high_watermarks(
     }
 }
 
-/// A reader whose receiver is shared so its futures can be `'static`.
-struct SharedReader {
-    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Record>>>,
-}
-
-impl PartitionReader for SharedReader {
-    fn start_offset(&self) -> u64 {
-        0
-    }
-
-    fn fetch(&self, max: usize) -> BoxFut<Result<Vec<Record>, SourceError>> {
-        let rx = self.rx.clone();
-        async move {
-            let mut rx = rx.lock().await;
-            let mut batch = Vec::new();
-            // Wait a little for the first record, then take what is there.
-            match tokio::time::timeout(Duration::from_millis(50), rx.recv()).await {
-                Ok(Some(r)) => batch.push(r),
-                Ok(None) => {
-                    return Err(SourceError::Unavailable("partition channel closed".into()))
-                }
-                Err(_) => return Ok(batch),
-            }
-            while batch.len() < max {
-                match rx.try_recv() {
-                    Ok(r) => batch.push(r),
-                    Err(_) => break,
-                }
-            }
-            Ok(batch)
-        }
-        .boxed()
-    }
-}
-
 impl Source for KafkaSource {
     fn kind(&self) -> &'static str {
         "kafka"
@@ -407,9 +373,7 @@ impl Source for KafkaSource {
 
     fn reader(&self, partition: u32) -> Result<Arc<dyn PartitionReader>, SourceError> {
         if let Some(rx) = self.receivers.lock().remove(&partition) {
-            return Ok(Arc::new(SharedReader {
-                rx: Arc::new(tokio::sync::Mutex::new(rx)),
-            }));
+            return Ok(Arc::new(ChannelReader::new(0, rx)));
         }
         // A restart of a partition we still own: rewind to its committed position and give
         // the new incarnation a fresh channel. Records polled before the seek go to the old,
@@ -438,9 +402,7 @@ impl Source for KafkaSource {
             .map_err(unavailable)?;
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         self.senders.lock().insert(partition, tx);
-        Ok(Arc::new(SharedReader {
-            rx: Arc::new(tokio::sync::Mutex::new(rx)),
-        }))
+        Ok(Arc::new(ChannelReader::new(0, rx)))
     }
 
     fn commit(&self, partition: u32, next_offset: u64) -> BoxFut<Result<(), SourceError>> {

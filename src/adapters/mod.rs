@@ -1,5 +1,6 @@
 //! Adapters: implementations of the ports. Nothing here decides a business outcome.
 
+pub mod channel_reader;
 pub mod embedded_source;
 pub mod http_provider;
 pub mod http_server;
@@ -9,6 +10,7 @@ pub mod memory_retry;
 pub mod memory_state;
 pub mod mongo_docs;
 pub mod mongo_transitions;
+pub mod rabbitmq_source;
 pub mod redis_retry;
 pub mod redis_state;
 pub mod sim_provider;

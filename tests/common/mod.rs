@@ -3,6 +3,8 @@
 //! and the dead-letter topic.
 #![allow(dead_code)]
 
+pub mod rabbit;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -22,26 +24,48 @@ pub const BROKERS: &str = "127.0.0.1:9092";
 pub const MONGO: &str = "mongodb://127.0.0.1:27017";
 pub const REDIS: &str = "redis://127.0.0.1:6379/0";
 
-/// Names for one test: topic, group, database and Redis prefix (letters, digits, `_`).
+/// Which source a test runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bus {
+    Kafka,
+    Rabbit,
+}
+
+/// Names for one test: topic (or exchange), group, database and Redis prefix (letters, digits,
+/// `_`); `partitions` is the number of Kafka partitions or RabbitMQ queues.
 #[derive(Clone, Debug)]
 pub struct Names {
     pub base: String,
     pub partitions: i32,
     pub mongo: String,
     pub redis: String,
+    pub bus: Bus,
 }
 
 impl Names {
     pub fn new(test: &str, partitions: i32) -> Names {
+        Names::on(Bus::Kafka, test, partitions)
+    }
+
+    pub fn on(bus: Bus, test: &str, partitions: i32) -> Names {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap()
             .as_nanos();
+        let tag = match bus {
+            Bus::Kafka => "k",
+            Bus::Rabbit => "r",
+        };
         Names {
-            base: format!("it_{test}_{}_{}", std::process::id(), nanos % 1_000_000_000),
+            base: format!(
+                "it_{test}_{tag}_{}_{}",
+                std::process::id(),
+                nanos % 1_000_000_000
+            ),
             partitions,
             mongo: MONGO.to_string(),
             redis: REDIS.to_string(),
+            bus,
         }
     }
     pub fn topic(&self) -> String {
@@ -65,6 +89,20 @@ impl Names {
             // Tests run in parallel: each instance takes an ephemeral HTTP port unless the
             // test names one.
             ("HERALD__HTTP__LISTEN".into(), "127.0.0.1:0".into()),
+            (
+                "HERALD__SOURCE__KIND".into(),
+                match self.bus {
+                    Bus::Kafka => "kafka",
+                    Bus::Rabbit => "rabbitmq",
+                }
+                .into(),
+            ),
+            ("HERALD__RABBITMQ__URL".into(), rabbit::AMQP.into()),
+            ("HERALD__RABBITMQ__EXCHANGE".into(), self.base.clone()),
+            (
+                "HERALD__RABBITMQ__QUEUES".into(),
+                self.partitions.to_string(),
+            ),
         ]
     }
 }
@@ -85,9 +123,90 @@ pub fn log_dir() -> PathBuf {
 /// batched topic returned 1832 first — so a consumer resuming from a commit inside a batch would
 /// silently skip records. And its ListOffsets(latest) is the first offset of the last batch + 1.
 /// Single-record batches avoid both; `herald produce` (batched) is exercised by the demo docs.
+/// On RabbitMQ: published through the consistent-hash exchange with publisher confirms.
 pub fn produce(names: &Names, events: u64, users: u64, seed: u64) {
     let records = Workload::new(WorkloadSpec::new(events, users, seed)).map(|m| (m.key, m.payload));
-    produce_single_record_batches(names, records);
+    match names.bus {
+        Bus::Kafka => produce_single_record_batches(names, records),
+        Bus::Rabbit => rabbit::Amqp::connect(names).publish(records),
+    }
+}
+
+/// Watches a test's source from the outside, whichever it is.
+pub struct Observer {
+    names: Names,
+    produced: i64,
+    kafka: Option<BaseConsumer>,
+    amqp: Option<rabbit::Amqp>,
+}
+
+impl Observer {
+    /// `produced`: how many messages the test published.
+    pub fn new(names: &Names, produced: u64) -> Observer {
+        let (kafka, amqp) = match names.bus {
+            Bus::Kafka => (Some(offsets_client(names)), None),
+            Bus::Rabbit => (None, Some(rabbit::Amqp::connect(names))),
+        };
+        Observer {
+            names: names.clone(),
+            produced: produced as i64,
+            kafka,
+            amqp,
+        }
+    }
+
+    /// A fresh AMQP connection (after a broker restart closed the old one).
+    pub fn reconnect(&mut self) {
+        if self.amqp.is_some() {
+            self.amqp = Some(rabbit::Amqp::connect(&self.names));
+        }
+    }
+
+    pub fn amqp(&self) -> &rabbit::Amqp {
+        self.amqp.as_ref().expect("a RabbitMQ test")
+    }
+
+    /// A number that grows as Herald works through the input: the committed offsets (Kafka),
+    /// the messages no longer ready in the queues (RabbitMQ: delivered, acked or not).
+    pub fn progress(&self) -> i64 {
+        match (&self.kafka, &self.amqp) {
+            (Some(client), _) => committed(client, &self.names).iter().sum(),
+            (_, Some(amqp)) => self.produced - amqp.ready_total() as i64,
+            _ => unreachable!(),
+        }
+    }
+
+    /// Waits until `progress()` passes `beyond` (or `limit` passes: the caller goes on).
+    pub fn wait_progress(&self, beyond: i64, limit: Duration) {
+        let started = Instant::now();
+        while self.progress() <= beyond && started.elapsed() < limit {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until everything published was consumed and committed (acked).
+    pub fn wait_done(&self, limit: Duration) {
+        match self.names.bus {
+            Bus::Kafka => wait_fully_committed(&self.names, limit),
+            Bus::Rabbit => self.amqp().wait_drained(limit),
+        }
+    }
+
+    /// The dead-letter destination's messages: (payload, herald-error).
+    pub fn dead_letters(&self) -> Vec<(Vec<u8>, String)> {
+        match self.names.bus {
+            Bus::Kafka => dead_letters(&self.names),
+            Bus::Rabbit => self.amqp().dead_letters(),
+        }
+    }
+}
+
+impl Drop for Observer {
+    fn drop(&mut self) {
+        if let Some(amqp) = &self.amqp {
+            amqp.delete_topology();
+        }
+    }
 }
 
 /// Creates the test's topics (Herald creates them with the right partition count when it
@@ -656,4 +775,26 @@ where
         assert!(started.elapsed() < limit, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Every user's state in Redis (`<prefix>user:<id>`), by user id.
+pub fn redis_states(names: &Names) -> BTreeMap<String, herald::domain::user::UserState> {
+    let client = redis::Client::open(names.redis.as_str()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let prefix = format!("{}:user:", names.base);
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query(&mut conn)
+        .unwrap();
+    let mut out = BTreeMap::new();
+    for chunk in keys.chunks(500) {
+        let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET").arg(chunk).query(&mut conn).unwrap();
+        for (k, v) in chunk.iter().zip(values) {
+            if let Some(raw) = v {
+                let state = serde_json::from_slice(&raw).unwrap();
+                out.insert(k[prefix.len()..].to_string(), state);
+            }
+        }
+    }
+    out
 }
