@@ -76,6 +76,11 @@ pub trait Source: Send + Sync + 'static {
     fn dead_letter(&self, letters: Vec<DeadLetter>) -> BoxFut<Result<(), SourceError>>;
     /// The partition's high watermark, for lag, if known.
     fn high_watermark(&self, partition: u32) -> Option<u64>;
+    /// Whether an offset names the same message forever (Kafka), so a user's last applied
+    /// offset can reject replays. RabbitMQ delivery positions are per consumer session.
+    fn durable_positions(&self) -> bool {
+        true
+    }
 }
 
 /// Reads one partition in order.

@@ -68,6 +68,7 @@ impl Aggregator {
         let now = self.shared.ports.clock.now_ms();
         let limits = self.shared.settings.dedup;
         let campaigns = &self.shared.campaigns;
+        let durable_positions = self.shared.ports.source.durable_positions();
         let state = Arc::make_mut(&mut self.state);
         let mut out = Applied {
             offsets: Vec::with_capacity(records.len()),
@@ -79,11 +80,13 @@ impl Aggregator {
         for UserRecord { event, ts, raw } in records {
             out.offsets.push(raw.offset);
             out.earliest_ms = out.earliest_ms.min(ts);
-            let position = Position {
+            // Only offsets that mean the same message forever protect against replays; a
+            // RabbitMQ delivery's position is per session, so there the messageId alone does.
+            let position = durable_positions.then_some(Position {
                 partition: self.partition,
                 offset: raw.offset,
-            };
-            match state.apply(Some(position), &event, now, limits) {
+            });
+            match state.apply(position, &event, now, limits) {
                 ApplyOutcome::Applied => {
                     out.applied += 1;
                     out.raw.push(raw);

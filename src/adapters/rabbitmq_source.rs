@@ -571,6 +571,11 @@ impl Source for RabbitSource {
         .boxed()
     }
 
+    /// Redeliveries are recognised by messageId (the dedup window), not by position.
+    fn durable_positions(&self) -> bool {
+        false
+    }
+
     fn high_watermark(&self, partition: u32) -> Option<u64> {
         let slot = self.slots.get(partition as usize)?.lock();
         slot.channel.as_ref()?;
