@@ -59,9 +59,17 @@ fn the_prometheus_config_is_valid() {
     assert!(ok, "promtool: {out}");
 }
 
-/// The series names Herald exports, from its own registry's exposition (`# TYPE` lines).
+/// The series names Herald exports, from its own registry's exposition (`# TYPE` lines). A
+/// labelled family shows only once it has a child, so each typed event is reported once.
 fn exported_series() -> BTreeSet<String> {
-    let text = herald::telemetry::Metrics::new().render();
+    let m = herald::telemetry::Metrics::new();
+    m.records_consumed("kafka", 0, 1);
+    m.invalid_record(herald::domain::event::RejectReason::NotJson, 0, "x");
+    m.documents_written("users", 1);
+    m.committed(0, 1, Some(1));
+    m.dispatch_outcome("p", "sent");
+    m.webhook_request("p", 204);
+    let text = m.render();
     let mut out = BTreeSet::new();
     for line in text.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
