@@ -95,6 +95,8 @@ fn metrics_after_traffic_hold_every_contract_metric_with_plausible_values() {
             ("IT_SIM_SECRET", SECRET),
             ("HERALD__HTTP__LISTEN", &listen),
             ("HERALD__RETRY__BASE_MS", "100"),
+            // RUST_LOG-style filtering: debug for the batchers only.
+            ("RUST_LOG", "info,herald::actors::batcher=debug"),
         ],
         "0",
     );
@@ -170,6 +172,33 @@ fn metrics_after_traffic_hold_every_contract_metric_with_plausible_values() {
     assert!(has(&s, "herald_actor_restarts_total"));
     let (status, _) = sigterm(&mut child, Duration::from_secs(40));
     assert!(status.success());
+    // JSON logs with spans: each flush's line sits in a `flush` span (shard, users, events),
+    // partition lines in a `partition` span; debug lines come from the batchers only.
+    let log = std::fs::read_to_string(log_dir().join(format!("{}-0.log", names.base))).unwrap();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let flushed: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|v| v["fields"]["message"] == "flushed")
+        .collect();
+    assert!(!flushed.is_empty(), "no flush was logged at debug");
+    for f in &flushed {
+        assert_eq!(f["span"]["name"], "flush", "{f}");
+        assert!(f["span"]["users"].as_u64().is_some() && f["span"]["events"].as_u64().is_some());
+    }
+    let started = lines
+        .iter()
+        .find(|v| v["fields"]["message"] == "partition started")
+        .expect("a partition started");
+    assert_eq!(started["span"]["name"], "partition", "{started}");
+    assert_eq!(started["span"]["source"], "kafka");
+    for v in &lines {
+        if v["level"] == "DEBUG" {
+            assert_eq!(v["target"], "herald::actors::batcher", "filtered out: {v}");
+        }
+    }
 }
 
 #[test]

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use tracing::Instrument;
 use futures::future::join_all;
 
 use crate::domain::campaign::TriggeredMessage;
@@ -141,6 +142,13 @@ impl Batcher {
         let batch = std::mem::take(&mut self.pending);
         let shared = self.shared.clone();
         let shard = self.shard;
+        // Every log line of this flush (retries, refusals) carries its shard and size.
+        let span = tracing::info_span!(
+            "flush",
+            shard,
+            users = batch.users.len(),
+            events = batch.events
+        );
         let fut = async move {
             let ports = &shared.ports;
             let now = ports.clock.now_ms();
@@ -178,8 +186,14 @@ impl Batcher {
             if !refused.is_empty() {
                 dead_letter_refused(&shared, &batch, &refused).await;
             }
+            tracing::debug!(
+                messages = records.len(),
+                took_ms = started.elapsed().as_millis() as u64,
+                "flushed"
+            );
             (batch, records)
-        };
+        }
+        .instrument(span);
         ctx.spawn(fut.into_actor(self).map(|(batch, records), act, ctx| {
             act.after_flush(batch, records, ctx);
         }));

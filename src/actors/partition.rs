@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use tracing::Instrument;
 use tokio::sync::oneshot;
 
 use crate::domain::event::decode;
@@ -71,6 +72,8 @@ pub struct PartitionActor {
     dead_letters_in_flight: usize,
     draining: Vec<oneshot::Sender<u64>>,
     failed: bool,
+    /// Every log line of this partition (and of its commits and dead letters) is in it.
+    span: tracing::Span,
     /// The source took the partition away (a closed RabbitMQ channel): nothing more can be
     /// committed; a drain finishes once the in-flight work is durable.
     lost: bool,
@@ -84,7 +87,9 @@ impl PartitionActor {
         supervisor: Addr<SourceSupervisor>,
     ) -> Self {
         let start = reader.start_offset();
+        let span = tracing::info_span!("partition", partition, source = shared.ports.source.kind());
         PartitionActor {
+            span,
             partition,
             shared,
             reader,
@@ -155,6 +160,7 @@ impl PartitionActor {
                     act.pump(ctx);
                 }
                 Err(e) => {
+                    let _in = act.span.clone().entered();
                     tracing::warn!(partition = act.partition, error = %e, "fetch failed; backing off");
                     let delay = act.fetch_backoff;
                     act.fetch_backoff = (delay * 2).min(MAX_BACKOFF);
@@ -166,6 +172,7 @@ impl PartitionActor {
 
     /// Decodes a batch and hands each user's records to its aggregator, in order.
     fn process(&mut self, batch: Vec<Record>, ctx: &mut Context<Self>) {
+        let _in = self.span.clone().entered();
         let ports = &self.shared.ports;
         ports
             .metrics
@@ -274,6 +281,7 @@ impl PartitionActor {
                 }
             }
         };
+        let fut = fut.instrument(self.span.clone());
         ctx.spawn(fut.into_actor(self).map(move |(), act, ctx| {
             act.dead_letters_in_flight -= 1;
             for o in offsets {
@@ -306,6 +314,7 @@ impl PartitionActor {
         self.committing = true;
         let fut = self.shared.ports.source.commit(self.partition, position);
         ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
+            let _in = act.span.clone().entered();
             act.committing = false;
             match result {
                 Ok(()) => {
@@ -337,6 +346,7 @@ impl PartitionActor {
     }
 
     fn try_finish_drain(&mut self, ctx: &mut Context<Self>) {
+        let _in = self.span.clone().entered();
         if self.fetching
             || self.committing
             || self.dead_letters_in_flight > 0
@@ -385,6 +395,7 @@ impl PartitionActor {
     /// A contained panic: this incarnation stops and the supervisor restarts the partition
     /// from its committed position (replays are harmless, G2).
     fn fail(&mut self, ctx: &mut Context<Self>, actor: &'static str, cause: String) {
+        let _in = self.span.clone().entered();
         if self.failed {
             return;
         }
@@ -403,6 +414,7 @@ impl Actor for PartitionActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        let _in = self.span.clone().entered();
         tracing::info!(
             partition = self.partition,
             from = self.last_committed,
