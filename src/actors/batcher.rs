@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use tracing::Instrument;
 use futures::future::join_all;
+use tracing::Instrument;
 
 use crate::domain::campaign::TriggeredMessage;
 use crate::domain::message::MessageRecord;

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use tracing::Instrument;
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 use crate::domain::event::decode;
 use crate::domain::watermark::Watermark;
