@@ -30,12 +30,18 @@ macro_rules! on_both_sources {
 on_both_sources!(
     sigkill_and_restart_five_times_equals_the_replay,
     a_second_instance_joins_and_leaves,
-    a_standby_takes_over_when_the_active_instance_is_killed,
     sigterm_drains_commits_and_exits_zero,
     committed_never_passes_what_is_durable,
     a_mongodb_outage_pauses_and_resumes,
     a_redis_outage_pauses_and_resumes,
 );
+
+/// RabbitMQ only: on Kafka (Tansu 0.6) the partitions of a killed static member stayed with
+/// it (measured: 10 minutes, never reassigned), so this runs where a standby is a concept.
+#[test]
+fn rabbitmq_a_standby_takes_over_when_the_active_instance_is_killed() {
+    a_standby_takes_over_when_the_active_instance_is_killed(Bus::Rabbit)
+}
 
 /// The DLQ holds exactly the invalid messages (a message dead-lettered again after a crash
 /// before its commit is the same message: compared as a set).
@@ -104,20 +110,34 @@ fn a_standby_takes_over_when_the_active_instance_is_killed(bus: Bus) {
     let mut a = spawn_herald(&names, &[("HERALD__KAFKA__GROUP_INSTANCE_ID", "sa")], "a");
     obs.wait_progress(0, Duration::from_secs(60));
     let mut b = spawn_herald(&names, &[("HERALD__KAFKA__GROUP_INSTANCE_ID", "sb")], "b");
-    // Let the standby join (a Kafka join round takes ~3 s on Tansu), then kill the worker.
+    // Kill the worker once the second instance is in: on Kafka when the join round that
+    // brought it in has finished (it shares the partitions then; Tansu strands a group whose
+    // member is killed during a join round, BACKENDS.md), on RabbitMQ once it subscribed (it
+    // receives nothing while the first is active).
     let log_b = log_dir().join(format!("{}-b.log", names.base));
+    let joined = match bus {
+        Bus::Kafka => "kafka partitions assigned",
+        Bus::Rabbit => "herald running",
+    };
     let started = Instant::now();
     while !std::fs::read_to_string(&log_b)
         .unwrap_or_default()
-        .contains("herald running")
+        .contains(joined)
     {
         assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "standby never started"
+            started.elapsed() < Duration::from_secs(90),
+            "the second instance never joined"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    std::thread::sleep(Duration::from_secs(4));
+    std::thread::sleep(Duration::from_secs(2));
+    if bus == Bus::Rabbit {
+        let log_b = std::fs::read_to_string(&log_b).unwrap();
+        assert!(
+            !log_b.contains("active consumer of queue"),
+            "the standby consumed while the first instance was active"
+        );
+    }
     let before = obs.progress();
     kill9(&mut a);
     obs.wait_done(Duration::from_secs(600));
