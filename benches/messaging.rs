@@ -387,6 +387,7 @@ fn main() {
 fn ensure_rt_topics(base: &str) {
     rt().block_on(ensure_topics(
         BROKERS,
+        &[],
         &[(base, 4), (&format!("{base}.dlq"), 1)],
         Duration::from_secs(10),
     ))

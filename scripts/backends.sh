@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Installs (when missing) and starts the backends Herald's tests use, on 127.0.0.1 only,
 # idempotently, waiting until each is ready:
-#   Kafka protocol : Tansu (crates.io), memory storage      127.0.0.1:${HERALD_KAFKA_PORT:-9092}
-#   MongoDB protocol: nx-27017 (PyPI), one file per database 127.0.0.1:${HERALD_MONGO_PORT:-27017}
-#   Redis, RabbitMQ : Debian packages (started if not running)
+#   Kafka           : Apache Kafka 4.x from Maven Central, KRaft   127.0.0.1:${HERALD_KAFKA_PORT:-9092}
+#                     (one broker+controller node; controller on 127.0.0.1:${HERALD_KAFKA_CONTROLLER_PORT:-9093})
+#   MongoDB protocol: nx-27017 (PyPI), one file per database      127.0.0.1:${HERALD_MONGO_PORT:-27017}
+#   Redis, RabbitMQ : Debian packages, installed with apt when missing, started if not running
+#   Prometheus, docker-compose: Debian packages (tests of the ops files)
+# Needs: Java 17+ and Maven (Kafka), Python 3 with venv (nx-27017), apt (the rest).
 # Usage: scripts/backends.sh up|down|status
 set -euo pipefail
 
@@ -11,7 +14,10 @@ CACHE="${HERALD_CACHE:-$HOME/.cache/herald}"
 DATA="${HERALD_BACKENDS_DIR:-$CACHE/backends}"
 KAFKA_PORT="${HERALD_KAFKA_PORT:-9092}"
 MONGO_PORT="${HERALD_MONGO_PORT:-27017}"
-TANSU="${CARGO_HOME:-$HOME/.cargo}/bin/tansu"
+KAFKA_CONTROLLER_PORT="${HERALD_KAFKA_CONTROLLER_PORT:-9093}"
+KAFKA_HOME="$CACHE/kafka-4.4.0"       # the broker's jars (fetched once by Maven)
+KAFKA_HEAP="${HERALD_KAFKA_HEAP:-1g}" # the tests share 24 GiB and 2 cores with it
+HERE="$(cd "$(dirname "$0")" && pwd)"
 NX_VENV="$CACHE/nx-venv"
 mkdir -p "$CACHE" "$DATA"
 
@@ -29,14 +35,6 @@ wait_for() { # name seconds command...
   log "$name ready"
 }
 
-install_tansu() {
-  if [ -x "$TANSU" ]; then return; fi
-  log "installing tansu (about 9 minutes on 2 cores, once; cached in $TANSU)"
-  # The default features have no storage engine; dynostore+libsql give memory:// and sqlite://.
-  cargo install --locked tansu --features dynostore,libsql >"$CACHE/tansu-install.log" 2>&1 \
-    || { tail -20 "$CACHE/tansu-install.log" >&2; return 1; }
-}
-
 install_nx() {
   if [ -x "$NX_VENV/bin/nx-27017" ]; then return; fi
   log "installing nx-27017 into $NX_VENV"
@@ -44,25 +42,71 @@ install_nx() {
   "$NX_VENV/bin/pip" install -q nx-27017
 }
 
+# Apache Kafka's broker, controller, storage and admin tools with their dependencies, copied
+# from Maven Central by scripts/kafka/pom.xml; nothing is downloaded from anywhere else.
+install_kafka() {
+  if [ -f "$KAFKA_HOME/.complete" ]; then return; fi
+  command -v java >/dev/null || { log "Java 17+ is needed for the Kafka broker"; return 1; }
+  command -v mvn >/dev/null || { log "Maven is needed to fetch the Kafka broker"; return 1; }
+  log "fetching Apache Kafka 4.4.0 from Maven Central into $KAFKA_HOME (once, about a minute)"
+  rm -rf "$KAFKA_HOME"; mkdir -p "$KAFKA_HOME/libs"
+  mvn -q -B -f "$HERE/kafka/pom.xml" dependency:copy-dependencies -DincludeScope=runtime \
+    -DoutputDirectory="$KAFKA_HOME/libs" >"$CACHE/kafka-fetch.log" 2>&1 \
+    || { tail -20 "$CACHE/kafka-fetch.log" >&2; return 1; }
+  touch "$KAFKA_HOME/.complete"
+}
+
+kafka_java() { # main-class args...
+  java -Xms256m -Xmx256m -cp "$KAFKA_HOME/libs/*" -Dlog4j2.configurationFile="$HERE/kafka/log4j2.yaml" \
+    -Dkafka.logs.dir="$DATA/kafka" "$@"
+}
+
+# Readiness: the broker answers a metadata request (the admin client's describeCluster).
+kafka_ready() {
+  port_open "$KAFKA_PORT" && kafka_java org.apache.kafka.tools.ClusterTool cluster-id \
+    --bootstrap-server "127.0.0.1:$KAFKA_PORT" 2>/dev/null | grep -q "Cluster ID"
+}
+
 kafka_up() {
-  install_tansu
-  if port_open "$KAFKA_PORT"; then log "kafka-protocol broker already on :$KAFKA_PORT"; return; fi
-  mkdir -p "$DATA/tansu"
-  # Memory storage: with SQLite, fetches scan to the end of the store and the broker fell
-  # behind under the guarantee tests (requests timing out after 10 s, group sessions lost).
-  # Its quirk — ListOffsets(latest) answers the first offset of the last batch + 1 — is
-  # handled in the tests by sealing each partition with a single-record batch.
-  # (With sqlite://, Tansu 0.6 resolves the path against its working directory.)
-  (
-    cd "$DATA/tansu" || exit 1
-    nohup "$TANSU" broker \
-      --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-      --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-      --storage-engine "${HERALD_TANSU_STORAGE:-memory://tansu/}" \
-      >tansu.log 2>&1 </dev/null &
-    echo $! >pid
-  )
-  wait_for tansu 60 port_open "$KAFKA_PORT"
+  install_kafka
+  if port_open "$KAFKA_PORT"; then log "kafka already on :$KAFKA_PORT"; return; fi
+  local dir="$DATA/kafka"
+  mkdir -p "$dir/log"
+  cat >"$dir/server.properties" <<PROPS
+# Written by scripts/backends.sh: a one-node KRaft cluster for tests, on loopback only.
+process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=127.0.0.1:$KAFKA_CONTROLLER_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs=$dir/log
+num.partitions=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=8
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+# Tests start and stop consumers all the time: no initial rebalance delay, and short
+# session timeouts allowed (a dead static member must lose its partitions within a test).
+group.initial.rebalance.delay.ms=0
+group.min.session.timeout.ms=1000
+auto.create.topics.enable=false
+PROPS
+  if [ ! -f "$dir/log/meta.properties" ]; then
+    local id; id=$(kafka_java kafka.tools.StorageTool random-uuid)
+    kafka_java kafka.tools.StorageTool format --standalone -t "$id" -c "$dir/server.properties" \
+      >"$dir/format.log" 2>&1 || { cat "$dir/format.log" >&2; return 1; }
+  fi
+  nohup java -Xms"$KAFKA_HEAP" -Xmx"$KAFKA_HEAP" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+    -Djava.awt.headless=true -cp "$KAFKA_HOME/libs/*" \
+    -Dlog4j2.configurationFile="$HERE/kafka/log4j2.yaml" -Dkafka.logs.dir="$dir" \
+    kafka.Kafka "$dir/server.properties" >"$dir/stdout.log" 2>&1 </dev/null &
+  echo $! >"$dir/pid"
+  wait_for kafka 120 kafka_ready
 }
 
 mongo_up() {
@@ -79,11 +123,11 @@ mongo_up() {
 
 redis_up() {
   if redis-cli -h 127.0.0.1 ping >/dev/null 2>&1; then log "redis already running"; else
-    command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }
+    command -v redis-server >/dev/null || { log "installing redis-server"; apt_install redis-server; }
     redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
     wait_for redis 30 redis-cli -h 127.0.0.1 ping
   fi
-  # Retry wake-ups use key-expiry events (CONTRACT §5).
+  # Retry wake-ups use key-expiry events (docs/REFERENCE.md §5).
   redis-cli -h 127.0.0.1 config set notify-keyspace-events Ex >/dev/null || true
 }
 
@@ -124,7 +168,7 @@ stop_pidfile() {
 
 case "${1:-up}" in
   up) redis_up; mongo_up; kafka_up; rabbit_up; tools_up ;;
-  down) stop_pidfile "$DATA/tansu/pid"; stop_pidfile "$DATA/nx/pid"; log "stopped tansu and nx-27017" ;;
+  down) stop_pidfile "$DATA/kafka/pid"; stop_pidfile "$DATA/nx/pid"; log "stopped kafka and nx-27017" ;;
   status)
     port_open "$KAFKA_PORT" && echo "kafka   up :$KAFKA_PORT" || echo "kafka   down"
     port_open "$MONGO_PORT" && echo "mongo   up :$MONGO_PORT" || echo "mongo   down"

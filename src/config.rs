@@ -62,7 +62,41 @@ pub struct KafkaConfig {
     #[serde(default)]
     pub group_instance_id: Option<String>,
     pub partitions: i32,
+    /// librdkafka properties passed through to the consumer, the producer and the admin
+    /// client (`[kafka.options]`, e.g. `"security.protocol" = "SASL_SSL"`). Herald's own
+    /// settings that the guarantees need (no auto-commit, no automatic offset store) win.
+    #[serde(default)]
+    pub options: BTreeMap<String, Value>,
 }
+
+impl KafkaConfig {
+    /// `kafka.options` as librdkafka strings (validated to be scalars).
+    pub fn option_strings(&self) -> Vec<(String, String)> {
+        self.options
+            .iter()
+            .filter_map(|(k, v)| scalar_string(v).map(|s| (k.clone(), s)))
+            .collect()
+    }
+}
+
+fn scalar_string(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Integer(i) => Some(i.to_string()),
+        Value::Float(f) => Some(f.to_string()),
+        Value::Boolean(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// librdkafka properties Herald sets itself because the guarantees depend on them.
+pub const KAFKA_FORCED_OPTIONS: &[&str] = &[
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "group.id",
+    "group.instance.id",
+    "bootstrap.servers",
+];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -444,6 +478,20 @@ impl Config {
                 format!("must be at least retry.base_ms ({})", self.retry.base_ms),
             ));
         }
+        for (key, value) in &self.kafka.options {
+            let at = format!("kafka.options.{key}");
+            if scalar_string(value).is_none() {
+                return Err(err(&at, "must be a string, number or boolean".into()));
+            }
+            if KAFKA_FORCED_OPTIONS.contains(&key.as_str()) {
+                return Err(err(
+                    &at,
+                    "is set by Herald (use kafka.brokers / kafka.group_id / \
+                     kafka.group_instance_id; offsets are committed only once durable)"
+                        .into(),
+                ));
+            }
+        }
         if self.kafka.topic.is_empty() {
             return Err(err("kafka.topic", "must not be empty".into()));
         }
@@ -617,7 +665,7 @@ impl Config {
     }
 }
 
-/// MongoDB collection/database names as CONTRACT §3 allows them.
+/// MongoDB collection/database names as REFERENCE.md §3 allows them.
 pub fn is_collection_name(s: &str) -> bool {
     !s.is_empty()
         && !s.as_bytes()[0].is_ascii_digit()
@@ -747,7 +795,14 @@ fn set_path(root: &mut Value, path: &[String], value: Value) {
 fn mask_secrets(v: &mut Value) {
     match v {
         Value::String(s) => *s = mask_url_password(s),
-        Value::Table(t) => t.iter_mut().for_each(|(_, v)| mask_secrets(v)),
+        Value::Table(t) => t.iter_mut().for_each(|(k, v)| {
+            // librdkafka secrets (`sasl.password`, `ssl.key.password`, ...) in kafka.options.
+            if k.contains("password") || k.contains("secret") {
+                *v = Value::String("****".into());
+            } else {
+                mask_secrets(v)
+            }
+        }),
         Value::Array(a) => a.iter_mut().for_each(mask_secrets),
         _ => {}
     }
@@ -840,6 +895,31 @@ mod tests {
         let e = load(&[("y.toml", "[batch\n")], &[]).unwrap_err();
         assert_eq!(e.source_name, "y.toml");
         assert!(e.key.starts_with("line"));
+    }
+
+    #[test]
+    fn kafka_options_pass_through_and_guarded_keys_are_refused() {
+        let c = load(
+            &[(
+                "k.toml",
+                "[kafka.options]\n\"security.protocol\" = \"SASL_SSL\"\n\"fetch.wait.max.ms\" = 20\n\"sasl.password\" = \"hunter2\"",
+            )],
+            &[("HERALD__KAFKA__OPTIONS__session.timeout.ms", "6000")],
+        )
+        .unwrap();
+        let opts = c.kafka.option_strings();
+        assert!(opts.contains(&("security.protocol".into(), "SASL_SSL".into())));
+        assert!(opts.contains(&("fetch.wait.max.ms".into(), "20".into())));
+        assert!(opts.contains(&("session.timeout.ms".into(), "6000".into())));
+        assert!(!c.render_effective().contains("hunter2"), "secrets masked");
+        let e = load(
+            &[("k.toml", "[kafka.options]\n\"enable.auto.commit\" = true")],
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "kafka.options.enable.auto.commit");
+        let e = load(&[("k.toml", "[kafka.options]\n\"x\" = [1]")], &[]).unwrap_err();
+        assert!(e.problem.contains("string, number or boolean"), "{e}");
     }
 
     #[test]

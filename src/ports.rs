@@ -76,6 +76,11 @@ pub trait Source: Send + Sync + 'static {
     fn dead_letter(&self, letters: Vec<DeadLetter>) -> BoxFut<Result<(), SourceError>>;
     /// The partition's high watermark, for lag, if known.
     fn high_watermark(&self, partition: u32) -> Option<u64>;
+    /// Whether the source stopped fetching the partition because its hand-off is full
+    /// (`herald_source_paused`).
+    fn is_paused(&self, _partition: u32) -> bool {
+        false
+    }
     /// Whether an offset names the same message forever (Kafka), so a user's last applied
     /// offset can reject replays. RabbitMQ delivery positions are per consumer session.
     fn durable_positions(&self) -> bool {
@@ -168,7 +173,7 @@ pub struct SendRequest {
 }
 
 impl SendRequest {
-    /// `Idempotency-Key: <message id>:<attempt>` (CONTRACT §5).
+    /// `Idempotency-Key: <message id>:<attempt>` (REFERENCE.md §5).
     pub fn idempotency_key(&self) -> String {
         format!("{}:{}", self.message_id, self.attempt)
     }

@@ -1,4 +1,4 @@
-//! `herald provider-sim`: a simulated SMS/email/push provider speaking CONTRACT §5 over HTTP,
+//! `herald provider-sim`: a simulated SMS/email/push provider speaking REFERENCE.md §5 over HTTP,
 //! for demos, tests, benchmarks and docker-compose.
 //!
 //! - `POST /v1/messages` takes a send. A repeated `Idempotency-Key` gets the first answer

@@ -61,6 +61,9 @@ fn kafka_settings(config: &Config) -> KafkaSettings {
         group_id: config.kafka.group_id.clone(),
         group_instance_id: config.kafka.group_instance_id.clone(),
         partitions: config.kafka.partitions,
+        options: config.kafka.option_strings(),
+        // Two fetches ahead of the partition actor; beyond that the partition is paused.
+        channel_capacity: 2 * config.pipeline.fetch_max_records,
     }
 }
 
@@ -458,14 +461,17 @@ async fn produce_kafka(
 ) -> anyhow::Result<()> {
     let brokers = config.kafka.brokers.clone();
     let topic = config.kafka.topic.clone();
+    let options = config.kafka.option_strings();
     let startup = Duration::from_millis(config.startup.timeout_ms);
     within(&format!("Kafka at {brokers}"), startup, || {
         let b = brokers.clone();
         let t = topic.clone();
+        let o = options.clone();
         let parts = config.kafka.partitions;
         async move {
             ensure_topics(
                 &b,
+                &o,
                 &[(&t, parts), (&format!("{t}.dlq"), 1)],
                 Duration::from_secs(5),
             )
@@ -473,9 +479,10 @@ async fn produce_kafka(
         }
     })
     .await?;
-    let producer: FutureProducer = client_config(&brokers)
+    // librdkafka's own batching (linger.ms 5, batch.size 1 MB) and the idempotent producer.
+    let producer: FutureProducer = client_config(&brokers, &options)
         .set("acks", "all")
-        .set("linger.ms", "5")
+        .set("enable.idempotence", "true")
         .set("queue.buffering.max.messages", "200000")
         .create()
         .context("creating the Kafka producer")?;

@@ -1,4 +1,4 @@
-//! Metrics of CONTRACT §7, in one registry. Each reportable thing has one method here, so the
+//! Metrics of REFERENCE.md §7, in one registry. Each reportable thing has one method here, so the
 //! metric and its log line live together instead of counters scattered through the code.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -27,6 +27,7 @@ pub struct Metrics {
     pub mongo_bulk_write_seconds: Histogram,
     documents_written: Family<Labels, Counter>,
     consumer_lag: Family<Labels, Gauge>,
+    source_paused: Family<Labels, Gauge>,
     commit_offset: Family<Labels, Gauge>,
     pub aggregators_active: Gauge,
     pub end_to_end_latency: Histogram,
@@ -61,6 +62,7 @@ impl Metrics {
         let mongo_bulk_write_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
         let documents_written = Family::<Labels, Counter>::default();
         let consumer_lag = Family::<Labels, Gauge>::default();
+        let source_paused = Family::<Labels, Gauge>::default();
         let commit_offset = Family::<Labels, Gauge>::default();
         let aggregators_active = Gauge::default();
         let end_to_end_latency = Histogram::new(exponential_buckets(0.001, 2.0, 16));
@@ -108,6 +110,11 @@ impl Metrics {
             "herald_consumer_lag",
             "Records behind the source's high watermark",
             consumer_lag.clone(),
+        );
+        registry.register(
+            "herald_source_paused",
+            "1 while the source has stopped fetching the partition (its hand-off is full)",
+            source_paused.clone(),
         );
         registry.register(
             "herald_commit_offset",
@@ -163,6 +170,7 @@ impl Metrics {
             mongo_bulk_write_seconds,
             documents_written,
             consumer_lag,
+            source_paused,
             commit_offset,
             aggregators_active,
             end_to_end_latency,
@@ -247,6 +255,12 @@ impl Metrics {
                 .get_or_create(&p)
                 .set(hw.saturating_sub(offset).min(i64::MAX as u64) as i64);
         }
+    }
+
+    pub fn source_paused(&self, partition: u32, paused: bool) {
+        self.source_paused
+            .get_or_create(&vec![("partition", partition.to_string())])
+            .set(i64::from(paused));
     }
 
     pub fn aggregators_changed(&self, delta: i64) {

@@ -1,4 +1,4 @@
-//! Property tests of the pure domain (CONTRACT §2-§5 and guarantee G2).
+//! Property tests of the pure domain (REFERENCE.md §2-§5 and guarantee G2).
 //!
 //! Case counts are modest so the file runs in seconds in a debug build; set
 //! `PROPTEST_CASES` to run more. Failures are not persisted to a regressions file: proptest
@@ -934,7 +934,7 @@ fn non_null<'a>(m: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
     m.get(key).filter(|v| !v.is_null())
 }
 
-/// The reasons the contract gives to reject `m` (empty when it is valid).
+/// The reasons REFERENCE.md §2 gives to reject `m` (empty when it is valid).
 fn violations(m: &Map<String, Value>) -> Vec<RejectReason> {
     let mut v = Vec::new();
     let mut strings: BTreeMap<&str, &str> = BTreeMap::new();
@@ -1103,7 +1103,7 @@ fn valid_event() -> impl Strategy<Value = Event> {
 proptest! {
     #![proptest_config(config(256))]
 
-    /// Property 6a: arbitrary bytes never panic; `Ok` satisfies the contract; oversize is
+    /// Property 6a: arbitrary bytes never panic; `Ok` satisfies REFERENCE.md §2; oversize is
     /// `too_large`.
     #[test]
     fn decode_arbitrary_bytes(
@@ -1119,7 +1119,7 @@ proptest! {
         }
     }
 
-    /// Property 6b: JSON-ish token soup never panics and `Ok` satisfies the contract.
+    /// Property 6b: JSON-ish token soup never panics and `Ok` satisfies REFERENCE.md §2.
     #[test]
     fn decode_json_soup(text in json_soup()) {
         if let Ok(e) = decode(text.as_bytes(), MAX_BYTES) {
@@ -1386,7 +1386,7 @@ fn floats_survive_json() {
 
 /// Serde's derived `Deserialize` for structs also accepts a JSON array (fields by position),
 /// so a top-level array is decoded as a valid event instead of `not_object`, and `tags` given
-/// as an array of two arrays is read as `add`/`remove` instead of `bad_field` (CONTRACT §2:
+/// as an array of two arrays is read as `add`/`remove` instead of `bad_field` (REFERENCE.md §2:
 /// the message is an object; `tags` is an object).
 #[test]
 fn arrays_are_not_objects() {

@@ -1,4 +1,4 @@
-//! Guarantees G1–G7 against real servers, once per source: a Kafka-protocol broker (Tansu) or
+//! Guarantees G1–G7 against real servers, once per source: Apache Kafka (KRaft) or
 //! RabbitMQ (consistent-hash exchange, single-active-consumer queues), with a MongoDB-protocol
 //! server (nx-27017) and Redis, and the `herald` binary run as a child process.
 //! Backends: `scripts/backends.sh up` (the README's test command runs it).
@@ -34,14 +34,8 @@ on_both_sources!(
     committed_never_passes_what_is_durable,
     a_mongodb_outage_pauses_and_resumes,
     a_redis_outage_pauses_and_resumes,
+    a_standby_takes_over_when_the_active_instance_is_killed,
 );
-
-/// RabbitMQ only: on Kafka (Tansu 0.6) the partitions of a killed static member stayed with
-/// it (measured: 10 minutes, never reassigned), so this runs where a standby is a concept.
-#[test]
-fn rabbitmq_a_standby_takes_over_when_the_active_instance_is_killed() {
-    a_standby_takes_over_when_the_active_instance_is_killed(Bus::Rabbit)
-}
 
 /// The DLQ holds exactly the invalid messages (a message dead-lettered again after a crash
 /// before its commit is the same message: compared as a set).
@@ -60,8 +54,8 @@ fn sigkill_and_restart_five_times_equals_the_replay(bus: Bus) {
     produce(&names, EVENTS, USERS, 11);
     let want = expected(EVENTS, USERS, 11);
     let obs = Observer::new(&names, EVENTS);
-    // Static membership: a restarted instance takes its partitions back at once (KIP-345);
-    // without it Tansu can strand a group whose member is killed while joining (BACKENDS.md).
+    // Static membership: a restarted instance takes its partitions back at once, without a
+    // group-wide rebalance (KIP-345).
     let extra = [("HERALD__KAFKA__GROUP_INSTANCE_ID", "kill-1")];
     let mut rng = SmallRng::seed_from_u64(11);
     let mut child = spawn_herald(&names, &extra, "0");
@@ -100,20 +94,31 @@ fn a_second_instance_joins_and_leaves(bus: Bus) {
     assert_users_equal(&block_on(mongo_users(&names)), &want.users);
 }
 
-/// A second instance waits while the first works; the first is SIGKILLed and the second takes
-/// over all of its partitions (queues): the result equals the replay, nothing lost or doubled.
+/// A second instance waits while the first works (RabbitMQ: a standby consumer of every
+/// queue; Kafka: a second static member sharing the partitions); the first is SIGKILLed and the
+/// second takes over all of its partitions (queues) — on Kafka once the dead member's session
+/// times out — and the result equals the replay, nothing lost or doubled.
 fn a_standby_takes_over_when_the_active_instance_is_killed(bus: Bus) {
     let names = Names::on(bus, "standby", 4);
     produce(&names, EVENTS / 2, USERS, 17);
     let want = expected(EVENTS / 2, USERS, 17);
     let obs = Observer::new(&names, EVENTS / 2);
-    let mut a = spawn_herald(&names, &[("HERALD__KAFKA__GROUP_INSTANCE_ID", "sa")], "a");
+    // A short session, so the dead static member's partitions move within the test.
+    let session = ("HERALD__KAFKA__OPTIONS__session.timeout.ms", "6000");
+    let mut a = spawn_herald(
+        &names,
+        &[("HERALD__KAFKA__GROUP_INSTANCE_ID", "sa"), session],
+        "a",
+    );
     obs.wait_progress(0, Duration::from_secs(60));
-    let mut b = spawn_herald(&names, &[("HERALD__KAFKA__GROUP_INSTANCE_ID", "sb")], "b");
+    let mut b = spawn_herald(
+        &names,
+        &[("HERALD__KAFKA__GROUP_INSTANCE_ID", "sb"), session],
+        "b",
+    );
     // Kill the worker once the second instance is in: on Kafka when the join round that
-    // brought it in has finished (it shares the partitions then; Tansu strands a group whose
-    // member is killed during a join round, BACKENDS.md), on RabbitMQ once it subscribed (it
-    // receives nothing while the first is active).
+    // brought it in has finished (it shares the partitions then), on RabbitMQ once it
+    // subscribed (it receives nothing while the first is active).
     let log_b = log_dir().join(format!("{}-b.log", names.base));
     let joined = match bus {
         Bus::Kafka => "kafka partitions assigned",
@@ -305,8 +310,12 @@ fn committed_never_passes_what_is_durable(bus: Bus) {
     assert!(checked > 0);
 }
 
-/// G7: MongoDB stops for 20 s mid-run: Herald pauses with bounded memory, says why, resumes by
-/// itself, and the result equals the replay.
+/// G7: MongoDB stops for 20 s mid-run: Herald stops *reading* once its bounds are reached
+/// (records read during the outage, from `herald_events_consumed_total`, stay below what the
+/// bounds allow; on Kafka the partitions are paused, `herald_source_paused` = 1), keeps its
+/// memory bounded, says why, resumes by itself, and the result equals the replay. The backlog
+/// per partition is larger than the in-flight bound plus the hand-off, so pausing and resuming
+/// is exercised under real fetches.
 fn a_mongodb_outage_pauses_and_resumes(bus: Bus) {
     let mut names = Names::on(bus, "g7mongo", 4);
     let port = free_port();
@@ -316,32 +325,69 @@ fn a_mongodb_outage_pauses_and_resumes(bus: Bus) {
     produce(&names, EVENTS / 2, USERS, 15);
     let want = expected(EVENTS / 2, USERS, 15);
     let obs = Observer::new(&names, EVENTS / 2);
+    let http = free_port();
+    let listen = format!("127.0.0.1:{http}");
+    const IN_FLIGHT: i64 = 5_000;
+    const FETCH: i64 = 1_000;
     let mut child = spawn_herald(
         &names,
-        &[("HERALD__KAFKA__GROUP_INSTANCE_ID", "g7m-1")],
+        &[
+            ("HERALD__KAFKA__GROUP_INSTANCE_ID", "g7m-1"),
+            ("HERALD__HTTP__LISTEN", &listen),
+            ("HERALD__PIPELINE__MAX_IN_FLIGHT_PER_PARTITION", "5000"),
+            ("HERALD__PIPELINE__FETCH_MAX_RECORDS", "1000"),
+        ],
         "0",
     );
     obs.wait_progress(0, Duration::from_secs(60));
+    let consumed = || sum(&scrape(http), "herald_events_consumed_total", &[]) as i64;
+    let read_at_kill = consumed();
     kill9(&mut mongo.0);
     let down_at = Instant::now();
-    let before = obs.progress();
     let mut max_rss = 0;
+    let mut paused_seen = false;
+    let mut read_at_5s = None;
     while down_at.elapsed() < Duration::from_secs(20) {
         max_rss = max_rss.max(rss_kib(child.id()));
+        if down_at.elapsed() > Duration::from_secs(5) && read_at_5s.is_none() {
+            read_at_5s = Some(consumed());
+        }
+        paused_seen |= sum(&scrape(http), "herald_source_paused", &[]) > 0.0;
         std::thread::sleep(Duration::from_millis(200));
     }
-    let after = obs.progress();
-    // Reading stops once the in-flight bound is reached (RabbitMQ: the prefetch).
+    let read_late = consumed() - read_at_5s.unwrap();
+    let read_during = consumed() - read_at_kill;
+    // What was in flight at the kill plus what was read after it stays within the bounds: per
+    // partition the in-flight bound, plus the hand-off (Kafka: two fetches; RabbitMQ: the
+    // prefetch, capped by the bound) and one fetch.
+    let bound = 4 * (IN_FLIGHT + 2 * FETCH + FETCH).max(2 * IN_FLIGHT);
     assert!(
-        after - before <= 4 * 20_000,
-        "Herald kept reading while MongoDB was down: {before} → {after}"
+        read_during <= bound,
+        "Herald read {read_during} records (bound {bound}) with MongoDB down"
     );
+    assert_eq!(
+        read_late, 0,
+        "Herald kept reading 5 s into the MongoDB outage"
+    );
+    if bus == Bus::Kafka {
+        assert!(
+            paused_seen,
+            "no partition was paused while MongoDB was down"
+        );
+    }
     assert!(
         max_rss < 1_500_000,
         "memory grew to {max_rss} KiB while MongoDB was down"
     );
     mongo = private_mongo(port, &data);
     obs.wait_done(Duration::from_secs(600));
+    if bus == Bus::Kafka {
+        assert_eq!(
+            sum(&scrape(http), "herald_source_paused", &[]),
+            0.0,
+            "every partition resumed"
+        );
+    }
     let (status, _) = sigterm(&mut child, Duration::from_secs(40));
     assert!(status.success());
     let log = std::fs::read_to_string(log_dir().join(format!("{}-0.log", names.base))).unwrap();

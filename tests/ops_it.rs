@@ -1,4 +1,4 @@
-//! Operating Herald on real parts: `/metrics` after traffic holds every metric of CONTRACT §7
+//! Operating Herald on real parts: `/metrics` after traffic holds every metric of REFERENCE.md §7
 //! with the values the traffic implies (parsed with a Prometheus text-format parser); a real
 //! Prometheus server scrapes Herald with the repo's scrape config; `/readyz` names the backend
 //! that is down and recovers when it returns.
@@ -37,35 +37,6 @@ webhook_secret_env = "IT_SIM_SECRET"
     )
     .unwrap();
     path
-}
-
-fn scrape(port: u16) -> prometheus_parse::Scrape {
-    let body = block_on(async {
-        reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    });
-    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
-        .expect("the exposition parses")
-}
-
-/// Sum of a series' samples whose labels include `labels`.
-fn sum(s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
-    s.samples
-        .iter()
-        .filter(|x| x.metric == name)
-        .filter(|x| labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v)))
-        .map(|x| match &x.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => *v,
-            prometheus_parse::Value::Histogram(h) => h.last().map_or(0.0, |b| b.count),
-            prometheus_parse::Value::Summary(_) => 0.0,
-        })
-        .sum()
 }
 
 fn has(s: &prometheus_parse::Scrape, name: &str) -> bool {

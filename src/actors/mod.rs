@@ -1,5 +1,7 @@
 //! The actor system: supervision, mailboxes, batching, commit tracking, backpressure.
-//! One actor per file, its messages beside it. [`Pipeline`] wires the tree of DESIGN.md.
+//! One actor per file, its messages beside it. [`Pipeline`] wires the tree: a root supervisor
+//! over the source supervisor (partition actors, each over its per-user aggregators), the
+//! batchers (sharded by user), one dispatcher per provider and the retry actor.
 
 pub mod aggregator;
 pub mod batcher;

@@ -305,10 +305,12 @@ impl PartitionActor {
         if self.committing || self.lost || position <= self.last_committed {
             // Nothing new to commit; the lag still moves with the high watermark.
             let hw = self.shared.ports.source.high_watermark(self.partition);
-            self.shared
-                .ports
-                .metrics
-                .committed(self.partition, self.last_committed, hw);
+            let metrics = &self.shared.ports.metrics;
+            metrics.committed(self.partition, self.last_committed, hw);
+            metrics.source_paused(
+                self.partition,
+                self.shared.ports.source.is_paused(self.partition),
+            );
             return;
         }
         self.committing = true;
@@ -319,8 +321,11 @@ impl PartitionActor {
             match result {
                 Ok(()) => {
                     act.last_committed = act.last_committed.max(position);
-                    let hw = act.shared.ports.source.high_watermark(act.partition);
+                    let source = &act.shared.ports.source;
+                    let hw = source.high_watermark(act.partition);
+                    let paused = source.is_paused(act.partition);
                     act.shared.ports.metrics.committed(act.partition, position, hw);
+                    act.shared.ports.metrics.source_paused(act.partition, paused);
                 }
                 Err(SourceError::Lost(_)) => {
                     tracing::warn!(

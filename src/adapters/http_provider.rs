@@ -1,4 +1,4 @@
-//! A provider over HTTP (CONTRACT §5): `POST url` with the message as JSON,
+//! A provider over HTTP (REFERENCE.md §5): `POST url` with the message as JSON,
 //! `Idempotency-Key: <message id>:<attempt>` and an optional bearer token. The answer is
 //! classified, not decided on: `2xx` accepted, `429`/`5xx`/timeout/connection error
 //! retryable (with `Retry-After`), other `4xx` rejected.

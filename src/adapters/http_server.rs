@@ -1,4 +1,4 @@
-//! Herald's HTTP listener (CONTRACT §5, §6): the webhook receiver
+//! Herald's HTTP listener (REFERENCE.md §5, §6): the webhook receiver
 //! `POST /webhooks/{provider}`, and `/metrics`, `/healthz`, `/readyz`.
 //!
 //! A callback is checked in this order, each failure with its code and no state change:

@@ -1,8 +1,9 @@
 //! Kafka source (rdkafka). One dedicated thread polls the consumer: that keeps rebalance
 //! callbacks served (rust-rdkafka #738) and hands each record to its partition's bounded
-//! channel, read by that partition's actor. A revoke blocks inside the callback until the
-//! revoked partitions drained and committed, so their next owner starts exactly after what is
-//! durable. Commits are synchronous and explicit (no auto-commit, no auto offset store).
+//! channel, read by that partition's actor; a partition whose channel is full is paused, never
+//! waited for (`kafka_poller`). A revoke blocks inside the callback until the revoked
+//! partitions drained and committed, so their next owner starts exactly after what is durable.
+//! Commits are synchronous and explicit (no auto-commit, no auto offset store).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,12 +25,10 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
 
 use super::channel_reader::ChannelReader;
+use super::kafka_poller::{set_flow, Feeds, FlowChange};
 use crate::ports::{
     AssignmentEvent, BoxFut, DeadLetter, PartitionReader, Record, Source, SourceError,
 };
-
-/// Records buffered per partition between the poll thread and the partition actor.
-const CHANNEL_CAPACITY: usize = 20_000;
 
 /// Settings of the Kafka source (`kafka.*`).
 #[derive(Debug, Clone)]
@@ -40,9 +39,12 @@ pub struct KafkaSettings {
     pub group_instance_id: Option<String>,
     /// Partitions of the topic when Herald has to create it.
     pub partitions: i32,
+    /// `kafka.options`: librdkafka properties for every client Herald creates.
+    pub options: Vec<(String, String)>,
+    /// Records buffered per partition between the poll thread and its actor.
+    pub channel_capacity: usize,
 }
 
-type Senders = Arc<Mutex<HashMap<u32, mpsc::Sender<Record>>>>;
 type Receivers = Arc<Mutex<HashMap<u32, mpsc::Receiver<Record>>>>;
 
 pub struct RebalanceContext {
@@ -50,7 +52,7 @@ pub struct RebalanceContext {
     /// Set when the source closes: a revoke then has nobody to drain for it.
     closing: Arc<AtomicBool>,
     events: mpsc::UnboundedSender<AssignmentEvent>,
-    senders: Senders,
+    feeds: Feeds,
     receivers: Receivers,
 }
 
@@ -69,11 +71,8 @@ impl ConsumerContext for RebalanceContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             let partitions = self.partitions(tpl);
-            {
-                let mut senders = self.senders.lock();
-                for p in &partitions {
-                    senders.remove(p);
-                }
+            for p in &partitions {
+                let _ = self.feeds.close(*p);
             }
             if partitions.is_empty() || self.closing.load(Ordering::Acquire) {
                 return;
@@ -95,19 +94,18 @@ impl ConsumerContext for RebalanceContext {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 let partitions = self.partitions(tpl);
                 {
-                    let mut senders = self.senders.lock();
                     let mut receivers = self.receivers.lock();
                     for p in &partitions {
-                        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-                        senders.insert(*p, tx);
-                        receivers.insert(*p, rx);
+                        receivers.insert(*p, self.feeds.open(*p));
                     }
                 }
+                // A partition paused in an earlier assignment must not stay paused.
+                set_flow(consumer, &self.topic, &partitions, false);
                 tracing::info!(?partitions, "kafka partitions assigned");
                 let _ = self.events.send(AssignmentEvent::Assigned(partitions));
             }
@@ -124,7 +122,7 @@ pub struct KafkaSource {
     consumer: Arc<HeraldConsumer>,
     producer: FutureProducer,
     assignments: Mutex<Option<mpsc::UnboundedReceiver<AssignmentEvent>>>,
-    senders: Senders,
+    feeds: Feeds,
     receivers: Receivers,
     stop: Arc<AtomicBool>,
     poller: Mutex<Option<JoinHandle<()>>>,
@@ -135,22 +133,29 @@ fn unavailable(e: KafkaError) -> SourceError {
     SourceError::Unavailable(e.to_string())
 }
 
-pub fn client_config(brokers: &str) -> ClientConfig {
+/// The base of every Kafka client Herald creates: the brokers, then `kafka.options`.
+pub fn client_config(brokers: &str, options: &[(String, String)]) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", brokers)
         .set("socket.timeout.ms", "10000")
         .set("log_level", "3");
+    for (k, v) in options {
+        c.set(k, v);
+    }
     c
 }
 
-/// Creates the topics if they do not exist (Tansu auto-creates with 4 partitions otherwise).
+/// Creates the topics if they do not exist (a broker's auto-creation would pick its own
+/// partition count).
 pub async fn ensure_topics(
     brokers: &str,
+    options: &[(String, String)],
     topics: &[(&str, i32)],
     timeout: Duration,
 ) -> Result<(), SourceError> {
-    let admin: AdminClient<DefaultClientContext> =
-        client_config(brokers).create().map_err(unavailable)?;
+    let admin: AdminClient<DefaultClientContext> = client_config(brokers, options)
+        .create()
+        .map_err(unavailable)?;
     let new: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|(name, partitions)| {
@@ -186,39 +191,23 @@ impl KafkaSource {
         let dlq = format!("{}.dlq", settings.topic);
         ensure_topics(
             &settings.brokers,
+            &settings.options,
             &[(&settings.topic, settings.partitions), (&dlq, 1)],
             timeout,
         )
         .await?;
         let (events, assignments) = mpsc::unbounded_channel();
-        let senders: Senders = Arc::default();
+        let feeds = Feeds::new(settings.channel_capacity);
         let receivers: Receivers = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let context = RebalanceContext {
             topic: settings.topic.clone(),
             closing: stop.clone(),
             events,
-            senders: senders.clone(),
+            feeds: feeds.clone(),
             receivers: receivers.clone(),
         };
-        let mut config = client_config(&settings.brokers);
-        config
-            .set("group.id", &settings.group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            // Eager assignment: Tansu's cooperative-sticky took 8–11 s and left revoked
-            // partitions unconsumed meanwhile (BACKENDS.md).
-            .set("partition.assignment.strategy", "roundrobin")
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000")
-            .set("max.poll.interval.ms", "300000")
-            // The broker may hold a fetch this long when little data is waiting (the default
-            // 500 ms was most of the end-to-end latency at moderate rates).
-            .set("fetch.wait.max.ms", "50");
-        if let Some(id) = &settings.group_instance_id {
-            config.set("group.instance.id", id);
-        }
+        let config = consumer_config(&settings);
         let consumer: HeraldConsumer = config.create_with_context(context).map_err(unavailable)?;
         let consumer = Arc::new(consumer);
         let probe = consumer.clone();
@@ -242,9 +231,8 @@ impl KafkaSource {
         consumer
             .subscribe(&[&settings.topic])
             .map_err(unavailable)?;
-        let producer: FutureProducer = client_config(&settings.brokers)
+        let producer: FutureProducer = client_config(&settings.brokers, &settings.options)
             .set("acks", "all")
-            .set("enable.idempotence", "false")
             .create()
             .map_err(unavailable)?;
         let source = Arc::new(KafkaSource {
@@ -252,7 +240,7 @@ impl KafkaSource {
             consumer,
             producer,
             assignments: Mutex::new(Some(assignments)),
-            senders,
+            feeds,
             receivers,
             stop,
             poller: Mutex::new(None),
@@ -264,41 +252,12 @@ impl KafkaSource {
 
     fn spawn_poller(&self) {
         let consumer = self.consumer.clone();
-        let senders = self.senders.clone();
+        let feeds = self.feeds.clone();
         let stop = self.stop.clone();
         let topic = self.settings.topic.clone();
         let handle = std::thread::Builder::new()
             .name("kafka-poll".into())
-            .spawn(move || {
-                while !stop.load(Ordering::Acquire) {
-                    match consumer.poll(Duration::from_millis(100)) {
-                        None => {}
-                        Some(Err(e)) => tracing::warn!(error = %e, "kafka poll error"),
-                        Some(Ok(m)) => {
-                            if m.topic() != topic {
-                                continue;
-                            }
-                            let partition = m.partition() as u32;
-                            let record = Record {
-                                partition,
-                                offset: m.offset() as u64,
-                                key: m.key().map(Bytes::copy_from_slice),
-                                payload: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
-                                timestamp_ms: m.timestamp().to_millis(),
-                            };
-                            let sender = senders.lock().get(&partition).cloned();
-                            // A record of a partition no longer ours is dropped: it is not
-                            // committed, so its next owner reads it. A full channel blocks the
-                            // poller: only a stalled pipeline fills one, and then all partitions
-                            // wait on the same stores anyway. (Pausing the partition instead lost
-                            // records on resume against Tansu: gaps in the offsets, measured.)
-                            if let Some(s) = sender {
-                                let _ = s.blocking_send(record);
-                            }
-                        }
-                    }
-                }
-            })
+            .spawn(move || poll_loop(&consumer, &feeds, &stop, &topic))
             .expect("spawning the kafka poll thread");
         *self.poller.lock() = Some(handle);
         // Lag has its own thread: asking the broker for watermarks must never delay polling
@@ -332,11 +291,85 @@ impl KafkaSource {
     /// Stops polling and closes the consumer (after the partitions drained).
     pub fn close(&self) {
         self.stop.store(true, Ordering::Release);
-        self.senders.lock().clear();
+        self.feeds.close_all();
         if let Some(h) = self.poller.lock().take() {
             let _ = h.join();
         }
         self.consumer.unsubscribe();
+    }
+}
+
+/// The consumer's settings: Herald's defaults, then `kafka.options`, then what the guarantees
+/// need (which `kafka.options` may not name; the config loader refuses them).
+fn consumer_config(settings: &KafkaSettings) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &settings.brokers)
+        .set("socket.timeout.ms", "10000")
+        .set("log_level", "3")
+        .set("auto.offset.reset", "earliest")
+        // Eager assignment: a revoke hands every partition back at once, which keeps the
+        // drain-then-commit protocol of the revoke callback simple; static membership
+        // (group.instance.id) avoids rebalances on restarts altogether.
+        .set("partition.assignment.strategy", "roundrobin")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000")
+        .set("max.poll.interval.ms", "300000");
+    for (k, v) in tuned_fetch_defaults() {
+        config.set(k, v);
+    }
+    for (k, v) in &settings.options {
+        config.set(k, v);
+    }
+    config
+        .set("group.id", &settings.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false");
+    if let Some(id) = &settings.group_instance_id {
+        config.set("group.instance.id", id);
+    }
+    config
+}
+
+/// Fetch settings chosen by measurement on Apache Kafka (BENCHMARKS.md, "Consumer settings");
+/// each can be overridden through `kafka.options`.
+fn tuned_fetch_defaults() -> [(&'static str, &'static str); 1] {
+    // The broker holds a fetch at most this long when little data is waiting: the default
+    // 500 ms was most of the end-to-end latency at moderate rates.
+    [("fetch.wait.max.ms", "50")]
+}
+
+/// The poll loop of the `kafka-poll` thread: polls, hands records to their partitions, pauses
+/// the ones whose channel is full and resumes them as they drain. It never blocks on a
+/// partition; only a revoke callback (served inside `poll`) waits, for the drain.
+fn poll_loop(consumer: &HeraldConsumer, feeds: &Feeds, stop: &AtomicBool, topic: &str) {
+    while !stop.load(Ordering::Acquire) {
+        let resume = feeds.drain_pending();
+        set_flow(consumer, topic, &resume, false);
+        let wait = if feeds.any_paused() {
+            Duration::from_millis(10)
+        } else {
+            Duration::from_millis(100)
+        };
+        match consumer.poll(wait) {
+            None => {}
+            Some(Err(e)) => tracing::warn!(error = %e, "kafka poll error"),
+            Some(Ok(m)) => {
+                if m.topic() != topic {
+                    continue;
+                }
+                let record = Record {
+                    partition: m.partition() as u32,
+                    offset: m.offset() as u64,
+                    key: m.key().map(Bytes::copy_from_slice),
+                    payload: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+                    timestamp_ms: m.timestamp().to_millis(),
+                };
+                if let FlowChange::Pause(p) = feeds.push(record) {
+                    set_flow(consumer, topic, &[p], true);
+                }
+            }
+        }
     }
 }
 
@@ -376,12 +409,11 @@ impl Source for KafkaSource {
             return Ok(Arc::new(ChannelReader::new(0, rx)));
         }
         // A restart of a partition we still own: rewind to its committed position and give
-        // the new incarnation a fresh channel. Records polled before the seek go to the old,
-        // dropped channel; librdkafka discards fetched records older than the seek.
-        if !self.senders.lock().contains_key(&partition) {
+        // the new incarnation a fresh channel. Records polled before the seek have no feed
+        // and are dropped; librdkafka discards fetched records older than the seek.
+        let Some(was_paused) = self.feeds.close(partition) else {
             return Err(SourceError::NotAssigned(partition));
-        }
-        self.senders.lock().remove(&partition);
+        };
         let topic = &self.settings.topic;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(topic, partition as i32);
@@ -400,8 +432,10 @@ impl Source for KafkaSource {
         self.consumer
             .seek(topic, partition as i32, offset, Duration::from_secs(10))
             .map_err(unavailable)?;
-        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-        self.senders.lock().insert(partition, tx);
+        let rx = self.feeds.open(partition);
+        if was_paused {
+            set_flow(&*self.consumer, topic, &[partition], false);
+        }
         Ok(Arc::new(ChannelReader::new(0, rx)))
     }
 
@@ -464,5 +498,9 @@ impl Source for KafkaSource {
 
     fn high_watermark(&self, partition: u32) -> Option<u64> {
         self.high_watermarks.lock().get(&partition).copied()
+    }
+
+    fn is_paused(&self, partition: u32) -> bool {
+        self.feeds.is_paused(partition)
     }
 }

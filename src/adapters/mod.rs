@@ -4,6 +4,7 @@ pub mod channel_reader;
 pub mod embedded_source;
 pub mod http_provider;
 pub mod http_server;
+pub mod kafka_poller;
 pub mod kafka_source;
 pub mod memory_docs;
 pub mod memory_retry;

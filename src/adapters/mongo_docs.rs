@@ -158,7 +158,7 @@ fn opt_str(v: &Option<String>) -> Bson {
     v.as_ref().map_or(Bson::Null, |s| Bson::String(s.clone()))
 }
 
-/// The `users` document of CONTRACT §3 (without `_id`).
+/// The `users` document of REFERENCE.md §3 (without `_id`).
 pub fn user_document(profile: &UserProfile, updated_at: i64) -> Document {
     let traits: Document = profile
         .traits

@@ -1,11 +1,13 @@
-//! The durable retry schedule in Redis (CONTRACT §5).
+//! The durable retry schedule in Redis (REFERENCE.md §5).
 //!
 //! - `<prefix>retry:due`: a sorted set, message id → due time (ms). The truth.
 //! - `<prefix>retry:entry`: a hash, message id → attempt number.
 //! - `<prefix>retry:wake` in the dedicated `redis.retry_db`: one timer key whose expiry wakes
 //!   the retry actors of every instance early. One key, not one per message: expiry events
-//!   get later the more TTL keys share a database (BACKENDS.md), and they are fire-and-forget,
-//!   so the sweeper stays the safety net.
+//!   get later the more TTL keys share a database (measured: a median of ~0.1 s alone, ~24 s
+//!   next to 10k other TTL keys; keys in other databases did not slow them), and they are
+//!   fire-and-forget (a disconnected subscriber misses them), so the sweeper stays the safety
+//!   net.
 //!
 //! Claims are Lua scripts (atomic on the server), so with several instances each due entry is
 //! leased to exactly one of them.

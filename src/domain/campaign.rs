@@ -1,4 +1,4 @@
-//! Campaign rules and templating (CONTRACT §4): a track event triggers a message whose
+//! Campaign rules and templating (REFERENCE.md §4): a track event triggers a message whose
 //! recipient and body come from the user's state right after the trigger is applied.
 
 use std::fmt;

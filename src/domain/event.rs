@@ -1,4 +1,4 @@
-//! Decoding and validating Segment-shaped input messages (CONTRACT §2).
+//! Decoding and validating Segment-shaped input messages (REFERENCE.md §2).
 //!
 //! The fast path deserialises straight into borrowed fields; only when serde reports a
 //! type error do we re-parse as a generic JSON value to name the offending field, so

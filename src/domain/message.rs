@@ -1,4 +1,4 @@
-//! The message document and its strict status machine (CONTRACT §3).
+//! The message document and its strict status machine (REFERENCE.md §3).
 //!
 //! `delivered`, `failed` and `skipped` are terminal: nothing moves a message out of them,
 //! and a late `sent` never overwrites `delivered`.

@@ -1,4 +1,4 @@
-//! The retry policy (CONTRACT §5): attempt `n` is due after `base × 2^(n-1)` with full
+//! The retry policy (REFERENCE.md §5): attempt `n` is due after `base × 2^(n-1)` with full
 //! jitter, capped at `max_delay`; after `max_attempts` the message fails.
 
 /// Retry settings (`retry.*`).

@@ -1,4 +1,4 @@
-//! Webhook signatures (CONTRACT §5): `X-Herald-Signature: v1=<hex HMAC-SHA256(secret,
+//! Webhook signatures (REFERENCE.md §5): `X-Herald-Signature: v1=<hex HMAC-SHA256(secret,
 //! timestamp + "." + raw body)>` with `X-Herald-Timestamp: <unix seconds>`, accepted within
 //! a window around the receiver's clock. Pure: the caller passes the time in.
 

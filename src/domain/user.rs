@@ -1,4 +1,4 @@
-//! The per-user aggregation state machine: exactly the `users` document of CONTRACT §3,
+//! The per-user aggregation state machine: exactly the `users` document of REFERENCE.md §3,
 //! plus what makes re-application harmless (last applied positions and the dedup window).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -52,7 +52,7 @@ impl UserProfile {
                         }
                     }
                 }
-                // Add is applied before remove (CONTRACT §2).
+                // Add is applied before remove (REFERENCE.md §2).
                 for tag in tags_add {
                     if !self.tags.contains(tag) {
                         self.tags.insert(tag.clone());

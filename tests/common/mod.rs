@@ -117,17 +117,14 @@ pub fn log_dir() -> PathBuf {
     d
 }
 
-/// Publishes the deterministic workload (the same one [`expected`] replays), keyed by user,
-/// **one record per batch**. Tansu's memory storage (BACKENDS.md) serves a fetch that starts in
-/// the middle of a batch from the *next* batch — measured here: fetching from offset 1234 of a
-/// batched topic returned 1832 first — so a consumer resuming from a commit inside a batch would
-/// silently skip records. And its ListOffsets(latest) is the first offset of the last batch + 1.
-/// Single-record batches avoid both; `herald produce` (batched) is exercised by the demo docs.
+/// Publishes the deterministic workload (the same one [`expected`] replays), keyed by user, the
+/// way an application's producer would: librdkafka's defaults (batches with `linger.ms`,
+/// compression allowed, idempotent), so a consumer's commit routinely falls inside a batch.
 /// On RabbitMQ: published through the consistent-hash exchange with publisher confirms.
 pub fn produce(names: &Names, events: u64, users: u64, seed: u64) {
     let records = Workload::new(WorkloadSpec::new(events, users, seed)).map(|m| (m.key, m.payload));
     match names.bus {
-        Bus::Kafka => produce_single_record_batches(names, records),
+        Bus::Kafka => produce_kafka(names, records),
         Bus::Rabbit => rabbit::Amqp::connect(names).publish(records),
     }
 }
@@ -202,23 +199,52 @@ impl Observer {
 }
 
 impl Drop for Observer {
+    /// Deletes the test's topics (queues) once it passed; a failed test keeps them to look at.
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
         if let Some(amqp) = &self.amqp {
             amqp.delete_topology();
+        }
+        if self.kafka.is_some() {
+            delete_topics(&self.names);
         }
     }
 }
 
+fn delete_topics(names: &Names) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", BROKERS)
+        .create()
+        .unwrap();
+    let dlq = format!("{}.dlq", names.base);
+    let topics = [names.topic(), dlq];
+    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    match block_on(admin.delete_topics(&topics, &opts)) {
+        Ok(results) => {
+            for (topic, code) in results.into_iter().filter_map(Result::err) {
+                eprintln!("could not delete test topic {topic}: {code}");
+            }
+        }
+        Err(e) => eprintln!("could not delete the test topics: {e}"),
+    }
+}
+
 /// Creates the test's topics (Herald creates them with the right partition count when it
-/// starts; the producer would otherwise auto-create them) and publishes `(key, payload)` in
-/// order, one record per batch.
-fn produce_single_record_batches<K: AsRef<[u8]>, P: AsRef<[u8]>>(
+/// starts; the broker's auto-creation is off) and publishes `(key, payload)` in order, with
+/// librdkafka's default batching and LZ4 compression, `acks=all`, idempotent.
+fn produce_kafka<K: AsRef<[u8]>, P: AsRef<[u8]>>(
     names: &Names,
     records: impl IntoIterator<Item = (K, P)>,
 ) {
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     block_on(herald::adapters::kafka_source::ensure_topics(
         BROKERS,
+        &[],
         &[
             (&names.base, names.partitions),
             (&format!("{}.dlq", names.base), 1),
@@ -228,9 +254,9 @@ fn produce_single_record_batches<K: AsRef<[u8]>, P: AsRef<[u8]>>(
     .unwrap();
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", BROKERS)
-        .set("batch.num.messages", "1")
-        .set("linger.ms", "0")
-        .set("acks", "1")
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("compression.type", "lz4")
         .set("queue.buffering.max.messages", "1000000")
         .create()
         .unwrap();
@@ -509,17 +535,24 @@ pub fn dead_letters(names: &Names) -> Vec<(Vec<u8>, String)> {
         .create()
         .unwrap();
     let dlq = format!("{}.dlq", names.base);
+    // Read up to the high watermark: everything Herald dead-lettered before this call.
+    let (_, high) = consumer
+        .fetch_watermarks(&dlq, 0, Duration::from_secs(10))
+        .unwrap();
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(&dlq, 0, Offset::Beginning)
         .unwrap();
     consumer.assign(&tpl).unwrap();
     let mut out = Vec::new();
-    // Read until quiet: Tansu's memory storage reports a high watermark short of the end
-    // (first offset of the last batch + 1), so the watermark cannot say when we are done.
-    let mut quiet_since = Instant::now();
-    while quiet_since.elapsed() < Duration::from_secs(3) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut next = 0;
+    while next < high {
+        assert!(
+            Instant::now() < deadline,
+            "dead letters not readable up to {high}"
+        );
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            quiet_since = Instant::now();
+            next = m.offset() + 1;
             let error = m
                 .headers()
                 .and_then(|h| {
@@ -590,6 +623,36 @@ impl Drop for Private {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Herald's `/metrics` on `port`, parsed.
+pub fn scrape(port: u16) -> prometheus_parse::Scrape {
+    let body = block_on(async {
+        reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
+        .expect("the exposition parses")
+}
+
+/// Sum of a series' samples whose labels include `labels`.
+pub fn sum(s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    s.samples
+        .iter()
+        .filter(|x| x.metric == name)
+        .filter(|x| labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v)))
+        .map(|x| match &x.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => *v,
+            prometheus_parse::Value::Histogram(h) => h.last().map_or(0.0, |b| b.count),
+            prometheus_parse::Value::Summary(_) => 0.0,
+        })
+        .sum()
 }
 
 pub fn free_port() -> u16 {
@@ -668,9 +731,9 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Publishes `(key, payload)` records in order, one record per batch (see [`produce`]).
+/// Publishes `(key, payload)` records in order, batched as [`produce`] does.
 pub fn produce_records(names: &Names, records: &[(String, String)]) {
-    produce_single_record_batches(names, records.iter().map(|(k, p)| (k, p)));
+    produce_kafka(names, records.iter().map(|(k, p)| (k, p)));
 }
 
 /// Starts `herald run --config <file>` with the test's names plus `extra` environment.
