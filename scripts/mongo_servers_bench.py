@@ -206,17 +206,23 @@ class Bench:
 
     def phase(self, fn):
         """Runs one phase; a command the server refuses fails that phase only."""
+        self.deadline = time.perf_counter() + self.args.phase_seconds
         try:
             fn()
         except PyMongoError as e:
             self.check(fn.__name__, False, f"{type(e).__name__}: {e}")
 
+    def over(self):
+        """Past the phase's time budget (--phase-seconds): a timed loop then stops early."""
+        return time.perf_counter() > self.deadline
+
     # -- timed phases ------------------------------------------------------------------
     def ping(self):
-        t = time.perf_counter()
-        for _ in range(self.args.pings):
+        t, n = time.perf_counter(), 0
+        while n < self.args.pings and not self.over():
             self.db.command("ping")
-        self.rate("ping", self.args.pings, time.perf_counter() - t)
+            n += 1
+        self.rate("ping", n, time.perf_counter() - t)
 
     def users_replace(self):
         a = self.args
@@ -228,6 +234,8 @@ class Bench:
         for rev in range(passes):
             self.rng.shuffle(ids)
             for s in range(0, len(ids), a.batch):
+                if rev > 0 and self.over():  # the first pass (the inserts) always completes
+                    break
                 chunk = ids[s:s + a.batch]
                 stmts = [{"q": {"_id": uid(i)}, "u": user_doc(i, rev), "upsert": True} for i in chunk]
                 t = time.perf_counter()
@@ -328,9 +336,12 @@ class Bench:
 
     def messages_replay(self):
         a = self.args
-        spent, n, modified, upserted, errors, first = 0.0, 0, 0, 0, [], None
+        spent, n, modified, upserted, errors, first, done = 0.0, 0, 0, 0, [], None, 0
         for s in range(0, a.messages, a.batch):
+            if self.over():
+                break
             chunk = range(s, min(s + a.batch, a.messages))
+            done += len(chunk)
             stmts = [{"q": {"_id": mid(i)}, "u": {"$setOnInsert": message_doc(i, 0, rev=3)}, "upsert": True}
                      for i in chunk]
             t = time.perf_counter()
@@ -344,10 +355,10 @@ class Bench:
             modified += r.get("nModified", 0)
             upserted += len(r.get("upserted", []))
             errors += r.get("writeErrors", [])
-        self.rate("messages_replay", a.messages, spent)
+        self.rate("messages_replay", done, spent)
         self.check("messages_replay: no write errors", not errors, errors[:2])
         self.check("messages_replay: matched all, modified none, upserted none",
-                   (n, modified, upserted) == (a.messages, 0, 0),
+                   (n, modified, upserted) == (done, 0, 0),
                    f"n={n} nModified={modified} upserted={upserted}")
         sample = self.db.messages.find_one({"_id": mid(7)})
         self.check("$setOnInsert on existing document leaves it unchanged",
@@ -355,15 +366,16 @@ class Bench:
 
     def find_in(self):
         a = self.args
-        spent, bad = 0.0, []
-        for k in range(a.finds):
+        spent, bad, k = 0.0, [], 0
+        while k < a.finds and not self.over():
+            k += 1
             ids = [uid(i) for i in self.rng.sample(range(a.users), a.in_size)]
             t = time.perf_counter()
             docs = list(self.db.users.find({"_id": {"$in": ids}}))
             spent += time.perf_counter() - t
             if len(docs) != a.in_size and len(bad) < 3:
                 bad.append(f"find #{k}: {len(docs)} of {a.in_size}")
-        self.rate("find_in", a.finds, spent)
+        self.rate("find_in", k, spent)
         self.check("find_in: every $in returns all its existing documents", not bad, bad)
 
     def _versioned(self, name, upsert):
@@ -373,10 +385,10 @@ class Bench:
         spent, done, problems, diffs = 0.0, 0, [], []
         refused_codes = set()
         first_err = None
-        while done < a.versioned:
+        while done < a.versioned and not self.over():
             self.rng.shuffle(ids)
             for s in range(0, len(ids), a.group):
-                if done >= a.versioned:
+                if done >= a.versioned or self.over():
                     break
                 chunk = ids[s:s + a.group][: a.versioned - done]
                 token = self.rng.getrandbits(62)
@@ -458,8 +470,9 @@ class Bench:
     def transition_alone(self):
         a = self.args
         coll = self.db.messages
-        spent, problems = 0.0, []
-        for k in range(a.alone):
+        spent, problems, k = 0.0, [], 0
+        while k < a.alone and not self.over():
+            k += 1
             i = self.rng.randrange(a.messages)
             t = time.perf_counter()
             found = coll.find_one({"_id": mid(i)})
@@ -472,7 +485,7 @@ class Bench:
             self.msg_version[i] = v + 1
             self.msg_rev[i] += 1
             self.msg_token[i] = None
-        self.rate("transition_alone", a.alone, spent)
+        self.rate("transition_alone", k, spent)
         stale = coll.replace_one({"_id": mid(0), "version": Int64(self.msg_version[0] + 100)},
                                  message_doc(0, 999, 0))
         self.check("transition_alone: each fresh replace matched, a stale one matched 0",
@@ -669,6 +682,8 @@ def main():
     p.add_argument("--alone", type=int, default=2000, help="find_one + replace_one transitions")
     p.add_argument("--pings", type=int, default=1000)
     p.add_argument("--seed", type=int, default=27017)
+    p.add_argument("--phase-seconds", type=float, default=120.0,
+                   help="time budget of each timed phase: a slow server does fewer operations")
     p.add_argument("--pid", type=int, help="server process id: report its RSS after the run")
     p.add_argument("--json", help="also write the results to this file")
     p.add_argument("--keep", action="store_true", help="keep the database")

@@ -122,7 +122,22 @@ pub fn log_dir() -> PathBuf {
 /// compression allowed, idempotent), so a consumer's commit routinely falls inside a batch.
 /// On RabbitMQ: published through the consistent-hash exchange with publisher confirms.
 pub fn produce(names: &Names, events: u64, users: u64, seed: u64) {
-    let records = Workload::new(WorkloadSpec::new(events, users, seed)).map(|m| (m.key, m.payload));
+    produce_part(names, events, users, seed, 0..events as usize);
+}
+
+/// Publishes the messages `part` of the workload (in order), as [`produce`] does: a test can
+/// publish the rest of the same workload later and still compare with [`expected`].
+pub fn produce_part(
+    names: &Names,
+    events: u64,
+    users: u64,
+    seed: u64,
+    part: std::ops::Range<usize>,
+) {
+    let records = Workload::new(WorkloadSpec::new(events, users, seed))
+        .skip(part.start)
+        .take(part.len())
+        .map(|m| (m.key, m.payload));
     match names.bus {
         Bus::Kafka => produce_kafka(names, records),
         Bus::Rabbit => rabbit::Amqp::connect(names).publish(records),
@@ -357,9 +372,19 @@ pub fn committed(client: &BaseConsumer, names: &Names) -> Vec<i64> {
     for p in 0..names.partitions {
         tpl.add_partition(&names.topic(), p);
     }
-    let c = client
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .unwrap();
+    // The group coordinator may be moving or loading (NotCoordinator, CoordinatorLoadInProgress):
+    // the client finds it again; ask again for a while.
+    let started = Instant::now();
+    let c = loop {
+        match client.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
+            Ok(c) => break c,
+            Err(e) if started.elapsed() < Duration::from_secs(30) => {
+                eprintln!("reading committed offsets: {e}; asking again");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("reading committed offsets: {e}"),
+        }
+    };
     (0..names.partitions)
         .map(
             |p| match c.find_partition(&names.topic(), p).map(|e| e.offset()) {
