@@ -1,6 +1,9 @@
 //! Actor tests of the whole pipeline on embedded adapters: revoke/reassign, contained panics,
 //! a stalled store, passivation, the commit watermark, and dead letters.
 
+#[path = "common/oracle.rs"]
+mod oracle;
+
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -49,12 +52,14 @@ fn workload(events: u64, users: u64, seed: u64) -> Vec<(String, Bytes, MessageKi
         .collect()
 }
 
+/// The reference model's result for a workload (tests/common/oracle.rs: no Herald decoder or
+/// state machine involved).
 fn replay(msgs: &[(String, Bytes, MessageKind)]) -> BTreeMap<String, UserProfile> {
-    let events: Vec<_> = msgs
-        .iter()
-        .filter_map(|(_, p, _)| decode(p, 1 << 20).ok())
-        .collect();
-    sequential_replay(events.iter())
+    oracle::replay(
+        msgs.iter()
+            .filter(|(_, _, kind)| *kind != MessageKind::Invalid)
+            .map(|(_, p, _)| &p[..]),
+    )
 }
 
 /// Awaits a condition (polling), failing the test with `what` after `secs`.
