@@ -161,9 +161,14 @@ tools_up() {
   fi
 }
 
-stop_pidfile() {
-  local f=$1
-  if [ -f "$f" ]; then kill "$(cat "$f")" 2>/dev/null || true; rm -f "$f"; fi
+stop_pidfile() { # pid file: SIGTERM, then wait (up to 30 s) until the process is gone
+  local f=$1 pid
+  [ -f "$f" ] || return 0
+  pid=$(cat "$f")
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+  kill -9 "$pid" 2>/dev/null || true
+  rm -f "$f"
 }
 
 case "${1:-up}" in

@@ -19,7 +19,7 @@ Timed phases (the shapes of src/adapters/mongo_docs.rs and mongo_transitions.rs)
   messages_replay       the same statements again with other contents: must change nothing
   find_in               `find` of {_id: {$in: [--in-size ids]}} over users
   versioned_upsert      version-checked replacements {q:{_id, version:v}, upsert:true} in `update`
-                        commands of 500; some deliberately stale: those must fail with
+                        commands of --group (500); some deliberately stale: those must fail with
                         duplicate key (11000) and leave the document as it was
   versioned_noupsert    the same with upsert:false, as the group-commit writer sends them: stale
                         ones match nothing (n counts only the applied ones)
@@ -27,7 +27,10 @@ Timed phases (the shapes of src/adapters/mongo_docs.rs and mongo_transitions.rs)
 
 Each timed phase stops early past --phase-seconds (default 120 s; the rate is then over what was
 done, and the count printed says how much). Servers that cannot take Herald's batch sizes get
-smaller ones with --batch/--group (FerretDB 1.24: at most ~50; see /tmp/mongo-compare-report.md).
+smaller ones with --batch/--group: FerretDB 1.24 hangs for good once one `update` command has more
+statements matching existing documents than its connection pool (100 SQLite, 50 PostgreSQL), so
+give it --batch 50 --group 50. --version-index creates a unique index {_id: 1, version: 1} on
+`messages` first (mongo-java-server otherwise scans the collection for each {_id, version}).
 
 Then untimed checks: document count, a sample of documents compared field by field with strict
 BSON types (bool stays bool, int32 stays int32, int64 stays int64 even past 2^53, double stays
@@ -39,7 +42,6 @@ error codes. Each failed check prints FAIL; the exit status is 1 when any check 
 import argparse
 import datetime as dt
 import json
-import os
 import random
 import re
 import sys
