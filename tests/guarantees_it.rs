@@ -104,7 +104,9 @@ fn a_standby_takes_over_when_the_active_instance_is_killed(bus: Bus) {
     let half = (EVENTS / 4) as usize;
     produce_part(&names, EVENTS / 2, USERS, 17, 0..half);
     let want = expected(EVENTS / 2, USERS, 17);
-    let obs = Observer::new(&names, EVENTS / 2);
+    // Progress counts what was published so far: the first instance must really have started
+    // (RabbitMQ: become the active consumer) before the second one starts.
+    let mut obs = Observer::new(&names, half as u64);
     // A short session, so the dead static member's partitions move within the test.
     let session = ("HERALD__KAFKA__OPTIONS__session.timeout.ms", "6000");
     let mut a = spawn_herald(
@@ -113,6 +115,23 @@ fn a_standby_takes_over_when_the_active_instance_is_killed(bus: Bus) {
         "a",
     );
     obs.wait_progress(0, Duration::from_secs(60));
+    if bus == Bus::Rabbit {
+        // The first instance is the active consumer of every queue before the second subscribes.
+        let log_a = log_dir().join(format!("{}-a.log", names.base));
+        let started = Instant::now();
+        while std::fs::read_to_string(&log_a)
+            .unwrap_or_default()
+            .matches("active consumer of queue")
+            .count()
+            < names.partitions as usize
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the first instance never consumed every queue"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     let mut b = spawn_herald(
         &names,
         &[("HERALD__KAFKA__GROUP_INSTANCE_ID", "sb"), session],
@@ -147,6 +166,7 @@ fn a_standby_takes_over_when_the_active_instance_is_killed(bus: Bus) {
     }
     kill9(&mut a);
     produce_part(&names, EVENTS / 2, USERS, 17, half..2 * half);
+    obs.published(half as u64);
     obs.wait_done(Duration::from_secs(600));
     let (status, _) = sigterm(&mut b, Duration::from_secs(40));
     assert!(status.success());

@@ -167,6 +167,11 @@ impl Observer {
         }
     }
 
+    /// The test published `n` more messages.
+    pub fn published(&mut self, n: u64) {
+        self.produced += n as i64;
+    }
+
     /// A fresh AMQP connection (after a broker restart closed the old one).
     pub fn reconnect(&mut self) {
         if self.amqp.is_some() {
