@@ -160,7 +160,13 @@ pub struct DedupConfig {
 #[serde(deny_unknown_fields)]
 pub struct AggregatorConfig {
     pub idle_ms: u64,
-    pub max_per_partition: usize,
+    /// Most users held in memory per instance; beyond it the least valuable durable ones are
+    /// passivated.
+    pub max_resident: usize,
+    /// Before users had one owner whatever their partition, the cap was per partition. Still
+    /// accepted so old files load; ignored (see `max_resident`).
+    #[serde(default)]
+    pub max_per_partition: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -170,6 +176,9 @@ pub struct PipelineConfig {
     pub fetch_max_records: usize,
     pub commit_interval_ms: u64,
     pub workers: usize,
+    /// A revoked partition that has not drained by then is given up without a commit (its
+    /// records go to the next owner, whose fenced writes win).
+    pub revoke_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -435,9 +444,10 @@ impl Config {
             ("batch.max_wait_ms", self.batch.max_wait_ms),
             ("dedup.max_ids_per_user", self.dedup.max_ids_per_user as u64),
             ("aggregator.idle_ms", self.aggregator.idle_ms),
+            ("aggregator.max_resident", self.aggregator.max_resident as u64),
             (
-                "aggregator.max_per_partition",
-                self.aggregator.max_per_partition as u64,
+                "pipeline.revoke_timeout_ms",
+                self.pipeline.revoke_timeout_ms,
             ),
             (
                 "pipeline.max_in_flight_per_partition",

@@ -2,7 +2,7 @@
 //! workload, prints a summary, and verifies the result against a straight sequential replay
 //! of the same events. Exit 0 only if they agree.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -11,7 +11,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::config::Config;
 use crate::domain::campaign::evaluate_all;
 use crate::domain::event::decode;
-use crate::domain::user::{DedupLimits, UserProfile, UserState};
+use crate::domain::keys::{message_fingerprint, user_hash};
+use crate::domain::user::UserProfile;
 use crate::embedded::EmbeddedRig;
 use crate::workload::{MessageKind, Workload, WorkloadSpec};
 
@@ -136,27 +137,25 @@ fn verify(
     invalid_expected: usize,
 ) -> Vec<String> {
     let mut mismatches = Vec::new();
-    let limits = DedupLimits {
-        window_ms: i64::MAX,
-        max_ids: usize::MAX,
-    };
-    let mut states: BTreeMap<String, UserState> = BTreeMap::new();
+    // The plain-map profile and a set of every (user, messageId) seen: not the pipeline's
+    // compact state or its bounded dedup window.
+    let mut seen: HashSet<(u64, u64), ahash::RandomState> = HashSet::default();
+    let mut expected: BTreeMap<String, UserProfile> = BTreeMap::new();
     let mut expected_messages = BTreeSet::new();
     for m in messages {
         let Ok(event) = decode(&m.payload, config.limits.max_message_bytes) else {
             continue;
         };
-        let state = states
-            .entry(event.user_id.clone())
-            .or_insert_with(|| UserState::new(event.user_id.clone()));
-        if state.apply(None, &event, 0, limits) == crate::domain::user::ApplyOutcome::Applied {
-            for msg in evaluate_all(&config.parsed_campaigns, &event, &state.profile) {
-                expected_messages.insert(msg.id);
-            }
+        let pair = (user_hash(&event.user_id), message_fingerprint(&event.message_id));
+        if !seen.insert(pair) {
+            continue;
+        }
+        let profile = expected.entry(event.user_id.clone()).or_default();
+        profile.apply(&event);
+        for msg in evaluate_all(&config.parsed_campaigns, &event, profile) {
+            expected_messages.insert(msg.id);
         }
     }
-    let expected: BTreeMap<String, UserProfile> =
-        states.into_iter().map(|(k, v)| (k, v.profile)).collect();
     let actual = rig.docs.users();
     if expected.len() != actual.len() {
         mismatches.push(format!(

@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::domain::campaign::Channel;
 use crate::domain::message::{MessageRecord, MessageStatus, StatusChange};
+use crate::domain::profile::Profile;
 use crate::domain::user::UserState;
 
 pub type BoxFut<T> = BoxFuture<'static, T>;
@@ -116,10 +117,70 @@ impl StoreError {
     }
 }
 
-/// Per-user state with its replay protection (Redis in production).
+/// One dirty user as of a flush: what the state store and the `users` document receive.
+/// Built once per flush from the resident state (never per event).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserSnapshot {
+    pub user_id: Arc<str>,
+    /// The version this write creates. The stored state must be at `version - 1` (and is
+    /// then claimed at `version` by the writer); a stored document at most at `version`.
+    pub version: u64,
+    pub profile: Profile,
+    pub positions: Vec<(u32, u64)>,
+    /// Dedup entries added since this user's previous write (appended to the stored window).
+    pub seen_added: Vec<(u64, i64)>,
+}
+
+/// How the stored dedup window is trimmed on each write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeenPolicy {
+    /// Entries seen before this time (ms) are dropped.
+    pub expire_before_ms: i64,
+    /// At most this many entries are kept (the newest).
+    pub max_ids: usize,
+}
+
+/// A user's stored state, as loaded.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LoadedState {
+    Absent,
+    Found(UserState),
+    /// The stored state cannot be read by this release (does not parse, newer schema).
+    Unreadable(String),
+}
+
+/// Per-user state with its replay protection (Redis in production). Writes are fenced: a
+/// writer first claims the version it creates, then writes it if the claim still holds, so a
+/// previous owner's late write is refused instead of applied (REFERENCE.md §8, G8).
 pub trait StateStore: Send + Sync + 'static {
-    fn load(&self, user_id: &str) -> BoxFut<Result<Option<UserState>, StoreError>>;
-    fn save(&self, states: Vec<Arc<UserState>>) -> BoxFut<Result<(), StoreError>>;
+    /// The users' stored states, one entry per requested user, in order.
+    fn load(&self, users: Vec<Arc<str>>) -> BoxFut<Result<Vec<LoadedState>, StoreError>>;
+    /// For each `(user, version)`: makes `owner` the writer of `version` if the stored state
+    /// is at `version - 1`, or is already claimed by `owner` at `version` (a retried claim).
+    /// Per user, whether the claim holds.
+    fn claim(
+        &self,
+        owner: u64,
+        claims: Vec<(Arc<str>, u64)>,
+    ) -> BoxFut<Result<Vec<bool>, StoreError>>;
+    /// Writes each snapshot if `owner` still holds the claim of its version, appending its
+    /// dedup entries and trimming the window by `seen`. Per user, whether it was written
+    /// (false: stale, another owner moved on).
+    fn save(
+        &self,
+        owner: u64,
+        users: Vec<Arc<UserSnapshot>>,
+        seen: SeenPolicy,
+    ) -> BoxFut<Result<Vec<bool>, StoreError>>;
+}
+
+/// What a `users` bulk write did besides writing.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UsersWritten {
+    /// The stored document is at a newer version: not written.
+    pub stale: Vec<Arc<str>>,
+    /// The server refused the document (bad data; never succeeds on retry).
+    pub refused: Vec<(Arc<str>, String)>,
 }
 
 /// The result of a conditional status transition.
@@ -135,12 +196,14 @@ pub enum TransitionResult {
 
 /// The `users` and `messages` collections (MongoDB in production).
 pub trait DocumentStore: Send + Sync + 'static {
-    /// Idempotent upsert of each user's full document; `now_ms` is `updated_at`.
+    /// Upserts each user's full document unless the stored one has a newer `version`
+    /// (rewriting the same version is allowed: only one writer can hold it, so it has the same
+    /// content); `now_ms` is `updated_at`.
     fn upsert_users(
         &self,
-        users: Vec<Arc<UserState>>,
+        users: Vec<Arc<UserSnapshot>>,
         now_ms: i64,
-    ) -> BoxFut<Result<(), StoreError>>;
+    ) -> BoxFut<Result<UsersWritten, StoreError>>;
     /// Inserts messages that do not exist yet (existing ones are left untouched), then applies
     /// any callback recorded for them before they existed.
     fn insert_messages(&self, messages: Vec<MessageRecord>) -> BoxFut<Result<(), StoreError>>;

@@ -30,6 +30,11 @@ pub struct Metrics {
     source_paused: Family<Labels, Gauge>,
     commit_offset: Family<Labels, Gauge>,
     pub aggregators_active: Gauge,
+    users_resident: Gauge,
+    stale_writes: Counter,
+    partitions_fenced: Counter,
+    drain_timeouts: Counter,
+    states_unreadable: Counter,
     pub end_to_end_latency: Histogram,
     dispatch: Family<Labels, Counter>,
     pub retries_scheduled: Counter,
@@ -65,6 +70,36 @@ impl Metrics {
         let source_paused = Family::<Labels, Gauge>::default();
         let commit_offset = Family::<Labels, Gauge>::default();
         let aggregators_active = Gauge::default();
+        let users_resident = Gauge::default();
+        let stale_writes = Counter::default();
+        let partitions_fenced = Counter::default();
+        let drain_timeouts = Counter::default();
+        let states_unreadable = Counter::default();
+        registry.register(
+            "herald_users_resident",
+            "Users whose state is held in memory on this instance (at most aggregator.max_resident)",
+            users_resident.clone(),
+        );
+        registry.register(
+            "herald_stale_writes",
+            "User writes refused because another owner wrote a newer version (fencing)",
+            stale_writes.clone(),
+        );
+        registry.register(
+            "herald_partitions_fenced",
+            "Partition incarnations restarted because a state they fed was superseded",
+            partitions_fenced.clone(),
+        );
+        registry.register(
+            "herald_revoke_drain_timeouts",
+            "Revoked partitions given up uncommitted because they did not drain in time",
+            drain_timeouts.clone(),
+        );
+        registry.register(
+            "herald_state_unreadable",
+            "Users quarantined because their stored state cannot be read",
+            states_unreadable.clone(),
+        );
         let end_to_end_latency = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         let dispatch = Family::<Labels, Counter>::default();
         let retries_scheduled = Counter::default();
@@ -173,6 +208,11 @@ impl Metrics {
             source_paused,
             commit_offset,
             aggregators_active,
+            users_resident,
+            stale_writes,
+            partitions_fenced,
+            drain_timeouts,
+            states_unreadable,
             end_to_end_latency,
             dispatch,
             retries_scheduled,
@@ -263,9 +303,45 @@ impl Metrics {
             .set(i64::from(paused));
     }
 
+    /// Resident users changed by `delta` (`herald_users_resident`, and
+    /// `herald_aggregators_active`: a resident user is a live aggregator).
     pub fn aggregators_changed(&self, delta: i64) {
         let now = self.aggregators.fetch_add(delta, Ordering::Relaxed) + delta;
         self.aggregators_active.set(now);
+        self.users_resident.set(now);
+    }
+
+    pub fn users_resident(&self) -> i64 {
+        self.aggregators.load(Ordering::Relaxed)
+    }
+
+    /// A user write refused as stale (another owner wrote a newer version).
+    pub fn stale_write(&self) {
+        self.stale_writes.inc();
+    }
+
+    pub fn partition_fenced(&self, partition: u32) {
+        self.partitions_fenced.inc();
+        tracing::debug!(partition, "partition fenced");
+    }
+
+    pub fn drain_timed_out(&self, partition: u32) {
+        self.drain_timeouts.inc();
+        tracing::debug!(partition, "revoke drain timed out");
+    }
+
+    /// A user's stored state could not be read (the user is quarantined).
+    pub fn state_unreadable(&self) {
+        self.states_unreadable.inc();
+    }
+
+    /// A record of a quarantined user, dead-lettered.
+    pub fn state_unreadable_record(&self, partition: u32, detail: &str) {
+        self.invalid
+            .get_or_create(&vec![("reason", "state_unreadable".to_string())])
+            .inc();
+        self.invalid_total.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(partition, detail, "record of a quarantined user dead-lettered");
     }
 
     /// `count` events became durable `latency_ms` after their timestamp.

@@ -4,7 +4,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use actix::Addr;
+use actix::{Addr, Recipient};
 
 use crate::config::Config;
 use crate::domain::campaign::{Campaign, Channel};
@@ -13,8 +13,8 @@ use crate::domain::user::DedupLimits;
 use crate::ports::{Clock, DocumentStore, RetrySchedule, Source, StateStore};
 use crate::telemetry::Metrics;
 
-use super::batcher::Batcher;
 use super::dispatcher::Dispatcher;
+use super::messages::{ApplyBatch, FlushNow};
 
 /// The numbers the actors run by (from [`Config`]).
 #[derive(Debug, Clone)]
@@ -24,7 +24,10 @@ pub struct Settings {
     pub batch_max_size: usize,
     pub batch_max_wait: Duration,
     pub aggregator_idle: Duration,
-    pub aggregators_per_partition: usize,
+    /// Most users resident in memory on this instance (all shards together).
+    pub max_resident: usize,
+    /// How long a revoked partition may take to drain before it is given up uncommitted.
+    pub revoke_timeout: Duration,
     pub max_in_flight_per_partition: usize,
     pub fetch_max_records: usize,
     pub commit_interval: Duration,
@@ -42,7 +45,8 @@ impl Settings {
             batch_max_size: c.batch.max_size,
             batch_max_wait: Duration::from_millis(c.batch.max_wait_ms),
             aggregator_idle: Duration::from_millis(c.aggregator.idle_ms),
-            aggregators_per_partition: c.aggregator.max_per_partition,
+            max_resident: c.aggregator.max_resident,
+            revoke_timeout: Duration::from_millis(c.pipeline.revoke_timeout_ms),
             max_in_flight_per_partition: c.pipeline.max_in_flight_per_partition,
             fetch_max_records: c.pipeline.fetch_max_records,
             commit_interval: Duration::from_millis(c.pipeline.commit_interval_ms),
@@ -70,20 +74,23 @@ pub struct Shared {
     pub settings: Settings,
     pub ports: Ports,
     pub campaigns: Vec<Campaign>,
-    /// Set right after the batchers start (they need `Shared` themselves).
-    pub batchers: Arc<OnceLock<Vec<Addr<Batcher>>>>,
+    /// The user shards (each user's one owner), set right after they start (they need
+    /// `Shared` themselves).
+    pub shards: OnceLock<Vec<Shard>>,
     /// Dispatchers per channel, in fallback order.
     pub dispatchers: Vec<(Channel, Vec<Addr<Dispatcher>>)>,
 }
 
 impl Shared {
-    /// The batcher shard that owns a user (stable, so one user always has one batcher).
-    pub fn batcher_for(&self, user_id: &str) -> &Addr<Batcher> {
-        let batchers = self
-            .batchers
-            .get()
-            .expect("batchers start before any partition");
-        &batchers[crate::adapters::memory_state::shard_of(user_id, batchers.len())]
+    /// The shard that owns a user: a stable hash of the user key, whatever partition or
+    /// queue carried the record (G8).
+    pub fn shard_index(&self, user_id: &str) -> usize {
+        let n = self.shards.get().map_or(1, Vec::len);
+        crate::domain::keys::owner_shard(user_id, n)
+    }
+
+    pub fn shards(&self) -> &[Shard] {
+        self.shards.get().map_or(&[], Vec::as_slice)
     }
 
     pub fn dispatchers_for(&self, channel: Channel) -> &[Addr<Dispatcher>] {
@@ -93,4 +100,11 @@ impl Shared {
             .map(|(_, d)| d.as_slice())
             .unwrap_or(&[])
     }
+}
+
+/// A user shard's handles.
+#[derive(Clone)]
+pub struct Shard {
+    pub apply: Recipient<ApplyBatch>,
+    pub flush: Recipient<FlushNow>,
 }

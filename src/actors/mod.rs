@@ -1,20 +1,22 @@
 //! The actor system: supervision, mailboxes, batching, commit tracking, backpressure.
-//! One actor per file, its messages beside it. [`Pipeline`] wires the tree: a root supervisor
-//! over the source supervisor (partition actors, each over its per-user aggregators), the
-//! batchers (sharded by user), one dispatcher per provider and the retry actor.
+//! One actor per file; the messages between them in [`messages`], so no actor module imports
+//! another's. [`Pipeline`] wires the tree: a root supervisor over the source supervisor (one
+//! partition actor per partition or queue), the user shards (each user's one owner, hosting
+//! its aggregator) with a batcher each, one dispatcher per provider and the retry actor.
 
-pub mod aggregator;
 pub mod batcher;
 pub mod callback_handler;
 pub mod context;
 pub mod dispatcher;
+pub mod messages;
 pub mod partition;
 pub mod retry;
 pub mod root;
 pub mod source_supervisor;
 pub mod supervision;
+pub mod user_shard;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -23,13 +25,15 @@ use tokio::sync::watch;
 use crate::domain::campaign::{Campaign, Channel};
 use crate::ports::{CallbackSink, Provider};
 
-use batcher::{Batcher, FlushNow};
+use batcher::Batcher;
 use callback_handler::CallbackHandler;
-use context::{Ports, Settings, Shared};
+use context::{Ports, Settings, Shard, Shared};
 use dispatcher::{Dispatcher, DispatcherPorts, DispatcherSettings, SetChain};
+use messages::{FlushNow, Running};
 use retry::{RetryActor, Wake};
 use root::{Attach, RootSupervisor, Shutdown};
-use source_supervisor::{Running, SourceSupervisor};
+use source_supervisor::SourceSupervisor;
+use user_shard::UserShard;
 
 /// A provider with its place in its channel's fallback order.
 pub struct ProviderSpec {
@@ -118,29 +122,46 @@ impl Pipeline {
             }
         }
 
-        let batchers_cell: Arc<OnceLock<Vec<Addr<Batcher>>>> = Arc::new(OnceLock::new());
         let shared = Arc::new(Shared {
             settings: spec.settings.clone(),
             ports: ports.clone(),
             campaigns: spec.campaigns,
-            batchers: batchers_cell,
+            shards: Default::default(),
             dispatchers: by_channel,
         });
-        let batchers: Vec<Addr<Batcher>> = (0..spec.batch_shards.max(1))
+        let shard_count = spec.batch_shards.max(1);
+        // A fresh fencing owner per process and shard: a restarted Herald never mistakes an
+        // earlier incarnation's claim for its own.
+        let epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let owner_base = epoch ^ (u64::from(std::process::id()) << 32) ^ spec.seed;
+        let shards: Vec<Shard> = (0..shard_count)
             .map(|i| {
+                let arbiter = &handles[i % handles.len()];
                 let s = shared.clone();
-                Batcher::start_in_arbiter(&handles[i % handles.len()], move |_| Batcher::new(i, s))
+                let owner = owner_base.wrapping_add(i as u64 + 1);
+                let batcher = Batcher::start_in_arbiter(arbiter, move |_| Batcher::new(i, s, owner));
+                let s = shared.clone();
+                let addr = UserShard::start_in_arbiter(arbiter, move |_| {
+                    UserShard::new(i, shard_count, s, batcher)
+                });
+                Shard {
+                    apply: addr.clone().recipient(),
+                    flush: addr.recipient(),
+                }
             })
             .collect();
-        let _ = shared.batchers.set(batchers);
+        let _ = shared.shards.set(shards);
 
         let callbacks =
             CallbackHandler::new(dispatcher_ports, spec.settings.retry, spec.seed ^ 0xca11);
         let retry = RetryActor::new(shared.clone()).start();
         let (failure_tx, failure) = watch::channel(None);
         let root = RootSupervisor::new(failure_tx).start();
-        let source = SourceSupervisor::new(shared.clone(), handles, root.clone()).start();
-        root.do_send(Attach(source.clone()));
+        let source =
+            SourceSupervisor::new(shared.clone(), handles, root.clone().recipient()).start();
+        root.do_send(Attach(source.clone().recipient()));
         Pipeline {
             root,
             source,
@@ -172,10 +193,10 @@ impl Pipeline {
         move || retry.do_send(Wake)
     }
 
-    /// Asks every batcher to flush what it holds now.
+    /// Asks every user shard to flush what it holds now.
     pub fn flush_now(&self) {
-        for b in self.shared.batchers.get().into_iter().flatten() {
-            b.do_send(FlushNow);
+        for s in self.shared.shards() {
+            s.flush.do_send(FlushNow);
         }
     }
 

@@ -1,11 +1,10 @@
 //! One partition actor per assigned partition (or queue): reads batches in order, decodes
-//! them (invalid → dead letter), routes each user's records to that user's aggregator, and
-//! commits the durable watermark about once a second, on revoke and on shutdown.
+//! them (invalid → dead letter), hands each batch's records to the users' owner shards (one
+//! message per shard per batch, by user hash, whatever the partition), and commits the
+//! durable watermark about once a second, on revoke and on shutdown.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
@@ -15,9 +14,10 @@ use crate::domain::event::decode;
 use crate::domain::watermark::Watermark;
 use crate::ports::{DeadLetter, PartitionReader, Record, SourceError};
 
-use super::aggregator::{Aggregator, Apply, UserRecord, UserRecords};
 use super::context::Shared;
-use super::source_supervisor::{PartitionFailed, SourceSupervisor};
+use super::messages::{
+    ApplyBatch, Drain, PartitionFailed, PartitionLink, PartitionReport, UserRecord,
+};
 use super::supervision::contain;
 
 /// Poll again this soon when the source had nothing.
@@ -27,46 +27,16 @@ const COMMIT_RETRY: Duration = Duration::from_millis(100);
 /// Retry a failed fetch or dead-letter write after this long (doubling, capped).
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// Everything below these offsets (of this partition incarnation) is durable.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Durable {
-    pub offsets: Vec<u64>,
-}
-
-/// Stop reading, wait until everything read is durable, commit, reply with the committed
-/// position, then stop.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Drain {
-    pub done: oneshot::Sender<u64>,
-}
-
-/// An aggregator of this partition panicked: its in-memory state is suspect.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct AggregatorFailed {
-    pub user_id: String,
-    pub cause: String,
-}
-
-struct AggregatorEntry {
-    addr: Addr<Aggregator>,
-    last_offset: u64,
-    last_active: Instant,
-}
-
 pub struct PartitionActor {
     partition: u32,
     shared: Arc<Shared>,
     reader: Arc<dyn PartitionReader>,
-    supervisor: Addr<SourceSupervisor>,
-    /// Cleared when this incarnation is replaced: its aggregators drop what they still hold.
-    alive: Arc<AtomicBool>,
+    supervisor: Recipient<PartitionFailed>,
+    /// This incarnation as the shards see it; set when the actor starts.
+    link: Option<Arc<PartitionLink>>,
     watermark: Watermark,
     last_committed: u64,
     committing: bool,
-    aggregators: HashMap<String, AggregatorEntry, ahash::RandomState>,
     fetching: bool,
     fetch_backoff: Duration,
     dead_letters_in_flight: usize,
@@ -84,7 +54,7 @@ impl PartitionActor {
         partition: u32,
         shared: Arc<Shared>,
         reader: Arc<dyn PartitionReader>,
-        supervisor: Addr<SourceSupervisor>,
+        supervisor: Recipient<PartitionFailed>,
     ) -> Self {
         let start = reader.start_offset();
         let span = tracing::info_span!("partition", partition, source = shared.ports.source.kind());
@@ -94,11 +64,10 @@ impl PartitionActor {
             shared,
             reader,
             supervisor,
-            alive: Arc::new(AtomicBool::new(true)),
+            link: None,
             watermark: Watermark::starting_at(start),
             last_committed: start,
             committing: false,
-            aggregators: HashMap::default(),
             fetching: false,
             fetch_backoff: Duration::from_millis(10),
             dead_letters_in_flight: 0,
@@ -112,21 +81,19 @@ impl PartitionActor {
         &self.shared.settings
     }
 
-    /// Reads the next batch unless paused (draining, too much in flight, too many aggregators).
+    /// Whether the shards still accept this incarnation's commits (not fenced).
+    fn alive(&self) -> bool {
+        self.link.as_ref().is_some_and(|l| l.is_alive())
+    }
+
+    /// Reads the next batch unless paused (draining, too much in flight, fenced).
     fn pump(&mut self, ctx: &mut Context<Self>) {
-        if self.fetching || !self.draining.is_empty() || self.failed || self.lost {
+        if self.fetching || !self.draining.is_empty() || self.failed || self.lost || !self.alive() {
             return;
         }
         if self.watermark.in_flight() >= self.settings().max_in_flight_per_partition {
             // Resumed by the next `Durable`: a slow store pauses the source (G7).
             return;
-        }
-        if self.aggregators.len() >= self.settings().aggregators_per_partition {
-            self.passivate(Instant::now(), true);
-            if self.aggregators.len() >= self.settings().aggregators_per_partition {
-                ctx.run_later(IDLE_POLL, |act, ctx| act.pump(ctx));
-                return;
-            }
         }
         self.fetching = true;
         let fut = self.reader.fetch(self.settings().fetch_max_records);
@@ -188,8 +155,9 @@ impl PartitionActor {
             }
         }
         let max_bytes = self.settings().max_message_bytes;
-        let mut groups: Vec<(String, UserRecords)> = Vec::new();
-        let mut index: HashMap<String, usize, ahash::RandomState> = HashMap::default();
+        let shared = self.shared.clone();
+        let shards = shared.shards();
+        let mut per_shard: Vec<Vec<UserRecord>> = (0..shards.len()).map(|_| Vec::new()).collect();
         let mut dead = Vec::new();
         for record in batch {
             if let Err(e) = self.watermark.dispatch(record.offset) {
@@ -199,15 +167,8 @@ impl PartitionActor {
             match decode(&record.payload, max_bytes) {
                 Ok(event) => {
                     let ts = record.timestamp_ms.unwrap_or(event.timestamp_ms);
-                    let slot = match index.get(event.user_id.as_str()) {
-                        Some(i) => *i,
-                        None => {
-                            index.insert(event.user_id.clone(), groups.len());
-                            groups.push((event.user_id.clone(), Vec::new()));
-                            groups.len() - 1
-                        }
-                    };
-                    groups[slot].1.push(UserRecord {
+                    let shard = shared.shard_index(&event.user_id);
+                    per_shard[shard].push(UserRecord {
                         event,
                         ts,
                         raw: record,
@@ -229,36 +190,14 @@ impl PartitionActor {
         if !dead.is_empty() {
             self.write_dead_letters(dead, ctx);
         }
-        let now = Instant::now();
-        for (user_id, records) in groups {
-            let last_offset = records.last().map(|r| r.raw.offset).unwrap_or(0);
-            let addr = match self.aggregators.get_mut(user_id.as_str()) {
-                Some(entry) => {
-                    entry.last_offset = last_offset;
-                    entry.last_active = now;
-                    entry.addr.clone()
-                }
-                None => {
-                    let addr = Aggregator::new(
-                        user_id.clone(),
-                        self.partition,
-                        self.shared.clone(),
-                        ctx.address(),
-                        self.alive.clone(),
-                    )
-                    .start();
-                    self.aggregators.insert(
-                        user_id,
-                        AggregatorEntry {
-                            addr: addr.clone(),
-                            last_offset,
-                            last_active: now,
-                        },
-                    );
-                    addr
-                }
-            };
-            addr.do_send(Apply { records });
+        let Some(link) = &self.link else { return };
+        for (shard, records) in shards.iter().zip(per_shard) {
+            if !records.is_empty() {
+                shard.apply.do_send(ApplyBatch {
+                    link: link.clone(),
+                    records,
+                });
+            }
         }
     }
 
@@ -302,7 +241,7 @@ impl PartitionActor {
     /// Commits the durable watermark if it moved.
     fn commit(&mut self, ctx: &mut Context<Self>) {
         let position = self.watermark.committable();
-        if self.committing || self.lost || position <= self.last_committed {
+        if self.committing || self.lost || !self.alive() || position <= self.last_committed {
             // Nothing new to commit; the lag still moves with the high watermark.
             let hw = self.shared.ports.source.high_watermark(self.partition);
             let metrics = &self.shared.ports.metrics;
@@ -359,42 +298,21 @@ impl PartitionActor {
         {
             return;
         }
-        if !self.lost && self.watermark.committable() > self.last_committed {
+        if !self.lost && self.alive() && self.watermark.committable() > self.last_committed {
             self.commit(ctx);
             return;
         }
+        self.finish_drain(ctx);
+    }
+
+    /// Replies to every drain with what was committed, then stops.
+    fn finish_drain(&mut self, ctx: &mut Context<Self>) {
         let committed = self.last_committed;
         tracing::info!(partition = self.partition, committed, "partition drained");
         for done in self.draining.drain(..) {
             let _ = done.send(committed);
         }
         ctx.stop();
-    }
-
-    /// Stops idle aggregators whose every update is durable (their state reloads from the
-    /// store on the next event). With `to_cap`, also the least recently used durable ones
-    /// until the partition is 10% below its cap.
-    fn passivate(&mut self, now: Instant, to_cap: bool) {
-        let durable_below = self.watermark.committable();
-        let idle = self.settings().aggregator_idle;
-        self.aggregators.retain(|_, e| {
-            !(e.last_offset < durable_below && now.duration_since(e.last_active) >= idle)
-        });
-        let cap = self.settings().aggregators_per_partition;
-        if to_cap && self.aggregators.len() >= cap {
-            let target = cap - cap / 10 - 1;
-            let mut eligible: Vec<(Instant, String)> = self
-                .aggregators
-                .iter()
-                .filter(|(_, e)| e.last_offset < durable_below)
-                .map(|(k, e)| (e.last_active, k.clone()))
-                .collect();
-            eligible.sort_unstable();
-            let excess = self.aggregators.len().saturating_sub(target);
-            for (_, k) in eligible.into_iter().take(excess) {
-                self.aggregators.remove(&k);
-            }
-        }
     }
 
     /// A contained panic: this incarnation stops and the supervisor restarts the partition
@@ -405,7 +323,9 @@ impl PartitionActor {
             return;
         }
         self.failed = true;
-        self.alive.store(false, Ordering::Release);
+        if let Some(l) = &self.link {
+            l.retire();
+        }
         self.shared.ports.metrics.actor_restarted(actor, &cause);
         self.supervisor.do_send(PartitionFailed {
             partition: self.partition,
@@ -425,28 +345,41 @@ impl Actor for PartitionActor {
             from = self.last_committed,
             "partition started"
         );
+        self.link = Some(PartitionLink::new(
+            self.partition,
+            ctx.address().recipient(),
+        ));
         let commit_every = self.settings().commit_interval;
         ctx.run_interval(commit_every, |act, ctx| act.commit(ctx));
-        let idle = self.settings().aggregator_idle;
-        let sweep = (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
-        ctx.run_interval(sweep, |act, _| act.passivate(Instant::now(), false));
         self.pump(ctx);
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
-        self.alive.store(false, Ordering::Release);
-        self.aggregators.clear();
+        if let Some(l) = &self.link {
+            l.retire();
+        }
     }
 }
 
-impl Handler<Durable> for PartitionActor {
+impl Handler<PartitionReport> for PartitionActor {
     type Result = ();
 
-    fn handle(&mut self, msg: Durable, ctx: &mut Context<Self>) {
-        for o in msg.offsets {
-            self.watermark.complete(o);
+    fn handle(&mut self, msg: PartitionReport, ctx: &mut Context<Self>) {
+        match msg {
+            PartitionReport::Durable(offsets) => {
+                for o in offsets {
+                    self.watermark.complete(o);
+                }
+                self.after_progress(ctx);
+            }
+            PartitionReport::Fenced(reason) => {
+                // Some of this incarnation's records went into a state another owner
+                // superseded: start again from the committed position, whose replays the
+                // reloaded (newer) state skips or applies once.
+                self.shared.ports.metrics.partition_fenced(self.partition);
+                self.fail(ctx, "partition", format!("fenced: {reason}"));
+            }
         }
-        self.after_progress(ctx);
     }
 }
 
@@ -454,16 +387,30 @@ impl Handler<Drain> for PartitionActor {
     type Result = ();
 
     fn handle(&mut self, msg: Drain, ctx: &mut Context<Self>) {
+        if self.draining.is_empty() {
+            // A drain that cannot finish (a store down for good) must not hold the revoke,
+            // and with it the consumer's poll, forever: give the partition up uncommitted.
+            let deadline = self.settings().revoke_timeout;
+            ctx.run_later(deadline, move |act, ctx| {
+                if act.draining.is_empty() {
+                    return;
+                }
+                let _in = act.span.clone().entered();
+                tracing::warn!(
+                    partition = act.partition,
+                    committed = act.last_committed,
+                    in_flight = act.watermark.in_flight(),
+                    deadline_ms = deadline.as_millis() as u64,
+                    "partition did not drain in time; giving it up without committing the rest"
+                );
+                act.shared.ports.metrics.drain_timed_out(act.partition);
+                if let Some(l) = &act.link {
+                    l.retire();
+                }
+                act.finish_drain(ctx);
+            });
+        }
         self.draining.push(msg.done);
         self.try_finish_drain(ctx);
-    }
-}
-
-impl Handler<AggregatorFailed> for PartitionActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: AggregatorFailed, ctx: &mut Context<Self>) {
-        let cause = format!("user {}: {}", msg.user_id, msg.cause);
-        self.fail(ctx, "aggregator", cause);
     }
 }

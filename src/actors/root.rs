@@ -6,15 +6,7 @@
 use actix::prelude::*;
 use tokio::sync::watch;
 
-use super::source_supervisor::{DrainAll, SourceSupervisor};
-
-/// A child failed beyond its restart intensity.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Escalate {
-    pub actor: &'static str,
-    pub reason: String,
-}
+use super::messages::{DrainAll, Escalate};
 
 /// Drain and commit every partition (SIGTERM, end of the demo).
 #[derive(Message)]
@@ -24,10 +16,10 @@ pub struct Shutdown;
 /// Attach the source supervisor once it is started.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Attach(pub Addr<SourceSupervisor>);
+pub struct Attach(pub Recipient<DrainAll>);
 
 pub struct RootSupervisor {
-    source: Option<Addr<SourceSupervisor>>,
+    source: Option<Recipient<DrainAll>>,
     failure: watch::Sender<Option<String>>,
 }
 

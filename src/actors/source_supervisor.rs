@@ -14,32 +14,14 @@ use tokio::sync::oneshot;
 use crate::ports::AssignmentEvent;
 
 use super::context::Shared;
-use super::partition::{Drain, PartitionActor};
-use super::root::{Escalate, RootSupervisor};
+use super::messages::{Drain, DrainAll, Escalate, PartitionFailed, Running};
+use super::partition::PartitionActor;
 use super::supervision::RestartIntensity;
-
-/// A partition actor stopped after a contained panic.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct PartitionFailed {
-    pub partition: u32,
-    pub cause: String,
-}
-
-/// Drain every partition (shutdown); resolves when all are committed.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct DrainAll;
-
-/// Which partitions run here (for tests and readiness).
-#[derive(Message)]
-#[rtype(result = "Vec<u32>")]
-pub struct Running;
 
 pub struct SourceSupervisor {
     shared: Arc<Shared>,
     arbiters: Vec<ArbiterHandle>,
-    root: Addr<RootSupervisor>,
+    root: Recipient<Escalate>,
     partitions: HashMap<u32, Addr<PartitionActor>>,
     intensity: HashMap<u32, RestartIntensity>,
     draining: bool,
@@ -49,7 +31,7 @@ impl SourceSupervisor {
     pub fn new(
         shared: Arc<Shared>,
         arbiters: Vec<ArbiterHandle>,
-        root: Addr<RootSupervisor>,
+        root: Recipient<Escalate>,
     ) -> Self {
         SourceSupervisor {
             shared,
@@ -73,7 +55,7 @@ impl SourceSupervisor {
             }
         };
         let shared = self.shared.clone();
-        let me = ctx.address();
+        let me = ctx.address().recipient();
         let arbiter = &self.arbiters[partition as usize % self.arbiters.len()];
         let addr = PartitionActor::start_in_arbiter(arbiter, move |_| {
             PartitionActor::new(partition, shared, reader, me)

@@ -10,7 +10,7 @@ use futures::FutureExt;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{mpsc, oneshot};
 
-use super::memory_state::fnv1a;
+use crate::domain::keys::user_hash;
 use crate::ports::{
     AssignmentEvent, BoxFut, Clock, DeadLetter, PartitionReader, Record, Source, SourceError,
     SystemClock,
@@ -55,7 +55,7 @@ impl EmbeddedSource {
 
     /// The partition a key lands in (stable across runs).
     pub fn partition_for(&self, key: &str) -> u32 {
-        (fnv1a(key.as_bytes()) % self.logs.len() as u64) as u32
+        (user_hash(key) % self.logs.len() as u64) as u32
     }
 
     /// Appends a record keyed by `key`; returns its (partition, offset).

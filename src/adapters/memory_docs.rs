@@ -7,14 +7,15 @@ use futures::FutureExt;
 use parking_lot::Mutex;
 
 use crate::domain::message::{ApplyResult, MessageRecord, MessageStatus, StatusChange};
-use crate::domain::user::{UserProfile, UserState};
-use crate::ports::{BoxFut, DocumentStore, StoreError, TransitionResult};
-
-use super::memory_state::shard_of;
+use crate::domain::keys::owner_shard;
+use crate::domain::profile::Profile;
+use crate::domain::user::UserProfile;
+use crate::ports::{BoxFut, DocumentStore, StoreError, TransitionResult, UserSnapshot, UsersWritten};
 
 const SHARDS: usize = 64;
 
-type UserShard = Mutex<HashMap<String, (Arc<UserState>, i64), ahash::RandomState>>;
+/// A user document: its version, profile and `updated_at`.
+type UserShard = Mutex<HashMap<Arc<str>, (u64, Profile, i64), ahash::RandomState>>;
 
 pub struct MemoryDocumentStore {
     users: Vec<UserShard>,
@@ -43,8 +44,8 @@ impl MemoryDocumentStore {
     pub fn users(&self) -> BTreeMap<String, UserProfile> {
         let mut out = BTreeMap::new();
         for shard in &self.users {
-            for (id, (state, _)) in shard.lock().iter() {
-                out.insert(id.clone(), state.profile.clone());
+            for (id, (_, profile, _)) in shard.lock().iter() {
+                out.insert(id.to_string(), profile.to_view());
             }
         }
         out
@@ -83,15 +84,24 @@ impl MemoryDocumentStore {
 impl DocumentStore for MemoryDocumentStore {
     fn upsert_users(
         &self,
-        users: Vec<Arc<UserState>>,
+        users: Vec<Arc<UserSnapshot>>,
         now_ms: i64,
-    ) -> BoxFut<Result<(), StoreError>> {
+    ) -> BoxFut<Result<UsersWritten, StoreError>> {
+        let mut written = UsersWritten::default();
         for u in users {
-            self.users[shard_of(&u.user_id, SHARDS)]
-                .lock()
-                .insert(u.user_id.clone(), (u, now_ms));
+            let mut shard = self.users[owner_shard(&u.user_id, SHARDS)].lock();
+            match shard.get_mut(&*u.user_id) {
+                // Fenced as in MongoDB: never over a newer version.
+                Some((version, _, _)) if *version > u.version => {
+                    written.stale.push(u.user_id.clone())
+                }
+                Some(doc) => *doc = (u.version, u.profile.clone(), now_ms),
+                None => {
+                    shard.insert(u.user_id.clone(), (u.version, u.profile.clone(), now_ms));
+                }
+            }
         }
-        async { Ok(()) }.boxed()
+        async { Ok(written) }.boxed()
     }
 
     fn insert_messages(&self, messages: Vec<MessageRecord>) -> BoxFut<Result<(), StoreError>> {

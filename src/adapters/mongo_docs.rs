@@ -1,6 +1,6 @@
 //! MongoDB document store: `users` (full-document upserts through the multi-statement
-//! `update` command, `ordered: false`: idempotent, so a replay or a half-applied batch is
-//! harmless) and `messages` (insert-if-absent, then transitions through the status machine
+//! `update` command, `ordered: false`, fenced by the document's `version`: idempotent, so a
+//! replay or a half-applied batch is harmless, and a previous owner's late write is refused) and `messages` (insert-if-absent, then transitions through the status machine
 //! with an optimistic `version` check).
 
 use std::sync::Arc;
@@ -15,8 +15,8 @@ use crate::domain::campaign::Channel;
 use crate::domain::message::{
     HistoryEntry, MessageRecord, MessageStatus, StatusChange, StatusEvent,
 };
-use crate::domain::user::{UserProfile, UserState};
-use crate::ports::{BoxFut, DocumentStore, StoreError, TransitionResult};
+use crate::domain::profile::Profile;
+use crate::ports::{BoxFut, DocumentStore, StoreError, TransitionResult, UserSnapshot, UsersWritten};
 
 use super::mongo_transitions::{self, transition_alone, Codec, Job, ReadJob};
 use tokio::sync::{mpsc, oneshot};
@@ -86,17 +86,17 @@ impl MongoDocumentStore {
         &self.db
     }
 
-    /// Runs `update` commands of at most [`CHUNK`] statements; duplicate-key errors on an
-    /// upsert (two upserts racing) count as success, as in the MongoDB Kafka sink connector.
-    /// Statements the server refuses (bad data: never succeeds on retry) come back as
-    /// [`StoreError::Refused`] naming each statement's `_id`; the other statements, of every
-    /// chunk, are written (`ordered: false`).
+    /// Runs `update` commands of at most [`CHUNK`] statements (`ordered: false`: the other
+    /// statements of every chunk are written whatever one of them does). Returns the `_id`s
+    /// of statements that hit a duplicate key (an upsert whose filter did not match an
+    /// existing document) and of those the server refused, with its message (bad data: never
+    /// succeeds on retry).
     async fn update_many(
         db: &Database,
         coll: &str,
         statements: Vec<Document>,
-    ) -> Result<(), StoreError> {
-        let mut refused = Vec::new();
+    ) -> Result<ChunkErrors, StoreError> {
+        let mut out = ChunkErrors::default();
         for chunk in statements.chunks(CHUNK) {
             let reply = db
                 .run_command(doc! {
@@ -110,9 +110,6 @@ impl MongoDocumentStore {
                 continue;
             };
             for error in errors.iter().filter_map(Bson::as_document) {
-                if error.get("code").and_then(bson_i64) == Some(11000) {
-                    continue;
-                }
                 let detail = error.get_str("errmsg").unwrap_or("write error").to_string();
                 let id = error
                     .get("index")
@@ -121,24 +118,29 @@ impl MongoDocumentStore {
                     .and_then(|st| st.get_document("q").ok())
                     .and_then(|q| q.get_str("_id").ok())
                     .map(str::to_string);
-                match id {
-                    Some(id) => refused.push((id, detail)),
+                let Some(id) = id else {
                     // A refusal we cannot attribute: retrying is all that is safe.
-                    None => {
-                        return Err(StoreError::BadData {
-                            key: coll.to_string(),
-                            detail,
-                        })
-                    }
+                    return Err(StoreError::BadData {
+                        key: coll.to_string(),
+                        detail,
+                    });
+                };
+                if error.get("code").and_then(bson_i64) == Some(11000) {
+                    out.duplicates.push(id);
+                } else {
+                    out.refused.push((id, detail));
                 }
             }
         }
-        if refused.is_empty() {
-            Ok(())
-        } else {
-            Err(StoreError::Refused { refused })
-        }
+        Ok(out)
     }
+}
+
+/// Per-statement errors of a bulk `update`.
+#[derive(Debug, Default)]
+struct ChunkErrors {
+    duplicates: Vec<String>,
+    refused: Vec<(String, String)>,
 }
 
 pub(crate) fn bson_i64(b: &Bson) -> Option<i64> {
@@ -158,19 +160,23 @@ fn opt_str(v: &Option<String>) -> Bson {
     v.as_ref().map_or(Bson::Null, |s| Bson::String(s.clone()))
 }
 
-/// The `users` document of REFERENCE.md §3 (without `_id`).
-pub fn user_document(profile: &UserProfile, updated_at: i64) -> Document {
+/// The schema version of the `users` documents this release writes.
+pub const USER_DOCUMENT_SCHEMA: i32 = 2;
+
+/// The `users` document of REFERENCE.md §3 (without `_id`), with its fencing `version` and
+/// `schema_version`.
+pub fn user_document(profile: &Profile, version: u64, updated_at: i64) -> Document {
     let traits: Document = profile
         .traits
         .iter()
-        .map(|(k, v)| (k.clone(), Bson::try_from(v.clone()).unwrap_or(Bson::Null)))
+        .map(|(k, v)| (k.to_string(), Bson::try_from(v.clone()).unwrap_or(Bson::Null)))
         .collect();
     let events: Document = profile
         .events
         .iter()
         .map(|(name, s)| {
             (
-                name.clone(),
+                name.to_string(),
                 Bson::Document(doc! {
                     "count": s.count,
                     "first_at": date(s.first_at),
@@ -181,12 +187,14 @@ pub fn user_document(profile: &UserProfile, updated_at: i64) -> Document {
         .collect();
     doc! {
         "traits": traits,
-        "tags": profile.tags.iter().cloned().collect::<Vec<String>>(),
+        "tags": profile.tags.iter().map(str::to_string).collect::<Vec<String>>(),
         "event_count": profile.event_count,
         "events": events,
         "first_seen": profile.first_seen.map_or(Bson::Null, date),
         "last_seen": profile.last_seen.map_or(Bson::Null, date),
         "updated_at": date(updated_at),
+        "version": version as i64,
+        "schema_version": USER_DOCUMENT_SCHEMA,
     }
 }
 
@@ -337,9 +345,9 @@ fn codec() -> Codec {
 impl DocumentStore for MongoDocumentStore {
     fn upsert_users(
         &self,
-        users: Vec<Arc<UserState>>,
+        users: Vec<Arc<UserSnapshot>>,
         now_ms: i64,
-    ) -> BoxFut<Result<(), StoreError>> {
+    ) -> BoxFut<Result<UsersWritten, StoreError>> {
         let db = self.db.clone();
         async move {
             let statements: Vec<Document> = users
@@ -347,16 +355,34 @@ impl DocumentStore for MongoDocumentStore {
                 .map(|u| {
                     // `_id` in the replacement too: some servers (nx-27017) otherwise give an
                     // upserted document a fresh ObjectId instead of the query's `_id`.
-                    let mut replacement = doc! {"_id": &u.user_id};
-                    replacement.extend(user_document(&u.profile, now_ms));
+                    let mut replacement = doc! {"_id": &*u.user_id};
+                    replacement.extend(user_document(&u.profile, u.version, now_ms));
+                    // Fenced: written only over an older (or the same) version. A newer
+                    // document makes the filter miss and the upsert collide on `_id`:
+                    // duplicate key = stale (REFERENCE.md §8, G8).
                     doc! {
-                        "q": { "_id": &u.user_id },
+                        "q": {
+                            "_id": &*u.user_id,
+                            "$or": [
+                                { "version": { "$lte": u.version as i64 } },
+                                { "version": { "$exists": false } },
+                            ],
+                        },
                         "u": replacement,
                         "upsert": true,
                     }
                 })
                 .collect();
-            Self::update_many(&db, "users", statements).await
+            let errors = Self::update_many(&db, "users", statements).await?;
+            let find = |id: &str| users.iter().find(|u| &*u.user_id == id).map(|u| u.user_id.clone());
+            Ok(UsersWritten {
+                stale: errors.duplicates.iter().filter_map(|id| find(id)).collect(),
+                refused: errors
+                    .refused
+                    .into_iter()
+                    .filter_map(|(id, d)| Some((find(&id)?, d)))
+                    .collect(),
+            })
         }
         .boxed()
     }
@@ -375,7 +401,13 @@ impl DocumentStore for MongoDocumentStore {
                     }
                 })
                 .collect();
-            Self::update_many(&db, "messages", statements).await?;
+            // A duplicate key here is two inserts racing: the message exists, as wanted.
+            let errors = Self::update_many(&db, "messages", statements).await?;
+            if !errors.refused.is_empty() {
+                return Err(StoreError::Refused {
+                    refused: errors.refused,
+                });
+            }
             // Callbacks that arrived before their message existed.
             let early = db.collection::<Document>("early_callbacks");
             let pending: Vec<Document> = early

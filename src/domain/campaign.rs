@@ -6,6 +6,8 @@ use std::fmt;
 use serde_json::Value;
 
 use super::event::{Event, EventKind};
+use super::user::TraitLookup;
+#[cfg(test)]
 use super::user::UserProfile;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -104,14 +106,14 @@ impl Template {
     }
 
     /// Renders against a user; a missing trait renders as an empty string.
-    pub fn render(&self, user_id: &str, profile: &UserProfile) -> String {
+    pub fn render(&self, user_id: &str, profile: &impl TraitLookup) -> String {
         let mut out = String::new();
         for seg in &self.segments {
             match seg {
                 Segment::Literal(s) => out.push_str(s),
                 Segment::UserId => out.push_str(user_id),
                 Segment::Trait(name) => {
-                    if let Some(v) = profile.traits.get(name) {
+                    if let Some(v) = profile.trait_value(name) {
                         push_value(&mut out, v);
                     }
                 }
@@ -165,7 +167,7 @@ pub fn message_id(campaign: &str, trigger_message_id: &str) -> String {
 
 impl Campaign {
     /// Evaluates this campaign for an event already applied to `profile`.
-    pub fn evaluate(&self, event: &Event, profile: &UserProfile) -> Option<TriggeredMessage> {
+    pub fn evaluate(&self, event: &Event, profile: &impl TraitLookup) -> Option<TriggeredMessage> {
         let EventKind::Track { event: name } = &event.kind else {
             return None;
         };
@@ -173,13 +175,12 @@ impl Campaign {
             return None;
         }
         let address = profile
-            .traits
-            .get(self.channel.address_trait())
+            .trait_value(self.channel.address_trait())
             .and_then(address_text);
         let unmet = self
             .when_traits
             .iter()
-            .find(|(k, want)| profile.traits.get(k) != Some(want));
+            .find(|(k, want)| profile.trait_value(k) != Some(want));
         let skipped = if let Some((k, want)) = unmet {
             Some(format!("when_traits not met: traits.{k} is not {want}"))
         } else if address.is_none() {
@@ -220,7 +221,7 @@ fn address_text(v: &Value) -> Option<String> {
 pub fn evaluate_all(
     campaigns: &[Campaign],
     event: &Event,
-    profile: &UserProfile,
+    profile: &impl TraitLookup,
 ) -> Vec<TriggeredMessage> {
     if !matches!(event.kind, EventKind::Track { .. }) {
         return Vec::new();

@@ -1,35 +1,67 @@
-//! The per-user window of recently seen `messageId`s, bounded in age and in size.
+//! The per-user window of recently seen `messageId`s, bounded in age and in size. Ids are
+//! remembered by their 64-bit fingerprint (`keys::message_fingerprint`, collision bound
+//! there): 16 bytes per id whatever its length.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::Arc;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+/// Above this many ids a hash index backs the lookups; below it a scan is faster and smaller.
+const INDEX_ABOVE: usize = 32;
 
-/// Ids seen within `window_ms` of processing time, oldest first, at most `max_ids` of them.
+/// Fingerprints seen within `window_ms` of processing time, oldest first, at most `max_ids`.
 #[derive(Debug, Clone, Default)]
 pub struct DedupWindow {
-    order: VecDeque<(Arc<str>, i64)>,
-    ids: HashSet<Arc<str>, ahash::RandomState>,
+    order: VecDeque<(u64, i64)>,
+    index: Option<Box<HashSet<u64, ahash::RandomState>>>,
+    /// How many of the newest entries are not persisted yet (the store appends them).
+    unsaved: u32,
 }
 
 impl DedupWindow {
-    /// Records `id` as seen at `now_ms`. Returns false if it was already in the window.
-    pub fn insert(&mut self, id: &str, now_ms: i64, window_ms: i64, max_ids: usize) -> bool {
+    /// A window holding `entries` (oldest first), all persisted.
+    pub fn from_entries(entries: Vec<(u64, i64)>) -> Self {
+        let mut order = VecDeque::from(entries);
+        order.shrink_to_fit();
+        let mut w = DedupWindow {
+            order,
+            index: None,
+            unsaved: 0,
+        };
+        w.reindex();
+        w
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = (u64, i64)> + '_ {
+        self.order.iter().copied()
+    }
+
+    /// Records `fingerprint` as seen at `now_ms`. Returns false if it was already in the window.
+    pub fn insert(&mut self, fingerprint: u64, now_ms: i64, window_ms: i64, max_ids: usize) -> bool {
         self.expire(now_ms, window_ms);
-        if self.ids.contains(id) {
+        if self.contains(fingerprint) {
             return false;
         }
-        let id: Arc<str> = Arc::from(id);
-        self.ids.insert(id.clone());
-        self.order.push_back((id, now_ms));
+        if self.order.len() == self.order.capacity() {
+            self.order.reserve_exact(1);
+        }
+        self.order.push_back((fingerprint, now_ms));
+        if let Some(index) = &mut self.index {
+            index.insert(fingerprint);
+        }
+        self.unsaved = self.unsaved.saturating_add(1);
         while self.order.len() > max_ids.max(1) {
             self.pop_oldest();
+        }
+        if self.index.is_none() && self.order.len() > INDEX_ABOVE {
+            self.reindex();
         }
         true
     }
 
-    pub fn contains(&self, id: &str) -> bool {
-        self.ids.contains(id)
+    pub fn contains(&self, fingerprint: u64) -> bool {
+        match &self.index {
+            Some(index) => index.contains(&fingerprint),
+            None => self.order.iter().any(|(f, _)| *f == fingerprint),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -38,6 +70,18 @@ impl DedupWindow {
 
     pub fn is_empty(&self) -> bool {
         self.order.is_empty()
+    }
+
+    /// The entries added since the last call (what the store must append), newest last.
+    pub fn take_unsaved(&mut self) -> Vec<(u64, i64)> {
+        let n = (self.unsaved as usize).min(self.order.len());
+        self.unsaved = 0;
+        self.order.range(self.order.len() - n..).copied().collect()
+    }
+
+    /// Heap bytes held (for the residency accounting).
+    pub fn heap_bytes(&self) -> usize {
+        self.order.capacity() * 16 + self.index.as_ref().map_or(0, |i| i.capacity() * 9 + 64)
     }
 
     fn expire(&mut self, now_ms: i64, window_ms: i64) {
@@ -51,29 +95,22 @@ impl DedupWindow {
     }
 
     fn pop_oldest(&mut self) {
-        if let Some((id, _)) = self.order.pop_front() {
-            self.ids.remove(&id);
+        if let Some((f, _)) = self.order.pop_front() {
+            if let Some(index) = &mut self.index {
+                index.remove(&f);
+            }
         }
+    }
+
+    fn reindex(&mut self) {
+        self.index = (self.order.len() > INDEX_ABOVE)
+            .then(|| Box::new(self.order.iter().map(|(f, _)| *f).collect()));
     }
 }
 
 impl PartialEq for DedupWindow {
     fn eq(&self, other: &Self) -> bool {
         self.order == other.order
-    }
-}
-
-impl Serialize for DedupWindow {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.order.serialize(s)
-    }
-}
-
-impl<'de> Deserialize<'de> for DedupWindow {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let order: VecDeque<(Arc<str>, i64)> = VecDeque::deserialize(d)?;
-        let ids = order.iter().map(|(id, _)| id.clone()).collect();
-        Ok(DedupWindow { order, ids })
     }
 }
 
@@ -84,29 +121,42 @@ mod tests {
     #[test]
     fn rejects_seen_ids_within_window() {
         let mut w = DedupWindow::default();
-        assert!(w.insert("a", 0, 100, 10));
-        assert!(!w.insert("a", 50, 100, 10));
-        assert!(w.insert("a", 201, 100, 10), "expired after the window");
+        assert!(w.insert(1, 0, 100, 10));
+        assert!(!w.insert(1, 50, 100, 10));
+        assert!(w.insert(1, 201, 100, 10), "expired after the window");
     }
 
     #[test]
     fn bounded_in_size_oldest_evicted() {
         let mut w = DedupWindow::default();
         for i in 0..5 {
-            assert!(w.insert(&i.to_string(), 0, 100, 3));
+            assert!(w.insert(i, 0, 100, 3));
         }
         assert_eq!(w.len(), 3);
-        assert!(!w.contains("0") && !w.contains("1"));
-        assert!(w.contains("4"));
+        assert!(!w.contains(0) && !w.contains(1));
+        assert!(w.contains(4));
     }
 
     #[test]
-    fn round_trips_through_json() {
+    fn indexed_and_scanned_lookups_agree() {
         let mut w = DedupWindow::default();
-        w.insert("x", 1, 100, 10);
-        w.insert("y", 2, 100, 10);
-        let back: DedupWindow = serde_json::from_str(&serde_json::to_string(&w).unwrap()).unwrap();
+        for i in 0..100 {
+            assert!(w.insert(i * 7, i as i64, 1_000, 50));
+        }
+        assert!(w.index.is_some());
+        assert_eq!(w.len(), 50);
+        assert!(!w.contains(0) && w.contains(99 * 7));
+        assert!(!w.insert(99 * 7, 100, 1_000, 50));
+    }
+
+    #[test]
+    fn unsaved_entries_are_the_newest_once() {
+        let mut w = DedupWindow::from_entries(vec![(1, 1), (2, 2)]);
+        w.insert(3, 3, 100, 10);
+        w.insert(4, 4, 100, 10);
+        assert_eq!(w.take_unsaved(), vec![(3, 3), (4, 4)]);
+        assert!(w.take_unsaved().is_empty());
+        let back = DedupWindow::from_entries(w.entries().collect());
         assert_eq!(back, w);
-        assert!(back.contains("y"));
     }
 }

@@ -4,8 +4,12 @@
 pub mod campaign;
 pub mod dedup;
 pub mod event;
+pub mod keys;
 pub mod message;
+pub mod names;
+pub mod profile;
 pub mod retry;
 pub mod signature;
+pub mod stored_state;
 pub mod user;
 pub mod watermark;

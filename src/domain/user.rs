@@ -1,5 +1,7 @@
-//! The per-user aggregation state machine: exactly the `users` document of REFERENCE.md §3,
-//! plus what makes re-application harmless (last applied positions and the dedup window).
+//! The per-user aggregation state machine. [`UserProfile`] is the `users` document of
+//! REFERENCE.md §3 as plain maps (the view tests and the self-check compare); [`UserState`] is
+//! what a resident user costs: the compact [`Profile`] plus what makes re-application harmless
+//! (last applied positions, the dedup window) and the fencing version.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -8,6 +10,8 @@ use serde_json::Value;
 
 use super::dedup::DedupWindow;
 use super::event::{Event, EventKind};
+use super::keys::message_fingerprint;
+use super::profile::Profile;
 
 /// Per-event-name statistics of a user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,22 +123,22 @@ impl Default for DedupLimits {
     }
 }
 
-/// Everything Herald keeps about one user: the profile plus replay protection.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// Everything Herald keeps about one resident user: the compact profile, replay protection
+/// and the fencing version of its last durable write (its key is held by its owner).
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct UserState {
-    pub user_id: String,
-    pub profile: UserProfile,
+    /// The version of the stored state this one descends from (0: never stored). A write
+    /// creates `version + 1` and is refused if the store moved past `version` meanwhile.
+    pub version: u64,
+    pub profile: Profile,
     /// Last applied offset per partition, sorted by partition (few entries).
     pub positions: Vec<(u32, u64)>,
     pub seen: DedupWindow,
 }
 
 impl UserState {
-    pub fn new(user_id: impl Into<String>) -> Self {
-        UserState {
-            user_id: user_id.into(),
-            ..Default::default()
-        }
+    pub fn new() -> Self {
+        UserState::default()
     }
 
     pub fn last_position(&self, partition: u32) -> Option<u64> {
@@ -148,6 +152,7 @@ impl UserState {
         match self.positions.iter_mut().find(|(p, _)| *p == pos.partition) {
             Some(entry) => entry.1 = entry.1.max(pos.offset),
             None => {
+                self.positions.reserve_exact(1);
                 self.positions.push((pos.partition, pos.offset));
                 self.positions.sort_unstable();
             }
@@ -172,14 +177,31 @@ impl UserState {
             }
             self.advance_position(pos);
         }
+        let fingerprint = message_fingerprint(&event.message_id);
         if !self
             .seen
-            .insert(&event.message_id, now_ms, limits.window_ms, limits.max_ids)
+            .insert(fingerprint, now_ms, limits.window_ms, limits.max_ids)
         {
             return ApplyOutcome::DuplicateId;
         }
         self.profile.apply(event);
         ApplyOutcome::Applied
+    }
+
+    /// Bytes this state holds on the heap (names are shared and not counted).
+    pub fn heap_bytes(&self) -> usize {
+        self.profile.heap_bytes() + self.positions.capacity() * 16 + self.seen.heap_bytes()
+    }
+}
+
+/// Reads a trait by name (the campaigns evaluate against either profile form).
+pub trait TraitLookup {
+    fn trait_value(&self, key: &str) -> Option<&Value>;
+}
+
+impl TraitLookup for UserProfile {
+    fn trait_value(&self, key: &str) -> Option<&Value> {
+        self.traits.get(key)
     }
 }
 
@@ -230,7 +252,7 @@ mod tests {
 
     #[test]
     fn identify_sets_and_removes_traits_and_tags() {
-        let mut s = UserState::new("u");
+        let mut s = UserState::new();
         let limits = DedupLimits::default();
         s.apply(
             None,
@@ -246,7 +268,7 @@ mod tests {
         assert_eq!(s.profile.traits.get("a"), None);
         assert_eq!(s.profile.traits.get("b"), Some(&json!("x")));
         assert_eq!(
-            s.profile.tags.iter().cloned().collect::<Vec<_>>(),
+            s.profile.tags.iter().collect::<Vec<_>>(),
             vec!["vip"]
         );
         assert_eq!(s.profile.first_seen, Some(5));
@@ -256,7 +278,7 @@ mod tests {
 
     #[test]
     fn track_counts_per_event_with_min_max_times() {
-        let mut s = UserState::new("u");
+        let mut s = UserState::new();
         let limits = DedupLimits::default();
         for (i, t) in [30, 10, 20].iter().enumerate() {
             s.apply(None, &track(&i.to_string(), *t, "buy"), 0, limits);
@@ -264,7 +286,7 @@ mod tests {
         s.apply(None, &track("9", 40, "view"), 0, limits);
         assert_eq!(s.profile.event_count, 4);
         assert_eq!(
-            s.profile.events["buy"],
+            *s.profile.events.get("buy").unwrap(),
             EventStats {
                 count: 3,
                 first_at: 10,
@@ -275,7 +297,7 @@ mod tests {
 
     #[test]
     fn replays_and_duplicates_change_nothing() {
-        let mut s = UserState::new("u");
+        let mut s = UserState::new();
         let limits = DedupLimits::default();
         let p = |o| {
             Some(Position {

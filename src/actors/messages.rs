@@ -1,0 +1,142 @@
+//! The messages between the actors, and the handles they hold of each other. Kept apart from
+//! the actors so no actor module imports another's: a partition knows its user shards only as
+//! `Recipient<ApplyBatch>`, a shard knows a partition only as a [`PartitionLink`].
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use tokio::sync::oneshot;
+
+use crate::domain::campaign::TriggeredMessage;
+use crate::domain::event::Event;
+use crate::ports::{DeadLetter, Record, SeenPolicy, UserSnapshot};
+
+/// One decoded record, with the raw record kept so a store refusal can dead-letter it.
+pub struct UserRecord {
+    pub event: Event,
+    /// Record time (ms), for end-to-end latency.
+    pub ts: i64,
+    pub raw: Record,
+}
+
+/// A partition incarnation as its user shards see it: where durability is reported, and
+/// whether the incarnation may still commit.
+pub struct PartitionLink {
+    pub partition: u32,
+    alive: AtomicBool,
+    reports: Recipient<PartitionReport>,
+}
+
+impl PartitionLink {
+    pub fn new(partition: u32, reports: Recipient<PartitionReport>) -> Arc<Self> {
+        Arc::new(PartitionLink {
+            partition,
+            alive: AtomicBool::new(true),
+            reports,
+        })
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+
+    /// Everything below these offsets' records is durable (as far as this shard goes).
+    pub fn durable(&self, offsets: Vec<u64>) {
+        self.reports.do_send(PartitionReport::Durable(offsets));
+    }
+
+    /// This incarnation may not commit any more: records it handed over were applied to a
+    /// state that is gone (refused as stale). Cleared before any later report is sent, so
+    /// the partition never commits past them.
+    pub fn fence(&self, reason: String) {
+        if self.alive.swap(false, Ordering::AcqRel) {
+            self.reports.do_send(PartitionReport::Fenced(reason));
+        }
+    }
+
+    /// The partition itself retires this incarnation (restart, revoke, loss).
+    pub fn retire(&self) {
+        self.alive.store(false, Ordering::Release);
+    }
+}
+
+/// From a user shard to a partition incarnation.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub enum PartitionReport {
+    Durable(Vec<u64>),
+    Fenced(String),
+}
+
+/// A partition's decoded records for the users one shard owns, in partition order.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ApplyBatch {
+    pub link: Arc<PartitionLink>,
+    pub records: Vec<UserRecord>,
+}
+
+/// Stop reading, wait until everything read is durable (or the deadline passes), commit,
+/// reply with the committed position, then stop.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Drain {
+    pub done: oneshot::Sender<u64>,
+}
+
+/// A partition incarnation stopped (a contained panic, or fenced).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PartitionFailed {
+    pub partition: u32,
+    pub cause: String,
+}
+
+/// Drain every partition (shutdown); resolves when all are committed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DrainAll;
+
+/// Which partitions run here (for tests and readiness).
+#[derive(Message)]
+#[rtype(result = "Vec<u32>")]
+pub struct Running;
+
+/// A child failed beyond its restart intensity.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Escalate {
+    pub actor: &'static str,
+    pub reason: String,
+}
+
+/// One shard's flush: the dirty users' snapshots and what they triggered, written by the
+/// shard's batcher in order (claim, documents, messages, states, dead letters).
+#[derive(Message)]
+#[rtype(result = "WriteOutcome")]
+pub struct WriteBatch {
+    pub snapshots: Vec<Arc<UserSnapshot>>,
+    pub messages: Vec<(Arc<str>, TriggeredMessage)>,
+    /// The applied records behind the snapshots, by user (dead-lettered if refused).
+    pub raw: Vec<(Arc<str>, Record)>,
+    /// Records to dead-letter with this flush (quarantined users, earlier refusals).
+    pub dead: Vec<DeadLetter>,
+    pub seen: SeenPolicy,
+    /// Events applied (for `herald_batch_size`).
+    pub events: u64,
+}
+
+/// What became of a flush's users.
+#[derive(Debug, Default)]
+pub struct WriteOutcome {
+    /// Another owner wrote a newer version: this state is stale and must not be used.
+    pub stale: Vec<Arc<str>>,
+    /// The store refused the document (bad data): its records were dead-lettered.
+    pub refused: Vec<(Arc<str>, String)>,
+}
+
+/// Flush whatever is pending now (used on shutdown and by tests).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FlushNow;

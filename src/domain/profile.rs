@@ -1,0 +1,343 @@
+//! The resident form of a user's profile: small sorted vectors of interned names instead of
+//! B-tree maps of owned strings (a B-tree node is ~0.5 KB; five traits in a `Vec` are 240 B).
+//! It serialises to the same JSON shape as [`UserProfile`], the document view.
+
+use std::fmt;
+
+use serde::de::{MapAccess, SeqAccess, Visitor};
+use serde::ser::{SerializeMap, SerializeSeq};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
+
+use super::event::{Event, EventKind};
+use super::names::{intern, Name};
+use super::user::{EventStats, TraitLookup, UserProfile};
+
+/// A map from names to values, sorted by name, grown one slot at a time (no spare capacity).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NameMap<V>(Vec<(Name, V)>);
+
+impl<V> Default for NameMap<V> {
+    fn default() -> Self {
+        NameMap(Vec::new())
+    }
+}
+
+impl<V> NameMap<V> {
+    fn find(&self, key: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| (**k).cmp(key))
+    }
+
+    pub fn get(&self, key: &str) -> Option<&V> {
+        self.find(key).ok().map(|i| &self.0[i].1)
+    }
+
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut V> {
+        self.find(key).ok().map(|i| &mut self.0[i].1)
+    }
+
+    /// Sets `key`; interns the name only when the key is new.
+    pub fn insert(&mut self, key: &str, value: V) {
+        match self.find(key) {
+            Ok(i) => self.0[i].1 = value,
+            Err(i) => {
+                self.0.reserve_exact(1);
+                self.0.insert(i, (intern(key), value));
+            }
+        }
+    }
+
+    pub fn remove(&mut self, key: &str) {
+        if let Ok(i) = self.find(key) {
+            self.0.remove(i);
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &V)> {
+        self.0.iter().map(|(k, v)| (&**k, v))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Heap bytes held by this map's slots (names are shared, so not counted).
+    pub fn heap_bytes(&self) -> usize {
+        self.0.capacity() * std::mem::size_of::<(Name, V)>()
+    }
+}
+
+impl<V: Serialize> Serialize for NameMap<V> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            map.serialize_entry(&**k, v)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for NameMap<V> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V2<V>(std::marker::PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> Visitor<'de> for V2<V> {
+            type Value = NameMap<V>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                let mut m = NameMap(Vec::with_capacity(a.size_hint().unwrap_or(0)));
+                while let Some((k, v)) = a.next_entry::<std::borrow::Cow<'de, str>, V>()? {
+                    m.insert(&k, v);
+                }
+                m.0.shrink_to_fit();
+                Ok(m)
+            }
+        }
+        d.deserialize_map(V2(std::marker::PhantomData))
+    }
+}
+
+/// A set of names, sorted.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NameSet(Vec<Name>);
+
+impl NameSet {
+    fn find(&self, key: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|k| (**k).cmp(key))
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.find(key).is_ok()
+    }
+
+    pub fn insert(&mut self, key: &str) {
+        if let Err(i) = self.find(key) {
+            self.0.reserve_exact(1);
+            self.0.insert(i, intern(key));
+        }
+    }
+
+    pub fn remove(&mut self, key: &str) {
+        if let Ok(i) = self.find(key) {
+            self.0.remove(i);
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|k| &**k)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for NameSet {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for k in &self.0 {
+            seq.serialize_element(&**k)?;
+        }
+        seq.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for NameSet {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = NameSet;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list of strings")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<NameSet, A::Error> {
+                let mut s = NameSet::default();
+                while let Some(k) = a.next_element::<std::borrow::Cow<'de, str>>()? {
+                    s.insert(&k);
+                }
+                s.0.shrink_to_fit();
+                Ok(s)
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+/// The resident profile: what the `users` document shows, in compact form.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Profile {
+    #[serde(default)]
+    pub traits: NameMap<Value>,
+    #[serde(default)]
+    pub tags: NameSet,
+    #[serde(default)]
+    pub event_count: i64,
+    #[serde(default)]
+    pub events: NameMap<EventStats>,
+    #[serde(default)]
+    pub first_seen: Option<i64>,
+    #[serde(default)]
+    pub last_seen: Option<i64>,
+}
+
+impl Profile {
+    /// Applies one event's effect (no dedup: see `UserState::apply`). Same semantics as
+    /// [`UserProfile::apply`], which the property tests hold it to.
+    pub fn apply(&mut self, event: &Event) {
+        let t = event.timestamp_ms;
+        self.first_seen = Some(self.first_seen.map_or(t, |f| f.min(t)));
+        self.last_seen = Some(self.last_seen.map_or(t, |l| l.max(t)));
+        match &event.kind {
+            EventKind::Identify {
+                traits,
+                tags_add,
+                tags_remove,
+            } => {
+                for (key, value) in traits {
+                    match value {
+                        Some(v) => self.traits.insert(key, v.clone()),
+                        None => self.traits.remove(key),
+                    }
+                }
+                // Add is applied before remove (REFERENCE.md §2).
+                for tag in tags_add {
+                    self.tags.insert(tag);
+                }
+                for tag in tags_remove {
+                    self.tags.remove(tag);
+                }
+            }
+            EventKind::Track { event: name } => {
+                self.event_count += 1;
+                match self.events.get_mut(name) {
+                    Some(stats) => {
+                        stats.count += 1;
+                        stats.first_at = stats.first_at.min(t);
+                        stats.last_at = stats.last_at.max(t);
+                    }
+                    None => self.events.insert(
+                        name,
+                        EventStats {
+                            count: 1,
+                            first_at: t,
+                            last_at: t,
+                        },
+                    ),
+                }
+            }
+        }
+    }
+
+    /// The document view (B-tree maps, for comparisons and tests).
+    pub fn to_view(&self) -> UserProfile {
+        UserProfile {
+            traits: self
+                .traits
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+            tags: self.tags.iter().map(str::to_string).collect(),
+            event_count: self.event_count,
+            events: self
+                .events
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+            first_seen: self.first_seen,
+            last_seen: self.last_seen,
+        }
+    }
+
+    pub fn from_view(view: &UserProfile) -> Profile {
+        let mut p = Profile {
+            event_count: view.event_count,
+            first_seen: view.first_seen,
+            last_seen: view.last_seen,
+            ..Profile::default()
+        };
+        for (k, v) in &view.traits {
+            p.traits.insert(k, v.clone());
+        }
+        for t in &view.tags {
+            p.tags.insert(t);
+        }
+        for (k, v) in &view.events {
+            p.events.insert(k, v.clone());
+        }
+        p
+    }
+
+    /// Heap bytes of this profile (trait string values approximated by their length).
+    pub fn heap_bytes(&self) -> usize {
+        let strings: usize = self
+            .traits
+            .iter()
+            .map(|(_, v)| match v {
+                Value::String(s) => s.capacity(),
+                _ => 0,
+            })
+            .sum();
+        self.traits.heap_bytes()
+            + self.tags.0.capacity() * std::mem::size_of::<Name>()
+            + self.events.heap_bytes()
+            + strings
+    }
+}
+
+impl TraitLookup for Profile {
+    fn trait_value(&self, key: &str) -> Option<&Value> {
+        self.traits.get(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn name_map_stays_sorted_and_exact() {
+        let mut m = NameMap::default();
+        for k in ["b", "a", "c", "a"] {
+            m.insert(k, json!(k));
+        }
+        assert_eq!(m.iter().map(|(k, _)| k).collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert_eq!(m.0.capacity(), 3);
+        m.remove("b");
+        assert_eq!(m.get("b"), None);
+        assert_eq!(m.get("c"), Some(&json!("c")));
+    }
+
+    #[test]
+    fn serialises_like_the_document_view() {
+        let mut p = Profile::default();
+        p.traits.insert("plan", json!("pro"));
+        p.tags.insert("vip");
+        p.events.insert(
+            "buy",
+            EventStats {
+                count: 2,
+                first_at: 1,
+                last_at: 3,
+            },
+        );
+        p.event_count = 2;
+        let view = p.to_view();
+        assert_eq!(
+            serde_json::to_value(&p).unwrap(),
+            serde_json::to_value(&view).unwrap()
+        );
+        let back: Profile = serde_json::from_value(serde_json::to_value(&view).unwrap()).unwrap();
+        assert_eq!(back, p);
+        assert_eq!(Profile::from_view(&view), p);
+    }
+}
