@@ -17,7 +17,7 @@ use herald::adapters::mongo_docs::MongoDocumentStore;
 use herald::adapters::redis_state::RedisStateStore;
 use herald::domain::event::decode;
 use herald::domain::user::{DedupLimits, Position, UserState};
-use herald::ports::{DocumentStore, StateStore};
+use herald::ports::{DocumentStore, LoadedState, SeenPolicy, StateStore, UserSnapshot};
 use herald::workload::{Workload, WorkloadSpec};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -46,6 +46,29 @@ fn rt() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
+}
+
+const SEEN: SeenPolicy = SeenPolicy {
+    expire_before_ms: 0,
+    max_ids: 10_000,
+};
+
+/// What a flush writes of a user whose state is now at `s.version`.
+fn snapshot(user: &str, s: &mut UserState) -> Arc<UserSnapshot> {
+    Arc::new(UserSnapshot {
+        user_id: Arc::from(user),
+        version: s.version,
+        profile: s.profile.clone(),
+        positions: s.positions.clone(),
+        seen_added: s.seen.take_unsaved(),
+    })
+}
+
+/// A flush's state writes as Herald makes them: the fencing claim, then the states.
+async fn write_state(redis: &RedisStateStore, f: Vec<Arc<UserSnapshot>>) {
+    let claims = f.iter().map(|u| (u.user_id.clone(), u.version)).collect();
+    assert!(redis.claim(1, claims).await.unwrap().iter().all(|ok| *ok));
+    assert!(redis.save(1, f, SEEN).await.unwrap().iter().all(|ok| *ok));
 }
 
 fn main() {
@@ -110,14 +133,14 @@ fn main() {
     // The writes Herald makes: per flush of BATCH events, one state per distinct user.
     let limits = DedupLimits::default();
     let mut states: HashMap<String, UserState> = HashMap::new();
-    let mut flushes: Vec<Vec<Arc<UserState>>> = Vec::new();
+    let mut flushes: Vec<Vec<Arc<UserSnapshot>>> = Vec::new();
     let mut touched: HashMap<String, ()> = HashMap::new();
     let mut count = 0;
     for (i, m) in msgs.iter().enumerate() {
         if let Ok(e) = decode(&m.payload, 1 << 20) {
             let s = states
                 .entry(e.user_id.clone())
-                .or_insert_with(|| UserState::new(e.user_id.clone()));
+                .or_default();
             s.apply(
                 Some(Position {
                     partition: 0,
@@ -134,7 +157,11 @@ fn main() {
             flushes.push(
                 touched
                     .drain()
-                    .map(|(u, _)| Arc::new(states[&u].clone()))
+                    .map(|(u, _)| {
+                        let s = states.get_mut(&u).unwrap();
+                        s.version += 1;
+                        snapshot(&u, s)
+                    })
                     .collect(),
             );
             count = 0;
@@ -149,7 +176,7 @@ fn main() {
             .unwrap();
         let started = Instant::now();
         for f in &flushes {
-            redis.save(f.clone()).await.unwrap();
+            write_state(&redis, f.clone()).await;
         }
         let redis_secs = started.elapsed().as_secs_f64();
         let mongo = MongoDocumentStore::connect(MONGO, &format!("{base}_alone"))
@@ -250,11 +277,10 @@ fn main() {
             let Ok(e) = decode(&m.payload, 1 << 20) else {
                 continue;
             };
-            let mut s = redis
-                .load(&e.user_id)
-                .await
-                .unwrap()
-                .unwrap_or_else(|| UserState::new(e.user_id.clone()));
+            let mut s = match redis.load(vec![Arc::from(e.user_id.as_str())]).await.unwrap().remove(0) {
+                LoadedState::Found(s) => s,
+                _ => UserState::new(),
+            };
             s.apply(
                 Some(Position {
                     partition: 0,
@@ -264,9 +290,11 @@ fn main() {
                 0,
                 limits,
             );
-            let s = Arc::new(s);
+            s.version += 1;
+            let s = snapshot(&e.user_id, &mut s);
+            redis.claim(1, vec![(s.user_id.clone(), s.version)]).await.unwrap();
             mongo.upsert_users(vec![s.clone()], 0).await.unwrap();
-            redis.save(vec![s]).await.unwrap();
+            redis.save(1, vec![s], SEEN).await.unwrap();
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition_offset(&base, 0, Offset::Offset(i as i64 + 1))
                 .unwrap();

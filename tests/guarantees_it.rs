@@ -221,7 +221,7 @@ fn sigterm_drains_commits_and_exits_zero(bus: Bus) {
             let states = redis_states(&names);
             let mut applied = 0;
             for (id, (user, n)) in &produced {
-                let seen = states.get(user).is_some_and(|s| s.seen.contains(id));
+                let seen = states.get(user).is_some_and(|s| remembers(s, id));
                 if seen {
                     applied += 1;
                     assert!(
@@ -317,7 +317,7 @@ fn committed_never_passes_what_is_durable(bus: Bus) {
             .get(&e.user_id)
             .unwrap_or_else(|| panic!("no state for {} ({})", e.user_id, e.message_id));
         assert!(
-            state.seen.contains(&e.message_id),
+            remembers(state, &e.message_id),
             "{} committed but not durable",
             e.message_id
         );

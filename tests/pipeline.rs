@@ -17,11 +17,12 @@ use herald::adapters::embedded_source::EmbeddedSource;
 use herald::config::Config;
 use herald::domain::event::{decode, RejectReason};
 use herald::domain::message::{MessageRecord, StatusChange};
-use herald::domain::user::{UserProfile, UserState};
+use herald::domain::keys::message_fingerprint;
+use herald::domain::user::UserProfile;
 use herald::embedded::EmbeddedRig;
 use herald::ports::{
-    AssignmentEvent, BoxFut, DeadLetter, DocumentStore, PartitionReader, Source, SourceError,
-    StateStore, StoreError, TransitionResult,
+    AssignmentEvent, BoxFut, DeadLetter, DocumentStore, LoadedState, PartitionReader, SeenPolicy,
+    Source, SourceError, StateStore, StoreError, TransitionResult, UserSnapshot, UsersWritten,
 };
 use herald::workload::{MessageKind, Workload, WorkloadSpec};
 use tokio::sync::mpsc;
@@ -103,9 +104,9 @@ impl FaultyDocs {
 impl DocumentStore for FaultyDocs {
     fn upsert_users(
         &self,
-        users: Vec<Arc<UserState>>,
+        users: Vec<Arc<UserSnapshot>>,
         now_ms: i64,
-    ) -> BoxFut<Result<(), StoreError>> {
+    ) -> BoxFut<Result<UsersWritten, StoreError>> {
         if self
             .panics_left
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -156,8 +157,8 @@ struct CountingState {
 }
 
 impl StateStore for CountingState {
-    fn load(&self, user_id: &str) -> BoxFut<Result<Option<UserState>, StoreError>> {
-        self.loads.fetch_add(1, Ordering::SeqCst);
+    fn load(&self, users: Vec<Arc<str>>) -> BoxFut<Result<Vec<LoadedState>, StoreError>> {
+        self.loads.fetch_add(users.len(), Ordering::SeqCst);
         if self
             .panics_left
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -165,10 +166,18 @@ impl StateStore for CountingState {
         {
             panic!("injected state store panic");
         }
-        self.inner.load(user_id)
+        self.inner.load(users)
     }
-    fn save(&self, states: Vec<Arc<UserState>>) -> BoxFut<Result<(), StoreError>> {
-        self.inner.save(states)
+    fn claim(&self, owner: u64, claims: Vec<(Arc<str>, u64)>) -> BoxFut<Result<Vec<bool>, StoreError>> {
+        self.inner.claim(owner, claims)
+    }
+    fn save(
+        &self,
+        owner: u64,
+        users: Vec<Arc<UserSnapshot>>,
+        seen: SeenPolicy,
+    ) -> BoxFut<Result<Vec<bool>, StoreError>> {
+        self.inner.save(owner, users, seen)
     }
 }
 
@@ -181,24 +190,20 @@ struct RefusingDocs {
 impl DocumentStore for RefusingDocs {
     fn upsert_users(
         &self,
-        users: Vec<Arc<UserState>>,
+        users: Vec<Arc<UserSnapshot>>,
         now_ms: i64,
-    ) -> BoxFut<Result<(), StoreError>> {
+    ) -> BoxFut<Result<UsersWritten, StoreError>> {
         let (bad, good): (Vec<_>, Vec<_>) = users
             .into_iter()
-            .partition(|u| u.profile.traits.contains_key("poison"));
+            .partition(|u| u.profile.traits.get("poison").is_some());
         let write = self.inner.upsert_users(good, now_ms);
         async move {
-            write.await?;
-            if bad.is_empty() {
-                return Ok(());
-            }
-            Err(StoreError::Refused {
-                refused: bad
-                    .iter()
-                    .map(|u| (u.user_id.clone(), "document failed validation".into()))
-                    .collect(),
-            })
+            let mut written = write.await?;
+            written.refused.extend(
+                bad.iter()
+                    .map(|u| (u.user_id.clone(), "document failed validation".to_string())),
+            );
+            Ok(written)
         }
         .boxed()
     }
@@ -419,7 +424,7 @@ impl Source for CheckingSource {
                 let durable = self
                     .state
                     .get(&e.user_id)
-                    .is_some_and(|s| s.seen.contains(&e.message_id));
+                    .is_some_and(|s| s.seen.contains(message_fingerprint(&e.message_id)));
                 if !durable {
                     self.violations.fetch_add(1, Ordering::SeqCst);
                 }

@@ -318,7 +318,8 @@ impl UserShard {
             let fut = async move {
                 let mut delay = Duration::from_millis(10);
                 loop {
-                    match contain_async(store.load(users.clone())).await {
+                    // The call itself may panic, not only its future: contain both.
+                    match contain_async(async { store.load(users.clone()).await }).await {
                         Ok(Ok(states)) if states.len() == users.len() => return (users, states),
                         Ok(Ok(_)) => tracing::warn!(shard, "state load answered the wrong number of users; retrying"),
                         Ok(Err(e)) => tracing::warn!(shard, error = %e, "state load failed; retrying"),

@@ -872,24 +872,47 @@ where
     }
 }
 
-/// Every user's state in Redis (`<prefix>user:<id>`), by user id.
+/// Every user's state in Redis (hash `<prefix>user:<id>` with `v` and `s`, sorted set
+/// `<prefix>seen:<id>` of 8-byte fingerprints), by user id.
 pub fn redis_states(names: &Names) -> BTreeMap<String, herald::domain::user::UserState> {
     let client = redis::Client::open(names.redis.as_str()).unwrap();
     let mut conn = client.get_connection().unwrap();
     let prefix = format!("{}:user:", names.base);
+    let seen_prefix = format!("{}:seen:", names.base);
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{prefix}*"))
         .query(&mut conn)
         .unwrap();
     let mut out = BTreeMap::new();
-    for chunk in keys.chunks(500) {
-        let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET").arg(chunk).query(&mut conn).unwrap();
-        for (k, v) in chunk.iter().zip(values) {
-            if let Some(raw) = v {
-                let state = serde_json::from_slice(&raw).unwrap();
-                out.insert(k[prefix.len()..].to_string(), state);
-            }
-        }
+    for k in keys {
+        let user = &k[prefix.len()..];
+        let (v, blob): (Option<u64>, Option<Vec<u8>>) = redis::cmd("HMGET")
+            .arg(&k)
+            .arg("v")
+            .arg("s")
+            .query(&mut conn)
+            .unwrap();
+        let Some(blob) = blob else { continue };
+        let seen: Vec<(Vec<u8>, f64)> = redis::cmd("ZRANGE")
+            .arg(format!("{seen_prefix}{user}"))
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .query(&mut conn)
+            .unwrap();
+        let seen = seen
+            .into_iter()
+            .map(|(m, at)| (u64::from_be_bytes(m.as_slice().try_into().unwrap()), at as i64))
+            .collect();
+        let state = herald::domain::stored_state::decode(&blob, v.unwrap_or(0), seen).unwrap();
+        out.insert(user.to_string(), state);
     }
     out
+}
+
+/// Whether a stored state remembers a `messageId` in its dedup window.
+pub fn remembers(state: &herald::domain::user::UserState, message_id: &str) -> bool {
+    state
+        .seen
+        .contains(herald::domain::keys::message_fingerprint(message_id))
 }
