@@ -138,9 +138,7 @@ fn main() {
     let mut count = 0;
     for (i, m) in msgs.iter().enumerate() {
         if let Ok(e) = decode(&m.payload, 1 << 20) {
-            let s = states
-                .entry(e.user_id.clone())
-                .or_default();
+            let s = states.entry(e.user_id.clone()).or_default();
             s.apply(
                 Some(Position {
                     partition: 0,
@@ -277,7 +275,12 @@ fn main() {
             let Ok(e) = decode(&m.payload, 1 << 20) else {
                 continue;
             };
-            let mut s = match redis.load(vec![Arc::from(e.user_id.as_str())]).await.unwrap().remove(0) {
+            let mut s = match redis
+                .load(vec![Arc::from(e.user_id.as_str())])
+                .await
+                .unwrap()
+                .remove(0)
+            {
                 LoadedState::Found(s) => s,
                 _ => UserState::new(),
             };
@@ -292,7 +295,10 @@ fn main() {
             );
             s.version += 1;
             let s = snapshot(&e.user_id, &mut s);
-            redis.claim(1, vec![(s.user_id.clone(), s.version)]).await.unwrap();
+            redis
+                .claim(1, vec![(s.user_id.clone(), s.version)])
+                .await
+                .unwrap();
             mongo.upsert_users(vec![s.clone()], 0).await.unwrap();
             redis.save(1, vec![s], SEEN).await.unwrap();
             let mut tpl = TopicPartitionList::new();

@@ -444,7 +444,10 @@ impl Config {
             ("batch.max_wait_ms", self.batch.max_wait_ms),
             ("dedup.max_ids_per_user", self.dedup.max_ids_per_user as u64),
             ("aggregator.idle_ms", self.aggregator.idle_ms),
-            ("aggregator.max_resident", self.aggregator.max_resident as u64),
+            (
+                "aggregator.max_resident",
+                self.aggregator.max_resident as u64,
+            ),
             (
                 "pipeline.revoke_timeout_ms",
                 self.pipeline.revoke_timeout_ms,

@@ -146,7 +146,10 @@ fn verify(
         let Ok(event) = decode(&m.payload, config.limits.max_message_bytes) else {
             continue;
         };
-        let pair = (user_hash(&event.user_id), message_fingerprint(&event.message_id));
+        let pair = (
+            user_hash(&event.user_id),
+            message_fingerprint(&event.message_id),
+        );
         if !seen.insert(pair) {
             continue;
         }

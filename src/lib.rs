@@ -8,6 +8,7 @@ pub mod demo;
 pub mod domain;
 pub mod embedded;
 pub mod ports;
+pub mod produce;
 pub mod provider_sim;
 pub mod service;
 pub mod telemetry;

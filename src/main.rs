@@ -184,7 +184,7 @@ fn main() -> ExitCode {
                 return fail("--users must be at least 1");
             }
             let spec = herald::workload::WorkloadSpec::new(events, users, seed);
-            match actix::System::new().block_on(herald::service::produce(cfg, spec, rate)) {
+            match actix::System::new().block_on(herald::produce::produce(cfg, spec, rate)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(format!("{e:#}")),
             }

@@ -61,6 +61,10 @@ pub enum AssignmentEvent {
         partitions: Vec<u32>,
         done: oneshot::Sender<()>,
     },
+    /// Taken away without a revoke (Kafka: this member was evicted from the group, e.g. after
+    /// `max.poll.interval.ms`): another member may own them already, so nothing more is
+    /// committed; what was not committed is redelivered to the next owner.
+    Lost(Vec<u32>),
 }
 
 /// Where records come from.

@@ -1,4 +1,5 @@
-//! `herald run` and `herald produce`: the service on real backends (the edge: `anyhow`).
+//! `herald run`: the service on real backends (the edge: `anyhow`). The load generator,
+//! `herald produce`, is in `produce.rs`.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -7,15 +8,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
 use futures::FutureExt;
-use indicatif::{ProgressBar, ProgressStyle};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use crate::actors::context::{Ports, Settings};
 use crate::actors::ProviderSpec;
 use crate::actors::{Pipeline, PipelineSpec};
 use crate::adapters::http_provider::HttpProvider;
 use crate::adapters::http_server::{self, HttpState, Listeners};
-use crate::adapters::kafka_source::{client_config, ensure_topics, KafkaSettings, KafkaSource};
+use crate::adapters::kafka_source::{KafkaSettings, KafkaSource};
 use crate::adapters::mongo_docs::MongoDocumentStore;
 use crate::adapters::rabbitmq_source::{self, RabbitSettings, RabbitSource};
 use crate::adapters::redis_retry::{listen_for_wakeups, RedisRetrySchedule};
@@ -24,10 +23,9 @@ use crate::config::{mask_url_password, Config, SourceKind};
 use crate::domain::campaign::Channel;
 use crate::ports::{BoxFut, Clock, Probe, Source, SystemClock};
 use crate::telemetry::Metrics;
-use crate::workload::{Workload, WorkloadSpec};
 
 /// Retries `connect` until it succeeds or `timeout` passes; the error names the backend.
-async fn within<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
+pub(crate) async fn within<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
     what: &str,
     timeout: Duration,
     mut connect: impl FnMut() -> F,
@@ -67,7 +65,7 @@ fn kafka_settings(config: &Config) -> KafkaSettings {
     }
 }
 
-fn rabbit_settings(config: &Config) -> RabbitSettings {
+pub(crate) fn rabbit_settings(config: &Config) -> RabbitSettings {
     // Room for a full batch being flushed while the next one fills, within what a partition
     // may hold in flight anyway (the AMQP prefetch count is 16 bits).
     let prefetch = (config.batch.max_size * 2)
@@ -368,180 +366,5 @@ async fn shutdown_signal() -> String {
     tokio::select! {
         _ = term.recv() => "SIGTERM".to_string(),
         _ = tokio::signal::ctrl_c() => "SIGINT".to_string(),
-    }
-}
-
-/// Publishes a deterministic workload to the configured source.
-pub async fn produce(config: Config, spec: WorkloadSpec, rate: Option<u64>) -> anyhow::Result<()> {
-    match config.source.kind {
-        SourceKind::Kafka => produce_kafka(config, spec, rate).await,
-        SourceKind::Rabbitmq => produce_rabbit(config, spec, rate).await,
-        SourceKind::Embedded => {
-            bail!("`herald produce` publishes to kafka or rabbitmq; source.kind is \"embedded\"")
-        }
-    }
-}
-
-fn progress_bar(events: u64) -> ProgressBar {
-    let bar = ProgressBar::new(events);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} produced ({per_sec})",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar
-}
-
-/// Waits until message number `sent` is due at `rate` messages/s.
-async fn pace(rate: Option<u64>, sent: u64, started: Instant) {
-    if let Some(r) = rate {
-        let due = Duration::from_secs_f64(sent as f64 / r.max(1) as f64);
-        if let Some(wait) = due.checked_sub(started.elapsed()) {
-            tokio::time::sleep(wait).await;
-        }
-    }
-}
-
-/// Publishes to the consistent-hash exchange (declaring the topology first, so nothing is
-/// unroutable) with publisher confirms: it returns only when the broker confirmed every
-/// message, and fails on the first refused one.
-async fn produce_rabbit(
-    config: Config,
-    spec: WorkloadSpec,
-    rate: Option<u64>,
-) -> anyhow::Result<()> {
-    use futures::StreamExt;
-    let settings = rabbit_settings(&config);
-    let startup = Duration::from_millis(config.startup.timeout_ms);
-    let url = settings.url.clone();
-    let conn = within(
-        &format!("RabbitMQ at {}", mask_url_password(&url)),
-        startup,
-        || rabbitmq_source::connect(&url, "herald-produce"),
-    )
-    .await?;
-    let channel = rabbitmq_source::confirming_channel(&conn).await?;
-    rabbitmq_source::declare_topology(&channel, &settings).await?;
-    let bar = progress_bar(spec.events);
-    let started = Instant::now();
-    let mut pending = futures::stream::FuturesOrdered::new();
-    for (sent, m) in (0_u64..).zip(Workload::new(spec)) {
-        pace(rate, sent, started).await;
-        let confirm =
-            rabbitmq_source::publish(&channel, &settings.exchange, &m.key, &m.payload, None)
-                .await?;
-        pending.push_back(confirm);
-        while pending.len() >= 5_000 {
-            if let Some(r) = pending.next().await {
-                r?;
-                bar.inc(1);
-            }
-        }
-    }
-    while let Some(r) = pending.next().await {
-        r?;
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    let _ = conn.close(200, "produced".into()).await;
-    eprintln!(
-        "produced {} messages to exchange {} in {:.2} s",
-        spec.events,
-        settings.exchange,
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
-}
-
-async fn produce_kafka(
-    config: Config,
-    spec: WorkloadSpec,
-    rate: Option<u64>,
-) -> anyhow::Result<()> {
-    let brokers = config.kafka.brokers.clone();
-    let topic = config.kafka.topic.clone();
-    let options = config.kafka.option_strings();
-    let startup = Duration::from_millis(config.startup.timeout_ms);
-    within(&format!("Kafka at {brokers}"), startup, || {
-        let b = brokers.clone();
-        let t = topic.clone();
-        let o = options.clone();
-        let parts = config.kafka.partitions;
-        async move {
-            ensure_topics(
-                &b,
-                &o,
-                &[(&t, parts), (&format!("{t}.dlq"), 1)],
-                Duration::from_secs(5),
-            )
-            .await
-        }
-    })
-    .await?;
-    // librdkafka's own batching (linger.ms 5, batch.size 1 MB) and the idempotent producer.
-    let producer: FutureProducer = client_config(&brokers, &options)
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("queue.buffering.max.messages", "200000")
-        .create()
-        .context("creating the Kafka producer")?;
-    let bar = progress_bar(spec.events);
-    let started = Instant::now();
-    let mut pending = futures::stream::FuturesOrdered::new();
-    use futures::StreamExt;
-    for (sent, m) in (0_u64..).zip(Workload::new(spec)) {
-        pace(rate, sent, started).await;
-        loop {
-            let record = FutureRecord::to(&topic)
-                .key(m.key.as_bytes())
-                .payload(&m.payload[..]);
-            match producer.send_result(record) {
-                Ok(delivery) => {
-                    pending.push_back(delivery);
-                    break;
-                }
-                Err((e, _)) => {
-                    // Local queue full: wait for deliveries, then enqueue again.
-                    if pending.is_empty() {
-                        bail!("cannot enqueue to Kafka: {e}");
-                    }
-                    settle(pending.next().await, &bar)?;
-                }
-            }
-        }
-        while pending.len() >= 10_000 {
-            settle(pending.next().await, &bar)?;
-        }
-    }
-    while let Some(r) = pending.next().await {
-        settle(Some(r), &bar)?;
-    }
-    producer
-        .flush(Duration::from_secs(30))
-        .context("flushing the producer")?;
-    bar.finish_and_clear();
-    eprintln!(
-        "produced {} messages to {topic} in {:.2} s",
-        spec.events,
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
-}
-
-type Delivery = Result<
-    rdkafka::producer::future_producer::OwnedDeliveryResult,
-    futures::channel::oneshot::Canceled,
->;
-
-fn settle(result: Option<Delivery>, bar: &ProgressBar) -> anyhow::Result<()> {
-    match result {
-        None => Ok(()),
-        Some(Ok(Ok(_))) => {
-            bar.inc(1);
-            Ok(())
-        }
-        Some(Ok(Err((e, _)))) => Err(anyhow!("delivery failed: {e}")),
-        Some(Err(_)) => Err(anyhow!("the producer was dropped before delivery")),
     }
 }

@@ -341,7 +341,11 @@ impl Metrics {
             .get_or_create(&vec![("reason", "state_unreadable".to_string())])
             .inc();
         self.invalid_total.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(partition, detail, "record of a quarantined user dead-lettered");
+        tracing::debug!(
+            partition,
+            detail,
+            "record of a quarantined user dead-lettered"
+        );
     }
 
     /// `count` events became durable `latency_ms` after their timestamp.

@@ -286,10 +286,12 @@ struct Pipeline {
 impl Pipeline {
     fn apply(&mut self, pos: Position, event: &Event) -> ApplyOutcome {
         self.now_ms += 250;
-        self.states
-            .entry(event.user_id.clone())
-            .or_default()
-            .apply(Some(pos), event, self.now_ms, LIMITS)
+        self.states.entry(event.user_id.clone()).or_default().apply(
+            Some(pos),
+            event,
+            self.now_ms,
+            LIMITS,
+        )
     }
 
     fn apply_all<'a>(&mut self, items: impl IntoIterator<Item = &'a (Position, Event)>) {

@@ -331,12 +331,13 @@ fn committed_never_passes_what_is_durable(bus: Bus) {
     assert!(checked > 0);
 }
 
-/// G7: MongoDB stops for 20 s mid-run: Herald stops *reading* once its bounds are reached
-/// (records read during the outage, from `herald_events_consumed_total`, stay below what the
-/// bounds allow; on Kafka the partitions are paused, `herald_source_paused` = 1), keeps its
-/// memory bounded, says why, resumes by itself, and the result equals the replay. The backlog
-/// per partition is larger than the in-flight bound plus the hand-off, so pausing and resuming
-/// is exercised under real fetches.
+/// G7/G9: MongoDB is killed mid-run for 40 s, longer than the consumer's
+/// `max.poll.interval.ms` (30 s here): Herald stops reading (what it reads after the kill stays
+/// within the in-flight bounds, nothing from 5 s in; on Kafka the partitions are paused,
+/// `herald_source_paused` = 1) but keeps its group membership, keeps its memory bounded, says
+/// in `/readyz` what it waits for, resumes by itself, and the result equals the replay. The
+/// backlog per partition is larger than the in-flight bound plus the hand-off, so pausing and
+/// resuming is exercised under real fetches.
 fn a_mongodb_outage_pauses_and_resumes(bus: Bus) {
     let mut names = Names::on(bus, "g7mongo", 4);
     let port = free_port();
@@ -357,18 +358,31 @@ fn a_mongodb_outage_pauses_and_resumes(bus: Bus) {
             ("HERALD__HTTP__LISTEN", &listen),
             ("HERALD__PIPELINE__MAX_IN_FLIGHT_PER_PARTITION", "5000"),
             ("HERALD__PIPELINE__FETCH_MAX_RECORDS", "1000"),
+            ("HERALD__KAFKA__OPTIONS__max.poll.interval.ms", "30000"),
         ],
         "0",
     );
     obs.wait_progress(0, Duration::from_secs(60));
     let consumed = || sum(&scrape(http), "herald_events_consumed_total", &[]) as i64;
+    let readyz = || {
+        block_on(async {
+            let r = reqwest::get(format!("http://127.0.0.1:{http}/readyz"))
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap_or_default())
+        })
+    };
     let read_at_kill = consumed();
     kill9(&mut mongo.0);
     let down_at = Instant::now();
     let mut max_rss = 0;
     let mut paused_seen = false;
     let mut read_at_5s = None;
-    while down_at.elapsed() < Duration::from_secs(20) {
+    let mut not_ready = None;
+    while down_at.elapsed() < Duration::from_secs(40) {
+        if down_at.elapsed() > Duration::from_secs(5) && not_ready.is_none() {
+            not_ready = Some(readyz());
+        }
         max_rss = max_rss.max(rss_kib(child.id()));
         if down_at.elapsed() > Duration::from_secs(5) && read_at_5s.is_none() {
             read_at_5s = Some(consumed());
@@ -400,6 +414,12 @@ fn a_mongodb_outage_pauses_and_resumes(bus: Bus) {
         max_rss < 1_500_000,
         "memory grew to {max_rss} KiB while MongoDB was down"
     );
+    let (code, why) = not_ready.unwrap();
+    assert_eq!(code, 503, "/readyz during the outage: {why}");
+    assert!(
+        why.contains("mongodb"),
+        "/readyz names what it waits for: {why}"
+    );
     mongo = private_mongo(port, &data);
     obs.wait_done(Duration::from_secs(600));
     if bus == Bus::Kafka {
@@ -413,6 +433,10 @@ fn a_mongodb_outage_pauses_and_resumes(bus: Bus) {
     assert!(status.success());
     let log = std::fs::read_to_string(log_dir().join(format!("{}-0.log", names.base))).unwrap();
     assert!(log.contains("mongodb"), "the log names the cause");
+    assert!(
+        !log.contains("assignment lost"),
+        "Herald left its consumer group during the outage"
+    );
     assert_users_equal(&block_on(mongo_users(&names)), &want.users);
     drop(mongo);
 }

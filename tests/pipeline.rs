@@ -16,8 +16,8 @@ use herald::actors::Pipeline;
 use herald::adapters::embedded_source::EmbeddedSource;
 use herald::config::Config;
 use herald::domain::event::{decode, RejectReason};
-use herald::domain::message::{MessageRecord, StatusChange};
 use herald::domain::keys::message_fingerprint;
+use herald::domain::message::{MessageRecord, StatusChange};
 use herald::domain::user::UserProfile;
 use herald::embedded::EmbeddedRig;
 use herald::ports::{
@@ -168,7 +168,11 @@ impl StateStore for CountingState {
         }
         self.inner.load(users)
     }
-    fn claim(&self, owner: u64, claims: Vec<(Arc<str>, u64)>) -> BoxFut<Result<Vec<bool>, StoreError>> {
+    fn claim(
+        &self,
+        owner: u64,
+        claims: Vec<(Arc<str>, u64)>,
+    ) -> BoxFut<Result<Vec<bool>, StoreError>> {
         self.inner.claim(owner, claims)
     }
     fn save(

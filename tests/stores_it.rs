@@ -9,8 +9,8 @@ use herald::adapters::mongo_docs::MongoDocumentStore;
 use herald::adapters::redis_state::RedisStateStore;
 use herald::domain::campaign::{Channel, TriggeredMessage};
 use herald::domain::event::decode;
-use herald::domain::message::{MessageRecord, MessageStatus, StatusChange, StatusEvent};
 use herald::domain::keys::message_fingerprint;
+use herald::domain::message::{MessageRecord, MessageStatus, StatusChange, StatusEvent};
 use herald::domain::user::{DedupLimits, Position, UserState};
 use herald::ports::{
     DocumentStore, LoadedState, SeenPolicy, StateStore, TransitionResult, UserSnapshot,
@@ -84,11 +84,26 @@ fn redis_state_round_trips_and_is_fenced() {
         let mut s = state("u-1");
         let snap = snapshot("u-1", &mut s);
         // Owner 1 claims version 1 (a retried claim holds too); owner 2 cannot.
-        assert_eq!(store.claim(1, vec![(u.clone(), 1)]).await.unwrap(), vec![true]);
-        assert_eq!(store.claim(1, vec![(u.clone(), 1)]).await.unwrap(), vec![true]);
-        assert_eq!(store.claim(2, vec![(u.clone(), 1)]).await.unwrap(), vec![false]);
-        assert_eq!(store.save(2, vec![snap.clone()], SEEN).await.unwrap(), vec![false]);
-        assert_eq!(store.save(1, vec![snap.clone()], SEEN).await.unwrap(), vec![true]);
+        assert_eq!(
+            store.claim(1, vec![(u.clone(), 1)]).await.unwrap(),
+            vec![true]
+        );
+        assert_eq!(
+            store.claim(1, vec![(u.clone(), 1)]).await.unwrap(),
+            vec![true]
+        );
+        assert_eq!(
+            store.claim(2, vec![(u.clone(), 1)]).await.unwrap(),
+            vec![false]
+        );
+        assert_eq!(
+            store.save(2, vec![snap.clone()], SEEN).await.unwrap(),
+            vec![false]
+        );
+        assert_eq!(
+            store.save(1, vec![snap.clone()], SEEN).await.unwrap(),
+            vec![true]
+        );
         let back = match store.load(vec![u.clone()]).await.unwrap().remove(0) {
             LoadedState::Found(b) => b,
             other => panic!("not found: {other:?}"),
@@ -98,10 +113,22 @@ fn redis_state_round_trips_and_is_fenced() {
         assert_eq!(back.last_position(2), Some(8));
         assert!(back.seen.contains(message_fingerprint("m1")));
         // A previous owner still at version 0 is refused from now on.
-        assert_eq!(store.claim(3, vec![(u.clone(), 1)]).await.unwrap(), vec![false]);
+        assert_eq!(
+            store.claim(3, vec![(u.clone(), 1)]).await.unwrap(),
+            vec![false]
+        );
         // The next version goes to whoever claims it first.
-        assert_eq!(store.claim(2, vec![(u.clone(), 2)]).await.unwrap(), vec![true]);
-        assert_eq!(store.save(1, vec![snapshot("u-1", &mut back.clone())], SEEN).await.unwrap(), vec![false]);
+        assert_eq!(
+            store.claim(2, vec![(u.clone(), 2)]).await.unwrap(),
+            vec![true]
+        );
+        assert_eq!(
+            store
+                .save(1, vec![snapshot("u-1", &mut back.clone())], SEEN)
+                .await
+                .unwrap(),
+            vec![false]
+        );
     });
 }
 
@@ -115,8 +142,19 @@ fn redis_loads_schema_1_states_and_quarantines_unreadable_ones() {
         let mut conn = client.get_connection().unwrap();
         // A state as the release before fencing wrote it: a JSON string, ids inline.
         let v1 = r#"{"user_id":"old","profile":{"traits":{"plan":"pro"},"tags":["vip"],"event_count":2,"events":{"buy":{"count":2,"first_at":5,"last_at":9}},"first_seen":5,"last_seen":9},"positions":[[0,41]],"seen":[["m-a",100],["m-b",101]]}"#;
-        let _: () = redis::cmd("SET").arg(format!("{prefix}user:old")).arg(v1).query(&mut conn).unwrap();
-        let _: () = redis::cmd("HSET").arg(format!("{prefix}user:bad")).arg("v").arg(3).arg("s").arg(r#"{"schema":2,"profile":{"tags":7}}"#).query(&mut conn).unwrap();
+        let _: () = redis::cmd("SET")
+            .arg(format!("{prefix}user:old"))
+            .arg(v1)
+            .query(&mut conn)
+            .unwrap();
+        let _: () = redis::cmd("HSET")
+            .arg(format!("{prefix}user:bad"))
+            .arg("v")
+            .arg(3)
+            .arg("s")
+            .arg(r#"{"schema":2,"profile":{"tags":7}}"#)
+            .query(&mut conn)
+            .unwrap();
         let loaded = store
             .load(vec![Arc::from("old"), Arc::from("bad")])
             .await
@@ -128,10 +166,17 @@ fn redis_loads_schema_1_states_and_quarantines_unreadable_ones() {
         assert_eq!(old.profile.event_count, 2);
         assert_eq!(old.last_position(0), Some(41));
         assert!(old.seen.contains(message_fingerprint("m-b")));
-        assert!(matches!(&loaded[1], LoadedState::Unreadable(why) if why.contains("does not parse")), "{:?}", loaded[1]);
+        assert!(
+            matches!(&loaded[1], LoadedState::Unreadable(why) if why.contains("does not parse")),
+            "{:?}",
+            loaded[1]
+        );
         // Its first claim converts it to the fenced form; the ids migrate on the next write.
         let mut old = old.clone();
-        assert_eq!(store.claim(9, vec![(Arc::from("old"), 1)]).await.unwrap(), vec![true]);
+        assert_eq!(
+            store.claim(9, vec![(Arc::from("old"), 1)]).await.unwrap(),
+            vec![true]
+        );
         let snap = Arc::new(UserSnapshot {
             user_id: Arc::from("old"),
             version: 1,
@@ -141,7 +186,8 @@ fn redis_loads_schema_1_states_and_quarantines_unreadable_ones() {
         });
         assert_eq!(store.save(9, vec![snap], SEEN).await.unwrap(), vec![true]);
         old.version = 1;
-        let LoadedState::Found(again) = store.load(vec![Arc::from("old")]).await.unwrap().remove(0) else {
+        let LoadedState::Found(again) = store.load(vec![Arc::from("old")]).await.unwrap().remove(0)
+        else {
             panic!("converted state did not load");
         };
         assert_eq!(again, old);
@@ -159,8 +205,15 @@ fn mongo_users_upsert_is_idempotent_exact_and_fenced() {
         let mut s = state("u-1");
         let snap = snapshot("u-1", &mut s);
         let none = herald::ports::UsersWritten::default();
-        assert_eq!(store.upsert_users(vec![snap.clone()], 1000).await.unwrap(), none);
-        assert_eq!(store.upsert_users(vec![snap.clone()], 2000).await.unwrap(), none, "the same version again");
+        assert_eq!(
+            store.upsert_users(vec![snap.clone()], 1000).await.unwrap(),
+            none
+        );
+        assert_eq!(
+            store.upsert_users(vec![snap.clone()], 2000).await.unwrap(),
+            none,
+            "the same version again"
+        );
         let users = mongo_users(&names).await;
         assert_eq!(users.len(), 1);
         assert_eq!(
@@ -172,10 +225,19 @@ fn mongo_users_upsert_is_idempotent_exact_and_fenced() {
         let mut newer = (*snap).clone();
         newer.version = 3;
         newer.profile.event_count = 99;
-        assert_eq!(store.upsert_users(vec![Arc::new(newer)], 3000).await.unwrap(), none);
+        assert_eq!(
+            store
+                .upsert_users(vec![Arc::new(newer)], 3000)
+                .await
+                .unwrap(),
+            none
+        );
         let mut late = (*snap).clone();
         late.version = 2;
-        let written = store.upsert_users(vec![Arc::new(late)], 4000).await.unwrap();
+        let written = store
+            .upsert_users(vec![Arc::new(late)], 4000)
+            .await
+            .unwrap();
         assert_eq!(written.stale, vec![Arc::<str>::from("u-1")]);
         assert_eq!(mongo_users(&names).await["u-1"].event_count, 99);
     });

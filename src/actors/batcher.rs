@@ -74,8 +74,10 @@ async fn write(shared: Arc<Shared>, shard: usize, owner: u64, batch: WriteBatch)
 
     // 1. Claim.
     if !users.is_empty() {
-        let claims: Vec<(Arc<str>, u64)> =
-            users.iter().map(|u| (u.user_id.clone(), u.version)).collect();
+        let claims: Vec<(Arc<str>, u64)> = users
+            .iter()
+            .map(|u| (u.user_id.clone(), u.version))
+            .collect();
         let held = retry(&shared, shard, "state claim", || {
             ports.state.claim(owner, claims.clone())
         })
@@ -114,9 +116,7 @@ async fn write(shared: Arc<Shared>, shard: usize, owner: u64, batch: WriteBatch)
                 .filter(|u| !out.contains(&*u.user_id))
                 .collect();
         }
-        ports
-            .metrics
-            .documents_written("users", users.len() as u64);
+        ports.metrics.documents_written("users", users.len() as u64);
         for (id, detail) in &refused {
             tracing::error!(shard, user_id = %id, error = %detail, "MongoDB refused the user's document; dead-lettering the records behind it");
         }
@@ -173,7 +173,12 @@ async fn write(shared: Arc<Shared>, shard: usize, owner: u64, batch: WriteBatch)
         retry(&shared, shard, "dead letters", || {
             let letters = letters.clone();
             let source = ports.source.clone();
-            async move { source.dead_letter(letters).await.map_err(|e| StoreError::Transient(e.to_string())) }
+            async move {
+                source
+                    .dead_letter(letters)
+                    .await
+                    .map_err(|e| StoreError::Transient(e.to_string()))
+            }
         })
         .await;
     }

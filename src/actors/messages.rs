@@ -85,6 +85,11 @@ pub struct Drain {
     pub done: oneshot::Sender<u64>,
 }
 
+/// The partition was lost (taken away without a revoke): stop at once, commit nothing.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Abandon;
+
 /// A partition incarnation stopped (a contained panic, or fenced).
 #[derive(Message)]
 #[rtype(result = "()")]

@@ -141,7 +141,8 @@ impl Pipeline {
                 let arbiter = &handles[i % handles.len()];
                 let s = shared.clone();
                 let owner = owner_base.wrapping_add(i as u64 + 1);
-                let batcher = Batcher::start_in_arbiter(arbiter, move |_| Batcher::new(i, s, owner));
+                let batcher =
+                    Batcher::start_in_arbiter(arbiter, move |_| Batcher::new(i, s, owner));
                 let s = shared.clone();
                 let addr = UserShard::start_in_arbiter(arbiter, move |_| {
                     UserShard::new(i, shard_count, s, batcher)

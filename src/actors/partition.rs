@@ -16,7 +16,7 @@ use crate::ports::{DeadLetter, PartitionReader, Record, SourceError};
 
 use super::context::Shared;
 use super::messages::{
-    ApplyBatch, Drain, PartitionFailed, PartitionLink, PartitionReport, UserRecord,
+    Abandon, ApplyBatch, Drain, PartitionFailed, PartitionLink, PartitionReport, UserRecord,
 };
 use super::supervision::contain;
 
@@ -412,5 +412,23 @@ impl Handler<Drain> for PartitionActor {
         }
         self.draining.push(msg.done);
         self.try_finish_drain(ctx);
+    }
+}
+
+impl Handler<Abandon> for PartitionActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Abandon, ctx: &mut Context<Self>) {
+        let _in = self.span.clone().entered();
+        tracing::warn!(
+            partition = self.partition,
+            committed = self.last_committed,
+            "partition lost; what was not committed will be redelivered to its next owner"
+        );
+        self.lost = true;
+        if let Some(l) = &self.link {
+            l.retire();
+        }
+        self.finish_drain(ctx);
     }
 }

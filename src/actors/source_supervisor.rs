@@ -3,18 +3,18 @@
 //! restarts a failed partition from its committed position, at most 5 times in 10 s per
 //! partition; beyond that it escalates to the root supervisor.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures::future::join_all;
 use tokio::sync::oneshot;
 
-use crate::ports::AssignmentEvent;
+use crate::ports::{AssignmentEvent, SourceError};
 
 use super::context::Shared;
-use super::messages::{Drain, DrainAll, Escalate, PartitionFailed, Running};
+use super::messages::{Abandon, Drain, DrainAll, Escalate, PartitionFailed, Running};
 use super::partition::PartitionActor;
 use super::supervision::RestartIntensity;
 
@@ -23,9 +23,16 @@ pub struct SourceSupervisor {
     arbiters: Vec<ArbiterHandle>,
     root: Recipient<Escalate>,
     partitions: HashMap<u32, Addr<PartitionActor>>,
+    /// What the source currently assigns to this instance.
+    assigned: HashSet<u32>,
+    /// Partitions whose reader is being opened (off this thread: it may block on the broker).
+    starting: HashSet<u32>,
     intensity: HashMap<u32, RestartIntensity>,
     draining: bool,
 }
+
+/// Retry opening a partition's reader after this long.
+const REOPEN_AFTER: Duration = Duration::from_secs(1);
 
 impl SourceSupervisor {
     pub fn new(
@@ -38,29 +45,54 @@ impl SourceSupervisor {
             arbiters,
             root,
             partitions: HashMap::new(),
+            assigned: HashSet::new(),
+            starting: HashSet::new(),
             intensity: HashMap::new(),
             draining: false,
         }
     }
 
+    /// Opens the partition's reader on a blocking thread (a Kafka restart seeks, which waits
+    /// for the broker), then starts its actor if the partition is still ours.
     fn start_partition(&mut self, partition: u32, ctx: &mut Context<Self>) {
-        if self.draining || self.partitions.contains_key(&partition) {
+        if self.draining
+            || self.partitions.contains_key(&partition)
+            || !self.starting.insert(partition)
+        {
             return;
         }
-        let reader = match self.shared.ports.source.reader(partition) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(partition, error = %e, "cannot open partition");
+        let source = self.shared.ports.source.clone();
+        let open = tokio::task::spawn_blocking(move || source.reader(partition));
+        ctx.spawn(open.into_actor(self).map(move |opened, act, ctx| {
+            act.starting.remove(&partition);
+            if act.draining || !act.assigned.contains(&partition) {
                 return;
             }
-        };
-        let shared = self.shared.clone();
-        let me = ctx.address().recipient();
-        let arbiter = &self.arbiters[partition as usize % self.arbiters.len()];
-        let addr = PartitionActor::start_in_arbiter(arbiter, move |_| {
-            PartitionActor::new(partition, shared, reader, me)
-        });
-        self.partitions.insert(partition, addr);
+            let reader = match opened {
+                Ok(Ok(r)) => r,
+                Ok(Err(SourceError::NotAssigned(_))) => {
+                    tracing::warn!(partition, "partition no longer assigned; not starting it");
+                    return;
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(partition, error = %e, "cannot open partition; retrying");
+                    ctx.run_later(REOPEN_AFTER, move |act, ctx| act.start_partition(partition, ctx));
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(partition, error = %e, "opening the partition panicked; retrying");
+                    ctx.run_later(REOPEN_AFTER, move |act, ctx| act.start_partition(partition, ctx));
+                    return;
+                }
+            };
+            let shared = act.shared.clone();
+            let me = ctx.address().recipient();
+            let arbiter = &act.arbiters[partition as usize % act.arbiters.len()];
+            let addr = PartitionActor::start_in_arbiter(arbiter, move |_| {
+                PartitionActor::new(partition, shared, reader, me)
+            });
+            act.partitions.insert(partition, addr);
+        }));
     }
 
     fn drain(&mut self, partitions: Vec<u32>) -> impl std::future::Future<Output = ()> {
@@ -112,11 +144,27 @@ impl StreamHandler<AssignmentEvent> for SourceSupervisor {
             AssignmentEvent::Assigned(partitions) => {
                 tracing::info!(?partitions, "partitions assigned");
                 for p in partitions {
+                    self.assigned.insert(p);
                     self.start_partition(p, ctx);
+                }
+            }
+            AssignmentEvent::Lost(partitions) => {
+                tracing::warn!(
+                    ?partitions,
+                    "partitions lost (this member left the group): stopping them without committing"
+                );
+                for p in partitions {
+                    self.assigned.remove(&p);
+                    if let Some(addr) = self.partitions.remove(&p) {
+                        addr.do_send(Abandon);
+                    }
                 }
             }
             AssignmentEvent::Revoked { partitions, done } => {
                 tracing::info!(?partitions, "partitions revoked; draining");
+                for p in &partitions {
+                    self.assigned.remove(p);
+                }
                 let wait = self.drain(partitions);
                 ctx.spawn(wait.into_actor(self).map(|(), _, _| {
                     let _ = done.send(());

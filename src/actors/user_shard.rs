@@ -321,9 +321,17 @@ impl UserShard {
                     // The call itself may panic, not only its future: contain both.
                     match contain_async(async { store.load(users.clone()).await }).await {
                         Ok(Ok(states)) if states.len() == users.len() => return (users, states),
-                        Ok(Ok(_)) => tracing::warn!(shard, "state load answered the wrong number of users; retrying"),
-                        Ok(Err(e)) => tracing::warn!(shard, error = %e, "state load failed; retrying"),
-                        Err(panic) => metrics.actor_restarted("aggregator", &format!("state load panicked: {panic}")),
+                        Ok(Ok(_)) => tracing::warn!(
+                            shard,
+                            "state load answered the wrong number of users; retrying"
+                        ),
+                        Ok(Err(e)) => {
+                            tracing::warn!(shard, error = %e, "state load failed; retrying")
+                        }
+                        Err(panic) => metrics.actor_restarted(
+                            "aggregator",
+                            &format!("state load panicked: {panic}"),
+                        ),
                     }
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
@@ -543,7 +551,9 @@ impl UserShard {
             for record in self.acc.forget(key) {
                 metrics.store_refused(record.partition, detail);
                 self.acc.dead.push(DeadLetter {
-                    error: format!("store_refused: an earlier record of this user was refused: {detail}"),
+                    error: format!(
+                        "store_refused: an earlier record of this user was refused: {detail}"
+                    ),
                     record,
                 });
             }

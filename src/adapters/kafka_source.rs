@@ -68,13 +68,21 @@ impl RebalanceContext {
 impl ClientContext for RebalanceContext {}
 
 impl ConsumerContext for RebalanceContext {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             let partitions = self.partitions(tpl);
             for p in &partitions {
                 let _ = self.feeds.close(*p);
             }
             if partitions.is_empty() || self.closing.load(Ordering::Acquire) {
+                return;
+            }
+            if consumer.assignment_lost() {
+                // Evicted from the group (session or poll interval exceeded): the partitions
+                // may have a new owner already, so there is nothing to drain into a commit.
+                // librdkafka rejoins on the next poll (G9).
+                tracing::warn!(?partitions, "kafka assignment lost; rejoining the group");
+                let _ = self.events.send(AssignmentEvent::Lost(partitions));
                 return;
             }
             let (done, wait) = oneshot::channel();
@@ -456,7 +464,16 @@ impl Source for KafkaSource {
             tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))
                 .await
                 .map_err(|e| SourceError::CommitRejected(e.to_string()))?
-                .map_err(|e| SourceError::CommitRejected(e.to_string()))
+                .map_err(|e| match e.rdkafka_error_code() {
+                    // This member's generation is over: the partition belongs to the group's
+                    // next assignment, and no commit of this one will ever be accepted.
+                    Some(
+                        RDKafkaErrorCode::UnknownMemberId
+                        | RDKafkaErrorCode::IllegalGeneration
+                        | RDKafkaErrorCode::FencedInstanceId,
+                    ) => SourceError::Lost(partition),
+                    _ => SourceError::CommitRejected(e.to_string()),
+                })
         }
         .boxed()
     }

@@ -6,11 +6,13 @@ use std::sync::Arc;
 use futures::FutureExt;
 use parking_lot::Mutex;
 
-use crate::domain::message::{ApplyResult, MessageRecord, MessageStatus, StatusChange};
 use crate::domain::keys::owner_shard;
+use crate::domain::message::{ApplyResult, MessageRecord, MessageStatus, StatusChange};
 use crate::domain::profile::Profile;
 use crate::domain::user::UserProfile;
-use crate::ports::{BoxFut, DocumentStore, StoreError, TransitionResult, UserSnapshot, UsersWritten};
+use crate::ports::{
+    BoxFut, DocumentStore, StoreError, TransitionResult, UserSnapshot, UsersWritten,
+};
 
 const SHARDS: usize = 64;
 

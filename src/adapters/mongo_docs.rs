@@ -16,7 +16,9 @@ use crate::domain::message::{
     HistoryEntry, MessageRecord, MessageStatus, StatusChange, StatusEvent,
 };
 use crate::domain::profile::Profile;
-use crate::ports::{BoxFut, DocumentStore, StoreError, TransitionResult, UserSnapshot, UsersWritten};
+use crate::ports::{
+    BoxFut, DocumentStore, StoreError, TransitionResult, UserSnapshot, UsersWritten,
+};
 
 use super::mongo_transitions::{self, transition_alone, Codec, Job, ReadJob};
 use tokio::sync::{mpsc, oneshot};
@@ -169,7 +171,12 @@ pub fn user_document(profile: &Profile, version: u64, updated_at: i64) -> Docume
     let traits: Document = profile
         .traits
         .iter()
-        .map(|(k, v)| (k.to_string(), Bson::try_from(v.clone()).unwrap_or(Bson::Null)))
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                Bson::try_from(v.clone()).unwrap_or(Bson::Null),
+            )
+        })
         .collect();
     let events: Document = profile
         .events
@@ -374,7 +381,12 @@ impl DocumentStore for MongoDocumentStore {
                 })
                 .collect();
             let errors = Self::update_many(&db, "users", statements).await?;
-            let find = |id: &str| users.iter().find(|u| &*u.user_id == id).map(|u| u.user_id.clone());
+            let find = |id: &str| {
+                users
+                    .iter()
+                    .find(|u| &*u.user_id == id)
+                    .map(|u| u.user_id.clone())
+            };
             Ok(UsersWritten {
                 stale: errors.duplicates.iter().filter_map(|id| find(id)).collect(),
                 refused: errors

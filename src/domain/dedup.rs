@@ -35,7 +35,13 @@ impl DedupWindow {
     }
 
     /// Records `fingerprint` as seen at `now_ms`. Returns false if it was already in the window.
-    pub fn insert(&mut self, fingerprint: u64, now_ms: i64, window_ms: i64, max_ids: usize) -> bool {
+    pub fn insert(
+        &mut self,
+        fingerprint: u64,
+        now_ms: i64,
+        window_ms: i64,
+        max_ids: usize,
+    ) -> bool {
         self.expire(now_ms, window_ms);
         if self.contains(fingerprint) {
             return false;

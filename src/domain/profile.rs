@@ -310,7 +310,10 @@ mod tests {
         for k in ["b", "a", "c", "a"] {
             m.insert(k, json!(k));
         }
-        assert_eq!(m.iter().map(|(k, _)| k).collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert_eq!(
+            m.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
         assert_eq!(m.0.capacity(), 3);
         m.remove("b");
         assert_eq!(m.get("b"), None);

@@ -54,9 +54,8 @@ pub fn encode(profile: &Profile, positions: &[(u32, u64)]) -> Vec<u8> {
 /// A state from its blob, its stored version and the dedup entries stored beside it
 /// (oldest first).
 pub fn decode(blob: &[u8], version: u64, seen: Vec<(u64, i64)>) -> Result<UserState, Unreadable> {
-    let stored: Stored = serde_json::from_slice(blob).map_err(|e| {
-        Unreadable(format!("stored state does not parse: {e}"))
-    })?;
+    let stored: Stored = serde_json::from_slice(blob)
+        .map_err(|e| Unreadable(format!("stored state does not parse: {e}")))?;
     let schema = stored.schema.unwrap_or(1);
     if schema > SCHEMA {
         return Err(Unreadable(format!(

@@ -267,10 +267,7 @@ mod tests {
         s.apply(None, &identify("2", 5, vec![("a", None)]), 0, limits);
         assert_eq!(s.profile.traits.get("a"), None);
         assert_eq!(s.profile.traits.get("b"), Some(&json!("x")));
-        assert_eq!(
-            s.profile.tags.iter().collect::<Vec<_>>(),
-            vec!["vip"]
-        );
+        assert_eq!(s.profile.tags.iter().collect::<Vec<_>>(), vec!["vip"]);
         assert_eq!(s.profile.first_seen, Some(5));
         assert_eq!(s.profile.last_seen, Some(10));
         assert_eq!(s.profile.event_count, 0);

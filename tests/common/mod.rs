@@ -763,6 +763,48 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Publishes `(partition, key, payload)` records in order to the partitions named, whatever
+/// their key hashes to (as a second producer with another partitioner, or added partitions,
+/// would), batched as [`produce`] does.
+pub fn produce_to_partitions(names: &Names, records: &[(i32, String, String)]) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    block_on(herald::adapters::kafka_source::ensure_topics(
+        BROKERS,
+        &[],
+        &[
+            (&names.base, names.partitions),
+            (&format!("{}.dlq", names.base), 1),
+        ],
+        Duration::from_secs(10),
+    ))
+    .unwrap();
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", BROKERS)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .unwrap();
+    for (partition, key, payload) in records {
+        let mut record = BaseRecord::<[u8], [u8]>::to(&names.base)
+            .partition(*partition)
+            .key(key.as_bytes())
+            .payload(payload.as_bytes());
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    record = r;
+                    producer.poll(Duration::from_millis(10));
+                }
+            }
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(120)).unwrap();
+}
+
 /// Publishes `(key, payload)` records in order, batched as [`produce`] does.
 pub fn produce_records(names: &Names, records: &[(String, String)]) {
     produce_kafka(names, records.iter().map(|(k, p)| (k, p)));
@@ -902,7 +944,12 @@ pub fn redis_states(names: &Names) -> BTreeMap<String, herald::domain::user::Use
             .unwrap();
         let seen = seen
             .into_iter()
-            .map(|(m, at)| (u64::from_be_bytes(m.as_slice().try_into().unwrap()), at as i64))
+            .map(|(m, at)| {
+                (
+                    u64::from_be_bytes(m.as_slice().try_into().unwrap()),
+                    at as i64,
+                )
+            })
             .collect();
         let state = herald::domain::stored_state::decode(&blob, v.unwrap_or(0), seen).unwrap();
         out.insert(user.to_string(), state);
