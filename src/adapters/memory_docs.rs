@@ -8,7 +8,6 @@ use parking_lot::Mutex;
 
 use crate::domain::keys::owner_shard;
 use crate::domain::message::{ApplyResult, MessageRecord, MessageStatus, StatusChange};
-use crate::domain::profile::Profile;
 use crate::domain::user::UserProfile;
 use crate::ports::{
     BoxFut, DocumentStore, StoreError, TransitionResult, UserSnapshot, UsersWritten,
@@ -17,7 +16,7 @@ use crate::ports::{
 const SHARDS: usize = 64;
 
 /// A user document: its version, profile and `updated_at`.
-type UserShard = Mutex<HashMap<Arc<str>, (u64, Profile, i64), ahash::RandomState>>;
+type UserShard = Mutex<HashMap<Arc<str>, (u64, Arc<UserSnapshot>, i64), ahash::RandomState>>;
 
 pub struct MemoryDocumentStore {
     users: Vec<UserShard>,
@@ -46,8 +45,8 @@ impl MemoryDocumentStore {
     pub fn users(&self) -> BTreeMap<String, UserProfile> {
         let mut out = BTreeMap::new();
         for shard in &self.users {
-            for (id, (_, profile, _)) in shard.lock().iter() {
-                out.insert(id.to_string(), profile.to_view());
+            for (id, (_, snapshot, _)) in shard.lock().iter() {
+                out.insert(id.to_string(), snapshot.profile.to_view());
             }
         }
         out
@@ -97,9 +96,9 @@ impl DocumentStore for MemoryDocumentStore {
                 Some((version, _, _)) if *version > u.version => {
                     written.stale.push(u.user_id.clone())
                 }
-                Some(doc) => *doc = (u.version, u.profile.clone(), now_ms),
+                Some(doc) => *doc = (u.version, u.clone(), now_ms),
                 None => {
-                    shard.insert(u.user_id.clone(), (u.version, u.profile.clone(), now_ms));
+                    shard.insert(u.user_id.clone(), (u.version, u.clone(), now_ms));
                 }
             }
         }

@@ -1,6 +1,7 @@
-//! In-memory user-state store (for `herald demo` and actor tests), with the same fencing and
-//! the same stored form as the Redis store: a version, its claiming owner, the encoded blob
-//! and the dedup entries beside it.
+//! In-memory user-state store (for `herald demo` and actor tests), with the same fencing as the
+//! Redis store: a version, its claiming owner, the state and the dedup entries beside it. The
+//! state is kept as the written snapshot itself (shared, not encoded: in-process there is no
+//! wire to cross); a raw blob can be stored to test older or broken stored forms.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use std::sync::Arc;
 use futures::FutureExt;
 use parking_lot::Mutex;
 
+use crate::domain::dedup::DedupWindow;
 use crate::domain::keys::owner_shard;
 use crate::domain::stored_state;
 use crate::domain::user::UserState;
@@ -19,8 +21,30 @@ const SHARDS: usize = 64;
 struct Stored {
     version: u64,
     owner: u64,
-    blob: Option<Box<[u8]>>,
+    state: Option<Form>,
     seen: Vec<(u64, i64)>,
+}
+
+enum Form {
+    Snapshot(Arc<UserSnapshot>),
+    /// A blob as some release wrote it (tests of older and unreadable stored states).
+    Raw(Box<[u8]>),
+}
+
+impl Stored {
+    fn decode(&self) -> Option<Result<UserState, String>> {
+        Some(match self.state.as_ref()? {
+            Form::Snapshot(s) => Ok(UserState {
+                version: self.version,
+                profile: s.profile.clone(),
+                positions: s.positions.clone(),
+                seen: DedupWindow::from_entries(self.seen.clone()),
+            }),
+            Form::Raw(blob) => {
+                stored_state::decode(blob, self.version, self.seen.clone()).map_err(|e| e.0)
+            }
+        })
+    }
 }
 
 type Shard = Mutex<HashMap<Arc<str>, Stored, ahash::RandomState>>;
@@ -51,9 +75,7 @@ impl MemoryStateStore {
 
     /// The user's stored state, decoded.
     pub fn get(&self, user_id: &str) -> Option<UserState> {
-        let shard = self.shard(user_id).lock();
-        let s = shard.get(user_id)?;
-        stored_state::decode(s.blob.as_deref()?, s.version, s.seen.clone()).ok()
+        self.shard(user_id).lock().get(user_id)?.decode()?.ok()
     }
 
     /// Stores a raw blob as if an older or broken release had written it (tests).
@@ -62,7 +84,7 @@ impl MemoryStateStore {
             Arc::from(user_id),
             Stored {
                 version,
-                blob: Some(blob.into()),
+                state: Some(Form::Raw(blob.into())),
                 ..Stored::default()
             },
         );
@@ -71,7 +93,7 @@ impl MemoryStateStore {
     pub fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.lock().values().filter(|v| v.blob.is_some()).count())
+            .map(|s| s.lock().values().filter(|v| v.state.is_some()).count())
             .sum()
     }
 
@@ -86,17 +108,10 @@ impl StateStore for MemoryStateStore {
             .iter()
             .map(|u| {
                 let shard = self.shard(u).lock();
-                match shard.get(&**u) {
-                    Some(Stored {
-                        version,
-                        blob: Some(blob),
-                        seen,
-                        ..
-                    }) => match stored_state::decode(blob, *version, seen.clone()) {
-                        Ok(s) => LoadedState::Found(s),
-                        Err(e) => LoadedState::Unreadable(e.0),
-                    },
-                    Some(_) | None => LoadedState::Absent,
+                match shard.get(&**u).and_then(Stored::decode) {
+                    Some(Ok(s)) => LoadedState::Found(s),
+                    Some(Err(e)) => LoadedState::Unreadable(e),
+                    None => LoadedState::Absent,
                 }
             })
             .collect();
@@ -141,7 +156,7 @@ impl StateStore for MemoryStateStore {
                 if s.version != u.version || s.owner != owner {
                     return false;
                 }
-                s.blob = Some(stored_state::encode(&u.profile, &u.positions).into());
+                s.state = Some(Form::Snapshot(u.clone()));
                 s.seen.extend_from_slice(&u.seen_added);
                 s.seen.retain(|(_, at)| *at >= seen.expire_before_ms);
                 if s.seen.len() > seen.max_ids {
