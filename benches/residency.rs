@@ -1,10 +1,11 @@
 //! `cargo bench --bench residency`: what one resident user costs. The real pipeline (source,
-//! partition actors, user shards, batchers) runs on stores that keep nothing, so the process
-//! holds only what the shards hold; the bench feeds `HERALD_BENCH_USERS` (default 100,000)
-//! typical users — 5 traits, 3 tags, 5 event names, 10 remembered message ids — waits until
-//! every record is durable and every user resident, reads the RSS, does the same for as many
-//! new users again, and reports the RSS slope per resident user. The heap estimate of one
-//! state (`UserState::heap_bytes`) is printed beside it.
+//! partition actors, user shards, batchers) runs on stores that keep nothing. Two runs, each in
+//! a fresh process, feed the same input — 2 × `HERALD_BENCH_USERS` (default 100,000) typical
+//! users: 5 traits, 3 tags, 5 event names, 10 remembered message ids — one with
+//! `aggregator.max_resident` = N, one with 2 × N; once every record is durable, each reads its
+//! RSS and the resident-user gauge. The input (the embedded source keeps its log) and every
+//! other cost are the same in both, so the RSS slope between them is what a resident user
+//! costs. The heap estimate of one state (`UserState::heap_bytes`) is printed beside it.
 //!
 //! Results go to `target/bench/residency.json`.
 
@@ -126,63 +127,99 @@ fn rss_bytes() -> u64 {
         * 1024
 }
 
-async fn feed(rig: &EmbeddedRig, pipeline: &Pipeline, from: usize, to: usize) {
-    for chunk_start in (from..to).step_by(10_000) {
-        let records: Vec<_> = (chunk_start..(chunk_start + 10_000).min(to))
+async fn feed(rig: &EmbeddedRig, pipeline: &Pipeline, users: usize, resident: usize) {
+    for chunk_start in (0..users).step_by(10_000) {
+        let records: Vec<_> = (chunk_start..(chunk_start + 10_000).min(users))
             .flat_map(typical_user)
             .collect();
         rig.source.append_all(records);
     }
     let started = Instant::now();
-    while !(rig.source.fully_committed() && rig.metrics.users_resident() as usize >= to) {
+    let mut last = -1;
+    loop {
+        pipeline.flush_now();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = rig.metrics.users_resident();
+        // Done: everything committed and the resident count settled (at `resident`, or at
+        // the shards' caps, which hash spread makes a little lower).
+        if rig.source.fully_committed() && now == last && now as usize <= resident {
+            break;
+        }
+        last = now;
         assert!(
             started.elapsed() < Duration::from_secs(600),
-            "not resident in time"
+            "not settled in time"
         );
-        pipeline.flush_now();
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Let the allocator settle the freed hand-off buffers.
     tokio::time::sleep(Duration::from_millis(500)).await;
 }
 
-fn main() {
-    let users: usize = std::env::var("HERALD_BENCH_USERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
-    let toml = r#"
+/// One run (in this process): `users` users fed, at most `max_resident` resident; prints
+/// `rss <bytes> resident <n>`.
+fn child(users: usize, max_resident: usize) {
+    let toml = format!(
+        r#"
 [source]
 kind = "embedded"
 [aggregator]
-max_resident = 100000000
+max_resident = {max_resident}
 idle_ms = 3600000
 [demo]
 partitions = 4
-"#;
-    let config = Config::load_with(&[], &[("residency", toml)], &[]).expect("config");
+"#
+    );
+    let config = Config::load_with(&[], &[("residency", &toml)], &[]).expect("config");
     let rig = EmbeddedRig::new(&config, 1);
-    let (first, second) = actix::System::new().block_on(async {
+    actix::System::new().block_on(async {
         let ports = rig.ports_with(
             Some(Arc::new(NoState)),
             Some(Arc::new(NoDocs(rig.docs.clone()))),
         );
         let pipeline = rig.start_with(&config, 1, ports);
         rig.source.assign_all();
-        feed(&rig, &pipeline, 0, 1_000).await;
-        let base = rss_bytes();
-        feed(&rig, &pipeline, 1_000, users).await;
-        let first = rss_bytes();
-        feed(&rig, &pipeline, users, 2 * users).await;
-        let second = rss_bytes();
-        let _ = pipeline.shutdown().await;
-        eprintln!(
-            "rss: base {base}, {users} users {first}, {} users {second}",
-            2 * users
+        feed(&rig, &pipeline, users, max_resident.min(users)).await;
+        println!(
+            "rss {} resident {}",
+            rss_bytes(),
+            rig.metrics.users_resident()
         );
-        (first, second)
+        let _ = pipeline.shutdown().await;
     });
-    let per_user = (second as f64 - first as f64) / users as f64;
+}
+
+fn run_child(users: usize, max_resident: usize) -> (f64, f64) {
+    let out = std::process::Command::new(std::env::current_exe().expect("own path"))
+        .env("HERALD_RESIDENCY_CHILD", format!("{users},{max_resident}"))
+        .output()
+        .expect("run the measuring child");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("rss "))
+        .unwrap_or_else(|| {
+            panic!(
+                "child said: {text} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    let parts: Vec<&str> = line.split_whitespace().collect();
+    (parts[1].parse().unwrap(), parts[3].parse().unwrap())
+}
+
+fn main() {
+    if let Ok(spec) = std::env::var("HERALD_RESIDENCY_CHILD") {
+        let (users, max) = spec.split_once(',').expect("users,max_resident");
+        child(users.parse().unwrap(), max.parse().unwrap());
+        return;
+    }
+    let users: usize = std::env::var("HERALD_BENCH_USERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let (first, r1) = run_child(2 * users, users);
+    let (second, r2) = run_child(2 * users, 2 * users);
+    let per_user = (second - first) / (r2 - r1);
 
     // The heap estimate of one typical state, applied as the shards apply it.
     let mut state = UserState::new();
@@ -191,12 +228,16 @@ partitions = 4
         state.apply(None, &e, 0, DedupLimits::default());
     }
     let heap = state.heap_bytes() + std::mem::size_of::<UserState>();
-    println!("resident users: {users} → {}", 2 * users);
+    println!(
+        "input: {} typical users (10 messages each), the same in both runs",
+        2 * users
+    );
+    println!("resident users: {r1} → {r2}");
     println!("RSS: {first} → {second} bytes");
     println!("per resident user (RSS slope): {per_user:.0} bytes");
     println!("one state's own bytes (estimate): {heap} bytes");
     let json = format!(
-        "{{\"users\":{users},\"rss_first\":{first},\"rss_second\":{second},\"bytes_per_user\":{per_user:.0},\"state_estimate\":{heap}}}\n"
+        "{{\"resident_first\":{r1},\"resident_second\":{r2},\"rss_first\":{first},\"rss_second\":{second},\"bytes_per_user\":{per_user:.0},\"state_estimate\":{heap}}}\n"
     );
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     if std::fs::create_dir_all(&dir).is_ok() {

@@ -10,7 +10,6 @@
 //!
 //! then dispatch the new messages and reply with the users that turned out stale or refused.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +26,8 @@ use super::messages::{WriteBatch, WriteOutcome};
 use super::supervision::contain_async;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+type AHashSet<T> = std::collections::HashSet<T, ahash::RandomState>;
 
 pub struct Batcher {
     shard: usize,
@@ -105,16 +106,13 @@ async fn write(shared: Arc<Shared>, shard: usize, owner: u64, batch: WriteBatch)
             .mongo_bulk_write_seconds
             .observe(started.elapsed().as_secs_f64());
         let UsersWritten { stale, refused } = written;
-        let out: HashSet<&str> = stale
+        let out: AHashSet<&str> = stale
             .iter()
             .map(|s| &**s)
             .chain(refused.iter().map(|(s, _)| &**s))
             .collect();
         if !out.is_empty() {
-            users = users
-                .into_iter()
-                .filter(|u| !out.contains(&*u.user_id))
-                .collect();
+            users.retain(|u| !out.contains(&*u.user_id));
         }
         ports.metrics.documents_written("users", users.len() as u64);
         for (id, detail) in &refused {
@@ -125,7 +123,7 @@ async fn write(shared: Arc<Shared>, shard: usize, owner: u64, batch: WriteBatch)
     }
 
     // 3. Messages of the users still standing.
-    let standing: HashSet<&str> = users.iter().map(|u| &*u.user_id).collect();
+    let standing: AHashSet<&str> = users.iter().map(|u| &*u.user_id).collect();
     let now = ports.clock.now_ms();
     let records: Vec<MessageRecord> = batch
         .messages

@@ -11,6 +11,9 @@ const INDEX_ABOVE: usize = 32;
 #[derive(Debug, Clone, Default)]
 pub struct DedupWindow {
     order: VecDeque<(u64, i64)>,
+    /// Boxed on purpose: 8 bytes in every resident user instead of a 48-byte empty set, for
+    /// the few users whose window is large.
+    #[allow(clippy::box_collection)]
     index: Option<Box<HashSet<u64, ahash::RandomState>>>,
     /// How many of the newest entries are not persisted yet (the store appends them).
     unsaved: u32,

@@ -261,6 +261,14 @@ fn produce_kafka<K: AsRef<[u8]>, P: AsRef<[u8]>>(
     names: &Names,
     records: impl IntoIterator<Item = (K, P)>,
 ) {
+    produce_kafka_to(names, records.into_iter().map(|(k, p)| (None, k, p)));
+}
+
+/// [`produce_kafka`] with an optional partition per record (else the key's partition).
+fn produce_kafka_to<K: AsRef<[u8]>, P: AsRef<[u8]>>(
+    names: &Names,
+    records: impl IntoIterator<Item = (Option<i32>, K, P)>,
+) {
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     block_on(herald::adapters::kafka_source::ensure_topics(
         BROKERS,
@@ -280,10 +288,13 @@ fn produce_kafka<K: AsRef<[u8]>, P: AsRef<[u8]>>(
         .set("queue.buffering.max.messages", "1000000")
         .create()
         .unwrap();
-    for (key, payload) in records {
+    for (partition, key, payload) in records {
         let mut record = BaseRecord::<[u8], [u8]>::to(&names.base)
             .key(key.as_ref())
             .payload(payload.as_ref());
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
         loop {
             match producer.send(record) {
                 Ok(()) => break,
@@ -767,42 +778,12 @@ pub fn rss_kib(pid: u32) -> u64 {
 /// their key hashes to (as a second producer with another partitioner, or added partitions,
 /// would), batched as [`produce`] does.
 pub fn produce_to_partitions(names: &Names, records: &[(i32, String, String)]) {
-    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-    block_on(herald::adapters::kafka_source::ensure_topics(
-        BROKERS,
-        &[],
-        &[
-            (&names.base, names.partitions),
-            (&format!("{}.dlq", names.base), 1),
-        ],
-        Duration::from_secs(10),
-    ))
-    .unwrap();
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", BROKERS)
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("compression.type", "lz4")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()
-        .unwrap();
-    for (partition, key, payload) in records {
-        let mut record = BaseRecord::<[u8], [u8]>::to(&names.base)
-            .partition(*partition)
-            .key(key.as_bytes())
-            .payload(payload.as_bytes());
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    record = r;
-                    producer.poll(Duration::from_millis(10));
-                }
-            }
-        }
-        producer.poll(Duration::ZERO);
-    }
-    producer.flush(Duration::from_secs(120)).unwrap();
+    produce_kafka_to(
+        names,
+        records
+            .iter()
+            .map(|(p, k, v)| (Some(*p), k.as_bytes(), v.as_bytes())),
+    );
 }
 
 /// Publishes `(key, payload)` records in order, batched as [`produce`] does.
