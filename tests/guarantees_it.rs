@@ -85,6 +85,19 @@ fn a_second_instance_joins_and_leaves(bus: Bus) {
     obs.wait_progress(0, Duration::from_secs(60));
     // Dynamic membership for the visitor, so its clean exit hands the partitions back now.
     let mut b = spawn_herald(&names, &[], "b");
+    // B must really be in before it leaves (its start can take seconds on a loaded machine).
+    let log_b = log_dir().join(format!("{}-b.log", names.base));
+    let started = Instant::now();
+    while !std::fs::read_to_string(&log_b)
+        .unwrap_or_default()
+        .contains("herald running")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "B never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     std::thread::sleep(Duration::from_secs(6));
     let (status, _) = sigterm(&mut b, Duration::from_secs(40));
     assert!(status.success());

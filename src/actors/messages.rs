@@ -96,6 +96,9 @@ pub struct Abandon;
 pub struct PartitionFailed {
     pub partition: u32,
     pub cause: String,
+    /// Stopped because a state it fed was superseded (an ownership change, not a fault): not
+    /// counted against the restart intensity.
+    pub fenced: bool,
 }
 
 /// Drain every partition (shutdown); resolves when all are committed.

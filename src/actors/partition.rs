@@ -47,6 +47,8 @@ pub struct PartitionActor {
     /// The source took the partition away (a closed RabbitMQ channel): nothing more can be
     /// committed; a drain finishes once the in-flight work is durable.
     lost: bool,
+    /// Stopped by fencing (not a fault).
+    fenced: bool,
 }
 
 impl PartitionActor {
@@ -74,6 +76,7 @@ impl PartitionActor {
             draining: Vec::new(),
             failed: false,
             lost: false,
+            fenced: false,
         }
     }
 
@@ -330,6 +333,7 @@ impl PartitionActor {
         self.supervisor.do_send(PartitionFailed {
             partition: self.partition,
             cause,
+            fenced: self.fenced,
         });
         ctx.stop();
     }
@@ -377,6 +381,7 @@ impl Handler<PartitionReport> for PartitionActor {
                 // superseded: start again from the committed position, whose replays the
                 // reloaded (newer) state skips or applies once.
                 self.shared.ports.metrics.partition_fenced(self.partition);
+                self.fenced = true;
                 self.fail(ctx, "partition", format!("fenced: {reason}"));
             }
         }
