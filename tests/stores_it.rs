@@ -129,6 +129,27 @@ fn redis_state_round_trips_and_is_fenced() {
                 .unwrap(),
             vec![false]
         );
+
+        // A writer killed between its claim and its write: the next owner loads the claimed
+        // version (nothing saved) and creates the one after it.
+        let c: Arc<str> = Arc::from("u-crashed");
+        assert_eq!(
+            store.claim(1, vec![(c.clone(), 1)]).await.unwrap(),
+            vec![true]
+        );
+        let loaded = match store.load(vec![c.clone()]).await.unwrap().remove(0) {
+            LoadedState::Found(b) => b,
+            other => panic!("a claimed user loads as found: {other:?}"),
+        };
+        assert_eq!(loaded.version, 1);
+        assert!(loaded.positions.is_empty());
+        assert_eq!(
+            store
+                .claim(2, vec![(c.clone(), loaded.version + 1)])
+                .await
+                .unwrap(),
+            vec![true]
+        );
     });
 }
 

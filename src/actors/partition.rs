@@ -49,6 +49,8 @@ pub struct PartitionActor {
     lost: bool,
     /// Stopped by fencing (not a fault).
     fenced: bool,
+    /// The first offset this incarnation dispatched.
+    first_offset: Option<u64>,
 }
 
 impl PartitionActor {
@@ -77,6 +79,7 @@ impl PartitionActor {
             failed: false,
             lost: false,
             fenced: false,
+            first_offset: None,
         }
     }
 
@@ -164,9 +167,25 @@ impl PartitionActor {
         let mut dead = Vec::new();
         for record in batch {
             if let Err(e) = self.watermark.dispatch(record.offset) {
-                tracing::error!(partition = self.partition, error = %e, "skipping out-of-order record");
-                continue;
+                if self
+                    .first_offset
+                    .is_some_and(|first| record.offset >= first)
+                {
+                    // A redelivery of a record this incarnation already holds.
+                    tracing::warn!(partition = self.partition, error = %e, "skipping a record read twice");
+                    continue;
+                }
+                // The reader went back past where this incarnation began: skipping would
+                // commit past records nobody applied. Start again from the commit.
+                let first = self.first_offset.unwrap_or_default();
+                self.fail(
+                    ctx,
+                    "partition",
+                    format!("the source went back to offset {} before this incarnation's first record ({first})", record.offset),
+                );
+                return;
             }
+            self.first_offset.get_or_insert(record.offset);
             match decode(&record.payload, max_bytes) {
                 Ok(event) => {
                     let ts = record.timestamp_ms.unwrap_or(event.timestamp_ms);

@@ -31,12 +31,26 @@ struct Feed {
     paused: bool,
 }
 
+/// A partition restart for the poll thread to carry out between two polls: close the
+/// partition's feed, seek it to `offset` (`None`: the beginning), open a fresh feed.
+///
+/// Done anywhere else, the poll thread could be holding a record it polled before the seek
+/// and hand it to the fresh feed: the new incarnation would read one record from the old
+/// position ahead of the re-read ones (a user's events out of order, the rest skipped as
+/// replays). Between two polls it holds none, and librdkafka drops what it fetched before.
+pub struct Reseek {
+    pub partition: u32,
+    pub offset: Option<i64>,
+    pub reply: std::sync::mpsc::Sender<Result<mpsc::Receiver<Record>, String>>,
+}
+
 /// The feeds of every assigned partition, shared by the poll thread (which fills them), the
-/// rebalance callbacks (which create and remove them) and partition restarts (which replace
-/// them after a seek).
+/// rebalance callbacks (which create and remove them) and partition restarts (which ask the
+/// poll thread to replace them after a seek).
 #[derive(Clone)]
 pub struct Feeds {
     inner: Arc<Mutex<HashMap<u32, Feed>>>,
+    reseeks: Arc<Mutex<Vec<Reseek>>>,
     /// Records buffered per partition between the poll thread and the partition actor.
     capacity: usize,
 }
@@ -54,6 +68,7 @@ impl Feeds {
     pub fn new(capacity: usize) -> Feeds {
         Feeds {
             inner: Arc::default(),
+            reseeks: Arc::default(),
             capacity: capacity.max(2),
         }
     }
@@ -88,6 +103,18 @@ impl Feeds {
 
     pub fn close_all(&self) {
         self.inner.lock().clear();
+        // Restarts still waiting see their reply channel close: the source is shutting down.
+        self.reseeks.lock().clear();
+    }
+
+    /// Queues a partition restart for the poll thread.
+    pub fn request_reseek(&self, reseek: Reseek) {
+        self.reseeks.lock().push(reseek);
+    }
+
+    /// The restarts queued since the last call, oldest first.
+    pub fn take_reseeks(&self) -> Vec<Reseek> {
+        std::mem::take(&mut *self.reseeks.lock())
     }
 
     /// Hands a polled record to its partition. A record of a partition that has no feed (no

@@ -25,7 +25,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
 
 use super::channel_reader::ChannelReader;
-use super::kafka_poller::{set_flow, Feeds, FlowChange};
+use super::kafka_poller::{set_flow, Feeds, FlowChange, Reseek};
 use crate::ports::{
     AssignmentEvent, BoxFut, DeadLetter, PartitionReader, Record, Source, SourceError,
 };
@@ -44,6 +44,9 @@ pub struct KafkaSettings {
     /// Records buffered per partition between the poll thread and its actor.
     pub channel_capacity: usize,
 }
+
+/// How long a partition restart waits for the poll thread to seek.
+const RESEEK_TIMEOUT: Duration = Duration::from_secs(30);
 
 type Receivers = Arc<Mutex<HashMap<u32, mpsc::Receiver<Record>>>>;
 
@@ -359,6 +362,9 @@ fn tuned_fetch_defaults() -> [(&'static str, &'static str); 2] {
 /// partition; only a revoke callback (served inside `poll`) waits, for the drain.
 fn poll_loop(consumer: &HeraldConsumer, feeds: &Feeds, stop: &AtomicBool, topic: &str) {
     while !stop.load(Ordering::Acquire) {
+        for reseek in feeds.take_reseeks() {
+            restart_feed(consumer, feeds, topic, reseek);
+        }
         let resume = feeds.drain_pending();
         set_flow(consumer, topic, &resume, false);
         let wait = if feeds.any_paused() {
@@ -386,6 +392,31 @@ fn poll_loop(consumer: &HeraldConsumer, feeds: &Feeds, stop: &AtomicBool, topic:
             }
         }
     }
+}
+
+/// Carries out a partition restart on the poll thread (see `Reseek`). A failed seek leaves an
+/// open feed nobody reads (its records are dropped, not committed), so the partition still
+/// counts as assigned and the restart can be retried.
+fn restart_feed(consumer: &HeraldConsumer, feeds: &Feeds, topic: &str, reseek: Reseek) {
+    let Reseek {
+        partition,
+        offset,
+        reply,
+    } = reseek;
+    let Some(was_paused) = feeds.close(partition) else {
+        let _ = reply.send(Err(format!("partition {partition} is no longer assigned")));
+        return;
+    };
+    let to = offset.map_or(Offset::Beginning, Offset::Offset);
+    let sought = consumer.seek(topic, partition as i32, to, Duration::from_secs(10));
+    let rx = feeds.open(partition);
+    if was_paused {
+        set_flow(consumer, topic, &[partition], false);
+    }
+    let _ = reply.send(match sought {
+        Ok(()) => Ok(rx),
+        Err(e) => Err(format!("seek of partition {partition} failed: {e}")),
+    });
 }
 
 /// How often the high watermarks for `herald_consumer_lag` are read from the broker.
@@ -424,11 +455,10 @@ impl Source for KafkaSource {
             return Ok(Arc::new(ChannelReader::new(0, rx)));
         }
         // A restart of a partition we still own: rewind to its committed position and give
-        // the new incarnation a fresh channel. Records polled before the seek have no feed
-        // and are dropped; librdkafka discards fetched records older than the seek.
-        let Some(was_paused) = self.feeds.close(partition) else {
+        // the new incarnation a fresh channel, both on the poll thread (see `Reseek`).
+        if !self.feeds.is_open(partition) {
             return Err(SourceError::NotAssigned(partition));
-        };
+        }
         let topic = &self.settings.topic;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(topic, partition as i32);
@@ -436,22 +466,32 @@ impl Source for KafkaSource {
             .consumer
             .committed_offsets(tpl, Duration::from_secs(10))
             .map_err(unavailable)?;
-        let offset = committed
+        let offset = match committed
             .find_partition(topic, partition as i32)
             .map(|e| e.offset())
-            .unwrap_or(Offset::Beginning);
-        let offset = match offset {
-            Offset::Offset(o) => Offset::Offset(o),
-            _ => Offset::Beginning,
+        {
+            Some(Offset::Offset(o)) => Some(o),
+            _ => None,
         };
-        self.consumer
-            .seek(topic, partition as i32, offset, Duration::from_secs(10))
-            .map_err(unavailable)?;
-        let rx = self.feeds.open(partition);
-        if was_paused {
-            set_flow(&*self.consumer, topic, &[partition], false);
+        let (reply, replied) = std::sync::mpsc::channel();
+        self.feeds.request_reseek(Reseek {
+            partition,
+            offset,
+            reply,
+        });
+        // The poll thread may be inside a revoke callback, waiting for drains; the restart
+        // is then retried (a late reseek of a revoked partition finds no feed and is void).
+        match replied.recv_timeout(RESEEK_TIMEOUT) {
+            Ok(Ok(rx)) => Ok(Arc::new(ChannelReader::new(0, rx))),
+            Ok(Err(e)) if !self.feeds.is_open(partition) => {
+                tracing::debug!(partition, error = %e, "restart of a revoked partition");
+                Err(SourceError::NotAssigned(partition))
+            }
+            Ok(Err(e)) => Err(SourceError::Unavailable(e)),
+            Err(_) => Err(SourceError::Unavailable(format!(
+                "the poll thread did not restart partition {partition} within {RESEEK_TIMEOUT:?}"
+            ))),
         }
-        Ok(Arc::new(ChannelReader::new(0, rx)))
     }
 
     fn commit(&self, partition: u32, next_offset: u64) -> BoxFut<Result<(), SourceError>> {

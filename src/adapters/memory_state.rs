@@ -33,7 +33,10 @@ enum Form {
 
 impl Stored {
     fn decode(&self) -> Option<Result<UserState, String>> {
-        Some(match self.state.as_ref()? {
+        let Some(state) = self.state.as_ref() else {
+            return stored_state::claimed_unwritten(self.version, self.seen.clone()).map(Ok);
+        };
+        Some(match state {
             Form::Snapshot(s) => Ok(UserState {
                 version: self.version,
                 profile: s.profile.clone(),
@@ -167,5 +170,25 @@ impl StateStore for MemoryStateStore {
             })
             .collect();
         async move { Ok(out) }.boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_writer_killed_between_claim_and_save_does_not_lock_the_user_out() {
+        let store = MemoryStateStore::new();
+        let u: Arc<str> = Arc::from("u");
+        let claimed = futures::executor::block_on(store.claim(1, vec![(u.clone(), 1)]));
+        assert_eq!(claimed.unwrap(), vec![true]);
+        let loaded = futures::executor::block_on(store.load(vec![u.clone()])).unwrap();
+        let LoadedState::Found(state) = &loaded[0] else {
+            panic!("a claimed user loads as found: {loaded:?}");
+        };
+        assert_eq!(state.version, 1);
+        let next = futures::executor::block_on(store.claim(2, vec![(u, state.version + 1)]));
+        assert_eq!(next.unwrap(), vec![true]);
     }
 }

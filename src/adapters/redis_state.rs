@@ -206,9 +206,6 @@ fn parse_loaded(v: Value) -> Option<LoadedState> {
         .ok()?;
     let blob = parts.next()?;
     let seen = array_of(parts.next().unwrap_or(Value::Nil))?;
-    let Some(blob) = bytes_of(&blob) else {
-        return Some(LoadedState::Absent);
-    };
     let mut entries = Vec::with_capacity(seen.len() / 2);
     for pair in seen.chunks(2) {
         let [member, score] = pair else { break };
@@ -216,6 +213,12 @@ fn parse_loaded(v: Value) -> Option<LoadedState> {
         let fingerprint = u64::from_be_bytes(member.as_slice().try_into().ok()?);
         entries.push((fingerprint, number_of(score)? as i64));
     }
+    let Some(blob) = bytes_of(&blob) else {
+        return Some(match stored_state::claimed_unwritten(version, entries) {
+            Some(state) => LoadedState::Found(state),
+            None => LoadedState::Absent,
+        });
+    };
     Some(match stored_state::decode(&blob, version, entries) {
         Ok(state) => LoadedState::Found(state),
         Err(e) => LoadedState::Unreadable(e.0),

@@ -51,6 +51,17 @@ pub fn encode(profile: &Profile, positions: &[(u32, u64)]) -> Vec<u8> {
     .unwrap_or_else(|_| b"{}".to_vec())
 }
 
+/// A user whose version was claimed but whose state was never written (its writer died
+/// between the claim and the write): nothing was saved, but the next write must create the
+/// version after the claimed one, or every later owner's claim is refused. `None`: no claim.
+pub fn claimed_unwritten(version: u64, seen: Vec<(u64, i64)>) -> Option<UserState> {
+    (version > 0).then(|| UserState {
+        version,
+        seen: DedupWindow::from_entries(seen),
+        ..UserState::default()
+    })
+}
+
 /// A state from its blob, its stored version and the dedup entries stored beside it
 /// (oldest first).
 pub fn decode(blob: &[u8], version: u64, seen: Vec<(u64, i64)>) -> Result<UserState, Unreadable> {
@@ -118,6 +129,16 @@ mod tests {
         assert_eq!(s.positions, vec![(0, 3), (1, 10)]);
         assert!(s.seen.contains(message_fingerprint("m-2")));
         assert_eq!(s.seen.len(), 2);
+    }
+
+    #[test]
+    fn a_claim_without_a_write_loads_as_empty_state_at_the_claimed_version() {
+        assert_eq!(claimed_unwritten(0, vec![]), None);
+        let s = claimed_unwritten(3, vec![(9, 1)]).unwrap();
+        assert_eq!(s.version, 3);
+        assert_eq!(s.profile, Profile::default());
+        assert!(s.positions.is_empty());
+        assert!(s.seen.contains(9));
     }
 
     #[test]
