@@ -262,7 +262,7 @@ fn main() {
             })
             .collect();
         for chunk in records.chunks(5000) {
-            docs.insert_messages(chunk.to_vec()).await.unwrap();
+            docs.insert_messages(chunk.to_vec(), 1).await.unwrap();
         }
         docs
     });

@@ -63,8 +63,9 @@ impl herald::ports::DocumentStore for NoDocs {
     fn insert_messages(
         &self,
         m: Vec<herald::domain::message::MessageRecord>,
-    ) -> BoxFut<Result<(), StoreError>> {
-        self.0.insert_messages(m)
+        token: u64,
+    ) -> BoxFut<Result<Vec<String>, StoreError>> {
+        self.0.insert_messages(m, token)
     }
     fn transition(
         &self,

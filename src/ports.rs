@@ -208,9 +208,16 @@ pub trait DocumentStore: Send + Sync + 'static {
         users: Vec<Arc<UserSnapshot>>,
         now_ms: i64,
     ) -> BoxFut<Result<UsersWritten, StoreError>>;
-    /// Inserts messages that do not exist yet (existing ones are left untouched), then applies
-    /// any callback recorded for them before they existed.
-    fn insert_messages(&self, messages: Vec<MessageRecord>) -> BoxFut<Result<(), StoreError>>;
+    /// Inserts messages that do not exist yet (existing ones are left untouched), each marked
+    /// with `token` (one per flush), then applies any callback recorded for them before they
+    /// existed. Returns the ids, among `messages`, of the documents carrying `token`: the ones
+    /// this flush created — also by an earlier call with the same token whose answer was
+    /// lost — and only those may be dispatched (an existing message is someone's already).
+    fn insert_messages(
+        &self,
+        messages: Vec<MessageRecord>,
+        token: u64,
+    ) -> BoxFut<Result<Vec<String>, StoreError>>;
     /// Applies a status change if the status machine allows it.
     fn transition(
         &self,

@@ -711,9 +711,14 @@ fn valid_id_model(id: &str) -> bool {
     (1..=128).contains(&id.chars().count())
 }
 
+/// A `messageId` also has no control character (it goes into the `Idempotency-Key` header).
+fn valid_message_id_model(id: &str) -> bool {
+    valid_id_model(id) && !id.chars().any(char::is_control)
+}
+
 fn check_contract(e: &Event) -> Result<(), TestCaseError> {
     prop_assert!(
-        valid_id_model(&e.message_id),
+        valid_message_id_model(&e.message_id),
         "messageId {:?}",
         e.message_id
     );
@@ -974,9 +979,14 @@ fn violations(m: &Map<String, Value>) -> Vec<RejectReason> {
         Some(_) => v.push(RejectReason::BadField),
     }
     for key in ["messageId", "userId"] {
+        let valid = if key == "messageId" {
+            valid_message_id_model
+        } else {
+            valid_id_model
+        };
         match strings.get(key) {
             None => v.push(RejectReason::MissingField),
-            Some(s) if !valid_id_model(s) => v.push(RejectReason::BadField),
+            Some(s) if !valid(s) => v.push(RejectReason::BadField),
             Some(_) => {}
         }
     }
@@ -1094,7 +1104,7 @@ fn valid_event() -> impl Strategy<Value = Event> {
         "[A-Za-z0-9_ -]{1,64}".prop_map(|event| EventKind::Track { event }),
     ];
     (
-        "(?s).{1,128}",
+        "[^\\p{Cc}]{1,128}",
         "(?s).{1,128}",
         // Years 0002..=9998, so any UTC offset keeps a four-digit year.
         -62_104_060_800_000i64..253_370_764_800_000,
@@ -1341,8 +1351,10 @@ proptest! {
             RetryDecision::RetryAfter { attempt, delay_ms } => {
                 prop_assert!(attempts_made < p.max_attempts);
                 prop_assert_eq!(attempt, attempts_made + 1);
-                prop_assert!(delay_ms <= ceiling.max(min_delay_ms));
-                prop_assert!(delay_ms >= min_delay_ms);
+                // `Retry-After` is a floor, itself capped by `max_delay_ms`.
+                let floor = min_delay_ms.min(p.max_delay_ms);
+                prop_assert!(delay_ms <= ceiling.max(floor));
+                prop_assert!(delay_ms >= floor);
                 if min_delay_ms == 0 {
                     prop_assert!(delay_ms <= p.max_delay_ms);
                 }

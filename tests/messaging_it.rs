@@ -599,3 +599,134 @@ fn a_thousand_retries_fire_once_across_a_sigkill_and_two_instances() {
         assert_eq!(left, 0, "the schedule is empty once everything settled");
     });
 }
+
+/// The outbox dispatches only what it created: a trigger applied a second time (its
+/// `messageId` evicted from a one-id dedup window by the user's later events) finds its
+/// message stored and sends nothing new. The provider is FIFO (one send at a time), so once
+/// the user's next, distinct trigger was sent, a second send of the first would have been too.
+#[test]
+fn a_trigger_applied_again_after_its_dedup_id_was_evicted_sends_nothing_new() {
+    let names = Names::new("outbox", 1);
+    let (port_a, port_b, http) = (free_port(), free_port(), free_port());
+    let _sim_a = spawn_sim(port_a, SECRET, &[], "a");
+    let _sim_b = spawn_sim(port_b, SECRET, &[], "b");
+    let config = write_config(
+        &names,
+        &format!(
+            "[dedup]\nmax_ids_per_user = 1\n{}",
+            providers_toml(port_a, port_b)
+                .replace("priority = 1\n", "priority = 1\nmax_concurrency = 1\n")
+        ),
+    );
+    let user = "u-again";
+    let phone = "+15550001234";
+    let track = |id: &str, event: &str| {
+        (
+            user.to_string(),
+            json!({"messageId": id, "type": "track", "userId": user,
+                "timestamp": "2026-11-23T10:00:01Z", "event": event})
+            .to_string(),
+        )
+    };
+    let mut records = user_events(user, Some(phone));
+    records.truncate(2); // identify, then the `signed_up` track `su-u-again`
+    records.push(track("v-1", "viewed")); // evicts `su-u-again` from the window
+    records.push(track("su-u-again", "signed_up")); // applied again: not a known duplicate
+    records.push(track("later", "signed_up")); // a distinct trigger, sent after it
+    produce_records(&names, &records);
+    let listen = format!("127.0.0.1:{http}");
+    let _herald = spawn_herald_with_config(
+        &names,
+        &config,
+        &[("HERALD__HTTP__LISTEN", &listen), ("IT_SIM_SECRET", SECRET)],
+        "outbox",
+    );
+    block_on(async {
+        eventually(
+            "the later trigger's message is sent",
+            Duration::from_secs(90),
+            || async {
+                sim_sends(port_a)
+                    .await
+                    .iter()
+                    .any(|s| s["id"] == "welcome:later")
+            },
+        )
+        .await;
+        let sends = sim_sends(port_a).await;
+        assert_eq!(
+            keys_for(&sends, "welcome:su-u-again"),
+            vec!["welcome:su-u-again:1".to_string()],
+            "the re-applied trigger was sent again: {sends:?}"
+        );
+        let users = mongo_users(&names).await;
+        assert_eq!(
+            users[user].events["signed_up"].count, 3,
+            "the re-applied trigger counted as an event (the window forgot it): the test \
+             did not re-apply anything"
+        );
+    });
+}
+
+/// SIGTERM with sends in flight and queued (a provider that takes 100 ms a send, four at a
+/// time): Herald finishes them before it exits 0, so nothing is left `queued` for the next
+/// start to send again, and each message went out once.
+#[test]
+fn sigterm_drains_the_sends_in_flight() {
+    let names = Names::new("sendterm", 2);
+    let (port_a, port_b, http) = (free_port(), free_port(), free_port());
+    let _sim_a = spawn_sim(port_a, SECRET, &["--latency-ms", "100"], "a");
+    let _sim_b = spawn_sim(port_b, SECRET, &[], "b");
+    let config = write_config(
+        &names,
+        &format!(
+            "[shutdown]\ntimeout_ms = 60000\n{}",
+            providers_toml(port_a, port_b)
+                .replace("priority = 1\n", "priority = 1\nmax_concurrency = 4\n")
+        ),
+    );
+    const N: usize = 200;
+    let mut records = Vec::new();
+    for i in 0..N {
+        let events = user_events(&format!("t-{i}"), Some(&format!("+1666{i:06}")));
+        records.extend(events.into_iter().take(2));
+    }
+    produce_records(&names, &records);
+    let listen = format!("127.0.0.1:{http}");
+    let mut herald = spawn_herald_with_config(
+        &names,
+        &config,
+        &[("HERALD__HTTP__LISTEN", &listen), ("IT_SIM_SECRET", SECRET)],
+        "sendterm",
+    );
+    block_on(async {
+        eventually(
+            "every message stored, some sent",
+            Duration::from_secs(90),
+            || async {
+                let docs = mongo_messages(&names).await;
+                docs.len() == N && docs.values().any(|d| status(d) != "queued")
+            },
+        )
+        .await;
+    });
+    let (exit, _) = sigterm(&mut herald, Duration::from_secs(70));
+    assert!(exit.success(), "herald exited {exit:?}");
+    block_on(async {
+        let docs = mongo_messages(&names).await;
+        let queued: Vec<&String> = docs
+            .iter()
+            .filter(|(_, d)| status(d) == "queued")
+            .map(|(k, _)| k)
+            .collect();
+        assert!(queued.is_empty(), "left queued at exit: {queued:?}");
+        let sends = sim_sends(port_a).await;
+        for id in docs.keys() {
+            assert_eq!(
+                keys_for(&sends, id),
+                vec![format!("{id}:1")],
+                "{id} was not sent exactly once"
+            );
+        }
+    });
+}

@@ -128,8 +128,12 @@ impl DocumentStore for FaultyDocs {
         }
         .boxed()
     }
-    fn insert_messages(&self, m: Vec<MessageRecord>) -> BoxFut<Result<(), StoreError>> {
-        self.inner.insert_messages(m)
+    fn insert_messages(
+        &self,
+        m: Vec<MessageRecord>,
+        token: u64,
+    ) -> BoxFut<Result<Vec<String>, StoreError>> {
+        self.inner.insert_messages(m, token)
     }
     fn transition(
         &self,
@@ -211,8 +215,12 @@ impl DocumentStore for RefusingDocs {
         }
         .boxed()
     }
-    fn insert_messages(&self, m: Vec<MessageRecord>) -> BoxFut<Result<(), StoreError>> {
-        self.inner.insert_messages(m)
+    fn insert_messages(
+        &self,
+        m: Vec<MessageRecord>,
+        token: u64,
+    ) -> BoxFut<Result<Vec<String>, StoreError>> {
+        self.inner.insert_messages(m, token)
     }
     fn transition(
         &self,

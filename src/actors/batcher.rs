@@ -131,14 +131,27 @@ async fn write(shared: Arc<Shared>, shard: usize, owner: u64, batch: WriteBatch)
         .filter(|(u, _)| standing.contains(&**u))
         .map(|(_, m)| MessageRecord::from_triggered(m, now))
         .collect();
+    // Only what this flush created is dispatched: a trigger applied again (its dedup id
+    // evicted, a replay after a crash between these writes and the state's) finds its
+    // message stored — sent, or being sent, by whoever created it.
+    let mut created: AHashSet<String> = AHashSet::default();
     if !records.is_empty() {
-        retry(&shared, shard, "messages", || {
-            ports.docs.insert_messages(records.clone())
+        let token: u64 = rand::random();
+        let inserted = retry(&shared, shard, "messages", || {
+            ports.docs.insert_messages(records.clone(), token)
         })
         .await;
         ports
             .metrics
-            .documents_written("messages", records.len() as u64);
+            .documents_written("messages", inserted.len() as u64);
+        if inserted.len() < records.len() {
+            tracing::debug!(
+                shard,
+                existing = records.len() - inserted.len(),
+                "triggered messages already stored; not dispatched again"
+            );
+        }
+        created.extend(inserted);
     }
 
     // 4. States.
@@ -190,7 +203,7 @@ async fn write(shared: Arc<Shared>, shard: usize, owner: u64, batch: WriteBatch)
     // makes a slow provider slow the flushes, which pauses the source (G7).
     let sends: Vec<_> = records
         .into_iter()
-        .filter(|r| !r.status.is_terminal())
+        .filter(|r| !r.status.is_terminal() && created.contains(&r.id))
         .filter_map(|r| {
             let first = shared.dispatchers_for(r.channel).first()?.clone();
             Some(first.send(Dispatch {

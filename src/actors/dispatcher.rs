@@ -46,6 +46,13 @@ pub struct SetChain {
     pub index: usize,
 }
 
+/// Resolves once the dispatcher has nothing queued, sending or being recorded (SIGTERM).
+/// Answers whether it was idle already when asked: a round in which every dispatcher was
+/// idle means no fallback handed anything on meanwhile.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct DrainSends;
+
 /// Provider limits (`[[providers]]`).
 #[derive(Debug, Clone)]
 pub struct DispatcherSettings {
@@ -93,6 +100,9 @@ pub struct Dispatcher {
     breaker: Breaker,
     pump_scheduled: bool,
     rng: Arc<Mutex<SmallRng>>,
+    /// Outcome writes (status transitions, retry schedules, leases) still running.
+    writes: usize,
+    drains: Vec<oneshot::Sender<bool>>,
 }
 
 impl Dispatcher {
@@ -119,6 +129,35 @@ impl Dispatcher {
             },
             pump_scheduled: false,
             rng: Arc::new(Mutex::new(SmallRng::seed_from_u64(seed))),
+            writes: 0,
+            drains: Vec::new(),
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.queue.is_empty() && self.in_flight == 0 && self.writes == 0
+    }
+
+    /// Runs an outcome write in the background, counted until it is done (a drain waits).
+    fn spawn_write(
+        &mut self,
+        write: impl std::future::Future<Output = ()> + 'static,
+        then: impl FnOnce(&mut Self) + 'static,
+        ctx: &mut Context<Self>,
+    ) {
+        self.writes += 1;
+        ctx.spawn(write.into_actor(self).map(move |(), act, _| {
+            act.writes -= 1;
+            then(act);
+            act.settle_drains();
+        }));
+    }
+
+    fn settle_drains(&mut self) {
+        if self.is_idle() {
+            for d in self.drains.drain(..) {
+                let _ = d.send(false);
+            }
         }
     }
 
@@ -193,7 +232,7 @@ impl Dispatcher {
             // Cannot happen for a queued message (no address means skipped), but never panic.
             self.in_flight -= 1;
             let retries = self.ports.retries.clone();
-            ctx.spawn(complete_lease(retries, job.lease).into_actor(self));
+            self.spawn_write(complete_lease(retries, job.lease), |_| {}, ctx);
             return;
         };
         let request = SendRequest {
@@ -228,6 +267,7 @@ impl Dispatcher {
             act.in_flight -= 1;
             act.on_outcome(job, outcome, ctx);
             act.pump(ctx);
+            act.settle_drains();
         }));
     }
 
@@ -246,7 +286,7 @@ impl Dispatcher {
             write_with_retry(|| docs.transition(id.clone(), change.clone())).await;
             complete_lease(retries, lease).await;
         };
-        ctx.spawn(write.into_actor(self));
+        self.spawn_write(write, |_| {}, ctx);
     }
 
     fn on_outcome(&mut self, job: Dispatch, outcome: SendOutcome, ctx: &mut Context<Self>) {
@@ -299,7 +339,7 @@ impl Dispatcher {
                     let _ = fut.await;
                     complete_lease(retries, lease).await;
                 };
-                ctx.spawn(fut.into_actor(self));
+                self.spawn_write(fut, |_| {}, ctx);
             }
             SendOutcome::Rejected { detail } => {
                 metrics.dispatch_outcome(&name, "rejected");
@@ -320,14 +360,18 @@ impl Dispatcher {
                     let fut = async move {
                         write_with_retry(|| docs.transition(id.clone(), change.clone())).await;
                     };
-                    ctx.spawn(fut.into_actor(self).map(move |_, _, _| {
-                        next.do_send(Dispatch {
-                            attempt: job.attempt + 1,
-                            provider_index: job.provider_index + 1,
-                            record: job.record,
-                            lease: job.lease,
-                        });
-                    }));
+                    self.spawn_write(
+                        fut,
+                        move |_| {
+                            next.do_send(Dispatch {
+                                attempt: job.attempt + 1,
+                                provider_index: job.provider_index + 1,
+                                record: job.record,
+                                lease: job.lease,
+                            });
+                        },
+                        ctx,
+                    );
                 } else {
                     let change = StatusChange {
                         event: StatusEvent::Failed,
@@ -433,6 +477,37 @@ impl Handler<SetChain> for Dispatcher {
     fn handle(&mut self, msg: SetChain, _ctx: &mut Context<Self>) {
         self.chain = msg.chain;
         self.index = msg.index;
+    }
+}
+
+impl Handler<DrainSends> for Dispatcher {
+    type Result = ResponseFuture<bool>;
+
+    fn handle(&mut self, _: DrainSends, ctx: &mut Context<Self>) -> ResponseFuture<bool> {
+        if self.breaker.is_open(Instant::now()) && self.fallback_of(self.index).is_none() {
+            // Nobody to send to before the circuit closes: what is queued stays `queued` (or
+            // leased in the retry schedule) for the next start, rather than hold the exit.
+            if !self.queue.is_empty() {
+                tracing::warn!(
+                    provider = self.provider.name(),
+                    left = self.queue.len(),
+                    "circuit open at shutdown; queued sends are left for the next start"
+                );
+                self.queue.clear();
+                self.release_waiters();
+            }
+        }
+        if self.is_idle() {
+            return Box::pin(async { true });
+        }
+        self.pump(ctx);
+        if self.is_idle() {
+            // The pump handed the queue on (an open circuit with a fallback).
+            return Box::pin(async { false });
+        }
+        let (tx, rx) = oneshot::channel();
+        self.drains.push(tx);
+        Box::pin(async move { rx.await.unwrap_or(false) })
     }
 }
 

@@ -28,9 +28,9 @@ use crate::ports::{CallbackSink, Provider};
 use batcher::Batcher;
 use callback_handler::CallbackHandler;
 use context::{Ports, Settings, Shard, Shared};
-use dispatcher::{Dispatcher, DispatcherPorts, DispatcherSettings, SetChain};
+use dispatcher::{Dispatcher, DispatcherPorts, DispatcherSettings, DrainSends, SetChain};
 use messages::{FlushNow, Running};
-use retry::{RetryActor, Wake};
+use retry::{RetryActor, StopRetries, Wake};
 use root::{Attach, RootSupervisor, Shutdown};
 use source_supervisor::SourceSupervisor;
 use user_shard::UserShard;
@@ -221,7 +221,30 @@ impl Pipeline {
     /// G6: stop consuming, let in-flight records become durable, commit, stop the workers.
     pub async fn shutdown(self) -> Result<(), PipelineError> {
         let timeout = self.shared.settings.shutdown_timeout;
-        let drained = tokio::time::timeout(timeout, self.root.send(Shutdown)).await;
+        let retry = self.retry.clone();
+        let root = self.root.clone();
+        let shared = self.shared.clone();
+        let drain = async move {
+            // The source first: the last flushes hand their messages to the dispatchers.
+            let _ = root.send(Shutdown).await;
+            // No new retries; a claimed one not sent fires again after its lease.
+            let _ = retry.send(StopRetries).await;
+            // Then the sends: until a round in which every dispatcher was idle already
+            // (a fallback may hand a job on to a dispatcher that answered before).
+            let dispatchers: Vec<_> = shared
+                .dispatchers
+                .iter()
+                .flat_map(|(_, chain)| chain.iter().cloned())
+                .collect();
+            loop {
+                let idle =
+                    futures::future::join_all(dispatchers.iter().map(|d| d.send(DrainSends))).await;
+                if idle.into_iter().all(|r| r.unwrap_or(true)) {
+                    break;
+                }
+            }
+        };
+        let drained = tokio::time::timeout(timeout, drain).await;
         for a in &self.arbiters {
             a.stop();
         }

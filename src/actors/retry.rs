@@ -6,8 +6,6 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
-use crate::domain::message::MessageStatus;
-
 use super::context::Shared;
 use super::dispatcher::Dispatch;
 
@@ -65,13 +63,11 @@ impl RetryActor {
                             continue;
                         }
                     };
-                    if !matches!(
-                        record.status,
-                        MessageStatus::Queued | MessageStatus::Retrying
-                    ) || record.attempts >= entry.attempt
-                    {
+                    if record.status.is_terminal() || record.attempts >= entry.attempt {
                         // Settled already (terminal, or this attempt was made: a lease that
-                        // ran out after the send was recorded).
+                        // ran out after the send was recorded). By attempt number, not by
+                        // status: a retry scheduled by a callback is due while the message
+                        // still reads `sent` (its `retrying` is written after the schedule).
                         let _ = ports.retries.complete(entry).await;
                         continue;
                     }
@@ -146,6 +142,19 @@ impl Actor for RetryActor {
         self.recover_queued(ctx);
         let every = self.shared.settings.retry_sweep;
         ctx.run_interval(every, |act, ctx| act.sweep(ctx));
+    }
+}
+
+/// Stop sweeping (SIGTERM: the dispatchers drain what they have; nothing new is fired).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopRetries;
+
+impl Handler<StopRetries> for RetryActor {
+    type Result = ();
+
+    fn handle(&mut self, _: StopRetries, ctx: &mut Context<Self>) {
+        ctx.stop();
     }
 }
 

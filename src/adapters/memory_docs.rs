@@ -105,19 +105,30 @@ impl DocumentStore for MemoryDocumentStore {
         async { Ok(written) }.boxed()
     }
 
-    fn insert_messages(&self, messages: Vec<MessageRecord>) -> BoxFut<Result<(), StoreError>> {
+    fn insert_messages(
+        &self,
+        messages: Vec<MessageRecord>,
+        _token: u64,
+    ) -> BoxFut<Result<Vec<String>, StoreError>> {
+        // In-process the call cannot fail halfway, so what it inserts is what carries the
+        // token: no token needs storing.
         let mut store = self.messages.lock();
         let mut early = self.early_callbacks.lock();
+        let mut inserted = Vec::with_capacity(messages.len());
         for m in messages {
             let id = m.id.clone();
-            let entry = store.entry(id.clone()).or_insert(m);
+            let entry = match store.entry(id.clone()) {
+                std::collections::hash_map::Entry::Occupied(_) => continue,
+                std::collections::hash_map::Entry::Vacant(v) => v.insert(m),
+            };
             if let Some(changes) = early.remove(&id) {
                 for c in &changes {
                     entry.apply(c);
                 }
             }
+            inserted.push(id);
         }
-        async { Ok(()) }.boxed()
+        async { Ok(inserted) }.boxed()
     }
 
     fn transition(

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use ahash::AHashSet;
 use futures::{FutureExt, TryStreamExt};
 use mongodb::bson::{doc, Bson, DateTime, Document};
 use mongodb::options::ClientOptions;
@@ -97,8 +98,8 @@ impl MongoDocumentStore {
         db: &Database,
         coll: &str,
         statements: Vec<Document>,
-    ) -> Result<ChunkErrors, StoreError> {
-        let mut out = ChunkErrors::default();
+    ) -> Result<ChunkOutcome, StoreError> {
+        let mut out = ChunkOutcome::default();
         for chunk in statements.chunks(CHUNK) {
             let reply = db
                 .run_command(doc! {
@@ -108,6 +109,13 @@ impl MongoDocumentStore {
                 })
                 .await
                 .map_err(transient)?;
+            if let Ok(upserted) = reply.get_array("upserted") {
+                out.upserted.extend(upserted.iter().filter_map(|u| {
+                    let index = u.as_document()?.get("index").and_then(bson_i64)?;
+                    let q = chunk.get(index as usize)?.get_document("q").ok()?;
+                    q.get_str("_id").ok().map(str::to_string)
+                }));
+            }
             let Ok(errors) = reply.get_array("writeErrors") else {
                 continue;
             };
@@ -138,9 +146,10 @@ impl MongoDocumentStore {
     }
 }
 
-/// Per-statement errors of a bulk `update`.
+/// Per-statement outcomes of a bulk `update`: the `_id`s it inserted, and its errors.
 #[derive(Debug, Default)]
-struct ChunkErrors {
+struct ChunkOutcome {
+    upserted: Vec<String>,
     duplicates: Vec<String>,
     refused: Vec<(String, String)>,
 }
@@ -161,6 +170,10 @@ fn date(ms: i64) -> Bson {
 fn opt_str(v: &Option<String>) -> Bson {
     v.as_ref().map_or(Bson::Null, |s| Bson::String(s.clone()))
 }
+
+/// The field of a `messages` document naming the flush that created it (a random token):
+/// after a write whose answer was lost, it tells this flush's inserts from older documents.
+const INSERTED_BY: &str = "inserted_by";
 
 /// The schema version of the `users` documents this release writes.
 pub const USER_DOCUMENT_SCHEMA: i32 = 2;
@@ -402,26 +415,56 @@ impl DocumentStore for MongoDocumentStore {
         .boxed()
     }
 
-    fn insert_messages(&self, messages: Vec<MessageRecord>) -> BoxFut<Result<(), StoreError>> {
+    fn insert_messages(
+        &self,
+        messages: Vec<MessageRecord>,
+        token: u64,
+    ) -> BoxFut<Result<Vec<String>, StoreError>> {
         let db = self.db.clone();
         async move {
             let ids: Vec<String> = messages.iter().map(|m| m.id.clone()).collect();
             let statements: Vec<Document> = messages
                 .iter()
                 .map(|m| {
+                    let mut created = message_document(m, 0);
+                    created.insert(INSERTED_BY, token as i64);
                     doc! {
                         "q": { "_id": &m.id },
-                        "u": { "$setOnInsert": message_document(m, 0) },
+                        "u": { "$setOnInsert": created },
                         "upsert": true,
                     }
                 })
                 .collect();
             // A duplicate key here is two inserts racing: the message exists, as wanted.
-            let errors = Self::update_many(&db, "messages", statements).await?;
-            if !errors.refused.is_empty() {
+            let outcome = Self::update_many(&db, "messages", statements).await?;
+            if !outcome.refused.is_empty() {
                 return Err(StoreError::Refused {
-                    refused: errors.refused,
+                    refused: outcome.refused,
                 });
+            }
+            let mut inserted = outcome.upserted;
+            if inserted.len() < ids.len() {
+                // Existing ones: some may be this flush's own, from an attempt whose answer
+                // was lost. Their token says so (rare: a re-applied trigger, a retried write).
+                let created: AHashSet<&str> = inserted.iter().map(String::as_str).collect();
+                let existing: Vec<&str> = ids
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|id| !created.contains(id))
+                    .collect();
+                let ours: Vec<Document> = db
+                    .collection::<Document>("messages")
+                    .find(doc! {"_id": {"$in": existing}, INSERTED_BY: token as i64})
+                    .projection(doc! {"_id": 1})
+                    .await
+                    .map_err(transient)?
+                    .try_collect()
+                    .await
+                    .map_err(transient)?;
+                inserted.extend(
+                    ours.iter()
+                        .filter_map(|d| d.get_str("_id").ok().map(str::to_string)),
+                );
             }
             // Callbacks that arrived before their message existed.
             let early = db.collection::<Document>("early_callbacks");
@@ -443,7 +486,7 @@ impl DocumentStore for MongoDocumentStore {
                         .map_err(transient)?;
                 }
             }
-            Ok(())
+            Ok(inserted)
         }
         .boxed()
     }

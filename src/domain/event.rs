@@ -257,6 +257,17 @@ pub fn parse_timestamp(text: &str) -> Option<i64> {
 
 fn validate(raw: RawEvent<'_>) -> Result<Event, Rejection> {
     let message_id = check_id("messageId", required("messageId", raw.message_id)?)?;
+    if let Some(c) = message_id.chars().find(|c| c.is_control()) {
+        // It becomes part of the `Idempotency-Key` header, where a control character is
+        // not allowed: refused here rather than failing every send of its message.
+        return Err(Rejection::new(
+            RejectReason::BadField,
+            format!(
+                "`messageId` contains the control character U+{:04X}",
+                c as u32
+            ),
+        ));
+    }
     let kind = required("type", raw.kind)?;
     let user_id = check_id("userId", required("userId", raw.user_id)?)?;
     let ts_text = required("timestamp", raw.timestamp)?;
@@ -469,6 +480,20 @@ mod tests {
         assert_eq!(reason(msg.as_bytes()), RejectReason::BadField);
         let empty = r#"{"messageId":"m","type":"track","userId":"","timestamp":"2026-11-23T10:00:00Z","event":"e"}"#;
         assert_eq!(reason(empty.as_bytes()), RejectReason::BadField);
+    }
+
+    #[test]
+    fn message_ids_with_control_characters_are_refused() {
+        for id in [r"m\n1", r"m\u0000", r"m\u007f", r"\u0085m"] {
+            let msg = format!(
+                r#"{{"messageId":"{id}","type":"track","userId":"u","timestamp":"2026-11-23T10:00:00Z","event":"e"}}"#
+            );
+            let r = decode(msg.as_bytes(), 1 << 20).unwrap_err();
+            assert_eq!(r.reason, RejectReason::BadField, "{id}");
+            assert!(r.detail.contains("control character"), "{id}: {}", r.detail);
+        }
+        let unicode = r#"{"messageId":"m-é-✓","type":"track","userId":"u","timestamp":"2026-11-23T10:00:00Z","event":"e"}"#;
+        assert!(decode(unicode.as_bytes(), 1 << 20).is_ok());
     }
 
     #[test]

@@ -187,6 +187,13 @@ impl MessageRecord {
         let Some(next) = transition(self.status, change.event) else {
             return ApplyResult::Ignored;
         };
+        if change.event == StatusEvent::Retrying
+            && change.attempt.is_some_and(|a| a < self.attempts)
+        {
+            // A retry decided for an older attempt, written after a newer one was made: the
+            // newer attempt's outcome decides (it must not be set back to `retrying`).
+            return ApplyResult::Ignored;
+        }
         if let Some(expected) = &change.expect_provider_message_id {
             if self.provider_message_id.as_ref() != Some(expected) {
                 // About an older send of ours (stale): nothing to do. Unknown: not yet recorded.
@@ -260,6 +267,41 @@ mod tests {
         assert_eq!(transition(Delivered, StatusEvent::Sent), None);
         // A delivery callback that overtakes the send's own acknowledgement still wins.
         assert_eq!(transition(Queued, StatusEvent::Delivered), Some(Delivered));
+    }
+
+    #[test]
+    fn a_retry_of_an_older_attempt_is_stale() {
+        let m = crate::domain::campaign::TriggeredMessage {
+            id: "c:m".into(),
+            user_id: "u".into(),
+            campaign: "c".into(),
+            channel: crate::domain::campaign::Channel::Sms,
+            to: Some("+1".into()),
+            body: "b".into(),
+            skipped: None,
+            trigger_at: 0,
+        };
+        let mut r = MessageRecord::from_triggered(&m, 0);
+        let change = |event, attempt| StatusChange {
+            event,
+            at: 1,
+            provider: None,
+            detail: None,
+            provider_message_id: Some(format!("p{attempt}")),
+            attempt: Some(attempt),
+            expect_provider_message_id: None,
+        };
+        assert_eq!(r.apply(&change(StatusEvent::Sent, 2)), ApplyResult::Applied);
+        assert_eq!(
+            r.apply(&change(StatusEvent::Retrying, 1)),
+            ApplyResult::Ignored
+        );
+        assert_eq!(r.status, Sent);
+        // The attempt's own retry (an `undelivered` callback for attempt 2) still applies.
+        assert_eq!(
+            r.apply(&change(StatusEvent::Retrying, 2)),
+            ApplyResult::Applied
+        );
     }
 
     #[test]

@@ -52,9 +52,12 @@ impl RetryPolicy {
         };
         let ceiling = self.ceiling_ms(attempts_made.max(1));
         let jittered = (ceiling as f64 * unit) as u64;
+        // A provider's `Retry-After` is honoured up to `max_delay_ms`: a huge one (`9e15`)
+        // must neither overflow the due time nor park the message for ever.
+        let floor = min_delay_ms.min(self.max_delay_ms);
         RetryDecision::RetryAfter {
             attempt: attempts_made + 1,
-            delay_ms: jittered.min(ceiling).max(min_delay_ms),
+            delay_ms: jittered.min(ceiling).max(floor),
         }
     }
 }
@@ -88,6 +91,20 @@ mod tests {
                 delay_ms: 1_000
             }
         );
+    }
+
+    #[test]
+    fn retry_after_is_capped_by_the_maximum_delay() {
+        let p = RetryPolicy::default();
+        for huge in [9_000_000_000_000_000_000, u64::MAX] {
+            assert_eq!(
+                p.decide(1, 0.5, huge),
+                RetryDecision::RetryAfter {
+                    attempt: 2,
+                    delay_ms: p.max_delay_ms
+                }
+            );
+        }
     }
 
     #[test]
