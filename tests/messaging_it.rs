@@ -659,6 +659,13 @@ fn a_trigger_applied_again_after_its_dedup_id_was_evicted_sends_nothing_new() {
             vec!["welcome:su-u-again:1".to_string()],
             "the re-applied trigger was sent again: {sends:?}"
         );
+        // The sim lists a key once and counts its repeats (same key: the provider dedupes,
+        // but a provider without idempotency keys would have sent it twice).
+        assert_eq!(
+            sim_stats(port_a).await["repeated_keys"],
+            0,
+            "the re-applied trigger was dispatched again"
+        );
         let users = mongo_users(&names).await;
         assert_eq!(
             users[user].events["signed_up"].count, 3,
@@ -728,5 +735,6 @@ fn sigterm_drains_the_sends_in_flight() {
                 "{id} was not sent exactly once"
             );
         }
+        assert_eq!(sim_stats(port_a).await["repeated_keys"], 0, "a send was repeated");
     });
 }
