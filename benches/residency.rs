@@ -90,8 +90,9 @@ impl herald::ports::DocumentStore for NoDocs {
     fn queued_messages(
         &self,
         limit: usize,
+        before: i64,
     ) -> BoxFut<Result<Vec<herald::domain::message::MessageRecord>, StoreError>> {
-        self.0.queued_messages(limit)
+        self.0.queued_messages(limit, before)
     }
 }
 

@@ -231,8 +231,14 @@ pub trait DocumentStore: Send + Sync + 'static {
         change: StatusChange,
     ) -> BoxFut<Result<(), StoreError>>;
     fn get_message(&self, id: String) -> BoxFut<Result<Option<MessageRecord>, StoreError>>;
-    /// Messages still `queued` (to re-dispatch after a restart).
-    fn queued_messages(&self, limit: usize) -> BoxFut<Result<Vec<MessageRecord>, StoreError>>;
+    /// Messages still `queued` that were created before `created_before_ms` (what an earlier
+    /// run left, to dispatch again; this run's own are dispatched by the flushes that created
+    /// them — listing those too would send them twice).
+    fn queued_messages(
+        &self,
+        limit: usize,
+        created_before_ms: i64,
+    ) -> BoxFut<Result<Vec<MessageRecord>, StoreError>>;
 }
 
 /// What to send through a provider.

@@ -148,8 +148,12 @@ impl DocumentStore for FaultyDocs {
     fn get_message(&self, id: String) -> BoxFut<Result<Option<MessageRecord>, StoreError>> {
         self.inner.get_message(id)
     }
-    fn queued_messages(&self, limit: usize) -> BoxFut<Result<Vec<MessageRecord>, StoreError>> {
-        self.inner.queued_messages(limit)
+    fn queued_messages(
+        &self,
+        limit: usize,
+        before: i64,
+    ) -> BoxFut<Result<Vec<MessageRecord>, StoreError>> {
+        self.inner.queued_messages(limit, before)
     }
 }
 
@@ -235,8 +239,12 @@ impl DocumentStore for RefusingDocs {
     fn get_message(&self, id: String) -> BoxFut<Result<Option<MessageRecord>, StoreError>> {
         self.inner.get_message(id)
     }
-    fn queued_messages(&self, limit: usize) -> BoxFut<Result<Vec<MessageRecord>, StoreError>> {
-        self.inner.queued_messages(limit)
+    fn queued_messages(
+        &self,
+        limit: usize,
+        before: i64,
+    ) -> BoxFut<Result<Vec<MessageRecord>, StoreError>> {
+        self.inner.queued_messages(limit, before)
     }
 }
 

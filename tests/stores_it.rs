@@ -369,7 +369,11 @@ fn mongo_messages_follow_the_status_machine() {
             .unwrap()
             .unwrap();
         assert_eq!(early.status, MessageStatus::Delivered);
-        assert!(store.queued_messages(10).await.unwrap().is_empty());
+        assert!(store
+            .queued_messages(10, 4_102_444_800_000)
+            .await
+            .unwrap()
+            .is_empty());
     });
 }
 

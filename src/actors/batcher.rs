@@ -125,10 +125,13 @@ async fn write(shared: Arc<Shared>, shard: usize, owner: u64, batch: WriteBatch)
     // 3. Messages of the users still standing.
     let standing: AHashSet<&str> = users.iter().map(|u| &*u.user_id).collect();
     let now = ports.clock.now_ms();
+    // One record per message id: a trigger applied twice within one flush (its dedup id
+    // evicted by the user's events in between) names the same message twice.
+    let mut ids: AHashSet<&str> = AHashSet::default();
     let records: Vec<MessageRecord> = batch
         .messages
         .iter()
-        .filter(|(u, _)| standing.contains(&**u))
+        .filter(|(u, m)| standing.contains(&**u) && ids.insert(&m.id))
         .map(|(_, m)| MessageRecord::from_triggered(m, now))
         .collect();
     // Only what this flush created is dispatched: a trigger applied again (its dedup id

@@ -98,8 +98,11 @@ impl RetryActor {
     /// `Idempotency-Key` covers a send whose outcome is unknown.
     fn recover_queued(&mut self, ctx: &mut Context<Self>) {
         let shared = self.shared.clone();
+        // Only what earlier runs left: this run's flushes dispatch what they create (a
+        // message of this run can be `queued` here for a moment before its first send).
+        let started_ms = shared.ports.clock.now_ms();
         let fut = async move {
-            let queued = match shared.ports.docs.queued_messages(100_000).await {
+            let queued = match shared.ports.docs.queued_messages(100_000, started_ms).await {
                 Ok(q) => q,
                 Err(e) => {
                     tracing::warn!(error = %e, "could not list queued messages at start");

@@ -173,12 +173,16 @@ impl DocumentStore for MemoryDocumentStore {
         async move { Ok(m) }.boxed()
     }
 
-    fn queued_messages(&self, limit: usize) -> BoxFut<Result<Vec<MessageRecord>, StoreError>> {
+    fn queued_messages(
+        &self,
+        limit: usize,
+        created_before_ms: i64,
+    ) -> BoxFut<Result<Vec<MessageRecord>, StoreError>> {
         let v: Vec<MessageRecord> = self
             .messages
             .lock()
             .values()
-            .filter(|m| m.status == MessageStatus::Queued)
+            .filter(|m| m.status == MessageStatus::Queued && m.created_at < created_before_ms)
             .take(limit)
             .cloned()
             .collect();

@@ -559,12 +559,16 @@ impl DocumentStore for MongoDocumentStore {
         .boxed()
     }
 
-    fn queued_messages(&self, limit: usize) -> BoxFut<Result<Vec<MessageRecord>, StoreError>> {
+    fn queued_messages(
+        &self,
+        limit: usize,
+        created_before_ms: i64,
+    ) -> BoxFut<Result<Vec<MessageRecord>, StoreError>> {
         let db = self.db.clone();
         async move {
             let docs: Vec<Document> = db
                 .collection::<Document>("messages")
-                .find(doc! {"status": "queued"})
+                .find(doc! {"status": "queued", "created_at": {"$lt": date(created_before_ms)}})
                 .limit(limit as i64)
                 .await
                 .map_err(transient)?
