@@ -154,6 +154,29 @@ struct ChunkOutcome {
     refused: Vec<(String, String)>,
 }
 
+/// The `_id`s among `ids` whose `messages` document carries `token` in `field`: after a bulk
+/// write whose answer was partial or lost, which of its statements were this writer's.
+pub(crate) async fn ids_with_token(
+    db: &Database,
+    ids: &[&str],
+    field: &str,
+    token: i64,
+) -> Result<Vec<String>, StoreError> {
+    let docs: Vec<Document> = db
+        .collection::<Document>("messages")
+        .find(doc! {"_id": {"$in": ids}, field: token})
+        .projection(doc! {"_id": 1})
+        .await
+        .map_err(transient)?
+        .try_collect()
+        .await
+        .map_err(transient)?;
+    Ok(docs
+        .iter()
+        .filter_map(|d| d.get_str("_id").ok().map(str::to_string))
+        .collect())
+}
+
 pub(crate) fn bson_i64(b: &Bson) -> Option<i64> {
     match b {
         Bson::Int32(i) => Some(*i as i64),
@@ -452,19 +475,7 @@ impl DocumentStore for MongoDocumentStore {
                     .map(String::as_str)
                     .filter(|id| !created.contains(id))
                     .collect();
-                let ours: Vec<Document> = db
-                    .collection::<Document>("messages")
-                    .find(doc! {"_id": {"$in": existing}, INSERTED_BY: token as i64})
-                    .projection(doc! {"_id": 1})
-                    .await
-                    .map_err(transient)?
-                    .try_collect()
-                    .await
-                    .map_err(transient)?;
-                inserted.extend(
-                    ours.iter()
-                        .filter_map(|d| d.get_str("_id").ok().map(str::to_string)),
-                );
+                inserted.extend(ids_with_token(&db, &existing, INSERTED_BY, token as i64).await?);
             }
             // Callbacks that arrived before their message existed.
             let early = db.collection::<Document>("early_callbacks");

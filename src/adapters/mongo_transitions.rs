@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::domain::message::{ApplyResult, MessageRecord, StatusChange};
 use crate::ports::{StoreError, TransitionResult};
 
-use super::mongo_docs::{bson_i64, transient};
+use super::mongo_docs::{bson_i64, ids_with_token, transient};
 
 /// Most changes applied in one round.
 const MAX_GROUP: usize = 500;
@@ -161,18 +161,8 @@ async fn apply_group(
         .filter(|s| s.dirty)
         .map(|s| s.record.id.as_str())
         .collect();
-    let written: Vec<Document> = coll
-        .find(doc! {"_id": {"$in": &dirty}, "w": token})
-        .projection(doc! {"_id": 1})
-        .await
-        .map_err(transient)?
-        .try_collect()
-        .await
-        .map_err(transient)?;
-    let ours: std::collections::HashSet<&str> = written
-        .iter()
-        .filter_map(|d| d.get_str("_id").ok())
-        .collect();
+    let written = ids_with_token(db, &dirty, "w", token).await?;
+    let ours: std::collections::HashSet<&str> = written.iter().map(String::as_str).collect();
     for (job, result) in jobs.iter().zip(results.iter_mut()) {
         let lost = slots
             .get(&job.id)
