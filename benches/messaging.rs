@@ -246,6 +246,7 @@ fn main() {
                 channel: Channel::Sms,
                 to: Some(format!("+1555{i:07}")),
                 body: "hello".into(),
+                subject: None,
                 provider: Some("sim-sms".into()),
                 status: MessageStatus::Sent,
                 attempts: 1,

@@ -94,6 +94,26 @@ impl herald::ports::DocumentStore for NoDocs {
     ) -> BoxFut<Result<Vec<herald::domain::message::MessageRecord>, StoreError>> {
         self.0.queued_messages(limit, before)
     }
+    fn find_by_provider_message_id(
+        &self,
+        provider: String,
+        pid: String,
+    ) -> BoxFut<Result<Option<herald::domain::message::MessageRecord>, StoreError>> {
+        self.0.find_by_provider_message_id(provider, pid)
+    }
+    fn suppress(
+        &self,
+        s: Vec<herald::domain::suppression::Suppression>,
+    ) -> BoxFut<Result<usize, StoreError>> {
+        self.0.suppress(s)
+    }
+    fn suppressed(
+        &self,
+        ids: Vec<String>,
+    ) -> BoxFut<Result<Vec<(String, herald::domain::suppression::SuppressionReason)>, StoreError>>
+    {
+        self.0.suppressed(ids)
+    }
 }
 
 /// A typical user's ten messages: two identifies (5 traits, 3 tags) and eight tracks over

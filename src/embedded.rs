@@ -95,6 +95,7 @@ impl EmbeddedRig {
                     max_concurrency: p.max_concurrency,
                     circuit_failures: p.circuit_failures,
                     circuit_open: Duration::from_millis(p.circuit_open_ms),
+                    on_unknown_outcome: Default::default(),
                 })
             })
             .collect();

@@ -9,6 +9,7 @@ pub mod domain;
 pub mod embedded;
 pub mod ports;
 pub mod produce;
+pub mod provider_setup;
 pub mod provider_sim;
 pub mod service;
 pub mod telemetry;

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::domain::campaign::Channel;
 use crate::domain::message::{MessageRecord, MessageStatus, StatusChange};
 use crate::domain::profile::Profile;
+use crate::domain::suppression::{Suppression, SuppressionReason};
 use crate::domain::user::UserState;
 
 pub type BoxFut<T> = BoxFuture<'static, T>;
@@ -239,6 +240,21 @@ pub trait DocumentStore: Send + Sync + 'static {
         limit: usize,
         created_before_ms: i64,
     ) -> BoxFut<Result<Vec<MessageRecord>, StoreError>>;
+    /// The message whose current or an earlier send got `provider_message_id` from
+    /// `provider` (callbacks that name only the provider's id).
+    fn find_by_provider_message_id(
+        &self,
+        provider: String,
+        provider_message_id: String,
+    ) -> BoxFut<Result<Option<MessageRecord>, StoreError>>;
+    /// Records suppressions (the first reason recorded for an address stays). Returns how
+    /// many addresses were not suppressed before.
+    fn suppress(&self, suppressions: Vec<Suppression>) -> BoxFut<Result<usize, StoreError>>;
+    /// For each suppression `_id` asked about that is suppressed, its reason.
+    fn suppressed(
+        &self,
+        ids: Vec<String>,
+    ) -> BoxFut<Result<Vec<(String, SuppressionReason)>, StoreError>>;
 }
 
 /// What to send through a provider.
@@ -248,6 +264,8 @@ pub struct SendRequest {
     pub attempt: u32,
     pub to: String,
     pub body: String,
+    /// Email subject (rendered from the campaign's `subject`).
+    pub subject: Option<String>,
     pub channel: Channel,
     pub callback_url: String,
 }
@@ -269,10 +287,28 @@ pub enum SendOutcome {
         retry_after_ms: Option<u64>,
         detail: String,
     },
-    /// Other 4xx: this provider will never take it.
+    /// Other 4xx: this provider will never take it. `suppress`: the provider said the
+    /// address itself must not be sent to again (Twilio 21610, FCM `UNREGISTERED`).
     Rejected {
         detail: String,
+        suppress: Option<SuppressionReason>,
     },
+    /// The answer was lost (timeout, connection reset after the request went out): the send
+    /// may have happened. A provider without idempotency keys cannot tell; the provider's
+    /// `on_unknown_outcome` decides whether this is retried or failed.
+    Unknown {
+        detail: String,
+    },
+}
+
+/// What a send whose answer was lost becomes (`on_unknown_outcome`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UnknownOutcome {
+    /// Sent again later (a provider without idempotency keys may then deliver it twice).
+    #[default]
+    Retry,
+    /// `failed` (it may still have been delivered once).
+    Fail,
 }
 
 pub trait Provider: Send + Sync + 'static {
@@ -284,11 +320,15 @@ pub trait Provider: Send + Sync + 'static {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Callback {
     pub provider: String,
-    pub message_id: String,
+    /// Herald's message id, when the callback carries it (Herald's own protocol, SendGrid's
+    /// `custom_args`); Twilio's callbacks name only the provider's id.
+    pub message_id: Option<String>,
     pub provider_message_id: Option<String>,
     pub status: CallbackStatus,
     pub error: Option<String>,
     pub retryable: bool,
+    /// The provider says the address must not be sent to again.
+    pub suppress: Option<SuppressionReason>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -296,6 +336,8 @@ pub enum CallbackStatus {
     Delivered,
     Failed,
     Undelivered,
+    /// No change of status (a SendGrid spam report after delivery): only its suppression.
+    NoChange,
 }
 
 impl CallbackStatus {

@@ -1,18 +1,15 @@
 //! `herald run`: the service on real backends (the edge: `anyhow`). The load generator,
 //! `herald produce`, is in `produce.rs`.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context as _};
+use anyhow::{anyhow, bail};
 use futures::FutureExt;
 
 use crate::actors::context::{Ports, Settings};
-use crate::actors::ProviderSpec;
 use crate::actors::{Pipeline, PipelineSpec};
-use crate::adapters::http_provider::HttpProvider;
 use crate::adapters::http_server::{self, HttpState, Listeners};
 use crate::adapters::kafka_source::{KafkaSettings, KafkaSource};
 use crate::adapters::mongo_docs::MongoDocumentStore;
@@ -20,8 +17,8 @@ use crate::adapters::rabbitmq_source::{self, RabbitSettings, RabbitSource};
 use crate::adapters::redis_retry::{listen_for_wakeups, RedisRetrySchedule};
 use crate::adapters::redis_state::RedisStateStore;
 use crate::config::{mask_url_password, Config, SourceKind};
-use crate::domain::campaign::Channel;
 use crate::ports::{BoxFut, Clock, Probe, Source, SystemClock};
+use crate::provider_setup;
 use crate::telemetry::Metrics;
 
 /// Retries `connect` until it succeeds or `timeout` passes; the error names the backend.
@@ -144,7 +141,8 @@ impl RunningSource {
 pub async fn run(config: Config) -> anyhow::Result<()> {
     // The port first: a taken port is a one-line error before anything else starts.
     let listeners = Listeners::bind(config.http.listen, config.http.metrics_listen)?;
-    let providers = http_providers(&config)?;
+    let providers = provider_setup::providers(&config)?;
+    let receivers = provider_setup::receivers(&config, &config.http.public_url())?;
     let startup = Duration::from_millis(config.startup.timeout_ms);
     let redis_url = config.redis.url.clone();
     let prefix = config.redis.prefix.clone();
@@ -198,7 +196,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         clock: clock.clone(),
         metrics: metrics.clone(),
     };
-    let secrets = webhook_secrets(&config);
     let spec = PipelineSpec {
         settings: Settings::from_config(&config),
         campaigns: config.parsed_campaigns.clone(),
@@ -221,7 +218,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Arc::new(MongoProbe(docs)),
     ];
     let http_state = HttpState {
-        secrets,
+        receivers,
         callbacks: pipeline.callbacks(),
         metrics: metrics.clone(),
         probes,
@@ -257,57 +254,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "drained and committed; bye"
     );
     Ok(())
-}
-
-/// One HTTP provider per `[[providers]]`, tokens from the environment.
-fn http_providers(config: &Config) -> anyhow::Result<Vec<ProviderSpec>> {
-    let mut out = Vec::new();
-    for p in &config.providers {
-        let token = match &p.token_env {
-            Some(var) => Some(std::env::var(var).map_err(|_| {
-                anyhow!(
-                    "provider {}: token_env names ${var}, which is not set",
-                    p.name
-                )
-            })?),
-            None => None,
-        };
-        let timeout = Duration::from_millis(p.timeout_ms);
-        let provider = HttpProvider::new(&p.name, &p.url, token, timeout)
-            .with_context(|| format!("provider {}: building its HTTP client", p.name))?;
-        let channel = Channel::parse(&p.channel)
-            .ok_or_else(|| anyhow!("provider {}: unknown channel {}", p.name, p.channel))?;
-        out.push(ProviderSpec {
-            provider: Arc::new(provider),
-            channel,
-            priority: p.priority,
-            rate_per_sec: p.rate_per_sec,
-            timeout,
-            max_concurrency: p.max_concurrency,
-            circuit_failures: p.circuit_failures,
-            circuit_open: Duration::from_millis(p.circuit_open_ms),
-        });
-    }
-    Ok(out)
-}
-
-/// Provider name → webhook secret from its `webhook_secret_env` (unset: callbacks refused).
-fn webhook_secrets(config: &Config) -> HashMap<String, Option<Vec<u8>>> {
-    config
-        .providers
-        .iter()
-        .map(|p| {
-            let secret = p
-                .webhook_secret_env
-                .as_ref()
-                .and_then(|var| std::env::var(var).ok())
-                .map(String::into_bytes);
-            if secret.is_none() {
-                tracing::warn!(provider = %p.name, "no webhook secret set: its callbacks are refused with 401");
-            }
-            (p.name.clone(), secret)
-        })
-        .collect()
 }
 
 struct SourceProbe(RunningSource);

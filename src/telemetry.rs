@@ -40,6 +40,7 @@ pub struct Metrics {
     pub retries_scheduled: Counter,
     pub retries_fired: Counter,
     webhook_requests: Family<Labels, Counter>,
+    suppressed: Family<Labels, Counter>,
     actor_restarts: Family<Labels, Counter>,
     /// Exact latency percentiles for the demo summary (milliseconds).
     latency_ms: Mutex<hdrhistogram::Histogram<u64>>,
@@ -105,6 +106,7 @@ impl Metrics {
         let retries_scheduled = Counter::default();
         let retries_fired = Counter::default();
         let webhook_requests = Family::<Labels, Counter>::default();
+        let suppressed = Family::<Labels, Counter>::default();
         let actor_restarts = Family::<Labels, Counter>::default();
         registry.register(
             "herald_events_consumed",
@@ -187,6 +189,12 @@ impl Metrics {
             webhook_requests.clone(),
         );
         registry.register(
+            "herald_suppressed",
+            "Suppression events by reason: an address newly suppressed by a provider's report, \
+             and each triggered message skipped because its address is suppressed",
+            suppressed.clone(),
+        );
+        registry.register(
             "herald_actor_restarts",
             "Actor restarts after a contained panic or failure",
             actor_restarts.clone(),
@@ -218,6 +226,7 @@ impl Metrics {
             retries_scheduled,
             retries_fired,
             webhook_requests,
+            suppressed,
             actor_restarts,
             latency_ms: Mutex::new(
                 hdrhistogram::Histogram::new_with_bounds(1, 3_600_000, 3)
@@ -375,6 +384,12 @@ impl Metrics {
                 ("provider", provider.to_string()),
                 ("code", code.to_string()),
             ])
+            .inc();
+    }
+
+    pub fn suppressed(&self, reason: &str) {
+        self.suppressed
+            .get_or_create(&vec![("reason", reason.to_string())])
             .inc();
     }
 

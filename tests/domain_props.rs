@@ -475,6 +475,7 @@ fn initial_record() -> impl Strategy<Value = MessageRecord> {
                 channel: Channel::Sms,
                 to: Some("+15550100".into()),
                 body: "Hi".into(),
+                subject: None,
                 skipped,
                 trigger_at: 1,
             };

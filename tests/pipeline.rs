@@ -18,6 +18,7 @@ use herald::config::Config;
 use herald::domain::event::{decode, RejectReason};
 use herald::domain::keys::message_fingerprint;
 use herald::domain::message::{MessageRecord, StatusChange};
+use herald::domain::suppression::{Suppression, SuppressionReason};
 use herald::domain::user::UserProfile;
 use herald::embedded::EmbeddedRig;
 use herald::ports::{
@@ -155,6 +156,22 @@ impl DocumentStore for FaultyDocs {
     ) -> BoxFut<Result<Vec<MessageRecord>, StoreError>> {
         self.inner.queued_messages(limit, before)
     }
+    fn find_by_provider_message_id(
+        &self,
+        provider: String,
+        pid: String,
+    ) -> BoxFut<Result<Option<MessageRecord>, StoreError>> {
+        self.inner.find_by_provider_message_id(provider, pid)
+    }
+    fn suppress(&self, s: Vec<Suppression>) -> BoxFut<Result<usize, StoreError>> {
+        self.inner.suppress(s)
+    }
+    fn suppressed(
+        &self,
+        ids: Vec<String>,
+    ) -> BoxFut<Result<Vec<(String, SuppressionReason)>, StoreError>> {
+        self.inner.suppressed(ids)
+    }
 }
 
 /// A state store that counts loads and can panic on the next load.
@@ -245,6 +262,22 @@ impl DocumentStore for RefusingDocs {
         before: i64,
     ) -> BoxFut<Result<Vec<MessageRecord>, StoreError>> {
         self.inner.queued_messages(limit, before)
+    }
+    fn find_by_provider_message_id(
+        &self,
+        provider: String,
+        pid: String,
+    ) -> BoxFut<Result<Option<MessageRecord>, StoreError>> {
+        self.inner.find_by_provider_message_id(provider, pid)
+    }
+    fn suppress(&self, s: Vec<Suppression>) -> BoxFut<Result<usize, StoreError>> {
+        self.inner.suppress(s)
+    }
+    fn suppressed(
+        &self,
+        ids: Vec<String>,
+    ) -> BoxFut<Result<Vec<(String, SuppressionReason)>, StoreError>> {
+        self.inner.suppressed(ids)
     }
 }
 

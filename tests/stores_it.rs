@@ -279,6 +279,7 @@ fn mongo_messages_follow_the_status_machine() {
             channel: Channel::Sms,
             to: Some("+1555".into()),
             body: "Hi".into(),
+            subject: None,
             skipped: None,
             trigger_at: 5,
         };
@@ -401,6 +402,7 @@ fn grouped_transitions_from_two_writers_apply_each_change_once() {
                         channel: Channel::Sms,
                         to: Some("+1555".into()),
                         body: "Hi".into(),
+                        subject: None,
                         skipped: None,
                         trigger_at: 1,
                     },

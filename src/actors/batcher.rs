@@ -17,7 +17,8 @@ use actix::prelude::*;
 use futures::future::join_all;
 use tracing::Instrument;
 
-use crate::domain::message::MessageRecord;
+use crate::domain::message::{MessageRecord, MessageStatus};
+use crate::domain::suppression::{suppression_id, SuppressionReason};
 use crate::ports::{DeadLetter, StoreError, UsersWritten};
 
 use super::context::Shared;
@@ -28,6 +29,7 @@ use super::supervision::contain_async;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 type AHashSet<T> = std::collections::HashSet<T, ahash::RandomState>;
+type AHashMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
 
 pub struct Batcher {
     shard: usize,
@@ -128,12 +130,39 @@ async fn write(shared: Arc<Shared>, shard: usize, owner: u64, batch: WriteBatch)
     // One record per message id: a trigger applied twice within one flush (its dedup id
     // evicted by the user's events in between) names the same message twice.
     let mut ids: AHashSet<&str> = AHashSet::default();
-    let records: Vec<MessageRecord> = batch
+    let mut records: Vec<MessageRecord> = batch
         .messages
         .iter()
         .filter(|(u, m)| standing.contains(&**u) && ids.insert(&m.id))
         .map(|(_, m)| MessageRecord::from_triggered(m, now))
         .collect();
+    // Suppressed addresses: the message is stored `skipped`, never sent.
+    let asked: Vec<String> = records
+        .iter()
+        .filter(|r| r.status == MessageStatus::Queued)
+        .filter_map(|r| Some(suppression_id(r.channel, r.to.as_deref()?)))
+        .collect();
+    let mut suppressed_ids: AHashSet<String> = AHashSet::default();
+    if !asked.is_empty() {
+        let suppressed: AHashMap<String, SuppressionReason> =
+            retry(&shared, shard, "suppressions", || {
+                ports.docs.suppressed(asked.clone())
+            })
+            .await
+            .into_iter()
+            .collect();
+        if !suppressed.is_empty() {
+            for r in &mut records {
+                let Some(to) = r.to.as_deref() else { continue };
+                if let Some(reason) = suppressed.get(&suppression_id(r.channel, to)) {
+                    if r.status == MessageStatus::Queued {
+                        r.skip(reason.skip_reason());
+                        suppressed_ids.insert(r.id.clone());
+                    }
+                }
+            }
+        }
+    }
     // Only what this flush created is dispatched: a trigger applied again (its dedup id
     // evicted, a replay after a crash between these writes and the state's) finds its
     // message stored — sent, or being sent, by whoever created it.
@@ -153,6 +182,16 @@ async fn write(shared: Arc<Shared>, shard: usize, owner: u64, batch: WriteBatch)
                 existing = records.len() - inserted.len(),
                 "triggered messages already stored; not dispatched again"
             );
+        }
+        for id in &inserted {
+            if suppressed_ids.contains(id) {
+                if let Some(r) = records.iter().find(|r| &r.id == id) {
+                    let reason = r.error.as_deref().unwrap_or_default();
+                    ports
+                        .metrics
+                        .suppressed(reason.trim_start_matches("suppressed: "));
+                }
+            }
         }
         created.extend(inserted);
     }

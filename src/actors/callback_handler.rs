@@ -1,5 +1,12 @@
 //! Applies provider delivery callbacks (not an actor: the webhook receiver and the in-process
 //! simulator call it directly, and it answers only once the effect is durable).
+//!
+//! A callback is matched to its message by Herald's id when it carries one, else by the
+//! provider's id (Twilio). It changes nothing unless it comes from the provider that made the
+//! message's send and names that send: a callback about an older send, another provider's, or
+//! a repeated one is answered 2xx and ignored (the status machine absorbs the rest). A
+//! suppression it carries is recorded whatever the message's status (a spam report arrives
+//! after delivery).
 
 use std::sync::Arc;
 
@@ -8,8 +15,9 @@ use parking_lot::Mutex;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
-use crate::domain::message::{MessageStatus, StatusChange, StatusEvent};
+use crate::domain::message::{MessageRecord, MessageStatus, StatusChange, StatusEvent};
 use crate::domain::retry::RetryPolicy;
+use crate::domain::suppression::Suppression;
 use crate::ports::{
     BoxFut, Callback, CallbackError, CallbackSink, CallbackStatus, TransitionResult,
 };
@@ -31,6 +39,45 @@ impl CallbackHandler {
         })
     }
 
+    async fn find(
+        ports: &DispatcherPorts,
+        cb: &Callback,
+    ) -> Result<Option<MessageRecord>, CallbackError> {
+        Ok(match (&cb.message_id, &cb.provider_message_id) {
+            (Some(id), _) => ports.docs.get_message(id.clone()).await?,
+            (None, Some(pid)) => {
+                ports
+                    .docs
+                    .find_by_provider_message_id(cb.provider.clone(), pid.clone())
+                    .await?
+            }
+            (None, None) => None,
+        })
+    }
+
+    async fn suppress(
+        ports: &DispatcherPorts,
+        cb: &Callback,
+        record: &MessageRecord,
+    ) -> Result<(), CallbackError> {
+        let (Some(reason), Some(address)) = (cb.suppress, &record.to) else {
+            return Ok(());
+        };
+        let suppression = Suppression {
+            channel: record.channel,
+            address: address.clone(),
+            reason,
+            provider: cb.provider.clone(),
+            at: ports.clock.now_ms(),
+        };
+        let new = ports.docs.suppress(vec![suppression]).await?;
+        if new > 0 {
+            ports.metrics.suppressed(reason.as_str());
+            tracing::info!(provider = %cb.provider, message = %record.id, reason = reason.as_str(), "address suppressed");
+        }
+        Ok(())
+    }
+
     async fn handle(
         ports: DispatcherPorts,
         policy: RetryPolicy,
@@ -39,7 +86,7 @@ impl CallbackHandler {
     ) -> Result<(), CallbackError> {
         let now = ports.clock.now_ms();
         let retry_wanted = match cb.status {
-            CallbackStatus::Delivered => false,
+            CallbackStatus::Delivered | CallbackStatus::NoChange => false,
             CallbackStatus::Failed => cb.retryable,
             CallbackStatus::Undelivered => true,
         };
@@ -65,34 +112,52 @@ impl CallbackHandler {
             attempt: None,
             expect_provider_message_id: cb.provider_message_id.clone(),
         };
-        let Some(record) = ports.docs.get_message(cb.message_id.clone()).await? else {
-            // Not stored yet: keep it, it is applied when the message is inserted.
-            ports
-                .docs
-                .record_early_callback(cb.message_id, change)
-                .await?;
-            return Ok(());
+        let Some(record) = Self::find(&ports, &cb).await? else {
+            return match (&cb.message_id, &cb.provider_message_id) {
+                // Not stored yet: keep it, it is applied when the message is inserted.
+                (Some(id), _) if cb.status != CallbackStatus::NoChange => {
+                    ports.docs.record_early_callback(id.clone(), change).await?;
+                    Ok(())
+                }
+                (Some(_), _) => Ok(()),
+                // Only the provider's id, and no send carries it yet: its answer has not been
+                // recorded; the provider is asked to call again (503).
+                (None, Some(pid)) => Err(CallbackError::NotReady(format!(
+                    "{} message {pid}",
+                    cb.provider
+                ))),
+                (None, None) => Ok(()),
+            };
         };
-        if record.status.is_terminal() {
+        if record.provider.as_deref().is_some_and(|p| p != cb.provider) {
+            // Another provider's message: this one has no say in it.
             return Ok(());
         }
         if let Some(pid) = &cb.provider_message_id {
-            if record.provider_message_id.as_ref() != Some(pid) {
+            if !record.is_current_send(pid) {
                 if record.knows_provider_message_id(pid) {
+                    Self::suppress(&ports, &cb, &record).await?;
                     return Ok(()); // about an older send: stale
                 }
-                return Err(CallbackError::NotReady(cb.message_id));
-            }
-            if retry_wanted && record.status == MessageStatus::Retrying {
-                return Ok(()); // duplicate: the retry is already scheduled
+                if record.status.is_terminal() {
+                    return Ok(());
+                }
+                return Err(CallbackError::NotReady(record.id));
             }
         }
+        Self::suppress(&ports, &cb, &record).await?;
+        if record.status.is_terminal() || cb.status == CallbackStatus::NoChange {
+            return Ok(());
+        }
         if retry_wanted {
+            if cb.provider_message_id.is_some() && record.status == MessageStatus::Retrying {
+                return Ok(()); // duplicate: the retry is already scheduled
+            }
             schedule_retry(
                 ports,
                 policy,
                 rng,
-                cb.message_id,
+                record.id,
                 record.attempts.max(1),
                 0,
                 Some(cb.provider),
@@ -102,8 +167,8 @@ impl CallbackHandler {
             .await?;
             return Ok(());
         }
-        match ports.docs.transition(cb.message_id.clone(), change).await? {
-            TransitionResult::NotReady => Err(CallbackError::NotReady(cb.message_id)),
+        match ports.docs.transition(record.id.clone(), change).await? {
+            TransitionResult::NotReady => Err(CallbackError::NotReady(record.id)),
             TransitionResult::Applied(_)
             | TransitionResult::Ignored(_)
             | TransitionResult::NotFound => Ok(()),

@@ -14,8 +14,10 @@ use tokio::sync::oneshot;
 
 use crate::domain::message::{MessageRecord, StatusChange, StatusEvent};
 use crate::domain::retry::{RetryDecision, RetryPolicy};
+use crate::domain::suppression::Suppression;
 use crate::ports::{
-    Clock, DocumentStore, Provider, RetryEntry, RetrySchedule, SendOutcome, SendRequest, StoreError,
+    Clock, DocumentStore, Provider, RetryEntry, RetrySchedule, SendOutcome, SendRequest,
+    StoreError, UnknownOutcome,
 };
 use crate::telemetry::Metrics;
 
@@ -64,6 +66,7 @@ pub struct DispatcherSettings {
     pub circuit_open: Duration,
     pub retry: RetryPolicy,
     pub callback_base_url: String,
+    pub on_unknown_outcome: UnknownOutcome,
 }
 
 /// What a dispatcher needs besides its provider.
@@ -240,6 +243,7 @@ impl Dispatcher {
             attempt: job.attempt,
             to,
             body: job.record.body.clone(),
+            subject: job.record.subject.clone(),
             channel: job.record.channel,
             callback_url: format!(
                 "{}/{}",
@@ -257,9 +261,9 @@ impl Dispatcher {
                     retry_after_ms: None,
                     detail: format!("provider adapter panicked: {panic}"),
                 },
-                Err(_) => SendOutcome::Retryable {
-                    retry_after_ms: None,
-                    detail: format!("timed out after {} ms", timeout.as_millis()),
+                // The request may have reached the provider: its outcome is unknown.
+                Err(_) => SendOutcome::Unknown {
+                    detail: format!("no answer within {} ms", timeout.as_millis()),
                 },
             }
         };
@@ -292,7 +296,33 @@ impl Dispatcher {
     fn on_outcome(&mut self, job: Dispatch, outcome: SendOutcome, ctx: &mut Context<Self>) {
         let name = self.provider.name().to_string();
         let metrics = self.ports.metrics.clone();
+        let outcome = match outcome {
+            SendOutcome::Unknown { detail } => match self.settings.on_unknown_outcome {
+                UnknownOutcome::Retry => SendOutcome::Retryable {
+                    retry_after_ms: None,
+                    detail: format!("{detail}; outcome unknown, sending again"),
+                },
+                UnknownOutcome::Fail => {
+                    metrics.dispatch_outcome(&name, "unknown");
+                    let change = StatusChange {
+                        event: StatusEvent::Failed,
+                        at: self.ports.clock.now_ms(),
+                        provider: Some(name.clone()),
+                        detail: Some(format!(
+                            "{name}: {detail}; outcome unknown (on_unknown_outcome = fail)"
+                        )),
+                        provider_message_id: None,
+                        attempt: Some(job.attempt),
+                        expect_provider_message_id: None,
+                    };
+                    self.record(job.record.id.clone(), change, job.lease, ctx);
+                    return;
+                }
+            },
+            other => other,
+        };
         match outcome {
+            SendOutcome::Unknown { .. } => unreachable!("mapped above"),
             SendOutcome::Accepted {
                 provider_message_id,
             } => {
@@ -341,10 +371,46 @@ impl Dispatcher {
                 };
                 self.spawn_write(fut, |_| {}, ctx);
             }
-            SendOutcome::Rejected { detail } => {
+            SendOutcome::Rejected { detail, suppress } => {
                 metrics.dispatch_outcome(&name, "rejected");
                 let detail = format!("{name} rejected: {detail}");
-                if let Some(next) = self.chain.get(job.provider_index + 1).cloned() {
+                if let (Some(reason), Some(address)) = (suppress, job.record.to.clone()) {
+                    // The address itself is refused (opted out, unregistered): no fallback
+                    // either; the suppression first, so a crash leaves it recorded.
+                    let suppression = Suppression {
+                        channel: job.record.channel,
+                        address,
+                        reason,
+                        provider: name.clone(),
+                        at: self.ports.clock.now_ms(),
+                    };
+                    let change = StatusChange {
+                        event: StatusEvent::Failed,
+                        at: self.ports.clock.now_ms(),
+                        provider: Some(name),
+                        detail: Some(format!(
+                            "{detail} (address suppressed: {})",
+                            reason.as_str()
+                        )),
+                        provider_message_id: None,
+                        attempt: Some(job.attempt),
+                        expect_provider_message_id: None,
+                    };
+                    let docs = self.ports.docs.clone();
+                    let id = job.record.id.clone();
+                    let retries = self.ports.retries.clone();
+                    let lease = job.lease;
+                    let write = async move {
+                        let new =
+                            write_with_retry(|| docs.suppress(vec![suppression.clone()])).await;
+                        if new > 0 {
+                            metrics.suppressed(reason.as_str());
+                        }
+                        write_with_retry(|| docs.transition(id.clone(), change.clone())).await;
+                        complete_lease(retries, lease).await;
+                    };
+                    self.spawn_write(write, |_| {}, ctx);
+                } else if let Some(next) = self.chain.get(job.provider_index + 1).cloned() {
                     // Ordered fallback: record why, then try the next provider (a new attempt).
                     let change = StatusChange {
                         event: StatusEvent::Retrying,

@@ -23,7 +23,7 @@ use actix::prelude::*;
 use tokio::sync::watch;
 
 use crate::domain::campaign::{Campaign, Channel};
-use crate::ports::{CallbackSink, Provider};
+use crate::ports::{CallbackSink, Provider, UnknownOutcome};
 
 use batcher::Batcher;
 use callback_handler::CallbackHandler;
@@ -45,6 +45,7 @@ pub struct ProviderSpec {
     pub max_concurrency: usize,
     pub circuit_failures: u32,
     pub circuit_open: Duration,
+    pub on_unknown_outcome: UnknownOutcome,
 }
 
 /// Everything a pipeline is built from.
@@ -100,6 +101,7 @@ impl Pipeline {
                 circuit_open: p.circuit_open,
                 retry: spec.settings.retry,
                 callback_base_url: spec.settings.callback_base_url.clone(),
+                on_unknown_outcome: p.on_unknown_outcome,
             };
             let addr = Dispatcher::new(
                 p.provider,

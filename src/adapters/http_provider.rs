@@ -36,6 +36,23 @@ struct Accepted {
 /// Longest detail kept from a provider's error body.
 const DETAIL_CHARS: usize = 200;
 
+/// The HTTP client every provider adapter uses: `timeout` per request, a shorter connect
+/// timeout, a warm connection pool.
+pub fn client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
+        .pool_max_idle_per_host(64)
+        .build()
+}
+
+/// Whether an HTTP status is worth retrying (429, 408, 5xx).
+pub fn is_retryable(status: StatusCode) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS
+        || status == StatusCode::REQUEST_TIMEOUT
+        || status.is_server_error()
+}
+
 impl HttpProvider {
     pub fn new(
         name: impl Into<String>,
@@ -43,11 +60,7 @@ impl HttpProvider {
         token: Option<String>,
         timeout: Duration,
     ) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .pool_max_idle_per_host(64)
-            .build()?;
+        let client = client(timeout)?;
         Ok(HttpProvider {
             name: name.into(),
             url: url.into(),
@@ -71,7 +84,26 @@ pub fn retry_after_ms(headers: &HeaderMap) -> Option<u64> {
     )
 }
 
-fn short(text: &str) -> String {
+/// A request that got no answer: never sent (connection refused) is plainly retryable; a
+/// timeout or a reset after the request went out leaves the outcome unknown.
+pub fn request_failed(e: reqwest::Error) -> SendOutcome {
+    if e.is_connect() {
+        SendOutcome::Retryable {
+            retry_after_ms: None,
+            detail: format!("connection failed: {e}"),
+        }
+    } else if e.is_timeout() {
+        SendOutcome::Unknown {
+            detail: "timed out".to_string(),
+        }
+    } else {
+        SendOutcome::Unknown {
+            detail: format!("request failed: {e}"),
+        }
+    }
+}
+
+pub fn short(text: &str) -> String {
     text.chars().take(DETAIL_CHARS).collect()
 }
 
@@ -93,16 +125,16 @@ async fn classify(response: reqwest::Response) -> SendOutcome {
         };
     }
     let detail = format!("{status}: {}", short(&text));
-    let retryable = status == StatusCode::TOO_MANY_REQUESTS
-        || status == StatusCode::REQUEST_TIMEOUT
-        || status.is_server_error();
-    if retryable {
+    if is_retryable(status) {
         SendOutcome::Retryable {
             retry_after_ms: retry_after,
             detail,
         }
     } else {
-        SendOutcome::Rejected { detail }
+        SendOutcome::Rejected {
+            detail,
+            suppress: None,
+        }
     }
 }
 
@@ -130,16 +162,7 @@ impl Provider for HttpProvider {
         async move {
             match builder.send().await {
                 Ok(response) => classify(response).await,
-                Err(e) => SendOutcome::Retryable {
-                    retry_after_ms: None,
-                    detail: if e.is_timeout() {
-                        "timed out".to_string()
-                    } else if e.is_connect() {
-                        format!("connection failed: {e}")
-                    } else {
-                        format!("request failed: {e}")
-                    },
-                },
+                Err(e) => request_failed(e),
             }
         }
         .boxed()

@@ -11,69 +11,20 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use actix_web::http::StatusCode;
+use super::callback_formats::{self, Receiver, Refusal, MAX_BODY};
+use crate::ports::{CallbackError, CallbackSink, Clock, Probe};
+use crate::telemetry::Metrics;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use futures::StreamExt;
-use serde::Deserialize;
-
-use crate::domain::signature::{self, SignatureError};
-use crate::ports::{Callback, CallbackError, CallbackSink, CallbackStatus, Clock, Probe};
-use crate::telemetry::Metrics;
-
-/// Largest callback body accepted.
-pub const MAX_BODY: usize = 64 * 1024;
 
 /// What the listener serves.
 pub struct HttpState {
-    /// Provider name → webhook secret (`None`: the secret's variable was not set, so every
-    /// callback for it is refused with 401).
-    pub secrets: HashMap<String, Option<Vec<u8>>>,
+    /// Provider name → how its callbacks are verified and read.
+    pub receivers: HashMap<String, Receiver>,
     pub callbacks: Arc<dyn CallbackSink>,
     pub metrics: Arc<Metrics>,
     pub probes: Vec<Arc<dyn Probe>>,
     pub clock: Arc<dyn Clock>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CallbackBody {
-    id: String,
-    #[serde(default)]
-    provider_message_id: Option<String>,
-    status: String,
-    #[serde(default)]
-    error: Option<String>,
-    #[serde(default)]
-    retryable: Option<bool>,
-}
-
-/// Why a callback was refused, with its status code.
-#[derive(Debug, thiserror::Error)]
-enum Refusal {
-    #[error("unknown provider")]
-    UnknownProvider,
-    #[error("body over {MAX_BODY} bytes")]
-    TooLarge,
-    #[error("{0}")]
-    Signature(#[from] SignatureError),
-    #[error("malformed body: {0}")]
-    Malformed(String),
-    #[error("{0}")]
-    NotYet(String),
-    #[error("store unavailable: {0}")]
-    Store(String),
-}
-
-impl Refusal {
-    fn status(&self) -> StatusCode {
-        match self {
-            Refusal::UnknownProvider => StatusCode::NOT_FOUND,
-            Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Refusal::Signature(_) => StatusCode::UNAUTHORIZED,
-            Refusal::Malformed(_) => StatusCode::BAD_REQUEST,
-            Refusal::NotYet(_) | Refusal::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
-        }
-    }
 }
 
 fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
@@ -97,57 +48,43 @@ async fn read_body(req: &HttpRequest, mut payload: web::Payload) -> Result<Vec<u
     Ok(body)
 }
 
-fn parse(provider: &str, body: &[u8]) -> Result<Callback, Refusal> {
-    let parsed: CallbackBody =
-        serde_json::from_slice(body).map_err(|e| Refusal::Malformed(e.to_string()))?;
-    let status = CallbackStatus::parse(&parsed.status)
-        .ok_or_else(|| Refusal::Malformed(format!("unknown status {:?}", parsed.status)))?;
-    if parsed.id.is_empty() || parsed.id.len() > 512 {
-        return Err(Refusal::Malformed("id must be 1-512 bytes".into()));
-    }
-    Ok(Callback {
-        provider: provider.to_string(),
-        message_id: parsed.id,
-        provider_message_id: parsed.provider_message_id,
-        status,
-        error: parsed.error,
-        retryable: parsed.retryable.unwrap_or(false),
-    })
-}
-
 async fn handle_webhook(
     state: &HttpState,
     provider: &str,
     req: &HttpRequest,
     payload: web::Payload,
 ) -> Result<(), Refusal> {
-    let secret = match state.secrets.get(provider) {
-        None => return Err(Refusal::UnknownProvider),
-        Some(s) => s.clone(),
+    let receiver = match state.receivers.get(provider) {
+        None | Some(Receiver::NoCallbacks) => return Err(Refusal::UnknownProvider),
+        Some(r) => r,
     };
     let body = read_body(req, payload).await?;
-    let now_secs = state.clock.now_ms().div_euclid(1000);
-    let Some(secret) = secret else {
-        return Err(Refusal::Signature(SignatureError::Mismatch));
+    let headers: HashMap<String, String> = req
+        .headers()
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect();
+    let request = callback_formats::Request {
+        provider,
+        headers: &headers,
+        query: req.query_string(),
+        now_secs: state.clock.now_ms().div_euclid(1000),
     };
-    signature::verify(
-        &secret,
-        header(req, "x-herald-timestamp"),
-        header(req, "x-herald-signature"),
-        &body,
-        now_secs,
-    )?;
-    let callback = parse(provider, &body)?;
-    state
-        .callbacks
-        .deliver(callback)
-        .await
-        .map_err(|e| match e {
-            CallbackError::NotReady(id) => Refusal::NotYet(format!(
-                "the send of {id} is not recorded yet; call back later"
-            )),
-            CallbackError::Store(e) => Refusal::Store(e.to_string()),
-        })
+    let callbacks = callback_formats::parse(receiver, &request, &body)?;
+    // One after the other: the answer is 2xx only once every one of them is durable.
+    for callback in callbacks {
+        state
+            .callbacks
+            .deliver(callback)
+            .await
+            .map_err(|e| match e {
+                CallbackError::NotReady(id) => Refusal::NotYet(format!(
+                    "the send of {id} is not recorded yet; call back later"
+                )),
+                CallbackError::Store(e) => Refusal::Store(e.to_string()),
+            })?;
+    }
+    Ok(())
 }
 
 async fn webhook(
@@ -159,7 +96,7 @@ async fn webhook(
     let provider = path.into_inner();
     let result = handle_webhook(&state, &provider, &req, payload).await;
     // Unknown names are not labels (a scanner must not grow the metric without bound).
-    let label = if state.secrets.contains_key(&provider) {
+    let label = if state.receivers.contains_key(&provider) {
         provider.as_str()
     } else {
         "unknown"
@@ -287,32 +224,4 @@ pub fn start(
         actix_web::rt::spawn(server);
     }
     Ok(handles)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_the_contract_body() {
-        let cb = parse(
-            "sim",
-            br#"{"id":"w:m-1","provider_message_id":"p-1","status":"failed","error":"x","retryable":true}"#,
-        )
-        .unwrap();
-        assert_eq!(cb.status, CallbackStatus::Failed);
-        assert!(cb.retryable);
-        assert_eq!(cb.provider_message_id.as_deref(), Some("p-1"));
-        let minimal = parse("sim", br#"{"id":"w:m-1","status":"delivered"}"#).unwrap();
-        assert!(!minimal.retryable);
-        assert!(matches!(
-            parse("sim", br#"{"id":"w:m-1","status":"lost"}"#),
-            Err(Refusal::Malformed(_))
-        ));
-        assert!(matches!(
-            parse("sim", br#"{"status":"delivered"}"#),
-            Err(Refusal::Malformed(_))
-        ));
-        assert!(matches!(parse("sim", b"[]"), Err(Refusal::Malformed(_))));
-    }
 }

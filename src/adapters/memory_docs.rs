@@ -8,6 +8,7 @@ use parking_lot::Mutex;
 
 use crate::domain::keys::owner_shard;
 use crate::domain::message::{ApplyResult, MessageRecord, MessageStatus, StatusChange};
+use crate::domain::suppression::{Suppression, SuppressionReason};
 use crate::domain::user::UserProfile;
 use crate::ports::{
     BoxFut, DocumentStore, StoreError, TransitionResult, UserSnapshot, UsersWritten,
@@ -22,6 +23,7 @@ pub struct MemoryDocumentStore {
     users: Vec<UserShard>,
     messages: Mutex<HashMap<String, MessageRecord>>,
     early_callbacks: Mutex<HashMap<String, Vec<StatusChange>>>,
+    suppressions: Mutex<HashMap<String, Suppression>>,
 }
 
 impl Default for MemoryDocumentStore {
@@ -32,6 +34,7 @@ impl Default for MemoryDocumentStore {
                 .collect(),
             messages: Mutex::new(HashMap::new()),
             early_callbacks: Mutex::new(HashMap::new()),
+            suppressions: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -70,6 +73,10 @@ impl MemoryDocumentStore {
             *out.entry(m.status.as_str()).or_insert(0) += 1;
         }
         out
+    }
+
+    pub fn suppressions(&self) -> Vec<Suppression> {
+        self.suppressions.lock().values().cloned().collect()
     }
 
     /// Messages not yet in a terminal status.
@@ -187,5 +194,46 @@ impl DocumentStore for MemoryDocumentStore {
             .cloned()
             .collect();
         async move { Ok(v) }.boxed()
+    }
+
+    fn find_by_provider_message_id(
+        &self,
+        provider: String,
+        provider_message_id: String,
+    ) -> BoxFut<Result<Option<MessageRecord>, StoreError>> {
+        let found = self
+            .messages
+            .lock()
+            .values()
+            .find(|m| {
+                m.provider.as_deref() == Some(provider.as_str())
+                    && m.knows_provider_message_id(&provider_message_id)
+            })
+            .cloned();
+        async move { Ok(found) }.boxed()
+    }
+
+    fn suppress(&self, suppressions: Vec<Suppression>) -> BoxFut<Result<usize, StoreError>> {
+        let mut store = self.suppressions.lock();
+        let mut new = 0;
+        for s in suppressions {
+            if let std::collections::hash_map::Entry::Vacant(slot) = store.entry(s.id()) {
+                slot.insert(s);
+                new += 1;
+            }
+        }
+        async move { Ok(new) }.boxed()
+    }
+
+    fn suppressed(
+        &self,
+        ids: Vec<String>,
+    ) -> BoxFut<Result<Vec<(String, SuppressionReason)>, StoreError>> {
+        let store = self.suppressions.lock();
+        let found = ids
+            .into_iter()
+            .filter_map(|id| store.get(&id).map(|s| (id, s.reason)))
+            .collect();
+        async move { Ok(found) }.boxed()
     }
 }

@@ -1,5 +1,6 @@
 //! Adapters: implementations of the ports. Nothing here decides a business outcome.
 
+pub mod callback_formats;
 pub mod channel_reader;
 pub mod embedded_source;
 pub mod http_provider;
@@ -14,4 +15,6 @@ pub mod mongo_transitions;
 pub mod rabbitmq_source;
 pub mod redis_retry;
 pub mod redis_state;
+pub mod sendgrid_provider;
 pub mod sim_provider;
+pub mod twilio_provider;

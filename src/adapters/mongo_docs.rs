@@ -17,6 +17,7 @@ use crate::domain::message::{
     HistoryEntry, MessageRecord, MessageStatus, StatusChange, StatusEvent,
 };
 use crate::domain::profile::Profile;
+use crate::domain::suppression::{normalise_address, Suppression, SuppressionReason};
 use crate::ports::{
     BoxFut, DocumentStore, StoreError, TransitionResult, UserSnapshot, UsersWritten,
 };
@@ -73,6 +74,8 @@ impl MongoDocumentStore {
         for (coll, key, name) in [
             ("messages", "status", "status_1"),
             ("early_callbacks", "message_id", "message_id_1"),
+            // Twilio callbacks name only the provider's id.
+            ("messages", "provider_message_id", "provider_message_id_1"),
         ] {
             self.db
                 .run_command(doc! {
@@ -261,6 +264,7 @@ fn message_document(m: &MessageRecord, version: i64) -> Document {
         "channel": m.channel.as_str(),
         "to": opt_str(&m.to),
         "body": &m.body,
+        "subject": opt_str(&m.subject),
         "provider": opt_str(&m.provider),
         "status": m.status.as_str(),
         "attempts": m.attempts as i64,
@@ -323,6 +327,7 @@ fn parse_message(d: &Document) -> Result<(MessageRecord, i64), StoreError> {
         channel,
         to: get_opt_str(d, "to"),
         body: get_opt_str(d, "body").unwrap_or_default(),
+        subject: get_opt_str(d, "subject"),
         provider: get_opt_str(d, "provider"),
         status,
         attempts: d.get("attempts").and_then(bson_i64).unwrap_or(0) as u32,
@@ -589,6 +594,90 @@ impl DocumentStore for MongoDocumentStore {
             docs.iter()
                 .map(|d| parse_message(d).map(|(r, _)| r))
                 .collect()
+        }
+        .boxed()
+    }
+
+    fn find_by_provider_message_id(
+        &self,
+        provider: String,
+        provider_message_id: String,
+    ) -> BoxFut<Result<Option<MessageRecord>, StoreError>> {
+        let db = self.db.clone();
+        async move {
+            let messages = db.collection::<Document>("messages");
+            // The current send first (indexed); an earlier send's id is only in the history.
+            let mut found = messages
+                .find_one(doc! {"provider_message_id": &provider_message_id, "provider": &provider})
+                .await
+                .map_err(transient)?;
+            if found.is_none() {
+                found = messages
+                    .find_one(
+                        doc! {"history.detail": &provider_message_id, "history.status": "sent"},
+                    )
+                    .await
+                    .map_err(transient)?;
+            }
+            found.map(|d| parse_message(&d).map(|(r, _)| r)).transpose()
+        }
+        .boxed()
+    }
+
+    fn suppress(&self, suppressions: Vec<Suppression>) -> BoxFut<Result<usize, StoreError>> {
+        let db = self.db.clone();
+        async move {
+            let mut new = 0;
+            for s in suppressions {
+                // `$setOnInsert`: the first reason recorded for an address stays.
+                let result = db
+                    .collection::<Document>("suppressions")
+                    .update_one(
+                        doc! {"_id": s.id()},
+                        doc! {"$setOnInsert": {
+                            "channel": s.channel.as_str(),
+                            "address": normalise_address(s.channel, &s.address),
+                            "reason": s.reason.as_str(),
+                            "provider": &s.provider,
+                            "at": date(s.at),
+                        }},
+                    )
+                    .upsert(true)
+                    .await
+                    .map_err(transient)?;
+                if result.upserted_id.is_some() {
+                    new += 1;
+                }
+            }
+            Ok(new)
+        }
+        .boxed()
+    }
+
+    fn suppressed(
+        &self,
+        ids: Vec<String>,
+    ) -> BoxFut<Result<Vec<(String, SuppressionReason)>, StoreError>> {
+        let db = self.db.clone();
+        async move {
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            let docs: Vec<Document> = db
+                .collection::<Document>("suppressions")
+                .find(doc! {"_id": {"$in": &ids}})
+                .await
+                .map_err(transient)?
+                .try_collect()
+                .await
+                .map_err(transient)?;
+            Ok(docs
+                .iter()
+                .filter_map(|d| {
+                    let reason = SuppressionReason::parse(d.get_str("reason").ok()?)?;
+                    Some((d.get_str("_id").ok()?.to_string(), reason))
+                })
+                .collect())
         }
         .boxed()
     }

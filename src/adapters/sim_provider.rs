@@ -127,6 +127,7 @@ impl Provider for SimulatedProvider {
             match roll {
                 Roll::Reject => SendOutcome::Rejected {
                     detail: "400 invalid recipient (simulated)".into(),
+                    suppress: None,
                 },
                 Roll::Throttle => SendOutcome::Retryable {
                     retry_after_ms: Some(10),
@@ -140,7 +141,7 @@ impl Provider for SimulatedProvider {
                     if let Some(sink) = sink {
                         let callback = Callback {
                             provider: name,
-                            message_id: request.message_id.clone(),
+                            message_id: Some(request.message_id.clone()),
                             provider_message_id: Some(provider_message_id.clone()),
                             status: if undelivered {
                                 CallbackStatus::Undelivered
@@ -149,6 +150,7 @@ impl Provider for SimulatedProvider {
                             },
                             error: undelivered.then(|| "handset unreachable (simulated)".into()),
                             retryable: undelivered,
+                            suppress: None,
                         };
                         tokio::spawn(deliver_with_retries(sink, callback, b.callback_latency_ms));
                     }

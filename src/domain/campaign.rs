@@ -138,6 +138,8 @@ pub struct Campaign {
     pub on_event: String,
     pub channel: Channel,
     pub template: Template,
+    /// Email subject template (`subject`), rendered like `template`.
+    pub subject: Option<Template>,
     pub when_traits: Vec<(String, Value)>,
 }
 
@@ -151,6 +153,8 @@ pub struct TriggeredMessage {
     pub channel: Channel,
     pub to: Option<String>,
     pub body: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
     /// `None` when the message is to be sent; `Some(reason)` when it is `skipped`.
     pub skipped: Option<String>,
     /// Event time of the trigger (ms).
@@ -196,6 +200,10 @@ impl Campaign {
         } else {
             String::new()
         };
+        let subject = match (&self.subject, &skipped) {
+            (Some(t), None) => Some(t.render(&event.user_id, profile)),
+            _ => None,
+        };
         Some(TriggeredMessage {
             id: message_id(&self.id, &event.message_id),
             user_id: event.user_id.clone(),
@@ -203,6 +211,7 @@ impl Campaign {
             channel: self.channel,
             to: address,
             body,
+            subject,
             skipped,
             trigger_at: event.timestamp_ms,
         })
@@ -243,6 +252,7 @@ mod tests {
             on_event: "signed_up".into(),
             channel: Channel::Sms,
             template: Template::parse(template).unwrap(),
+            subject: None,
             when_traits: when.into_iter().map(|(k, v)| (k.into(), v)).collect(),
         }
     }

@@ -141,6 +141,9 @@ pub struct MessageRecord {
     pub channel: Channel,
     pub to: Option<String>,
     pub body: String,
+    /// Email subject, when the campaign has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
     pub provider: Option<String>,
     pub status: MessageStatus,
     pub attempts: u32,
@@ -166,6 +169,7 @@ impl MessageRecord {
             channel: m.channel,
             to: m.to.clone(),
             body: m.body.clone(),
+            subject: m.subject.clone(),
             provider: None,
             status,
             attempts: 0,
@@ -182,6 +186,24 @@ impl MessageRecord {
         }
     }
 
+    /// Makes a message that was never sent `skipped` (its address turned out suppressed).
+    pub fn skip(&mut self, reason: String) {
+        if self.status != MessageStatus::Queued || self.attempts > 0 {
+            return;
+        }
+        self.status = MessageStatus::Skipped;
+        self.error = Some(reason.clone());
+        self.body.clear();
+        self.subject = None;
+        // As if it had been skipped from the start (it was never queued for a provider).
+        self.history = vec![HistoryEntry {
+            status: MessageStatus::Skipped,
+            at: self.updated_at,
+            provider: None,
+            detail: Some(reason),
+        }];
+    }
+
     /// Applies a change if the status machine allows it.
     pub fn apply(&mut self, change: &StatusChange) -> ApplyResult {
         let Some(next) = transition(self.status, change.event) else {
@@ -195,7 +217,11 @@ impl MessageRecord {
             return ApplyResult::Ignored;
         }
         if let Some(expected) = &change.expect_provider_message_id {
-            if self.provider_message_id.as_ref() != Some(expected) {
+            if !self
+                .provider_message_id
+                .as_deref()
+                .is_some_and(|pid| names_send(expected, pid))
+            {
                 // About an older send of ours (stale): nothing to do. Unknown: not yet recorded.
                 return if self.knows_provider_message_id(expected) {
                     ApplyResult::Ignored
@@ -240,11 +266,30 @@ impl MessageRecord {
 
     /// Whether `provider_message_id` belongs to one of this message's sends.
     pub fn knows_provider_message_id(&self, provider_message_id: &str) -> bool {
-        self.provider_message_id.as_deref() == Some(provider_message_id)
-            || self.history.iter().any(|h| {
-                h.status == MessageStatus::Sent && h.detail.as_deref() == Some(provider_message_id)
-            })
+        let named = |pid: Option<&str>| pid.is_some_and(|pid| names_send(provider_message_id, pid));
+        named(self.provider_message_id.as_deref())
+            || self
+                .history
+                .iter()
+                .any(|h| h.status == MessageStatus::Sent && named(h.detail.as_deref()))
     }
+
+    /// Whether a callback naming `provider_message_id` is about this message's current send.
+    pub fn is_current_send(&self, provider_message_id: &str) -> bool {
+        self.provider_message_id
+            .as_deref()
+            .is_some_and(|pid| names_send(provider_message_id, pid))
+    }
+}
+
+/// Whether the id a callback names is the id a send was given: the same, or that id with a
+/// `.`-separated suffix (SendGrid events name `<X-Message-ID>.<filter and queue>`).
+pub fn names_send(named: &str, send_id: &str) -> bool {
+    named == send_id
+        || (!send_id.is_empty()
+            && named.len() > send_id.len()
+            && named.starts_with(send_id)
+            && named.as_bytes()[send_id.len()] == b'.')
 }
 
 #[cfg(test)]
@@ -278,6 +323,7 @@ mod tests {
             channel: crate::domain::campaign::Channel::Sms,
             to: Some("+1".into()),
             body: "b".into(),
+            subject: None,
             skipped: None,
             trigger_at: 0,
         };
@@ -302,6 +348,15 @@ mod tests {
             r.apply(&change(StatusEvent::Retrying, 2)),
             ApplyResult::Applied
         );
+    }
+
+    #[test]
+    fn a_callback_names_a_send_by_its_id_or_a_dotted_extension_of_it() {
+        assert!(names_send("abc", "abc"));
+        assert!(names_send("abc.filter0001.1", "abc"));
+        assert!(!names_send("abcd", "abc"));
+        assert!(!names_send("ab", "abc"));
+        assert!(!names_send(".x", ""));
     }
 
     #[test]

@@ -1,0 +1,140 @@
+//! Twilio Programmable Messaging (REFERENCE.md §10): `POST
+//! {base_url}/2010-04-01/Accounts/{sid}/Messages.json`, form-encoded, Basic auth with the
+//! account SID and auth token. `201` with the message `sid` is `sent`; `429`/`5xx` are
+//! retryable; any other `4xx` rejects the send, and error `21610` (the recipient replied STOP)
+//! suppresses the number too.
+
+use std::time::Duration;
+
+use futures::FutureExt;
+use serde::Deserialize;
+
+use crate::domain::suppression::SuppressionReason;
+use crate::domain::twilio::OPT_OUT_ERROR_CODE;
+use crate::ports::{BoxFut, Provider, SendOutcome, SendRequest};
+
+use super::http_provider::{client, is_retryable, request_failed, retry_after_ms, short};
+
+/// Who the message is from.
+#[derive(Debug, Clone)]
+pub enum TwilioSender {
+    /// A phone number or alphanumeric sender id (`From`).
+    From(String),
+    /// A Messaging Service (`MessagingServiceSid`), which picks the number.
+    MessagingService(String),
+}
+
+pub struct TwilioProvider {
+    name: String,
+    messages_url: String,
+    account_sid: String,
+    auth_token: String,
+    sender: TwilioSender,
+    client: reqwest::Client,
+}
+
+#[derive(Deserialize)]
+struct Created {
+    sid: String,
+}
+
+#[derive(Deserialize)]
+struct TwilioError {
+    code: Option<serde_json::Value>,
+    message: Option<String>,
+}
+
+impl TwilioProvider {
+    pub fn new(
+        name: impl Into<String>,
+        base_url: &str,
+        account_sid: String,
+        auth_token: String,
+        sender: TwilioSender,
+        timeout: Duration,
+    ) -> Result<Self, reqwest::Error> {
+        Ok(TwilioProvider {
+            name: name.into(),
+            messages_url: format!(
+                "{}/2010-04-01/Accounts/{account_sid}/Messages.json",
+                base_url.trim_end_matches('/')
+            ),
+            account_sid,
+            auth_token,
+            sender,
+            client: client(timeout)?,
+        })
+    }
+}
+
+async fn classify(response: reqwest::Response) -> SendOutcome {
+    let status = response.status();
+    let retry_after = retry_after_ms(response.headers());
+    let text = response.text().await.unwrap_or_default();
+    if status.is_success() {
+        return match serde_json::from_str::<Created>(&text) {
+            Ok(c) => SendOutcome::Accepted {
+                provider_message_id: c.sid,
+            },
+            // Twilio took it but we cannot tell which message it made.
+            Err(e) => SendOutcome::Unknown {
+                detail: format!("{status} without a message sid ({e})"),
+            },
+        };
+    }
+    let error = serde_json::from_str::<TwilioError>(&text).ok();
+    let code = error
+        .as_ref()
+        .and_then(|e| e.code.as_ref())
+        .map(|c| match c {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        });
+    let detail = match (&code, error.as_ref().and_then(|e| e.message.as_deref())) {
+        (Some(code), Some(message)) => format!("{status}: error {code}: {}", short(message)),
+        _ => format!("{status}: {}", short(&text)),
+    };
+    if is_retryable(status) {
+        SendOutcome::Retryable {
+            retry_after_ms: retry_after,
+            detail,
+        }
+    } else {
+        SendOutcome::Rejected {
+            detail,
+            suppress: (code.as_deref() == Some(OPT_OUT_ERROR_CODE))
+                .then_some(SuppressionReason::ProviderOptOut),
+        }
+    }
+}
+
+impl Provider for TwilioProvider {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn send(&self, request: SendRequest) -> BoxFut<SendOutcome> {
+        let sender = match &self.sender {
+            TwilioSender::From(from) => ("From", from.as_str()),
+            TwilioSender::MessagingService(sid) => ("MessagingServiceSid", sid.as_str()),
+        };
+        let form = [
+            ("To", request.to.as_str()),
+            sender,
+            ("Body", request.body.as_str()),
+            ("StatusCallback", request.callback_url.as_str()),
+        ];
+        let builder = self
+            .client
+            .post(&self.messages_url)
+            .basic_auth(&self.account_sid, Some(&self.auth_token))
+            .form(&form);
+        async move {
+            match builder.send().await {
+                Ok(response) => classify(response).await,
+                Err(e) => request_failed(e),
+            }
+        }
+        .boxed()
+    }
+}
