@@ -6,6 +6,8 @@
 #   MongoDB protocol: nx-27017 (PyPI), one file per database      127.0.0.1:${HERALD_MONGO_PORT:-27017}
 #   Redis, RabbitMQ : Debian packages, installed with apt when missing, started if not running
 #   Prometheus, docker-compose: Debian packages (tests of the ops files)
+#   Provider stand-ins: Prism 5 (npm) serving the providers' own OpenAPI documents, and the
+#                     providers' official Python libraries (twilio, sendgrid) in a venv
 # Needs: Java 17+ and Maven (Kafka), Python 3 with venv (nx-27017), apt (the rest).
 # Usage: scripts/backends.sh up|down|status
 set -euo pipefail
@@ -19,6 +21,7 @@ KAFKA_HOME="$CACHE/kafka-4.4.0"       # the broker's jars (fetched once by Maven
 KAFKA_HEAP="${HERALD_KAFKA_HEAP:-1g}" # the tests share 24 GiB and 2 cores with it
 HERE="$(cd "$(dirname "$0")" && pwd)"
 NX_VENV="$CACHE/nx-venv"
+TOOLS="$CACHE/provider-tools"          # prism (npm) and a venv with the providers' libraries
 mkdir -p "$CACHE" "$DATA"
 
 log() { printf 'backends: %s\n' "$*" >&2; }
@@ -161,6 +164,25 @@ tools_up() {
   fi
 }
 
+# Prism validates Herald's provider requests against Twilio's and SendGrid's published API
+# documents (tests/provider-specs); the providers' official Python libraries sign callbacks
+# the providers' way, so Herald's verification is checked against theirs, not against itself.
+provider_tools_up() {
+  if [ ! -x "$TOOLS/node_modules/.bin/prism" ]; then
+    command -v npm >/dev/null || { log "npm is needed for Prism"; return 1; }
+    log "installing @stoplight/prism-cli 5 into $TOOLS (npm)"
+    mkdir -p "$TOOLS"
+    npm install --silent --no-audit --no-fund --prefix "$TOOLS" @stoplight/prism-cli@5 >"$CACHE/prism-install.log" 2>&1 \
+      || { tail -20 "$CACHE/prism-install.log" >&2; return 1; }
+  fi
+  if [ ! -f "$TOOLS/venv/.complete" ]; then
+    log "installing the twilio and sendgrid Python libraries into $TOOLS/venv (PyPI)"
+    python3 -m venv "$TOOLS/venv"
+    "$TOOLS/venv/bin/pip" install -q twilio sendgrid cryptography aiosmtpd
+    touch "$TOOLS/venv/.complete"
+  fi
+}
+
 stop_pidfile() { # pid file: SIGTERM, then wait (up to 30 s) until the process is gone
   local f=$1 pid
   [ -f "$f" ] || return 0
@@ -172,7 +194,7 @@ stop_pidfile() { # pid file: SIGTERM, then wait (up to 30 s) until the process i
 }
 
 case "${1:-up}" in
-  up) redis_up; mongo_up; kafka_up; rabbit_up; tools_up ;;
+  up) redis_up; mongo_up; kafka_up; rabbit_up; tools_up; provider_tools_up ;;
   down) stop_pidfile "$DATA/kafka/pid"; stop_pidfile "$DATA/nx/pid"; log "stopped kafka and nx-27017" ;;
   status)
     port_open "$KAFKA_PORT" && echo "kafka   up :$KAFKA_PORT" || echo "kafka   down"

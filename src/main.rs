@@ -58,6 +58,17 @@ enum Command {
     ProviderSim {
         #[arg(long)]
         listen: std::net::SocketAddr,
+        /// Which provider API to speak.
+        #[arg(long, value_enum, default_value = "webhook")]
+        kind: herald::provider_sim::SimKind,
+        /// SendGrid: where Event Webhook arrays are posted
+        /// (`<herald public_url>/webhooks/<provider name>`).
+        #[arg(long)]
+        event_webhook_url: Option<String>,
+        /// Print the base64 DER public key SendGrid events are signed for (the value of
+        /// `webhook_public_key_env`) for this secret, and exit.
+        #[arg(long)]
+        print_public_key: bool,
         /// Probability of a 5xx answer.
         #[arg(long, default_value_t = 0.0)]
         fail_rate: f64,
@@ -75,7 +86,8 @@ enum Command {
         /// Delay before each delivery callback.
         #[arg(long, default_value_t = 20)]
         callback_delay_ms: u64,
-        /// Secret that signs callbacks.
+        /// Secret that signs callbacks (Twilio: the auth token; SendGrid: the seed of the
+        /// signing key).
         #[arg(long, env = "HERALD_SIM_WEBHOOK_SECRET", hide_env_values = true)]
         webhook_secret: String,
         /// Bearer token sends must carry (none: any).
@@ -191,6 +203,9 @@ fn main() -> ExitCode {
         }
         Command::ProviderSim {
             listen,
+            kind,
+            event_webhook_url,
+            print_public_key,
             fail_rate,
             undelivered_rate,
             latency_ms,
@@ -201,6 +216,13 @@ fn main() -> ExitCode {
             token,
             seed,
         } => {
+            if print_public_key {
+                println!(
+                    "{}",
+                    herald::provider_sim::sendgrid_public_key(webhook_secret.as_bytes())
+                );
+                return ExitCode::SUCCESS;
+            }
             init_logging(None, "info");
             for (name, rate) in [
                 ("--fail-rate", fail_rate),
@@ -217,6 +239,8 @@ fn main() -> ExitCode {
             }
             let options = herald::provider_sim::SimOptions {
                 listen,
+                kind,
+                event_webhook_url,
                 fail_rate,
                 throttle_rate,
                 reject_rate,

@@ -7,6 +7,13 @@
 //! - Accepted sends get a signed callback (`delivered`, `undelivered` or `failed`) POSTed to
 //!   their `callback_url`, retried with backoff until Herald answers 2xx.
 //! - `GET /v1/messages` lists every send received, `GET /v1/stats` counts them.
+//!
+//! `--kind twilio` and `--kind sendgrid` speak those providers' send APIs instead and call
+//! back in their formats, signed their way ([`twilio`], [`sendgrid`]); scripts, failure rates
+//! and the listing work the same.
+
+mod sendgrid;
+mod twilio;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -27,6 +34,10 @@ use crate::ports::{Clock, SystemClock};
 #[derive(Debug, Clone)]
 pub struct SimOptions {
     pub listen: SocketAddr,
+    pub kind: SimKind,
+    /// SendGrid: where events are posted (SendGrid's Event Webhook is set per account, not
+    /// per message).
+    pub event_webhook_url: Option<String>,
     /// Probability of a 5xx answer.
     pub fail_rate: f64,
     /// Probability of a 429 answer (with `Retry-After: 1`).
@@ -44,6 +55,21 @@ pub struct SimOptions {
     pub seed: u64,
 }
 
+/// Which provider API the simulator speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum SimKind {
+    /// Herald's own provider protocol (`POST /v1/messages`).
+    #[default]
+    Webhook,
+    Twilio,
+    Sendgrid,
+}
+
+/// The base64 DER public key the SendGrid simulator's events verify with, for a secret.
+pub fn sendgrid_public_key(secret: &[u8]) -> String {
+    sendgrid::public_key(secret)
+}
+
 /// One scripted answer for a recipient.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Step {
@@ -52,9 +78,13 @@ pub struct Step {
     /// `Retry-After` seconds (429/503).
     #[serde(default)]
     pub retry_after: Option<u64>,
-    /// For a 2xx: the callback to send (`delivered` by default; `none` sends none).
+    /// For a 2xx: the callback to send (`delivered` by default; `none` sends none). Twilio:
+    /// a `MessageStatus`; SendGrid: an event type.
     #[serde(default)]
     pub callback: Option<String>,
+    /// Twilio: the `code` of a 4xx answer, or the `ErrorCode` of a callback.
+    #[serde(default)]
+    pub error_code: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -130,18 +160,21 @@ impl Sim {
                 status: 400,
                 retry_after: None,
                 callback: None,
+                error_code: None,
             }
         } else if x < o.reject_rate + o.throttle_rate {
             Step {
                 status: 429,
                 retry_after: Some(1),
                 callback: None,
+                error_code: None,
             }
         } else if x < o.reject_rate + o.throttle_rate + o.fail_rate {
             Step {
                 status: 503,
                 retry_after: None,
                 callback: None,
+                error_code: None,
             }
         } else {
             let undelivered = rng.gen_bool(o.undelivered_rate.clamp(0.0, 1.0));
@@ -156,9 +189,66 @@ impl Sim {
                     }
                     .into(),
                 ),
+                error_code: None,
             }
         }
     }
+
+    /// Records a send; a repeated `key` is counted (and returns its first record's index).
+    fn receive(&self, record: Received) -> Option<usize> {
+        // The same order as `send` takes them.
+        let mut by_key = self.by_key.lock();
+        let mut received = self.received.lock();
+        if let Some(&i) = by_key.get(&record.idempotency_key) {
+            self.repeated.fetch_add(1, Ordering::Relaxed);
+            received[i].repeats += 1;
+            return Some(i);
+        }
+        by_key.insert(record.idempotency_key.clone(), received.len());
+        received.push(record);
+        None
+    }
+
+    fn next_provider_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// POSTs a callback until it is accepted (2xx), like a real provider; `headers` signs each
+/// attempt.
+async fn deliver(
+    sim: Arc<Sim>,
+    url: String,
+    content_type: &'static str,
+    body: String,
+    headers: impl Fn(&str) -> Vec<(&'static str, String)>,
+) {
+    tokio::time::sleep(Duration::from_millis(sim.options.callback_delay_ms)).await;
+    let mut delay = Duration::from_millis(50);
+    for _ in 0..60 {
+        let mut request = sim
+            .http
+            .post(&url)
+            .header("content-type", content_type)
+            .body(body.clone());
+        for (name, value) in headers(&body) {
+            request = request.header(name, value);
+        }
+        match request.send().await {
+            Ok(r) if r.status().is_success() => {
+                sim.callbacks_sent.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Ok(r) => {
+                sim.callbacks_refused.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(status = %r.status(), url, "callback refused; retrying");
+            }
+            Err(e) => tracing::debug!(error = %e, url, "callback failed; retrying"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+    tracing::warn!(url, "callback abandoned after 60 attempts");
 }
 
 fn answer(a: &Answer) -> HttpResponse {
@@ -263,37 +353,15 @@ async fn send(sim: web::Data<Sim>, req: HttpRequest, body: web::Bytes) -> HttpRe
     })
 }
 
-/// POSTs a signed callback until it is accepted (2xx), like a real provider.
+/// Herald's protocol: `X-Herald-Signature` over timestamp + body, fresh per attempt.
 async fn call_back(sim: Arc<Sim>, url: String, body: String) {
-    tokio::time::sleep(Duration::from_millis(sim.options.callback_delay_ms)).await;
-    let mut delay = Duration::from_millis(50);
-    for _ in 0..60 {
+    let secret = sim.options.webhook_secret.clone();
+    deliver(sim, url, "application/json", body, move |body| {
         let ts = SystemClock.now_ms().div_euclid(1000).to_string();
-        let sig = signature::sign(&sim.options.webhook_secret, &ts, body.as_bytes());
-        let result = sim
-            .http
-            .post(&url)
-            .header("content-type", "application/json")
-            .header("X-Herald-Timestamp", &ts)
-            .header("X-Herald-Signature", sig)
-            .body(body.clone())
-            .send()
-            .await;
-        match result {
-            Ok(r) if r.status().is_success() => {
-                sim.callbacks_sent.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            Ok(r) => {
-                sim.callbacks_refused.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(status = %r.status(), url, "callback refused; retrying");
-            }
-            Err(e) => tracing::debug!(error = %e, url, "callback failed; retrying"),
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(5));
-    }
-    tracing::warn!(url, "callback abandoned after 60 attempts");
+        let sig = signature::sign(&secret, &ts, body.as_bytes());
+        vec![("X-Herald-Timestamp", ts), ("X-Herald-Signature", sig)]
+    })
+    .await
 }
 
 async fn script(sim: web::Data<Sim>, body: web::Json<Script>) -> HttpResponse {
@@ -333,12 +401,29 @@ pub async fn run(options: SimOptions) -> anyhow::Result<()> {
             .timeout(Duration::from_secs(10))
             .build()?,
     });
+    let kind = sim.options.kind;
+    if kind == SimKind::Sendgrid {
+        tracing::info!(
+            public_key = %sendgrid::public_key(&sim.options.webhook_secret),
+            "events are signed with this key's private half (webhook_public_key_env)"
+        );
+    }
     let server = HttpServer::new(move || {
-        App::new()
+        let app = App::new()
             .app_data(sim.clone())
-            .app_data(web::PayloadConfig::new(1 << 20))
-            .route("/v1/messages", web::post().to(send))
-            .route("/v1/messages", web::get().to(list))
+            .app_data(web::PayloadConfig::new(1 << 20));
+        let app = match kind {
+            SimKind::Webhook => app.route("/v1/messages", web::post().to(send)),
+            SimKind::Twilio => app.route(
+                "/2010-04-01/Accounts/{sid}/Messages.json",
+                web::post().to(twilio::send),
+            ),
+            SimKind::Sendgrid => app
+                .route("/v3/mail/send", web::post().to(sendgrid::send))
+                .route("/mail/send", web::post().to(sendgrid::send))
+                .route("/v1/public-key", web::get().to(sendgrid::public_key_route)),
+        };
+        app.route("/v1/messages", web::get().to(list))
             .route("/v1/script", web::post().to(script))
             .route("/v1/stats", web::get().to(stats))
             .route(

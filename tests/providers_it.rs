@@ -1,0 +1,635 @@
+//! Real provider kinds against real parts: `herald run` (Kafka, Redis, MongoDB) sending
+//! through Twilio's and SendGrid's APIs — as the providers publish them (Prism serving their
+//! OpenAPI documents, with `--errors`: a request the document does not allow is refused) and
+//! as `herald provider-sim --kind twilio|sendgrid` speaks them with callbacks — and callbacks
+//! signed by the providers' official Python libraries (`tests/provider_libs.py`), so Herald's
+//! signature checks are held against the providers' implementations, not against its own.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use mongodb::bson::Document;
+use serde_json::json;
+
+const TWILIO_SID: &str = "AC00000000000000000000000000000000";
+const TWILIO_TOKEN: &str = "it-twilio-auth-token";
+const SENDGRID_KEY: &str = "SG.it-api-key";
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// Where `scripts/backends.sh up` installs Prism and the providers' Python libraries.
+fn tools() -> PathBuf {
+    let cache = std::env::var_os("HERALD_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/herald")
+        });
+    let tools = cache.join("provider-tools");
+    assert!(
+        tools.join("venv/.complete").exists() && tools.join("node_modules/.bin/prism").exists(),
+        "provider tools missing under {}: run scripts/backends.sh up",
+        tools.display()
+    );
+    tools
+}
+
+/// Runs `tests/provider_libs.py` (the providers' official libraries) and returns its output.
+fn provider_lib(args: &[&str]) -> String {
+    let out = Command::new(tools().join("venv/bin/python"))
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/provider_libs.py"))
+        .args(args)
+        .output()
+        .expect("run provider_libs.py");
+    assert!(
+        out.status.success(),
+        "provider_libs.py {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Prism mocking a provider's published API document.
+fn prism(port: u16, spec: &str, tag: &str) -> Private {
+    let log = std::fs::File::create(log_dir().join(format!("prism-{tag}-{port}.log"))).unwrap();
+    let child = Command::new(tools().join("node_modules/.bin/prism"))
+        .args([
+            "mock",
+            "--errors",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
+        .arg(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/provider-specs")
+                .join(spec),
+        )
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("spawn prism");
+    let prism = Private(child);
+    wait_port(port, Duration::from_secs(120));
+    prism
+}
+
+fn write_config(names: &Names, text: &str) -> PathBuf {
+    let path = log_dir().join(format!("{}.toml", names.base));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// An identify with `traits`, then a `signed_up` track.
+fn signs_up(user: &str, traits: serde_json::Value) -> Vec<(String, String)> {
+    vec![
+        (
+            user.to_string(),
+            json!({"messageId": format!("id-{user}"), "type": "identify", "userId": user,
+                "timestamp": "2026-11-23T10:00:00Z", "traits": traits})
+            .to_string(),
+        ),
+        (
+            user.to_string(),
+            json!({"messageId": format!("su-{user}"), "type": "track", "userId": user,
+                "timestamp": "2026-11-23T10:00:01Z", "event": "signed_up"})
+            .to_string(),
+        ),
+    ]
+}
+
+fn status(doc: &Document) -> &str {
+    doc.get_str("status").unwrap_or("?")
+}
+
+async fn message(names: &Names, id: &str) -> Option<Document> {
+    mongo_messages(names).await.remove(id)
+}
+
+async fn wait_status(names: &Names, id: &str, want: &str, limit: Duration) -> Document {
+    eventually(&format!("{id} is {want}"), limit, || async {
+        message(names, id).await.is_some_and(|d| status(&d) == want)
+    })
+    .await;
+    message(names, id).await.unwrap()
+}
+
+async fn suppression(names: &Names, id: &str) -> Option<Document> {
+    let client = mongodb::Client::with_uri_str(&names.mongo).await.unwrap();
+    client
+        .database(&names.base)
+        .collection::<Document>("suppressions")
+        .find_one(mongodb::bson::doc! {"_id": id})
+        .await
+        .unwrap()
+}
+
+async fn post(url: &str, content_type: &str, body: &[u8], headers: &[(&str, String)]) -> u16 {
+    let mut req = reqwest::Client::new()
+        .post(url)
+        .header("content-type", content_type)
+        .body(body.to_vec());
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    req.send().await.unwrap().status().as_u16()
+}
+
+fn herald_env<'a>(listen: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut env = vec![("HERALD__HTTP__LISTEN", listen)];
+    env.extend_from_slice(extra);
+    env
+}
+
+/// Twilio through `provider-sim --kind twilio` (its API, its signed form callbacks): delivered,
+/// undelivered then retried, a carrier failure, an opted-out number (error 21610) that is
+/// suppressed so a later trigger for it is `skipped`, and a callback signed by Twilio's own
+/// library accepted while a forged one is refused with 403.
+#[test]
+fn twilio_sends_retries_and_suppresses_with_callbacks_signed_twilios_way() {
+    let names = Names::new("twilio", 1);
+    let (sim_port, http) = (free_port(), free_port());
+    let _sim = spawn_sim(sim_port, TWILIO_TOKEN, &["--kind", "twilio"], "twilio");
+    let config = write_config(
+        &names,
+        &format!(
+            r#"
+[retry]
+base_ms = 200
+max_delay_ms = 1000
+
+[[campaigns]]
+id = "welcome"
+on_event = "signed_up"
+channel = "sms"
+template = "Hi {{{{traits.first_name}}}}"
+
+[[providers]]
+name = "tw"
+kind = "twilio"
+channel = "sms"
+base_url = "http://127.0.0.1:{sim_port}"
+account_sid_env = "IT_TWILIO_SID"
+auth_token_env = "IT_TWILIO_TOKEN"
+from = "+15550000000"
+"#
+        ),
+    );
+    let phone = |n: u32| format!("+1555100{n:04}");
+    block_on(async {
+        sim_script(sim_port, &phone(2), json!([{"status": 201, "callback": "undelivered"}, {"status": 201, "callback": "delivered"}])).await;
+        sim_script(
+            sim_port,
+            &phone(3),
+            json!([{"status": 400, "error_code": "21610"}]),
+        )
+        .await;
+        sim_script(
+            sim_port,
+            &phone(4),
+            json!([{"status": 201, "callback": "failed", "error_code": "30007"}]),
+        )
+        .await;
+        sim_script(
+            sim_port,
+            &phone(5),
+            json!([{"status": 201, "callback": "none"}]),
+        )
+        .await;
+    });
+    let mut records = Vec::new();
+    for (user, n) in [
+        ("u-del", 1),
+        ("u-undel", 2),
+        ("u-stop", 3),
+        ("u-fail", 4),
+        ("u-lib", 5),
+    ] {
+        records.extend(signs_up(
+            user,
+            json!({"phone": phone(n), "first_name": user}),
+        ));
+    }
+    produce_records(&names, &records);
+    let listen = format!("127.0.0.1:{http}");
+    let _herald = spawn_herald_with_config(
+        &names,
+        &config,
+        &herald_env(
+            &listen,
+            &[
+                ("IT_TWILIO_SID", TWILIO_SID),
+                ("IT_TWILIO_TOKEN", TWILIO_TOKEN),
+            ],
+        ),
+        "twilio",
+    );
+    block_on(async {
+        let limit = Duration::from_secs(90);
+        wait_status(&names, "welcome:su-u-del", "delivered", limit).await;
+        let undel = wait_status(&names, "welcome:su-u-undel", "delivered", limit).await;
+        let attempts = undel
+            .get("attempts")
+            .and_then(|a| a.as_i64().or(a.as_i32().map(i64::from)));
+        assert_eq!(attempts, Some(2), "undelivered is retried once: {undel}");
+        let failed = wait_status(&names, "welcome:su-u-fail", "failed", limit).await;
+        assert!(
+            failed.get_str("error").unwrap().contains("30007"),
+            "{failed}"
+        );
+        let stop = wait_status(&names, "welcome:su-u-stop", "failed", limit).await;
+        assert!(stop.get_str("error").unwrap().contains("21610"), "{stop}");
+        let s = suppression(&names, &format!("sms:{}", phone(3)))
+            .await
+            .expect("opt-out suppressed");
+        assert_eq!(s.get_str("reason").unwrap(), "provider_opt_out");
+        assert_eq!(s.get_str("provider").unwrap(), "tw");
+        assert!(
+            suppression(&names, &format!("sms:{}", phone(4)))
+                .await
+                .is_none(),
+            "a carrier failure suppresses nothing"
+        );
+
+        // A callback signed by Twilio's library, after a forged one.
+        let lib = wait_status(&names, "welcome:su-u-lib", "sent", limit).await;
+        let sid = lib.get_str("provider_message_id").unwrap().to_string();
+        let url = format!("http://127.0.0.1:{http}/webhooks/tw");
+        let form = format!(
+            "MessageSid={sid}&MessageStatus=delivered&AccountSid={TWILIO_SID}&To=%2B15551000005"
+        );
+        let forged = provider_lib(&["twilio-sign", "not-the-token", &url, &form]);
+        let code = post(
+            &url,
+            "application/x-www-form-urlencoded",
+            form.as_bytes(),
+            &[("X-Twilio-Signature", forged)],
+        )
+        .await;
+        assert_eq!(code, 403, "a forged Twilio signature");
+        assert_eq!(
+            status(&message(&names, "welcome:su-u-lib").await.unwrap()),
+            "sent"
+        );
+        let signature = provider_lib(&["twilio-sign", TWILIO_TOKEN, &url, &form]);
+        let code = post(
+            &url,
+            "application/x-www-form-urlencoded",
+            form.as_bytes(),
+            &[("X-Twilio-Signature", signature.clone())],
+        )
+        .await;
+        assert_eq!(code, 204, "a callback signed by twilio's library");
+        wait_status(&names, "welcome:su-u-lib", "delivered", limit).await;
+        // The same callback again changes nothing and is still acknowledged.
+        let code = post(
+            &url,
+            "application/x-www-form-urlencoded",
+            form.as_bytes(),
+            &[("X-Twilio-Signature", signature)],
+        )
+        .await;
+        assert_eq!(code, 204, "a duplicate callback");
+    });
+
+    // A later trigger for the opted-out number is skipped, not sent.
+    produce_records(
+        &names,
+        &signs_up(
+            "u-stop-again",
+            json!({"phone": phone(3), "first_name": "again"}),
+        ),
+    );
+    block_on(async {
+        let skipped = wait_status(
+            &names,
+            "welcome:su-u-stop-again",
+            "skipped",
+            Duration::from_secs(60),
+        )
+        .await;
+        assert_eq!(
+            skipped.get_str("error").unwrap(),
+            "suppressed: provider_opt_out"
+        );
+        let sends = sim_sends(sim_port).await;
+        let to_stopped = sends
+            .iter()
+            .filter(|s| s["to"] == phone(3).as_str())
+            .count();
+        assert_eq!(
+            to_stopped, 1,
+            "the suppressed number got another send: {sends:?}"
+        );
+    });
+    let scraped = scrape(http);
+    assert!(
+        sum(
+            &scraped,
+            "herald_suppressed_total",
+            &[("reason", "provider_opt_out")]
+        ) >= 2.0,
+        "one suppression recorded and one message skipped for it"
+    );
+}
+
+/// SendGrid through `provider-sim --kind sendgrid` (Mail Send, signed Event Webhook arrays):
+/// delivered; a bounce fails the message and suppresses the address (case-folded), so a
+/// later trigger for it is `skipped`; a spam report after acceptance suppresses without
+/// changing the status.
+#[test]
+fn sendgrid_events_deliver_fail_and_suppress() {
+    let names = Names::new("sendgrid", 1);
+    let (sim_port, http) = (free_port(), free_port());
+    let secret = "it-sendgrid-sim-seed";
+    let events_url = format!("http://127.0.0.1:{http}/webhooks/sg");
+    let _sim = spawn_sim(
+        sim_port,
+        secret,
+        &[
+            "--kind",
+            "sendgrid",
+            "--token",
+            SENDGRID_KEY,
+            "--event-webhook-url",
+            &events_url,
+        ],
+        "sendgrid",
+    );
+    let public_key = herald::provider_sim::sendgrid_public_key(secret.as_bytes());
+    let config = write_config(
+        &names,
+        &format!(
+            r#"
+[[campaigns]]
+id = "hello"
+on_event = "signed_up"
+channel = "email"
+template = "Hello {{{{traits.first_name}}}}"
+subject = "Welcome, {{{{traits.first_name}}}}"
+
+[[providers]]
+name = "sg"
+kind = "sendgrid"
+channel = "email"
+base_url = "http://127.0.0.1:{sim_port}/v3"
+api_key_env = "IT_SG_KEY"
+webhook_public_key_env = "IT_SG_PUBLIC_KEY"
+from = "noreply@herald.test"
+"#
+        ),
+    );
+    block_on(async {
+        sim_script(
+            sim_port,
+            "Bounce@Example.test",
+            json!([{"status": 202, "callback": "bounce"}]),
+        )
+        .await;
+        sim_script(
+            sim_port,
+            "spam@example.test",
+            json!([{"status": 202, "callback": "spamreport"}]),
+        )
+        .await;
+    });
+    let mut records = Vec::new();
+    for (user, email) in [
+        ("e-ok", "ok@example.test"),
+        ("e-bounce", "Bounce@Example.test"),
+        ("e-spam", "spam@example.test"),
+    ] {
+        records.extend(signs_up(user, json!({"email": email, "first_name": user})));
+    }
+    produce_records(&names, &records);
+    let listen = format!("127.0.0.1:{http}");
+    let _herald = spawn_herald_with_config(
+        &names,
+        &config,
+        &herald_env(
+            &listen,
+            &[
+                ("IT_SG_KEY", SENDGRID_KEY),
+                ("IT_SG_PUBLIC_KEY", &public_key),
+            ],
+        ),
+        "sendgrid",
+    );
+    block_on(async {
+        let limit = Duration::from_secs(90);
+        wait_status(&names, "hello:su-e-ok", "delivered", limit).await;
+        let bounced = wait_status(&names, "hello:su-e-bounce", "failed", limit).await;
+        assert!(
+            bounced.get_str("error").unwrap().contains("bounce"),
+            "{bounced}"
+        );
+        let s = suppression(&names, "email:bounce@example.test")
+            .await
+            .expect("bounce suppressed");
+        assert_eq!(s.get_str("reason").unwrap(), "bounce");
+        eventually("the spam report is recorded", limit, || async {
+            suppression(&names, "email:spam@example.test")
+                .await
+                .is_some()
+        })
+        .await;
+        let spam = message(&names, "hello:su-e-spam").await.unwrap();
+        assert_eq!(
+            status(&spam),
+            "sent",
+            "a spam report changes no status: {spam}"
+        );
+        assert_eq!(
+            suppression(&names, "email:spam@example.test")
+                .await
+                .unwrap()
+                .get_str("reason")
+                .unwrap(),
+            "spam_report"
+        );
+    });
+    produce_records(
+        &names,
+        &signs_up("e-bounce-again", json!({"email": "bounce@example.test"})),
+    );
+    block_on(async {
+        let skipped = wait_status(
+            &names,
+            "hello:su-e-bounce-again",
+            "skipped",
+            Duration::from_secs(60),
+        )
+        .await;
+        assert_eq!(skipped.get_str("error").unwrap(), "suppressed: bounce");
+        let sends = sim_sends(sim_port).await;
+        assert_eq!(sends.len(), 3, "only the first three were sent: {sends:?}");
+        assert_eq!(
+            sim_stats(sim_port).await["repeated_keys"],
+            0,
+            "a send went out twice"
+        );
+    });
+}
+
+/// Herald's Twilio and SendGrid requests as the providers' own API documents allow them
+/// (Prism with `--errors` answers 4xx to anything else, which would make the messages
+/// `failed`), then callbacks for them signed by the providers' official libraries: accepted;
+/// tampered with: 403.
+#[test]
+fn requests_match_the_providers_api_documents_and_callbacks_their_libraries() {
+    let names = Names::new("prism", 1);
+    let (twilio_port, sendgrid_port, http) = (free_port(), free_port(), free_port());
+    let keys = log_dir().join(format!("{}-sendgrid-key", names.base));
+    std::fs::create_dir_all(&keys).unwrap();
+    let public_key = provider_lib(&["sendgrid-keypair", keys.to_str().unwrap()]);
+    let _twilio = prism(twilio_port, "twilio_api_v2010.json", "twilio");
+    let _sendgrid = prism(sendgrid_port, "sendgrid_v3.json", "sendgrid");
+    let config = write_config(
+        &names,
+        &format!(
+            r#"
+[[campaigns]]
+id = "sms"
+on_event = "signed_up"
+channel = "sms"
+template = "Hi {{{{traits.first_name}}}}"
+
+[[campaigns]]
+id = "mail"
+on_event = "signed_up"
+channel = "email"
+template = "Hello {{{{traits.first_name}}}}"
+subject = "Welcome, {{{{traits.first_name}}}}"
+
+[[providers]]
+name = "tw"
+kind = "twilio"
+channel = "sms"
+base_url = "http://127.0.0.1:{twilio_port}"
+account_sid_env = "IT_TWILIO_SID"
+auth_token_env = "IT_TWILIO_TOKEN"
+from = "+15550000000"
+
+[[providers]]
+name = "sg"
+kind = "sendgrid"
+channel = "email"
+base_url = "http://127.0.0.1:{sendgrid_port}"
+api_key_env = "IT_SG_KEY"
+webhook_public_key_env = "IT_SG_PUBLIC_KEY"
+from = "noreply@herald.test"
+"#
+        ),
+    );
+    produce_records(
+        &names,
+        &signs_up(
+            "p-1",
+            json!({"phone": "+15552000001", "email": "p1@example.test", "first_name": "Ada"}),
+        ),
+    );
+    let listen = format!("127.0.0.1:{http}");
+    let _herald = spawn_herald_with_config(
+        &names,
+        &config,
+        &herald_env(
+            &listen,
+            &[
+                ("IT_TWILIO_SID", TWILIO_SID),
+                ("IT_TWILIO_TOKEN", TWILIO_TOKEN),
+                ("IT_SG_KEY", SENDGRID_KEY),
+                ("IT_SG_PUBLIC_KEY", &public_key),
+            ],
+        ),
+        "prism",
+    );
+    block_on(async {
+        let limit = Duration::from_secs(90);
+        for id in ["sms:su-p-1", "mail:su-p-1"] {
+            eventually(&format!("{id} leaves queued"), limit, || async {
+                message(&names, id)
+                    .await
+                    .is_some_and(|d| status(&d) != "queued")
+            })
+            .await;
+            let doc = message(&names, id).await.unwrap();
+            assert_eq!(
+                status(&doc),
+                "sent",
+                "the provider's API document refused the request: {doc}"
+            );
+        }
+
+        // Twilio: a status callback signed by twilio's RequestValidator.
+        let sms = message(&names, "sms:su-p-1").await.unwrap();
+        let sid = sms.get_str("provider_message_id").unwrap().to_string();
+        let url = format!("http://127.0.0.1:{http}/webhooks/tw");
+        let form = format!("AccountSid={TWILIO_SID}&MessageSid={sid}&MessageStatus=delivered");
+        let signature = provider_lib(&["twilio-sign", TWILIO_TOKEN, &url, &form]);
+        let tampered = form.replace("delivered", "undelivered");
+        let code = post(
+            &url,
+            "application/x-www-form-urlencoded",
+            tampered.as_bytes(),
+            &[("X-Twilio-Signature", signature.clone())],
+        )
+        .await;
+        assert_eq!(code, 403, "a tampered Twilio callback");
+        let code = post(
+            &url,
+            "application/x-www-form-urlencoded",
+            form.as_bytes(),
+            &[("X-Twilio-Signature", signature)],
+        )
+        .await;
+        assert_eq!(code, 204, "a Twilio callback signed by twilio's library");
+        wait_status(&names, "sms:su-p-1", "delivered", limit).await;
+
+        // SendGrid: an Event Webhook array signed as the sendgrid library verifies it.
+        let mail = message(&names, "mail:su-p-1").await.unwrap();
+        let pid = mail.get_str("provider_message_id").unwrap().to_string();
+        let events = json!([
+            {"email": "p1@example.test", "timestamp": now_secs(), "event": "processed",
+             "sg_event_id": "ev-1", "sg_message_id": format!("{pid}.filter0001"), "herald_message_id": "mail:su-p-1"},
+            {"email": "p1@example.test", "timestamp": now_secs(), "event": "delivered",
+             "sg_event_id": "ev-2", "sg_message_id": format!("{pid}.filter0001"), "herald_message_id": "mail:su-p-1"},
+        ])
+        .to_string();
+        let payload = keys.join("events.json");
+        std::fs::write(&payload, &events).unwrap();
+        let ts = now_secs().to_string();
+        let signature = provider_lib(&[
+            "sendgrid-sign",
+            keys.to_str().unwrap(),
+            &ts,
+            payload.to_str().unwrap(),
+        ]);
+        let headers = [
+            ("X-Twilio-Email-Event-Webhook-Signature", signature),
+            ("X-Twilio-Email-Event-Webhook-Timestamp", ts),
+        ];
+        let url = format!("http://127.0.0.1:{http}/webhooks/sg");
+        let tampered = events.replace("\"delivered\"", "\"bounce\"");
+        assert_eq!(
+            post(&url, "application/json", tampered.as_bytes(), &headers).await,
+            403,
+            "a tampered event array"
+        );
+        assert_eq!(
+            post(&url, "application/json", events.as_bytes(), &headers).await,
+            204,
+            "events signed SendGrid's way"
+        );
+        wait_status(&names, "mail:su-p-1", "delivered", limit).await;
+        assert!(suppression(&names, "email:p1@example.test").await.is_none());
+    });
+}
