@@ -10,13 +10,15 @@ use anyhow::{anyhow, Context};
 
 use crate::actors::ProviderSpec;
 use crate::adapters::callback_formats::Receiver;
+use crate::adapters::fcm_provider::FcmProvider;
 use crate::adapters::http_provider::HttpProvider;
 use crate::adapters::sendgrid_provider::SendGridProvider;
+use crate::adapters::smtp_provider::{SmtpProvider, SmtpSettings};
 use crate::adapters::twilio_provider::{TwilioProvider, TwilioSender};
 use crate::config::{Config, OnUnknownOutcome, ProviderConfig, ProviderKind};
 use crate::domain::campaign::Channel;
 use crate::domain::sendgrid::EventWebhookKey;
-use crate::ports::{Provider, UnknownOutcome};
+use crate::ports::{Provider, SystemClock, UnknownOutcome};
 
 fn secret(p: &ProviderConfig, key: &str, var: &Option<String>) -> anyhow::Result<String> {
     let var = var
@@ -74,12 +76,54 @@ fn build(p: &ProviderConfig, timeout: Duration) -> anyhow::Result<Arc<dyn Provid
             )
             .with_context(context)?,
         ),
-        ProviderKind::Smtp | ProviderKind::Fcm => {
-            return Err(anyhow!(
-                "provider {}: kind = \"{}\" is not built yet",
-                p.name,
-                p.kind.as_str()
-            ))
+        ProviderKind::Smtp => {
+            let ca_pem = match &p.ca_file {
+                Some(path) => Some(std::fs::read(path).with_context(|| {
+                    format!("provider {}: reading ca_file {}", p.name, path.display())
+                })?),
+                None => None,
+            };
+            let settings = SmtpSettings {
+                url: p.url.clone().unwrap_or_default(),
+                username: optional_secret(&p.username_env),
+                password: optional_secret(&p.password_env),
+                ca_pem,
+                from: p.from.clone().unwrap_or_default(),
+                unsubscribe_url: p.unsubscribe_url.clone(),
+                timeout,
+            };
+            for (key, var) in [
+                ("username_env", &p.username_env),
+                ("password_env", &p.password_env),
+            ] {
+                if var.is_some() {
+                    secret(p, key, var)?;
+                }
+            }
+            Arc::new(
+                SmtpProvider::new(&p.name, settings)
+                    .map_err(|e| anyhow!("provider {}: {e}", p.name))?,
+            )
+        }
+        ProviderKind::Fcm => {
+            let path = secret(p, "service_account_file_env", &p.service_account_file_env)?;
+            let key = std::fs::read_to_string(&path).with_context(|| {
+                format!(
+                    "provider {}: reading the service-account key {path}",
+                    p.name
+                )
+            })?;
+            Arc::new(
+                FcmProvider::new(
+                    &p.name,
+                    &base_url(p)?,
+                    p.project_id.as_deref().unwrap_or_default(),
+                    &key,
+                    timeout,
+                    Arc::new(SystemClock),
+                )
+                .map_err(|e| anyhow!("provider {}: {e}", p.name))?,
+            )
         }
     })
 }

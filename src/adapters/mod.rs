@@ -3,6 +3,7 @@
 pub mod callback_formats;
 pub mod channel_reader;
 pub mod embedded_source;
+pub mod fcm_provider;
 pub mod http_provider;
 pub mod http_server;
 pub mod kafka_poller;
@@ -17,4 +18,5 @@ pub mod redis_retry;
 pub mod redis_state;
 pub mod sendgrid_provider;
 pub mod sim_provider;
+pub mod smtp_provider;
 pub mod twilio_provider;
