@@ -163,7 +163,7 @@ fn classify(
             provider_message_id: response
                 .message()
                 .last()
-                .map(|m| short(&m.to_string()))
+                .map(short)
                 .unwrap_or_else(|| response.code().to_string()),
         },
         Err(e) if e.is_permanent() => SendOutcome::Rejected {
