@@ -7,7 +7,8 @@
 #   Redis, RabbitMQ : Debian packages, installed with apt when missing, started if not running
 #   Prometheus, docker-compose: Debian packages (tests of the ops files)
 #   Provider stand-ins: Prism 5 (npm) serving the providers' own OpenAPI documents, and the
-#                     providers' official Python libraries (twilio, sendgrid) in a venv
+#                     providers' official Python libraries (twilio, sendgrid, google-auth)
+#                     and aiosmtpd in a venv (tests/provider_libs.py, tests/provider_standins.py)
 # Needs: Java 17+ and Maven (Kafka), Python 3 with venv (nx-27017), apt (the rest).
 # Usage: scripts/backends.sh up|down|status
 set -euo pipefail
@@ -175,11 +176,11 @@ provider_tools_up() {
     npm install --silent --no-audit --no-fund --prefix "$TOOLS" @stoplight/prism-cli@5 >"$CACHE/prism-install.log" 2>&1 \
       || { tail -20 "$CACHE/prism-install.log" >&2; return 1; }
   fi
-  if [ ! -f "$TOOLS/venv/.complete" ]; then
+  if [ ! -f "$TOOLS/venv/.complete-2" ]; then
     log "installing the twilio and sendgrid Python libraries into $TOOLS/venv (PyPI)"
     python3 -m venv "$TOOLS/venv"
-    "$TOOLS/venv/bin/pip" install -q twilio sendgrid cryptography aiosmtpd
-    touch "$TOOLS/venv/.complete"
+    "$TOOLS/venv/bin/pip" install -q twilio sendgrid cryptography aiosmtpd google-auth
+    touch "$TOOLS/venv/.complete" "$TOOLS/venv/.complete-2"
   fi
 }
 

@@ -35,7 +35,7 @@ fn tools() -> PathBuf {
         });
     let tools = cache.join("provider-tools");
     assert!(
-        tools.join("venv/.complete").exists() && tools.join("node_modules/.bin/prism").exists(),
+        tools.join("venv/.complete-2").exists() && tools.join("node_modules/.bin/prism").exists(),
         "provider tools missing under {}: run scripts/backends.sh up",
         tools.display()
     );
@@ -632,4 +632,246 @@ from = "noreply@herald.test"
         wait_status(&names, "mail:su-p-1", "delivered", limit).await;
         assert!(suppression(&names, "email:p1@example.test").await.is_none());
     });
+}
+
+/// A stand-in from `tests/provider_standins.py`, ready once it wrote `<dir>/ready`.
+fn standin(kind: &str, port: u16, dir: &std::path::Path, args: &[&str]) -> Private {
+    std::fs::create_dir_all(dir).unwrap();
+    let _ = std::fs::remove_file(dir.join("ready"));
+    let _ = std::fs::remove_file(dir.join("received.jsonl"));
+    let log = std::fs::File::create(log_dir().join(format!("standin-{kind}-{port}.log"))).unwrap();
+    let child = Command::new(tools().join("venv/bin/python"))
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/provider_standins.py"))
+        .arg(kind)
+        .arg(port.to_string())
+        .arg(dir)
+        .args(args)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("spawn a provider stand-in");
+    let standin = Private(child);
+    let started = std::time::Instant::now();
+    while !dir.join("ready").exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{kind} stand-in did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_port(port, Duration::from_secs(20));
+    standin
+}
+
+fn received(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("received.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// SMTP through aiosmtpd requiring STARTTLS and AUTH (certificate trusted through
+/// `ca_file`): a message taken is `sent` with its Message-ID, subject and List-Unsubscribe;
+/// a 550 recipient is `failed`; a 451 recipient is retried and then `sent`.
+#[test]
+fn smtp_sends_over_starttls_with_auth_and_classifies_replies() {
+    let names = Names::new("smtp", 1);
+    let (smtp_port, http) = (free_port(), free_port());
+    let dir = log_dir().join(format!("{}-smtp", names.base));
+    let _smtp = standin("smtp", smtp_port, &dir, &["herald", "it-smtp-password"]);
+    let config = write_config(
+        &names,
+        &format!(
+            r#"
+[retry]
+base_ms = 200
+max_delay_ms = 1000
+
+[[campaigns]]
+id = "hello"
+on_event = "signed_up"
+channel = "email"
+template = "Hello {{{{traits.first_name}}}}"
+subject = "Welcome, {{{{traits.first_name}}}}"
+
+[[providers]]
+name = "mail"
+kind = "smtp"
+channel = "email"
+url = "smtp://127.0.0.1:{smtp_port}"
+username_env = "IT_SMTP_USER"
+password_env = "IT_SMTP_PASSWORD"
+ca_file = "{ca}"
+from = "Herald <noreply@herald.test>"
+unsubscribe_url = "https://herald.test/unsubscribe"
+"#,
+            ca = dir.join("cert.pem").display()
+        ),
+    );
+    let mut records = Vec::new();
+    for (user, email) in [
+        ("m-ok", "ok@example.test"),
+        ("m-reject", "reject@example.test"),
+        ("m-later", "later@example.test"),
+    ] {
+        records.extend(signs_up(user, json!({"email": email, "first_name": user})));
+    }
+    produce_records(&names, &records);
+    let listen = format!("127.0.0.1:{http}");
+    let _herald = spawn_herald_with_config(
+        &names,
+        &config,
+        &herald_env(
+            &listen,
+            &[
+                ("IT_SMTP_USER", "herald"),
+                ("IT_SMTP_PASSWORD", "it-smtp-password"),
+            ],
+        ),
+        "smtp",
+    );
+    block_on(async {
+        let limit = Duration::from_secs(90);
+        wait_status(&names, "hello:su-m-ok", "sent", limit).await;
+        let rejected = wait_status(&names, "hello:su-m-reject", "failed", limit).await;
+        assert!(
+            rejected.get_str("error").unwrap().contains("550"),
+            "{rejected}"
+        );
+        let later = wait_status(&names, "hello:su-m-later", "sent", limit).await;
+        let attempts = later
+            .get("attempts")
+            .and_then(|a| a.as_i64().or(a.as_i32().map(i64::from)));
+        assert_eq!(attempts, Some(2), "a 451 is retried once: {later}");
+    });
+    let mail = received(&dir);
+    let ok = mail
+        .iter()
+        .find(|m| m["to"][0] == "ok@example.test")
+        .expect("the ok message reached the server");
+    assert_eq!(ok["tls"], true, "sent without TLS: {ok}");
+    assert_eq!(ok["authenticated"], true, "sent without AUTH: {ok}");
+    assert_eq!(ok["message_id"], "<hello:su-m-ok@herald>");
+    assert_eq!(ok["subject"], "Welcome, m-ok");
+    assert_eq!(ok["list_unsubscribe"], "<https://herald.test/unsubscribe>");
+    assert_eq!(ok["body"], "Hello m-ok");
+    assert_eq!(mail.len(), 2, "ok and later once each: {mail:?}");
+}
+
+/// FCM HTTP v1 against a stand-in whose token endpoint checks Herald's RS256 assertion with
+/// Google's google-auth library: sends are `sent` with FCM's message name, one token serves
+/// them all, and an `UNREGISTERED` token fails its message and is suppressed, so a later
+/// trigger for it is `skipped`.
+#[test]
+fn fcm_sends_with_one_exchanged_token_and_suppresses_unregistered_tokens() {
+    let names = Names::new("fcm", 1);
+    let (fcm_port, http) = (free_port(), free_port());
+    let dir = log_dir().join(format!("{}-fcm", names.base));
+    let _fcm = standin("fcm", fcm_port, &dir, &["it-project"]);
+    let config = write_config(
+        &names,
+        &format!(
+            r#"
+[[campaigns]]
+id = "push"
+on_event = "signed_up"
+channel = "push"
+template = "Welcome {{{{traits.first_name}}}}"
+
+[[providers]]
+name = "fcm"
+kind = "fcm"
+channel = "push"
+base_url = "http://127.0.0.1:{fcm_port}"
+project_id = "it-project"
+service_account_file_env = "IT_FCM_KEY_FILE"
+"#
+        ),
+    );
+    let mut records = Vec::new();
+    for (user, token) in [
+        ("f-1", "device-token-1"),
+        ("f-2", "device-token-2"),
+        ("f-3", "device-token-3"),
+        ("f-gone", "unregistered-token-9"),
+    ] {
+        records.extend(signs_up(
+            user,
+            json!({"push_token": token, "first_name": user}),
+        ));
+    }
+    produce_records(&names, &records);
+    let listen = format!("127.0.0.1:{http}");
+    let key_file = dir.join("sa.json");
+    let key_file = key_file.to_str().unwrap();
+    let _herald = spawn_herald_with_config(
+        &names,
+        &config,
+        &herald_env(&listen, &[("IT_FCM_KEY_FILE", key_file)]),
+        "fcm",
+    );
+    block_on(async {
+        let limit = Duration::from_secs(90);
+        for user in ["f-1", "f-2", "f-3"] {
+            let doc = wait_status(&names, &format!("push:su-{user}"), "sent", limit).await;
+            assert!(
+                doc.get_str("provider_message_id")
+                    .unwrap()
+                    .starts_with("projects/it-project/messages/"),
+                "{doc}"
+            );
+        }
+        let gone = wait_status(&names, "push:su-f-gone", "failed", limit).await;
+        assert!(
+            gone.get_str("error").unwrap().contains("UNREGISTERED"),
+            "{gone}"
+        );
+        let s = suppression(&names, "push:unregistered-token-9")
+            .await
+            .expect("the unregistered token is suppressed");
+        assert_eq!(s.get_str("reason").unwrap(), "unregistered");
+        let stats: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{fcm_port}/stats"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            stats["refused_assertions"], 0,
+            "google-auth refused an assertion"
+        );
+        assert_eq!(
+            stats["tokens_issued"], 1,
+            "the access token was not reused: {stats}"
+        );
+    });
+    produce_records(
+        &names,
+        &signs_up(
+            "f-gone-again",
+            json!({"push_token": "unregistered-token-9"}),
+        ),
+    );
+    block_on(async {
+        let skipped = wait_status(
+            &names,
+            "push:su-f-gone-again",
+            "skipped",
+            Duration::from_secs(60),
+        )
+        .await;
+        assert_eq!(
+            skipped.get_str("error").unwrap(),
+            "suppressed: unregistered"
+        );
+    });
+    let sends = received(&dir);
+    assert_eq!(sends.len(), 4, "each message sent once: {sends:?}");
+    let first = sends
+        .iter()
+        .find(|m| m["token"] == "device-token-1")
+        .unwrap();
+    assert_eq!(first["notification"]["body"], "Welcome f-1");
+    assert_eq!(first["data"]["herald_message_id"], "push:su-f-1");
 }
