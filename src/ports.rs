@@ -372,7 +372,30 @@ pub trait CallbackSink: Send + Sync + 'static {
 pub struct RetryEntry {
     pub message_id: String,
     pub attempt: u32,
+    /// 0: attempt `attempt` is a new send. `r > 0`: the `r`-th resend of attempt `attempt`,
+    /// whose outcome was unknown (its answer lost), with the same `Idempotency-Key`; it fires
+    /// only while the message still waits on that attempt (`retrying` at `attempt`).
+    pub resend: u32,
     pub due_ms: i64,
+}
+
+impl RetryEntry {
+    /// The stored form of `(attempt, resend)`: `"<attempt>"`, or `"<attempt>.<resend>"`.
+    pub fn stored_attempt(&self) -> String {
+        if self.resend == 0 {
+            self.attempt.to_string()
+        } else {
+            format!("{}.{}", self.attempt, self.resend)
+        }
+    }
+
+    /// Reads [`RetryEntry::stored_attempt`] (entries written before resends: a bare number).
+    pub fn parse_stored_attempt(text: &str) -> Option<(u32, u32)> {
+        match text.split_once('.') {
+            Some((a, r)) => Some((a.parse().ok()?, r.parse().ok()?)),
+            None => Some((text.parse().ok()?, 0)),
+        }
+    }
 }
 
 /// The durable retry schedule (a Redis due-time index in production).

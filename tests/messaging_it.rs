@@ -747,3 +747,80 @@ fn sigterm_drains_the_sends_in_flight() {
         );
     });
 }
+
+/// A provider that answers after Herald's timeout (the send happened; Herald never heard):
+/// the attempt is sent again with the same `Idempotency-Key` — never as a new attempt under a
+/// new key, which a provider could not recognise — and the first send's answer or callback
+/// settles the message.
+#[test]
+fn a_send_answered_after_the_timeout_is_resent_as_the_same_attempt() {
+    let names = Names::new("unknown", 1);
+    let (port_a, port_b, http) = (free_port(), free_port(), free_port());
+    let _sim_a = spawn_sim(port_a, SECRET, &[], "a");
+    let _sim_b = spawn_sim(port_b, SECRET, &[], "b");
+    let config = write_config(
+        &names,
+        &format!(
+            "[retry]\nbase_ms = 200\nmax_delay_ms = 1000\n{}",
+            providers_toml(port_a, port_b)
+                .replace("priority = 1\n", "priority = 1\ntimeout_ms = 500\n")
+        ),
+    );
+    let users: Vec<String> = (0..5).map(|i| format!("u-late-{i}")).collect();
+    block_on(async {
+        for i in 0..users.len() {
+            sim_script(
+                port_a,
+                &format!("+1555300{i:04}"),
+                json!([{"status": 200, "latency_ms": 1500}]),
+            )
+            .await;
+        }
+    });
+    let mut records = Vec::new();
+    for (i, user) in users.iter().enumerate() {
+        records.extend(user_events(user, Some(&format!("+1555300{i:04}"))));
+    }
+    produce_records(&names, &records);
+    let listen = format!("127.0.0.1:{http}");
+    let _herald = spawn_herald_with_config(
+        &names,
+        &config,
+        &[("HERALD__HTTP__LISTEN", &listen), ("IT_SIM_SECRET", SECRET)],
+        "unknown",
+    );
+    block_on(async {
+        eventually(
+            "every late message is delivered",
+            Duration::from_secs(90),
+            || async {
+                let messages = mongo_messages(&names).await;
+                users.iter().all(|u| {
+                    messages
+                        .get(&format!("welcome:su-{u}"))
+                        .is_some_and(|d| status(d) == "delivered")
+                })
+            },
+        )
+        .await;
+        let sends = sim_sends(port_a).await;
+        for user in &users {
+            let id = format!("welcome:su-{user}");
+            assert_eq!(
+                keys_for(&sends, &id),
+                vec![format!("{id}:1")],
+                "a lost answer became a new attempt under a new key: {sends:?}"
+            );
+        }
+        assert!(
+            sim_sends(port_b).await.is_empty(),
+            "a lost answer went to the fallback provider"
+        );
+        let messages = mongo_messages(&names).await;
+        let doc = &messages[&format!("welcome:su-{}", users[0])];
+        assert!(
+            history(doc).contains(&"retrying".to_string()),
+            "the timeout was not seen (the test proves nothing): {doc}"
+        );
+    });
+}

@@ -249,6 +249,7 @@ async fn write(shared: Arc<Shared>, shard: usize, owner: u64, batch: WriteBatch)
         .filter_map(|r| {
             let first = shared.dispatchers_for(r.channel).first()?.clone();
             Some(first.send(Dispatch {
+                resend: 0,
                 attempt: r.attempts + 1,
                 record: r,
                 provider_index: 0,

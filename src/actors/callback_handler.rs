@@ -78,6 +78,42 @@ impl CallbackHandler {
         Ok(())
     }
 
+    /// A callback naming a send the message does not know, while the message waits to send
+    /// an attempt again because that attempt's answer was lost: it is that send's answer. Its
+    /// id is recorded (`sent`), which cancels the resend, and the callback then applies.
+    async fn adopt_in_doubt(
+        ports: &DispatcherPorts,
+        cb: &Callback,
+        record: &MessageRecord,
+        pid: &str,
+    ) -> Result<Option<MessageRecord>, CallbackError> {
+        if record.status != MessageStatus::Retrying {
+            return Ok(None);
+        }
+        let Some(entry) = ports.retries.entry(record.id.clone()).await? else {
+            return Ok(None);
+        };
+        if entry.resend == 0 || entry.attempt != record.attempts {
+            return Ok(None);
+        }
+        let change = StatusChange {
+            event: StatusEvent::Sent,
+            at: ports.clock.now_ms(),
+            provider: Some(cb.provider.clone()),
+            detail: None,
+            provider_message_id: Some(pid.to_string()),
+            attempt: Some(entry.attempt),
+            expect_provider_message_id: None,
+        };
+        match ports.docs.transition(record.id.clone(), change).await? {
+            TransitionResult::Applied(adopted) => {
+                tracing::info!(message = %record.id, attempt = entry.attempt, "a callback answered an attempt whose answer was lost; its resend is cancelled");
+                Ok(Some(*adopted))
+            }
+            _ => Ok(None),
+        }
+    }
+
     async fn handle(
         ports: DispatcherPorts,
         policy: RetryPolicy,
@@ -133,6 +169,7 @@ impl CallbackHandler {
             // Another provider's message: this one has no say in it.
             return Ok(());
         }
+        let mut record = record;
         if let Some(pid) = &cb.provider_message_id {
             if !record.is_current_send(pid) {
                 if record.knows_provider_message_id(pid) {
@@ -142,7 +179,10 @@ impl CallbackHandler {
                 if record.status.is_terminal() {
                     return Ok(());
                 }
-                return Err(CallbackError::NotReady(record.id));
+                match Self::adopt_in_doubt(&ports, &cb, &record, pid).await? {
+                    Some(adopted) => record = adopted,
+                    None => return Err(CallbackError::NotReady(record.id)),
+                }
             }
         }
         Self::suppress(&ports, &cb, &record).await?;

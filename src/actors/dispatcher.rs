@@ -33,6 +33,9 @@ const QUEUE_LIMIT: usize = 10_000;
 pub struct Dispatch {
     pub record: MessageRecord,
     pub attempt: u32,
+    /// 0, or how many times attempt `attempt` is being sent again after an unknown outcome
+    /// (same `Idempotency-Key`).
+    pub resend: u32,
     pub provider_index: usize,
     /// The retry-schedule lease this attempt came from, completed once its outcome is
     /// durable (until then a crash lets the schedule fire it again).
@@ -298,9 +301,40 @@ impl Dispatcher {
         let metrics = self.ports.metrics.clone();
         let outcome = match outcome {
             SendOutcome::Unknown { detail } => match self.settings.on_unknown_outcome {
+                UnknownOutcome::Retry if job.resend + 1 < self.settings.retry.max_attempts => {
+                    // The same attempt again, with the same key: a provider that honours
+                    // `Idempotency-Key` answers the first send's result; an answer or callback
+                    // for the first send meanwhile cancels the resend.
+                    metrics.dispatch_outcome(&name, "unknown");
+                    self.breaker.consecutive_failures += 1;
+                    let fut = schedule_resend(
+                        self.ports.clone(),
+                        self.settings.retry,
+                        self.rng.clone(),
+                        job.record.id.clone(),
+                        job.attempt,
+                        job.resend + 1,
+                        name.clone(),
+                        format!(
+                            "{name}: {detail}; outcome unknown, attempt {} is sent again",
+                            job.attempt
+                        ),
+                    );
+                    let retries = self.ports.retries.clone();
+                    let lease = job.lease;
+                    self.spawn_write(
+                        async move {
+                            fut.await;
+                            complete_lease(retries, lease).await;
+                        },
+                        |_| {},
+                        ctx,
+                    );
+                    return;
+                }
                 UnknownOutcome::Retry => SendOutcome::Retryable {
                     retry_after_ms: None,
-                    detail: format!("{detail}; outcome unknown, sending again"),
+                    detail: format!("{detail}; outcome unknown after {} resends", job.resend),
                 },
                 UnknownOutcome::Fail => {
                     metrics.dispatch_outcome(&name, "unknown");
@@ -431,6 +465,7 @@ impl Dispatcher {
                         move |_| {
                             next.do_send(Dispatch {
                                 attempt: job.attempt + 1,
+                                resend: 0,
                                 provider_index: job.provider_index + 1,
                                 record: job.record,
                                 lease: job.lease,
@@ -490,6 +525,7 @@ pub async fn schedule_retry(
             let entry = RetryEntry {
                 message_id: message_id.clone(),
                 attempt: next,
+                resend: 0,
                 due_ms: now + delay_ms as i64,
             };
             write_with_retry(|| ports.retries.schedule(entry.clone())).await;
@@ -512,6 +548,46 @@ pub async fn schedule_retry(
     };
     write_with_retry(|| ports.docs.transition(message_id.clone(), change.clone())).await;
     Ok(())
+}
+
+/// After attempt `attempt` got no answer: schedule resend `resend` of the same attempt (same
+/// `Idempotency-Key`) and mark the message `retrying` at that attempt.
+#[allow(clippy::too_many_arguments)]
+pub async fn schedule_resend(
+    ports: DispatcherPorts,
+    policy: RetryPolicy,
+    rng: Arc<Mutex<SmallRng>>,
+    message_id: String,
+    attempt: u32,
+    resend: u32,
+    provider: String,
+    detail: String,
+) {
+    let unit: f64 = rng.lock().gen();
+    let now = ports.clock.now_ms();
+    // Backs off like attempts do: the n-th resend waits as long as attempt n + 1 would.
+    let delay_ms = match policy.decide(resend, unit, 0) {
+        RetryDecision::RetryAfter { delay_ms, .. } => delay_ms,
+        RetryDecision::GiveUp => policy.max_delay_ms,
+    };
+    let entry = RetryEntry {
+        message_id: message_id.clone(),
+        attempt,
+        resend,
+        due_ms: now + delay_ms as i64,
+    };
+    write_with_retry(|| ports.retries.schedule(entry.clone())).await;
+    ports.metrics.retries_scheduled.inc();
+    let change = StatusChange {
+        event: StatusEvent::Retrying,
+        at: now,
+        provider: Some(provider),
+        detail: Some(detail),
+        provider_message_id: None,
+        attempt: Some(attempt),
+        expect_provider_message_id: None,
+    };
+    write_with_retry(|| ports.docs.transition(message_id.clone(), change.clone())).await;
 }
 
 /// Retries a store write with backoff until it succeeds (the store being down pauses this

@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
+use crate::domain::message::MessageStatus;
+
 use super::context::Shared;
 use super::dispatcher::Dispatch;
 
@@ -63,7 +65,15 @@ impl RetryActor {
                             continue;
                         }
                     };
-                    if record.status.is_terminal() || record.attempts >= entry.attempt {
+                    let settled = if entry.resend > 0 {
+                        // A resend of an attempt whose answer was lost: only while the message
+                        // still waits on that attempt (an answer or a callback for it since,
+                        // or a newer attempt, settled it).
+                        record.status != MessageStatus::Retrying || record.attempts != entry.attempt
+                    } else {
+                        record.attempts >= entry.attempt
+                    };
+                    if record.status.is_terminal() || settled {
                         // Settled already (terminal, or this attempt was made: a lease that
                         // ran out after the send was recorded). By attempt number, not by
                         // status: a retry scheduled by a callback is due while the message
@@ -79,6 +89,7 @@ impl RetryActor {
                     let _ = first
                         .send(Dispatch {
                             attempt: entry.attempt,
+                            resend: entry.resend,
                             record,
                             provider_index: 0,
                             lease: Some(entry),
@@ -126,6 +137,7 @@ impl RetryActor {
                     let _ = first
                         .send(Dispatch {
                             attempt: record.attempts + 1,
+                            resend: 0,
                             record,
                             provider_index: 0,
                             lease: None,

@@ -67,7 +67,9 @@ impl RetrySchedule for MemoryRetrySchedule {
     fn complete(&self, entry: RetryEntry) -> BoxFut<Result<(), StoreError>> {
         let mut inner = self.inner.lock();
         let current = inner.entries.get(&entry.message_id).cloned();
-        if let Some(current) = current.filter(|c| c.attempt == entry.attempt) {
+        if let Some(current) =
+            current.filter(|c| c.attempt == entry.attempt && c.resend == entry.resend)
+        {
             inner.entries.remove(&entry.message_id);
             inner.by_due.remove(&(current.due_ms, current.message_id));
         }

@@ -137,7 +137,7 @@ impl RetrySchedule for RedisRetrySchedule {
             let mut conn = this.conn.clone();
             redis::pipe()
                 .atomic()
-                .hset(&*this.entry_key, &entry.message_id, entry.attempt)
+                .hset(&*this.entry_key, &entry.message_id, entry.stored_attempt())
                 .ignore()
                 .zadd(&*this.due_key, &entry.message_id, entry.due_ms)
                 .ignore()
@@ -182,14 +182,17 @@ impl RetrySchedule for RedisRetrySchedule {
             }
             let mut out = Vec::with_capacity(flat.len() / 3);
             for chunk in flat.chunks_exact(3) {
-                let (Ok(attempt), Ok(due)) = (chunk[1].parse::<u32>(), chunk[2].parse::<f64>())
-                else {
+                let (Some((attempt, resend)), Ok(due)) = (
+                    RetryEntry::parse_stored_attempt(&chunk[1]),
+                    chunk[2].parse::<f64>(),
+                ) else {
                     tracing::error!(id = chunk[0], "unreadable retry entry; left for its lease");
                     continue;
                 };
                 out.push(RetryEntry {
                     message_id: chunk[0].clone(),
                     attempt,
+                    resend,
                     due_ms: due as i64,
                 });
             }
@@ -206,7 +209,7 @@ impl RetrySchedule for RedisRetrySchedule {
                 .key(&*this.due_key)
                 .key(&*this.entry_key)
                 .arg(&entry.message_id)
-                .arg(entry.attempt)
+                .arg(entry.stored_attempt())
                 .invoke_async::<i64>(&mut conn)
                 .await
                 .map(|_| ())
@@ -236,15 +239,19 @@ impl RetrySchedule for RedisRetrySchedule {
         let this = self.clone();
         async move {
             let mut conn = this.conn.clone();
-            let (attempt, due): (Option<u32>, Option<f64>) = redis::pipe()
+            let (attempt, due): (Option<String>, Option<f64>) = redis::pipe()
                 .hget(&*this.entry_key, &message_id)
                 .zscore(&*this.due_key, &message_id)
                 .query_async(&mut conn)
                 .await
                 .map_err(transient)?;
-            Ok(attempt.zip(due).map(|(attempt, due)| RetryEntry {
+            let attempt = attempt
+                .as_deref()
+                .and_then(RetryEntry::parse_stored_attempt);
+            Ok(attempt.zip(due).map(|((attempt, resend), due)| RetryEntry {
                 message_id,
                 attempt,
+                resend,
                 due_ms: due as i64,
             }))
         }

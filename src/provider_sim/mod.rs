@@ -85,6 +85,10 @@ pub struct Step {
     /// Twilio: the `code` of a 4xx answer, or the `ErrorCode` of a callback.
     #[serde(default)]
     pub error_code: Option<String>,
+    /// This answer's latency instead of `--latency-ms` (an answer slower than the sender's
+    /// timeout: the send happened, the sender never heard).
+    #[serde(default)]
+    pub latency_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -161,6 +165,7 @@ impl Sim {
                 retry_after: None,
                 callback: None,
                 error_code: None,
+                latency_ms: None,
             }
         } else if x < o.reject_rate + o.throttle_rate {
             Step {
@@ -168,6 +173,7 @@ impl Sim {
                 retry_after: Some(1),
                 callback: None,
                 error_code: None,
+                latency_ms: None,
             }
         } else if x < o.reject_rate + o.throttle_rate + o.fail_rate {
             Step {
@@ -175,6 +181,7 @@ impl Sim {
                 retry_after: None,
                 callback: None,
                 error_code: None,
+                latency_ms: None,
             }
         } else {
             let undelivered = rng.gen_bool(o.undelivered_rate.clamp(0.0, 1.0));
@@ -190,6 +197,7 @@ impl Sim {
                     .into(),
                 ),
                 error_code: None,
+                latency_ms: None,
             }
         }
     }
@@ -331,8 +339,9 @@ async fn send(sim: web::Data<Sim>, req: HttpRequest, body: web::Bytes) -> HttpRe
         sim.by_key.lock().insert(key, received.len());
         received.push(record);
     }
-    if sim.options.latency_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(sim.options.latency_ms)).await;
+    let latency = step.latency_ms.unwrap_or(sim.options.latency_ms);
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_millis(latency)).await;
     }
     if let (Some(status), Some(pid)) = (callback, provider_message_id.clone()) {
         let sim = sim.clone().into_inner();

@@ -120,8 +120,9 @@ pub(super) async fn send(sim: web::Data<Sim>, req: HttpRequest, body: web::Bytes
         callback: event.clone(),
         repeats: 0,
     });
-    if sim.options.latency_ms > 0 {
-        tokio::time::sleep(std::time::Duration::from_millis(sim.options.latency_ms)).await;
+    let latency = step.latency_ms.unwrap_or(sim.options.latency_ms);
+    if latency > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(latency)).await;
     }
     let Some(x_message_id) = x_message_id else {
         let mut response = error(step.status, "simulated error");

@@ -96,8 +96,9 @@ pub(super) async fn send(
         repeats: 0,
     });
     let _ = repeated; // counted; Twilio sends it again all the same
-    if sim.options.latency_ms > 0 {
-        tokio::time::sleep(std::time::Duration::from_millis(sim.options.latency_ms)).await;
+    let latency = step.latency_ms.unwrap_or(sim.options.latency_ms);
+    if latency > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(latency)).await;
     }
     let Some(sid) = sid else {
         let code = step
