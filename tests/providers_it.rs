@@ -618,6 +618,27 @@ from = "noreply@herald.test"
             ("X-Twilio-Email-Event-Webhook-Timestamp", ts),
         ];
         let url = format!("http://127.0.0.1:{http}/webhooks/sg");
+        let stale_ts = (now_secs() - 3600).to_string();
+        let stale_sig = provider_lib(&[
+            "sendgrid-sign",
+            keys.to_str().unwrap(),
+            &stale_ts,
+            payload.to_str().unwrap(),
+        ]);
+        let stale = [
+            ("X-Twilio-Email-Event-Webhook-Signature", stale_sig),
+            ("X-Twilio-Email-Event-Webhook-Timestamp", stale_ts),
+        ];
+        assert_eq!(
+            post(&url, "application/json", events.as_bytes(), &stale).await,
+            403,
+            "a correctly signed array replayed an hour later"
+        );
+        assert_eq!(
+            post(&url, "application/json", events.as_bytes(), &[]).await,
+            403,
+            "an unsigned event array"
+        );
         let tampered = events.replace("\"delivered\"", "\"bounce\"");
         assert_eq!(
             post(&url, "application/json", tampered.as_bytes(), &headers).await,

@@ -122,6 +122,7 @@ pub fn parse(receiver: &Receiver, req: &Request, body: &[u8]) -> Result<Vec<Call
                 req.header("x-twilio-email-event-webhook-timestamp"),
                 req.header("x-twilio-email-event-webhook-signature"),
                 body,
+                req.now_secs,
             )?;
             parse_sendgrid(req.provider, body)
         }

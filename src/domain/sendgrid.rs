@@ -18,7 +18,13 @@ pub enum SendGridSignatureError {
     Malformed,
     #[error("the event webhook signature does not match")]
     Mismatch,
+    #[error("the event webhook timestamp is not unix seconds within {WINDOW_SECS} s of now")]
+    Stale,
 }
+
+/// How far (seconds) an Event Webhook timestamp may be from the receiver's clock: a signed
+/// request replayed later is refused.
+pub const WINDOW_SECS: i64 = 300;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("the SendGrid webhook public key is not base64 DER (SubjectPublicKeyInfo, P-256): {0}")]
@@ -43,10 +49,18 @@ impl EventWebhookKey {
         timestamp: Option<&str>,
         signature: Option<&str>,
         body: &[u8],
+        now_secs: i64,
     ) -> Result<(), SendGridSignatureError> {
         let (Some(timestamp), Some(signature)) = (timestamp, signature) else {
             return Err(SendGridSignatureError::Missing);
         };
+        let fresh = timestamp
+            .trim()
+            .parse::<i64>()
+            .is_ok_and(|ts| now_secs.saturating_sub(ts).abs() <= WINDOW_SECS);
+        if !fresh {
+            return Err(SendGridSignatureError::Stale);
+        }
         let der = base64::engine::general_purpose::STANDARD
             .decode(signature.trim())
             .map_err(|_| SendGridSignatureError::Malformed)?;
@@ -115,23 +129,37 @@ mod tests {
     fn a_signature_covers_timestamp_and_body() {
         let (signing, key) = key_pair();
         let body = br#"[{"event":"delivered"}]"#;
+        let now = 1_700_000_000;
         let sig = sign(&signing, "1700000000", body);
-        assert_eq!(key.verify(Some("1700000000"), Some(&sig), body), Ok(()));
         assert_eq!(
-            key.verify(Some("1700000001"), Some(&sig), body),
+            key.verify(Some("1700000000"), Some(&sig), body, now),
+            Ok(())
+        );
+        assert_eq!(
+            key.verify(Some("1700000001"), Some(&sig), body, now),
             Err(SendGridSignatureError::Mismatch)
         );
         assert_eq!(
-            key.verify(Some("1700000000"), Some(&sig), br#"[{"event":"bounce"}]"#),
+            key.verify(
+                Some("1700000000"),
+                Some(&sig),
+                br#"[{"event":"bounce"}]"#,
+                now
+            ),
             Err(SendGridSignatureError::Mismatch)
         );
         assert_eq!(
-            key.verify(Some("1700000000"), Some("bm90IGRlcg=="), body),
+            key.verify(Some("1700000000"), Some("bm90IGRlcg=="), body, now),
             Err(SendGridSignatureError::Malformed)
         );
         assert_eq!(
-            key.verify(None, Some(&sig), body),
+            key.verify(None, Some(&sig), body, now),
             Err(SendGridSignatureError::Missing)
+        );
+        // Correctly signed, but replayed later than the window allows.
+        assert_eq!(
+            key.verify(Some("1700000000"), Some(&sig), body, now + WINDOW_SECS + 1),
+            Err(SendGridSignatureError::Stale)
         );
         assert!(EventWebhookKey::from_base64_der("not a key").is_err());
     }
