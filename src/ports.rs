@@ -418,6 +418,9 @@ pub trait RetrySchedule: Send + Sync + 'static {
     /// The claimed attempt is settled: removes the entry unless it was rescheduled since
     /// (a newer attempt).
     fn complete(&self, entry: RetryEntry) -> BoxFut<Result<(), StoreError>>;
+    /// Keeps claimed entries leased until `until_ms` (a job still waiting for its provider):
+    /// each only if it is still the claimed attempt.
+    fn extend(&self, entries: Vec<RetryEntry>, until_ms: i64) -> BoxFut<Result<(), StoreError>>;
     fn cancel(&self, message_id: String) -> BoxFut<Result<(), StoreError>>;
     /// The message's scheduled retry, if any.
     fn entry(&self, message_id: String) -> BoxFut<Result<Option<RetryEntry>, StoreError>>;

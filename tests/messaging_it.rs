@@ -824,3 +824,89 @@ fn a_send_answered_after_the_timeout_is_resent_as_the_same_attempt() {
         );
     });
 }
+
+/// Retries queued behind a rate-limited provider for longer than the retry lease (15 s):
+/// the dispatcher holding them extends their leases, so no attempt is handed out — and sent —
+/// twice (the simulator counts a repeated `Idempotency-Key`).
+#[test]
+fn retries_waiting_longer_than_their_lease_fire_once() {
+    let names = Names::new("lease", 1);
+    let (port_a, port_b, http) = (free_port(), free_port(), free_port());
+    let _sim_a = spawn_sim(port_a, SECRET, &[], "a");
+    let _sim_b = spawn_sim(port_b, SECRET, &[], "b");
+    let config = write_config(
+        &names,
+        &format!(
+            "[retry]\nbase_ms = 50\nmax_delay_ms = 100\n{}",
+            providers_toml(port_a, port_b).replace(
+                "priority = 1\n",
+                "priority = 1\nrate_per_sec = 2\ncircuit_failures = 1000\n"
+            )
+        ),
+    );
+    let users: Vec<String> = (0..36).map(|i| format!("u-lease-{i}")).collect();
+    block_on(async {
+        for i in 0..users.len() {
+            sim_script(
+                port_a,
+                &format!("+1555400{i:04}"),
+                json!([{"status": 503}, {"status": 200}]),
+            )
+            .await;
+        }
+    });
+    let mut records = Vec::new();
+    for (i, user) in users.iter().enumerate() {
+        records.extend(user_events(user, Some(&format!("+1555400{i:04}"))));
+    }
+    produce_records(&names, &records);
+    let listen = format!("127.0.0.1:{http}");
+    let _herald = spawn_herald_with_config(
+        &names,
+        &config,
+        &[("HERALD__HTTP__LISTEN", &listen), ("IT_SIM_SECRET", SECRET)],
+        "lease",
+    );
+    block_on(async {
+        eventually(
+            "every message is delivered",
+            Duration::from_secs(150),
+            || async {
+                let messages = mongo_messages(&names).await;
+                users.iter().all(|u| {
+                    messages
+                        .get(&format!("welcome:su-{u}"))
+                        .is_some_and(|d| status(d) == "delivered")
+                })
+            },
+        )
+        .await;
+        let sends = sim_sends(port_a).await;
+        let first = sends
+            .first()
+            .and_then(|s| s["received_at_ms"].as_i64())
+            .unwrap();
+        let last = sends
+            .last()
+            .and_then(|s| s["received_at_ms"].as_i64())
+            .unwrap();
+        assert!(
+            last - first > 20_000,
+            "the sends took {} ms: the retries did not wait longer than a lease (the test \
+             proves nothing)",
+            last - first
+        );
+        assert_eq!(
+            sim_stats(port_a).await["repeated_keys"],
+            0,
+            "an attempt was dispatched twice"
+        );
+        for user in &users {
+            let id = format!("welcome:su-{user}");
+            assert_eq!(
+                keys_for(&sends, &id),
+                vec![format!("{id}:1"), format!("{id}:2")]
+            );
+        }
+    });
+}

@@ -26,6 +26,13 @@ use super::supervision::contain_async;
 /// Above this many queued jobs, `Dispatch` answers only once the queue has room.
 const QUEUE_LIMIT: usize = 10_000;
 
+/// How long a claimed retry stays leased: unless its outcome is recorded (or the lease
+/// extended) by then, the schedule hands it out again.
+pub const LEASE_MS: i64 = 15_000;
+/// A dispatcher extends the leases of the jobs it holds (queued or sending) this often, so
+/// a slow or rate-limited provider never makes an attempt fire twice.
+const LEASE_EXTEND_EVERY: Duration = Duration::from_millis(LEASE_MS as u64 / 3);
+
 /// Send attempt `attempt` of a message through this provider (or its fallbacks from
 /// `provider_index` on). Resolves once the dispatcher has accepted the job.
 #[derive(Message)]
@@ -108,6 +115,8 @@ pub struct Dispatcher {
     rng: Arc<Mutex<SmallRng>>,
     /// Outcome writes (status transitions, retry schedules, leases) still running.
     writes: usize,
+    /// The retry leases of the jobs being sent, by message id (queued ones are in `queue`).
+    sending_leases: std::collections::HashMap<String, RetryEntry>,
     drains: Vec<oneshot::Sender<bool>>,
 }
 
@@ -136,6 +145,7 @@ impl Dispatcher {
             pump_scheduled: false,
             rng: Arc::new(Mutex::new(SmallRng::seed_from_u64(seed))),
             writes: 0,
+            sending_leases: std::collections::HashMap::new(),
             drains: Vec::new(),
         }
     }
@@ -232,8 +242,35 @@ impl Dispatcher {
         self.chain.get(index + 1).cloned()
     }
 
+    /// Extends the leases of every job held here (queued or being sent) by [`LEASE_MS`].
+    fn extend_leases(&mut self, ctx: &mut Context<Self>) {
+        let leases: Vec<RetryEntry> = self
+            .queue
+            .iter()
+            .filter_map(|j| j.lease.clone())
+            .chain(self.sending_leases.values().cloned())
+            .collect();
+        if leases.is_empty() {
+            return;
+        }
+        let until = self.ports.clock.now_ms() + LEASE_MS;
+        let retries = self.ports.retries.clone();
+        ctx.spawn(
+            async move {
+                if let Err(e) = retries.extend(leases, until).await {
+                    tracing::warn!(error = %e, "could not extend retry leases; they may fire again");
+                }
+            }
+            .into_actor(self),
+        );
+    }
+
     fn start_send(&mut self, job: Dispatch, ctx: &mut Context<Self>) {
         self.in_flight += 1;
+        if let Some(lease) = &job.lease {
+            self.sending_leases
+                .insert(lease.message_id.clone(), lease.clone());
+        }
         let Some(to) = job.record.to.clone() else {
             // Cannot happen for a queued message (no address means skipped), but never panic.
             self.in_flight -= 1;
@@ -272,6 +309,7 @@ impl Dispatcher {
         };
         ctx.spawn(fut.into_actor(self).map(move |outcome, act, ctx| {
             act.in_flight -= 1;
+            act.sending_leases.remove(&job.record.id);
             act.on_outcome(job, outcome, ctx);
             act.pump(ctx);
             act.settle_drains();
@@ -611,6 +649,10 @@ where
 
 impl Actor for Dispatcher {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(LEASE_EXTEND_EVERY, |act, ctx| act.extend_leases(ctx));
+    }
 }
 
 impl Handler<SetChain> for Dispatcher {

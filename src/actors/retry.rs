@@ -9,12 +9,11 @@ use actix::prelude::*;
 use crate::domain::message::MessageStatus;
 
 use super::context::Shared;
-use super::dispatcher::Dispatch;
+// A claimed retry fires again after LEASE_MS unless its outcome was recorded (a crash between
+// claim and send loses nothing) or the dispatcher holding it extended it.
+use super::dispatcher::{Dispatch, LEASE_MS};
 
 const CLAIM_BATCH: usize = 256;
-/// A claimed retry fires again after this long unless its outcome was recorded (a crash
-/// between claim and send loses nothing).
-const LEASE_MS: i64 = 15_000;
 
 /// Sweep now (a key-expiry notification arrived, or a test wants it).
 #[derive(Message)]

@@ -76,6 +76,29 @@ impl RetrySchedule for MemoryRetrySchedule {
         async { Ok(()) }.boxed()
     }
 
+    fn extend(&self, entries: Vec<RetryEntry>, until_ms: i64) -> BoxFut<Result<(), StoreError>> {
+        let mut inner = self.inner.lock();
+        for entry in entries {
+            let current = inner.entries.get(&entry.message_id).cloned();
+            let Some(current) =
+                current.filter(|c| c.attempt == entry.attempt && c.resend == entry.resend)
+            else {
+                continue;
+            };
+            // The lease is the due slot the claim moved it to; move it further.
+            let leased = inner
+                .by_due
+                .iter()
+                .find(|(_, id)| *id == current.message_id)
+                .cloned();
+            if let Some(slot) = leased {
+                inner.by_due.remove(&slot);
+                inner.by_due.insert((until_ms.max(slot.0), slot.1));
+            }
+        }
+        async { Ok(()) }.boxed()
+    }
+
     fn entry(&self, message_id: String) -> BoxFut<Result<Option<RetryEntry>, StoreError>> {
         let e = self.inner.lock().entries.get(&message_id).cloned();
         async move { Ok(e) }.boxed()

@@ -52,6 +52,17 @@ end
 return 0
 "#;
 
+/// Moves leased entries' due time to ARGV[1], each (ARGV[2k], ARGV[2k+1] = id, stored attempt)
+/// only while it is still that attempt, and never earlier than it is.
+const EXTEND: &str = r#"
+for i = 2, #ARGV, 2 do
+  if redis.call('HGET', KEYS[2], ARGV[i]) == ARGV[i + 1] then
+    redis.call('ZADD', KEYS[1], 'XX', 'GT', tonumber(ARGV[1]), ARGV[i])
+  end
+end
+return 1
+"#;
+
 /// Arms the wake-up timer unless it already fires sooner.
 const ARM: &str = r#"
 local ttl = redis.call('PTTL', KEYS[1])
@@ -210,6 +221,28 @@ impl RetrySchedule for RedisRetrySchedule {
                 .key(&*this.entry_key)
                 .arg(&entry.message_id)
                 .arg(entry.stored_attempt())
+                .invoke_async::<i64>(&mut conn)
+                .await
+                .map(|_| ())
+                .map_err(transient)
+        }
+        .boxed()
+    }
+
+    fn extend(&self, entries: Vec<RetryEntry>, until_ms: i64) -> BoxFut<Result<(), StoreError>> {
+        let this = self.clone();
+        async move {
+            if entries.is_empty() {
+                return Ok(());
+            }
+            let mut conn = this.conn.clone();
+            let script = Script::new(EXTEND);
+            let mut invocation = script.key(&*this.due_key);
+            invocation.key(&*this.entry_key).arg(until_ms);
+            for e in &entries {
+                invocation.arg(&e.message_id).arg(e.stored_attempt());
+            }
+            invocation
                 .invoke_async::<i64>(&mut conn)
                 .await
                 .map(|_| ())
