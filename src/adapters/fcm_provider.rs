@@ -24,7 +24,7 @@ use tokio::sync::Mutex;
 use crate::domain::suppression::SuppressionReason;
 use crate::ports::{BoxFut, Clock, Provider, SendOutcome, SendRequest};
 
-use super::http_provider::{client, is_retryable, request_failed, retry_after_ms, short};
+use super::http_provider::{client, request_failed, short, Answer};
 
 /// The OAuth scope FCM sends need.
 pub const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
@@ -220,28 +220,19 @@ impl Provider for FcmProvider {
                 Ok(r) => r,
                 Err(e) => return request_failed(e),
             };
-            let status = response.status();
-            let retry_after = retry_after_ms(response.headers());
-            let text = response.text().await.unwrap_or_default();
-            if status.is_success() {
-                return match serde_json::from_str::<SendAnswer>(&text) {
-                    Ok(a) => SendOutcome::Accepted {
-                        provider_message_id: a.name,
-                    },
-                    Err(e) => SendOutcome::Unknown {
-                        detail: format!("{status} without a message name ({e})"),
-                    },
-                };
+            let answer = Answer::read(response).await;
+            if answer.status.is_success() {
+                return answer.accepted("a message name", |a: SendAnswer| a.name);
             }
-            let parsed: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-            let detail = format!("{status}: {}", short(&text));
-            if status == reqwest::StatusCode::NOT_FOUND || unregistered(&parsed) {
+            let parsed: serde_json::Value = serde_json::from_str(&answer.text).unwrap_or_default();
+            let detail = answer.detail();
+            if answer.status == reqwest::StatusCode::NOT_FOUND || unregistered(&parsed) {
                 return SendOutcome::Rejected {
                     detail,
                     suppress: Some(SuppressionReason::Unregistered),
                 };
             }
-            if status == reqwest::StatusCode::UNAUTHORIZED {
+            if answer.status == reqwest::StatusCode::UNAUTHORIZED {
                 // The token was revoked or expired early: the next attempt gets a new one.
                 *cache.lock().await = None;
                 return SendOutcome::Retryable {
@@ -249,17 +240,7 @@ impl Provider for FcmProvider {
                     detail,
                 };
             }
-            if is_retryable(status) {
-                SendOutcome::Retryable {
-                    retry_after_ms: retry_after,
-                    detail,
-                }
-            } else {
-                SendOutcome::Rejected {
-                    detail,
-                    suppress: None,
-                }
-            }
+            answer.refused(detail, None)
         }
         .boxed()
     }

@@ -10,6 +10,7 @@ use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 
+use crate::domain::suppression::SuppressionReason;
 use crate::ports::{BoxFut, Provider, SendOutcome, SendRequest};
 
 pub struct HttpProvider {
@@ -107,35 +108,82 @@ pub fn short(text: &str) -> String {
     text.chars().take(DETAIL_CHARS).collect()
 }
 
+/// Most of a provider's answer body Herald reads (the rest is not waited for: a provider
+/// streaming a huge body cannot hold a send or its memory).
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// A provider's HTTP answer, read once: its status, `Retry-After`, and at most
+/// [`MAX_ANSWER_BYTES`] of its body.
+pub struct Answer {
+    pub status: StatusCode,
+    pub retry_after_ms: Option<u64>,
+    pub headers: HeaderMap,
+    pub text: String,
+}
+
+impl Answer {
+    pub async fn read(mut response: reqwest::Response) -> Answer {
+        let status = response.status();
+        let headers = std::mem::take(response.headers_mut());
+        let mut body = Vec::new();
+        while let Ok(Some(chunk)) = response.chunk().await {
+            let room = MAX_ANSWER_BYTES - body.len();
+            body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if body.len() >= MAX_ANSWER_BYTES {
+                break;
+            }
+        }
+        Answer {
+            status,
+            retry_after_ms: retry_after_ms(&headers),
+            headers,
+            text: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+
+    /// A `2xx` whose body names the send (`id` picks it from the parsed body). Without one the
+    /// provider took the request but Herald cannot tell which send it made: unknown outcome.
+    pub fn accepted<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &str,
+        id: impl FnOnce(T) -> String,
+    ) -> SendOutcome {
+        match serde_json::from_str::<T>(&self.text) {
+            Ok(parsed) => SendOutcome::Accepted {
+                provider_message_id: id(parsed),
+            },
+            Err(e) => SendOutcome::Unknown {
+                detail: format!("{} without {what} ({e})", self.status),
+            },
+        }
+    }
+
+    /// A non-`2xx`: retryable (`429`, `408`, `5xx`, honouring `Retry-After`) or rejected.
+    pub fn refused(&self, detail: String, suppress: Option<SuppressionReason>) -> SendOutcome {
+        if is_retryable(self.status) {
+            SendOutcome::Retryable {
+                retry_after_ms: self.retry_after_ms,
+                detail,
+            }
+        } else {
+            SendOutcome::Rejected { detail, suppress }
+        }
+    }
+
+    /// `<status>: <the start of the body>`.
+    pub fn detail(&self) -> String {
+        format!("{}: {}", self.status, short(&self.text))
+    }
+}
+
 async fn classify(response: reqwest::Response) -> SendOutcome {
-    let status = response.status();
-    let retry_after = retry_after_ms(response.headers());
-    let text = response.text().await.unwrap_or_default();
-    if status.is_success() {
-        return match serde_json::from_str::<Accepted>(&text) {
-            Ok(a) => SendOutcome::Accepted {
-                provider_message_id: a.provider_message_id,
-            },
-            // A 2xx without an id: the send may have happened; retrying with the same
-            // Idempotency-Key is what covers an unknown outcome (G4).
-            Err(e) => SendOutcome::Retryable {
-                retry_after_ms: None,
-                detail: format!("{status} without provider_message_id ({e})"),
-            },
-        };
+    let answer = Answer::read(response).await;
+    if answer.status.is_success() {
+        // Without an id the send may have happened: the same attempt is sent again under the
+        // same Idempotency-Key, which the provider answers with the first send's result (G4).
+        return answer.accepted("provider_message_id", |a: Accepted| a.provider_message_id);
     }
-    let detail = format!("{status}: {}", short(&text));
-    if is_retryable(status) {
-        SendOutcome::Retryable {
-            retry_after_ms: retry_after,
-            detail,
-        }
-    } else {
-        SendOutcome::Rejected {
-            detail,
-            suppress: None,
-        }
-    }
+    answer.refused(answer.detail(), None)
 }
 
 impl Provider for HttpProvider {

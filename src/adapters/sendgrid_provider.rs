@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::ports::{BoxFut, Provider, SendOutcome, SendRequest};
 
-use super::http_provider::{client, is_retryable, request_failed, retry_after_ms, short};
+use super::http_provider::{client, request_failed, Answer};
 
 /// Subject of an email whose campaign has none (SendGrid requires one).
 pub const NO_SUBJECT: &str = "(no subject)";
@@ -62,33 +62,20 @@ pub fn mail_body(request: &SendRequest, from: &str) -> serde_json::Value {
 }
 
 async fn classify(response: reqwest::Response, request: &SendRequest) -> SendOutcome {
-    let status = response.status();
-    let retry_after = retry_after_ms(response.headers());
-    let message_id = response
-        .headers()
-        .get("x-message-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let text = response.text().await.unwrap_or_default();
-    if status.is_success() {
+    let answer = Answer::read(response).await;
+    if answer.status.is_success() {
         // Without `X-Message-ID` (a stand-in server) the send is still accepted; its events
         // are matched by `herald_message_id`, and the idempotency key stands for the id.
+        let id = answer
+            .headers
+            .get("x-message-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         return SendOutcome::Accepted {
-            provider_message_id: message_id.unwrap_or_else(|| request.idempotency_key()),
+            provider_message_id: id.unwrap_or_else(|| request.idempotency_key()),
         };
     }
-    let detail = format!("{status}: {}", short(&text));
-    if is_retryable(status) {
-        SendOutcome::Retryable {
-            retry_after_ms: retry_after,
-            detail,
-        }
-    } else {
-        SendOutcome::Rejected {
-            detail,
-            suppress: None,
-        }
-    }
+    answer.refused(answer.detail(), None)
 }
 
 impl Provider for SendGridProvider {

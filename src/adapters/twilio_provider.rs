@@ -13,7 +13,7 @@ use crate::domain::suppression::SuppressionReason;
 use crate::domain::twilio::OPT_OUT_ERROR_CODE;
 use crate::ports::{BoxFut, Provider, SendOutcome, SendRequest};
 
-use super::http_provider::{client, is_retryable, request_failed, retry_after_ms, short};
+use super::http_provider::{client, request_failed, short, Answer};
 
 /// Who the message is from.
 #[derive(Debug, Clone)]
@@ -68,21 +68,11 @@ impl TwilioProvider {
 }
 
 async fn classify(response: reqwest::Response) -> SendOutcome {
-    let status = response.status();
-    let retry_after = retry_after_ms(response.headers());
-    let text = response.text().await.unwrap_or_default();
-    if status.is_success() {
-        return match serde_json::from_str::<Created>(&text) {
-            Ok(c) => SendOutcome::Accepted {
-                provider_message_id: c.sid,
-            },
-            // Twilio took it but we cannot tell which message it made.
-            Err(e) => SendOutcome::Unknown {
-                detail: format!("{status} without a message sid ({e})"),
-            },
-        };
+    let answer = Answer::read(response).await;
+    if answer.status.is_success() {
+        return answer.accepted("a message sid", |c: Created| c.sid);
     }
-    let error = serde_json::from_str::<TwilioError>(&text).ok();
+    let error = serde_json::from_str::<TwilioError>(&answer.text).ok();
     let code = error
         .as_ref()
         .and_then(|e| e.code.as_ref())
@@ -91,21 +81,16 @@ async fn classify(response: reqwest::Response) -> SendOutcome {
             other => other.to_string(),
         });
     let detail = match (&code, error.as_ref().and_then(|e| e.message.as_deref())) {
-        (Some(code), Some(message)) => format!("{status}: error {code}: {}", short(message)),
-        _ => format!("{status}: {}", short(&text)),
+        (Some(code), Some(message)) => {
+            format!("{}: error {code}: {}", answer.status, short(message))
+        }
+        _ => answer.detail(),
     };
-    if is_retryable(status) {
-        SendOutcome::Retryable {
-            retry_after_ms: retry_after,
-            detail,
-        }
-    } else {
-        SendOutcome::Rejected {
-            detail,
-            suppress: (code.as_deref() == Some(OPT_OUT_ERROR_CODE))
-                .then_some(SuppressionReason::ProviderOptOut),
-        }
-    }
+    let opted_out = code.as_deref() == Some(OPT_OUT_ERROR_CODE);
+    answer.refused(
+        detail,
+        opted_out.then_some(SuppressionReason::ProviderOptOut),
+    )
 }
 
 impl Provider for TwilioProvider {
