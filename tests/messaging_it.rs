@@ -910,3 +910,73 @@ fn retries_waiting_longer_than_their_lease_fire_once() {
         }
     });
 }
+
+/// SIGKILL while a rejected message is being sent to the fallback provider: the next attempt
+/// was scheduled before the hand-off, so after a restart it fires — at the fallback provider,
+/// with the same key, not at the first provider again — instead of the message staying
+/// `retrying` for ever.
+#[test]
+fn a_fallback_cut_off_by_sigkill_continues_at_the_next_provider() {
+    let names = Names::new("fallkill", 1);
+    let (port_a, port_b, http) = (free_port(), free_port(), free_port());
+    let _sim_a = spawn_sim(port_a, SECRET, &[], "a");
+    let _sim_b = spawn_sim(port_b, SECRET, &[], "b");
+    let config = write_config(
+        &names,
+        &providers_toml(port_a, port_b)
+            .replace("priority = 2\n", "priority = 2\ntimeout_ms = 10000\n"),
+    );
+    let user = "u-fallkill";
+    let phone = "+15555000001";
+    block_on(async {
+        sim_script(port_a, phone, json!([{"status": 400}])).await;
+        sim_script(port_b, phone, json!([{"status": 200, "latency_ms": 4000}])).await;
+    });
+    let mut records = user_events(user, Some(phone));
+    records.truncate(2);
+    produce_records(&names, &records);
+    let listen = format!("127.0.0.1:{http}");
+    let env = [
+        ("HERALD__HTTP__LISTEN", listen.as_str()),
+        ("IT_SIM_SECRET", SECRET),
+    ];
+    let mut first = spawn_herald_with_config(&names, &config, &env, "fallkill-1");
+    let id = format!("welcome:su-{user}");
+    block_on(async {
+        eventually(
+            "the fallback provider has the send",
+            Duration::from_secs(60),
+            || async { !sim_sends(port_b).await.is_empty() },
+        )
+        .await;
+    });
+    kill9(&mut first.0);
+    let _second = spawn_herald_with_config(&names, &config, &env, "fallkill-2");
+    block_on(async {
+        // `sent` at the fallback provider: its answer to the repeated key is the first
+        // send's (the simulator calls back only for a send it answered; the killed one's
+        // callback went with its connection). Without the scheduled hand-off it stays
+        // `retrying`.
+        eventually(
+            &format!("{id} is sent by sim-b"),
+            Duration::from_secs(90),
+            || async {
+                mongo_messages(&names).await.get(&id).is_some_and(|d| {
+                    matches!(status(d), "sent" | "delivered")
+                        && d.get_str("provider") == Ok("sim-b")
+                })
+            },
+        )
+        .await;
+        assert_eq!(
+            keys_for(&sim_sends(port_a).await, &id),
+            vec![format!("{id}:1")],
+            "the first provider, which rejected it, got it again"
+        );
+        assert_eq!(
+            keys_for(&sim_sends(port_b).await, &id),
+            vec![format!("{id}:2")],
+            "the fallback send under another key"
+        );
+    });
+}

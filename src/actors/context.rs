@@ -79,6 +79,8 @@ pub struct Shared {
     pub shards: OnceLock<Vec<Shard>>,
     /// Dispatchers per channel, in fallback order.
     pub dispatchers: Vec<(Channel, Vec<Addr<Dispatcher>>)>,
+    /// Their providers' names, in the same order.
+    pub provider_names: Vec<(Channel, Vec<String>)>,
 }
 
 impl Shared {
@@ -91,6 +93,14 @@ impl Shared {
 
     pub fn shards(&self) -> &[Shard] {
         self.shards.get().map_or(&[], Vec::as_slice)
+    }
+
+    /// Where in the channel's fallback order a provider stands.
+    pub fn provider_index(&self, channel: Channel, name: &str) -> Option<usize> {
+        self.provider_names
+            .iter()
+            .find(|(c, _)| *c == channel)
+            .and_then(|(_, names)| names.iter().position(|n| n == name))
     }
 
     pub fn dispatchers_for(&self, channel: Channel) -> &[Addr<Dispatcher>] {

@@ -12,7 +12,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::oneshot;
 
-use crate::domain::message::{MessageRecord, StatusChange, StatusEvent};
+use crate::domain::message::{MessageRecord, StatusChange, StatusEvent, FALLING_BACK};
 use crate::domain::retry::{RetryDecision, RetryPolicy};
 use crate::domain::suppression::Suppression;
 use crate::ports::{
@@ -483,19 +483,32 @@ impl Dispatcher {
                     };
                     self.spawn_write(write, |_| {}, ctx);
                 } else if let Some(next) = self.chain.get(job.provider_index + 1).cloned() {
-                    // Ordered fallback: record why, then try the next provider (a new attempt).
+                    // Ordered fallback: the next attempt is scheduled first (leased, so it
+                    // fires only if this hand-off is lost in a crash — and then at the next
+                    // provider, which `retrying … falling back` names), then why, then the
+                    // next provider gets the job with that lease (it extends it while held).
+                    let now = self.ports.clock.now_ms();
+                    let entry = RetryEntry {
+                        message_id: job.record.id.clone(),
+                        attempt: job.attempt + 1,
+                        resend: 0,
+                        due_ms: now + LEASE_MS,
+                    };
                     let change = StatusChange {
                         event: StatusEvent::Retrying,
-                        at: self.ports.clock.now_ms(),
+                        at: now,
                         provider: Some(name),
-                        detail: Some(format!("{detail}; falling back")),
+                        detail: Some(format!("{detail}{FALLING_BACK}")),
                         provider_message_id: None,
                         attempt: Some(job.attempt),
                         expect_provider_message_id: None,
                     };
                     let docs = self.ports.docs.clone();
+                    let retries = self.ports.retries.clone();
                     let id = job.record.id.clone();
+                    let lease = entry.clone();
                     let fut = async move {
+                        write_with_retry(|| retries.schedule(entry.clone())).await;
                         write_with_retry(|| docs.transition(id.clone(), change.clone())).await;
                     };
                     self.spawn_write(
@@ -506,7 +519,7 @@ impl Dispatcher {
                                 resend: 0,
                                 provider_index: job.provider_index + 1,
                                 record: job.record,
-                                lease: job.lease,
+                                lease: Some(lease),
                             });
                         },
                         ctx,

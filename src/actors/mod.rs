@@ -92,7 +92,12 @@ impl Pipeline {
         let mut providers = spec.providers;
         providers.sort_by_key(|p| p.priority);
         let mut by_channel: Vec<(Channel, Vec<Addr<Dispatcher>>)> = Vec::new();
+        let mut names: Vec<(Channel, Vec<String>)> = Vec::new();
         for (i, p) in providers.into_iter().enumerate() {
+            match names.iter_mut().find(|(c, _)| *c == p.channel) {
+                Some((_, v)) => v.push(p.provider.name().to_string()),
+                None => names.push((p.channel, vec![p.provider.name().to_string()])),
+            }
             let settings = DispatcherSettings {
                 rate_per_sec: p.rate_per_sec,
                 timeout: p.timeout,
@@ -130,6 +135,7 @@ impl Pipeline {
             campaigns: spec.campaigns,
             shards: Default::default(),
             dispatchers: by_channel,
+            provider_names: names,
         });
         let shard_count = spec.batch_shards.max(1);
         // A fresh fencing owner per process and shard: a restarted Herald never mistakes an

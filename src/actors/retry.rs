@@ -80,8 +80,14 @@ impl RetryActor {
                         let _ = ports.retries.complete(entry).await;
                         continue;
                     }
-                    let Some(first) = shared.dispatchers_for(record.channel).first().cloned()
-                    else {
+                    // A fallback whose hand-off was lost continues at the next provider.
+                    let chain = shared.dispatchers_for(record.channel);
+                    let index = record
+                        .falling_back_from()
+                        .and_then(|p| shared.provider_index(record.channel, p))
+                        .map_or(0, |i| i + 1)
+                        .min(chain.len().saturating_sub(1));
+                    let Some(first) = chain.get(index).cloned() else {
                         continue;
                     };
                     ports.metrics.retries_fired.inc();
@@ -90,7 +96,7 @@ impl RetryActor {
                             attempt: entry.attempt,
                             resend: entry.resend,
                             record,
-                            provider_index: 0,
+                            provider_index: index,
                             lease: Some(entry),
                         })
                         .await;

@@ -274,6 +274,20 @@ impl MessageRecord {
                 .any(|h| h.status == MessageStatus::Sent && named(h.detail.as_deref()))
     }
 
+    /// The provider that rejected the message's last attempt when the next one is to go to
+    /// the following provider of the channel (a fallback in progress).
+    pub fn falling_back_from(&self) -> Option<&str> {
+        let last = self.history.last()?;
+        (self.status == MessageStatus::Retrying
+            && last.status == MessageStatus::Retrying
+            && last
+                .detail
+                .as_deref()
+                .is_some_and(|d| d.ends_with(FALLING_BACK)))
+        .then_some(last.provider.as_deref())
+        .flatten()
+    }
+
     /// Whether a callback naming `provider_message_id` is about this message's current send.
     pub fn is_current_send(&self, provider_message_id: &str) -> bool {
         self.provider_message_id
@@ -281,6 +295,9 @@ impl MessageRecord {
             .is_some_and(|pid| names_send(provider_message_id, pid))
     }
 }
+
+/// How the detail of a `retrying` entry written for a fallback ends.
+pub const FALLING_BACK: &str = "; falling back";
 
 /// Whether the id a callback names is the id a send was given: the same, or that id with a
 /// `.`-separated suffix (SendGrid events name `<X-Message-ID>.<filter and queue>`).
