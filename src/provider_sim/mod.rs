@@ -272,15 +272,31 @@ fn answer(a: &Answer) -> HttpResponse {
     }
 }
 
+/// Whether a request carries `Authorization: Bearer <token>` (any request, with no token).
+fn bearer_ok(req: &HttpRequest, token: Option<&str>) -> bool {
+    let Some(token) = token else {
+        return true;
+    };
+    let auth = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok());
+    auth == Some(&format!("Bearer {token}"))
+}
+
+/// A refusal with `Retry-After: <secs>` when the scripted step has one.
+fn with_retry_after(mut response: HttpResponse, secs: Option<u64>) -> HttpResponse {
+    if let Some(v) = secs.and_then(|s| s.to_string().parse().ok()) {
+        response
+            .headers_mut()
+            .insert(actix_web::http::header::RETRY_AFTER, v);
+    }
+    response
+}
+
 async fn send(sim: web::Data<Sim>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
-    if let Some(token) = &sim.options.token {
-        let auth = req
-            .headers()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok());
-        if auth != Some(&format!("Bearer {token}")) {
-            return HttpResponse::Unauthorized().json(serde_json::json!({"error": "bad token"}));
-        }
+    if !bearer_ok(&req, sim.options.token.as_deref()) {
+        return HttpResponse::Unauthorized().json(serde_json::json!({"error": "bad token"}));
     }
     let Some(key) = req
         .headers()

@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 
 use crate::ports::{Clock, SystemClock};
 
-use super::{deliver, Received, Sim};
+use super::{bearer_ok, deliver, with_retry_after, Received, Sim};
 
 /// The simulator's signing key for a secret: SHA-256 of it, hashed again until it is a valid
 /// P-256 scalar (the first hash is, but for a 2^-128 chance).
@@ -56,17 +56,11 @@ fn error(status: u16, message: &str) -> HttpResponse {
 }
 
 pub(super) async fn send(sim: web::Data<Sim>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
-    if let Some(token) = &sim.options.token {
-        let auth = req
-            .headers()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok());
-        if auth != Some(&format!("Bearer {token}")) {
-            return error(
-                401,
-                "The provided authorization grant is invalid, expired, or revoked",
-            );
-        }
+    if !bearer_ok(&req, sim.options.token.as_deref()) {
+        return error(
+            401,
+            "The provided authorization grant is invalid, expired, or revoked",
+        );
     }
     let Ok(mail) = serde_json::from_slice::<Value>(&body) else {
         return error(400, "Bad Request");
@@ -125,15 +119,7 @@ pub(super) async fn send(sim: web::Data<Sim>, req: HttpRequest, body: web::Bytes
         tokio::time::sleep(std::time::Duration::from_millis(latency)).await;
     }
     let Some(x_message_id) = x_message_id else {
-        let mut response = error(step.status, "simulated error");
-        if let Some(secs) = step.retry_after {
-            if let Ok(v) = secs.to_string().parse() {
-                response
-                    .headers_mut()
-                    .insert(actix_web::http::header::RETRY_AFTER, v);
-            }
-        }
-        return response;
+        return with_retry_after(error(step.status, "simulated error"), step.retry_after);
     };
     if let (Some(event), Some(url)) = (event, sim.options.event_webhook_url.clone()) {
         let now = SystemClock.now_ms() / 1000;

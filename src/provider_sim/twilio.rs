@@ -16,7 +16,7 @@ use serde_json::json;
 use crate::domain::twilio;
 use crate::ports::{Clock, SystemClock};
 
-use super::{deliver, Received, Sim};
+use super::{deliver, with_retry_after, Received, Sim};
 
 fn error(status: u16, code: &str, message: &str) -> HttpResponse {
     let status = actix_web::http::StatusCode::from_u16(status)
@@ -109,15 +109,10 @@ pub(super) async fn send(
                 s if s >= 500 => "20500".into(),
                 _ => "21211".into(),
             });
-        let mut response = error(step.status, &code, "simulated error");
-        if let Some(secs) = step.retry_after {
-            if let Ok(v) = secs.to_string().parse() {
-                response
-                    .headers_mut()
-                    .insert(actix_web::http::header::RETRY_AFTER, v);
-            }
-        }
-        return response;
+        return with_retry_after(
+            error(step.status, &code, "simulated error"),
+            step.retry_after,
+        );
     };
     if let (Some(status), false) = (callback, callback_url.is_empty()) {
         let mut params = vec![
