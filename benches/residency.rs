@@ -87,12 +87,13 @@ impl herald::ports::DocumentStore for NoDocs {
     ) -> BoxFut<Result<Option<herald::domain::message::MessageRecord>, StoreError>> {
         self.0.get_message(id)
     }
-    fn queued_messages(
+    fn stalled_messages(
         &self,
+        idle_before: i64,
+        after: Option<String>,
         limit: usize,
-        before: i64,
     ) -> BoxFut<Result<Vec<herald::domain::message::MessageRecord>, StoreError>> {
-        self.0.queued_messages(limit, before)
+        self.0.stalled_messages(idle_before, after, limit)
     }
     fn find_by_provider_message_id(
         &self,

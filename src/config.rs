@@ -188,6 +188,8 @@ pub struct RetryConfig {
     pub max_delay_ms: u64,
     pub max_attempts: u32,
     pub sweep_ms: u64,
+    /// How often the reconciler looks for messages waiting on a send that nobody holds.
+    pub reconcile_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -592,6 +594,7 @@ impl Config {
             ("retry.max_delay_ms", self.retry.max_delay_ms),
             ("retry.max_attempts", self.retry.max_attempts as u64),
             ("retry.sweep_ms", self.retry.sweep_ms),
+            ("retry.reconcile_ms", self.retry.reconcile_ms),
             (
                 "limits.max_message_bytes",
                 self.limits.max_message_bytes as u64,

@@ -232,13 +232,14 @@ pub trait DocumentStore: Send + Sync + 'static {
         change: StatusChange,
     ) -> BoxFut<Result<(), StoreError>>;
     fn get_message(&self, id: String) -> BoxFut<Result<Option<MessageRecord>, StoreError>>;
-    /// Messages still `queued` that were created before `created_before_ms` (what an earlier
-    /// run left, to dispatch again; this run's own are dispatched by the flushes that created
-    /// them — listing those too would send them twice).
-    fn queued_messages(
+    /// Up to `limit` messages waiting on a send (`queued` or `retrying`) whose last change
+    /// was before `idle_before_ms`, with `_id` after `after_id`, in `_id` order (the
+    /// reconciler pages through them all).
+    fn stalled_messages(
         &self,
+        idle_before_ms: i64,
+        after_id: Option<String>,
         limit: usize,
-        created_before_ms: i64,
     ) -> BoxFut<Result<Vec<MessageRecord>, StoreError>>;
     /// The message whose current or an earlier send got `provider_message_id` from
     /// `provider` (callbacks that name only the provider's id).
@@ -403,7 +404,9 @@ impl RetryEntry {
 /// Claiming is a lease, not a removal: a claimed entry becomes due again `lease_ms` later
 /// unless [`RetrySchedule::complete`] is called once the attempt's outcome is durable, so a
 /// crash between claim and send loses nothing (the repeated send carries the same
-/// `Idempotency-Key`).
+/// `Idempotency-Key`). A lease belongs to the instance that claimed (or held) it: only that
+/// instance extends or completes it, so a lease that ran out and was claimed elsewhere is
+/// not settled or kept alive by its old holder.
 pub trait RetrySchedule: Send + Sync + 'static {
     /// Schedules (or reschedules) the message's next attempt; one entry per message.
     fn schedule(&self, entry: RetryEntry) -> BoxFut<Result<(), StoreError>>;
@@ -418,9 +421,19 @@ pub trait RetrySchedule: Send + Sync + 'static {
     /// The claimed attempt is settled: removes the entry unless it was rescheduled since
     /// (a newer attempt).
     fn complete(&self, entry: RetryEntry) -> BoxFut<Result<(), StoreError>>;
-    /// Keeps claimed entries leased until `until_ms` (a job still waiting for its provider):
-    /// each only if it is still the claimed attempt.
-    fn extend(&self, entries: Vec<RetryEntry>, until_ms: i64) -> BoxFut<Result<(), StoreError>>;
+    /// Creates each entry only if its message has none, leased to this instance (a send
+    /// about to start holds it; the reconciler adopts a stalled message with it). Answers,
+    /// for each, whether it was created: an entry that exists is someone else's to fire.
+    fn hold(&self, entries: Vec<RetryEntry>) -> BoxFut<Result<Vec<bool>, StoreError>>;
+    /// Keeps leased entries until `until_ms` (a job still waiting for its provider): each
+    /// only while it is still that attempt, leased to this instance. Answers the message ids
+    /// whose lease is no longer this instance's (it ran out and another instance claimed
+    /// it, or it was settled or superseded): their jobs are someone else's now.
+    fn extend(
+        &self,
+        entries: Vec<RetryEntry>,
+        until_ms: i64,
+    ) -> BoxFut<Result<Vec<String>, StoreError>>;
     fn cancel(&self, message_id: String) -> BoxFut<Result<(), StoreError>>;
     /// The message's scheduled retry, if any.
     fn entry(&self, message_id: String) -> BoxFut<Result<Option<RetryEntry>, StoreError>>;

@@ -39,6 +39,7 @@ pub struct Metrics {
     dispatch: Family<Labels, Counter>,
     pub retries_scheduled: Counter,
     pub retries_fired: Counter,
+    pub messages_reconciled: Counter,
     webhook_requests: Family<Labels, Counter>,
     suppressed: Family<Labels, Counter>,
     actor_restarts: Family<Labels, Counter>,
@@ -105,6 +106,7 @@ impl Metrics {
         let dispatch = Family::<Labels, Counter>::default();
         let retries_scheduled = Counter::default();
         let retries_fired = Counter::default();
+        let messages_reconciled = Counter::default();
         let webhook_requests = Family::<Labels, Counter>::default();
         let suppressed = Family::<Labels, Counter>::default();
         let actor_restarts = Family::<Labels, Counter>::default();
@@ -184,6 +186,12 @@ impl Metrics {
             retries_fired.clone(),
         );
         registry.register(
+            "herald_messages_reconciled",
+            "Messages found waiting on a send nobody held (a crash between storing and \
+             leasing it, a lost retry schedule) and adopted by the reconciler",
+            messages_reconciled.clone(),
+        );
+        registry.register(
             "herald_webhook_requests",
             "Provider callbacks received, by response code",
             webhook_requests.clone(),
@@ -225,6 +233,7 @@ impl Metrics {
             dispatch,
             retries_scheduled,
             retries_fired,
+            messages_reconciled,
             webhook_requests,
             suppressed,
             actor_restarts,

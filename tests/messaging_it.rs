@@ -514,16 +514,19 @@ fn a_thousand_retries_fire_once_across_a_sigkill_and_two_instances() {
             .await
             .unwrap();
         let mut snapshot = Vec::new();
+        // Every entry is attempt 2 (a first send holds an attempt-1 lease until its outcome
+        // is recorded; then the 503 schedules attempt 2).
+        let entry_key = format!("{}:retry:entry", names.base);
         eventually("1,000 retries scheduled", Duration::from_secs(120), || {
             let mut conn = conn.clone();
-            let key = due_key.clone();
+            let key = entry_key.clone();
             async move {
-                let n: usize = redis::cmd("ZCARD")
+                let attempts: Vec<String> = redis::cmd("HVALS")
                     .arg(&key)
                     .query_async(&mut conn)
                     .await
                     .unwrap();
-                n == N
+                attempts.len() == N && attempts.iter().all(|a| a == "2")
             }
         })
         .await;
@@ -979,4 +982,120 @@ fn a_fallback_cut_off_by_sigkill_continues_at_the_next_provider() {
             "the fallback send under another key"
         );
     });
+}
+
+/// A stored message waiting on a send that nothing holds — its instance died between storing
+/// it and leasing its send, or the retry schedule was lost — is adopted by the reconciler and
+/// sent once, even with two instances reconciling: at their start (what was stranded before)
+/// and periodically (what is stranded while they run). A `queued` message gets attempt 1, a
+/// `retrying` one its next attempt, one whose last send had an unknown outcome that attempt
+/// again (its key).
+#[test]
+fn messages_stranded_without_a_lease_are_adopted_and_sent_once() {
+    use mongodb::bson::{doc, DateTime};
+    let names = Names::new("stranded", 1);
+    let (port_a, port_b) = (free_port(), free_port());
+    let (http_1, http_2) = (free_port(), free_port());
+    let _sim_a = spawn_sim(port_a, SECRET, &[], "a");
+    let _sim_b = spawn_sim(port_b, SECRET, &[], "b");
+    let config = write_config(
+        &names,
+        &format!(
+            "[retry]\nreconcile_ms = 1000\n{}",
+            providers_toml(port_a, port_b)
+        ),
+    );
+    // (id suffix, status, attempts, last history detail) → the key it must be sent under.
+    let stranded = |batch: &str, i: usize| {
+        let kind = i % 3;
+        let id = format!("welcome:{batch}-{i:03}");
+        let long_ago = DateTime::from_millis(1_000);
+        let mut history = vec![doc! {"status": "queued", "at": long_ago}];
+        let (status, attempts, key) = match kind {
+            0 => ("queued", 0, format!("{id}:1")),
+            1 => {
+                history.push(
+                    doc! {"status": "retrying", "at": long_ago, "provider": "sim-a",
+                    "detail": "sim-a: 503 Service Unavailable"},
+                );
+                ("retrying", 1, format!("{id}:2"))
+            }
+            _ => {
+                history.push(doc! {"status": "retrying", "at": long_ago, "provider": "sim-a",
+                    "detail": "sim-a: no answer within 500 ms; outcome unknown, sent again with the same key"});
+                ("retrying", 1, format!("{id}:1"))
+            }
+        };
+        let document = doc! {
+            "_id": &id, "user_id": format!("{batch}-{i}"), "campaign": "welcome",
+            "channel": "sms", "to": format!("+1555{i:07}"), "body": "Hi, welcome aboard!",
+            "status": status, "attempts": attempts, "created_at": long_ago,
+            "updated_at": long_ago, "history": history,
+        };
+        (id, document, key)
+    };
+    const N: usize = 150;
+    let insert = |batch: &'static str| {
+        let names = &names;
+        block_on(async move {
+            let client = mongodb::Client::with_uri_str(&names.mongo).await.unwrap();
+            let coll = client
+                .database(&names.base)
+                .collection::<Document>("messages");
+            let docs: Vec<Document> = (0..N).map(|i| stranded(batch, i).1).collect();
+            coll.insert_many(docs).await.unwrap();
+        })
+    };
+    insert("before");
+    let spawn = |http: u16, instance: &str, tag: &str| {
+        let listen = format!("127.0.0.1:{http}");
+        spawn_herald_with_config(
+            &names,
+            &config,
+            &[
+                ("HERALD__HTTP__LISTEN", listen.as_str()),
+                ("HERALD__KAFKA__GROUP_INSTANCE_ID", instance),
+                ("IT_SIM_SECRET", SECRET),
+            ],
+            tag,
+        )
+    };
+    let _first = spawn(http_1, "one", "one");
+    let _second = spawn(http_2, "two", "two");
+    wait_port(http_1, Duration::from_secs(60));
+    wait_port(http_2, Duration::from_secs(60));
+    insert("while");
+    let expected: BTreeMap<String, String> = ["before", "while"]
+        .iter()
+        .flat_map(|batch| (0..N).map(|i| stranded(batch, i)))
+        .map(|(id, _, key)| (id, key))
+        .collect();
+    block_on(async {
+        eventually(
+            "every stranded message delivered",
+            Duration::from_secs(120),
+            || async {
+                let docs = mongo_messages(&names).await;
+                docs.len() == 2 * N && docs.values().all(|d| status(d) == "delivered")
+            },
+        )
+        .await;
+        let sends = sim_sends(port_a).await;
+        for (id, key) in &expected {
+            assert_eq!(keys_for(&sends, id), vec![key.clone()], "{id}");
+        }
+        assert_eq!(
+            sim_stats(port_a).await["repeated_keys"],
+            0,
+            "a send repeated"
+        );
+        assert!(sim_sends(port_b).await.is_empty(), "no fallback was needed");
+    });
+    let adopted = sum(&scrape(http_1), "herald_messages_reconciled_total", &[])
+        + sum(&scrape(http_2), "herald_messages_reconciled_total", &[]);
+    assert_eq!(
+        adopted as usize,
+        2 * N,
+        "each adopted by exactly one instance"
+    );
 }

@@ -149,12 +149,13 @@ impl DocumentStore for FaultyDocs {
     fn get_message(&self, id: String) -> BoxFut<Result<Option<MessageRecord>, StoreError>> {
         self.inner.get_message(id)
     }
-    fn queued_messages(
+    fn stalled_messages(
         &self,
+        idle_before: i64,
+        after: Option<String>,
         limit: usize,
-        before: i64,
     ) -> BoxFut<Result<Vec<MessageRecord>, StoreError>> {
-        self.inner.queued_messages(limit, before)
+        self.inner.stalled_messages(idle_before, after, limit)
     }
     fn find_by_provider_message_id(
         &self,
@@ -256,12 +257,13 @@ impl DocumentStore for RefusingDocs {
     fn get_message(&self, id: String) -> BoxFut<Result<Option<MessageRecord>, StoreError>> {
         self.inner.get_message(id)
     }
-    fn queued_messages(
+    fn stalled_messages(
         &self,
+        idle_before: i64,
+        after: Option<String>,
         limit: usize,
-        before: i64,
     ) -> BoxFut<Result<Vec<MessageRecord>, StoreError>> {
-        self.inner.queued_messages(limit, before)
+        self.inner.stalled_messages(idle_before, after, limit)
     }
     fn find_by_provider_message_id(
         &self,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use common::*;
 use herald::adapters::mongo_docs::MongoDocumentStore;
+use herald::adapters::redis_retry::RedisRetrySchedule;
 use herald::adapters::redis_state::RedisStateStore;
 use herald::domain::campaign::{Channel, TriggeredMessage};
 use herald::domain::event::decode;
@@ -13,7 +14,8 @@ use herald::domain::keys::message_fingerprint;
 use herald::domain::message::{MessageRecord, MessageStatus, StatusChange, StatusEvent};
 use herald::domain::user::{DedupLimits, Position, UserState};
 use herald::ports::{
-    DocumentStore, LoadedState, SeenPolicy, StateStore, TransitionResult, UserSnapshot,
+    DocumentStore, LoadedState, RetryEntry, RetrySchedule, SeenPolicy, StateStore,
+    TransitionResult, UserSnapshot,
 };
 
 fn snapshot(user: &str, s: &mut UserState) -> Arc<UserSnapshot> {
@@ -371,10 +373,146 @@ fn mongo_messages_follow_the_status_machine() {
             .unwrap();
         assert_eq!(early.status, MessageStatus::Delivered);
         assert!(store
-            .queued_messages(10, 4_102_444_800_000)
+            .stalled_messages(4_102_444_800_000, None, 10)
             .await
             .unwrap()
             .is_empty());
+    });
+}
+
+/// The reconciler's query: messages waiting on a send (`queued`, `retrying`) unchanged since
+/// a time, paged in `_id` order; `sent` and terminal ones are not listed.
+#[test]
+fn mongo_lists_stalled_messages_in_pages() {
+    let names = Names::new("stalled", 1);
+    block_on(async {
+        let store = MongoDocumentStore::connect(MONGO, &names.base)
+            .await
+            .unwrap();
+        store.ensure_indexes().await.unwrap();
+        let record = |i: usize, at: i64| {
+            let m = TriggeredMessage {
+                id: format!("welcome:m{i:02}"),
+                user_id: format!("u-{i}"),
+                campaign: "welcome".into(),
+                channel: Channel::Sms,
+                to: Some("+1555".into()),
+                body: "Hi".into(),
+                subject: None,
+                skipped: None,
+                trigger_at: at,
+            };
+            MessageRecord::from_triggered(&m, at)
+        };
+        // 0..10 stored at t = 1,000; 10..12 at t = 9,000 (too recent).
+        let mut records: Vec<_> = (0..10).map(|i| record(i, 1_000)).collect();
+        records.extend((10..12).map(|i| record(i, 9_000)));
+        store.insert_messages(records, 1).await.unwrap();
+        let change = |event, attempt| StatusChange {
+            event,
+            at: 2_000,
+            provider: Some("sim".into()),
+            detail: None,
+            provider_message_id: Some(format!("p-{attempt}")),
+            attempt: Some(attempt),
+            expect_provider_message_id: None,
+        };
+        for (i, event) in [
+            (1, StatusEvent::Sent),
+            (2, StatusEvent::Retrying),
+            (3, StatusEvent::Failed),
+        ] {
+            store
+                .transition(format!("welcome:m{i:02}"), change(event, 1))
+                .await
+                .unwrap();
+        }
+        let ids =
+            |page: Vec<MessageRecord>| -> Vec<String> { page.into_iter().map(|r| r.id).collect() };
+        let first = ids(store.stalled_messages(5_000, None, 4).await.unwrap());
+        assert_eq!(
+            first,
+            ["welcome:m00", "welcome:m02", "welcome:m04", "welcome:m05"]
+        );
+        let second = ids(store
+            .stalled_messages(5_000, first.last().cloned(), 4)
+            .await
+            .unwrap());
+        assert_eq!(
+            second,
+            ["welcome:m06", "welcome:m07", "welcome:m08", "welcome:m09"]
+        );
+        assert!(store
+            .stalled_messages(5_000, second.last().cloned(), 4)
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            ids(store.stalled_messages(1_500, None, 100).await.unwrap()).len(),
+            7,
+            "m02 changed at 2,000: not idle since 1,500"
+        );
+    });
+}
+
+/// Leases belong to the instance that holds them: `hold` creates only absent entries, a
+/// lease claimed by another instance is reported lost to its old holder's `extend`, and only
+/// its holder completes it.
+#[test]
+fn redis_retry_leases_belong_to_their_holder() {
+    let names = Names::new("leases", 1);
+    block_on(async {
+        let prefix = format!("{}:", names.base);
+        let a = RedisRetrySchedule::connect(REDIS, &prefix, 1)
+            .await
+            .unwrap();
+        let b = RedisRetrySchedule::connect(REDIS, &prefix, 1)
+            .await
+            .unwrap();
+        let entry = |id: &str, attempt: u32, due_ms: i64| RetryEntry {
+            message_id: id.into(),
+            attempt,
+            resend: 0,
+            due_ms,
+        };
+        let far = 4_102_444_800_000;
+        assert_eq!(
+            a.hold(vec![entry("m1", 1, far), entry("m2", 1, 0)])
+                .await
+                .unwrap(),
+            [true, true]
+        );
+        assert_eq!(
+            b.hold(vec![entry("m1", 1, 0)]).await.unwrap(),
+            [false],
+            "m1 is held by a"
+        );
+        // m2's lease ran out (due 0): b claims it, and it is b's.
+        let claimed = b.claim_due(1_000, 15_000, 10).await.unwrap();
+        assert_eq!(claimed, [entry("m2", 1, 0)]);
+        let lost = a
+            .extend(vec![entry("m1", 1, far), entry("m2", 1, 0)], far + 1)
+            .await
+            .unwrap();
+        assert_eq!(lost, ["m2".to_string()]);
+        assert_eq!(a.entry("m1".into()).await.unwrap().unwrap().due_ms, far + 1);
+        assert_eq!(
+            a.entry("m2".into()).await.unwrap().unwrap().due_ms,
+            16_000,
+            "a did not extend b's lease"
+        );
+        a.complete(entry("m2", 1, 0)).await.unwrap();
+        assert!(
+            b.entry("m2".into()).await.unwrap().is_some(),
+            "a cannot settle b's lease"
+        );
+        b.complete(entry("m2", 1, 0)).await.unwrap();
+        assert!(b.entry("m2".into()).await.unwrap().is_none());
+        // A new attempt scheduled elsewhere supersedes a's: a loses it too.
+        b.schedule(entry("m1", 2, far)).await.unwrap();
+        let lost = a.extend(vec![entry("m1", 1, far)], far).await.unwrap();
+        assert_eq!(lost, ["m1".to_string()]);
+        a.cancel("m1".into()).await.unwrap();
     });
 }
 

@@ -19,10 +19,10 @@ use tracing::Instrument;
 
 use crate::domain::message::{MessageRecord, MessageStatus};
 use crate::domain::suppression::{suppression_id, SuppressionReason};
-use crate::ports::{DeadLetter, StoreError, UsersWritten};
+use crate::ports::{DeadLetter, RetryEntry, StoreError, UsersWritten};
 
 use super::context::Shared;
-use super::dispatcher::Dispatch;
+use super::dispatcher::{Dispatch, LEASE_MS};
 use super::messages::{WriteBatch, WriteOutcome};
 use super::supervision::contain_async;
 
@@ -241,19 +241,49 @@ async fn write(shared: Arc<Shared>, shard: usize, owner: u64, batch: WriteBatch)
         "flushed"
     );
 
-    // Dispatch what the standing users triggered. Waiting until the dispatchers accepted it
-    // makes a slow provider slow the flushes, which pauses the source (G7).
-    let sends: Vec<_> = records
+    // Dispatch what the standing users triggered, each send holding a lease in the retry
+    // schedule first: if this instance dies before the outcome is recorded, the lease runs
+    // out and the send fires again (same attempt, same key) wherever the sweep claims it. A
+    // message that already has an entry is someone else's to send (the reconciler adopted
+    // it). Waiting until the dispatchers accepted the jobs makes a slow provider slow the
+    // flushes, which pauses the source (G7).
+    let due: Vec<MessageRecord> = records
         .into_iter()
         .filter(|r| !r.status.is_terminal() && created.contains(&r.id))
-        .filter_map(|r| {
+        .filter(|r| !shared.dispatchers_for(r.channel).is_empty())
+        .collect();
+    if due.is_empty() {
+        return outcome;
+    }
+    let lease_until = ports.clock.now_ms() + LEASE_MS;
+    let leases: Vec<RetryEntry> = due
+        .iter()
+        .map(|r| RetryEntry {
+            message_id: r.id.clone(),
+            attempt: r.attempts + 1,
+            resend: 0,
+            due_ms: lease_until,
+        })
+        .collect();
+    // An answer lost after the leases were written reads as "not created": those sends
+    // then fire from the schedule when their leases run out — later, never lost.
+    let held = retry(&shared, shard, "send leases", || {
+        ports.retries.hold(leases.clone())
+    })
+    .await;
+    let sends: Vec<_> = due
+        .into_iter()
+        .zip(leases)
+        .zip(held)
+        .filter(|(_, held)| *held)
+        .filter_map(|((r, lease), _)| {
             let first = shared.dispatchers_for(r.channel).first()?.clone();
             Some(first.send(Dispatch {
                 resend: 0,
-                attempt: r.attempts + 1,
+                attempt: lease.attempt,
                 record: r,
                 provider_index: 0,
-                lease: None,
+                lease: Some(lease),
             }))
         })
         .collect();

@@ -33,6 +33,7 @@ pub struct Settings {
     pub commit_interval: Duration,
     pub retry: RetryPolicy,
     pub retry_sweep: Duration,
+    pub reconcile_every: Duration,
     pub callback_base_url: String,
     pub shutdown_timeout: Duration,
 }
@@ -52,6 +53,7 @@ impl Settings {
             commit_interval: Duration::from_millis(c.pipeline.commit_interval_ms),
             retry: c.retry_policy(),
             retry_sweep: Duration::from_millis(c.retry.sweep_ms),
+            reconcile_every: Duration::from_millis(c.retry.reconcile_ms),
             callback_base_url: format!("{}/webhooks", c.http.public_url()),
             shutdown_timeout: Duration::from_millis(c.shutdown.timeout_ms),
         }

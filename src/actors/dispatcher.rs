@@ -12,7 +12,9 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::oneshot;
 
-use crate::domain::message::{MessageRecord, StatusChange, StatusEvent, FALLING_BACK};
+use crate::domain::message::{
+    MessageRecord, StatusChange, StatusEvent, FALLING_BACK, SENDING_AGAIN,
+};
 use crate::domain::retry::{RetryDecision, RetryPolicy};
 use crate::domain::suppression::Suppression;
 use crate::ports::{
@@ -242,7 +244,10 @@ impl Dispatcher {
         self.chain.get(index + 1).cloned()
     }
 
-    /// Extends the leases of every job held here (queued or being sent) by [`LEASE_MS`].
+    /// Extends the leases of every job held here (queued or being sent) by [`LEASE_MS`]. A
+    /// queued job whose lease is no longer this instance's (it ran out in a stall and another
+    /// instance claimed it, or the attempt was settled or superseded) is dropped: its send is
+    /// someone else's now.
     fn extend_leases(&mut self, ctx: &mut Context<Self>) {
         let leases: Vec<RetryEntry> = self
             .queue
@@ -255,13 +260,43 @@ impl Dispatcher {
         }
         let until = self.ports.clock.now_ms() + LEASE_MS;
         let retries = self.ports.retries.clone();
+        let asked = leases.clone();
         ctx.spawn(
             async move {
-                if let Err(e) = retries.extend(leases, until).await {
-                    tracing::warn!(error = %e, "could not extend retry leases; they may fire again");
+                match retries.extend(leases, until).await {
+                    Ok(lost) => lost,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not extend retry leases; they may fire again");
+                        Vec::new()
+                    }
                 }
             }
-            .into_actor(self),
+            .into_actor(self)
+            .map(move |lost, act, _| {
+                if lost.is_empty() {
+                    return;
+                }
+                let lost: std::collections::HashSet<String> = lost.into_iter().collect();
+                let is_lost = |lease: &Option<RetryEntry>| {
+                    lease
+                        .as_ref()
+                        .is_some_and(|l| lost.contains(&l.message_id) && asked.contains(l))
+                };
+                let before = act.queue.len();
+                act.queue.retain(|job| !is_lost(&job.lease));
+                act.sending_leases
+                    .retain(|_, l| !(lost.contains(&l.message_id) && asked.contains(l)));
+                let dropped = before - act.queue.len();
+                if dropped > 0 {
+                    tracing::info!(
+                        provider = act.provider.name(),
+                        dropped,
+                        "queued sends whose lease passed to another holder are left to it"
+                    );
+                    act.release_waiters();
+                    act.settle_drains();
+                }
+            }),
         );
     }
 
@@ -353,10 +388,7 @@ impl Dispatcher {
                         job.attempt,
                         job.resend + 1,
                         name.clone(),
-                        format!(
-                            "{name}: {detail}; outcome unknown, attempt {} is sent again",
-                            job.attempt
-                        ),
+                        format!("{name}: {detail}{SENDING_AGAIN}"),
                     );
                     let retries = self.ports.retries.clone();
                     let lease = job.lease;
@@ -682,13 +714,14 @@ impl Handler<DrainSends> for Dispatcher {
 
     fn handle(&mut self, _: DrainSends, ctx: &mut Context<Self>) -> ResponseFuture<bool> {
         if self.breaker.is_open(Instant::now()) && self.fallback_of(self.index).is_none() {
-            // Nobody to send to before the circuit closes: what is queued stays `queued` (or
-            // leased in the retry schedule) for the next start, rather than hold the exit.
+            // Nobody to send to before the circuit closes: what is queued is leased in the
+            // retry schedule and fires when its lease runs out (here after a restart, or at
+            // another instance), rather than hold the exit.
             if !self.queue.is_empty() {
                 tracing::warn!(
                     provider = self.provider.name(),
                     left = self.queue.len(),
-                    "circuit open at shutdown; queued sends are left for the next start"
+                    "circuit open at shutdown; queued sends fire again when their leases run out"
                 );
                 self.queue.clear();
                 self.release_waiters();

@@ -10,6 +10,7 @@ pub mod context;
 pub mod dispatcher;
 pub mod messages;
 pub mod partition;
+pub mod reconciler;
 pub mod retry;
 pub mod root;
 pub mod source_supervisor;

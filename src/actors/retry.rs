@@ -1,6 +1,7 @@
 //! The retry actor: sweeps the durable due-time index every `retry.sweep_ms` (and whenever it
 //! is woken early), claims what is due — atomically, so several instances fire each retry
-//! once — and dispatches it again. On start it re-dispatches messages left `queued`.
+//! once — and dispatches it again. It also runs the reconciler (at start, then every
+//! `retry.reconcile_ms`), which adopts messages waiting on a send that nobody holds.
 
 use std::sync::Arc;
 
@@ -9,6 +10,7 @@ use actix::prelude::*;
 use crate::domain::message::MessageStatus;
 
 use super::context::Shared;
+use super::reconciler::reconcile;
 // A claimed retry fires again after LEASE_MS unless its outcome was recorded (a crash between
 // claim and send loses nothing) or the dispatcher holding it extended it.
 use super::dispatcher::{Dispatch, LEASE_MS};
@@ -20,9 +22,14 @@ const CLAIM_BATCH: usize = 256;
 #[rtype(result = "()")]
 pub struct Wake;
 
+/// A message is stranded when nothing holds it for this long after its last change (a send
+/// being stored and leased takes milliseconds; a held lease is extended every few seconds).
+const RECONCILE_IDLE_MS: i64 = 2 * LEASE_MS;
+
 pub struct RetryActor {
     shared: Arc<Shared>,
     sweeping: bool,
+    reconciling: bool,
 }
 
 impl RetryActor {
@@ -30,6 +37,7 @@ impl RetryActor {
         RetryActor {
             shared,
             sweeping: false,
+            reconciling: false,
         }
     }
 
@@ -88,6 +96,10 @@ impl RetryActor {
                         .map_or(0, |i| i + 1)
                         .min(chain.len().saturating_sub(1));
                     let Some(first) = chain.get(index).cloned() else {
+                        // No provider for the channel (configuration changed): nothing can
+                        // send it; the reconciler adopts it again once one is configured.
+                        tracing::warn!(id = record.id, channel = ?record.channel, "no provider for the message's channel; its send waits");
+                        let _ = ports.retries.complete(entry).await;
                         continue;
                     };
                     ports.metrics.retries_fired.inc();
@@ -109,49 +121,37 @@ impl RetryActor {
         ctx.spawn(fut.into_actor(self).map(|(), act, _| act.sweeping = false));
     }
 
-    /// Messages still `queued` after a restart were never handed to a provider (or the
-    /// outcome was lost): dispatch them again with the same attempt number, so the
-    /// `Idempotency-Key` covers a send whose outcome is unknown.
-    fn recover_queued(&mut self, ctx: &mut Context<Self>) {
+    /// Adopts stranded messages (see [`reconcile`]), then sweeps for them at once. The
+    /// first pass at start takes everything changed before this start (what an instance
+    /// that died left); later passes what stayed unchanged for [`RECONCILE_IDLE_MS`].
+    fn reconcile(&mut self, ctx: &mut Context<Self>, idle_before_ms: i64) {
+        if self.reconciling {
+            return;
+        }
+        self.reconciling = true;
         let shared = self.shared.clone();
-        // Only what earlier runs left: this run's flushes dispatch what they create (a
-        // message of this run can be `queued` here for a moment before its first send).
-        let started_ms = shared.ports.clock.now_ms();
         let fut = async move {
-            let queued = match shared.ports.docs.queued_messages(100_000, started_ms).await {
-                Ok(q) => q,
+            match reconcile(&shared, idle_before_ms).await {
+                Ok(0) => false,
+                Ok(n) => {
+                    tracing::info!(
+                        count = n,
+                        "messages waiting on a send nobody held were adopted; the sweep sends them"
+                    );
+                    true
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "could not list queued messages at start");
-                    return;
-                }
-            };
-            if !queued.is_empty() {
-                tracing::info!(count = queued.len(), "re-dispatching queued messages");
-            }
-            for record in queued {
-                // A scheduled retry means the last attempt's outcome was recorded there
-                // before the crash (the status write was still pending): the schedule fires it.
-                match shared.ports.retries.entry(record.id.clone()).await {
-                    Ok(Some(_)) => continue,
-                    Ok(None) => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, id = record.id, "retry schedule unreadable; re-dispatching (same Idempotency-Key)");
-                    }
-                }
-                if let Some(first) = shared.dispatchers_for(record.channel).first().cloned() {
-                    let _ = first
-                        .send(Dispatch {
-                            attempt: record.attempts + 1,
-                            resend: 0,
-                            record,
-                            provider_index: 0,
-                            lease: None,
-                        })
-                        .await;
+                    tracing::warn!(error = %e, "reconciling stranded messages failed; the next pass retries");
+                    false
                 }
             }
         };
-        ctx.spawn(fut.into_actor(self));
+        ctx.spawn(fut.into_actor(self).map(|adopted, act, ctx| {
+            act.reconciling = false;
+            if adopted {
+                act.sweep(ctx);
+            }
+        }));
     }
 }
 
@@ -159,9 +159,14 @@ impl Actor for RetryActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        self.recover_queued(ctx);
+        let started_ms = self.shared.ports.clock.now_ms();
+        self.reconcile(ctx, started_ms);
         let every = self.shared.settings.retry_sweep;
         ctx.run_interval(every, |act, ctx| act.sweep(ctx));
+        ctx.run_interval(self.shared.settings.reconcile_every, |act, ctx| {
+            let idle_before = act.shared.ports.clock.now_ms() - RECONCILE_IDLE_MS;
+            act.reconcile(ctx, idle_before);
+        });
     }
 }
 

@@ -180,19 +180,25 @@ impl DocumentStore for MemoryDocumentStore {
         async move { Ok(m) }.boxed()
     }
 
-    fn queued_messages(
+    fn stalled_messages(
         &self,
+        idle_before_ms: i64,
+        after_id: Option<String>,
         limit: usize,
-        created_before_ms: i64,
     ) -> BoxFut<Result<Vec<MessageRecord>, StoreError>> {
-        let v: Vec<MessageRecord> = self
+        let mut v: Vec<MessageRecord> = self
             .messages
             .lock()
             .values()
-            .filter(|m| m.status == MessageStatus::Queued && m.created_at < created_before_ms)
-            .take(limit)
+            .filter(|m| {
+                matches!(m.status, MessageStatus::Queued | MessageStatus::Retrying)
+                    && m.updated_at < idle_before_ms
+                    && after_id.as_ref().is_none_or(|a| m.id > *a)
+            })
             .cloned()
             .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v.truncate(limit);
         async move { Ok(v) }.boxed()
     }
 

@@ -76,27 +76,51 @@ impl RetrySchedule for MemoryRetrySchedule {
         async { Ok(()) }.boxed()
     }
 
-    fn extend(&self, entries: Vec<RetryEntry>, until_ms: i64) -> BoxFut<Result<(), StoreError>> {
+    fn hold(&self, entries: Vec<RetryEntry>) -> BoxFut<Result<Vec<bool>, StoreError>> {
         let mut inner = self.inner.lock();
+        let created = entries
+            .into_iter()
+            .map(|entry| {
+                if inner.entries.contains_key(&entry.message_id) {
+                    return false;
+                }
+                inner
+                    .by_due
+                    .insert((entry.due_ms, entry.message_id.clone()));
+                inner.entries.insert(entry.message_id.clone(), entry);
+                true
+            })
+            .collect();
+        async move { Ok(created) }.boxed()
+    }
+
+    fn extend(
+        &self,
+        entries: Vec<RetryEntry>,
+        until_ms: i64,
+    ) -> BoxFut<Result<Vec<String>, StoreError>> {
+        // One process: every lease is its own, so only a settled or superseded one is lost.
+        let mut inner = self.inner.lock();
+        let mut lost = Vec::new();
         for entry in entries {
             let current = inner.entries.get(&entry.message_id).cloned();
             let Some(current) =
                 current.filter(|c| c.attempt == entry.attempt && c.resend == entry.resend)
             else {
+                lost.push(entry.message_id);
                 continue;
             };
-            // The lease is the due slot the claim moved it to; move it further.
-            let leased = inner
-                .by_due
-                .iter()
-                .find(|(_, id)| *id == current.message_id)
-                .cloned();
-            if let Some(slot) = leased {
-                inner.by_due.remove(&slot);
-                inner.by_due.insert((until_ms.max(slot.0), slot.1));
+            // The lease is the entry's due slot; move it further.
+            let slot = (current.due_ms, current.message_id.clone());
+            if inner.by_due.remove(&slot) {
+                let until = until_ms.max(slot.0);
+                inner.by_due.insert((until, slot.1));
+                if let Some(e) = inner.entries.get_mut(&current.message_id) {
+                    e.due_ms = until;
+                }
             }
         }
-        async { Ok(()) }.boxed()
+        async move { Ok(lost) }.boxed()
     }
 
     fn entry(&self, message_id: String) -> BoxFut<Result<Option<RetryEntry>, StoreError>> {
@@ -120,5 +144,50 @@ impl RetrySchedule for MemoryRetrySchedule {
     fn pending(&self) -> BoxFut<Result<usize, StoreError>> {
         let n = self.inner.lock().entries.len();
         async move { Ok(n) }.boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str, attempt: u32, due_ms: i64) -> RetryEntry {
+        RetryEntry {
+            message_id: id.into(),
+            attempt,
+            resend: 0,
+            due_ms,
+        }
+    }
+
+    #[test]
+    fn hold_creates_only_absent_entries_and_extend_reports_lost_leases() {
+        let s = MemoryRetrySchedule::new();
+        let held =
+            futures::executor::block_on(s.hold(vec![entry("a", 1, 100), entry("b", 1, 100)]))
+                .unwrap();
+        assert_eq!(held, vec![true, true]);
+        let again =
+            futures::executor::block_on(s.hold(vec![entry("a", 1, 5), entry("c", 1, 5)])).unwrap();
+        assert_eq!(
+            again,
+            vec![false, true],
+            "an existing entry is someone's already"
+        );
+        assert_eq!(futures::executor::block_on(s.next_due()).unwrap(), Some(5));
+        // `b` moves on to attempt 2 (a callback's retry): its attempt-1 lease is lost.
+        futures::executor::block_on(s.schedule(entry("b", 2, 50))).unwrap();
+        let lost = futures::executor::block_on(
+            s.extend(vec![entry("a", 1, 100), entry("b", 1, 100)], 1_000),
+        )
+        .unwrap();
+        assert_eq!(lost, vec!["b".to_string()]);
+        let a = futures::executor::block_on(s.entry("a".into()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.due_ms, 1_000, "the held lease was extended");
+        let due = futures::executor::block_on(s.claim_due(60, 10, 10)).unwrap();
+        let ids: Vec<_> = due.iter().map(|e| e.message_id.as_str()).collect();
+        assert_eq!(ids, vec!["c", "b"]);
     }
 }

@@ -575,16 +575,25 @@ impl DocumentStore for MongoDocumentStore {
         .boxed()
     }
 
-    fn queued_messages(
+    fn stalled_messages(
         &self,
+        idle_before_ms: i64,
+        after_id: Option<String>,
         limit: usize,
-        created_before_ms: i64,
     ) -> BoxFut<Result<Vec<MessageRecord>, StoreError>> {
         let db = self.db.clone();
         async move {
+            let mut filter = doc! {
+                "status": {"$in": ["queued", "retrying"]},
+                "updated_at": {"$lt": date(idle_before_ms)},
+            };
+            if let Some(after) = after_id {
+                filter.insert("_id", doc! {"$gt": after});
+            }
             let docs: Vec<Document> = db
                 .collection::<Document>("messages")
-                .find(doc! {"status": "queued", "created_at": {"$lt": date(created_before_ms)}})
+                .find(filter)
+                .sort(doc! {"_id": 1})
                 .limit(limit as i64)
                 .await
                 .map_err(transient)?

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 
 use futures::TryStreamExt;
-use mongodb::bson::{doc, Document};
+use mongodb::bson::{doc, Bson, Document};
 use mongodb::Database;
 use rand::Rng;
 use tokio::sync::{mpsc, oneshot};
@@ -138,7 +138,7 @@ async fn apply_group(
             replacement.insert("_id", &s.record.id);
             replacement.insert("w", token);
             doc! {
-                "q": {"_id": &s.record.id, "version": s.version},
+                "q": {"_id": &s.record.id, "version": version_filter(s.version)},
                 "u": replacement,
                 "upsert": false,
             }
@@ -174,6 +174,16 @@ async fn apply_group(
     Ok(results)
 }
 
+/// Matches a message document still at `version` (read as 0 when it has none: a document
+/// written without one, e.g. by hand or an older Herald, must not be stuck for ever).
+fn version_filter(version: i64) -> Bson {
+    if version == 0 {
+        Bson::Document(doc! {"$in": [Bson::Null, 0_i64]})
+    } else {
+        Bson::Int64(version)
+    }
+}
+
 /// Read, check with the status machine, replace if the version is unchanged; again on a race.
 pub async fn transition_alone(
     db: &Database,
@@ -194,7 +204,7 @@ pub async fn transition_alone(
         }
         let replaced = coll
             .replace_one(
-                doc! {"_id": id, "version": version},
+                doc! {"_id": id, "version": version_filter(version)},
                 (codec.render)(&record, version + 1),
             )
             .await

@@ -2,6 +2,8 @@
 //!
 //! - `<prefix>retry:due`: a sorted set, message id → due time (ms). The truth.
 //! - `<prefix>retry:entry`: a hash, message id → attempt number.
+//! - `<prefix>retry:owner`: a hash, message id → the token of the instance holding its lease
+//!   (random per process): only the holder extends or completes a lease.
 //! - `<prefix>retry:wake` in the dedicated `redis.retry_db`: one timer key whose expiry wakes
 //!   the retry actors of every instance early. One key, not one per message: expiry events
 //!   get later the more TTL keys share a database (measured: a median of ~0.1 s alone, ~24 s
@@ -23,7 +25,10 @@ use crate::ports::{BoxFut, RetryEntry, RetrySchedule, StoreError};
 
 use super::redis_state::transient;
 
-/// Leases due entries: re-scores each to `now + lease` and returns id, attempt, due.
+// KEYS of every script: due (sorted set), entry (hash), owner (hash).
+
+/// Leases due entries to ARGV[4]: re-scores each to `now + lease` and returns id, attempt,
+/// due.
 const CLAIM: &str = r#"
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[3])
 local out = {}
@@ -32,35 +37,66 @@ for i = 1, #ids, 2 do
   local attempt = redis.call('HGET', KEYS[2], id)
   if attempt then
     redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), id)
+    redis.call('HSET', KEYS[3], id, ARGV[4])
     table.insert(out, id)
     table.insert(out, attempt)
     table.insert(out, ids[i + 1])
   else
     redis.call('ZREM', KEYS[1], id)
+    redis.call('HDEL', KEYS[3], id)
   end
 end
 return out
 "#;
 
-/// Removes the entry only if it still is the claimed attempt.
+/// Removes the entry ARGV[1] only if it still is attempt ARGV[2] and ARGV[3] holds it (an
+/// entry written before owners were recorded has none: anyone settles it).
 const COMPLETE: &str = r#"
 if redis.call('HGET', KEYS[2], ARGV[1]) == ARGV[2] then
+  local owner = redis.call('HGET', KEYS[3], ARGV[1])
+  if owner and owner ~= ARGV[3] then
+    return 0
+  end
   redis.call('ZREM', KEYS[1], ARGV[1])
   redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('HDEL', KEYS[3], ARGV[1])
   return 1
 end
 return 0
 "#;
 
-/// Moves leased entries' due time to ARGV[1], each (ARGV[2k], ARGV[2k+1] = id, stored attempt)
-/// only while it is still that attempt, and never earlier than it is.
+/// Moves leases held by ARGV[2] to ARGV[1], each (ARGV[2k+1], ARGV[2k+2] = id, stored
+/// attempt) only while it is still that attempt, never earlier than it is. Returns the ids
+/// that are not (any more) this holder's attempt.
 const EXTEND: &str = r#"
-for i = 2, #ARGV, 2 do
-  if redis.call('HGET', KEYS[2], ARGV[i]) == ARGV[i + 1] then
-    redis.call('ZADD', KEYS[1], 'XX', 'GT', tonumber(ARGV[1]), ARGV[i])
+local lost = {}
+for i = 3, #ARGV, 2 do
+  local id = ARGV[i]
+  local owner = redis.call('HGET', KEYS[3], id)
+  if redis.call('HGET', KEYS[2], id) == ARGV[i + 1] and (not owner or owner == ARGV[2]) then
+    redis.call('ZADD', KEYS[1], 'XX', 'GT', tonumber(ARGV[1]), id)
+  else
+    table.insert(lost, id)
   end
 end
-return 1
+return lost
+"#;
+
+/// Creates entries (ARGV[2k], ARGV[2k+1], ARGV[2k+2] = id, stored attempt, due) held by
+/// ARGV[1], each only if its message has none. Returns 1 (created) or 0 for each.
+const HOLD: &str = r#"
+local out = {}
+for i = 2, #ARGV, 3 do
+  local id = ARGV[i]
+  if redis.call('HSETNX', KEYS[2], id, ARGV[i + 1]) == 1 then
+    redis.call('ZADD', KEYS[1], tonumber(ARGV[i + 2]), id)
+    redis.call('HSET', KEYS[3], id, ARGV[1])
+    table.insert(out, 1)
+  else
+    table.insert(out, 0)
+  end
+end
+return out
 "#;
 
 /// Arms the wake-up timer unless it already fires sooner.
@@ -78,9 +114,14 @@ pub struct RedisRetrySchedule {
     timer_conn: ConnectionManager,
     due_key: Arc<str>,
     entry_key: Arc<str>,
+    owner_key: Arc<str>,
     wake_key: Arc<str>,
+    /// This process's lease-holder token.
+    owner: Arc<str>,
     claim: Arc<Script>,
     complete: Arc<Script>,
+    extend: Arc<Script>,
+    hold: Arc<Script>,
     arm: Arc<Script>,
 }
 
@@ -121,9 +162,13 @@ impl RedisRetrySchedule {
             timer_conn,
             due_key: format!("{prefix}retry:due").into(),
             entry_key: format!("{prefix}retry:entry").into(),
+            owner_key: format!("{prefix}retry:owner").into(),
             wake_key: format!("{prefix}retry:wake").into(),
+            owner: format!("{:016x}", rand::random::<u64>()).into(),
             claim: Arc::new(Script::new(CLAIM)),
             complete: Arc::new(Script::new(COMPLETE)),
+            extend: Arc::new(Script::new(EXTEND)),
+            hold: Arc::new(Script::new(HOLD)),
             arm: Arc::new(Script::new(ARM)),
         })
     }
@@ -152,6 +197,8 @@ impl RetrySchedule for RedisRetrySchedule {
                 .ignore()
                 .zadd(&*this.due_key, &entry.message_id, entry.due_ms)
                 .ignore()
+                .hset(&*this.owner_key, &entry.message_id, &*this.owner)
+                .ignore()
                 .query_async::<()>(&mut conn)
                 .await
                 .map_err(transient)?;
@@ -178,9 +225,11 @@ impl RetrySchedule for RedisRetrySchedule {
                 .claim
                 .key(&*this.due_key)
                 .key(&*this.entry_key)
+                .key(&*this.owner_key)
                 .arg(now_ms)
                 .arg(lease_ms)
                 .arg(limit)
+                .arg(&*this.owner)
                 .invoke_async(&mut conn)
                 .await
                 .map_err(transient)?;
@@ -219,8 +268,10 @@ impl RetrySchedule for RedisRetrySchedule {
             this.complete
                 .key(&*this.due_key)
                 .key(&*this.entry_key)
+                .key(&*this.owner_key)
                 .arg(&entry.message_id)
                 .arg(entry.stored_attempt())
+                .arg(&*this.owner)
                 .invoke_async::<i64>(&mut conn)
                 .await
                 .map(|_| ())
@@ -229,24 +280,54 @@ impl RetrySchedule for RedisRetrySchedule {
         .boxed()
     }
 
-    fn extend(&self, entries: Vec<RetryEntry>, until_ms: i64) -> BoxFut<Result<(), StoreError>> {
+    fn hold(&self, entries: Vec<RetryEntry>) -> BoxFut<Result<Vec<bool>, StoreError>> {
         let this = self.clone();
         async move {
             if entries.is_empty() {
-                return Ok(());
+                return Ok(Vec::new());
             }
             let mut conn = this.conn.clone();
-            let script = Script::new(EXTEND);
-            let mut invocation = script.key(&*this.due_key);
-            invocation.key(&*this.entry_key).arg(until_ms);
+            let mut invocation = this.hold.key(&*this.due_key);
+            invocation
+                .key(&*this.entry_key)
+                .key(&*this.owner_key)
+                .arg(&*this.owner);
+            for e in &entries {
+                invocation
+                    .arg(&e.message_id)
+                    .arg(e.stored_attempt())
+                    .arg(e.due_ms);
+            }
+            let created: Vec<i64> = invocation
+                .invoke_async(&mut conn)
+                .await
+                .map_err(transient)?;
+            Ok(created.into_iter().map(|c| c == 1).collect())
+        }
+        .boxed()
+    }
+
+    fn extend(
+        &self,
+        entries: Vec<RetryEntry>,
+        until_ms: i64,
+    ) -> BoxFut<Result<Vec<String>, StoreError>> {
+        let this = self.clone();
+        async move {
+            if entries.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut conn = this.conn.clone();
+            let mut invocation = this.extend.key(&*this.due_key);
+            invocation
+                .key(&*this.entry_key)
+                .key(&*this.owner_key)
+                .arg(until_ms)
+                .arg(&*this.owner);
             for e in &entries {
                 invocation.arg(&e.message_id).arg(e.stored_attempt());
             }
-            invocation
-                .invoke_async::<i64>(&mut conn)
-                .await
-                .map(|_| ())
-                .map_err(transient)
+            invocation.invoke_async(&mut conn).await.map_err(transient)
         }
         .boxed()
     }
@@ -260,6 +341,8 @@ impl RetrySchedule for RedisRetrySchedule {
                 .zrem(&*this.due_key, &message_id)
                 .ignore()
                 .hdel(&*this.entry_key, &message_id)
+                .ignore()
+                .hdel(&*this.owner_key, &message_id)
                 .ignore()
                 .query_async::<()>(&mut conn)
                 .await

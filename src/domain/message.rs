@@ -288,6 +288,35 @@ impl MessageRecord {
         .flatten()
     }
 
+    /// The send a message waiting on one is due, as `(attempt, resend)`: `queued` → its next
+    /// attempt; `retrying` after an unknown outcome → that attempt again (resend `r`, `r` the
+    /// unknown outcomes in a row); `retrying` otherwise → the next attempt. `None` for a
+    /// message that waits on no send of Herald's (`sent`, or terminal).
+    pub fn due_send(&self) -> Option<(u32, u32)> {
+        match self.status {
+            MessageStatus::Queued => Some((self.attempts + 1, 0)),
+            MessageStatus::Retrying => {
+                let resends = self
+                    .history
+                    .iter()
+                    .rev()
+                    .take_while(|h| {
+                        h.status == MessageStatus::Retrying
+                            && h.detail
+                                .as_deref()
+                                .is_some_and(|d| d.ends_with(SENDING_AGAIN))
+                    })
+                    .count() as u32;
+                if resends > 0 {
+                    Some((self.attempts.max(1), resends))
+                } else {
+                    Some((self.attempts + 1, 0))
+                }
+            }
+            _ => None,
+        }
+    }
+
     /// Whether a callback naming `provider_message_id` is about this message's current send.
     pub fn is_current_send(&self, provider_message_id: &str) -> bool {
         self.provider_message_id
@@ -298,6 +327,10 @@ impl MessageRecord {
 
 /// How the detail of a `retrying` entry written for a fallback ends.
 pub const FALLING_BACK: &str = "; falling back";
+
+/// How the detail of a `retrying` entry written after an unknown outcome ends (the same
+/// attempt is sent again, with the same key).
+pub const SENDING_AGAIN: &str = "; outcome unknown, sent again with the same key";
 
 /// Whether the id a callback names is the id a send was given: the same, or that id with a
 /// `.`-separated suffix (SendGrid events name `<X-Message-ID>.<filter and queue>`).
@@ -374,6 +407,51 @@ mod tests {
         assert!(!names_send("abcd", "abc"));
         assert!(!names_send("ab", "abc"));
         assert!(!names_send(".x", ""));
+    }
+
+    #[test]
+    fn a_waiting_message_is_due_its_next_attempt_or_the_same_one_after_unknown_outcomes() {
+        let m = crate::domain::campaign::TriggeredMessage {
+            id: "c:m".into(),
+            user_id: "u".into(),
+            campaign: "c".into(),
+            channel: crate::domain::campaign::Channel::Sms,
+            to: Some("+1".into()),
+            body: "b".into(),
+            subject: None,
+            skipped: None,
+            trigger_at: 0,
+        };
+        let mut r = MessageRecord::from_triggered(&m, 0);
+        assert_eq!(r.due_send(), Some((1, 0)));
+        let change = |event, attempt, detail: &str| StatusChange {
+            event,
+            at: 1,
+            provider: Some("p".into()),
+            detail: Some(detail.to_string()),
+            provider_message_id: None,
+            attempt: Some(attempt),
+            expect_provider_message_id: None,
+        };
+        let unknown = format!("p: timed out{SENDING_AGAIN}");
+        r.apply(&change(StatusEvent::Retrying, 1, &unknown));
+        assert_eq!(r.due_send(), Some((1, 1)), "attempt 1 again, first resend");
+        r.apply(&change(StatusEvent::Retrying, 1, &unknown));
+        assert_eq!(r.due_send(), Some((1, 2)));
+        r.apply(&change(StatusEvent::Retrying, 1, "p: 503"));
+        assert_eq!(
+            r.due_send(),
+            Some((2, 0)),
+            "a known failure: the next attempt"
+        );
+        r.apply(&change(StatusEvent::Sent, 2, ""));
+        assert_eq!(
+            r.due_send(),
+            None,
+            "sent waits on the provider, not on Herald"
+        );
+        r.apply(&change(StatusEvent::Delivered, 2, ""));
+        assert_eq!(r.due_send(), None);
     }
 
     #[test]

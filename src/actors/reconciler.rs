@@ -1,0 +1,68 @@
+//! The reconciler: finds messages waiting on a send (`queued`, `retrying`) that no retry
+//! schedule entry holds, and adopts each with an entry due now, which the retry sweep then
+//! claims (a lease owned by the claiming instance) and fires.
+//!
+//! Every send Herald starts holds an entry from before it goes out, and every retry is
+//! scheduled before the message reads `retrying`, so a waiting message without one was
+//! stranded: its instance died between storing the message and leasing its first send, or
+//! the schedule itself was lost (Redis restarted without persistence). Adoption creates the
+//! entry only if the message still has none: a batcher that stored the message and is just
+//! about to lease its send finds the entry and leaves the send to the sweep, so whichever
+//! comes first owns it and the send fires once.
+
+use crate::ports::RetryEntry;
+
+use super::context::Shared;
+
+/// Messages read per page.
+const PAGE: usize = 1_000;
+
+/// Adopts every message waiting on a send whose last change was before `idle_before_ms` and
+/// that no entry holds. Answers how many it adopted.
+pub async fn reconcile(shared: &Shared, idle_before_ms: i64) -> Result<usize, String> {
+    let ports = &shared.ports;
+    let mut adopted = 0;
+    let mut after: Option<String> = None;
+    loop {
+        let page = ports
+            .docs
+            .stalled_messages(idle_before_ms, after.clone(), PAGE)
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id.clone());
+        let now = ports.clock.now_ms();
+        let entries: Vec<RetryEntry> = page
+            .iter()
+            // A channel without providers now (configuration changed) has nobody to send.
+            .filter(|r| !shared.dispatchers_for(r.channel).is_empty())
+            .filter_map(|r| {
+                let (attempt, resend) = r.due_send()?;
+                Some(RetryEntry {
+                    message_id: r.id.clone(),
+                    attempt,
+                    resend,
+                    due_ms: now,
+                })
+            })
+            .collect();
+        let created = ports
+            .retries
+            .hold(entries.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        for (entry, _) in entries.iter().zip(&created).filter(|(_, c)| **c) {
+            tracing::debug!(
+                message = entry.message_id,
+                attempt = entry.attempt,
+                "a message waiting on a send nobody held is adopted"
+            );
+            ports.metrics.messages_reconciled.inc();
+            adopted += 1;
+        }
+        if page.len() < PAGE {
+            break;
+        }
+    }
+    Ok(adopted)
+}
