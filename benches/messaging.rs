@@ -1,15 +1,22 @@
 //! `cargo bench --bench messaging` (backends running: `scripts/backends.sh up`; needs `wrk`,
 //! Debian's package, and `cargo build --release`):
 //!
-//! 1. **Signed callbacks per second.** N messages are stored as `sent`; the release
-//!    `herald run` takes their `delivered` callbacks, each signed, driven by `wrk` (a Lua script
-//!    cycling through pre-signed requests, a distinct message per request). Reports requests/s,
-//!    latency percentiles and non-2xx answers, then checks every 2xx in MongoDB.
-//! 2. **Dispatch throughput.** N `signed_up` triggers through Kafka; `herald run` sends them to
-//!    `herald provider-sim` over HTTP; timed from the first `sent` to the last.
+//! 1. **The document store's own rate.** N messages stored as `sent`; their `delivered`
+//!    transitions through the MongoDB adapter directly (256 in flight, group-committed as in
+//!    `herald run`), no HTTP: the ceiling the callback endpoints work under.
+//! 2. **Signed callbacks per second**, in Twilio's format (form body, `X-Twilio-Signature`)
+//!    and in Herald's webhook format (JSON, `X-Herald-Signature`). N messages stored as
+//!    `sent`; the release `herald run` takes their `delivered` callbacks, each signed, driven
+//!    by `wrk` (a Lua script cycling through pre-signed requests, a distinct message per
+//!    request). Reports requests/s, latency percentiles and non-2xx answers, then checks
+//!    that MongoDB holds at least as many `delivered` messages as wrk counted 2xx answers.
+//! 3. **Sends per second to each kind's simulator** (`herald provider-sim --kind webhook |
+//!    twilio | sendgrid`): N `signed_up` triggers through Kafka, sent over HTTP; timed from
+//!    the first `sent` to the last.
 //!
 //! Size: HERALD_BENCH_CALLBACKS (default 60,000), HERALD_BENCH_SENDS (default 10,000),
-//! HERALD_BENCH_SECONDS (wrk duration, default 10), HERALD_BENCH_CONNECTIONS (default 64). Results: `target/bench/messaging.json`.
+//! HERALD_BENCH_SECONDS (wrk duration, default 10), HERALD_BENCH_CONNECTIONS (default 256).
+//! Results: `target/bench/messaging.json`.
 
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
@@ -18,7 +25,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use herald::adapters::kafka_source::ensure_topics;
 use herald::adapters::mongo_docs::MongoDocumentStore;
 use herald::domain::campaign::Channel;
-use herald::domain::message::{HistoryEntry, MessageRecord, MessageStatus};
+use herald::domain::message::{
+    HistoryEntry, MessageRecord, MessageStatus, StatusChange, StatusEvent,
+};
 use herald::domain::signature::sign;
 use herald::ports::DocumentStore;
 use mongodb::bson::doc;
@@ -89,9 +98,52 @@ fn herald_bin() -> String {
     env!("CARGO_MANIFEST_DIR").to_string() + "/target/release/herald"
 }
 
-/// `herald run` with one SMS provider at `sim_port`, its webhooks on `http`.
-fn spawn_herald(base: &str, http: u16, sim_port: u16) -> Kill {
+const TWILIO_SID: &str = "ACbench0000000000000000000000000000";
+const TWILIO_TOKEN: &str = "bench-twilio-auth-token";
+const SENDGRID_KEY: &str = "SG.bench-key";
+
+/// The provider kinds benchmarked; each has a `provider-sim` kind.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Webhook,
+    Twilio,
+    Sendgrid,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Webhook => "webhook",
+            Kind::Twilio => "twilio",
+            Kind::Sendgrid => "sendgrid",
+        }
+    }
+
+    fn channel(self) -> &'static str {
+        match self {
+            Kind::Sendgrid => "email",
+            _ => "sms",
+        }
+    }
+}
+
+/// `herald run` with one provider of `kind` (named `<kind>-sim`) at `sim_port`, its webhooks
+/// on `http`.
+fn spawn_herald(base: &str, http: u16, sim_port: u16, kind: Kind) -> Kill {
     let config = std::env::temp_dir().join(format!("{base}.toml"));
+    let provider = match kind {
+        Kind::Webhook => format!(
+            "url = \"http://127.0.0.1:{sim_port}/v1/messages\"\nwebhook_secret_env = \"BENCH_SECRET\""
+        ),
+        Kind::Twilio => format!(
+            "kind = \"twilio\"\nbase_url = \"http://127.0.0.1:{sim_port}\"\naccount_sid_env = \"BENCH_TWILIO_SID\"\nauth_token_env = \"BENCH_TWILIO_TOKEN\"\nfrom = \"+15550000000\""
+        ),
+        Kind::Sendgrid => format!(
+            "kind = \"sendgrid\"\nbase_url = \"http://127.0.0.1:{sim_port}/v3\"\napi_key_env = \"BENCH_SG_KEY\"\nwebhook_public_key_env = \"BENCH_SG_PUBLIC_KEY\"\nfrom = \"noreply@herald.test\""
+        ),
+    };
+    let channel = kind.channel();
+    let name = kind.name();
     std::fs::write(
         &config,
         format!(
@@ -99,16 +151,16 @@ fn spawn_herald(base: &str, http: u16, sim_port: u16) -> Kill {
 [[campaigns]]
 id = "welcome"
 on_event = "signed_up"
-channel = "sms"
+channel = "{channel}"
 template = "Hi {{{{traits.first_name}}}}, welcome aboard!"
+subject = "Welcome"
 
 [[providers]]
-name = "sim-sms"
-channel = "sms"
-url = "http://127.0.0.1:{sim_port}/v1/messages"
+name = "{name}-sim"
+channel = "{channel}"
 rate_per_sec = 100000
 max_concurrency = 256
-webhook_secret_env = "BENCH_SECRET"
+{provider}
 "#
         ),
     )
@@ -123,9 +175,20 @@ webhook_secret_env = "BENCH_SECRET"
         .env("HERALD__MONGO__DATABASE", base)
         .env("HERALD__REDIS__PREFIX", format!("{base}:"))
         .env("HERALD__HTTP__LISTEN", format!("127.0.0.1:{http}"))
+        .env(
+            "HERALD__HTTP__PUBLIC_URL",
+            format!("http://127.0.0.1:{http}"),
+        )
         .env("HERALD__LOG__FORMAT", "json")
         .env("RUST_LOG", "warn")
         .env("BENCH_SECRET", SECRET)
+        .env("BENCH_TWILIO_SID", TWILIO_SID)
+        .env("BENCH_TWILIO_TOKEN", TWILIO_TOKEN)
+        .env("BENCH_SG_KEY", SENDGRID_KEY)
+        .env(
+            "BENCH_SG_PUBLIC_KEY",
+            herald::provider_sim::sendgrid_public_key(SECRET.as_bytes()),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -134,10 +197,30 @@ webhook_secret_env = "BENCH_SECRET"
     Kill(child)
 }
 
-fn spawn_sim(port: u16) -> Kill {
+/// `herald provider-sim --kind <kind>`; SendGrid's events go to `events_url`.
+fn spawn_sim(port: u16, kind: Kind, events_url: &str) -> Kill {
+    let mut args = vec![
+        "provider-sim".to_string(),
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--kind".into(),
+        kind.name().into(),
+    ];
+    let secret = match kind {
+        Kind::Twilio => TWILIO_TOKEN,
+        _ => SECRET,
+    };
+    if kind == Kind::Sendgrid {
+        args.extend([
+            "--token".into(),
+            SENDGRID_KEY.into(),
+            "--event-webhook-url".into(),
+            events_url.into(),
+        ]);
+    }
     let child = Command::new(herald_bin())
-        .args(["provider-sim", "--listen", &format!("127.0.0.1:{port}")])
-        .env("HERALD_SIM_WEBHOOK_SECRET", SECRET)
+        .args(&args)
+        .env("HERALD_SIM_WEBHOOK_SECRET", secret)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -151,24 +234,79 @@ fn lua_quote(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
+/// One pre-signed callback: its headers (name, value) and body.
+struct Signed {
+    headers: Vec<(&'static str, String)>,
+    body: String,
+}
+
+fn provider_message_id(kind: Kind, i: usize) -> String {
+    match kind {
+        Kind::Twilio => format!("SM{i:032x}"),
+        _ => format!("p-{i}"),
+    }
+}
+
+/// The `delivered` callback for message `bench:<i>`, in `kind`'s format, signed.
+fn signed_callback(kind: Kind, i: usize, url: &str, ts: &str) -> Signed {
+    match kind {
+        Kind::Twilio => {
+            let params = vec![
+                ("AccountSid".to_string(), TWILIO_SID.to_string()),
+                ("MessageSid".to_string(), provider_message_id(kind, i)),
+                ("MessageStatus".to_string(), "delivered".to_string()),
+            ];
+            let signature = herald::domain::twilio::sign(TWILIO_TOKEN.as_bytes(), url, &params);
+            let body = params
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("&");
+            Signed {
+                headers: vec![
+                    ("Content-Type", "application/x-www-form-urlencoded".into()),
+                    ("X-Twilio-Signature", signature),
+                ],
+                body,
+            }
+        }
+        _ => {
+            let body = format!(
+                r#"{{"id":"bench:{i}","provider_message_id":"p-{i}","status":"delivered"}}"#
+            );
+            Signed {
+                headers: vec![
+                    ("Content-Type", "application/json".into()),
+                    ("X-Herald-Timestamp", ts.to_string()),
+                    (
+                        "X-Herald-Signature",
+                        sign(SECRET.as_bytes(), ts, body.as_bytes()),
+                    ),
+                ],
+                body,
+            }
+        }
+    }
+}
+
 /// wrk script: each thread walks its own stride of the pre-signed requests.
-fn write_wrk_script(base: &str, n: usize) -> std::path::PathBuf {
-    let path = std::env::temp_dir().join(format!("{base}.lua"));
-    let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
-    let ts = (now_ms() / 1000).to_string();
+fn write_wrk_script(base: &str, path: &str, requests: &[Signed]) -> std::path::PathBuf {
+    let file = std::env::temp_dir().join(format!("{base}.lua"));
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&file).unwrap());
     // Formatted in `init`, once wrk has set the Host header (a request formatted at load
     // time has none, and HTTP/1.1 servers refuse it).
     writeln!(f, "local raw = {{").unwrap();
-    for i in 0..n {
-        let body =
-            format!(r#"{{"id":"bench:{i}","provider_message_id":"p-{i}","status":"delivered"}}"#);
-        let sig = sign(SECRET.as_bytes(), &ts, body.as_bytes());
+    for r in requests {
+        let headers: Vec<String> = r
+            .headers
+            .iter()
+            .map(|(k, v)| format!("[{}]={}", lua_quote(k), lua_quote(v)))
+            .collect();
         writeln!(
             f,
-            "  {{{}, {}, {}}},",
-            lua_quote(&ts),
-            lua_quote(&sig),
-            lua_quote(&body)
+            "  {{{{{}}}, {}}},",
+            headers.join(", "),
+            lua_quote(&r.body)
         )
         .unwrap();
     }
@@ -185,7 +323,7 @@ function init(args)
   i = tid
   reqs = {{}}
   for k, r in ipairs(raw) do
-    reqs[k] = wrk.format("POST", "/webhooks/sim-sms", {{["Content-Type"]="application/json", ["X-Herald-Timestamp"]=r[1], ["X-Herald-Signature"]=r[2]}}, r[3])
+    reqs[k] = wrk.format("POST", {}, r[1], r[2])
   end
 end
 function request()
@@ -193,11 +331,12 @@ function request()
   i = i + 2
   return r
 end
-"#
+"#,
+        lua_quote(path)
     )
     .unwrap();
     f.flush().unwrap();
-    path
+    file
 }
 
 fn parse_wrk(out: &str) -> (f64, String, String, u64, u64) {
@@ -224,21 +363,13 @@ fn parse_wrk(out: &str) -> (f64, String, String, u64, u64) {
     (rps, find("50%"), find("99%"), total, non2xx)
 }
 
-fn main() {
-    let callbacks = env_u64("HERALD_BENCH_CALLBACKS", 60_000) as usize;
-    let sends = env_u64("HERALD_BENCH_SENDS", 10_000) as usize;
-    let seconds = env_u64("HERALD_BENCH_SECONDS", 10);
-    let connections = env_u64("HERALD_BENCH_CONNECTIONS", 64);
-    let base = format!("bench_msg_{}_{}", std::process::id(), now_ms() % 1_000_000);
-    let (http, sim_port) = (free_port(), free_port());
-
-    // 1. Callbacks: messages stored as `sent`, then their signed `delivered` callbacks.
-    let runtime = rt();
-    let docs = runtime.block_on(async {
-        let docs = MongoDocumentStore::connect(MONGO, &base).await.unwrap();
+/// Stores `n` messages `bench:<i>` as `sent` by `provider`, with `kind`'s provider ids.
+fn store_sent(base: &str, n: usize, provider: &str, kind: Kind) -> MongoDocumentStore {
+    rt().block_on(async {
+        let docs = MongoDocumentStore::connect(MONGO, base).await.unwrap();
         docs.ensure_indexes().await.unwrap();
         let now = now_ms();
-        let records: Vec<MessageRecord> = (0..callbacks)
+        let records: Vec<MessageRecord> = (0..n)
             .map(|i| MessageRecord {
                 id: format!("bench:{i}"),
                 user_id: format!("u-{i}"),
@@ -247,18 +378,18 @@ fn main() {
                 to: Some(format!("+1555{i:07}")),
                 body: "hello".into(),
                 subject: None,
-                provider: Some("sim-sms".into()),
+                provider: Some(provider.into()),
                 status: MessageStatus::Sent,
                 attempts: 1,
-                provider_message_id: Some(format!("p-{i}")),
+                provider_message_id: Some(provider_message_id(kind, i)),
                 error: None,
                 created_at: now,
                 updated_at: now,
                 history: vec![HistoryEntry {
                     status: MessageStatus::Sent,
                     at: now,
-                    provider: Some("sim-sms".into()),
-                    detail: Some(format!("p-{i}")),
+                    provider: Some(provider.into()),
+                    detail: Some(provider_message_id(kind, i)),
                 }],
             })
             .collect();
@@ -266,11 +397,75 @@ fn main() {
             docs.insert_messages(chunk.to_vec(), 1).await.unwrap();
         }
         docs
+    })
+}
+
+fn delivered_in(docs: &MongoDocumentStore) -> u64 {
+    rt().block_on(async {
+        docs.database()
+            .collection::<mongodb::bson::Document>("messages")
+            .count_documents(doc! {"status": "delivered"})
+            .await
+            .unwrap()
+    })
+}
+
+/// Pass 1: `delivered` transitions through the adapter, `in_flight` at a time.
+fn store_rate(base: &str, n: usize, in_flight: usize) -> f64 {
+    let docs = std::sync::Arc::new(store_sent(base, n, "webhook-sim", Kind::Webhook));
+    let started = Instant::now();
+    rt().block_on(async {
+        use futures::StreamExt;
+        futures::stream::iter(0..n)
+            .map(|i| {
+                let docs = docs.clone();
+                async move {
+                    let change = StatusChange {
+                        event: StatusEvent::Delivered,
+                        at: now_ms(),
+                        provider: Some("webhook-sim".into()),
+                        detail: None,
+                        provider_message_id: None,
+                        attempt: None,
+                        expect_provider_message_id: Some(format!("p-{i}")),
+                    };
+                    docs.transition(format!("bench:{i}"), change).await.unwrap()
+                }
+            })
+            .buffer_unordered(in_flight)
+            .for_each(|_| async {})
+            .await;
     });
-    ensure_rt_topics(&base);
-    let _sim = spawn_sim(sim_port);
-    let herald = spawn_herald(&base, http, sim_port);
-    let script = write_wrk_script(&base, callbacks);
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let delivered = delivered_in(&docs);
+    assert_eq!(delivered, n as u64, "every transition applied");
+    println!("document store: {n} delivered transitions, {in_flight} in flight: {rate:.0}/s");
+    rate
+}
+
+struct CallbackRun {
+    rps: f64,
+    p50: String,
+    p99: String,
+    total: u64,
+    non2xx: u64,
+    delivered: u64,
+}
+
+/// Pass 2: `n` signed callbacks in `kind`'s format for `seconds` over `connections`.
+fn callbacks(base: &str, kind: Kind, n: usize, seconds: u64, connections: u64) -> CallbackRun {
+    let provider = format!("{}-sim", kind.name());
+    let docs = store_sent(base, n, &provider, kind);
+    ensure_rt_topics(base);
+    let http = free_port();
+    let herald = spawn_herald(base, http, free_port(), kind);
+    let path = format!("/webhooks/{provider}");
+    let url = format!("http://127.0.0.1:{http}{path}");
+    let ts = (now_ms() / 1000).to_string();
+    let requests: Vec<Signed> = (0..n)
+        .map(|i| signed_callback(kind, i, &url, &ts))
+        .collect();
+    let script = write_wrk_script(base, &path, &requests);
     let out = Command::new("wrk")
         .args([
             "-t2",
@@ -286,26 +481,30 @@ fn main() {
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     println!("{text}");
     let (rps, p50, p99, total, non2xx) = parse_wrk(&text);
-    let delivered = runtime.block_on(async {
-        docs.database()
-            .collection::<mongodb::bson::Document>("messages")
-            .count_documents(doc! {"status": "delivered"})
-            .await
-            .unwrap()
-    });
+    drop(herald);
+    let delivered = delivered_in(&docs);
     let ok = total.saturating_sub(non2xx);
     println!(
-        "callbacks: {rps:.0}/s, p50 {p50}, p99 {p99}, {total} requests, {non2xx} non-2xx, {delivered} delivered in MongoDB"
+        "{} callbacks: {rps:.0}/s, p50 {p50}, p99 {p99}, {total} requests, {non2xx} non-2xx, {delivered} delivered in MongoDB",
+        kind.name()
     );
     assert!(
-        delivered >= ok.min(callbacks as u64),
+        delivered >= ok.min(n as u64),
         "every 2xx is reflected in MongoDB ({delivered} < {ok})"
     );
-    drop(herald);
+    CallbackRun {
+        rps,
+        p50,
+        p99,
+        total,
+        non2xx,
+        delivered,
+    }
+}
 
-    // 2. Dispatch: `signed_up` triggers through Kafka to provider-sim over HTTP.
-    let base2 = format!("{base}_d");
-    ensure_rt_topics(&base2);
+/// Pass 3: `sends` `signed_up` triggers through Kafka, sent to `kind`'s simulator.
+fn dispatch(base: &str, kind: Kind, sends: usize) -> f64 {
+    ensure_rt_topics(base);
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", BROKERS)
         .set("linger.ms", "5")
@@ -313,15 +512,19 @@ fn main() {
         .unwrap();
     for i in 0..sends {
         let user = format!("d-{i}");
+        let address = match kind {
+            Kind::Sendgrid => format!(r#""email":"d{i}@example.test""#),
+            _ => format!(r#""phone":"+1666{i:07}""#),
+        };
         for payload in [
             format!(
-                r#"{{"messageId":"i-{i}","type":"identify","userId":"{user}","timestamp":"2026-11-23T10:00:00Z","traits":{{"phone":"+1666{i:07}","first_name":"D"}}}}"#
+                r#"{{"messageId":"i-{i}","type":"identify","userId":"{user}","timestamp":"2026-11-23T10:00:00Z","traits":{{{address},"first_name":"D"}}}}"#
             ),
             format!(
                 r#"{{"messageId":"s-{i}","type":"track","userId":"{user}","timestamp":"2026-11-23T10:00:01Z","event":"signed_up"}}"#
             ),
         ] {
-            let mut record = BaseRecord::<str, str>::to(&base2)
+            let mut record = BaseRecord::<str, str>::to(base)
                 .key(&user)
                 .payload(&payload);
             loop {
@@ -336,9 +539,14 @@ fn main() {
         }
     }
     producer.flush(Duration::from_secs(60)).unwrap();
-    let http2 = free_port();
+    let (http, sim_port) = (free_port(), free_port());
+    let _sim = spawn_sim(
+        sim_port,
+        kind,
+        &format!("http://127.0.0.1:{http}/webhooks/{}-sim", kind.name()),
+    );
     let started = Instant::now();
-    let _herald = spawn_herald(&base2, http2, sim_port);
+    let _herald = spawn_herald(base, http, sim_port, kind);
     let mut first_sent: Option<Instant> = None;
     let sent_total = |port: u16| -> u64 {
         rt().block_on(async {
@@ -357,7 +565,7 @@ fn main() {
         })
     };
     loop {
-        let n = sent_total(http2);
+        let n = sent_total(http);
         if n > 0 && first_sent.is_none() {
             first_sent = Some(Instant::now());
         }
@@ -366,20 +574,49 @@ fn main() {
         }
         assert!(
             started.elapsed() < Duration::from_secs(600),
-            "dispatch stalled at {n}"
+            "{} dispatch stalled at {n}",
+            kind.name()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
     let window = first_sent.unwrap().elapsed().as_secs_f64().max(0.1);
-    let dispatch_rate = sends as f64 / window;
+    let rate = sends as f64 / window;
     println!(
-        "dispatch: {sends} sends to provider-sim over HTTP in {window:.2} s = {dispatch_rate:.0}/s"
+        "dispatch: {sends} sends to provider-sim --kind {} in {window:.2} s = {rate:.0}/s",
+        kind.name()
     );
+    rate
+}
+
+fn main() {
+    let n = env_u64("HERALD_BENCH_CALLBACKS", 60_000) as usize;
+    let sends = env_u64("HERALD_BENCH_SENDS", 10_000) as usize;
+    let seconds = env_u64("HERALD_BENCH_SECONDS", 10);
+    let connections = env_u64("HERALD_BENCH_CONNECTIONS", 256);
+    let base = format!("bench_msg_{}_{}", std::process::id(), now_ms() % 1_000_000);
+
+    let store = store_rate(&format!("{base}_s"), 20_000.min(n), 256);
+    let twilio = callbacks(&format!("{base}_t"), Kind::Twilio, n, seconds, connections);
+    let webhook = callbacks(&format!("{base}_w"), Kind::Webhook, n, seconds, connections);
+    let mut dispatched = Vec::new();
+    for kind in [Kind::Webhook, Kind::Twilio, Kind::Sendgrid] {
+        let rate = dispatch(&format!("{base}_d{}", kind.name()), kind, sends);
+        dispatched.push(format!("\"{}\":{rate:.0}", kind.name()));
+    }
+    let run = |r: &CallbackRun| {
+        format!(
+            "{{\"per_sec\":{:.0},\"p50\":\"{}\",\"p99\":\"{}\",\"requests\":{},\"non_2xx\":{},\"delivered\":{}}}",
+            r.rps, r.p50, r.p99, r.total, r.non2xx, r.delivered
+        )
+    };
     std::fs::create_dir_all("target/bench").unwrap();
     std::fs::write(
         "target/bench/messaging.json",
         format!(
-            "{{\"callbacks_per_sec\":{rps:.0},\"callback_p50\":\"{p50}\",\"callback_p99\":\"{p99}\",\"requests\":{total},\"non_2xx\":{non2xx},\"delivered\":{delivered},\"dispatch_per_sec\":{dispatch_rate:.0}}}\n"
+            "{{\"store_transitions_per_sec\":{store:.0},\"twilio_callbacks\":{},\"webhook_callbacks\":{},\"sends_per_sec\":{{{}}}}}\n",
+            run(&twilio),
+            run(&webhook),
+            dispatched.join(",")
         ),
     )
     .unwrap();
