@@ -45,11 +45,16 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
+/// One runtime for the whole run: the MongoDB client lives on the runtime that made it.
+fn rt() -> &'static tokio::runtime::Runtime {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    })
 }
 
 fn now_ms() -> i64 {
@@ -236,6 +241,8 @@ fn lua_quote(s: &str) -> String {
 
 /// One pre-signed callback: its headers (name, value) and body.
 struct Signed {
+    /// Path and query.
+    target: String,
     headers: Vec<(&'static str, String)>,
     body: String,
 }
@@ -247,22 +254,29 @@ fn provider_message_id(kind: Kind, i: usize) -> String {
     }
 }
 
-/// The `delivered` callback for message `bench:<i>`, in `kind`'s format, signed.
-fn signed_callback(kind: Kind, i: usize, url: &str, ts: &str) -> Signed {
+/// The `delivered` callback for message `bench:<i>`, in `kind`'s format, signed, posted to
+/// `path` at `public` (Twilio's to the StatusCallback URL Herald gave: it names the message).
+fn signed_callback(kind: Kind, i: usize, public: &str, path: &str, ts: &str) -> Signed {
     match kind {
         Kind::Twilio => {
+            let target = format!("{path}?herald_message_id=bench%3A{i}");
             let params = vec![
                 ("AccountSid".to_string(), TWILIO_SID.to_string()),
                 ("MessageSid".to_string(), provider_message_id(kind, i)),
                 ("MessageStatus".to_string(), "delivered".to_string()),
             ];
-            let signature = herald::domain::twilio::sign(TWILIO_TOKEN.as_bytes(), url, &params);
+            let signature = herald::domain::twilio::sign(
+                TWILIO_TOKEN.as_bytes(),
+                &format!("{public}{target}"),
+                &params,
+            );
             let body = params
                 .iter()
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect::<Vec<_>>()
                 .join("&");
             Signed {
+                target,
                 headers: vec![
                     ("Content-Type", "application/x-www-form-urlencoded".into()),
                     ("X-Twilio-Signature", signature),
@@ -275,6 +289,7 @@ fn signed_callback(kind: Kind, i: usize, url: &str, ts: &str) -> Signed {
                 r#"{{"id":"bench:{i}","provider_message_id":"p-{i}","status":"delivered"}}"#
             );
             Signed {
+                target: path.to_string(),
                 headers: vec![
                     ("Content-Type", "application/json".into()),
                     ("X-Herald-Timestamp", ts.to_string()),
@@ -289,41 +304,45 @@ fn signed_callback(kind: Kind, i: usize, url: &str, ts: &str) -> Signed {
     }
 }
 
-/// wrk script: each thread walks its own stride of the pre-signed requests.
-fn write_wrk_script(base: &str, path: &str, requests: &[Signed]) -> std::path::PathBuf {
-    let file = std::env::temp_dir().join(format!("{base}.lua"));
-    let mut f = std::io::BufWriter::new(std::fs::File::create(&file).unwrap());
-    // Formatted in `init`, once wrk has set the Host header (a request formatted at load
-    // time has none, and HTTP/1.1 servers refuse it).
-    writeln!(f, "local raw = {{").unwrap();
+/// wrk script: each thread walks its own stride of the pre-signed requests. The requests are
+/// in a data file read at `init` (one per line, `\x1f`-separated: the target, each header as
+/// `name\tvalue`, then the body): a script holding 60,000 literals exceeds LuaJIT's 65,536 constants.
+fn write_wrk_script(base: &str, requests: &[Signed]) -> std::path::PathBuf {
+    let data = std::env::temp_dir().join(format!("{base}.requests"));
+    let mut d = std::io::BufWriter::new(std::fs::File::create(&data).unwrap());
     for r in requests {
-        let headers: Vec<String> = r
-            .headers
-            .iter()
-            .map(|(k, v)| format!("[{}]={}", lua_quote(k), lua_quote(v)))
-            .collect();
-        writeln!(
-            f,
-            "  {{{{{}}}, {}}},",
-            headers.join(", "),
-            lua_quote(&r.body)
-        )
-        .unwrap();
+        let mut fields = vec![r.target.clone()];
+        fields.extend(r.headers.iter().map(|(k, v)| format!("{k}\t{v}")));
+        fields.push(r.body.clone());
+        writeln!(d, "{}", fields.join("\x1f")).unwrap();
     }
-    writeln!(f, "}}").unwrap();
-    writeln!(
-        f,
-        r#"
+    d.flush().unwrap();
+    let file = std::env::temp_dir().join(format!("{base}.lua"));
+    std::fs::write(
+        &file,
+        format!(
+            r#"
 local threads = 0
 function setup(thread)
   thread:set("tid", threads)
   threads = threads + 1
 end
+-- Formatted in `init`, once wrk has set the Host header (a request formatted at load time
+-- has none, and HTTP/1.1 servers refuse it).
 function init(args)
   i = tid
   reqs = {{}}
-  for k, r in ipairs(raw) do
-    reqs[k] = wrk.format("POST", {}, r[1], r[2])
+  for line in io.lines({data}) do
+    local fields = {{}}
+    for field in string.gmatch(line, "[^\31]+") do
+      table.insert(fields, field)
+    end
+    local headers = {{}}
+    for k = 2, #fields - 1 do
+      local name, value = string.match(fields[k], "^([^\t]+)\t(.*)$")
+      headers[name] = value
+    end
+    table.insert(reqs, wrk.format("POST", fields[1], headers, fields[#fields]))
   end
 end
 function request()
@@ -332,10 +351,10 @@ function request()
   return r
 end
 "#,
-        lua_quote(path)
+            data = lua_quote(data.to_str().unwrap()),
+        ),
     )
     .unwrap();
-    f.flush().unwrap();
     file
 }
 
@@ -460,12 +479,28 @@ fn callbacks(base: &str, kind: Kind, n: usize, seconds: u64, connections: u64) -
     let http = free_port();
     let herald = spawn_herald(base, http, free_port(), kind);
     let path = format!("/webhooks/{provider}");
-    let url = format!("http://127.0.0.1:{http}{path}");
+    let public = format!("http://127.0.0.1:{http}");
     let ts = (now_ms() / 1000).to_string();
     let requests: Vec<Signed> = (0..n)
-        .map(|i| signed_callback(kind, i, &url, &ts))
+        .map(|i| signed_callback(kind, i, &public, &path, &ts))
         .collect();
-    let script = write_wrk_script(base, &path, &requests);
+    // One callback by hand first: a refused one would make the whole run meaningless.
+    let (code, answer) = rt().block_on(async {
+        let mut req = reqwest::Client::new()
+            .post(format!("{public}{}", requests[0].target))
+            .body(requests[0].body.clone());
+        for (k, v) in &requests[0].headers {
+            req = req.header(*k, v);
+        }
+        let r = req.send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap_or_default())
+    });
+    assert!(
+        (200..300).contains(&code),
+        "{} callback refused: {code} {answer}",
+        kind.name()
+    );
+    let script = write_wrk_script(base, &requests[1..]);
     let out = Command::new("wrk")
         .args([
             "-t2",
@@ -479,7 +514,7 @@ fn callbacks(base: &str, kind: Kind, n: usize, seconds: u64, connections: u64) -
         .output()
         .expect("wrk (apt-get install wrk)");
     let text = String::from_utf8_lossy(&out.stdout).to_string();
-    println!("{text}");
+    println!("{text}{}", String::from_utf8_lossy(&out.stderr));
     let (rps, p50, p99, total, non2xx) = parse_wrk(&text);
     drop(herald);
     let delivered = delivered_in(&docs);

@@ -45,11 +45,63 @@ fn the_compose_file_is_valid() {
         "mongo",
         "herald",
         "provider-sim",
+        "twilio-sim",
+        "sendgrid-sim",
         "prometheus",
         "grafana",
     ] {
         assert!(services.contains(s), "service {s} missing: {services:?}");
     }
+}
+
+/// The compose stack's Herald environment: the `x-herald-env` defaults (`NAME: ${NAME:-v}`).
+fn compose_herald_env() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(repo("docker-compose.yml")).unwrap();
+    text.lines()
+        .skip_while(|l| !l.starts_with("x-herald-env"))
+        .skip(1)
+        .take_while(|l| l.starts_with(' ') || l.is_empty())
+        .filter_map(|l| {
+            let (name, value) = l.trim().split_once(": ")?;
+            let default = value
+                .strip_prefix("${")?
+                .strip_suffix('}')?
+                .split_once(":-")?
+                .1;
+            Some((name.to_string(), default.to_string()))
+        })
+        .collect()
+}
+
+/// `config/compose.toml` passes `herald check-config` with the stack's environment, and the
+/// SendGrid key Herald verifies events with is the one the stack's simulator signs for.
+#[test]
+fn the_compose_config_is_valid_with_the_stack_environment() {
+    let env = compose_herald_env();
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["check-config", "--config", "config/compose.toml"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "check-config: {text}");
+    let key = env
+        .iter()
+        .find(|(k, _)| k == "HERALD_SENDGRID_WEBHOOK_PUBLIC_KEY")
+        .map(|(_, v)| v.clone())
+        .expect("the stack sets the SendGrid public key");
+    let compose = std::fs::read_to_string(repo("docker-compose.yml")).unwrap();
+    assert!(compose.contains("HERALD_SIM_WEBHOOK_SECRET: compose-sendgrid-secret"));
+    assert_eq!(
+        key,
+        herald::provider_sim::sendgrid_public_key(b"compose-sendgrid-secret")
+    );
 }
 
 #[test]

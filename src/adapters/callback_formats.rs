@@ -16,7 +16,9 @@ use serde::Deserialize;
 use crate::domain::sendgrid::{self, EventStatus, EventWebhookKey, SendGridSignatureError};
 use crate::domain::signature::{self, SignatureError};
 use crate::domain::suppression::SuppressionReason;
-use crate::domain::twilio::{self, StatusEffect, TwilioSignatureError, OPT_OUT_ERROR_CODE};
+use crate::domain::twilio::{
+    self, StatusEffect, TwilioSignatureError, MESSAGE_ID_PARAM, OPT_OUT_ERROR_CODE,
+};
 use crate::ports::{Callback, CallbackStatus};
 
 /// Largest callback body accepted.
@@ -172,13 +174,29 @@ fn parse_twilio(
     body: &[u8],
 ) -> Result<Vec<Callback>, Refusal> {
     let params: Vec<(String, String)> = form_urlencoded::parse(body).into_owned().collect();
-    // Twilio signs the URL it was given; Herald gives `<public_url>/webhooks/<name>`, but a
-    // StatusCallback configured with a query string is signed with it.
-    let mut urls = vec![url.to_string()];
-    if !req.query.is_empty() {
-        urls.push(format!("{url}?{}", req.query));
+    // Twilio signs the URL it was given: Herald gives `<public_url>/webhooks/<name>?
+    // herald_message_id=<id>`, and a StatusCallback configured elsewhere may have no query
+    // or another. The message id is taken from the query only when the signature covers it.
+    let signature = req.header("x-twilio-signature");
+    let signed_query = !req.query.is_empty()
+        && twilio::verify(
+            auth_token,
+            &[format!("{url}?{}", req.query)],
+            &params,
+            signature,
+        )
+        .is_ok();
+    if !signed_query {
+        twilio::verify(auth_token, &[url.to_string()], &params, signature)?;
     }
-    twilio::verify(auth_token, &urls, &params, req.header("x-twilio-signature"))?;
+    let message_id = signed_query
+        .then(|| {
+            form_urlencoded::parse(req.query.as_bytes())
+                .find(|(k, _)| k == MESSAGE_ID_PARAM)
+                .map(|(_, v)| v.into_owned())
+        })
+        .flatten()
+        .filter(|id| !id.is_empty() && id.len() <= MAX_ID && !id.chars().any(char::is_control));
     let param = |name: &str| {
         params
             .iter()
@@ -204,7 +222,7 @@ fn parse_twilio(
     let opted_out = error_code == Some(OPT_OUT_ERROR_CODE);
     Ok(vec![Callback {
         provider: req.provider.to_string(),
-        message_id: None,
+        message_id,
         provider_message_id: Some(sid.to_string()),
         // An opted-out number is not worth another attempt.
         status: if opted_out {
@@ -330,6 +348,39 @@ mod tests {
         };
         let refused = parse(&other, &request(&headers), body).unwrap_err();
         assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    }
+
+    #[test]
+    fn a_twilio_callback_names_the_message_only_through_a_signed_query() {
+        let url = "http://herald.test/webhooks/p";
+        let query = "herald_message_id=welcome%3Am-1";
+        let body = b"MessageSid=SM1&MessageStatus=delivered";
+        let params: Vec<(String, String)> = form_urlencoded::parse(body).into_owned().collect();
+        let receiver = Receiver::Twilio {
+            auth_token: b"tok".to_vec(),
+            url: url.into(),
+        };
+        let with = |signed_url: &str, query: &'static str| {
+            let mut headers = HashMap::new();
+            headers.insert(
+                "x-twilio-signature".to_string(),
+                twilio::sign(b"tok", signed_url, &params),
+            );
+            let request = Request {
+                provider: "p",
+                headers: &headers,
+                query,
+                now_secs: 0,
+            };
+            parse(&receiver, &request, body).map(|cbs| cbs[0].message_id.clone())
+        };
+        assert_eq!(
+            with(&format!("{url}?{query}"), query).unwrap().as_deref(),
+            Some("welcome:m-1")
+        );
+        // A query appended to a callback signed without it names nothing.
+        assert_eq!(with(url, query).unwrap(), None);
+        assert!(with(&format!("{url}?herald_message_id=other"), query).is_err());
     }
 
     #[test]

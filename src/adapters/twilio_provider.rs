@@ -10,7 +10,7 @@ use futures::FutureExt;
 use serde::Deserialize;
 
 use crate::domain::suppression::SuppressionReason;
-use crate::domain::twilio::OPT_OUT_ERROR_CODE;
+use crate::domain::twilio::{MESSAGE_ID_PARAM, OPT_OUT_ERROR_CODE};
 use crate::ports::{BoxFut, Provider, SendOutcome, SendRequest};
 
 use super::http_provider::{client, request_failed, short, Answer};
@@ -103,11 +103,20 @@ impl Provider for TwilioProvider {
             TwilioSender::From(from) => ("From", from.as_str()),
             TwilioSender::MessagingService(sid) => ("MessagingServiceSid", sid.as_str()),
         };
+        // The callback URL names Herald's message (signed by Twilio with the URL), so its
+        // callbacks are found by `_id` rather than by a lookup of the `MessageSid`.
+        let status_callback = format!(
+            "{}?{}",
+            request.callback_url,
+            form_urlencoded::Serializer::new(String::new())
+                .append_pair(MESSAGE_ID_PARAM, &request.message_id)
+                .finish()
+        );
         let form = [
             ("To", request.to.as_str()),
             sender,
             ("Body", request.body.as_str()),
-            ("StatusCallback", request.callback_url.as_str()),
+            ("StatusCallback", status_callback.as_str()),
         ];
         let builder = self
             .client

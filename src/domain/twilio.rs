@@ -36,6 +36,10 @@ fn mac(auth_token: &[u8], url: &str, params: &[(String, String)]) -> HmacSha1 {
     mac
 }
 
+/// The query parameter of Herald's `StatusCallback` URLs that names the message (Twilio signs
+/// the URL with it).
+pub const MESSAGE_ID_PARAM: &str = "herald_message_id";
+
 /// The `X-Twilio-Signature` of a form POST to `url`.
 pub fn sign(auth_token: &[u8], url: &str, params: &[(String, String)]) -> String {
     base64::engine::general_purpose::STANDARD
