@@ -1093,9 +1093,8 @@ fn messages_stranded_without_a_lease_are_adopted_and_sent_once() {
     });
     let adopted = sum(&scrape(http_1), "herald_messages_reconciled_total", &[])
         + sum(&scrape(http_2), "herald_messages_reconciled_total", &[]);
-    assert_eq!(
-        adopted as usize,
-        2 * N,
-        "each adopted by exactly one instance"
-    );
+    // Each stranded message is adopted at least once. A pass that read a message just
+    // before its adopted send settled may adopt it again; the sweep then finds that attempt
+    // made and sends nothing (the keys above are each sent once).
+    assert!(adopted as usize >= 2 * N, "only {adopted} adopted");
 }
