@@ -31,6 +31,28 @@ fn write_config(names: &Names, text: &str) -> PathBuf {
     path
 }
 
+/// One of several `herald run` instances sharing the backends (a Kafka static member named
+/// `instance`), its HTTP on `http`.
+fn spawn_instance(
+    names: &Names,
+    config: &std::path::Path,
+    http: u16,
+    instance: &str,
+    tag: &str,
+) -> Herald {
+    let listen = format!("127.0.0.1:{http}");
+    spawn_herald_with_config(
+        names,
+        config,
+        &[
+            ("HERALD__HTTP__LISTEN", listen.as_str()),
+            ("HERALD__KAFKA__GROUP_INSTANCE_ID", instance),
+            ("IT_SIM_SECRET", SECRET),
+        ],
+        tag,
+    )
+}
+
 fn providers_toml(primary: u16, backup: u16) -> String {
     format!(
         r#"
@@ -491,19 +513,8 @@ fn a_thousand_retries_fire_once_across_a_sigkill_and_two_instances() {
         records.extend(events.into_iter().take(2));
     }
     produce_records(&names, &records);
-    let spawn = |http: u16, instance: &str, tag: &str| {
-        let listen = format!("127.0.0.1:{http}");
-        spawn_herald_with_config(
-            &names,
-            &config,
-            &[
-                ("HERALD__HTTP__LISTEN", listen.as_str()),
-                ("HERALD__KAFKA__GROUP_INSTANCE_ID", instance),
-                ("IT_SIM_SECRET", SECRET),
-            ],
-            tag,
-        )
-    };
+    let spawn =
+        |http: u16, instance: &str, tag: &str| spawn_instance(&names, &config, http, instance, tag);
     let mut first = spawn(http_1, "one", "one-a");
     let _second = spawn(http_2, "two", "two");
     let redis_client = redis::Client::open(REDIS).unwrap();
@@ -1047,19 +1058,8 @@ fn messages_stranded_without_a_lease_are_adopted_and_sent_once() {
         })
     };
     insert("before");
-    let spawn = |http: u16, instance: &str, tag: &str| {
-        let listen = format!("127.0.0.1:{http}");
-        spawn_herald_with_config(
-            &names,
-            &config,
-            &[
-                ("HERALD__HTTP__LISTEN", listen.as_str()),
-                ("HERALD__KAFKA__GROUP_INSTANCE_ID", instance),
-                ("IT_SIM_SECRET", SECRET),
-            ],
-            tag,
-        )
-    };
+    let spawn =
+        |http: u16, instance: &str, tag: &str| spawn_instance(&names, &config, http, instance, tag);
     let _first = spawn(http_1, "one", "one");
     let _second = spawn(http_2, "two", "two");
     wait_port(http_1, Duration::from_secs(60));

@@ -347,6 +347,22 @@ mod tests {
     use super::*;
     use MessageStatus::*;
 
+    /// A freshly triggered SMS, `queued`.
+    fn queued_record() -> MessageRecord {
+        let m = crate::domain::campaign::TriggeredMessage {
+            id: "c:m".into(),
+            user_id: "u".into(),
+            campaign: "c".into(),
+            channel: crate::domain::campaign::Channel::Sms,
+            to: Some("+1".into()),
+            body: "b".into(),
+            subject: None,
+            skipped: None,
+            trigger_at: 0,
+        };
+        MessageRecord::from_triggered(&m, 0)
+    }
+
     #[test]
     fn terminal_statuses_absorb_everything() {
         for from in [Delivered, Failed, Skipped] {
@@ -366,18 +382,7 @@ mod tests {
 
     #[test]
     fn a_retry_of_an_older_attempt_is_stale() {
-        let m = crate::domain::campaign::TriggeredMessage {
-            id: "c:m".into(),
-            user_id: "u".into(),
-            campaign: "c".into(),
-            channel: crate::domain::campaign::Channel::Sms,
-            to: Some("+1".into()),
-            body: "b".into(),
-            subject: None,
-            skipped: None,
-            trigger_at: 0,
-        };
-        let mut r = MessageRecord::from_triggered(&m, 0);
+        let mut r = queued_record();
         let change = |event, attempt| StatusChange {
             event,
             at: 1,
@@ -411,18 +416,7 @@ mod tests {
 
     #[test]
     fn a_waiting_message_is_due_its_next_attempt_or_the_same_one_after_unknown_outcomes() {
-        let m = crate::domain::campaign::TriggeredMessage {
-            id: "c:m".into(),
-            user_id: "u".into(),
-            campaign: "c".into(),
-            channel: crate::domain::campaign::Channel::Sms,
-            to: Some("+1".into()),
-            body: "b".into(),
-            subject: None,
-            skipped: None,
-            trigger_at: 0,
-        };
-        let mut r = MessageRecord::from_triggered(&m, 0);
+        let mut r = queued_record();
         assert_eq!(r.due_send(), Some((1, 0)));
         let change = |event, attempt, detail: &str| StatusChange {
             event,
