@@ -129,6 +129,17 @@ pub struct HttpConfig {
     pub metrics_listen: Option<SocketAddr>,
     #[serde(default)]
     pub public_url: Option<String>,
+    /// Answer callbacks once they are in the durable journal (Redis), applying them to
+    /// MongoDB in large groups behind, instead of once applied.
+    #[serde(default)]
+    pub callback_journal: bool,
+    /// Journaled callbacks not applied yet above which callbacks are answered 503.
+    #[serde(default = "default_journal_max_pending")]
+    pub callback_journal_max_pending: u64,
+}
+
+fn default_journal_max_pending() -> u64 {
+    1_000_000
 }
 
 impl HttpConfig {

@@ -317,8 +317,9 @@ pub trait Provider: Send + Sync + 'static {
     fn send(&self, request: SendRequest) -> BoxFut<SendOutcome>;
 }
 
-/// A provider's delivery callback, after authentication.
-#[derive(Debug, Clone, PartialEq)]
+/// A provider's delivery callback, after authentication (serialised into the callback
+/// journal as JSON).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Callback {
     pub provider: String,
     /// Herald's message id, when the callback carries it (Herald's own protocol, SendGrid's
@@ -332,7 +333,8 @@ pub struct Callback {
     pub suppress: Option<SuppressionReason>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum CallbackStatus {
     Delivered,
     Failed,
@@ -366,6 +368,55 @@ pub enum CallbackError {
 pub trait CallbackSink: Send + Sync + 'static {
     /// Resolves once the callback's effect is durable.
     fn deliver(&self, callback: Callback) -> BoxFut<Result<(), CallbackError>>;
+
+    /// Every callback of one request (a SendGrid array); resolves once all are durable.
+    fn deliver_all(&self, callbacks: Vec<Callback>) -> BoxFut<Result<(), CallbackError>> {
+        let each: Vec<_> = callbacks.into_iter().map(|c| self.deliver(c)).collect();
+        Box::pin(async move {
+            // One after the other, in the request's order.
+            for delivery in each {
+                delivery.await?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// A callback read back from the journal: its entry id (`<append ms>-<seq>`) and the
+/// callback, or why its stored form could not be read.
+#[derive(Debug, Clone)]
+pub struct JournalEntry {
+    pub id: String,
+    pub callback: Result<Callback, String>,
+}
+
+impl JournalEntry {
+    /// When the entry was appended (from its id), in ms since the epoch.
+    pub fn appended_ms(&self) -> Option<i64> {
+        self.id.split_once('-')?.0.parse().ok()
+    }
+}
+
+/// The callback journal (`http.callback_journal`): a durable log the webhook receiver appends
+/// to before it answers, applied to the document store in large groups by every instance
+/// (a Redis stream with a consumer group in production). An entry is removed only once
+/// applied; one left unapplied (a callback that came before its send was recorded, a store
+/// outage, an instance that died holding it) is read again after a while, by any instance.
+pub trait CallbackJournal: Send + Sync + 'static {
+    /// Appends every callback, atomically; resolves once they are durable.
+    fn append(&self, callbacks: Vec<Callback>) -> BoxFut<Result<(), StoreError>>;
+    /// Entries nobody has read yet, up to `max`, waiting at most `block_ms` for one.
+    fn read_new(&self, max: usize, block_ms: u64) -> BoxFut<Result<Vec<JournalEntry>, StoreError>>;
+    /// Entries read (by this instance or another) but not settled for `min_idle_ms`.
+    fn reclaim(
+        &self,
+        min_idle_ms: u64,
+        max: usize,
+    ) -> BoxFut<Result<Vec<JournalEntry>, StoreError>>;
+    /// Removes applied entries.
+    fn settle(&self, ids: Vec<String>) -> BoxFut<Result<(), StoreError>>;
+    /// How many entries the journal holds (applied ones are removed).
+    fn backlog(&self) -> BoxFut<Result<u64, StoreError>>;
 }
 
 /// One scheduled retry.
@@ -378,6 +429,10 @@ pub struct RetryEntry {
     /// only while the message still waits on that attempt (`retrying` at `attempt`).
     pub resend: u32,
     pub due_ms: i64,
+    /// Set by a claim of a lease whose holder had marked its send started
+    /// ([`RetrySchedule::mark_sending`]) and neither settled nor extended it in time (it
+    /// died or stalled): the attempt may have reached the provider.
+    pub lapsed: bool,
 }
 
 impl RetryEntry {
@@ -406,10 +461,16 @@ impl RetryEntry {
 /// crash between claim and send loses nothing (the repeated send carries the same
 /// `Idempotency-Key`). A lease belongs to the instance that claimed (or held) it: only that
 /// instance extends or completes it, so a lease that ran out and was claimed elsewhere is
-/// not settled or kept alive by its old holder.
+/// not settled or kept alive by its old holder. A claim of a lease that ran out after its
+/// send was marked started says so ([`RetryEntry::lapsed`]): the dispatcher then applies its
+/// provider's `on_unknown_outcome`.
 pub trait RetrySchedule: Send + Sync + 'static {
-    /// Schedules (or reschedules) the message's next attempt; one entry per message.
+    /// Schedules (or reschedules) the message's next attempt; one entry per message. A
+    /// scheduled entry is not leased: nobody is sending it until it is claimed.
     fn schedule(&self, entry: RetryEntry) -> BoxFut<Result<(), StoreError>>;
+    /// Schedules the entry leased to this instance, which hands its send on in-process (a
+    /// fallback to the next provider), so no other instance fires it meanwhile.
+    fn hand_off(&self, entry: RetryEntry) -> BoxFut<Result<(), StoreError>>;
     /// Atomically leases up to `limit` entries due at `now_ms`: each is returned to exactly
     /// one caller, even with several instances, until its lease runs out.
     fn claim_due(
@@ -421,10 +482,12 @@ pub trait RetrySchedule: Send + Sync + 'static {
     /// The claimed attempt is settled: removes the entry unless it was rescheduled since
     /// (a newer attempt).
     fn complete(&self, entry: RetryEntry) -> BoxFut<Result<(), StoreError>>;
-    /// Creates each entry only if its message has none, leased to this instance (a send
-    /// about to start holds it; the reconciler adopts a stalled message with it). Answers,
-    /// for each, whether it was created: an entry that exists is someone else's to fire.
-    fn hold(&self, entries: Vec<RetryEntry>) -> BoxFut<Result<Vec<bool>, StoreError>>;
+    /// Creates each entry only if its message has none. `leased`: held by this instance,
+    /// which is about to send them; otherwise only due (the reconciler adopting a stalled
+    /// message, which nobody is sending). Answers, for each, whether it was created: an
+    /// entry that exists is someone else's to fire.
+    fn hold(&self, entries: Vec<RetryEntry>, leased: bool)
+        -> BoxFut<Result<Vec<bool>, StoreError>>;
     /// Keeps leased entries until `until_ms` (a job still waiting for its provider): each
     /// only while it is still that attempt, leased to this instance. Answers the message ids
     /// whose lease is no longer this instance's (it ran out and another instance claimed
@@ -434,6 +497,10 @@ pub trait RetrySchedule: Send + Sync + 'static {
         entries: Vec<RetryEntry>,
         until_ms: i64,
     ) -> BoxFut<Result<Vec<String>, StoreError>>;
+    /// Records that these leased sends are starting: a claim after their lease ran out
+    /// reports them `lapsed`. Answers the ids whose lease is no longer this instance's
+    /// attempt (not to be sent). Only providers with `on_unknown_outcome = fail` need it.
+    fn mark_sending(&self, entries: Vec<RetryEntry>) -> BoxFut<Result<Vec<String>, StoreError>>;
     fn cancel(&self, message_id: String) -> BoxFut<Result<(), StoreError>>;
     /// The message's scheduled retry, if any.
     fn entry(&self, message_id: String) -> BoxFut<Result<Option<RetryEntry>, StoreError>>;

@@ -8,12 +8,14 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail};
 use futures::FutureExt;
 
+use crate::actors::callback_journal::Journal;
 use crate::actors::context::{Ports, Settings};
 use crate::actors::{Pipeline, PipelineSpec};
 use crate::adapters::http_server::{self, HttpState, Listeners};
 use crate::adapters::kafka_source::{KafkaSettings, KafkaSource};
 use crate::adapters::mongo_docs::MongoDocumentStore;
 use crate::adapters::rabbitmq_source::{self, RabbitSettings, RabbitSource};
+use crate::adapters::redis_journal::RedisCallbackJournal;
 use crate::adapters::redis_retry::{listen_for_wakeups, RedisRetrySchedule};
 use crate::adapters::redis_state::RedisStateStore;
 use crate::config::{mask_url_password, Config, SourceKind};
@@ -217,9 +219,31 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Arc::new(RedisProbe(state)),
         Arc::new(MongoProbe(docs)),
     ];
+    // With the journal, callbacks are answered once journaled and applied behind it.
+    let callbacks = if config.http.callback_journal {
+        let journal = within(
+            &format!("Redis at {}", mask_url_password(&redis_url)),
+            startup,
+            || RedisCallbackJournal::connect(&redis_url, &prefix),
+        )
+        .await?;
+        let journal = Journal::new(
+            Arc::new(journal),
+            pipeline.callbacks(),
+            clock.clone(),
+            metrics.clone(),
+            config.http.callback_journal_max_pending,
+        );
+        let receiver = journal.receiver.clone();
+        actix_web::rt::spawn(journal.run());
+        tracing::info!("callbacks are answered once journaled in Redis, applied behind");
+        receiver as Arc<dyn crate::ports::CallbackSink>
+    } else {
+        pipeline.callbacks()
+    };
     let http_state = HttpState {
         receivers,
-        callbacks: pipeline.callbacks(),
+        callbacks,
         metrics: metrics.clone(),
         probes,
         clock,

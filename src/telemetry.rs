@@ -41,6 +41,8 @@ pub struct Metrics {
     pub retries_fired: Counter,
     pub messages_reconciled: Counter,
     webhook_requests: Family<Labels, Counter>,
+    callback_journal_pending: Gauge,
+    callback_journal_dropped: Family<Labels, Counter>,
     suppressed: Family<Labels, Counter>,
     actor_restarts: Family<Labels, Counter>,
     /// Exact latency percentiles for the demo summary (milliseconds).
@@ -108,6 +110,8 @@ impl Metrics {
         let retries_fired = Counter::default();
         let messages_reconciled = Counter::default();
         let webhook_requests = Family::<Labels, Counter>::default();
+        let callback_journal_pending = Gauge::default();
+        let callback_journal_dropped = Family::<Labels, Counter>::default();
         let suppressed = Family::<Labels, Counter>::default();
         let actor_restarts = Family::<Labels, Counter>::default();
         registry.register(
@@ -197,6 +201,16 @@ impl Metrics {
             webhook_requests.clone(),
         );
         registry.register(
+            "herald_callback_journal_pending",
+            "Callbacks in the journal not applied yet (http.callback_journal)",
+            callback_journal_pending.clone(),
+        );
+        registry.register(
+            "herald_callback_journal_dropped",
+            "Journaled callbacks given up: unreadable, or not applicable for too long",
+            callback_journal_dropped.clone(),
+        );
+        registry.register(
             "herald_suppressed",
             "Suppression events by reason: an address newly suppressed by a provider's report, \
              and each triggered message skipped because its address is suppressed",
@@ -235,6 +249,8 @@ impl Metrics {
             retries_fired,
             messages_reconciled,
             webhook_requests,
+            callback_journal_pending,
+            callback_journal_dropped,
             suppressed,
             actor_restarts,
             latency_ms: Mutex::new(
@@ -393,6 +409,16 @@ impl Metrics {
                 ("provider", provider.to_string()),
                 ("code", code.to_string()),
             ])
+            .inc();
+    }
+
+    pub fn callback_journal_pending(&self, n: u64) {
+        self.callback_journal_pending.set(n as i64);
+    }
+
+    pub fn callback_journal_dropped(&self, reason: &str) {
+        self.callback_journal_dropped
+            .get_or_create(&vec![("reason", reason.to_string())])
             .inc();
     }
 

@@ -107,6 +107,17 @@ fn signs_up(user: &str, traits: serde_json::Value) -> Vec<(String, String)> {
     ]
 }
 
+/// How many sends the Twilio simulator took for an address: it lists each distinct
+/// address + body once and counts the same content sent again in `repeats` (Twilio has no
+/// idempotency key, so that is all a repeat looks like).
+fn twilio_sends_to(sends: &[serde_json::Value], to: &str) -> usize {
+    sends
+        .iter()
+        .filter(|s| s["to"] == to)
+        .map(|s| 1 + s["repeats"].as_u64().unwrap_or(0) as usize)
+        .sum()
+}
+
 fn status(doc: &Document) -> &str {
     doc.get_str("status").unwrap_or("?")
 }
@@ -1011,11 +1022,8 @@ circuit_failures = 1000000
         let sends = sim_sends(sim_port).await;
         let mut extra = Vec::new();
         for i in 0..N {
-            let n = sends
-                .iter()
-                .filter(|s| s["to"] == phone(i).as_str())
-                .count();
-            assert!(n >= 1, "{} got no send", phone(i));
+            let n = twilio_sends_to(&sends, &phone(i));
+            assert!(n >= sends_for(i), "{} got {n} sends", phone(i));
             if n > sends_for(i) {
                 extra.push((phone(i), n - sends_for(i)));
             }
@@ -1027,6 +1035,115 @@ circuit_failures = 1000000
         assert!(
             repeated <= 3 * MAX_CONCURRENCY,
             "{repeated} sends repeated: more than the killed instance had in flight {extra:?}"
+        );
+    });
+}
+
+/// `on_unknown_outcome = "fail"` is at most once across a crash: a send that was under way
+/// when its instance was SIGKILLed fails ("outcome unknown") instead of going out again,
+/// and the sends that had not started go out once after the restart.
+#[test]
+fn with_on_unknown_outcome_fail_a_send_cut_off_by_a_sigkill_is_failed_not_repeated() {
+    let names = Names::new("twdoubt", 1);
+    let sim_port = free_port();
+    let http = free_port();
+    let _sim = spawn_sim(
+        sim_port,
+        TWILIO_TOKEN,
+        &["--kind", "twilio", "--latency-ms", "1500"],
+        "twdoubt",
+    );
+    const MAX_CONCURRENCY: usize = 4;
+    let config = write_config(
+        &names,
+        &format!(
+            r#"
+[retry]
+sweep_ms = 200
+
+[[campaigns]]
+id = "welcome"
+on_event = "signed_up"
+channel = "sms"
+template = "Hi {{{{traits.first_name}}}}"
+
+[[providers]]
+name = "tw"
+kind = "twilio"
+channel = "sms"
+base_url = "http://127.0.0.1:{sim_port}"
+account_sid_env = "IT_TWILIO_SID"
+auth_token_env = "IT_TWILIO_TOKEN"
+from = "+15550000000"
+max_concurrency = {MAX_CONCURRENCY}
+timeout_ms = 20000
+on_unknown_outcome = "fail"
+"#
+        ),
+    );
+    const N: usize = 60;
+    let phone = |i: usize| format!("+1555400{i:04}");
+    let mut records = Vec::new();
+    for i in 0..N {
+        records.extend(signs_up(
+            &format!("d-{i}"),
+            json!({"phone": phone(i), "first_name": "D"}),
+        ));
+    }
+    produce_records(&names, &records);
+    let listen = format!("127.0.0.1:{http}");
+    let public = format!("http://127.0.0.1:{http}");
+    let env = [
+        ("HERALD__HTTP__LISTEN", listen.as_str()),
+        ("HERALD__HTTP__PUBLIC_URL", public.as_str()),
+        ("IT_TWILIO_SID", TWILIO_SID),
+        ("IT_TWILIO_TOKEN", TWILIO_TOKEN),
+    ];
+    let mut first = spawn_herald_with_config(&names, &config, &env, "doubt-a");
+    block_on(async {
+        // Sends go out 4 at a time, each answered after 1.5 s: past 8 received, 4 are under
+        // way whenever we look.
+        eventually("sends under way", Duration::from_secs(120), || async {
+            sim_sends(sim_port).await.len() >= 2 * MAX_CONCURRENCY
+        })
+        .await;
+    });
+    kill9(&mut first);
+    let _again = spawn_herald_with_config(&names, &config, &env, "doubt-b");
+    block_on(async {
+        eventually(
+            "every message delivered or failed",
+            Duration::from_secs(180),
+            || async {
+                let docs = mongo_messages(&names).await;
+                docs.len() == N
+                    && docs
+                        .values()
+                        .all(|d| matches!(status(d), "delivered" | "failed"))
+            },
+        )
+        .await;
+        let docs = mongo_messages(&names).await;
+        let sends = sim_sends(sim_port).await;
+        let mut failed = 0;
+        for d in docs.values() {
+            let to = d.get_str("to").unwrap_or("?");
+            let n = twilio_sends_to(&sends, to);
+            match status(d) {
+                "delivered" => assert_eq!(n, 1, "{to} was delivered after {n} sends"),
+                _ => {
+                    failed += 1;
+                    let error = d.get_str("error").unwrap_or("");
+                    assert!(error.contains("outcome unknown"), "{to} failed: {error}");
+                    assert!(n <= 1, "{to} failed after {n} sends");
+                }
+            }
+        }
+        // Only sends under way at the kill (at most MAX_CONCURRENCY) or answered but not yet
+        // recorded (as many again) are in doubt; those merely queued were sent, once.
+        assert!(
+            (1..=2 * MAX_CONCURRENCY).contains(&failed),
+            "{failed} messages failed; {MAX_CONCURRENCY} sends were under way at the kill"
         );
     });
 }

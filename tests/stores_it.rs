@@ -474,22 +474,40 @@ fn redis_retry_leases_belong_to_their_holder() {
             attempt,
             resend: 0,
             due_ms,
+            lapsed: false,
         };
         let far = 4_102_444_800_000;
         assert_eq!(
-            a.hold(vec![entry("m1", 1, far), entry("m2", 1, 0)])
+            a.hold(vec![entry("m1", 1, far), entry("m2", 1, 0)], true)
                 .await
                 .unwrap(),
             [true, true]
         );
         assert_eq!(
-            b.hold(vec![entry("m1", 1, 0)]).await.unwrap(),
+            b.hold(vec![entry("m1", 1, 0)], true).await.unwrap(),
             [false],
             "m1 is held by a"
         );
-        // m2's lease ran out (due 0): b claims it, and it is b's.
+        // a starts sending m2 (not m1), then m2's lease runs out (due 0): b claims it, and
+        // it is b's, in doubt (a may have sent it).
+        assert!(a
+            .mark_sending(vec![entry("m2", 1, 0)])
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            b.mark_sending(vec![entry("m1", 1, 0)]).await.unwrap(),
+            ["m1".to_string()],
+            "b does not hold m1"
+        );
         let claimed = b.claim_due(1_000, 15_000, 10).await.unwrap();
-        assert_eq!(claimed, [entry("m2", 1, 0)]);
+        assert_eq!(
+            claimed,
+            [RetryEntry {
+                lapsed: true,
+                ..entry("m2", 1, 0)
+            }]
+        );
         let lost = a
             .extend(vec![entry("m1", 1, far), entry("m2", 1, 0)], far + 1)
             .await
@@ -513,6 +531,24 @@ fn redis_retry_leases_belong_to_their_holder() {
         let lost = a.extend(vec![entry("m1", 1, far)], far).await.unwrap();
         assert_eq!(lost, ["m1".to_string()]);
         a.cancel("m1".into()).await.unwrap();
+        // A scheduled retry, a message adopted without a lease and a fallback handed on
+        // in-process are not in doubt when claimed: none was marked sending.
+        b.schedule(entry("m3", 2, 0)).await.unwrap();
+        assert_eq!(
+            a.hold(vec![entry("m4", 1, 0)], false).await.unwrap(),
+            [true]
+        );
+        a.hand_off(entry("m5", 2, 0)).await.unwrap();
+        let mut claimed = a.claim_due(2_000, 15_000, 10).await.unwrap();
+        claimed.sort_by(|x, y| x.message_id.cmp(&y.message_id));
+        let lapsed: Vec<(&str, bool)> = claimed
+            .iter()
+            .map(|e| (e.message_id.as_str(), e.lapsed))
+            .collect();
+        assert_eq!(lapsed, [("m3", false), ("m4", false), ("m5", false)]);
+        for id in ["m3", "m4", "m5"] {
+            a.cancel(id.into()).await.unwrap();
+        }
     });
 }
 

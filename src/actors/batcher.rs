@@ -263,12 +263,13 @@ async fn write(shared: Arc<Shared>, shard: usize, owner: u64, batch: WriteBatch)
             attempt: r.attempts + 1,
             resend: 0,
             due_ms: lease_until,
+            lapsed: false,
         })
         .collect();
     // An answer lost after the leases were written reads as "not created": those sends
     // then fire from the schedule when their leases run out — later, never lost.
     let held = retry(&shared, shard, "send leases", || {
-        ports.retries.hold(leases.clone())
+        ports.retries.hold(leases.clone(), true)
     })
     .await;
     let sends: Vec<_> = due

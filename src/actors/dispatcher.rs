@@ -218,7 +218,10 @@ impl Dispatcher {
             return;
         }
         self.refill(now);
-        while self.in_flight < self.settings.max_concurrency && !self.queue.is_empty() {
+        let mut starting = Vec::new();
+        while self.in_flight + starting.len() < self.settings.max_concurrency
+            && !self.queue.is_empty()
+        {
             if self.tokens < 1.0 {
                 let rate = self.settings.rate_per_sec.max(1) as f64;
                 let wait = Duration::from_secs_f64((1.0 - self.tokens) / rate);
@@ -226,10 +229,61 @@ impl Dispatcher {
                 break;
             }
             self.tokens -= 1.0;
-            let job = self.queue.pop_front().expect("queue is not empty");
-            self.start_send(job, ctx);
+            starting.push(self.queue.pop_front().expect("queue is not empty"));
+        }
+        if self.settings.on_unknown_outcome == UnknownOutcome::Fail {
+            self.mark_then_send(starting, ctx);
+        } else {
+            for job in starting {
+                self.start_send(job, ctx);
+            }
         }
         self.release_waiters();
+    }
+
+    /// At most once (`on_unknown_outcome = fail`): each send is marked started in the
+    /// schedule before it goes out, so a lease that runs out after the mark — the holder died
+    /// mid-send — fails the message instead of sending it again, and one that runs out
+    /// before it (the send never started) is sent by whoever claims it.
+    fn mark_then_send(&mut self, jobs: Vec<Dispatch>, ctx: &mut Context<Self>) {
+        if jobs.is_empty() {
+            return;
+        }
+        let leases: Vec<RetryEntry> = jobs.iter().filter_map(|j| j.lease.clone()).collect();
+        // Counted as in flight while being marked (the concurrency cap and drains see them).
+        self.in_flight += jobs.len();
+        let retries = self.ports.retries.clone();
+        ctx.spawn(
+            async move { retries.mark_sending(leases).await }
+                .into_actor(self)
+                .map(move |marked, act, ctx| {
+                    act.in_flight -= jobs.len();
+                    match marked {
+                        Ok(lost) => {
+                            for job in jobs {
+                                let gone = job
+                                    .lease
+                                    .as_ref()
+                                    .is_some_and(|l| lost.contains(&l.message_id));
+                                if gone {
+                                    tracing::info!(message = %job.record.id, "a send whose lease passed to another holder is left to it");
+                                } else {
+                                    act.start_send(job, ctx);
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            // Nothing was sent: the jobs wait at the front of the queue.
+                            tracing::warn!(provider = act.provider.name(), error = %e, "could not mark sends started; they wait");
+                            for job in jobs.into_iter().rev() {
+                                act.queue.push_front(job);
+                            }
+                            act.schedule_pump(ctx, Duration::from_millis(500));
+                        }
+                    }
+                    act.settle_drains();
+                }),
+        );
     }
 
     fn release_waiters(&mut self) {
@@ -367,6 +421,28 @@ impl Dispatcher {
             complete_lease(retries, lease).await;
         };
         self.spawn_write(write, |_| {}, ctx);
+    }
+
+    /// A lease that ran out while its holder was sending (it died or stalled): the send
+    /// may have reached the provider. With `on_unknown_outcome = fail` that is a failure,
+    /// not a second send.
+    fn fail_in_doubt(&mut self, job: Dispatch, ctx: &mut Context<Self>) {
+        let name = self.provider.name().to_string();
+        self.ports.metrics.dispatch_outcome(&name, "unknown");
+        tracing::warn!(provider = %name, message = %job.record.id, attempt = job.attempt, "a send's holder stopped before its outcome was recorded; failed (on_unknown_outcome = fail)");
+        let change = StatusChange {
+            event: StatusEvent::Failed,
+            at: self.ports.clock.now_ms(),
+            provider: Some(name.clone()),
+            detail: Some(format!(
+                "{name}: the instance sending attempt {} stopped before its outcome was recorded; outcome unknown (on_unknown_outcome = fail)",
+                job.attempt
+            )),
+            provider_message_id: None,
+            attempt: Some(job.attempt),
+            expect_provider_message_id: None,
+        };
+        self.record(job.record.id.clone(), change, job.lease, ctx);
     }
 
     fn on_outcome(&mut self, job: Dispatch, outcome: SendOutcome, ctx: &mut Context<Self>) {
@@ -525,6 +601,7 @@ impl Dispatcher {
                         attempt: job.attempt + 1,
                         resend: 0,
                         due_ms: now + LEASE_MS,
+                        lapsed: false,
                     };
                     let change = StatusChange {
                         event: StatusEvent::Retrying,
@@ -540,7 +617,7 @@ impl Dispatcher {
                     let id = job.record.id.clone();
                     let lease = entry.clone();
                     let fut = async move {
-                        write_with_retry(|| retries.schedule(entry.clone())).await;
+                        write_with_retry(|| retries.hand_off(entry.clone())).await;
                         write_with_retry(|| docs.transition(id.clone(), change.clone())).await;
                     };
                     self.spawn_write(
@@ -610,6 +687,7 @@ pub async fn schedule_retry(
                 attempt: next,
                 resend: 0,
                 due_ms: now + delay_ms as i64,
+                lapsed: false,
             };
             write_with_retry(|| ports.retries.schedule(entry.clone())).await;
             ports.metrics.retries_scheduled.inc();
@@ -658,6 +736,7 @@ pub async fn schedule_resend(
         attempt,
         resend,
         due_ms: now + delay_ms as i64,
+        lapsed: false,
     };
     write_with_retry(|| ports.retries.schedule(entry.clone())).await;
     ports.metrics.retries_scheduled.inc();
@@ -745,6 +824,11 @@ impl Handler<Dispatch> for Dispatcher {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, msg: Dispatch, ctx: &mut Context<Self>) -> ResponseFuture<()> {
+        let lapsed = msg.lease.as_ref().is_some_and(|l| l.lapsed);
+        if lapsed && self.settings.on_unknown_outcome == UnknownOutcome::Fail {
+            self.fail_in_doubt(msg, ctx);
+            return Box::pin(async {});
+        }
         self.queue.push_back(msg);
         self.pump(ctx);
         if self.queue.len() < QUEUE_LIMIT {

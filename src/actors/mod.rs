@@ -6,6 +6,7 @@
 
 pub mod batcher;
 pub mod callback_handler;
+pub mod callback_journal;
 pub mod context;
 pub mod dispatcher;
 pub mod messages;

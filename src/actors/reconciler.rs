@@ -43,12 +43,13 @@ pub async fn reconcile(shared: &Shared, idle_before_ms: i64) -> Result<usize, St
                     attempt,
                     resend,
                     due_ms: now,
+                    lapsed: false,
                 })
             })
             .collect();
         let created = ports
             .retries
-            .hold(entries.clone())
+            .hold(entries.clone(), false)
             .await
             .map_err(|e| e.to_string())?;
         for (entry, _) in entries.iter().zip(&created).filter(|(_, c)| **c) {

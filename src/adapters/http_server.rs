@@ -71,20 +71,17 @@ async fn handle_webhook(
         now_secs: state.clock.now_ms().div_euclid(1000),
     };
     let callbacks = callback_formats::parse(receiver, &request, &body)?;
-    // One after the other: the answer is 2xx only once every one of them is durable.
-    for callback in callbacks {
-        state
-            .callbacks
-            .deliver(callback)
-            .await
-            .map_err(|e| match e {
-                CallbackError::NotReady(id) => Refusal::NotYet(format!(
-                    "the send of {id} is not recorded yet; call back later"
-                )),
-                CallbackError::Store(e) => Refusal::Store(e.to_string()),
-            })?;
-    }
-    Ok(())
+    // The answer is 2xx only once every one of them is durable.
+    state
+        .callbacks
+        .deliver_all(callbacks)
+        .await
+        .map_err(|e| match e {
+            CallbackError::NotReady(id) => Refusal::NotYet(format!(
+                "the send of {id} is not recorded yet; call back later"
+            )),
+            CallbackError::Store(e) => Refusal::Store(e.to_string()),
+        })
 }
 
 async fn webhook(

@@ -12,6 +12,9 @@ use crate::ports::{BoxFut, RetryEntry, RetrySchedule, StoreError};
 struct Inner {
     by_due: BTreeSet<(i64, String)>,
     entries: HashMap<String, RetryEntry>,
+    /// Leased entries (claimed or held), and whether their send was marked started: such
+    /// an entry claimed again has lapsed.
+    leased: HashMap<String, bool>,
 }
 
 #[derive(Default)]
@@ -25,16 +28,36 @@ impl MemoryRetrySchedule {
     }
 }
 
+impl Inner {
+    fn put(&mut self, entry: RetryEntry, leased: bool) {
+        if let Some(old) = self.entries.remove(&entry.message_id) {
+            self.by_due.remove(&(old.due_ms, old.message_id));
+        }
+        if leased {
+            self.leased.insert(entry.message_id.clone(), false);
+        } else {
+            self.leased.remove(&entry.message_id);
+        }
+        self.by_due.insert((entry.due_ms, entry.message_id.clone()));
+        self.entries.insert(entry.message_id.clone(), entry);
+    }
+
+    fn remove(&mut self, message_id: &str) {
+        if let Some(old) = self.entries.remove(message_id) {
+            self.by_due.remove(&(old.due_ms, old.message_id));
+        }
+        self.leased.remove(message_id);
+    }
+}
+
 impl RetrySchedule for MemoryRetrySchedule {
     fn schedule(&self, entry: RetryEntry) -> BoxFut<Result<(), StoreError>> {
-        let mut inner = self.inner.lock();
-        if let Some(old) = inner.entries.remove(&entry.message_id) {
-            inner.by_due.remove(&(old.due_ms, old.message_id));
-        }
-        inner
-            .by_due
-            .insert((entry.due_ms, entry.message_id.clone()));
-        inner.entries.insert(entry.message_id.clone(), entry);
+        self.inner.lock().put(entry, false);
+        async { Ok(()) }.boxed()
+    }
+
+    fn hand_off(&self, entry: RetryEntry) -> BoxFut<Result<(), StoreError>> {
+        self.inner.lock().put(entry, true);
         async { Ok(()) }.boxed()
     }
 
@@ -56,9 +79,13 @@ impl RetrySchedule for MemoryRetrySchedule {
             let (_, id) = inner.by_due.pop_first().expect("first() was Some");
             // Leased: due again after the lease unless completed.
             inner.by_due.insert((now_ms + lease_ms, id.clone()));
+            let lapsed = inner.leased.insert(id.clone(), false) == Some(true);
             if let Some(e) = inner.entries.get_mut(&id) {
-                out.push(e.clone());
                 e.due_ms = now_ms + lease_ms;
+                out.push(RetryEntry {
+                    lapsed,
+                    ..e.clone()
+                });
             }
         }
         async move { Ok(out) }.boxed()
@@ -67,16 +94,17 @@ impl RetrySchedule for MemoryRetrySchedule {
     fn complete(&self, entry: RetryEntry) -> BoxFut<Result<(), StoreError>> {
         let mut inner = self.inner.lock();
         let current = inner.entries.get(&entry.message_id).cloned();
-        if let Some(current) =
-            current.filter(|c| c.attempt == entry.attempt && c.resend == entry.resend)
-        {
-            inner.entries.remove(&entry.message_id);
-            inner.by_due.remove(&(current.due_ms, current.message_id));
+        if current.is_some_and(|c| c.attempt == entry.attempt && c.resend == entry.resend) {
+            inner.remove(&entry.message_id);
         }
         async { Ok(()) }.boxed()
     }
 
-    fn hold(&self, entries: Vec<RetryEntry>) -> BoxFut<Result<Vec<bool>, StoreError>> {
+    fn hold(
+        &self,
+        entries: Vec<RetryEntry>,
+        leased: bool,
+    ) -> BoxFut<Result<Vec<bool>, StoreError>> {
         let mut inner = self.inner.lock();
         let created = entries
             .into_iter()
@@ -84,10 +112,7 @@ impl RetrySchedule for MemoryRetrySchedule {
                 if inner.entries.contains_key(&entry.message_id) {
                     return false;
                 }
-                inner
-                    .by_due
-                    .insert((entry.due_ms, entry.message_id.clone()));
-                inner.entries.insert(entry.message_id.clone(), entry);
+                inner.put(entry, leased);
                 true
             })
             .collect();
@@ -133,11 +158,24 @@ impl RetrySchedule for MemoryRetrySchedule {
         async move { Ok(next) }.boxed()
     }
 
-    fn cancel(&self, message_id: String) -> BoxFut<Result<(), StoreError>> {
+    fn mark_sending(&self, entries: Vec<RetryEntry>) -> BoxFut<Result<Vec<String>, StoreError>> {
         let mut inner = self.inner.lock();
-        if let Some(old) = inner.entries.remove(&message_id) {
-            inner.by_due.remove(&(old.due_ms, old.message_id));
+        let mut lost = Vec::new();
+        for entry in entries {
+            let current = inner
+                .entries
+                .get(&entry.message_id)
+                .is_some_and(|c| c.attempt == entry.attempt && c.resend == entry.resend);
+            match inner.leased.get_mut(&entry.message_id) {
+                Some(sending) if current => *sending = true,
+                _ => lost.push(entry.message_id),
+            }
         }
+        async move { Ok(lost) }.boxed()
+    }
+
+    fn cancel(&self, message_id: String) -> BoxFut<Result<(), StoreError>> {
+        self.inner.lock().remove(&message_id);
         async { Ok(()) }.boxed()
     }
 
@@ -150,6 +188,7 @@ impl RetrySchedule for MemoryRetrySchedule {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::executor::block_on as block;
 
     fn entry(id: &str, attempt: u32, due_ms: i64) -> RetryEntry {
         RetryEntry {
@@ -157,6 +196,7 @@ mod tests {
             attempt,
             resend: 0,
             due_ms,
+            lapsed: false,
         }
     }
 
@@ -164,11 +204,12 @@ mod tests {
     fn hold_creates_only_absent_entries_and_extend_reports_lost_leases() {
         let s = MemoryRetrySchedule::new();
         let held =
-            futures::executor::block_on(s.hold(vec![entry("a", 1, 100), entry("b", 1, 100)]))
+            futures::executor::block_on(s.hold(vec![entry("a", 1, 100), entry("b", 1, 100)], true))
                 .unwrap();
         assert_eq!(held, vec![true, true]);
         let again =
-            futures::executor::block_on(s.hold(vec![entry("a", 1, 5), entry("c", 1, 5)])).unwrap();
+            futures::executor::block_on(s.hold(vec![entry("a", 1, 5), entry("c", 1, 5)], true))
+                .unwrap();
         assert_eq!(
             again,
             vec![false, true],
@@ -189,5 +230,36 @@ mod tests {
         let due = futures::executor::block_on(s.claim_due(60, 10, 10)).unwrap();
         let ids: Vec<_> = due.iter().map(|e| e.message_id.as_str()).collect();
         assert_eq!(ids, vec!["c", "b"]);
+    }
+
+    #[test]
+    fn only_a_lease_marked_sending_that_ran_out_is_claimed_as_lapsed() {
+        let s = MemoryRetrySchedule::new();
+        let lapsed = |claimed: Vec<RetryEntry>| -> Vec<(String, bool)> {
+            claimed
+                .into_iter()
+                .map(|e| (e.message_id, e.lapsed))
+                .collect()
+        };
+        block(s.hold(vec![entry("held", 1, 0), entry("sending", 1, 0)], true)).unwrap();
+        block(s.hold(vec![entry("adopted", 1, 0)], false)).unwrap();
+        assert_eq!(
+            block(s.mark_sending(vec![entry("sending", 1, 0), entry("gone", 1, 0)])).unwrap(),
+            vec!["gone".to_string()]
+        );
+        let first = lapsed(block(s.claim_due(10, 100, 10)).unwrap());
+        assert_eq!(
+            first,
+            vec![
+                ("adopted".into(), false),
+                ("held".into(), false),
+                ("sending".into(), true)
+            ],
+            "only the send marked started is in doubt"
+        );
+        // Claimed again without a mark: not in doubt; scheduled anew: not leased.
+        block(s.schedule(entry("sending", 2, 0))).unwrap();
+        let again = lapsed(block(s.claim_due(200, 100, 10)).unwrap());
+        assert!(again.iter().all(|(_, l)| !l), "{again:?}");
     }
 }

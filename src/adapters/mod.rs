@@ -14,6 +14,7 @@ pub mod memory_state;
 pub mod mongo_docs;
 pub mod mongo_transitions;
 pub mod rabbitmq_source;
+pub mod redis_journal;
 pub mod redis_retry;
 pub mod redis_state;
 pub mod sendgrid_provider;

@@ -3,7 +3,9 @@
 //! - `<prefix>retry:due`: a sorted set, message id → due time (ms). The truth.
 //! - `<prefix>retry:entry`: a hash, message id → attempt number.
 //! - `<prefix>retry:owner`: a hash, message id → the token of the instance holding its lease
-//!   (random per process): only the holder extends or completes a lease.
+//!   (random per process), `<token>!` once it marked the send started: only the holder
+//!   extends or completes a lease, and a claim of a lease marked started reports it lapsed
+//!   (its send is in doubt). A scheduled entry has no owner.
 //! - `<prefix>retry:wake` in the dedicated `redis.retry_db`: one timer key whose expiry wakes
 //!   the retry actors of every instance early. One key, not one per message: expiry events
 //!   get later the more TTL keys share a database (measured: a median of ~0.1 s alone, ~24 s
@@ -28,7 +30,7 @@ use super::redis_state::transient;
 // KEYS of every script: due (sorted set), entry (hash), owner (hash).
 
 /// Leases due entries to ARGV[4]: re-scores each to `now + lease` and returns id, attempt,
-/// due.
+/// due, and 1 when its holder had marked it sending (`<token>!`) and let the lease run out.
 const CLAIM: &str = r#"
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[3])
 local out = {}
@@ -36,11 +38,14 @@ for i = 1, #ids, 2 do
   local id = ids[i]
   local attempt = redis.call('HGET', KEYS[2], id)
   if attempt then
+    local owner = redis.call('HGET', KEYS[3], id)
+    local lapsed = (owner and string.sub(owner, -1) == '!') and '1' or '0'
     redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), id)
     redis.call('HSET', KEYS[3], id, ARGV[4])
     table.insert(out, id)
     table.insert(out, attempt)
     table.insert(out, ids[i + 1])
+    table.insert(out, lapsed)
   else
     redis.call('ZREM', KEYS[1], id)
     redis.call('HDEL', KEYS[3], id)
@@ -54,7 +59,7 @@ return out
 const COMPLETE: &str = r#"
 if redis.call('HGET', KEYS[2], ARGV[1]) == ARGV[2] then
   local owner = redis.call('HGET', KEYS[3], ARGV[1])
-  if owner and owner ~= ARGV[3] then
+  if owner and owner ~= ARGV[3] and owner ~= ARGV[3] .. '!' then
     return 0
   end
   redis.call('ZREM', KEYS[1], ARGV[1])
@@ -73,7 +78,7 @@ local lost = {}
 for i = 3, #ARGV, 2 do
   local id = ARGV[i]
   local owner = redis.call('HGET', KEYS[3], id)
-  if redis.call('HGET', KEYS[2], id) == ARGV[i + 1] and (not owner or owner == ARGV[2]) then
+  if redis.call('HGET', KEYS[2], id) == ARGV[i + 1] and (not owner or owner == ARGV[2] or owner == ARGV[2] .. '!') then
     redis.call('ZADD', KEYS[1], 'XX', 'GT', tonumber(ARGV[1]), id)
   else
     table.insert(lost, id)
@@ -82,15 +87,35 @@ end
 return lost
 "#;
 
+/// Marks leases of ARGV[1] as sending (owner `<token>!`), each (ARGV[2k], ARGV[2k+1] = id,
+/// stored attempt) only while it is still that attempt and this holder's. Returns the ids
+/// that are not.
+const MARK_SENDING: &str = r#"
+local lost = {}
+for i = 2, #ARGV, 2 do
+  local id = ARGV[i]
+  local owner = redis.call('HGET', KEYS[3], id)
+  if redis.call('HGET', KEYS[2], id) == ARGV[i + 1] and (owner == ARGV[1] or owner == ARGV[1] .. '!') then
+    redis.call('HSET', KEYS[3], id, ARGV[1] .. '!')
+  else
+    table.insert(lost, id)
+  end
+end
+return lost
+"#;
+
 /// Creates entries (ARGV[2k], ARGV[2k+1], ARGV[2k+2] = id, stored attempt, due) held by
-/// ARGV[1], each only if its message has none. Returns 1 (created) or 0 for each.
+/// ARGV[1] (or by nobody when it is empty: only due), each only if its message has none.
+/// Returns 1 (created) or 0 for each.
 const HOLD: &str = r#"
 local out = {}
 for i = 2, #ARGV, 3 do
   local id = ARGV[i]
   if redis.call('HSETNX', KEYS[2], id, ARGV[i + 1]) == 1 then
     redis.call('ZADD', KEYS[1], tonumber(ARGV[i + 2]), id)
-    redis.call('HSET', KEYS[3], id, ARGV[1])
+    if ARGV[1] ~= '' then
+      redis.call('HSET', KEYS[3], id, ARGV[1])
+    end
     table.insert(out, 1)
   else
     table.insert(out, 0)
@@ -122,6 +147,7 @@ pub struct RedisRetrySchedule {
     complete: Arc<Script>,
     extend: Arc<Script>,
     hold: Arc<Script>,
+    mark_sending: Arc<Script>,
     arm: Arc<Script>,
 }
 
@@ -169,8 +195,39 @@ impl RedisRetrySchedule {
             complete: Arc::new(Script::new(COMPLETE)),
             extend: Arc::new(Script::new(EXTEND)),
             hold: Arc::new(Script::new(HOLD)),
+            mark_sending: Arc::new(Script::new(MARK_SENDING)),
             arm: Arc::new(Script::new(ARM)),
         })
+    }
+
+    /// Writes the entry, leased to this instance or to nobody.
+    fn put(&self, entry: RetryEntry, leased: bool) -> BoxFut<Result<(), StoreError>> {
+        let this = self.clone();
+        async move {
+            let mut conn = this.conn.clone();
+            let mut pipe = redis::pipe();
+            pipe.atomic()
+                .hset(&*this.entry_key, &entry.message_id, entry.stored_attempt())
+                .ignore()
+                .zadd(&*this.due_key, &entry.message_id, entry.due_ms)
+                .ignore();
+            if leased {
+                pipe.hset(&*this.owner_key, &entry.message_id, &*this.owner);
+            } else {
+                pipe.hdel(&*this.owner_key, &entry.message_id);
+            }
+            pipe.ignore()
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(transient)?;
+            let now = crate::ports::Clock::now_ms(&crate::ports::SystemClock);
+            // Waking early is an optimisation: the sweeper fires the entry anyway.
+            if let Err(e) = this.arm_wake(entry.due_ms - now).await {
+                tracing::debug!(error = %e, "could not arm the retry wake-up key");
+            }
+            Ok(())
+        }
+        .boxed()
     }
 
     /// Arms the shared wake-up key to expire in `delay_ms`, unless it expires sooner already.
@@ -188,28 +245,11 @@ impl RedisRetrySchedule {
 
 impl RetrySchedule for RedisRetrySchedule {
     fn schedule(&self, entry: RetryEntry) -> BoxFut<Result<(), StoreError>> {
-        let this = self.clone();
-        async move {
-            let mut conn = this.conn.clone();
-            redis::pipe()
-                .atomic()
-                .hset(&*this.entry_key, &entry.message_id, entry.stored_attempt())
-                .ignore()
-                .zadd(&*this.due_key, &entry.message_id, entry.due_ms)
-                .ignore()
-                .hset(&*this.owner_key, &entry.message_id, &*this.owner)
-                .ignore()
-                .query_async::<()>(&mut conn)
-                .await
-                .map_err(transient)?;
-            let now = crate::ports::Clock::now_ms(&crate::ports::SystemClock);
-            // Waking early is an optimisation: the sweeper fires the entry anyway.
-            if let Err(e) = this.arm_wake(entry.due_ms - now).await {
-                tracing::debug!(error = %e, "could not arm the retry wake-up key");
-            }
-            Ok(())
-        }
-        .boxed()
+        self.put(entry, false)
+    }
+
+    fn hand_off(&self, entry: RetryEntry) -> BoxFut<Result<(), StoreError>> {
+        self.put(entry, true)
     }
 
     fn claim_due(
@@ -240,8 +280,8 @@ impl RetrySchedule for RedisRetrySchedule {
                     tracing::debug!(error = %e, "could not arm the retry wake-up key");
                 }
             }
-            let mut out = Vec::with_capacity(flat.len() / 3);
-            for chunk in flat.chunks_exact(3) {
+            let mut out = Vec::with_capacity(flat.len() / 4);
+            for chunk in flat.chunks_exact(4) {
                 let (Some((attempt, resend)), Ok(due)) = (
                     RetryEntry::parse_stored_attempt(&chunk[1]),
                     chunk[2].parse::<f64>(),
@@ -254,6 +294,7 @@ impl RetrySchedule for RedisRetrySchedule {
                     attempt,
                     resend,
                     due_ms: due as i64,
+                    lapsed: chunk[3] == "1",
                 });
             }
             Ok(out)
@@ -280,7 +321,11 @@ impl RetrySchedule for RedisRetrySchedule {
         .boxed()
     }
 
-    fn hold(&self, entries: Vec<RetryEntry>) -> BoxFut<Result<Vec<bool>, StoreError>> {
+    fn hold(
+        &self,
+        entries: Vec<RetryEntry>,
+        leased: bool,
+    ) -> BoxFut<Result<Vec<bool>, StoreError>> {
         let this = self.clone();
         async move {
             if entries.is_empty() {
@@ -291,7 +336,7 @@ impl RetrySchedule for RedisRetrySchedule {
             invocation
                 .key(&*this.entry_key)
                 .key(&*this.owner_key)
-                .arg(&*this.owner);
+                .arg(if leased { &*this.owner } else { "" });
             for e in &entries {
                 invocation
                     .arg(&e.message_id)
@@ -323,6 +368,26 @@ impl RetrySchedule for RedisRetrySchedule {
                 .key(&*this.entry_key)
                 .key(&*this.owner_key)
                 .arg(until_ms)
+                .arg(&*this.owner);
+            for e in &entries {
+                invocation.arg(&e.message_id).arg(e.stored_attempt());
+            }
+            invocation.invoke_async(&mut conn).await.map_err(transient)
+        }
+        .boxed()
+    }
+
+    fn mark_sending(&self, entries: Vec<RetryEntry>) -> BoxFut<Result<Vec<String>, StoreError>> {
+        let this = self.clone();
+        async move {
+            if entries.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut conn = this.conn.clone();
+            let mut invocation = this.mark_sending.key(&*this.due_key);
+            invocation
+                .key(&*this.entry_key)
+                .key(&*this.owner_key)
                 .arg(&*this.owner);
             for e in &entries {
                 invocation.arg(&e.message_id).arg(e.stored_attempt());
@@ -369,6 +434,7 @@ impl RetrySchedule for RedisRetrySchedule {
                 attempt,
                 resend,
                 due_ms: due as i64,
+                lapsed: false,
             }))
         }
         .boxed()
