@@ -10,6 +10,9 @@
 //!    by `wrk` (a Lua script cycling through pre-signed requests, a distinct message per
 //!    request). Reports requests/s, latency percentiles and non-2xx answers, then checks
 //!    that MongoDB holds at least as many `delivered` messages as wrk counted 2xx answers.
+//!    The Twilio pass runs twice: answered once applied, and with `http.callback_journal`
+//!    (answered once in the Redis journal; the run then waits until MongoDB holds every
+//!    answered callback and reports that applied rate too).
 //! 3. **Sends per second to each kind's simulator** (`herald provider-sim --kind webhook |
 //!    twilio | sendgrid`): N `signed_up` triggers through Kafka, sent over HTTP; timed from
 //!    the first `sent` to the last.
@@ -134,7 +137,7 @@ impl Kind {
 
 /// `herald run` with one provider of `kind` (named `<kind>-sim`) at `sim_port`, its webhooks
 /// on `http`.
-fn spawn_herald(base: &str, http: u16, sim_port: u16, kind: Kind) -> Kill {
+fn spawn_herald(base: &str, http: u16, sim_port: u16, kind: Kind, journal: bool) -> Kill {
     let config = std::env::temp_dir().join(format!("{base}.toml"));
     let provider = match kind {
         Kind::Webhook => format!(
@@ -184,6 +187,7 @@ max_concurrency = 256
             "HERALD__HTTP__PUBLIC_URL",
             format!("http://127.0.0.1:{http}"),
         )
+        .env("HERALD__HTTP__CALLBACK_JOURNAL", journal.to_string())
         .env("HERALD__LOG__FORMAT", "json")
         .env("RUST_LOG", "warn")
         .env("BENCH_SECRET", SECRET)
@@ -469,15 +473,26 @@ struct CallbackRun {
     total: u64,
     non2xx: u64,
     delivered: u64,
+    /// With the journal: `delivered` over the time from wrk's start until MongoDB held every
+    /// answered callback.
+    applied_per_sec: Option<f64>,
 }
 
-/// Pass 2: `n` signed callbacks in `kind`'s format for `seconds` over `connections`.
-fn callbacks(base: &str, kind: Kind, n: usize, seconds: u64, connections: u64) -> CallbackRun {
+/// Pass 2: `n` signed callbacks in `kind`'s format for `seconds` over `connections`; with
+/// `journal`, answered once journaled and applied behind (then waits until applied).
+fn callbacks(
+    base: &str,
+    kind: Kind,
+    n: usize,
+    seconds: u64,
+    connections: u64,
+    journal: bool,
+) -> CallbackRun {
     let provider = format!("{}-sim", kind.name());
     let docs = store_sent(base, n, &provider, kind);
     ensure_rt_topics(base);
     let http = free_port();
-    let herald = spawn_herald(base, http, free_port(), kind);
+    let herald = spawn_herald(base, http, free_port(), kind, journal);
     let path = format!("/webhooks/{provider}");
     let public = format!("http://127.0.0.1:{http}");
     let ts = (now_ms() / 1000).to_string();
@@ -501,6 +516,7 @@ fn callbacks(base: &str, kind: Kind, n: usize, seconds: u64, connections: u64) -
         kind.name()
     );
     let script = write_wrk_script(base, &requests[1..]);
+    let wrk_started = Instant::now();
     let out = Command::new("wrk")
         .args([
             "-t2",
@@ -516,12 +532,34 @@ fn callbacks(base: &str, kind: Kind, n: usize, seconds: u64, connections: u64) -
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     println!("{text}{}", String::from_utf8_lossy(&out.stderr));
     let (rps, p50, p99, total, non2xx) = parse_wrk(&text);
+    let ok = total.saturating_sub(non2xx);
+    let mut applied_per_sec = None;
+    if journal {
+        // Answered once journaled: wait for MongoDB to hold every answered callback.
+        loop {
+            let delivered = delivered_in(&docs);
+            if delivered >= ok.min(n as u64) {
+                let rate = delivered as f64 / wrk_started.elapsed().as_secs_f64();
+                println!(
+                    "journal drained: {delivered} applied {:.1} s after wrk started = {rate:.0}/s",
+                    wrk_started.elapsed().as_secs_f64()
+                );
+                applied_per_sec = Some(rate);
+                break;
+            }
+            assert!(
+                wrk_started.elapsed() < Duration::from_secs(600),
+                "the journal stalled at {delivered} of {ok}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
     drop(herald);
     let delivered = delivered_in(&docs);
-    let ok = total.saturating_sub(non2xx);
     println!(
-        "{} callbacks: {rps:.0}/s, p50 {p50}, p99 {p99}, {total} requests, {non2xx} non-2xx, {delivered} delivered in MongoDB",
-        kind.name()
+        "{} callbacks{}: {rps:.0}/s, p50 {p50}, p99 {p99}, {total} requests, {non2xx} non-2xx, {delivered} delivered in MongoDB",
+        kind.name(),
+        if journal { " (journal)" } else { "" }
     );
     assert!(
         delivered >= ok.min(n as u64),
@@ -534,6 +572,7 @@ fn callbacks(base: &str, kind: Kind, n: usize, seconds: u64, connections: u64) -
         total,
         non2xx,
         delivered,
+        applied_per_sec,
     }
 }
 
@@ -581,7 +620,7 @@ fn dispatch(base: &str, kind: Kind, sends: usize) -> f64 {
         &format!("http://127.0.0.1:{http}/webhooks/{}-sim", kind.name()),
     );
     let started = Instant::now();
-    let _herald = spawn_herald(base, http, sim_port, kind);
+    let _herald = spawn_herald(base, http, sim_port, kind, false);
     let mut first_sent: Option<Instant> = None;
     let sent_total = |port: u16| -> u64 {
         rt().block_on(async {
@@ -631,8 +670,30 @@ fn main() {
     let base = format!("bench_msg_{}_{}", std::process::id(), now_ms() % 1_000_000);
 
     let store = store_rate(&format!("{base}_s"), 20_000.min(n), 256);
-    let twilio = callbacks(&format!("{base}_t"), Kind::Twilio, n, seconds, connections);
-    let webhook = callbacks(&format!("{base}_w"), Kind::Webhook, n, seconds, connections);
+    let twilio = callbacks(
+        &format!("{base}_t"),
+        Kind::Twilio,
+        n,
+        seconds,
+        connections,
+        false,
+    );
+    let journaled = callbacks(
+        &format!("{base}_j"),
+        Kind::Twilio,
+        n,
+        seconds,
+        connections,
+        true,
+    );
+    let webhook = callbacks(
+        &format!("{base}_w"),
+        Kind::Webhook,
+        n,
+        seconds,
+        connections,
+        false,
+    );
     let mut dispatched = Vec::new();
     for kind in [Kind::Webhook, Kind::Twilio, Kind::Sendgrid] {
         let rate = dispatch(&format!("{base}_d{}", kind.name()), kind, sends);
@@ -640,16 +701,24 @@ fn main() {
     }
     let run = |r: &CallbackRun| {
         format!(
-            "{{\"per_sec\":{:.0},\"p50\":\"{}\",\"p99\":\"{}\",\"requests\":{},\"non_2xx\":{},\"delivered\":{}}}",
-            r.rps, r.p50, r.p99, r.total, r.non2xx, r.delivered
+            "{{\"per_sec\":{:.0},\"p50\":\"{}\",\"p99\":\"{}\",\"requests\":{},\"non_2xx\":{},\"delivered\":{},\"applied_per_sec\":{}}}",
+            r.rps,
+            r.p50,
+            r.p99,
+            r.total,
+            r.non2xx,
+            r.delivered,
+            r.applied_per_sec
+                .map_or("null".to_string(), |a| format!("{a:.0}"))
         )
     };
     std::fs::create_dir_all("target/bench").unwrap();
     std::fs::write(
         "target/bench/messaging.json",
         format!(
-            "{{\"store_transitions_per_sec\":{store:.0},\"twilio_callbacks\":{},\"webhook_callbacks\":{},\"sends_per_sec\":{{{}}}}}\n",
+            "{{\"store_transitions_per_sec\":{store:.0},\"twilio_callbacks\":{},\"twilio_callbacks_journaled\":{},\"webhook_callbacks\":{},\"sends_per_sec\":{{{}}}}}\n",
             run(&twilio),
+            run(&journaled),
             run(&webhook),
             dispatched.join(",")
         ),
