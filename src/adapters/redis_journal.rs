@@ -8,13 +8,13 @@
 //! with `appendonly yes` in production).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::FutureExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 
 use crate::ports::{BoxFut, Callback, CallbackJournal, JournalEntry, StoreError};
 
+use super::redis_retry::manager;
 use super::redis_state::transient;
 
 const GROUP: &str = "herald";
@@ -31,21 +31,6 @@ pub struct RedisCallbackJournal {
     reader: ConnectionManager,
     key: Arc<str>,
     consumer: Arc<str>,
-}
-
-async fn manager(url: &str, response_timeout: Duration) -> Result<ConnectionManager, StoreError> {
-    let client = redis::Client::open(url).map_err(|e| StoreError::BadData {
-        key: "redis.url".into(),
-        detail: e.to_string(),
-    })?;
-    let config = ConnectionManagerConfig::new()
-        .set_response_timeout(Some(response_timeout))
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_number_of_retries(2)
-        .set_max_delay(Duration::from_secs(2));
-    ConnectionManager::new_with_config(client, config)
-        .await
-        .map_err(transient)
 }
 
 /// `[[id, [field, value, …]], …]` → entries (a missing or unreadable field is reported on the
@@ -69,8 +54,16 @@ fn entries(raw: RawEntries) -> Vec<JournalEntry> {
 
 impl RedisCallbackJournal {
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
-        let conn = manager(url, Duration::from_secs(5)).await?;
-        let reader = manager(url, Duration::from_secs(10)).await?;
+        use redis::IntoConnectionInfo;
+        let info = url
+            .into_connection_info()
+            .map_err(|e| StoreError::BadData {
+                key: "redis.url".into(),
+                detail: e.to_string(),
+            })?;
+        // Reads block for at most 500 ms, well inside the 5 s answer timeout.
+        let conn = manager(info.clone()).await?;
+        let reader = manager(info).await?;
         let key: Arc<str> = format!("{prefix}callbacks").into();
         let created: Result<(), redis::RedisError> = redis::cmd("XGROUP")
             .arg("CREATE")

@@ -166,7 +166,8 @@ pub fn url_with_db(url: &str, db: u32) -> Result<redis::ConnectionInfo, StoreErr
     Ok(info.set_redis_settings(redis_settings))
 }
 
-async fn manager(info: redis::ConnectionInfo) -> Result<ConnectionManager, StoreError> {
+/// A connection manager with the timeouts every Herald Redis connection uses (5 s answers).
+pub(crate) async fn manager(info: redis::ConnectionInfo) -> Result<ConnectionManager, StoreError> {
     let client = redis::Client::open(info).map_err(bad_url)?;
     let config = ConnectionManagerConfig::new()
         .set_response_timeout(Some(Duration::from_secs(5)))
