@@ -27,6 +27,10 @@ const APPLY_CONCURRENCY: usize = 1_024;
 pub const RETRY_IDLE_MS: u64 = 2_000;
 /// An entry still not applicable this long after it was appended is given up.
 pub const MAX_AGE_MS: i64 = 15 * 60 * 1000;
+/// One application that has not finished after this long is left for a later round: a
+/// store request that never answers must not hold the whole applier (and with it every
+/// entry after it) for ever.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The receiver's side: appends, refusing (503) once `max_pending` entries wait.
 pub struct JournaledCallbacks {
@@ -175,7 +179,17 @@ impl Applier {
             }
         };
         let provider = callback.provider.clone();
-        match self.apply.deliver(callback).await {
+        let applied = tokio::time::timeout(APPLY_TIMEOUT, self.apply.deliver(callback)).await;
+        let Ok(applied) = applied else {
+            tracing::warn!(
+                entry = entry.id,
+                provider,
+                timeout_ms = APPLY_TIMEOUT.as_millis() as u64,
+                "applying a journaled callback did not finish in time; it is read again"
+            );
+            return Applied::Later;
+        };
+        match applied {
             Ok(()) => Applied::Done,
             Err(e) => {
                 let age = entry.appended_ms().map_or(0, |t| now - t);
