@@ -8,7 +8,8 @@
 #   Prometheus, docker-compose: Debian packages (tests of the ops files)
 #   Provider stand-ins: Prism 5 (npm) serving the providers' own OpenAPI documents, and the
 #                     providers' official Python libraries (twilio, sendgrid, google-auth)
-#                     and aiosmtpd in a venv (tests/provider_libs.py, tests/provider_standins.py)
+#                     and aiosmtpd in a venv (tests/provider_libs.py, tests/provider_standins.py),
+#                     Segment's and RudderStack's client libraries (tests/ingest_clients.*)
 # Needs: Java 17+ and Maven (Kafka), Python 3 with venv (nx-27017), apt (the rest).
 # Usage: scripts/backends.sh up|down|status
 set -euo pipefail
@@ -176,11 +177,18 @@ provider_tools_up() {
     npm install --silent --no-audit --no-fund --prefix "$TOOLS" @stoplight/prism-cli@5 >"$CACHE/prism-install.log" 2>&1 \
       || { tail -20 "$CACHE/prism-install.log" >&2; return 1; }
   fi
-  if [ ! -f "$TOOLS/venv/.complete-2" ]; then
-    log "installing the twilio and sendgrid Python libraries into $TOOLS/venv (PyPI)"
+  if [ ! -f "$TOOLS/venv/.complete-3" ]; then
+    log "installing the twilio, sendgrid, Segment and RudderStack Python libraries into $TOOLS/venv (PyPI)"
     python3 -m venv "$TOOLS/venv"
-    "$TOOLS/venv/bin/pip" install -q twilio sendgrid cryptography aiosmtpd google-auth
-    touch "$TOOLS/venv/.complete" "$TOOLS/venv/.complete-2"
+    "$TOOLS/venv/bin/pip" install -q twilio sendgrid cryptography aiosmtpd google-auth \
+      segment-analytics-python rudder-sdk-python
+    touch "$TOOLS/venv/.complete" "$TOOLS/venv/.complete-2" "$TOOLS/venv/.complete-3"
+  fi
+  # Segment's Node.js library, for the HTTP ingest tests (tests/ingest_clients.js).
+  if [ ! -d "$TOOLS/node_modules/@segment/analytics-node" ]; then
+    log "installing @segment/analytics-node into $TOOLS (npm)"
+    npm install --silent --no-audit --no-fund --prefix "$TOOLS" @segment/analytics-node@3 >"$CACHE/segment-install.log" 2>&1 \
+      || { tail -20 "$CACHE/segment-install.log" >&2; return 1; }
   fi
 }
 

@@ -138,6 +138,70 @@ pub struct HttpConfig {
     pub callback_journal_max_pending: u64,
 }
 
+/// The Segment-compatible HTTP ingest (`[ingest]`, off unless `listen` is set).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// The environment variable holding the comma-separated write keys.
+    #[serde(default = "default_write_keys_env")]
+    pub write_keys_env: String,
+    /// How long a request waits for the broker's acknowledgement before 503.
+    #[serde(default = "default_ingest_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Requests per second per write key; unset: no limit.
+    #[serde(default, deserialize_with = "optional_number")]
+    pub rate_per_sec_per_key: Option<f64>,
+    /// Bytes of request bodies waiting for the broker at once; past it, 503.
+    #[serde(default = "default_ingest_in_flight")]
+    pub max_in_flight_bytes: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            listen: None,
+            write_keys_env: default_write_keys_env(),
+            timeout_ms: default_ingest_timeout_ms(),
+            rate_per_sec_per_key: None,
+            max_in_flight_bytes: default_ingest_in_flight(),
+        }
+    }
+}
+
+/// An optional number that may also come as text: a key without a default has no type to
+/// parse its `HERALD__…` variable by, so the variable arrives as a string.
+fn optional_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum NumberOrText {
+        Number(f64),
+        Text(String),
+    }
+    match Option::<NumberOrText>::deserialize(d)? {
+        None => Ok(None),
+        Some(NumberOrText::Number(n)) => Ok(Some(n)),
+        Some(NumberOrText::Text(t)) => t
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom(format!("expected a number, found {t:?}"))),
+    }
+}
+
+fn default_write_keys_env() -> String {
+    "HERALD_INGEST_WRITE_KEYS".into()
+}
+
+fn default_ingest_timeout_ms() -> u64 {
+    10_000
+}
+
+fn default_ingest_in_flight() -> usize {
+    64 << 20
+}
+
 fn default_journal_max_pending() -> u64 {
     1_000_000
 }
@@ -440,6 +504,8 @@ pub struct Config {
     pub redis: RedisConfig,
     pub mongo: MongoConfig,
     pub http: HttpConfig,
+    #[serde(default)]
+    pub ingest: IngestConfig,
     pub batch: BatchConfig,
     pub dedup: DedupConfig,
     pub aggregator: AggregatorConfig,
@@ -612,6 +678,7 @@ impl Config {
             ),
             ("startup.timeout_ms", self.startup.timeout_ms),
             ("shutdown.timeout_ms", self.shutdown.timeout_ms),
+            ("ingest.timeout_ms", self.ingest.timeout_ms),
             ("rabbitmq.queues", self.rabbitmq.queues as u64),
             ("demo.partitions", self.demo.partitions as u64),
         ];
@@ -716,6 +783,14 @@ impl Config {
                         "{}: rate_per_sec, timeout_ms and max_concurrency must be greater than 0",
                         key("*")
                     ),
+                ));
+            }
+        }
+        if let Some(rate) = self.ingest.rate_per_sec_per_key {
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err(err(
+                    "ingest.rate_per_sec_per_key",
+                    format!("must be a number greater than 0, got {rate}"),
                 ));
             }
         }
@@ -1095,6 +1170,17 @@ mod tests {
         assert_eq!(c.batch.max_size, 20);
         assert_eq!(c.batch.max_wait_ms, 7);
         assert_eq!(c.kafka.brokers, "10.0.0.1:9092");
+    }
+
+    #[test]
+    fn a_number_without_a_default_can_come_from_the_environment() {
+        let c = load(&[], &[("HERALD__INGEST__RATE_PER_SEC_PER_KEY", "2.5")]).unwrap();
+        assert_eq!(c.ingest.rate_per_sec_per_key, Some(2.5));
+        let c = load(&[("a.toml", "[ingest]\nrate_per_sec_per_key = 3")], &[]).unwrap();
+        assert_eq!(c.ingest.rate_per_sec_per_key, Some(3.0));
+        let e = load(&[], &[("HERALD__INGEST__RATE_PER_SEC_PER_KEY", "fast")]).unwrap_err();
+        assert_eq!(e.key, "ingest.rate_per_sec_per_key");
+        assert!(e.problem.contains("expected a number"), "{e}");
     }
 
     #[test]

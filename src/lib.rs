@@ -9,6 +9,7 @@ pub mod domain;
 pub mod embedded;
 pub mod ports;
 pub mod produce;
+pub mod produce_http;
 pub mod provider_setup;
 pub mod provider_sim;
 pub mod service;

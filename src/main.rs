@@ -22,6 +22,13 @@ struct Cli {
     command: Command,
 }
 
+/// How `herald produce` publishes.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Via {
+    Broker,
+    Http,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the real pipeline on embedded adapters, print a summary and verify it.
@@ -53,6 +60,12 @@ enum Command {
         seed: u64,
         #[arg(long)]
         rate: Option<u64>,
+        /// `broker`: straight to the configured source; `http`: through the HTTP ingest.
+        #[arg(long, value_enum, default_value = "broker")]
+        via: Via,
+        /// `--via http`: the ingest's base URL (default `http://<ingest.listen>`).
+        #[arg(long)]
+        url: Option<String>,
     },
     /// Simulate an SMS/email/push provider over HTTP.
     ProviderSim {
@@ -186,6 +199,8 @@ fn main() -> ExitCode {
             users,
             seed,
             rate,
+            via,
+            url,
         } => {
             let cfg = match Config::load(&config) {
                 Ok(c) => c,
@@ -196,7 +211,13 @@ fn main() -> ExitCode {
                 return fail("--users must be at least 1");
             }
             let spec = herald::workload::WorkloadSpec::new(events, users, seed);
-            match actix::System::new().block_on(herald::produce::produce(cfg, spec, rate)) {
+            let produced = actix::System::new().block_on(async move {
+                match via {
+                    Via::Broker => herald::produce::produce(cfg, spec, rate).await,
+                    Via::Http => herald::produce_http::produce(cfg, spec, rate, url).await,
+                }
+            });
+            match produced {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(format!("{e:#}")),
             }

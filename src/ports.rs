@@ -533,3 +533,39 @@ pub trait Probe: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     fn check(&self) -> BoxFut<Result<(), String>>;
 }
+
+/// One message the HTTP ingest publishes to the source, keyed by its user.
+#[derive(Debug, Clone)]
+pub struct Publication {
+    pub key: String,
+    pub payload: Vec<u8>,
+}
+
+/// One message the HTTP ingest refused by §2's rules, for the dead-letter destination.
+#[derive(Debug, Clone)]
+pub struct RefusedPublication {
+    pub key: String,
+    pub payload: Vec<u8>,
+    /// `<reason code>: <detail>`, the `herald-error` header.
+    pub error: String,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PublishError {
+    /// The broker did not take it (down, refused, local queue full): the request is answered
+    /// 503 and the client sends it again.
+    #[error("the broker did not acknowledge: {0}")]
+    Unavailable(String),
+}
+
+/// Where the HTTP ingest publishes (`ingest.listen`): the configured source's broker.
+pub trait EventPublisher: Send + Sync + 'static {
+    /// Resolves once the broker acknowledged every message and dead letter (Kafka `acks=all`,
+    /// RabbitMQ publisher confirms). Dropping the future abandons waiting, not the messages:
+    /// they may still arrive, and the client's resend is deduplicated by `messageId`.
+    fn publish(
+        &self,
+        messages: Vec<Publication>,
+        refused: Vec<RefusedPublication>,
+    ) -> BoxFut<Result<(), PublishError>>;
+}

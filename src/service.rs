@@ -12,14 +12,17 @@ use crate::actors::callback_journal::Journal;
 use crate::actors::context::{Ports, Settings};
 use crate::actors::{Pipeline, PipelineSpec};
 use crate::adapters::http_server::{self, HttpState, Listeners};
+use crate::adapters::ingest_http::{self, IngestState};
+use crate::adapters::kafka_publisher::KafkaPublisher;
 use crate::adapters::kafka_source::{KafkaSettings, KafkaSource};
 use crate::adapters::mongo_docs::MongoDocumentStore;
+use crate::adapters::rabbitmq_publisher::RabbitPublisher;
 use crate::adapters::rabbitmq_source::{self, RabbitSettings, RabbitSource};
 use crate::adapters::redis_journal::RedisCallbackJournal;
 use crate::adapters::redis_retry::{listen_for_wakeups, RedisRetrySchedule};
 use crate::adapters::redis_state::RedisStateStore;
 use crate::config::{mask_url_password, Config, SourceKind};
-use crate::ports::{BoxFut, Clock, Probe, Source, SystemClock};
+use crate::ports::{BoxFut, Clock, EventPublisher, Probe, Source, SystemClock};
 use crate::provider_setup;
 use crate::telemetry::Metrics;
 
@@ -143,6 +146,27 @@ impl RunningSource {
 pub async fn run(config: Config) -> anyhow::Result<()> {
     // The port first: a taken port is a one-line error before anything else starts.
     let listeners = Listeners::bind(config.http.listen, config.http.metrics_listen)?;
+    let ingest_listener = config
+        .ingest
+        .listen
+        .map(|addr| {
+            std::net::TcpListener::bind(addr)
+                .map_err(|e| anyhow!("ingest: cannot listen on {addr}: {e}"))
+        })
+        .transpose()?;
+    let write_keys = match &ingest_listener {
+        Some(_) => {
+            let var = &config.ingest.write_keys_env;
+            let keys = std::env::var(var)
+                .map_err(|_| anyhow!("ingest.write_keys_env names ${var}, which is not set"))?;
+            let keys = ingest_http::write_keys_from(&keys);
+            if keys.is_empty() {
+                bail!("ingest.write_keys_env names ${var}, which holds no write key");
+            }
+            keys
+        }
+        None => Default::default(),
+    };
     let providers = provider_setup::providers(&config)?;
     let receivers = provider_setup::receivers(&config, &config.http.public_url())?;
     let startup = Duration::from_millis(config.startup.timeout_ms);
@@ -214,11 +238,34 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         retry_db,
         waker,
     ));
-    let probes: Vec<Arc<dyn Probe>> = vec![
+    let mut probes: Vec<Arc<dyn Probe>> = vec![
         source.probe(),
         Arc::new(RedisProbe(state)),
         Arc::new(MongoProbe(docs)),
     ];
+    let ingest = match ingest_listener {
+        Some(listener) => {
+            let publisher = IngestPublisher::new(&config)?;
+            probes.push(Arc::new(publisher.clone()));
+            let ingest_state = IngestState::new(
+                publisher.port(),
+                write_keys,
+                config.ingest.rate_per_sec_per_key,
+                Duration::from_millis(config.ingest.timeout_ms),
+                config.limits.max_message_bytes,
+                config.ingest.max_in_flight_bytes,
+                clock.clone(),
+                metrics.clone(),
+            );
+            let bound = listener
+                .local_addr()
+                .map_or_else(|_| "?".to_string(), |a| a.to_string());
+            let server = ingest_http::start(ingest_state, listener, 2)?;
+            tracing::info!(listen = %bound, "HTTP ingest listening (Segment's Tracking API)");
+            Some(server)
+        }
+        None => None,
+    };
     // With the journal, callbacks are answered once journaled and applied behind it.
     let callbacks = if config.http.callback_journal {
         let journal = within(
@@ -263,6 +310,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         reason,
         "shutting down: draining in-flight work and committing"
     );
+    // The ingest first: what it answered 200 for is in the broker already.
+    if let Some(server) = ingest {
+        server.stop(true).await;
+    }
     let result = pipeline.shutdown().await;
     for server in servers {
         server.stop(true).await;
@@ -278,6 +329,61 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "drained and committed; bye"
     );
     Ok(())
+}
+
+/// The ingest's publisher, to the configured source's broker.
+#[derive(Clone)]
+enum IngestPublisher {
+    Kafka(KafkaPublisher),
+    Rabbit(RabbitPublisher),
+}
+
+impl IngestPublisher {
+    fn new(config: &Config) -> anyhow::Result<Self> {
+        let timeout = Duration::from_millis(config.ingest.timeout_ms);
+        Ok(match config.source.kind {
+            SourceKind::Kafka => IngestPublisher::Kafka(KafkaPublisher::new(
+                &config.kafka.brokers,
+                &config.kafka.option_strings(),
+                &config.kafka.topic,
+                timeout,
+            )?),
+            SourceKind::Rabbitmq => {
+                IngestPublisher::Rabbit(RabbitPublisher::new(rabbit_settings(config)))
+            }
+            SourceKind::Embedded => bail!("the ingest needs source.kind kafka or rabbitmq"),
+        })
+    }
+
+    fn port(&self) -> Arc<dyn EventPublisher> {
+        match self {
+            IngestPublisher::Kafka(p) => Arc::new(p.clone()),
+            IngestPublisher::Rabbit(p) => Arc::new(p.clone()),
+        }
+    }
+}
+
+impl Probe for IngestPublisher {
+    fn name(&self) -> &'static str {
+        "ingest"
+    }
+    fn check(&self) -> BoxFut<Result<(), String>> {
+        match self {
+            IngestPublisher::Kafka(p) => {
+                let p = p.clone();
+                async move {
+                    tokio::task::spawn_blocking(move || p.check_broker())
+                        .await
+                        .map_err(|e| e.to_string())?
+                }
+                .boxed()
+            }
+            IngestPublisher::Rabbit(p) => {
+                let p = p.clone();
+                async move { p.check_broker().await }.boxed()
+            }
+        }
+    }
 }
 
 struct SourceProbe(RunningSource);

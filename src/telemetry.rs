@@ -44,6 +44,8 @@ pub struct Metrics {
     callback_journal_pending: Gauge,
     callback_journal_dropped: Family<Labels, Counter>,
     suppressed: Family<Labels, Counter>,
+    ingest_requests: Family<Labels, Counter>,
+    ingest_messages: Family<Labels, Counter>,
     actor_restarts: Family<Labels, Counter>,
     /// Exact latency percentiles for the demo summary (milliseconds).
     latency_ms: Mutex<hdrhistogram::Histogram<u64>>,
@@ -113,6 +115,8 @@ impl Metrics {
         let callback_journal_pending = Gauge::default();
         let callback_journal_dropped = Family::<Labels, Counter>::default();
         let suppressed = Family::<Labels, Counter>::default();
+        let ingest_requests = Family::<Labels, Counter>::default();
+        let ingest_messages = Family::<Labels, Counter>::default();
         let actor_restarts = Family::<Labels, Counter>::default();
         registry.register(
             "herald_events_consumed",
@@ -217,6 +221,16 @@ impl Metrics {
             suppressed.clone(),
         );
         registry.register(
+            "herald_ingest_requests",
+            "HTTP ingest requests (ingest.listen), by response code",
+            ingest_requests.clone(),
+        );
+        registry.register(
+            "herald_ingest_messages",
+            "HTTP ingest messages: published to the source, or rejected (dead-lettered)",
+            ingest_messages.clone(),
+        );
+        registry.register(
             "herald_actor_restarts",
             "Actor restarts after a contained panic or failure",
             actor_restarts.clone(),
@@ -252,6 +266,8 @@ impl Metrics {
             callback_journal_pending,
             callback_journal_dropped,
             suppressed,
+            ingest_requests,
+            ingest_messages,
             actor_restarts,
             latency_ms: Mutex::new(
                 hdrhistogram::Histogram::new_with_bounds(1, 3_600_000, 3)
@@ -426,6 +442,19 @@ impl Metrics {
         self.suppressed
             .get_or_create(&vec![("reason", reason.to_string())])
             .inc();
+    }
+
+    pub fn ingest_request(&self, code: u16) {
+        self.ingest_requests
+            .get_or_create(&vec![("code", code.to_string())])
+            .inc();
+    }
+
+    /// `outcome`: `published` or `rejected`.
+    pub fn ingest_messages(&self, outcome: &'static str, n: usize) {
+        self.ingest_messages
+            .get_or_create(&vec![("outcome", outcome.to_string())])
+            .inc_by(n as u64);
     }
 
     pub fn actor_restarted(&self, actor: &'static str, cause: &str) {

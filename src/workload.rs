@@ -184,7 +184,7 @@ impl Workload {
                 r#"{{"messageId":"{id}","type":"track","userId":"{user}","timestamp":"not a time","event":"x"}}"#
             ),
             3 => format!(
-                r#"{{"messageId":"{id}","type":"page","userId":"{user}","timestamp":"{ts}"}}"#
+                r#"{{"messageId":"{id}","type":"pageview","userId":"{user}","timestamp":"{ts}"}}"#
             ),
             4 => format!(
                 r#"{{"messageId":"{id}","type":"track","userId":"{user}","timestamp":"{ts}","event":"no/slashes"}}"#

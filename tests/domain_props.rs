@@ -155,8 +155,21 @@ fn kind_strategy() -> impl Strategy<Value = EventKind> {
         select(&EVENT_NAMES[..]).prop_map(|n| EventKind::Track {
             event: n.to_string()
         }),
+        (
+            select(&GROUP_IDS[..]),
+            vec((select(&TRAIT_KEYS[..]), stream_leaf()), 0..3),
+        )
+            .prop_map(|(group_id, traits)| EventKind::Group {
+                group_id: group_id.to_string(),
+                traits: traits
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), if v.is_null() { None } else { Some(v) }))
+                    .collect(),
+            }),
     ]
 }
+
+const GROUP_IDS: [&str; 3] = ["g-1", "acme", "Zoë & co"];
 
 #[derive(Debug, Clone)]
 enum IdChoice {
@@ -886,7 +899,7 @@ fn tags_field() -> BoxedStrategy<Field> {
 fn message_map() -> impl Strategy<Value = Map<String, Value>> {
     let kind = string_field(
         select(vec!["identify", "track"]).prop_map(str::to_string),
-        select(vec!["page", "Track", "", "alias", "identify "]).prop_map(str::to_string),
+        select(vec!["pageview", "Track", "", "Alias", "identify "]).prop_map(str::to_string),
     );
     let ts = string_field(
         select(&VALID_TS[..]).prop_map(str::to_string),
@@ -952,7 +965,15 @@ fn non_null<'a>(m: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
 fn violations(m: &Map<String, Value>) -> Vec<RejectReason> {
     let mut v = Vec::new();
     let mut strings: BTreeMap<&str, &str> = BTreeMap::new();
-    for key in ["messageId", "type", "userId", "timestamp", "event"] {
+    for key in [
+        "messageId",
+        "type",
+        "userId",
+        "anonymousId",
+        "groupId",
+        "timestamp",
+        "event",
+    ] {
         match non_null(m, key) {
             None => {}
             Some(Value::String(s)) => {
@@ -979,17 +1000,16 @@ fn violations(m: &Map<String, Value>) -> Vec<RejectReason> {
         }
         Some(_) => v.push(RejectReason::BadField),
     }
-    for key in ["messageId", "userId"] {
-        let valid = if key == "messageId" {
-            valid_message_id_model
-        } else {
-            valid_id_model
-        };
-        match strings.get(key) {
-            None => v.push(RejectReason::MissingField),
-            Some(s) if !valid(s) => v.push(RejectReason::BadField),
-            Some(_) => {}
-        }
+    match strings.get("messageId") {
+        None => v.push(RejectReason::MissingField),
+        Some(s) if !valid_message_id_model(s) => v.push(RejectReason::BadField),
+        Some(_) => {}
+    }
+    // The user's key: `userId`, else `anonymousId`.
+    match strings.get("userId").or(strings.get("anonymousId")) {
+        None => v.push(RejectReason::MissingField),
+        Some(s) if !valid_id_model(s) => v.push(RejectReason::BadField),
+        Some(_) => {}
     }
     match strings.get("timestamp") {
         None => v.push(RejectReason::MissingField),
@@ -1082,6 +1102,15 @@ fn event_to_json(e: &Event, offset_minutes: i32) -> Value {
             m.insert("type".into(), "track".into());
             m.insert("event".into(), event.clone().into());
             m.insert("properties".into(), serde_json::json!({"source": "web"}));
+        }
+        EventKind::Group { group_id, traits } => {
+            m.insert("type".into(), "group".into());
+            m.insert("groupId".into(), group_id.clone().into());
+            let t: Map<String, Value> = traits
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone().unwrap_or(Value::Null)))
+                .collect();
+            m.insert("traits".into(), Value::Object(t));
         }
     }
     Value::Object(m)

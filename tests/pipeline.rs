@@ -551,9 +551,10 @@ fn every_rejection_reason_is_dead_lettered_and_the_partition_goes_on() {
         (RejectReason::NotObject, b"[1,2,3]".to_vec()),
         (RejectReason::MissingField, br#"{"type":"track","userId":"u-1","timestamp":"2026-11-23T10:00:00Z","event":"e"}"#.to_vec()),
         (RejectReason::BadField, br#"{"messageId":7,"type":"track","userId":"u-1","timestamp":"2026-11-23T10:00:00Z","event":"e"}"#.to_vec()),
-        (RejectReason::UnknownType, br#"{"messageId":"x","type":"page","userId":"u-1","timestamp":"2026-11-23T10:00:00Z"}"#.to_vec()),
+        (RejectReason::UnknownType, br#"{"messageId":"x","type":"pageview","userId":"u-1","timestamp":"2026-11-23T10:00:00Z"}"#.to_vec()),
         (RejectReason::BadTimestamp, br#"{"messageId":"x","type":"track","userId":"u-1","timestamp":"soon","event":"e"}"#.to_vec()),
         (RejectReason::BadEventName, br#"{"messageId":"x","type":"track","userId":"u-1","timestamp":"2026-11-23T10:00:00Z","event":"a/b"}"#.to_vec()),
+        (RejectReason::UnsupportedType, br#"{"messageId":"x","type":"alias","userId":"u-1","previousId":"a-1","timestamp":"2026-11-23T10:00:00Z"}"#.to_vec()),
     ];
     assert_eq!(bad.len(), RejectReason::ALL.len(), "every reason covered");
     let mut valid = Vec::new();

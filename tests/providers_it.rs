@@ -26,22 +26,6 @@ fn now_secs() -> i64 {
         .as_secs() as i64
 }
 
-/// Where `scripts/backends.sh up` installs Prism and the providers' Python libraries.
-fn tools() -> PathBuf {
-    let cache = std::env::var_os("HERALD_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/herald")
-        });
-    let tools = cache.join("provider-tools");
-    assert!(
-        tools.join("venv/.complete-2").exists() && tools.join("node_modules/.bin/prism").exists(),
-        "provider tools missing under {}: run scripts/backends.sh up",
-        tools.display()
-    );
-    tools
-}
-
 /// Runs `tests/provider_libs.py` (the providers' official libraries) and returns its output.
 fn provider_lib(args: &[&str]) -> String {
     let out = Command::new(tools().join("venv/bin/python"))

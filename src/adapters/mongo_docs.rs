@@ -16,7 +16,7 @@ use crate::domain::campaign::Channel;
 use crate::domain::message::{
     HistoryEntry, MessageRecord, MessageStatus, StatusChange, StatusEvent,
 };
-use crate::domain::profile::Profile;
+use crate::domain::profile::{NameMap, Profile};
 use crate::domain::suppression::{normalise_address, Suppression, SuppressionReason};
 use crate::ports::{
     BoxFut, DocumentStore, StoreError, TransitionResult, UserSnapshot, UsersWritten,
@@ -207,16 +207,18 @@ pub const USER_DOCUMENT_SCHEMA: i32 = 2;
 /// The `users` document of REFERENCE.md §3 (without `_id`), with its fencing `version` and
 /// `schema_version`.
 pub fn user_document(profile: &Profile, version: u64, updated_at: i64) -> Document {
-    let traits: Document = profile
-        .traits
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.to_string(),
-                Bson::try_from(v.clone()).unwrap_or(Bson::Null),
-            )
-        })
-        .collect();
+    let bson_traits = |traits: &NameMap<serde_json::Value>| -> Document {
+        traits
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    Bson::try_from(v.clone()).unwrap_or(Bson::Null),
+                )
+            })
+            .collect()
+    };
+    let traits = bson_traits(&profile.traits);
     let events: Document = profile
         .events
         .iter()
@@ -231,7 +233,7 @@ pub fn user_document(profile: &Profile, version: u64, updated_at: i64) -> Docume
             )
         })
         .collect();
-    doc! {
+    let mut document = doc! {
         "traits": traits,
         "tags": profile.tags.iter().map(str::to_string).collect::<Vec<String>>(),
         "event_count": profile.event_count,
@@ -241,7 +243,17 @@ pub fn user_document(profile: &Profile, version: u64, updated_at: i64) -> Docume
         "updated_at": date(updated_at),
         "version": version as i64,
         "schema_version": USER_DOCUMENT_SCHEMA,
+    };
+    // Only users in a group carry `groups` (documents of users without stay as they were).
+    if !profile.groups.is_empty() {
+        let groups: Document = profile
+            .groups
+            .iter()
+            .map(|(id, traits)| (id.to_string(), Bson::Document(bson_traits(traits))))
+            .collect();
+        document.insert("groups", groups);
     }
+    document
 }
 
 fn message_document(m: &MessageRecord, version: i64) -> Document {

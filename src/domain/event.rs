@@ -19,6 +19,7 @@ pub const MAX_EVENT_NAME_CHARS: usize = 64;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
     pub message_id: String,
+    /// The user's key: `userId`, else `anonymousId` (the `users` `_id`).
     pub user_id: String,
     /// Event time, milliseconds since the Unix epoch (BSON dates have millisecond precision).
     pub timestamp_ms: i64,
@@ -33,10 +34,20 @@ pub enum EventKind {
         tags_add: Vec<String>,
         tags_remove: Vec<String>,
     },
-    Track {
-        event: String,
+    /// `track`, and `page` / `screen` as the events [`PAGE_VIEWED`] / [`SCREEN_VIEWED`].
+    Track { event: String },
+    /// `group`: the traits of one group the user belongs to (`users.groups.<group_id>`).
+    Group {
+        group_id: String,
+        /// `Some(v)` sets the group trait, `None` (JSON null) removes it.
+        traits: Vec<(String, Option<Value>)>,
     },
 }
+
+/// The event a `page` message counts as.
+pub const PAGE_VIEWED: &str = "page_viewed";
+/// The event a `screen` message counts as.
+pub const SCREEN_VIEWED: &str = "screen_viewed";
 
 /// Why a message was rejected; the `code` is the `reason` label of
 /// `herald_events_invalid_total` and the prefix of the dead letter's `herald-error` header.
@@ -51,10 +62,12 @@ pub enum RejectReason {
     UnknownType,
     BadTimestamp,
     BadEventName,
+    /// A Segment type Herald does not apply yet (`alias`).
+    UnsupportedType,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 9] = [
+    pub const ALL: [RejectReason; 10] = [
         RejectReason::TooLarge,
         RejectReason::NotUtf8,
         RejectReason::NotJson,
@@ -64,6 +77,7 @@ impl RejectReason {
         RejectReason::UnknownType,
         RejectReason::BadTimestamp,
         RejectReason::BadEventName,
+        RejectReason::UnsupportedType,
     ];
 
     pub fn code(self) -> &'static str {
@@ -77,6 +91,7 @@ impl RejectReason {
             RejectReason::UnknownType => "unknown_type",
             RejectReason::BadTimestamp => "bad_timestamp",
             RejectReason::BadEventName => "bad_event_name",
+            RejectReason::UnsupportedType => "unsupported_type",
         }
     }
 }
@@ -106,6 +121,10 @@ struct RawEvent<'a> {
     kind: Option<Cow<'a, str>>,
     #[serde(rename = "userId", default, borrow)]
     user_id: Option<Cow<'a, str>>,
+    #[serde(rename = "anonymousId", default, borrow)]
+    anonymous_id: Option<Cow<'a, str>>,
+    #[serde(rename = "groupId", default, borrow)]
+    group_id: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     timestamp: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
@@ -117,6 +136,69 @@ struct RawEvent<'a> {
     tags: Option<Value>,
     #[serde(default)]
     properties: Option<Map<String, Value>>,
+    /// Only `context.traits` is read: RudderStack's libraries send an `identify`'s traits there
+    /// and not at the top level.
+    #[serde(default)]
+    context: ContextTraits,
+}
+
+/// `context.traits` when `context` is an object holding a `traits` object; anything else in
+/// (or instead of) `context` is skipped without being built, and never rejects the message.
+#[derive(Default)]
+struct ContextTraits(Option<Map<String, Value>>);
+
+impl<'de> Deserialize<'de> for ContextTraits {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = ContextTraits;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut traits = None;
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    if key == "traits" {
+                        if let Value::Object(t) = map.next_value::<Value>()? {
+                            traits = Some(t);
+                        }
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(ContextTraits(traits))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(ContextTraits(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(ContextTraits(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(ContextTraits(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(ContextTraits(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(ContextTraits(None))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(ContextTraits(None))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(ContextTraits(None))
+            }
+        }
+        d.deserialize_any(Visit)
+    }
 }
 
 /// Decodes one raw message. `max_bytes` is `limits.max_message_bytes`.
@@ -168,7 +250,15 @@ fn classify_serde_error(text: &str, err: &serde_json::Error) -> Rejection {
 
 /// Finds which known field has the wrong JSON type (slow path, invalid messages only).
 fn name_bad_field(map: &Map<String, Value>) -> String {
-    let expect_string = ["messageId", "type", "userId", "timestamp", "event"];
+    let expect_string = [
+        "messageId",
+        "type",
+        "userId",
+        "anonymousId",
+        "groupId",
+        "timestamp",
+        "event",
+    ];
     for field in expect_string {
         if let Some(v) = map.get(field) {
             if !v.is_string() && !v.is_null() {
@@ -269,7 +359,16 @@ fn validate(raw: RawEvent<'_>) -> Result<Event, Rejection> {
         ));
     }
     let kind = required("type", raw.kind)?;
-    let user_id = check_id("userId", required("userId", raw.user_id)?)?;
+    let user_id = match (raw.user_id, raw.anonymous_id) {
+        (Some(user_id), _) => check_id("userId", user_id)?,
+        (None, Some(anonymous_id)) => check_id("anonymousId", anonymous_id)?,
+        (None, None) => {
+            return Err(Rejection::new(
+                RejectReason::MissingField,
+                "`userId` or `anonymousId` is required",
+            ))
+        }
+    };
     let ts_text = required("timestamp", raw.timestamp)?;
     let timestamp_ms = parse_timestamp(&ts_text).ok_or_else(|| {
         Rejection::new(
@@ -279,19 +378,11 @@ fn validate(raw: RawEvent<'_>) -> Result<Event, Rejection> {
     })?;
     let (tags_add, tags_remove) = tags(raw.tags)?;
     let kind = match kind.as_ref() {
-        "identify" => {
-            let traits = raw
-                .traits
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, if v.is_null() { None } else { Some(v) }))
-                .collect();
-            EventKind::Identify {
-                traits,
-                tags_add,
-                tags_remove,
-            }
-        }
+        "identify" => EventKind::Identify {
+            traits: trait_changes(raw.traits.or(raw.context.0)),
+            tags_add,
+            tags_remove,
+        },
         "track" => {
             let event = required("event", raw.event)?;
             if !is_valid_event_name(&event) {
@@ -309,11 +400,23 @@ fn validate(raw: RawEvent<'_>) -> Result<Event, Rejection> {
                 event: event.into_owned(),
             }
         }
+        // `name` and `properties` are validated by type only: the view counts, not what.
+        "page" => EventKind::Track {
+            event: PAGE_VIEWED.to_string(),
+        },
+        "screen" => EventKind::Track {
+            event: SCREEN_VIEWED.to_string(),
+        },
+        "group" => EventKind::Group {
+            group_id: check_id("groupId", required("groupId", raw.group_id)?)?,
+            traits: trait_changes(raw.traits),
+        },
+        "alias" => return Err(Rejection::new(RejectReason::UnsupportedType, "alias")),
         other => {
             return Err(Rejection::new(
                 RejectReason::UnknownType,
                 format!(
-                    "`type` must be \"identify\" or \"track\", got {:?}",
+                    "`type` must be identify, track, page, screen or group, got {:?}",
                     truncate(other, 64)
                 ),
             ))
@@ -325,6 +428,15 @@ fn validate(raw: RawEvent<'_>) -> Result<Event, Rejection> {
         timestamp_ms,
         kind,
     })
+}
+
+/// `traits` as changes: a non-null value sets, `null` removes.
+fn trait_changes(traits: Option<Map<String, Value>>) -> Vec<(String, Option<Value>)> {
+    traits
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, if v.is_null() { None } else { Some(v) }))
+        .collect()
 }
 
 /// `tags`: an object with optional `add`/`remove` arrays of strings.
@@ -382,6 +494,38 @@ mod tests {
 
     fn reason(bytes: &[u8]) -> RejectReason {
         decode(bytes, MAX).unwrap_err().reason
+    }
+
+    #[test]
+    fn an_identify_without_traits_takes_them_from_context() {
+        let at = r#""messageId":"m","userId":"u","timestamp":"2026-11-23T10:00:00Z""#;
+        let traits_of = |body: String| match decode(body.as_bytes(), MAX).unwrap().kind {
+            EventKind::Identify { traits, .. } => traits,
+            other => panic!("{other:?}"),
+        };
+        // RudderStack's shape: traits only in context.
+        let t = traits_of(format!(
+            r#"{{{at},"type":"identify","context":{{"library":{{"name":"x"}},"traits":{{"plan":"pro"}}}}}}"#
+        ));
+        assert_eq!(t, vec![("plan".to_string(), Some(Value::from("pro")))]);
+        // Top-level traits win; context.traits is then not applied.
+        let t = traits_of(format!(
+            r#"{{{at},"type":"identify","traits":{{"a":1}},"context":{{"traits":{{"b":2}}}}}}"#
+        ));
+        assert_eq!(t, vec![("a".to_string(), Some(Value::from(1)))]);
+        // A context of any other shape is ignored, never a rejection.
+        for context in [r#""text""#, "[1,2]", "null", "7", r#"{"traits":[1]}"#] {
+            let t = traits_of(format!(r#"{{{at},"type":"identify","context":{context}}}"#));
+            assert!(t.is_empty(), "{context}");
+        }
+        // A track's context.traits changes no trait.
+        let e = decode(
+            format!(r#"{{{at},"type":"track","event":"e","context":{{"traits":{{"b":2}}}}}}"#)
+                .as_bytes(),
+            MAX,
+        )
+        .unwrap();
+        assert!(matches!(e.kind, EventKind::Track { .. }));
     }
 
     #[test]
@@ -458,8 +602,12 @@ mod tests {
             RejectReason::BadField
         );
         assert_eq!(
-            reason(format!(r#"{{{base},"type":"page"}}"#).as_bytes()),
+            reason(format!(r#"{{{base},"type":"pageview"}}"#).as_bytes()),
             RejectReason::UnknownType
+        );
+        assert_eq!(
+            reason(format!(r#"{{{base},"type":"alias","previousId":"a"}}"#).as_bytes()),
+            RejectReason::UnsupportedType
         );
         assert_eq!(
             reason(br#"{"messageId":"m","type":"track","userId":"u","timestamp":"yesterday","event":"x"}"#),
@@ -468,6 +616,83 @@ mod tests {
         assert_eq!(
             reason(format!(r#"{{{base},"type":"track","event":"bad/name"}}"#).as_bytes()),
             RejectReason::BadEventName
+        );
+    }
+
+    #[test]
+    fn segment_types_and_the_anonymous_key() {
+        let at = r#""messageId":"m","timestamp":"2026-11-23T10:00:00Z""#;
+        let page = decode(
+            format!(r#"{{{at},"type":"page","anonymousId":"a-1","name":"Home","properties":{{"path":"/"}}}}"#)
+                .as_bytes(),
+            MAX,
+        )
+        .unwrap();
+        assert_eq!(page.user_id, "a-1");
+        assert_eq!(
+            page.kind,
+            EventKind::Track {
+                event: PAGE_VIEWED.into()
+            }
+        );
+        let screen = decode(
+            format!(r#"{{{at},"type":"screen","userId":"u","anonymousId":"a-1"}}"#).as_bytes(),
+            MAX,
+        )
+        .unwrap();
+        assert_eq!(screen.user_id, "u", "userId wins over anonymousId");
+        assert_eq!(
+            screen.kind,
+            EventKind::Track {
+                event: SCREEN_VIEWED.into()
+            }
+        );
+        let group = decode(
+            format!(r#"{{{at},"type":"group","userId":"u","groupId":"g-1","traits":{{"name":"Acme","plan":null}}}}"#)
+                .as_bytes(),
+            MAX,
+        )
+        .unwrap();
+        assert_eq!(
+            group.kind,
+            EventKind::Group {
+                group_id: "g-1".into(),
+                traits: vec![
+                    ("name".into(), Some(Value::from("Acme"))),
+                    ("plan".into(), None)
+                ],
+            }
+        );
+        let missing_group = decode(
+            format!(r#"{{{at},"type":"group","userId":"u"}}"#).as_bytes(),
+            MAX,
+        )
+        .unwrap_err();
+        assert_eq!(missing_group.reason, RejectReason::MissingField);
+        assert!(
+            missing_group.detail.contains("groupId"),
+            "{}",
+            missing_group.detail
+        );
+        let nobody = decode(format!(r#"{{{at},"type":"page"}}"#).as_bytes(), MAX).unwrap_err();
+        assert_eq!(nobody.reason, RejectReason::MissingField);
+        assert!(nobody.detail.contains("anonymousId"), "{}", nobody.detail);
+        let alias = decode(
+            format!(r#"{{{at},"type":"alias","userId":"u","previousId":"a-1"}}"#).as_bytes(),
+            MAX,
+        )
+        .unwrap_err();
+        assert_eq!(alias.to_string(), "unsupported_type: alias");
+        let bad_anonymous = decode(
+            format!(r#"{{{at},"type":"page","anonymousId":7}}"#).as_bytes(),
+            MAX,
+        )
+        .unwrap_err();
+        assert_eq!(bad_anonymous.reason, RejectReason::BadField);
+        assert!(
+            bad_anonymous.detail.contains("anonymousId"),
+            "{}",
+            bad_anonymous.detail
         );
     }
 

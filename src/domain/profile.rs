@@ -187,6 +187,9 @@ pub struct Profile {
     pub first_seen: Option<i64>,
     #[serde(default)]
     pub last_seen: Option<i64>,
+    /// Group id → that group's traits.
+    #[serde(default, skip_serializing_if = "NameMap::is_empty")]
+    pub groups: NameMap<NameMap<Value>>,
 }
 
 impl Profile {
@@ -234,6 +237,19 @@ impl Profile {
                     ),
                 }
             }
+            EventKind::Group { group_id, traits } => {
+                if self.groups.get(group_id).is_none() {
+                    self.groups.insert(group_id, NameMap::default());
+                }
+                if let Some(group) = self.groups.get_mut(group_id) {
+                    for (key, value) in traits {
+                        match value {
+                            Some(v) => group.insert(key, v.clone()),
+                            None => group.remove(key),
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -254,6 +270,14 @@ impl Profile {
                 .collect(),
             first_seen: self.first_seen,
             last_seen: self.last_seen,
+            groups: self
+                .groups
+                .iter()
+                .map(|(id, traits)| {
+                    let traits = traits.iter().map(|(k, v)| (k.to_string(), v.clone()));
+                    (id.to_string(), traits.collect())
+                })
+                .collect(),
         }
     }
 
@@ -273,23 +297,34 @@ impl Profile {
         for (k, v) in &view.events {
             p.events.insert(k, v.clone());
         }
+        for (id, traits) in &view.groups {
+            let mut group = NameMap::default();
+            for (k, v) in traits {
+                group.insert(k, v.clone());
+            }
+            p.groups.insert(id, group);
+        }
         p
     }
 
     /// Heap bytes of this profile (trait string values approximated by their length).
     pub fn heap_bytes(&self) -> usize {
-        let strings: usize = self
-            .traits
-            .iter()
-            .map(|(_, v)| match v {
-                Value::String(s) => s.capacity(),
-                _ => 0,
-            })
-            .sum();
-        self.traits.heap_bytes()
+        fn traits_bytes(traits: &NameMap<Value>) -> usize {
+            let strings: usize = traits
+                .iter()
+                .map(|(_, v)| match v {
+                    Value::String(s) => s.capacity(),
+                    _ => 0,
+                })
+                .sum();
+            traits.heap_bytes() + strings
+        }
+        let groups: usize = self.groups.iter().map(|(_, g)| traits_bytes(g)).sum();
+        traits_bytes(&self.traits)
             + self.tags.0.capacity() * std::mem::size_of::<Name>()
             + self.events.heap_bytes()
-            + strings
+            + self.groups.heap_bytes()
+            + groups
     }
 }
 
@@ -334,6 +369,9 @@ mod tests {
             },
         );
         p.event_count = 2;
+        let mut group = NameMap::default();
+        group.insert("name", json!("Acme"));
+        p.groups.insert("g-1", group);
         let view = p.to_view();
         assert_eq!(
             serde_json::to_value(&p).unwrap(),

@@ -32,6 +32,9 @@ pub struct UserProfile {
     pub events: BTreeMap<String, EventStats>,
     pub first_seen: Option<i64>,
     pub last_seen: Option<i64>,
+    /// Group id → that group's traits (`group` messages).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub groups: BTreeMap<String, BTreeMap<String, Value>>,
 }
 
 impl UserProfile {
@@ -83,6 +86,19 @@ impl UserProfile {
                                 last_at: t,
                             },
                         );
+                    }
+                }
+            }
+            EventKind::Group { group_id, traits } => {
+                let group = self.groups.entry(group_id.clone()).or_default();
+                for (key, value) in traits {
+                    match value {
+                        Some(v) => {
+                            group.insert(key.clone(), v.clone());
+                        }
+                        None => {
+                            group.remove(key);
+                        }
                     }
                 }
             }

@@ -411,13 +411,20 @@ pub fn committed(client: &BaseConsumer, names: &Names) -> Vec<i64> {
         .collect()
 }
 
+/// The end offset of every partition. A topic Herald has only just created may have no leader
+/// for a moment: that error is asked again, for up to 30 s.
 pub fn end_offsets(client: &BaseConsumer, names: &Names) -> Vec<i64> {
+    let started = Instant::now();
     (0..names.partitions)
-        .map(|p| {
-            client
-                .fetch_watermarks(&names.topic(), p, Duration::from_secs(10))
-                .unwrap()
-                .1
+        .map(|p| loop {
+            match client.fetch_watermarks(&names.topic(), p, Duration::from_secs(10)) {
+                Ok((_, high)) => break high,
+                Err(e) if started.elapsed() < Duration::from_secs(30) => {
+                    eprintln!("end offset of partition {p}: {e}; asking again");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("end offset of partition {p}: {e}"),
+            }
         })
         .collect()
 }
@@ -529,6 +536,19 @@ pub async fn mongo_users(names: &Names) -> BTreeMap<String, UserProfile> {
                         .collect()
                 })
                 .unwrap_or_default();
+            let groups = d
+                .get_document("groups")
+                .map(|g| {
+                    g.iter()
+                        .filter_map(|(id, traits)| {
+                            let traits = traits.as_document()?.iter();
+                            let traits =
+                                traits.map(|(k, v)| (k.clone(), v.clone().into_relaxed_extjson()));
+                            Some((id.clone(), traits.collect()))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
             let profile = UserProfile {
                 traits,
                 tags,
@@ -536,6 +556,7 @@ pub async fn mongo_users(names: &Names) -> BTreeMap<String, UserProfile> {
                 events,
                 first_seen: ms(d.get("first_seen")),
                 last_seen: ms(d.get("last_seen")),
+                groups,
             };
             (id, profile)
         })
@@ -698,12 +719,23 @@ pub fn sum(s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) ->
         .sum()
 }
 
+/// A port nothing listens on, for a child to listen on. Taken below Linux's ephemeral range
+/// (32768–60999): a port from `bind(0)` is one that another test's outgoing connection can take
+/// as its local port before the child binds it (seen: "Address already in use" while the
+/// client-library tests were connecting). Each test binary starts at its own offset.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let seed = std::process::id().wrapping_mul(2_654_435_761) % SPAN;
+    for _ in 0..SPAN {
+        let port = (LOW + (seed + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {LOW}..{}", LOW + SPAN)
 }
 
 pub fn wait_port(port: u16, limit: Duration) {
@@ -943,4 +975,23 @@ pub fn remembers(state: &herald::domain::user::UserState, message_id: &str) -> b
     state
         .seen
         .contains(herald::domain::keys::message_fingerprint(message_id))
+}
+
+/// Where `scripts/backends.sh up` installs Prism, the providers' Python libraries and the
+/// Segment/RudderStack client libraries.
+pub fn tools() -> PathBuf {
+    let cache = std::env::var_os("HERALD_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/herald")
+        });
+    let tools = cache.join("provider-tools");
+    assert!(
+        tools.join("venv/.complete-3").exists()
+            && tools.join("node_modules/.bin/prism").exists()
+            && tools.join("node_modules/@segment/analytics-node").exists(),
+        "provider tools missing under {}: run scripts/backends.sh up",
+        tools.display()
+    );
+    tools
 }

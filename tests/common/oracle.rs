@@ -17,7 +17,12 @@ pub fn replay<'a>(
     let mut users: BTreeMap<String, Model> = BTreeMap::new();
     for payload in valid_messages {
         let m: Value = serde_json::from_slice(payload).expect("a valid message is JSON");
-        let user = m["userId"].as_str().expect("userId").to_string();
+        // The user's key: `userId`, else `anonymousId` (§11).
+        let user = m["userId"]
+            .as_str()
+            .or(m["anonymousId"].as_str())
+            .expect("userId or anonymousId")
+            .to_string();
         let id = m["messageId"].as_str().expect("messageId").to_string();
         if !seen.insert((user.clone(), id)) {
             continue; // a re-published duplicate
@@ -41,6 +46,7 @@ struct Model {
     events: BTreeMap<String, (i64, i64, i64)>,
     first_seen: Option<i64>,
     last_seen: Option<i64>,
+    groups: BTreeMap<String, BTreeMap<String, Value>>,
 }
 
 impl Model {
@@ -49,7 +55,11 @@ impl Model {
         self.last_seen = Some(self.last_seen.map_or(at, |t| t.max(at)));
         match m["type"].as_str() {
             Some("identify") => {
-                if let Some(traits) = m["traits"].as_object() {
+                // Top-level traits, else (RudderStack's libraries) the context's.
+                let traits = m["traits"]
+                    .as_object()
+                    .or_else(|| m["context"]["traits"].as_object());
+                if let Some(traits) = traits {
                     for (k, v) in traits {
                         if v.is_null() {
                             self.traits.remove(k);
@@ -65,12 +75,29 @@ impl Model {
                     self.tags.remove(&tag);
                 }
             }
-            Some("track") => {
-                let name = m["event"].as_str().expect("event").to_string();
+            Some(kind @ ("track" | "page" | "screen")) => {
+                let name = match kind {
+                    "page" => "page_viewed".to_string(),
+                    "screen" => "screen_viewed".to_string(),
+                    _ => m["event"].as_str().expect("event").to_string(),
+                };
                 let e = self.events.entry(name).or_insert((0, at, at));
                 e.0 += 1;
                 e.1 = e.1.min(at);
                 e.2 = e.2.max(at);
+            }
+            Some("group") => {
+                let id = m["groupId"].as_str().expect("groupId").to_string();
+                let group = self.groups.entry(id).or_default();
+                if let Some(traits) = m["traits"].as_object() {
+                    for (k, v) in traits {
+                        if v.is_null() {
+                            group.remove(k);
+                        } else {
+                            group.insert(k.clone(), v.clone());
+                        }
+                    }
+                }
             }
             other => panic!("not a valid message type: {other:?}"),
         }
@@ -97,6 +124,7 @@ impl Model {
                 .collect(),
             first_seen: self.first_seen,
             last_seen: self.last_seen,
+            groups: self.groups,
         }
     }
 }

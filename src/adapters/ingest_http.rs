@@ -1,0 +1,305 @@
+//! The Segment-compatible HTTP ingest (`ingest.listen`, REFERENCE.md §11): `POST /v1/batch`
+//! and `/v1/identify|track|page|screen|group|alias`, on a listener of its own. A request is
+//! answered 200 only once the broker acknowledged every message of it; nothing of a refused
+//! request (400, 401, 429, 503) is published. Memory is bounded by the bytes of requests in
+//! flight (`ingest.max_in_flight_bytes`): past it, and when the broker does not acknowledge
+//! within `ingest.timeout_ms`, the answer is 503 with `Retry-After`, and clients send again.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::http::header;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use base64::Engine;
+use futures::StreamExt;
+use parking_lot::Mutex;
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+use crate::domain::rate_limit::TokenBucket;
+use crate::domain::segment::{self, RequestError, Route, MAX_REQUEST_BYTES};
+use crate::ports::{Clock, EventPublisher, Publication, RefusedPublication};
+use crate::telemetry::Metrics;
+
+/// What the ingest needs.
+pub struct IngestState {
+    pub publisher: Arc<dyn EventPublisher>,
+    pub write_keys: HashSet<String>,
+    /// `ingest.rate_per_sec_per_key`: requests per second per write key.
+    pub rate_per_sec_per_key: Option<f64>,
+    pub timeout: Duration,
+    /// `limits.max_message_bytes` (§2's check of each completed message).
+    pub max_message_bytes: usize,
+    /// Bytes of request bodies being published at once; past it, 503.
+    pub in_flight: Semaphore,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Arc<Metrics>,
+    pub buckets: Mutex<HashMap<String, TokenBucket>>,
+}
+
+impl IngestState {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        publisher: Arc<dyn EventPublisher>,
+        write_keys: HashSet<String>,
+        rate_per_sec_per_key: Option<f64>,
+        timeout: Duration,
+        max_message_bytes: usize,
+        max_in_flight_bytes: usize,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        IngestState {
+            publisher,
+            write_keys,
+            rate_per_sec_per_key,
+            timeout,
+            max_message_bytes,
+            in_flight: Semaphore::new(max_in_flight_bytes.max(MAX_REQUEST_BYTES)),
+            clock,
+            metrics,
+            buckets: Mutex::default(),
+        }
+    }
+}
+
+/// Write keys from the comma-separated value of the environment variable `var`.
+pub fn write_keys_from(value: &str) -> HashSet<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Serves in the current actix system until the returned server is stopped.
+pub fn start(
+    state: IngestState,
+    listener: TcpListener,
+    workers: usize,
+) -> std::io::Result<actix_web::dev::ServerHandle> {
+    let state = web::Data::new(state);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            // Bodies are read by `ingest` itself, within the request limit.
+            .route("/v1/{route}", web::post().to(ingest))
+    })
+    .workers(workers)
+    .disable_signals()
+    .shutdown_timeout(5)
+    .listen(listener)?
+    .run();
+    let handle = server.handle();
+    actix_web::rt::spawn(server);
+    Ok(handle)
+}
+
+fn answer(state: &IngestState, code: u16, body: serde_json::Value) -> HttpResponse {
+    state.metrics.ingest_request(code);
+    let status =
+        actix_web::http::StatusCode::from_u16(code).unwrap_or(actix_web::http::StatusCode::OK);
+    HttpResponse::build(status).json(body)
+}
+
+fn refuse(state: &IngestState, code: u16, message: impl Into<String>) -> HttpResponse {
+    answer(
+        state,
+        code,
+        json!({"success": false, "message": message.into()}),
+    )
+}
+
+fn retry_later(state: &IngestState, code: u16, seconds: u64, message: String) -> HttpResponse {
+    state.metrics.ingest_request(code);
+    let status = actix_web::http::StatusCode::from_u16(code)
+        .unwrap_or(actix_web::http::StatusCode::SERVICE_UNAVAILABLE);
+    HttpResponse::build(status)
+        .insert_header((header::RETRY_AFTER, seconds.max(1).to_string()))
+        .json(json!({"success": false, "message": message}))
+}
+
+/// The write key of `Authorization: Basic base64(<key>:)`, if the header is there.
+fn basic_key(req: &HttpRequest) -> Option<String> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let encoded = value
+        .strip_prefix("Basic ")
+        .or_else(|| value.strip_prefix("basic "))?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    Some(
+        text.split_once(':')
+            .map_or(text.as_str(), |(k, _)| k)
+            .to_string(),
+    )
+}
+
+/// Reads the body, at most [`MAX_REQUEST_BYTES`] of it, gzip undone.
+async fn read_body(req: &HttpRequest, mut payload: web::Payload) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| format!("reading the request body: {e}"))?;
+        if body.len() + chunk.len() > MAX_REQUEST_BYTES {
+            return Err(RequestError::TooLarge(body.len() + chunk.len()).to_string());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let encoding = req
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_ascii_lowercase());
+    match encoding.as_deref() {
+        None | Some("") | Some("identity") => Ok(body),
+        Some("gzip") => {
+            let mut plain = Vec::new();
+            // One byte past the limit tells "over" from "at".
+            flate2::read::GzDecoder::new(&body[..])
+                .take(MAX_REQUEST_BYTES as u64 + 1)
+                .read_to_end(&mut plain)
+                .map_err(|e| format!("the body is not valid gzip: {e}"))?;
+            if plain.len() > MAX_REQUEST_BYTES {
+                return Err(format!(
+                    "the request body is over {MAX_REQUEST_BYTES} bytes once decompressed"
+                ));
+            }
+            Ok(plain)
+        }
+        Some(other) => Err(format!(
+            "Content-Encoding {other:?} is not supported (gzip is)"
+        )),
+    }
+}
+
+async fn ingest(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<IngestState>,
+) -> HttpResponse {
+    let Some(route) = Route::parse(&path) else {
+        return refuse(&state, 404, format!("no such endpoint: /v1/{path}"));
+    };
+    let header_key = basic_key(&req);
+    if let Some(key) = &header_key {
+        if !state.write_keys.contains(key) {
+            return refuse(&state, 401, "unknown write key");
+        }
+    }
+    let body = match read_body(&req, payload).await {
+        Ok(b) => b,
+        Err(why) => return refuse(&state, 400, why),
+    };
+    let received_at = state.clock.now_ms();
+    let prepared = segment::prepare(
+        route,
+        &body,
+        received_at,
+        || uuid::Uuid::new_v4().to_string(),
+        state.max_message_bytes,
+    );
+    let request = match prepared {
+        Ok(r) => r,
+        // Without a key in the header, a body that cannot be read has no key either.
+        Err(_) if header_key.is_none() => return refuse(&state, 401, "no write key"),
+        Err(e) => return refuse(&state, 400, e.to_string()),
+    };
+    let key = match header_key.or(request.write_key.clone()) {
+        Some(k) if state.write_keys.contains(&k) => k,
+        Some(_) => return refuse(&state, 401, "unknown write key"),
+        None => return refuse(&state, 401, "no write key"),
+    };
+    if let Some(rate) = state.rate_per_sec_per_key {
+        let taken = state
+            .buckets
+            .lock()
+            .entry(key)
+            .or_insert_with(|| TokenBucket::new(rate, received_at))
+            .take(received_at);
+        if let Err(wait_ms) = taken {
+            return retry_later(
+                &state,
+                429,
+                wait_ms.div_ceil(1000),
+                format!("over {rate} requests per second for this write key"),
+            );
+        }
+    }
+    let Ok(_permit) = state.in_flight.try_acquire_many(body.len().max(1) as u32) else {
+        return retry_later(
+            &state,
+            503,
+            1,
+            "too many requests are waiting for the broker".into(),
+        );
+    };
+    let mut messages = Vec::new();
+    let mut refused = Vec::new();
+    let mut rejected = Vec::new();
+    for m in request.messages {
+        match m.verdict {
+            Ok(_) => messages.push(Publication {
+                key: m.key,
+                payload: m.payload,
+            }),
+            Err(why) => {
+                rejected.push(json!({"index": m.index, "reason": why.to_string()}));
+                refused.push(RefusedPublication {
+                    key: m.key,
+                    payload: m.payload,
+                    error: why.to_string(),
+                });
+            }
+        }
+    }
+    let (published, dead) = (messages.len(), refused.len());
+    let publish = state.publisher.publish(messages, refused);
+    match tokio::time::timeout(state.timeout, publish).await {
+        Ok(Ok(())) => {
+            state.metrics.ingest_messages("published", published);
+            state.metrics.ingest_messages("rejected", dead);
+            let mut body = json!({"success": true});
+            if !rejected.is_empty() {
+                body["rejected"] = serde_json::Value::Array(rejected);
+            }
+            answer(&state, 200, body)
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "ingest request not published; answered 503");
+            retry_later(&state, 503, 1, e.to_string())
+        }
+        Err(_) => {
+            tracing::warn!(
+                timeout_ms = state.timeout.as_millis() as u64,
+                "the broker did not acknowledge an ingest request in time; answered 503"
+            );
+            retry_later(
+                &state,
+                503,
+                1,
+                format!(
+                    "the broker did not acknowledge within {} ms",
+                    state.timeout.as_millis()
+                ),
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_keys_are_split_and_trimmed() {
+        let keys = write_keys_from(" a, b ,,c");
+        assert_eq!(keys.len(), 3);
+        assert!(keys.contains("b"));
+    }
+}

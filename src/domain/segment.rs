@@ -1,0 +1,402 @@
+//! Segment's HTTP Tracking API as Herald takes it (REFERENCE.md §11): one request body into
+//! the messages to publish, each completed the way Segment completes them (`receivedAt`, a
+//! `messageId`, `timestamp`, the batch's `context`) and checked by the input rules of §2.
+//! Pure: the clock reading and the id source are passed in.
+
+use serde_json::{Map, Value};
+
+use super::event::{decode, parse_timestamp, Event, Rejection};
+
+/// Most bytes of one message (its JSON as received).
+pub const MAX_MESSAGE_BYTES: usize = 32 * 1024;
+/// Most bytes of one request body (after gzip is undone).
+pub const MAX_REQUEST_BYTES: usize = 500 * 1024;
+/// Most messages of one batch.
+pub const MAX_BATCH: usize = 2_500;
+
+/// What a request was posted to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// `/v1/batch`: `{"batch": [...], "context", "sentAt", "writeKey", ...}`.
+    Batch,
+    /// `/v1/<type>`: one message of that type.
+    Single(&'static str),
+}
+
+impl Route {
+    /// The route of a path segment after `/v1/`, if Herald serves it.
+    pub fn parse(name: &str) -> Option<Route> {
+        Some(match name {
+            "batch" | "import" => Route::Batch,
+            "identify" => Route::Single("identify"),
+            "track" => Route::Single("track"),
+            "page" => Route::Single("page"),
+            "screen" => Route::Single("screen"),
+            "group" => Route::Single("group"),
+            "alias" => Route::Single("alias"),
+            _ => return None,
+        })
+    }
+}
+
+/// Why a whole request is refused (`400`, nothing published).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("the request body is {0} bytes, the limit is {MAX_REQUEST_BYTES}")]
+    TooLarge(usize),
+    #[error("the request body is not JSON: {0}")]
+    NotJson(String),
+    #[error("{0}")]
+    BadShape(String),
+    #[error("the batch holds {0} messages, the limit is {MAX_BATCH}")]
+    TooMany(usize),
+    #[error("message {index} is {bytes} bytes, the limit is {MAX_MESSAGE_BYTES}")]
+    MessageTooLarge { index: usize, bytes: usize },
+}
+
+/// One message of a request, completed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prepared {
+    /// Its position in the request.
+    pub index: usize,
+    /// The record key: `userId`, else `anonymousId` (empty when it has neither).
+    pub key: String,
+    /// The completed message's JSON: what is published (or dead-lettered).
+    pub payload: Vec<u8>,
+    /// Valid by §2, or why not.
+    pub verdict: Result<Event, Rejection>,
+}
+
+/// A request body, taken apart.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    /// `writeKey` of the body, if it carries one.
+    pub write_key: Option<String>,
+    pub messages: Vec<Prepared>,
+}
+
+/// Formats milliseconds since the epoch as RFC 3339 with milliseconds, UTC.
+pub fn rfc3339_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Takes a request body apart. `received_at_ms` is when it arrived; `new_id` makes a
+/// `messageId` for a message without one; `max_message_bytes` is `limits.max_message_bytes`.
+pub fn prepare(
+    route: Route,
+    body: &[u8],
+    received_at_ms: i64,
+    mut new_id: impl FnMut() -> String,
+    max_message_bytes: usize,
+) -> Result<Request, RequestError> {
+    if body.len() > MAX_REQUEST_BYTES {
+        return Err(RequestError::TooLarge(body.len()));
+    }
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| RequestError::NotJson(e.to_string()))?;
+    let Value::Object(mut outer) = value else {
+        return Err(RequestError::BadShape(
+            "the request body must be a JSON object".into(),
+        ));
+    };
+    let write_key = match outer.remove("writeKey") {
+        Some(Value::String(k)) => Some(k),
+        _ => None,
+    };
+    let (messages, context, sent_at) = match route {
+        Route::Batch => {
+            let messages = match outer.remove("batch") {
+                Some(Value::Array(items)) => items,
+                Some(_) => return Err(RequestError::BadShape("`batch` must be an array".into())),
+                None => return Err(RequestError::BadShape("`batch` is required".into())),
+            };
+            if messages.len() > MAX_BATCH {
+                return Err(RequestError::TooMany(messages.len()));
+            }
+            let context = match outer.remove("context") {
+                Some(Value::Object(c)) => Some(c),
+                _ => None,
+            };
+            let sent_at = outer
+                .get("sentAt")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            (messages, context, sent_at)
+        }
+        Route::Single(kind) => {
+            // The path names the type.
+            outer.insert("type".into(), Value::String(kind.into()));
+            (vec![Value::Object(outer)], None, None)
+        }
+    };
+    for (index, m) in messages.iter().enumerate() {
+        let bytes = serde_json::to_vec(m).map_or(0, |b| b.len());
+        if bytes > MAX_MESSAGE_BYTES {
+            return Err(RequestError::MessageTooLarge { index, bytes });
+        }
+    }
+    let messages = messages
+        .into_iter()
+        .enumerate()
+        .map(|(index, m)| {
+            let m = complete(
+                m,
+                context.as_ref(),
+                sent_at.as_deref(),
+                received_at_ms,
+                &mut new_id,
+            );
+            let key = ["userId", "anonymousId"]
+                .iter()
+                .find_map(|k| m.get(*k).and_then(Value::as_str))
+                .unwrap_or_default()
+                .to_string();
+            let payload = serde_json::to_vec(&m).unwrap_or_default();
+            let verdict = decode(&payload, max_message_bytes);
+            Prepared {
+                index,
+                key,
+                payload,
+                verdict,
+            }
+        })
+        .collect();
+    Ok(Request {
+        write_key,
+        messages,
+    })
+}
+
+/// Completes one message the way Segment does; a non-object is left as it is (§2 rejects it).
+fn complete(
+    m: Value,
+    batch_context: Option<&Map<String, Value>>,
+    batch_sent_at: Option<&str>,
+    received_at_ms: i64,
+    new_id: &mut impl FnMut() -> String,
+) -> Value {
+    let Value::Object(mut m) = m else {
+        return m;
+    };
+    m.remove("writeKey");
+    if let Some(batch) = batch_context {
+        // The message's own context keys win over the batch's.
+        let mut merged = batch.clone();
+        if let Some(Value::Object(own)) = m.remove("context") {
+            merged.extend(own);
+        }
+        m.insert("context".into(), Value::Object(merged));
+    }
+    m.insert(
+        "receivedAt".into(),
+        Value::String(rfc3339_ms(received_at_ms)),
+    );
+    if is_absent(m.get("messageId")) {
+        m.insert("messageId".into(), Value::String(new_id()));
+    }
+    if is_absent(m.get("timestamp")) {
+        let ms = |k: &str, m: &Map<String, Value>| {
+            m.get(k).and_then(Value::as_str).and_then(parse_timestamp)
+        };
+        let sent_at = ms("sentAt", &m).or_else(|| batch_sent_at.and_then(parse_timestamp));
+        // Corrected for the device's clock: the time between the event and the send, as the
+        // device measured it, before the arrival.
+        let timestamp = match (sent_at, ms("originalTimestamp", &m)) {
+            (Some(sent), Some(original)) => {
+                received_at_ms.saturating_sub(sent.saturating_sub(original))
+            }
+            _ => received_at_ms,
+        };
+        m.insert("timestamp".into(), Value::String(rfc3339_ms(timestamp)));
+    }
+    Value::Object(m)
+}
+
+fn is_absent(v: Option<&Value>) -> bool {
+    matches!(v, None | Some(Value::Null))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::event::{EventKind, RejectReason};
+    use serde_json::json;
+
+    const NOW: i64 = 1_795_428_000_000; // 2026-11-23T10:00:00Z
+
+    fn ids() -> impl FnMut() -> String {
+        let mut n = 0;
+        move || {
+            n += 1;
+            format!("gen-{n}")
+        }
+    }
+
+    fn batch(v: Value) -> Result<Request, RequestError> {
+        prepare(Route::Batch, v.to_string().as_bytes(), NOW, ids(), 1 << 20)
+    }
+
+    fn published(p: &Prepared) -> Value {
+        serde_json::from_slice(&p.payload).unwrap()
+    }
+
+    #[test]
+    fn fills_received_at_message_id_and_timestamp() {
+        let r = batch(json!({"batch": [
+            {"type": "track", "userId": "u", "event": "signed_up"},
+            {"type": "track", "userId": "u", "event": "e", "messageId": "own",
+             "timestamp": "2026-11-23T09:00:00Z"},
+        ]}))
+        .unwrap();
+        let first = published(&r.messages[0]);
+        assert_eq!(first["receivedAt"], "2026-11-23T10:00:00.000Z");
+        assert_eq!(first["messageId"], "gen-1");
+        assert_eq!(first["timestamp"], "2026-11-23T10:00:00.000Z");
+        let second = published(&r.messages[1]);
+        assert_eq!(second["messageId"], "own");
+        assert_eq!(second["timestamp"], "2026-11-23T09:00:00Z");
+        assert!(r.messages.iter().all(|m| m.verdict.is_ok()));
+    }
+
+    #[test]
+    fn timestamp_is_corrected_by_the_device_clock() {
+        // The device says it sent 10 s after the event; it arrived at NOW.
+        let r = batch(json!({"sentAt": "2030-01-01T00:00:10Z", "batch": [
+            {"type": "track", "userId": "u", "event": "e",
+             "originalTimestamp": "2030-01-01T00:00:00Z"},
+            {"type": "track", "userId": "u", "event": "e",
+             "originalTimestamp": "2030-01-01T00:00:00Z", "sentAt": "2030-01-01T00:00:01Z"},
+            {"type": "track", "userId": "u", "event": "e", "originalTimestamp": "not a time"},
+        ]}))
+        .unwrap();
+        assert_eq!(
+            published(&r.messages[0])["timestamp"],
+            rfc3339_ms(NOW - 10_000)
+        );
+        assert_eq!(
+            published(&r.messages[1])["timestamp"],
+            rfc3339_ms(NOW - 1_000),
+            "the message's own sentAt wins"
+        );
+        assert_eq!(published(&r.messages[2])["timestamp"], rfc3339_ms(NOW));
+    }
+
+    #[test]
+    fn batch_context_merges_under_the_message_context() {
+        let r = batch(
+            json!({"context": {"library": {"name": "x"}, "ip": "1.2.3.4"},
+                "writeKey": "k", "batch": [
+                {"type": "identify", "userId": "u", "context": {"ip": "5.6.7.8"}},
+                {"type": "identify", "userId": "u"},
+            ]}),
+        )
+        .unwrap();
+        assert_eq!(r.write_key.as_deref(), Some("k"));
+        let first = published(&r.messages[0]);
+        assert_eq!(
+            first["context"],
+            json!({"library": {"name": "x"}, "ip": "5.6.7.8"})
+        );
+        assert_eq!(published(&r.messages[1])["context"]["ip"], "1.2.3.4");
+        assert!(first.get("writeKey").is_none());
+    }
+
+    #[test]
+    fn single_routes_take_their_type_from_the_path() {
+        let body = json!({"userId": "u", "writeKey": "k", "name": "Home"}).to_string();
+        let r = prepare(Route::Single("page"), body.as_bytes(), NOW, ids(), 1 << 20).unwrap();
+        assert_eq!(r.write_key.as_deref(), Some("k"));
+        assert_eq!(r.messages.len(), 1);
+        let event = r.messages[0].verdict.clone().unwrap();
+        assert_eq!(
+            event.kind,
+            EventKind::Track {
+                event: "page_viewed".into()
+            }
+        );
+        assert!(Route::parse("bogus").is_none());
+        assert_eq!(Route::parse("batch"), Some(Route::Batch));
+    }
+
+    #[test]
+    fn keys_and_rejections() {
+        let r = batch(json!({"batch": [
+            {"type": "page", "anonymousId": "a-1"},
+            {"type": "track", "userId": "u", "anonymousId": "a-1", "event": "e"},
+            {"type": "track", "event": "e"},
+            {"type": "alias", "userId": "u", "previousId": "a-1"},
+            {"type": "nonsense", "userId": "u"},
+            "not an object",
+        ]}))
+        .unwrap();
+        let keys: Vec<&str> = r.messages.iter().map(|m| m.key.as_str()).collect();
+        assert_eq!(keys, ["a-1", "u", "", "u", "u", ""]);
+        let reasons: Vec<Option<RejectReason>> = r
+            .messages
+            .iter()
+            .map(|m| m.verdict.as_ref().err().map(|e| e.reason))
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                None,
+                None,
+                Some(RejectReason::MissingField),
+                Some(RejectReason::UnsupportedType),
+                Some(RejectReason::UnknownType),
+                Some(RejectReason::NotObject),
+            ]
+        );
+    }
+
+    #[test]
+    fn limits_at_and_over_their_edges() {
+        let message_of = |bytes: usize| {
+            let mut m =
+                json!({"type": "track", "userId": "u", "event": "e", "properties": {"p": ""}});
+            let len = serde_json::to_vec(&m).unwrap().len();
+            m["properties"]["p"] = Value::String("x".repeat(bytes - len));
+            assert_eq!(serde_json::to_vec(&m).unwrap().len(), bytes);
+            m
+        };
+        assert!(batch(json!({"batch": [message_of(MAX_MESSAGE_BYTES)]})).is_ok());
+        assert_eq!(
+            batch(json!({"batch": [message_of(MAX_MESSAGE_BYTES + 1)]})),
+            Err(RequestError::MessageTooLarge {
+                index: 0,
+                bytes: MAX_MESSAGE_BYTES + 1
+            })
+        );
+        let small = json!({"type": "track", "userId": "u", "event": "e"});
+        assert!(batch(json!({"batch": vec![small.clone(); MAX_BATCH]})).is_ok());
+        assert_eq!(
+            batch(json!({"batch": vec![small; MAX_BATCH + 1]})),
+            Err(RequestError::TooMany(MAX_BATCH + 1))
+        );
+        let at_limit = vec![b' '; MAX_REQUEST_BYTES - 2];
+        let body = [b"{}".as_slice(), &at_limit].concat();
+        assert!(matches!(
+            prepare(Route::Batch, &body, NOW, ids(), 1 << 20),
+            Err(RequestError::BadShape(_))
+        ));
+        let body = [b"{}".as_slice(), &at_limit, b" "].concat();
+        assert_eq!(
+            prepare(Route::Batch, &body, NOW, ids(), 1 << 20),
+            Err(RequestError::TooLarge(MAX_REQUEST_BYTES + 1))
+        );
+    }
+
+    #[test]
+    fn malformed_requests() {
+        let bad = |body: &[u8]| prepare(Route::Batch, body, NOW, ids(), 1 << 20).unwrap_err();
+        assert!(matches!(bad(b"{nope"), RequestError::NotJson(_)));
+        assert!(matches!(bad(b"[1]"), RequestError::BadShape(_)));
+        assert!(matches!(bad(br#"{"batch": 5}"#), RequestError::BadShape(_)));
+        assert!(matches!(
+            bad(br#"{"context": {}}"#),
+            RequestError::BadShape(_)
+        ));
+    }
+}

@@ -1,0 +1,132 @@
+//! The HTTP ingest while Kafka stops acknowledging (the broker SIGSTOPped for longer than
+//! `ingest.timeout_ms`, then resumed): Herald answers 503 with `Retry-After` instead of
+//! buffering, Segment's Python library sends again, and every message lands in `users` once.
+//! Its own test binary: it stops the shared broker, which no other test may see.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+/// The broker's pid, from `scripts/backends.sh`'s pid file.
+fn kafka_pid() -> u32 {
+    let data = std::env::var_os("HERALD_BACKENDS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::var_os("HERALD_CACHE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/herald")
+                })
+                .join("backends")
+        });
+    std::fs::read_to_string(data.join("kafka/pid"))
+        .expect("Kafka's pid file (scripts/backends.sh up)")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Resumes the broker even if the test fails while it is stopped.
+struct Resume(u32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        signal(self.0, "-CONT");
+    }
+}
+
+#[test]
+fn a_broker_that_stops_acknowledging_gets_503_and_the_client_loses_and_doubles_nothing() {
+    let names = Names::new("ingest_outage", 2);
+    let ingest = free_port();
+    let http = free_port();
+    let (ingest_listen, http_listen) = (format!("127.0.0.1:{ingest}"), format!("127.0.0.1:{http}"));
+    let mut herald = spawn_herald(
+        &names,
+        &[
+            ("HERALD__INGEST__LISTEN", &ingest_listen),
+            ("HERALD__HTTP__LISTEN", &http_listen),
+            ("HERALD__INGEST__TIMEOUT_MS", "1500"),
+            ("HERALD_INGEST_WRITE_KEYS", "outage-key"),
+        ],
+        "outage",
+    );
+    wait_port(ingest, Duration::from_secs(60));
+    let calls: Vec<Value> = (0..1_500)
+        .map(|i| {
+            json!({"type": "track", "userId": format!("o-{}", i % 50), "event": "tick",
+                   "messageId": format!("o-{i}"),
+                   "timestamp": format!("2026-11-23T10:00:{:02}.{:03}Z", i % 60, i % 1000)})
+        })
+        .collect();
+    let file = log_dir().join(format!("{}-calls.json", names.base));
+    std::fs::write(&file, serde_json::to_vec(&calls).unwrap()).unwrap();
+    let mut sender = Command::new(tools().join("venv/bin/python"))
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/ingest_clients.py"))
+        .args([
+            "segment",
+            &format!("http://127.0.0.1:{ingest}"),
+            "outage-key",
+        ])
+        .arg(&file)
+        .env("INGEST_PACE_MS", "4")
+        .spawn()
+        .unwrap();
+    let offsets = offsets_client(&names);
+    block_on(eventually(
+        "some messages published",
+        Duration::from_secs(60),
+        || {
+            let any = end_offsets(&offsets, &names).iter().sum::<i64>() > 0;
+            async move { any }
+        },
+    ));
+    let pid = kafka_pid();
+    signal(pid, "-STOP");
+    let resume = Resume(pid);
+    // The outage lasts until the ingest has answered 503 (past its 1.5 s timeout) to several
+    // requests, so the client's retries meet a broker that is still stopped.
+    let stopped = std::time::Instant::now();
+    while sum(
+        &scrape(http),
+        "herald_ingest_requests_total",
+        &[("code", "503")],
+    ) < 3.0
+    {
+        assert!(
+            stopped.elapsed() < Duration::from_secs(60),
+            "no 503 answers while the broker was stopped"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(resume);
+    let status = sender.wait().unwrap();
+    assert!(status.success(), "the client gave up on some messages");
+    let payloads: Vec<Vec<u8>> = calls
+        .iter()
+        .map(|c| serde_json::to_vec(c).unwrap())
+        .collect();
+    let want = oracle::replay(payloads.iter().map(Vec::as_slice));
+    block_on(async {
+        let mut last = Default::default();
+        let done = tokio::time::timeout(Duration::from_secs(120), async {
+            loop {
+                last = mongo_users(&names).await;
+                if last == want {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        })
+        .await;
+        if done.is_err() {
+            assert_users_equal(&last, &want);
+        }
+    });
+    kill9(&mut herald);
+}
