@@ -266,8 +266,8 @@ fn main() {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis();
-    let base = format!("bench-ingest-{stamp}");
-    let raw = format!("{base}-kafka");
+    let base = format!("bench_ingest_{stamp}");
+    let raw = format!("{base}_kafka");
     rt().block_on(ensure_topics(
         BROKERS,
         &[],
