@@ -1,7 +1,8 @@
 // Sends a list of Segment calls through Segment's official Node.js library
 // (@segment/analytics-node), for tests/ingest_it.rs:
 //   node ingest_clients.js HOST WRITE_KEY CALLS.json
-// (the calls as in tests/ingest_clients.py). Exit 0 once flushed with no error, 1 otherwise.
+// (the calls as in tests/ingest_clients.py; INGEST_PACE_MS as there). Exit 0 once flushed with
+// no error, 1 otherwise.
 const fs = require('fs');
 const { Analytics } = require('@segment/analytics-node');
 
@@ -9,9 +10,11 @@ async function main() {
   const [host, writeKey, path] = process.argv.slice(2);
   const calls = JSON.parse(fs.readFileSync(path, 'utf8'));
   const analytics = new Analytics({ writeKey, host, maxEventsInBatch: 100, flushInterval: 500, maxRetries: 10 });
+  const pace = Number(process.env.INGEST_PACE_MS || 0);
   const errors = [];
   analytics.on('error', (e) => errors.push(String(e && (e.reason || e.message || e.code) || e)));
   for (const c of calls) {
+    if (pace) await new Promise((r) => setTimeout(r, pace));
     const common = { messageId: c.messageId, timestamp: new Date(c.timestamp) };
     if (c.userId) common.userId = c.userId;
     if (c.anonymousId) common.anonymousId = c.anonymousId;

@@ -1,6 +1,7 @@
 //! The HTTP ingest while Kafka stops acknowledging (the broker SIGSTOPped for longer than
 //! `ingest.timeout_ms`, then resumed): Herald answers 503 with `Retry-After` instead of
-//! buffering, Segment's Python library sends again, and every message lands in `users` once.
+//! buffering, the official libraries (Segment's Python and Node.js, RudderStack's Python) send
+//! again, and every message lands in `users` once.
 //! Its own test binary: it stops the shared broker, which no other test may see.
 
 mod common;
@@ -41,7 +42,7 @@ impl Drop for Resume {
 }
 
 #[test]
-fn a_broker_that_stops_acknowledging_gets_503_and_the_client_loses_and_doubles_nothing() {
+fn a_broker_that_stops_acknowledging_gets_503_and_the_clients_lose_and_double_nothing() {
     let names = Names::new("ingest_outage", 2);
     let ingest = free_port();
     let http = free_port();
@@ -57,26 +58,43 @@ fn a_broker_that_stops_acknowledging_gets_503_and_the_client_loses_and_doubles_n
         "outage",
     );
     wait_port(ingest, Duration::from_secs(60));
-    let calls: Vec<Value> = (0..1_500)
-        .map(|i| {
-            json!({"type": "track", "userId": format!("o-{}", i % 50), "event": "tick",
-                   "messageId": format!("o-{i}"),
-                   "timestamp": format!("2026-11-23T10:00:{:02}.{:03}Z", i % 60, i % 1000)})
-        })
-        .collect();
-    let file = log_dir().join(format!("{}-calls.json", names.base));
-    std::fs::write(&file, serde_json::to_vec(&calls).unwrap()).unwrap();
-    let mut sender = Command::new(tools().join("venv/bin/python"))
-        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/ingest_clients.py"))
-        .args([
-            "segment",
-            &format!("http://127.0.0.1:{ingest}"),
-            "outage-key",
-        ])
-        .arg(&file)
-        .env("INGEST_PACE_MS", "4")
-        .spawn()
-        .unwrap();
+    // Each official library sends its own users' messages, paced so that all three are sending
+    // while the broker is stopped.
+    let libraries = ["segment", "rudder", "node"];
+    let mut calls: Vec<Value> = Vec::new();
+    let mut senders = Vec::new();
+    for lib in libraries {
+        let mine: Vec<Value> = (0..1_000)
+            .map(|i| {
+                json!({"type": "track", "userId": format!("{lib}-{}", i % 40), "event": "tick",
+                       "messageId": format!("{lib}-{i}"),
+                       "timestamp": format!("2026-11-23T10:00:{:02}.{:03}Z", i % 60, i % 1000)})
+            })
+            .collect();
+        let file = log_dir().join(format!("{}-{lib}-calls.json", names.base));
+        std::fs::write(&file, serde_json::to_vec(&mine).unwrap()).unwrap();
+        let host = format!("http://127.0.0.1:{ingest}");
+        let tests = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests");
+        let mut command = if lib == "node" {
+            let mut c = Command::new("node");
+            c.arg(tests.join("ingest_clients.js"))
+                .env("NODE_PATH", tools().join("node_modules"))
+                .args([host.as_str(), "outage-key"]);
+            c
+        } else {
+            let mut c = Command::new(tools().join("venv/bin/python"));
+            c.arg(tests.join("ingest_clients.py"))
+                .args([lib, host.as_str(), "outage-key"]);
+            c
+        };
+        let sender = command
+            .arg(&file)
+            .env("INGEST_PACE_MS", "6")
+            .spawn()
+            .unwrap();
+        senders.push((lib, sender));
+        calls.extend(mine);
+    }
     let offsets = offsets_client(&names);
     block_on(eventually(
         "some messages published",
@@ -105,8 +123,13 @@ fn a_broker_that_stops_acknowledging_gets_503_and_the_client_loses_and_doubles_n
         std::thread::sleep(Duration::from_millis(200));
     }
     drop(resume);
-    let status = sender.wait().unwrap();
-    assert!(status.success(), "the client gave up on some messages");
+    for (lib, mut sender) in senders {
+        let status = sender.wait().unwrap();
+        assert!(
+            status.success(),
+            "{lib}: the client gave up on some messages"
+        );
+    }
     let payloads: Vec<Vec<u8>> = calls
         .iter()
         .map(|c| serde_json::to_vec(c).unwrap())

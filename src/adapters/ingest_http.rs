@@ -153,8 +153,14 @@ async fn read_body(req: &HttpRequest, mut payload: web::Payload) -> Result<Vec<u
     let encoding = req
         .headers()
         .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.trim().to_ascii_lowercase());
+        .and_then(|v| v.to_str().ok());
+    undo_encoding(encoding, body)
+}
+
+/// A body as its `Content-Encoding` says (none, `identity` or `gzip`), at most
+/// [`MAX_REQUEST_BYTES`] once decompressed.
+pub fn undo_encoding(encoding: Option<&str>, body: Vec<u8>) -> Result<Vec<u8>, String> {
+    let encoding = encoding.map(|v| v.trim().to_ascii_lowercase());
     match encoding.as_deref() {
         None | Some("") | Some("identity") => Ok(body),
         Some("gzip") => {

@@ -70,6 +70,12 @@ pub fn sendgrid_public_key(secret: &[u8]) -> String {
     sendgrid::public_key(secret)
 }
 
+/// The `X-Twilio-Email-Event-Webhook-Signature` the SendGrid simulator sends for `body` at
+/// `timestamp`, for a secret (for tests and the fuzz targets, which sign what they send).
+pub fn sendgrid_signature(secret: &[u8], timestamp: &str, body: &[u8]) -> String {
+    sendgrid::signature(secret, timestamp, body)
+}
+
 /// One scripted answer for a recipient.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Step {

@@ -42,9 +42,14 @@ pub fn public_key(secret: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(der.as_bytes())
 }
 
-fn sign(key: &SigningKey, timestamp: &str, body: &str) -> String {
+/// The signature of `body` at `timestamp` with the key of `secret`.
+pub fn signature(secret: &[u8], timestamp: &str, body: &[u8]) -> String {
+    sign(&signing_key(secret), timestamp, body)
+}
+
+fn sign(key: &SigningKey, timestamp: &str, body: &[u8]) -> String {
     let mut signed = timestamp.as_bytes().to_vec();
-    signed.extend_from_slice(body.as_bytes());
+    signed.extend_from_slice(body);
     let signature: Signature = key.sign(&signed);
     base64::engine::general_purpose::STANDARD.encode(signature.to_der().as_bytes())
 }
@@ -148,7 +153,7 @@ pub(super) async fn send(sim: web::Data<Sim>, req: HttpRequest, body: web::Bytes
             vec![
                 (
                     "X-Twilio-Email-Event-Webhook-Signature",
-                    sign(&key, &ts, body),
+                    sign(&key, &ts, body.as_bytes()),
                 ),
                 ("X-Twilio-Email-Event-Webhook-Timestamp", ts),
             ]
