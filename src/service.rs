@@ -211,6 +211,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let source = RunningSource::start(&config, startup).await?;
 
     let metrics = Metrics::shared();
+    metrics.declare_providers(config.providers.iter().map(|p| p.name.as_str()));
     let state = Arc::new(state);
     let docs = Arc::new(docs);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);

@@ -13,6 +13,14 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::domain::event::RejectReason;
+use crate::domain::suppression::SuppressionReason;
+
+/// Codes the HTTP ingest answers with.
+const INGEST_CODES: [u16; 6] = [200, 400, 401, 404, 429, 503];
+/// `herald_dispatch_total`'s outcomes.
+const DISPATCH_OUTCOMES: [&str; 4] = ["sent", "retryable", "rejected", "unknown"];
+/// Codes the webhook receiver answers a provider's callbacks with.
+const WEBHOOK_CODES: [u16; 6] = [204, 400, 401, 403, 413, 503];
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -235,11 +243,7 @@ impl Metrics {
             "Actor restarts after a contained panic or failure",
             actor_restarts.clone(),
         );
-        // Zero from the start, so a dashboard shows "no restarts" rather than "no data".
-        for actor in ["partition", "aggregator", "batcher"] {
-            let _ = actor_restarts.get_or_create(&vec![("actor", actor.to_string())]);
-        }
-        Metrics {
+        let metrics = Metrics {
             registry,
             consumed,
             applied,
@@ -278,11 +282,80 @@ impl Metrics {
             restarts_total: AtomicU64::new(0),
             sent_total: AtomicU64::new(0),
             aggregators: AtomicI64::new(0),
-        }
+        };
+        metrics.declare_known();
+        metrics
     }
 
     pub fn shared() -> Arc<Metrics> {
         Arc::new(Self::new())
+    }
+
+    /// Every series whose labels are known before any traffic, at 0, so a dashboard or an
+    /// alert sees 0 rather than nothing (Prometheus' instrumentation advice): called by
+    /// [`Metrics::new`]. Providers and partitions come later ([`Metrics::declare_providers`],
+    /// [`Metrics::partition_assigned`]).
+    fn declare_known(&self) {
+        let one = |family: &Family<Labels, Counter>, name: &'static str, value: &str| {
+            let _ = family.get_or_create(&vec![(name, value.to_string())]);
+        };
+        for reason in RejectReason::ALL {
+            one(&self.invalid, "reason", reason.code());
+        }
+        for reason in ["store_refused", "state_unreadable"] {
+            one(&self.invalid, "reason", reason);
+        }
+        for collection in ["users", "messages"] {
+            one(&self.documents_written, "collection", collection);
+        }
+        for reason in SuppressionReason::ALL {
+            one(&self.suppressed, "reason", reason.as_str());
+        }
+        for code in INGEST_CODES {
+            one(&self.ingest_requests, "code", &code.to_string());
+        }
+        for outcome in ["published", "rejected"] {
+            one(&self.ingest_messages, "outcome", outcome);
+        }
+        for actor in ["partition", "aggregator", "batcher"] {
+            one(&self.actor_restarts, "actor", actor);
+        }
+        for reason in ["unreadable", "expired"] {
+            one(&self.callback_journal_dropped, "reason", reason);
+        }
+    }
+
+    /// The configured providers' dispatch outcomes and webhook answers, at 0.
+    pub fn declare_providers<'a>(&self, providers: impl IntoIterator<Item = &'a str>) {
+        for provider in providers {
+            for outcome in DISPATCH_OUTCOMES {
+                let _ = self.dispatch.get_or_create(&vec![
+                    ("provider", provider.to_string()),
+                    ("outcome", outcome.to_string()),
+                ]);
+            }
+            for code in WEBHOOK_CODES {
+                let _ = self.webhook_requests.get_or_create(&vec![
+                    ("provider", provider.to_string()),
+                    ("code", code.to_string()),
+                ]);
+            }
+        }
+    }
+
+    /// A partition (or queue) this instance now consumes: its series exist from now on, the
+    /// commit offset at the position it starts from. (The lag appears with the first known
+    /// high watermark: a 0 before it would claim "caught up".)
+    pub fn partition_assigned(&self, source: &str, partition: u32, from: u64) {
+        let p = vec![("partition", partition.to_string())];
+        let _ = self.consumed.get_or_create(&vec![
+            ("source", source.to_string()),
+            ("partition", partition.to_string()),
+        ]);
+        self.commit_offset
+            .get_or_create(&p)
+            .set(from.min(i64::MAX as u64) as i64);
+        self.source_paused.get_or_create(&p).set(0);
     }
 
     /// Prometheus text exposition of every metric.

@@ -315,3 +315,106 @@ fn readyz_names_the_backend_that_is_down_and_recovers() {
     drop(mongo);
     drop(redis);
 }
+
+/// Every §7 (and built §13) name, as its first sample line starts.
+const EXPORTED_NAMES: [&str; 21] = [
+    "herald_events_consumed_total",
+    "herald_events_applied_total",
+    "herald_events_duplicate_total",
+    "herald_events_invalid_total",
+    "herald_batch_size_count",
+    "herald_mongo_bulk_write_seconds_count",
+    "herald_mongo_documents_written_total",
+    "herald_consumer_lag",
+    "herald_commit_offset",
+    "herald_aggregators_active",
+    "herald_end_to_end_latency_seconds_count",
+    "herald_dispatch_total",
+    "herald_retries_scheduled_total",
+    "herald_retries_fired_total",
+    "herald_webhook_requests_total",
+    "herald_actor_restarts_total",
+    "herald_ingest_requests_total",
+    "herald_ingest_messages_total",
+    "herald_suppressed_total",
+    "herald_users_resident",
+    "herald_source_paused",
+];
+
+fn has_sample(text: &str, name: &str) -> bool {
+    text.lines().any(|l| {
+        l.strip_prefix(name)
+            .is_some_and(|rest| rest.starts_with(['{', ' ']))
+    })
+}
+
+#[test]
+fn an_idle_instance_exports_every_metric_before_any_traffic() {
+    let names = Names::new("metrics_idle", 2);
+    let config = config_with_provider(&names, free_port());
+    let http = free_port();
+    let listen = format!("127.0.0.1:{http}");
+    let mut child = spawn_herald_with_config(
+        &names,
+        &config,
+        &[("IT_SIM_SECRET", SECRET), ("HERALD__HTTP__LISTEN", &listen)],
+        "0",
+    );
+    // No record is ever produced: what shows is what Herald declares by itself, once it has its
+    // partitions.
+    let started = Instant::now();
+    let text = loop {
+        let text = block_on(async {
+            match reqwest::get(format!("http://127.0.0.1:{http}/metrics")).await {
+                Ok(r) => r.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            }
+        });
+        let missing: Vec<&str> = EXPORTED_NAMES
+            .iter()
+            .copied()
+            .filter(|n| !has_sample(&text, n))
+            .collect();
+        let partitions = (0..2).all(|p| {
+            text.contains(&format!(
+                "herald_events_consumed_total{{source=\"kafka\",partition=\"{p}\"}} 0"
+            )) || text.contains(&format!(
+                "herald_events_consumed_total{{partition=\"{p}\",source=\"kafka\"}} 0"
+            ))
+        });
+        if missing.is_empty() && partitions {
+            break text;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "an idle instance does not export {missing:?} (partitions: {partitions})"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let s = scrape(http);
+    assert_eq!(sum(&s, "herald_events_consumed_total", &[]), 0.0);
+    // Each reason, outcome and code known at start is a series at 0.
+    for reason in herald::domain::event::RejectReason::ALL {
+        assert!(
+            text.contains(&format!(
+                "herald_events_invalid_total{{reason=\"{}\"}} 0",
+                reason.code()
+            )),
+            "no 0 series for reason {}",
+            reason.code()
+        );
+    }
+    for outcome in ["sent", "retryable", "rejected", "unknown"] {
+        assert!(
+            text.contains(&format!(
+                "herald_dispatch_total{{provider=\"sim-a\",outcome=\"{outcome}\"}} 0"
+            )),
+            "no 0 series for sim-a {outcome}"
+        );
+    }
+    assert!(text.contains("herald_webhook_requests_total{provider=\"sim-a\",code=\"204\"} 0"));
+    assert!(text.contains("herald_ingest_requests_total{code=\"503\"} 0"));
+    assert!(text.contains("herald_suppressed_total{reason=\"bounce\"} 0"));
+    assert!(text.contains("herald_mongo_documents_written_total{collection=\"users\"} 0"));
+    kill9(&mut child);
+}

@@ -368,6 +368,11 @@ impl Actor for PartitionActor {
             from = self.last_committed,
             "partition started"
         );
+        self.shared.ports.metrics.partition_assigned(
+            self.shared.ports.source.kind(),
+            self.partition,
+            self.last_committed,
+        );
         self.link = Some(PartitionLink::new(
             self.partition,
             ctx.address().recipient(),
