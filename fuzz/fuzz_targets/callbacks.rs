@@ -27,7 +27,11 @@ fn request<'a>(headers: &'a HashMap<String, String>, query: &'a str) -> Request<
 fn check_accepted(callbacks: &[herald::ports::Callback]) {
     for c in callbacks {
         if let Some(id) = &c.message_id {
-            assert!(!id.is_empty() && id.len() <= 512, "message id of {} bytes", id.len());
+            assert!(
+                !id.is_empty() && id.len() <= 512,
+                "message id of {} bytes",
+                id.len()
+            );
         }
     }
 }

@@ -41,7 +41,10 @@ fuzz_target!(|data: &[u8]| {
         let value: serde_json::Value =
             serde_json::from_slice(&m.payload).expect("a completed message is JSON");
         for field in ["messageId", "receivedAt", "timestamp"] {
-            assert!(value[field].is_string() || m.verdict.is_err(), "{field} missing");
+            assert!(
+                value[field].is_string() || m.verdict.is_err(),
+                "{field} missing"
+            );
         }
         if m.verdict.is_ok() {
             assert!(!m.key.is_empty(), "an accepted message has a key");
