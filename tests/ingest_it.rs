@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::Command;
@@ -84,29 +84,6 @@ fn published(names: &Names) -> Vec<Value> {
         .into_iter()
         .map(|(_, _, p)| serde_json::from_slice(&p).unwrap())
         .collect()
-}
-
-/// Waits until MongoDB's users equal the oracle's replay of `messages` (all valid).
-async fn users_become(names: &Names, messages: &[Value], limit: Duration) {
-    let payloads: Vec<Vec<u8>> = messages
-        .iter()
-        .map(|m| serde_json::to_vec(m).unwrap())
-        .collect();
-    let want = oracle::replay(payloads.iter().map(Vec::as_slice));
-    let mut last = BTreeMap::new();
-    let found = tokio::time::timeout(limit, async {
-        loop {
-            last = mongo_users(names).await;
-            if last == want {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    })
-    .await;
-    if found.is_err() {
-        assert_users_equal(&last, &want);
-    }
 }
 
 #[test]

@@ -130,26 +130,6 @@ fn a_broker_that_stops_acknowledging_gets_503_and_the_clients_lose_and_double_no
             "{lib}: the client gave up on some messages"
         );
     }
-    let payloads: Vec<Vec<u8>> = calls
-        .iter()
-        .map(|c| serde_json::to_vec(c).unwrap())
-        .collect();
-    let want = oracle::replay(payloads.iter().map(Vec::as_slice));
-    block_on(async {
-        let mut last = Default::default();
-        let done = tokio::time::timeout(Duration::from_secs(120), async {
-            loop {
-                last = mongo_users(&names).await;
-                if last == want {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
-        })
-        .await;
-        if done.is_err() {
-            assert_users_equal(&last, &want);
-        }
-    });
+    block_on(users_become(&names, &calls, Duration::from_secs(120)));
     kill9(&mut herald);
 }

@@ -563,6 +563,30 @@ pub async fn mongo_users(names: &Names) -> BTreeMap<String, UserProfile> {
         .collect()
 }
 
+/// Waits until MongoDB's users equal the oracle's replay of `messages` (JSON messages, in the
+/// order they were sent), failing after `limit` with the first differences.
+pub async fn users_become(names: &Names, messages: &[serde_json::Value], limit: Duration) {
+    let payloads: Vec<Vec<u8>> = messages
+        .iter()
+        .map(|m| serde_json::to_vec(m).unwrap())
+        .collect();
+    let want = oracle::replay(payloads.iter().map(Vec::as_slice));
+    let mut last = BTreeMap::new();
+    let found = tokio::time::timeout(limit, async {
+        loop {
+            last = mongo_users(names).await;
+            if last == want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    if found.is_err() {
+        assert_users_equal(&last, &want);
+    }
+}
+
 /// Asserts the stored users equal the replay, naming the first differences.
 pub fn assert_users_equal(
     actual: &BTreeMap<String, UserProfile>,
