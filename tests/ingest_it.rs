@@ -8,8 +8,6 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -422,32 +420,8 @@ fn calls(lib: &str, users: usize) -> (Vec<Value>, Value) {
     (calls, invalid)
 }
 
-/// The command that makes `calls` through `lib`'s library (`segment`, `rudder`, `node`).
-fn client(lib: &str, port: u16, key: &str, calls: &[Value]) -> Command {
-    let file = log_dir().join(format!(
-        "ingest-calls-{lib}-{port}-{}.json",
-        std::process::id()
-    ));
-    std::fs::write(&file, serde_json::to_vec(calls).unwrap()).unwrap();
-    let host = format!("http://127.0.0.1:{port}");
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests");
-    let mut command = if lib == "node" {
-        let mut c = Command::new("node");
-        c.arg(dir.join("ingest_clients.js"))
-            .env("NODE_PATH", tools().join("node_modules"))
-            .args([&host, key]);
-        c
-    } else {
-        let mut c = Command::new(tools().join("venv/bin/python"));
-        c.arg(dir.join("ingest_clients.py")).args([lib, &host, key]);
-        c
-    };
-    command.arg(&file);
-    command
-}
-
 fn run_client(lib: &str, port: u16, key: &str, calls: &[Value]) {
-    let out = client(lib, port, key, calls).output().unwrap();
+    let out = ingest_client(lib, port, key, calls).output().unwrap();
     assert!(
         out.status.success(),
         "{lib} client failed: {}\n{}",
@@ -514,7 +488,7 @@ fn every_message_a_client_saw_200_for_survives_a_sigkill_of_herald() {
     };
     let mut herald = spawn("first");
     let (calls, _) = calls("killed", 300);
-    let mut sender = client("segment", ingest, "key-one", &calls)
+    let mut sender = ingest_client("segment", ingest, "key-one", &calls)
         .env("INGEST_PACE_MS", "3")
         .spawn()
         .unwrap();

@@ -7,7 +7,6 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -71,24 +70,7 @@ fn a_broker_that_stops_acknowledging_gets_503_and_the_clients_lose_and_double_no
                        "timestamp": format!("2026-11-23T10:00:{:02}.{:03}Z", i % 60, i % 1000)})
             })
             .collect();
-        let file = log_dir().join(format!("{}-{lib}-calls.json", names.base));
-        std::fs::write(&file, serde_json::to_vec(&mine).unwrap()).unwrap();
-        let host = format!("http://127.0.0.1:{ingest}");
-        let tests = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests");
-        let mut command = if lib == "node" {
-            let mut c = Command::new("node");
-            c.arg(tests.join("ingest_clients.js"))
-                .env("NODE_PATH", tools().join("node_modules"))
-                .args([host.as_str(), "outage-key"]);
-            c
-        } else {
-            let mut c = Command::new(tools().join("venv/bin/python"));
-            c.arg(tests.join("ingest_clients.py"))
-                .args([lib, host.as_str(), "outage-key"]);
-            c
-        };
-        let sender = command
-            .arg(&file)
+        let sender = ingest_client(lib, ingest, "outage-key", &mine)
             .env("INGEST_PACE_MS", "6")
             .spawn()
             .unwrap();

@@ -563,6 +563,34 @@ pub async fn mongo_users(names: &Names) -> BTreeMap<String, UserProfile> {
         .collect()
 }
 
+/// The command that sends `calls` (Segment messages, JSON) to the HTTP ingest on `port` through
+/// an official client library: `segment` or `rudder` (Python, `tests/ingest_clients.py`) or
+/// `node` (Segment's Node.js library, `tests/ingest_clients.js`).
+pub fn ingest_client(lib: &str, port: u16, key: &str, calls: &[serde_json::Value]) -> Command {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let file = log_dir().join(format!(
+        "ingest-calls-{lib}-{port}-{}-{n}.json",
+        std::process::id()
+    ));
+    std::fs::write(&file, serde_json::to_vec(calls).unwrap()).unwrap();
+    let host = format!("http://127.0.0.1:{port}");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests");
+    let mut command = if lib == "node" {
+        let mut c = Command::new("node");
+        c.arg(dir.join("ingest_clients.js"))
+            .env("NODE_PATH", tools().join("node_modules"))
+            .args([&host, key]);
+        c
+    } else {
+        let mut c = Command::new(tools().join("venv/bin/python"));
+        c.arg(dir.join("ingest_clients.py")).args([lib, &host, key]);
+        c
+    };
+    command.arg(&file);
+    command
+}
+
 /// Waits until MongoDB's users equal the oracle's replay of `messages` (JSON messages, in the
 /// order they were sent), failing after `limit` with the first differences.
 pub async fn users_become(names: &Names, messages: &[serde_json::Value], limit: Duration) {
