@@ -1,6 +1,7 @@
 # Herald: multi-stage build. The builder compiles the release binary (librdkafka is built by
-# rdkafka itself: it needs a C toolchain, cmake is not needed); the runtime image carries only
-# the binary, its default config and CA certificates, and runs as an unprivileged user.
+# rdkafka itself: it needs a C toolchain and OpenSSL's headers, which rust:bookworm has; cmake
+# is not needed); the runtime image carries only the binary, its default config, CA
+# certificates and libssl (librdkafka's TLS), and runs as an unprivileged user.
 FROM rust:1-bookworm AS build
 WORKDIR /src
 # Dependencies first, so a source change does not rebuild them.
@@ -15,13 +16,13 @@ RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin herald
 
 FROM debian:bookworm-slim
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates curl \
+    && apt-get install -y --no-install-recommends ca-certificates curl libssl3 \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --no-create-home herald
 COPY --from=build /src/target/release/herald /usr/local/bin/herald
 COPY config /etc/herald
 USER herald
 ENV HERALD__LOG__FORMAT=json
-EXPOSE 8080
+EXPOSE 8080 9100
 ENTRYPOINT ["herald"]
 CMD ["run", "--config", "/etc/herald/compose.toml"]

@@ -11,7 +11,7 @@
 #                     and aiosmtpd in a venv (tests/provider_libs.py, tests/provider_standins.py),
 #                     Segment's and RudderStack's client libraries (tests/ingest_clients.*)
 # Needs: Java 17+ and Maven (Kafka), Python 3 with venv (nx-27017), apt (the rest).
-# Usage: scripts/backends.sh up|down|status
+# Usage: scripts/backends.sh up|down|status|restart-kafka
 set -euo pipefail
 
 CACHE="${HERALD_CACHE:-$HOME/.cache/herald}"
@@ -204,11 +204,12 @@ stop_pidfile() { # pid file: SIGTERM, then wait (up to 30 s) until the process i
 
 case "${1:-up}" in
   up) redis_up; mongo_up; kafka_up; rabbit_up; tools_up; provider_tools_up ;;
+  restart-kafka) stop_pidfile "$DATA/kafka/pid"; kafka_up ;;   # the fault-injection runner's broker restart
   down) stop_pidfile "$DATA/kafka/pid"; stop_pidfile "$DATA/nx/pid"; log "stopped kafka and nx-27017" ;;
   status)
     port_open "$KAFKA_PORT" && echo "kafka   up :$KAFKA_PORT" || echo "kafka   down"
     port_open "$MONGO_PORT" && echo "mongo   up :$MONGO_PORT" || echo "mongo   down"
     redis-cli -h 127.0.0.1 ping >/dev/null 2>&1 && echo "redis   up" || echo "redis   down"
     rabbitmq-diagnostics -q ping >/dev/null 2>&1 && echo "rabbit  up" || echo "rabbit  down" ;;
-  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|restart-kafka" >&2; exit 2 ;;
 esac

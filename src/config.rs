@@ -112,6 +112,14 @@ pub struct RedisConfig {
     pub url: String,
     pub prefix: String,
     pub retry_db: u32,
+    /// Set the server's `notify-keyspace-events` to `Ex` at start (a server-wide setting:
+    /// off by default so a shared Redis is left as its operator configured it).
+    #[serde(default)]
+    pub configure_notifications: bool,
+}
+
+fn default_max_profile_bytes() -> usize {
+    1_048_576
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -271,6 +279,10 @@ pub struct RetryConfig {
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
     pub max_message_bytes: usize,
+    /// The largest stored profile (its serialized state) Herald accepts; an event that would
+    /// grow one past it is dead-lettered as `profile_too_large`.
+    #[serde(default = "default_max_profile_bytes")]
+    pub max_profile_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -675,6 +687,10 @@ impl Config {
             (
                 "limits.max_message_bytes",
                 self.limits.max_message_bytes as u64,
+            ),
+            (
+                "limits.max_profile_bytes",
+                self.limits.max_profile_bytes as u64,
             ),
             ("startup.timeout_ms", self.startup.timeout_ms),
             ("shutdown.timeout_ms", self.shutdown.timeout_ms),

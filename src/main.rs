@@ -144,6 +144,10 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    // rustls is linked in with two crypto providers (ring and aws-lc-rs, through different
+    // dependencies), so clients that take the process default (Redis' rediss://) need one
+    // chosen; an error means one is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command {
         Command::Demo {

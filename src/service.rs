@@ -237,6 +237,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         redis_url.clone(),
         prefix.clone(),
         retry_db,
+        config.redis.configure_notifications,
         waker,
     ));
     let mut probes: Vec<Arc<dyn Probe>> = vec![
@@ -289,11 +290,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     } else {
         pipeline.callbacks()
     };
+    let readiness = http_server::Readiness::new(probes);
+    actix_web::rt::spawn(readiness.clone().run());
     let http_state = HttpState {
         receivers,
         callbacks,
         metrics: metrics.clone(),
-        probes,
+        readiness,
         clock,
     };
     // The bound address, not the configured one (port 0 takes an ephemeral port).

@@ -302,7 +302,7 @@ impl Metrics {
         for reason in RejectReason::ALL {
             one(&self.invalid, "reason", reason.code());
         }
-        for reason in ["store_refused", "state_unreadable"] {
+        for reason in ["store_refused", "state_unreadable", "profile_too_large"] {
             one(&self.invalid, "reason", reason);
         }
         for collection in ["users", "messages"] {
@@ -469,6 +469,16 @@ impl Metrics {
             detail,
             "record of a quarantined user dead-lettered"
         );
+    }
+
+    /// A record that would grow its user's profile past `limits.max_profile_bytes`,
+    /// dead-lettered.
+    pub fn profile_too_large_record(&self, partition: u32, detail: &str) {
+        self.invalid
+            .get_or_create(&vec![("reason", "profile_too_large".to_string())])
+            .inc();
+        self.invalid_total.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(partition, detail, "record dead-lettered: profile too large");
     }
 
     /// `count` events became durable `latency_ms` after their timestamp.

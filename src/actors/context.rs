@@ -20,6 +20,8 @@ use super::messages::{ApplyBatch, FlushNow};
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub max_message_bytes: usize,
+    /// `limits.max_profile_bytes`: the largest profile JSON an event may make.
+    pub max_profile_bytes: usize,
     pub dedup: DedupLimits,
     pub batch_max_size: usize,
     pub batch_max_wait: Duration,
@@ -42,6 +44,7 @@ impl Settings {
     pub fn from_config(c: &Config) -> Settings {
         Settings {
             max_message_bytes: c.limits.max_message_bytes,
+            max_profile_bytes: c.limits.max_profile_bytes,
             dedup: c.dedup_limits(),
             batch_max_size: c.batch.max_size,
             batch_max_wait: Duration::from_millis(c.batch.max_wait_ms),

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use crate::domain::campaign::{evaluate_all, TriggeredMessage};
+use crate::domain::profile::growth_bound;
 use crate::domain::user::{ApplyOutcome, Position, UserState};
 use crate::ports::{DeadLetter, LoadedState, Record, SeenPolicy, UserSnapshot};
 
@@ -50,11 +51,16 @@ struct Entity {
     /// Partitions (mod 64) whose records it applied since its last durable write: the ones to
     /// fence if that state turns out stale.
     touched: u64,
+    /// An upper bound of its profile's JSON size: exact when measured, then grown by each
+    /// applied record's [`growth_bound`]. Only when it nears `limits.max_profile_bytes` is the
+    /// profile measured again, so the limit costs nothing for profiles far below it.
+    size_bound: usize,
 }
 
 impl Entity {
     fn new(state: UserState, quarantined: Option<Arc<str>>) -> Self {
         Entity {
+            size_bound: state.profile.serialized_len(),
             state,
             quarantined,
             dirty: false,
@@ -78,8 +84,11 @@ struct Slot {
 /// What applying one record did.
 enum Applied {
     Changed,
-    /// A replay, a duplicate, or a quarantined user's record (dead-lettered).
+    /// A replay or a duplicate.
     Skipped,
+    /// Dead-lettered: a quarantined user's record, or one that would make the profile too
+    /// large.
+    DeadLettered,
     /// The domain panicked: the user was dropped and its partitions fenced.
     Failed,
 }
@@ -211,7 +220,7 @@ impl UserShard {
             match self.apply_one(slot as usize, &batch.link, record, now_ms, tick) {
                 Applied::Changed => applied += 1,
                 Applied::Skipped => skipped += 1,
-                Applied::Failed => {}
+                Applied::DeadLettered | Applied::Failed => {}
             }
         }
         self.count(applied, skipped, earliest);
@@ -253,7 +262,7 @@ impl UserShard {
                 record: record.raw,
             });
             self.acc.offset(link, offset);
-            return Applied::Skipped;
+            return Applied::DeadLettered;
         }
         // Only offsets that mean the same message forever protect against replays; a
         // RabbitMQ delivery's position is per session, so there the messageId alone does.
@@ -262,19 +271,42 @@ impl UserShard {
             offset,
         });
         entity.touched |= 1 << (record.raw.partition % 64);
+        let limit = shared.settings.max_profile_bytes;
+        let growth = growth_bound(record.raw.payload.len());
+        let near_limit = entity.size_bound.saturating_add(growth) > limit;
         let applied = contain(|| {
-            let outcome =
-                entity
-                    .state
-                    .apply(position, &record.event, now_ms, shared.settings.dedup);
-            let messages = if outcome == ApplyOutcome::Applied && !shared.campaigns.is_empty() {
+            let mut too_large = None;
+            let outcome = if near_limit {
+                // Applied to a copy and measured: the profile changes only if it stays within.
+                let mut next = entity.state.clone();
+                let outcome = next.apply(position, &record.event, now_ms, shared.settings.dedup);
+                let size = next.profile.serialized_len();
+                if outcome == ApplyOutcome::Applied && size > limit {
+                    too_large = Some(size);
+                } else {
+                    entity.state = next;
+                    entity.size_bound = size;
+                }
+                outcome
+            } else {
+                let outcome =
+                    entity
+                        .state
+                        .apply(position, &record.event, now_ms, shared.settings.dedup);
+                entity.size_bound += growth;
+                outcome
+            };
+            let messages = if outcome == ApplyOutcome::Applied
+                && too_large.is_none()
+                && !shared.campaigns.is_empty()
+            {
                 evaluate_all(&shared.campaigns, &record.event, &entity.state.profile)
             } else {
                 Vec::new()
             };
-            (outcome, messages)
+            (outcome, messages, too_large)
         });
-        let (outcome, messages) = match applied {
+        let (outcome, messages, too_large) = match applied {
             Ok(v) => v,
             Err(cause) => {
                 // The state may be half-changed: drop it, and have every partition that fed it
@@ -290,6 +322,21 @@ impl UserShard {
                 return Applied::Failed;
             }
         };
+        if let Some(size) = too_large {
+            let detail = format!(
+                "the profile would be {size} bytes, over limits.max_profile_bytes = {limit}"
+            );
+            shared
+                .ports
+                .metrics
+                .profile_too_large_record(record.raw.partition, &detail);
+            self.acc.dead.push(DeadLetter {
+                error: format!("profile_too_large: {detail}"),
+                record: record.raw,
+            });
+            self.acc.offset(link, offset);
+            return Applied::DeadLettered;
+        }
         if outcome != ApplyOutcome::Applied {
             self.acc.offset(link, offset);
             return Applied::Skipped;
@@ -384,6 +431,7 @@ impl UserShard {
                 match self.apply_one(slot, &link, record, now_ms, tick) {
                     Applied::Changed => applied += 1,
                     Applied::Skipped => skipped += 1,
+                    Applied::DeadLettered => {}
                     // Evicted, its partitions fenced: the rest comes again.
                     Applied::Failed => break,
                 }

@@ -158,8 +158,9 @@ async fn bearer(
             retry_after_ms: None,
             detail: format!("token exchange at {token_uri} failed: {e}"),
         })?;
-    let status = response.status();
-    let text = response.text().await.unwrap_or_default();
+    // Read with the same limit as every provider answer.
+    let answer = Answer::read(response).await;
+    let (status, text) = (answer.status, answer.text);
     if !status.is_success() {
         return Err(SendOutcome::Retryable {
             retry_after_ms: None,

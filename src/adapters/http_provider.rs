@@ -238,4 +238,39 @@ mod tests {
         h.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
         assert_eq!(retry_after_ms(&h), None);
     }
+
+    /// A provider that streams a body without end: the answer is read up to the limit and
+    /// the send goes on (without the limit this never returns, or eats the memory).
+    #[tokio::test]
+    async fn an_endless_answer_body_is_read_only_up_to_the_limit() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 4096];
+            let _ = socket.read(&mut request).await;
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                        transfer-encoding: chunked\r\n\r\n";
+            if socket.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            let chunk = format!("{:x}\r\n{}\r\n", 8192, "x".repeat(8192));
+            while socket.write_all(chunk.as_bytes()).await.is_ok() {}
+        });
+        let client = client(Duration::from_secs(30)).unwrap();
+        let response = client
+            .post(format!("http://{addr}/v1/messages"))
+            .send()
+            .await
+            .unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(10), Answer::read(response))
+            .await
+            .expect("the answer is read within the limit, not to the end");
+        assert_eq!(answer.text.len(), MAX_ANSWER_BYTES);
+        assert!(matches!(
+            answer.accepted("provider_message_id", |a: Accepted| a.provider_message_id),
+            SendOutcome::Unknown { .. }
+        ));
+    }
 }

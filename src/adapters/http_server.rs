@@ -1,6 +1,12 @@
 //! Herald's HTTP listener (REFERENCE.md §5, §6): the webhook receiver
 //! `POST /webhooks/{provider}`, and `/metrics`, `/healthz`, `/readyz`.
 //!
+//! The webhook listener faces providers, so it is public in most deployments: there
+//! `/metrics` answers only peers on loopback (others get `404`), and `/readyz` tells other
+//! peers only ready or not, without naming what is down. `http.metrics_listen` moves all three
+//! to their own listener, which answers everyone in full. `/readyz` answers from the results
+//! of a probe task that checks every backend each second, so requests cost no backend calls.
+//!
 //! A callback is checked in this order, each failure with its code and no state change:
 //! unknown provider `404`, body over 64 KiB `413`, signature or timestamp `401`, body `400`.
 //! `204` is answered only once the callback's effect is durable; a callback Herald cannot
@@ -9,7 +15,8 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use super::callback_formats::{self, Receiver, Refusal, MAX_BODY};
 use crate::ports::{CallbackError, CallbackSink, Clock, Probe};
@@ -23,8 +30,74 @@ pub struct HttpState {
     pub receivers: HashMap<String, Receiver>,
     pub callbacks: Arc<dyn CallbackSink>,
     pub metrics: Arc<Metrics>,
-    pub probes: Vec<Arc<dyn Probe>>,
+    pub readiness: Arc<Readiness>,
     pub clock: Arc<dyn Clock>,
+}
+
+/// How often the probe task checks every backend, and how long one check may take.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The latest result of every backend's probe, refreshed by [`Readiness::run`].
+pub struct Readiness {
+    probes: Vec<Arc<dyn Probe>>,
+    /// `None` until the first round finished: not ready.
+    latest: RwLock<Option<(Instant, Vec<String>)>>,
+}
+
+impl Readiness {
+    pub fn new(probes: Vec<Arc<dyn Probe>>) -> Arc<Self> {
+        Arc::new(Readiness {
+            probes,
+            latest: RwLock::new(None),
+        })
+    }
+
+    /// One round: every probe concurrently, each bounded by [`PROBE_TIMEOUT`].
+    pub async fn refresh(&self) {
+        let checks = self.probes.iter().map(|p| {
+            let p = p.clone();
+            async move {
+                let result = tokio::time::timeout(PROBE_TIMEOUT, p.check())
+                    .await
+                    .unwrap_or_else(|_| Err(format!("no answer within {PROBE_TIMEOUT:?}")));
+                result.err().map(|e| format!("{}: {e}", p.name()))
+            }
+        });
+        let down: Vec<String> = futures::future::join_all(checks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        *self.latest.write().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), down));
+    }
+
+    /// Refreshes every [`PROBE_INTERVAL`] for as long as the process runs.
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            self.refresh().await;
+            tokio::time::sleep(PROBE_INTERVAL).await;
+        }
+    }
+
+    /// `Ok` when every backend answered in the latest round; otherwise what is down.
+    pub fn current(&self) -> Result<(), String> {
+        let latest = self.latest.read().unwrap_or_else(|e| e.into_inner());
+        match &*latest {
+            None => Err("starting: backends not checked yet".into()),
+            Some((_, down)) if down.is_empty() => Ok(()),
+            Some((at, down)) => Err(format!(
+                "{} (checked {} ms ago)",
+                down.join("; "),
+                at.elapsed().as_millis()
+            )),
+        }
+    }
+}
+
+/// Whether the request came over loopback (the operator's own machine or pod).
+fn from_loopback(req: &HttpRequest) -> bool {
+    req.peer_addr().is_some_and(|a| a.ip().is_loopback())
 }
 
 fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
@@ -111,14 +184,41 @@ async fn webhook(
             } else {
                 tracing::debug!(provider = label, error = %refusal, code = status.as_u16(), "callback refused");
             }
+            // What failed in a signature check helps only whoever forges one: the body says
+            // no more than the code (the log at debug level has the reason).
+            let error = match status.as_u16() {
+                401 => "unauthorized".to_string(),
+                403 => "forbidden".to_string(),
+                _ => refusal.to_string(),
+            };
             HttpResponse::build(status)
                 .content_type("application/json")
-                .body(serde_json::json!({ "error": refusal.to_string() }).to_string())
+                .body(serde_json::json!({ "error": error }).to_string())
         }
     }
 }
 
-async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
+/// Whether this listener serves `/metrics` and the reasons of `/readyz` to every peer (the
+/// `http.metrics_listen` one) or only to peers on loopback (the webhook listener).
+#[derive(Clone, Copy)]
+struct OpsAudience {
+    everyone: bool,
+}
+
+impl OpsAudience {
+    fn in_full(&self, req: &HttpRequest) -> bool {
+        self.everyone || from_loopback(req)
+    }
+}
+
+async fn metrics(
+    state: web::Data<HttpState>,
+    audience: web::Data<OpsAudience>,
+    req: HttpRequest,
+) -> HttpResponse {
+    if !audience.in_full(&req) {
+        return HttpResponse::NotFound().finish();
+    }
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .body(state.metrics.render())
@@ -128,29 +228,21 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain").body("ok\n")
 }
 
-async fn readyz(state: web::Data<HttpState>) -> HttpResponse {
-    let checks = state.probes.iter().map(|p| {
-        let p = p.clone();
-        async move {
-            let result = tokio::time::timeout(std::time::Duration::from_secs(2), p.check())
-                .await
-                .unwrap_or_else(|_| Err("no answer within 2 s".into()));
-            (p.name(), result)
-        }
-    });
-    let results = futures::future::join_all(checks).await;
-    let down: Vec<String> = results
-        .iter()
-        .filter_map(|(name, r)| r.as_ref().err().map(|e| format!("{name}: {e}")))
-        .collect();
-    if down.is_empty() {
-        HttpResponse::Ok()
+async fn readyz(
+    state: web::Data<HttpState>,
+    audience: web::Data<OpsAudience>,
+    req: HttpRequest,
+) -> HttpResponse {
+    match state.readiness.current() {
+        Ok(()) => HttpResponse::Ok()
             .content_type("text/plain")
-            .body("ready\n")
-    } else {
-        HttpResponse::ServiceUnavailable()
+            .body("ready\n"),
+        Err(reason) if audience.in_full(&req) => HttpResponse::ServiceUnavailable()
             .content_type("text/plain")
-            .body(format!("not ready: {}\n", down.join("; ")))
+            .body(format!("not ready: {reason}\n")),
+        Err(_) => HttpResponse::ServiceUnavailable()
+            .content_type("text/plain")
+            .body("not ready\n"),
     }
 }
 
@@ -195,7 +287,10 @@ pub fn start(
     let main_state = state.clone();
     let with_ops = listeners.metrics.is_none();
     let main = HttpServer::new(move || {
-        let app = App::new().app_data(main_state.clone()).configure(webhooks);
+        let app = App::new()
+            .app_data(main_state.clone())
+            .app_data(web::Data::new(OpsAudience { everyone: false }))
+            .configure(webhooks);
         if with_ops {
             app.configure(ops)
         } else {
@@ -211,14 +306,200 @@ pub fn start(
     actix_web::rt::spawn(main);
     if let Some(listener) = listeners.metrics {
         let ops_state = state.clone();
-        let server = HttpServer::new(move || App::new().app_data(ops_state.clone()).configure(ops))
-            .workers(1)
-            .disable_signals()
-            .shutdown_timeout(1)
-            .listen(listener)?
-            .run();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(ops_state.clone())
+                .app_data(web::Data::new(OpsAudience { everyone: true }))
+                .configure(ops)
+        })
+        .workers(1)
+        .disable_signals()
+        .shutdown_timeout(1)
+        .listen(listener)?
+        .run();
         handles.push(server.handle());
         actix_web::rt::spawn(server);
     }
     Ok(handles)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ports::{BoxFut, Callback, SystemClock};
+    use actix_web::test::{call_service, init_service, read_body, TestRequest};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    struct CountingProbe {
+        calls: Arc<AtomicUsize>,
+        down: bool,
+    }
+
+    impl Probe for CountingProbe {
+        fn name(&self) -> &'static str {
+            "redis"
+        }
+        fn check(&self) -> BoxFut<Result<(), String>> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let down = self.down;
+            Box::pin(async move {
+                if down {
+                    Err("connection refused".into())
+                } else {
+                    Ok(())
+                }
+            })
+        }
+    }
+
+    /// Callbacks that pass their checks would land here; the tests' never do.
+    struct NoSink;
+    impl CallbackSink for NoSink {
+        fn deliver(&self, _: Callback) -> BoxFut<Result<(), CallbackError>> {
+            Box::pin(async {
+                Err(CallbackError::Store(crate::ports::StoreError::Transient(
+                    "not in this test".into(),
+                )))
+            })
+        }
+    }
+
+    fn state(down: bool) -> (HttpState, Arc<AtomicUsize>) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let probe = CountingProbe {
+            calls: calls.clone(),
+            down,
+        };
+        let receivers = HashMap::from([(
+            "sim".to_string(),
+            Receiver::Herald {
+                secret: Some(b"s3cret".to_vec()),
+            },
+        )]);
+        let state = HttpState {
+            receivers,
+            callbacks: Arc::new(NoSink),
+            metrics: Arc::new(Metrics::new()),
+            readiness: Readiness::new(vec![Arc::new(probe)]),
+            clock: Arc::new(SystemClock),
+        };
+        (state, calls)
+    }
+
+    const OUTSIDE: &str = "203.0.113.7:40000";
+    const LOOPBACK: &str = "127.0.0.1:40000";
+
+    macro_rules! app {
+        ($state:expr, $everyone:expr) => {
+            init_service(
+                App::new()
+                    .app_data(web::Data::new($state))
+                    .app_data(web::Data::new(OpsAudience {
+                        everyone: $everyone,
+                    }))
+                    .configure(webhooks)
+                    .configure(ops),
+            )
+            .await
+        };
+    }
+
+    #[actix_web::test]
+    async fn the_webhook_listener_shows_metrics_and_readiness_reasons_only_to_loopback() {
+        let (state, _) = state(true);
+        state.readiness.refresh().await;
+        let app = app!(state, false);
+        let get = |path: &str, peer: &str| {
+            TestRequest::get()
+                .uri(path)
+                .peer_addr(peer.parse().unwrap())
+                .to_request()
+        };
+        let outside = call_service(&app, get("/metrics", OUTSIDE)).await;
+        assert_eq!(outside.status(), 404, "/metrics to a peer off loopback");
+        let local = call_service(&app, get("/metrics", LOOPBACK)).await;
+        assert_eq!(local.status(), 200);
+        assert!(String::from_utf8_lossy(&read_body(local).await).contains("herald_"));
+
+        let outside = call_service(&app, get("/readyz", OUTSIDE)).await;
+        assert_eq!(outside.status(), 503);
+        assert_eq!(
+            read_body(outside).await,
+            "not ready\n",
+            "no reason off loopback"
+        );
+        let local = call_service(&app, get("/readyz", LOOPBACK)).await;
+        assert_eq!(local.status(), 503);
+        let body = String::from_utf8_lossy(&read_body(local).await).into_owned();
+        assert!(body.contains("redis: connection refused"), "{body}");
+
+        let health = call_service(&app, get("/healthz", OUTSIDE)).await;
+        assert_eq!(health.status(), 200, "liveness stays open to every peer");
+    }
+
+    #[actix_web::test]
+    async fn the_ops_listener_answers_every_peer_in_full() {
+        let (state, _) = state(true);
+        state.readiness.refresh().await;
+        let app = app!(state, true);
+        let req = |path: &str| {
+            TestRequest::get()
+                .uri(path)
+                .peer_addr(OUTSIDE.parse().unwrap())
+                .to_request()
+        };
+        assert_eq!(call_service(&app, req("/metrics")).await.status(), 200);
+        let ready = call_service(&app, req("/readyz")).await;
+        let body = String::from_utf8_lossy(&read_body(ready).await).into_owned();
+        assert!(body.contains("redis: connection refused"), "{body}");
+    }
+
+    #[actix_web::test]
+    async fn readyz_answers_from_the_latest_probe_round_without_calling_backends() {
+        let (state, calls) = state(false);
+        let readiness = state.readiness.clone();
+        let app = app!(state, false);
+        let req = || {
+            TestRequest::get()
+                .uri("/readyz")
+                .peer_addr(LOOPBACK.parse().unwrap())
+                .to_request()
+        };
+        let before = call_service(&app, req()).await;
+        assert_eq!(before.status(), 503, "not ready before the first round");
+        readiness.refresh().await;
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        for _ in 0..50 {
+            assert_eq!(call_service(&app, req()).await.status(), 200);
+        }
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "50 requests made no backend call"
+        );
+    }
+
+    #[actix_web::test]
+    async fn a_refused_signature_says_no_more_than_its_code() {
+        let (state, _) = state(false);
+        let app = app!(state, false);
+        let now = SystemClock.now_ms() / 1000;
+        let forged = TestRequest::post()
+            .uri("/webhooks/sim")
+            .peer_addr(OUTSIDE.parse().unwrap())
+            .insert_header(("x-herald-timestamp", now.to_string()))
+            .insert_header(("x-herald-signature", "v1=00ff"))
+            .set_payload(r#"{"id":"m1","provider_message_id":"p1","status":"delivered"}"#)
+            .to_request();
+        let answer = call_service(&app, forged).await;
+        assert_eq!(answer.status(), 401);
+        assert_eq!(read_body(answer).await, r#"{"error":"unauthorized"}"#);
+        let unsigned = TestRequest::post()
+            .uri("/webhooks/sim")
+            .set_payload("{}")
+            .to_request();
+        let answer = call_service(&app, unsigned).await;
+        assert_eq!(answer.status(), 401);
+        assert_eq!(read_body(answer).await, r#"{"error":"unauthorized"}"#);
+    }
 }

@@ -183,6 +183,38 @@ pub fn undo_encoding(encoding: Option<&str>, body: Vec<u8>) -> Result<Vec<u8>, S
     }
 }
 
+/// A request's answer when its write key is over `ingest.rate_per_sec_per_key`.
+fn over_rate(state: &IngestState, key: &str, now_ms: i64) -> Option<HttpResponse> {
+    let rate = state.rate_per_sec_per_key?;
+    let taken = state
+        .buckets
+        .lock()
+        .entry(key.to_string())
+        .or_insert_with(|| TokenBucket::new(rate, now_ms))
+        .take(now_ms);
+    let wait_ms = taken.err()?;
+    Some(retry_later(
+        state,
+        429,
+        wait_ms.div_ceil(1000),
+        format!("over {rate} requests per second for this write key"),
+    ))
+}
+
+fn broker_busy(state: &IngestState) -> HttpResponse {
+    retry_later(
+        state,
+        503,
+        1,
+        "too many requests are waiting for the broker".into(),
+    )
+}
+
+/// A request's order of checks is cheapest first, so that what a client cannot be served
+/// costs the least: a write key in the header is checked and rate-limited before the body is
+/// read, and the body's bytes are reserved from `ingest.max_in_flight_bytes` (by its
+/// `Content-Length`) before they are read. A write key in the body is checked once parsed.
+/// 401s say no more than "unauthorized" (which key was wrong helps only a guesser).
 async fn ingest(
     req: HttpRequest,
     path: web::Path<String>,
@@ -192,16 +224,48 @@ async fn ingest(
     let Some(route) = Route::parse(&path) else {
         return refuse(&state, 404, format!("no such endpoint: /v1/{path}"));
     };
+    let arrived_at = state.clock.now_ms();
     let header_key = basic_key(&req);
     if let Some(key) = &header_key {
         if !state.write_keys.contains(key) {
-            return refuse(&state, 401, "unknown write key");
+            return refuse(&state, 401, "unauthorized");
+        }
+        if let Some(answer) = over_rate(&state, key, arrived_at) {
+            return answer;
         }
     }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_REQUEST_BYTES) {
+        return refuse(
+            &state,
+            400,
+            RequestError::TooLarge(declared.unwrap_or(0)).to_string(),
+        );
+    }
+    // Without a length the body may be as large as the limit.
+    let reserved = declared.unwrap_or(MAX_REQUEST_BYTES).max(1);
+    let Ok(mut permit) = state.in_flight.try_acquire_many(reserved as u32) else {
+        return broker_busy(&state);
+    };
     let body = match read_body(&req, payload).await {
         Ok(b) => b,
         Err(why) => return refuse(&state, 400, why),
     };
+    // A gzip body takes more once decompressed than its length reserved.
+    if body.len() > reserved {
+        match state
+            .in_flight
+            .try_acquire_many((body.len() - reserved) as u32)
+        {
+            Ok(more) => permit.merge(more),
+            Err(_) => return broker_busy(&state),
+        }
+    }
+    let _permit = permit;
     let received_at = state.clock.now_ms();
     let prepared = segment::prepare(
         route,
@@ -213,38 +277,19 @@ async fn ingest(
     let request = match prepared {
         Ok(r) => r,
         // Without a key in the header, a body that cannot be read has no key either.
-        Err(_) if header_key.is_none() => return refuse(&state, 401, "no write key"),
+        Err(_) if header_key.is_none() => return refuse(&state, 401, "unauthorized"),
         Err(e) => return refuse(&state, 400, e.to_string()),
     };
-    let key = match header_key.or(request.write_key.clone()) {
-        Some(k) if state.write_keys.contains(&k) => k,
-        Some(_) => return refuse(&state, 401, "unknown write key"),
-        None => return refuse(&state, 401, "no write key"),
-    };
-    if let Some(rate) = state.rate_per_sec_per_key {
-        let taken = state
-            .buckets
-            .lock()
-            .entry(key)
-            .or_insert_with(|| TokenBucket::new(rate, received_at))
-            .take(received_at);
-        if let Err(wait_ms) = taken {
-            return retry_later(
-                &state,
-                429,
-                wait_ms.div_ceil(1000),
-                format!("over {rate} requests per second for this write key"),
-            );
+    if header_key.is_none() {
+        match &request.write_key {
+            Some(k) if state.write_keys.contains(k) => {
+                if let Some(answer) = over_rate(&state, k, received_at) {
+                    return answer;
+                }
+            }
+            _ => return refuse(&state, 401, "unauthorized"),
         }
     }
-    let Ok(_permit) = state.in_flight.try_acquire_many(body.len().max(1) as u32) else {
-        return retry_later(
-            &state,
-            503,
-            1,
-            "too many requests are waiting for the broker".into(),
-        );
-    };
     let mut messages = Vec::new();
     let mut refused = Vec::new();
     let mut rejected = Vec::new();

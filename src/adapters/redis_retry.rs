@@ -474,8 +474,41 @@ impl RetrySchedule for RedisRetrySchedule {
 
 /// Listens for the wake-up key's expiry on `retry_db` and calls `wake` for each, for as
 /// long as the process runs; reconnects with backoff (events missed meanwhile are covered
-/// by the sweeper). Turns on `notify-keyspace-events Ex` when the server allows it.
-pub async fn listen_for_wakeups(url: String, prefix: String, retry_db: u32, wake: impl Fn()) {
+/// by the sweeper). `notify-keyspace-events` is a server-wide setting other applications of a
+/// shared Redis depend on: Herald sets it (to `Ex`) only when `configure` is
+/// (`redis.configure_notifications`); otherwise it only says when expiry events are off.
+/// Logs, once per connection, when the server's `notify-keyspace-events` does not include key
+/// expiry events (`E` or `K` with `x`, or `A`): retries then fire from the sweep alone.
+async fn report_notifications(conn: &mut redis::aio::MultiplexedConnection) {
+    let got: Result<Vec<String>, _> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("notify-keyspace-events")
+        .query_async(conn)
+        .await;
+    let Ok(pair) = got else { return };
+    let flags = pair.get(1).map(String::as_str).unwrap_or("");
+    if !expiry_events_on(flags) {
+        tracing::info!(
+            notify_keyspace_events = flags,
+            "Redis sends no key-expiry events: retries fire from the due-time sweep (retry.sweep_ms); \
+             set notify-keyspace-events Ex on the server or redis.configure_notifications = true for early wake-ups"
+        );
+    }
+}
+
+/// Whether `notify-keyspace-events` flags make Redis publish `__keyevent@<db>__:expired`.
+pub fn expiry_events_on(flags: &str) -> bool {
+    let has = |c: char| flags.contains(c);
+    has('E') && (has('x') || has('A'))
+}
+
+pub async fn listen_for_wakeups(
+    url: String,
+    prefix: String,
+    retry_db: u32,
+    configure: bool,
+    wake: impl Fn(),
+) {
     let wake_key = format!("{prefix}retry:wake");
     let channel = format!("__keyevent@{retry_db}__:expired");
     let mut delay = Duration::from_millis(100);
@@ -487,14 +520,18 @@ pub async fn listen_for_wakeups(url: String, prefix: String, retry_db: u32, wake
                 .get_multiplexed_async_connection()
                 .await
                 .map_err(|e| e.to_string())?;
-            let set: Result<(), _> = redis::cmd("CONFIG")
-                .arg("SET")
-                .arg("notify-keyspace-events")
-                .arg("Ex")
-                .query_async(&mut conn)
-                .await;
-            if let Err(e) = set {
-                tracing::info!(error = %e, "cannot set notify-keyspace-events (the sweeper still fires retries)");
+            if configure {
+                let set: Result<(), _> = redis::cmd("CONFIG")
+                    .arg("SET")
+                    .arg("notify-keyspace-events")
+                    .arg("Ex")
+                    .query_async(&mut conn)
+                    .await;
+                if let Err(e) = set {
+                    tracing::info!(error = %e, "cannot set notify-keyspace-events (the sweeper still fires retries)");
+                }
+            } else {
+                report_notifications(&mut conn).await;
             }
             let mut pubsub = client.get_async_pubsub().await.map_err(|e| e.to_string())?;
             pubsub

@@ -192,7 +192,37 @@ pub struct Profile {
     pub groups: NameMap<NameMap<Value>>,
 }
 
+/// Most bytes one applied event adds to a profile's JSON beyond what [`growth_bound`] counts
+/// from its payload (a counter's extra digit, timestamps, the braces of a new event name).
+pub const GROWTH_SLACK: usize = 128;
+
+/// An upper bound of the bytes an event of `payload_len` bytes can add to a profile's JSON:
+/// whatever it adds comes from its payload (trait values, names), each byte at most a few
+/// times over once nested under dotted names.
+pub fn growth_bound(payload_len: usize) -> usize {
+    payload_len.saturating_mul(4).saturating_add(GROWTH_SLACK)
+}
+
 impl Profile {
+    /// Bytes of the profile serialized as JSON — what `limits.max_profile_bytes` bounds —
+    /// counted without building the text.
+    pub fn serialized_len(&self) -> usize {
+        struct Count(usize);
+        impl std::io::Write for Count {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0 += buf.len();
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut count = Count(0);
+        // Serializing plain maps and values into a counter cannot fail.
+        let _ = serde_json::to_writer(&mut count, self);
+        count.0
+    }
+
     /// Applies one event's effect (no dedup: see `UserState::apply`). Same semantics as
     /// [`UserProfile::apply`], which the property tests hold it to.
     pub fn apply(&mut self, event: &Event) {

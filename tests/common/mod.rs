@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod oracle;
+pub mod proxy;
 pub mod rabbit;
 
 use std::collections::{BTreeMap, BTreeSet};

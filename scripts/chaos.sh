@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The fault-injection runner: runs the named scenarios of tests/chaos.rs (all of them by
+# default: r1 … r7) one at a time against a release `herald run` on the real servers, checks
+# each against the reference model, and writes the table of results into RELIABILITY.md
+# (between the chaos markers) from target/chaos/results.jsonl.
+#
+#   scripts/chaos.sh [SCENARIO...]        e.g. scripts/chaos.sh r1 r4
+#
+# Loopback only; each scenario's faults and waits are bounded (tests/chaos.rs). Starts the
+# backends first. A scenario that loses or doubles anything fails the run (its row is still
+# written, marked).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/backends.sh up
+out=target/chaos
+mkdir -p "$out"
+rm -f "$out/results.jsonl"
+filters=("$@")
+[ ${#filters[@]} -gt 0 ] || filters=(r1_ r2_ r3_ r4_ r5_ r6_ r7_)
+status=0
+for f in "${filters[@]}"; do
+  cargo test --release --test chaos -- --ignored --test-threads=1 --nocapture "$f" \
+    >"$out/$f.log" 2>&1 || { status=1; echo "chaos: $f FAILED (log: $out/$f.log)" >&2; }
+  grep '^chaos: ' "$out/$f.log" | tail -1 || true
+done
+python3 - "$out/results.jsonl" RELIABILITY.md <<'PY'
+import json, sys, datetime, re
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+lines = [
+    f"One run of `scripts/chaos.sh` on {datetime.date.today()} (this machine: 2 cores, every server on loopback).",
+    "",
+    "| scenario | faults | events | lost | doubled | users differing | dead-lettered (expected) | users = replay after the last fault | |",
+    "|---|---|---|---|---|---|---|---|---|",
+]
+notes = []
+for r in rows:
+    ok = "pass" if r["passed"] else "**FAIL**"
+    lines.append(
+        f"| {r['scenario']}: {r['what']} | {r['faults']} | {r['events']:,} | {r['lost']} | {r['doubled']} "
+        f"| {r['users_differing']} | {r['dead_lettered']:,} ({r['dead_expected']:,}) | {r['recover_s']:.1} s | {ok} |")
+    notes.append(f"- {r['scenario']}: {r['notes']}")
+body = "\n".join(lines + [""] + notes)
+text = open(sys.argv[2]).read()
+begin, end = "<!-- chaos:begin -->", "<!-- chaos:end -->"
+if begin in text:
+    text = re.sub(re.escape(begin) + ".*?" + re.escape(end), begin + "\n" + body + "\n" + end, text, flags=re.S)
+else:
+    text += "\n" + begin + "\n" + body + "\n" + end + "\n"
+open(sys.argv[2], "w").write(text)
+print(body)
+PY
+exit $status
