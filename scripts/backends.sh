@@ -2,7 +2,8 @@
 # Installs (when missing) and starts the backends Herald's tests use, on 127.0.0.1 only,
 # idempotently, waiting until each is ready:
 #   Kafka           : Apache Kafka 4.x from Maven Central, KRaft   127.0.0.1:${HERALD_KAFKA_PORT:-9092}
-#                     (one broker+controller node; controller on 127.0.0.1:${HERALD_KAFKA_CONTROLLER_PORT:-9093})
+#                     (one broker+controller node; controller on 127.0.0.1:${HERALD_KAFKA_CONTROLLER_PORT:-9093};
+#                     TLS on 127.0.0.1:${HERALD_KAFKA_SSL_PORT:-9094}, its CA in <backends dir>/kafka/tls/ca.crt)
 #   MongoDB protocol: nx-27017 (PyPI), one file per database      127.0.0.1:${HERALD_MONGO_PORT:-27017}
 #   Redis, RabbitMQ : Debian packages, installed with apt when missing, started if not running
 #   Prometheus, docker-compose: Debian packages (tests of the ops files)
@@ -10,7 +11,8 @@
 #                     providers' official Python libraries (twilio, sendgrid, google-auth)
 #                     and aiosmtpd in a venv (tests/provider_libs.py, tests/provider_standins.py),
 #                     Segment's and RudderStack's client libraries (tests/ingest_clients.*)
-# Needs: Java 17+ and Maven (Kafka), Python 3 with venv (nx-27017), apt (the rest).
+# Needs: Java 17+ and Maven (Kafka), the openssl command (Kafka's test certificate), Python 3
+# with venv (nx-27017), apt (the rest).
 # Usage: scripts/backends.sh up|down|status|restart-kafka
 set -euo pipefail
 
@@ -18,6 +20,7 @@ CACHE="${HERALD_CACHE:-$HOME/.cache/herald}"
 DATA="${HERALD_BACKENDS_DIR:-$CACHE/backends}"
 KAFKA_PORT="${HERALD_KAFKA_PORT:-9092}"
 MONGO_PORT="${HERALD_MONGO_PORT:-27017}"
+KAFKA_SSL_PORT="${HERALD_KAFKA_SSL_PORT:-9094}"
 KAFKA_CONTROLLER_PORT="${HERALD_KAFKA_CONTROLLER_PORT:-9093}"
 KAFKA_HOME="$CACHE/kafka-4.4.0"       # the broker's jars (fetched once by Maven)
 KAFKA_HEAP="${HERALD_KAFKA_HEAP:-1g}" # the tests share 24 GiB and 2 cores with it
@@ -72,21 +75,43 @@ kafka_ready() {
     --bootstrap-server "127.0.0.1:$KAFKA_PORT" 2>/dev/null | grep -q "Cluster ID"
 }
 
+# A test CA and the broker's certificate it signed (for the SSL listener), made once with the
+# openssl command line.
+kafka_tls() {
+  local tls=$1
+  [ -f "$tls/broker.pem" ] && return 0
+  mkdir -p "$tls"
+  (
+    cd "$tls"
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >san.ext
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj /CN=herald-test-ca \
+      -keyout ca.key -out ca.crt
+    openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout broker.key -out broker.csr
+    openssl x509 -req -in broker.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
+      -extfile san.ext -out broker.crt
+    cat broker.key broker.crt >broker.pem
+  ) >"$tls/make.log" 2>&1 || { cat "$tls/make.log" >&2; return 1; }
+}
+
 kafka_up() {
   install_kafka
   if port_open "$KAFKA_PORT"; then log "kafka already on :$KAFKA_PORT"; return; fi
   local dir="$DATA/kafka"
   mkdir -p "$dir/log"
+  kafka_tls "$dir/tls"
   cat >"$dir/server.properties" <<PROPS
 # Written by scripts/backends.sh: a one-node KRaft cluster for tests, on loopback only.
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT,SSL://127.0.0.1:$KAFKA_SSL_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SSL://127.0.0.1:$KAFKA_SSL_PORT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SSL:SSL
+# The SSL listener (Herald's TLS test): a PEM key and certificate signed by tls/ca.crt.
+ssl.keystore.type=PEM
+ssl.keystore.location=$dir/tls/broker.pem
 log.dirs=$dir/log
 num.partitions=1
 offsets.topic.replication.factor=1

@@ -37,7 +37,7 @@ for r in rows:
     ok = "pass" if r["passed"] else "**FAIL**"
     lines.append(
         f"| {r['scenario']}: {r['what']} | {r['faults']} | {r['events']:,} | {r['lost']} | {r['doubled']} "
-        f"| {r['users_differing']} | {r['dead_lettered']:,} ({r['dead_expected']:,}) | {r['recover_s']:.1} s | {ok} |")
+        f"| {r['users_differing']} | {r['dead_lettered']:,} ({r['dead_expected']:,}) | {r['recover_s']:.1f} s | {ok} |")
     notes.append(f"- {r['scenario']}: {r['notes']}")
 body = "\n".join(lines + [""] + notes)
 text = open(sys.argv[2]).read()

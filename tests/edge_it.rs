@@ -1,11 +1,11 @@
 //! The edge rules on real servers: a shared Redis's `notify-keyspace-events` is left alone
 //! unless `redis.configure_notifications` says otherwise; an event that would make a profile
 //! larger than `limits.max_profile_bytes` is dead-lettered with its reason and nothing else is
-//! lost; `rediss://` (Redis over TLS) carries the whole pipeline.
+//! lost; `rediss://` (Redis over TLS) and Kafka's SSL listener carry the whole pipeline.
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -262,6 +262,50 @@ fn the_pipeline_runs_over_redis_with_tls() {
     let mut herald = spawn_herald(
         &names,
         &[("HERALD__REDIS__URL", &url), ("SSL_CERT_FILE", &ca)],
+        "0",
+    );
+    block_on(users_become(&names, &messages, Duration::from_secs(120)));
+    wait_fully_committed(&names, Duration::from_secs(120));
+    kill9(&mut herald);
+}
+
+/// The TLS listener scripts/backends.sh gives the test broker, and its CA.
+fn kafka_tls() -> (String, String) {
+    let cache = std::env::var("HERALD_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/herald"));
+    let dir = std::env::var("HERALD_BACKENDS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| cache.join("backends"));
+    let port = std::env::var("HERALD_KAFKA_SSL_PORT").unwrap_or_else(|_| "9094".into());
+    (
+        format!("127.0.0.1:{port}"),
+        dir.join("kafka/tls/ca.crt").display().to_string(),
+    )
+}
+
+#[test]
+fn the_pipeline_consumes_from_kafka_over_tls() {
+    let names = Names::new("edge_kafka_tls", 2);
+    let (brokers, ca) = kafka_tls();
+    let messages: Vec<serde_json::Value> = (0..200)
+        .map(|i| {
+            track(
+                &format!("u-{}", i % 20),
+                &format!("m-{i}"),
+                i % 60,
+                "opened",
+            )
+        })
+        .collect();
+    publish(&names, &messages);
+    let mut herald = spawn_herald(
+        &names,
+        &[
+            ("HERALD__KAFKA__BROKERS", &brokers),
+            ("HERALD__KAFKA__OPTIONS__security.protocol", "SSL"),
+            ("HERALD__KAFKA__OPTIONS__ssl.ca.location", &ca),
+        ],
         "0",
     );
     block_on(users_become(&names, &messages, Duration::from_secs(120)));
