@@ -21,7 +21,7 @@ status=0
 for f in "${filters[@]}"; do
   cargo test --release --test chaos -- --ignored --test-threads=1 --nocapture "$f" \
     >"$out/$f.log" 2>&1 || { status=1; echo "chaos: $f FAILED (log: $out/$f.log)" >&2; }
-  grep '^chaos: ' "$out/$f.log" | tail -1 || true
+  grep -o 'chaos: {.*' "$out/$f.log" | tail -1 || true
 done
 python3 - "$out/results.jsonl" RELIABILITY.md <<'PY'
 import json, sys, datetime, re

@@ -128,9 +128,46 @@ impl ConsumerContext for RebalanceContext {
 
 type HeraldConsumer = BaseConsumer<RebalanceContext>;
 
+/// The consumer in use. A consumer that hit a fatal error (librdkafka: after one it neither
+/// consumes nor rejoins — e.g. a static member fenced by its own earlier incarnation after a
+/// broker restart) is replaced by a new one from the same settings (see `replace_if_fatal`).
+type ConsumerSlot = Arc<parking_lot::RwLock<Arc<HeraldConsumer>>>;
+
+/// What a new consumer is made from.
+#[derive(Clone)]
+struct ConsumerParts {
+    settings: KafkaSettings,
+    closing: Arc<AtomicBool>,
+    events: mpsc::UnboundedSender<AssignmentEvent>,
+    feeds: Feeds,
+    receivers: Receivers,
+}
+
+impl ConsumerParts {
+    /// A consumer with its rebalance context (not subscribed yet).
+    fn consumer(&self) -> Result<HeraldConsumer, KafkaError> {
+        let context = RebalanceContext {
+            topic: self.settings.topic.clone(),
+            closing: self.closing.clone(),
+            events: self.events.clone(),
+            feeds: self.feeds.clone(),
+            receivers: self.receivers.clone(),
+        };
+        consumer_config(&self.settings).create_with_context(context)
+    }
+
+    /// A consumer subscribed to the topic.
+    fn subscribed(&self) -> Result<HeraldConsumer, KafkaError> {
+        let consumer = self.consumer()?;
+        consumer.subscribe(&[&self.settings.topic])?;
+        Ok(consumer)
+    }
+}
+
 pub struct KafkaSource {
     settings: KafkaSettings,
-    consumer: Arc<HeraldConsumer>,
+    consumer: ConsumerSlot,
+    parts: ConsumerParts,
     producer: FutureProducer,
     assignments: Mutex<Option<mpsc::UnboundedReceiver<AssignmentEvent>>>,
     feeds: Feeds,
@@ -208,19 +245,14 @@ impl KafkaSource {
         )
         .await?;
         let (events, assignments) = mpsc::unbounded_channel();
-        let feeds = Feeds::new(settings.channel_capacity);
-        let receivers: Receivers = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let context = RebalanceContext {
-            topic: settings.topic.clone(),
-            closing: stop.clone(),
+        let parts = ConsumerParts {
+            settings: settings.clone(),
+            closing: Arc::new(AtomicBool::new(false)),
             events,
-            feeds: feeds.clone(),
-            receivers: receivers.clone(),
+            feeds: Feeds::new(settings.channel_capacity),
+            receivers: Arc::default(),
         };
-        let config = consumer_config(&settings);
-        let consumer: HeraldConsumer = config.create_with_context(context).map_err(unavailable)?;
-        let consumer = Arc::new(consumer);
+        let consumer = Arc::new(parts.consumer().map_err(unavailable)?);
         let probe = consumer.clone();
         let topic = settings.topic.clone();
         let metadata =
@@ -248,12 +280,13 @@ impl KafkaSource {
             .map_err(unavailable)?;
         let source = Arc::new(KafkaSource {
             settings,
-            consumer,
+            consumer: Arc::new(parking_lot::RwLock::new(consumer)),
+            feeds: parts.feeds.clone(),
+            receivers: parts.receivers.clone(),
+            stop: parts.closing.clone(),
+            parts,
             producer,
             assignments: Mutex::new(Some(assignments)),
-            feeds,
-            receivers,
-            stop,
             poller: Mutex::new(None),
             high_watermarks: Arc::default(),
         });
@@ -261,19 +294,22 @@ impl KafkaSource {
         Ok(source)
     }
 
+    /// The consumer in use now.
+    fn current(&self) -> Arc<HeraldConsumer> {
+        self.consumer.read().clone()
+    }
+
     fn spawn_poller(&self) {
-        let consumer = self.consumer.clone();
-        let feeds = self.feeds.clone();
-        let stop = self.stop.clone();
-        let topic = self.settings.topic.clone();
+        let slot = self.consumer.clone();
+        let parts = self.parts.clone();
         let handle = std::thread::Builder::new()
             .name("kafka-poll".into())
-            .spawn(move || poll_loop(&consumer, &feeds, &stop, &topic))
+            .spawn(move || poll_loop(&slot, &parts))
             .expect("spawning the kafka poll thread");
         *self.poller.lock() = Some(handle);
         // Lag has its own thread: asking the broker for watermarks must never delay polling
         // (rebalance callbacks are served from the poll loop).
-        let consumer = self.consumer.clone();
+        let slot = self.consumer.clone();
         let stop = self.stop.clone();
         let topic = self.settings.topic.clone();
         let high_watermarks = self.high_watermarks.clone();
@@ -281,7 +317,9 @@ impl KafkaSource {
             .name("kafka-lag".into())
             .spawn(move || {
                 while !stop.load(Ordering::Acquire) {
+                    let consumer = slot.read().clone();
                     refresh_high_watermarks(&consumer, &topic, &high_watermarks);
+                    drop(consumer);
                     let next = Instant::now() + WATERMARK_REFRESH;
                     while !stop.load(Ordering::Acquire) && Instant::now() < next {
                         std::thread::sleep(Duration::from_millis(100));
@@ -293,7 +331,7 @@ impl KafkaSource {
 
     /// Asks the broker for the topic's metadata (readiness; blocking, call off the runtime).
     pub fn check_broker(&self) -> Result<(), String> {
-        self.consumer
+        self.current()
             .fetch_metadata(Some(&self.settings.topic), Duration::from_secs(2))
             .map(|_| ())
             .map_err(|e| e.to_string())
@@ -306,7 +344,7 @@ impl KafkaSource {
         if let Some(h) = self.poller.lock().take() {
             let _ = h.join();
         }
-        self.consumer.unsubscribe();
+        self.current().unsubscribe();
     }
 }
 
@@ -360,13 +398,15 @@ fn tuned_fetch_defaults() -> [(&'static str, &'static str); 2] {
 /// The poll loop of the `kafka-poll` thread: polls, hands records to their partitions, pauses
 /// the ones whose channel is full and resumes them as they drain. It never blocks on a
 /// partition; only a revoke callback (served inside `poll`) waits, for the drain.
-fn poll_loop(consumer: &HeraldConsumer, feeds: &Feeds, stop: &AtomicBool, topic: &str) {
+fn poll_loop(slot: &ConsumerSlot, parts: &ConsumerParts) {
+    let (feeds, stop, topic) = (&parts.feeds, &parts.closing, parts.settings.topic.as_str());
     while !stop.load(Ordering::Acquire) {
+        let consumer = slot.read().clone();
         for reseek in feeds.take_reseeks() {
-            restart_feed(consumer, feeds, topic, reseek);
+            restart_feed(&consumer, feeds, topic, reseek);
         }
         let resume = feeds.drain_pending();
-        set_flow(consumer, topic, &resume, false);
+        set_flow(&*consumer, topic, &resume, false);
         let wait = if feeds.any_paused() {
             Duration::from_millis(10)
         } else {
@@ -374,7 +414,10 @@ fn poll_loop(consumer: &HeraldConsumer, feeds: &Feeds, stop: &AtomicBool, topic:
         };
         match consumer.poll(wait) {
             None => {}
-            Some(Err(e)) => tracing::warn!(error = %e, "kafka poll error"),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "kafka poll error");
+                replace_if_fatal(slot, parts, consumer);
+            }
             Some(Ok(m)) => {
                 if m.topic() != topic {
                     continue;
@@ -387,8 +430,58 @@ fn poll_loop(consumer: &HeraldConsumer, feeds: &Feeds, stop: &AtomicBool, topic:
                     timestamp_ms: m.timestamp().to_millis(),
                 };
                 if let FlowChange::Pause(p) = feeds.push(record) {
-                    set_flow(consumer, topic, &[p], true);
+                    set_flow(&*consumer, topic, &[p], true);
                 }
+            }
+        }
+    }
+}
+
+/// After a fatal error librdkafka's consumer neither consumes nor rejoins, so Herald would
+/// wait for ever (G9). Its partitions are given up as lost (not committed: their next owner,
+/// perhaps this process, starts at the last commit, and fencing keeps late writes out) and a
+/// new consumer from the same settings joins the group in its place.
+fn replace_if_fatal(slot: &ConsumerSlot, parts: &ConsumerParts, consumer: Arc<HeraldConsumer>) {
+    let Some((code, reason)) = consumer.client().fatal_error() else {
+        return;
+    };
+    tracing::error!(
+        error = %code,
+        reason,
+        "the kafka consumer hit a fatal error; replacing it with a new one"
+    );
+    let topic = &parts.settings.topic;
+    let mut partitions: Vec<u32> = consumer
+        .assignment()
+        .map(|tpl| {
+            tpl.elements_for_topic(topic)
+                .iter()
+                .map(|e| e.partition() as u32)
+                .collect()
+        })
+        .unwrap_or_default();
+    partitions.retain(|p| parts.feeds.close(*p).is_some());
+    parts.receivers.lock().clear();
+    if !partitions.is_empty() {
+        let _ = parts.events.send(AssignmentEvent::Lost(partitions));
+    }
+    let mut delay = Duration::from_millis(200);
+    loop {
+        if parts.closing.load(Ordering::Acquire) {
+            return;
+        }
+        match parts.subscribed() {
+            Ok(fresh) => {
+                let old = std::mem::replace(&mut *slot.write(), Arc::new(fresh));
+                drop(consumer);
+                // Closing the old consumer may wait on the broker; not on this thread.
+                std::thread::spawn(move || drop(old));
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot create a new kafka consumer yet; retrying");
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
     }
@@ -463,7 +556,7 @@ impl Source for KafkaSource {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(topic, partition as i32);
         let committed = self
-            .consumer
+            .current()
             .committed_offsets(tpl, Duration::from_secs(10))
             .map_err(unavailable)?;
         let offset = match committed
@@ -495,7 +588,7 @@ impl Source for KafkaSource {
     }
 
     fn commit(&self, partition: u32, next_offset: u64) -> BoxFut<Result<(), SourceError>> {
-        let consumer = self.consumer.clone();
+        let consumer = self.current();
         let topic = self.settings.topic.clone();
         async move {
             let mut tpl = TopicPartitionList::new();

@@ -258,7 +258,7 @@ fn delete_topics(names: &Names) {
 /// Creates the test's topics (Herald creates them with the right partition count when it
 /// starts; the broker's auto-creation is off) and publishes `(key, payload)` in order, with
 /// librdkafka's default batching and LZ4 compression, `acks=all`, idempotent.
-fn produce_kafka<K: AsRef<[u8]>, P: AsRef<[u8]>>(
+pub fn produce_kafka<K: AsRef<[u8]>, P: AsRef<[u8]>>(
     names: &Names,
     records: impl IntoIterator<Item = (K, P)>,
 ) {
