@@ -4,7 +4,10 @@
 # each against the reference model, and writes the table of results into RELIABILITY.md
 # (between the chaos markers) from target/chaos/results.jsonl.
 #
-#   scripts/chaos.sh [SCENARIO...]        e.g. scripts/chaos.sh r1 r4
+#   scripts/chaos.sh [SCENARIO...]        e.g. scripts/chaos.sh r1_ r4_
+#
+# Without arguments every scenario runs and the table is rebuilt; with some, their rows are
+# replaced and the others kept.
 #
 # Loopback only; each scenario's faults and waits are bounded (tests/chaos.rs). Starts the
 # backends first. A scenario that loses or doubles anything fails the run (its row is still
@@ -14,9 +17,11 @@ cd "$(dirname "$0")/.."
 ./scripts/backends.sh up
 out=target/chaos
 mkdir -p "$out"
-rm -f "$out/results.jsonl"
 filters=("$@")
-[ ${#filters[@]} -gt 0 ] || filters=(r1_ r2_ r3_ r4_ r5_ r6_ r7_)
+if [ ${#filters[@]} -eq 0 ]; then
+  filters=(r1_ r2_ r3_ r4_ r5_ r6_ r7_)
+  rm -f "$out/results.jsonl"   # a full run starts a new table; a partial one replaces its rows
+fi
 status=0
 for f in "${filters[@]}"; do
   cargo test --release --test chaos -- --ignored --test-threads=1 --nocapture "$f" \
@@ -25,7 +30,13 @@ for f in "${filters[@]}"; do
 done
 python3 - "$out/results.jsonl" RELIABILITY.md <<'PY'
 import json, sys, datetime, re
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+# The latest row of each scenario (a partial rerun replaces its rows), in scenario order.
+latest = {}
+for l in open(sys.argv[1]):
+    if l.strip():
+        r = json.loads(l)
+        latest[(r["scenario"], r["what"])] = r
+rows = sorted(latest.values(), key=lambda r: (r["scenario"], r["what"]))
 lines = [
     f"One run of `scripts/chaos.sh` on {datetime.date.today()} (this machine: 2 cores, every server on loopback).",
     "",

@@ -526,31 +526,17 @@ fn a_thousand_retries_fire_once_across_a_sigkill_and_two_instances() {
             .get_multiplexed_async_connection()
             .await
             .unwrap();
-        let mut snapshot = Vec::new();
         // Every entry is attempt 2 (a first send holds an attempt-1 lease until its outcome
         // is recorded; then the 503 schedules attempt 2).
-        let entry_key = format!("{}:retry:entry", names.base);
-        eventually("1,000 retries scheduled", Duration::from_secs(120), || {
-            let mut conn = conn.clone();
-            let key = entry_key.clone();
-            async move {
-                let attempts: Vec<String> = redis::cmd("HVALS")
-                    .arg(&key)
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap();
-                attempts.len() == N && attempts.iter().all(|a| a == "2")
-            }
-        })
-        .await;
-        snapshot = redis::cmd("ZRANGE")
+        wait_retries_scheduled(&names, N, Duration::from_secs(120)).await;
+        let snapshot: Vec<(String, f64)> = redis::cmd("ZRANGE")
             .arg(&due_key)
             .arg(0)
             .arg(-1)
             .arg("WITHSCORES")
             .query_async(&mut conn)
             .await
-            .unwrap_or(snapshot);
+            .unwrap_or_default();
         snapshot
     });
     assert_eq!(due.len(), N);

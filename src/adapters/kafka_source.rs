@@ -57,6 +57,9 @@ pub struct RebalanceContext {
     events: mpsc::UnboundedSender<AssignmentEvent>,
     feeds: Feeds,
     receivers: Receivers,
+    /// Set on a consumer replaced after a fatal error: closing it must not touch the feeds
+    /// and assignments its successor now owns.
+    retired: AtomicBool,
 }
 
 impl RebalanceContext {
@@ -72,6 +75,9 @@ impl ClientContext for RebalanceContext {}
 
 impl ConsumerContext for RebalanceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if self.retired.load(Ordering::Acquire) {
+            return;
+        }
         if let Rebalance::Revoke(tpl) = rebalance {
             let partitions = self.partitions(tpl);
             for p in &partitions {
@@ -106,6 +112,9 @@ impl ConsumerContext for RebalanceContext {
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if self.retired.load(Ordering::Acquire) {
+            return;
+        }
         match rebalance {
             Rebalance::Assign(tpl) => {
                 let partitions = self.partitions(tpl);
@@ -152,6 +161,7 @@ impl ConsumerParts {
             events: self.events.clone(),
             feeds: self.feeds.clone(),
             receivers: self.receivers.clone(),
+            retired: AtomicBool::new(false),
         };
         consumer_config(&self.settings).create_with_context(context)
     }
@@ -337,6 +347,25 @@ impl KafkaSource {
             .map_err(|e| e.to_string())
     }
 
+    /// Fault injection (tests and the fault-injection runner): raises the fatal error a static
+    /// member gets when it is fenced (`FENCED_INSTANCE_ID`), through librdkafka's own test
+    /// hook, so the consumer's replacement can be exercised at will.
+    #[doc(hidden)]
+    pub fn inject_fatal_error(&self, reason: &str) {
+        use rdkafka::bindings::{rd_kafka_resp_err_t, rd_kafka_test_fatal_error};
+        let consumer = self.current();
+        let reason = std::ffi::CString::new(reason.replace('\0', " ")).unwrap_or_default();
+        // SAFETY: the client pointer is live for as long as `consumer` (held here), and
+        // librdkafka copies the reason before returning.
+        unsafe {
+            rd_kafka_test_fatal_error(
+                consumer.client().native_ptr(),
+                rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_FENCED_INSTANCE_ID,
+                reason.as_ptr(),
+            );
+        }
+    }
+
     /// Stops polling and closes the consumer (after the partitions drained).
     pub fn close(&self) {
         self.stop.store(true, Ordering::Release);
@@ -413,7 +442,9 @@ fn poll_loop(slot: &ConsumerSlot, parts: &ConsumerParts) {
             Duration::from_millis(100)
         };
         match consumer.poll(wait) {
-            None => {}
+            // A fatal error is not always surfaced by `poll` (librdkafka may only raise it to
+            // the error callback); the flag is cheap to read.
+            None => replace_if_fatal(slot, parts, consumer),
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "kafka poll error");
                 replace_if_fatal(slot, parts, consumer);
@@ -450,6 +481,7 @@ fn replace_if_fatal(slot: &ConsumerSlot, parts: &ConsumerParts, consumer: Arc<He
         reason,
         "the kafka consumer hit a fatal error; replacing it with a new one"
     );
+    consumer.context().retired.store(true, Ordering::Release);
     let topic = &parts.settings.topic;
     let mut partitions: Vec<u32> = consumer
         .assignment()

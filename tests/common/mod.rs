@@ -824,6 +824,11 @@ pub fn private_mongo(port: u16, data: &std::path::Path) -> Private {
 }
 
 pub fn private_redis(port: u16) -> Private {
+    private_redis_with(port, &[])
+}
+
+/// A private Redis on `port` with more settings (later ones override the defaults above).
+pub fn private_redis_with(port: u16, settings: &[&str]) -> Private {
     let child = Command::new("redis-server")
         .args([
             "--bind",
@@ -835,6 +840,7 @@ pub fn private_redis(port: u16) -> Private {
             "--appendonly",
             "no",
         ])
+        .args(settings)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -965,6 +971,30 @@ pub async fn mongo_messages(names: &Names) -> BTreeMap<String, Document> {
     docs.into_iter()
         .map(|d| (d.get_str("_id").unwrap_or_default().to_string(), d))
         .collect()
+}
+
+/// Waits until the retry schedule (Redis, the test's prefix) holds exactly `n` entries, each
+/// for attempt 2: every first send was answered retryable and its retry is scheduled.
+pub async fn wait_retries_scheduled(names: &Names, n: usize, limit: Duration) {
+    let conn = redis::Client::open(names.redis.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let entry_key = format!("{}:retry:entry", names.base);
+    eventually(&format!("{n} retries scheduled"), limit, || {
+        let mut conn = conn.clone();
+        let key = entry_key.clone();
+        async move {
+            let attempts: Vec<String> = redis::cmd("HVALS")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            attempts.len() == n && attempts.iter().all(|a| a == "2")
+        }
+    })
+    .await;
 }
 
 /// Polls `cond` (async) until it holds, failing with `what` after `limit`.
