@@ -580,6 +580,22 @@ fn r7_network_faults_to_redis_and_mongodb() {
 
 const SIM_SECRET: &str = "chaos-sim-secret";
 
+/// Writes a configuration with the welcome campaign (SMS on `signed_up`) sent through one
+/// provider-sim on `sim`, `[retry]` settings `retry` and more provider keys `provider_extra`.
+fn welcome_config(path: &std::path::Path, sim: u16, retry: &str, provider_extra: &str) {
+    std::fs::write(
+        path,
+        format!(
+            "[retry]\n{retry}\n\n[[campaigns]]\nid = \"welcome\"\non_event = \"signed_up\"\n\
+             channel = \"sms\"\ntemplate = \"Hi {{{{traits.first_name}}}}!\"\n\n\
+             [[providers]]\nname = \"sim\"\nchannel = \"sms\"\n\
+             url = \"http://127.0.0.1:{sim}/v1/messages\"\n\
+             webhook_secret_env = \"CHAOS_SIM_SECRET\"\nrate_per_sec = 5000\n{provider_extra}\n"
+        ),
+    )
+    .unwrap();
+}
+
 /// For each of `n` users `<prefix>-<i>`: an identify with a phone and a `signed_up` track
 /// (the welcome campaign's trigger), keyed by user.
 fn welcome_records(
@@ -627,33 +643,14 @@ fn r5_ten_thousand_retries_across_restarts() {
     let sim = free_port();
     let _sim = spawn_sim(sim, SIM_SECRET, &[], "r5");
     let config = log_dir().join(format!("{}.toml", names.base));
-    std::fs::write(
+    welcome_config(
         &config,
-        format!(
-            r#"
-[retry]
-base_ms = 500
-max_delay_ms = 2000
-max_attempts = 3
-sweep_ms = 500
-
-[[campaigns]]
-id = "welcome"
-on_event = "signed_up"
-channel = "sms"
-template = "Hi {{{{traits.first_name}}}}!"
-
-[[providers]]
-name = "sim"
-channel = "sms"
-url = "http://127.0.0.1:{sim}/v1/messages"
-webhook_secret_env = "CHAOS_SIM_SECRET"
-rate_per_sec = 5000
-circuit_failures = 1000000
-"#
-        ),
-    )
-    .unwrap();
+        sim,
+        "base_ms = 500\nmax_delay_ms = 2000\nmax_attempts = 3\nsweep_ms = 500",
+        // 10,000 scripted 503s in a row would open the circuit: here they are per-message
+        // answers, not an outage.
+        "circuit_failures = 1000000",
+    );
     let phone = |i: usize| format!("+1888{i:06}");
     // Each first send answers 503 with a Retry-After of 10–39 s: all 10,000 retries are
     // scheduled, spread over half a minute, when the faults begin.
@@ -790,32 +787,12 @@ fn r6_provider_answering_5xx_for_a_minute() {
     let names = Names::new("chaos_r6p", 4);
     let sim = free_port();
     let config = log_dir().join(format!("{}.toml", names.base));
-    std::fs::write(
+    welcome_config(
         &config,
-        format!(
-            r#"
-[retry]
-base_ms = 1000
-max_delay_ms = 10000
-max_attempts = 30
-sweep_ms = 500
-
-[[campaigns]]
-id = "welcome"
-on_event = "signed_up"
-channel = "sms"
-template = "Hi {{{{traits.first_name}}}}!"
-
-[[providers]]
-name = "sim"
-channel = "sms"
-url = "http://127.0.0.1:{sim}/v1/messages"
-webhook_secret_env = "CHAOS_SIM_SECRET"
-rate_per_sec = 5000
-"#
-        ),
-    )
-    .unwrap();
+        sim,
+        "base_ms = 1000\nmax_delay_ms = 10000\nmax_attempts = 30\nsweep_ms = 500",
+        "",
+    );
     let outage = Duration::from_secs(60);
     let outage_ends = Instant::now() + outage;
     let refusing = answer_503_until(sim, outage_ends);
