@@ -6,6 +6,7 @@
 #                     TLS on 127.0.0.1:${HERALD_KAFKA_SSL_PORT:-9094}, its CA in <backends dir>/kafka/tls/ca.crt)
 #   MongoDB protocol: nx-27017 (PyPI), one file per database      127.0.0.1:${HERALD_MONGO_PORT:-27017}
 #   Redis, RabbitMQ : Debian packages, installed with apt when missing, started if not running
+#   Redis Cluster   : three more redis-servers in cluster mode, 127.0.0.1:7101-7103, joined
 #   Prometheus, docker-compose: Debian packages (tests of the ops files)
 #   Provider stand-ins: Prism 5 (npm) serving the providers' own OpenAPI documents, and the
 #                     providers' official Python libraries (twilio, sendgrid, google-auth)
@@ -161,6 +162,38 @@ redis_up() {
   redis-cli -h 127.0.0.1 config set notify-keyspace-events Ex >/dev/null || true
 }
 
+# A 3-primary Redis Cluster (Debian's redis-server in cluster mode, no replicas) on
+# 127.0.0.1:${HERALD_REDIS_CLUSTER_PORTS} (default 7101-7103), for the tests that run Herald on
+# a cluster (redis.cluster_nodes). Nothing is kept on disk but the nodes' cluster files.
+cluster_ports() { echo "${HERALD_REDIS_CLUSTER_PORTS:-7101 7102 7103}"; }
+redis_cluster_ready() {
+  local first; first=$(cluster_ports | awk '{print $1}')
+  redis-cli -h 127.0.0.1 -p "$first" cluster info 2>/dev/null | grep -q 'cluster_state:ok'
+}
+redis_cluster_up() {
+  if redis_cluster_ready; then log "redis cluster already running"; return; fi
+  local dir="$DATA/redis-cluster" nodes=() p
+  mkdir -p "$dir"
+  for p in $(cluster_ports); do
+    if ! redis-cli -h 127.0.0.1 -p "$p" ping >/dev/null 2>&1; then
+      rm -f "$dir/nodes-$p.conf"
+      redis-server --port "$p" --bind 127.0.0.1 --cluster-enabled yes \
+        --cluster-config-file "$dir/nodes-$p.conf" --dir "$dir" --save "" --appendonly no \
+        --daemonize yes --logfile "$dir/redis-$p.log"
+    fi
+    wait_for "redis cluster node $p" 30 redis-cli -h 127.0.0.1 -p "$p" ping
+    nodes+=("127.0.0.1:$p")
+  done
+  # Nodes from an earlier run may know an old cluster: start them empty.
+  for p in $(cluster_ports); do
+    redis-cli -h 127.0.0.1 -p "$p" flushall >/dev/null 2>&1 || true
+    redis-cli -h 127.0.0.1 -p "$p" cluster reset hard >/dev/null 2>&1 || true
+  done
+  redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes >"$dir/create.log" 2>&1 \
+    || { tail -5 "$dir/create.log" >&2; return 1; }
+  wait_for "redis cluster" 30 redis_cluster_ready
+}
+
 apt_install() { # packages...
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
@@ -228,13 +261,14 @@ stop_pidfile() { # pid file: SIGTERM, then wait (up to 30 s) until the process i
 }
 
 case "${1:-up}" in
-  up) redis_up; mongo_up; kafka_up; rabbit_up; tools_up; provider_tools_up ;;
+  up) redis_up; redis_cluster_up; mongo_up; kafka_up; rabbit_up; tools_up; provider_tools_up ;;
   restart-kafka) stop_pidfile "$DATA/kafka/pid"; kafka_up ;;   # the fault-injection runner's broker restart
   down) stop_pidfile "$DATA/kafka/pid"; stop_pidfile "$DATA/nx/pid"; log "stopped kafka and nx-27017" ;;
   status)
     port_open "$KAFKA_PORT" && echo "kafka   up :$KAFKA_PORT" || echo "kafka   down"
     port_open "$MONGO_PORT" && echo "mongo   up :$MONGO_PORT" || echo "mongo   down"
     redis-cli -h 127.0.0.1 ping >/dev/null 2>&1 && echo "redis   up" || echo "redis   down"
+    redis_cluster_ready && echo "redis cluster up :$(cluster_ports)" || echo "redis cluster down"
     rabbitmq-diagnostics -q ping >/dev/null 2>&1 && echo "rabbit  up" || echo "rabbit  down" ;;
   *) echo "usage: $0 up|down|status|restart-kafka" >&2; exit 2 ;;
 esac
