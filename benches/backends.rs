@@ -12,9 +12,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use herald::adapters::kafka_source::ensure_topics;
-use herald::adapters::mongo_docs::MongoDocumentStore;
-use herald::adapters::redis_state::RedisStateStore;
+use herald::adapters::kafka::source::ensure_topics;
+use herald::adapters::mongo::docs::MongoDocumentStore;
+use herald::adapters::redis::state::RedisStateStore;
 use herald::domain::event::decode;
 use herald::domain::user::{DedupLimits, Position, UserState};
 use herald::ports::{DocumentStore, LoadedState, SeenPolicy, StateStore, UserSnapshot};

@@ -22,7 +22,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use herald::adapters::kafka_source::ensure_topics;
+use herald::adapters::kafka::source::ensure_topics;
 use herald::workload::{MessageKind, Workload, WorkloadSpec};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};

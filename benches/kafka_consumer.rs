@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use herald::adapters::kafka_source::ensure_topics;
+use herald::adapters::kafka::source::ensure_topics;
 use herald::workload::{Workload, WorkloadSpec};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};

@@ -25,8 +25,8 @@ use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use herald::adapters::kafka_source::ensure_topics;
-use herald::adapters::mongo_docs::MongoDocumentStore;
+use herald::adapters::kafka::source::ensure_topics;
+use herald::adapters::mongo::docs::MongoDocumentStore;
 use herald::domain::campaign::Channel;
 use herald::domain::message::{
     HistoryEntry, MessageRecord, MessageStatus, StatusChange, StatusEvent,

@@ -10,7 +10,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
-use herald::adapters::rabbitmq_source::{self, RabbitSettings};
+use herald::adapters::rabbitmq;
+use herald::adapters::rabbitmq::source::RabbitSettings;
 use herald::workload::{Workload, WorkloadSpec};
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
@@ -40,18 +41,18 @@ fn settings(exchange: &str) -> RabbitSettings {
 }
 
 async fn publish_all(exchange: &str, msgs: &[herald::workload::GeneratedMessage]) -> f64 {
-    let conn = rabbitmq_source::connect(AMQP, "bench-publish")
+    let conn = rabbitmq::source::connect(AMQP, "bench-publish")
         .await
         .unwrap();
-    let channel = rabbitmq_source::confirming_channel(&conn).await.unwrap();
-    rabbitmq_source::declare_topology(&channel, &settings(exchange))
+    let channel = rabbitmq::source::confirming_channel(&conn).await.unwrap();
+    rabbitmq::source::declare_topology(&channel, &settings(exchange))
         .await
         .unwrap();
     let started = Instant::now();
     let mut pending = futures::stream::FuturesOrdered::new();
     for m in msgs {
         pending.push_back(
-            rabbitmq_source::publish(&channel, exchange, &m.key, &m.payload, None)
+            rabbitmq::source::publish(&channel, exchange, &m.key, &m.payload, None)
                 .await
                 .unwrap(),
         );
@@ -69,7 +70,7 @@ async fn publish_all(exchange: &str, msgs: &[herald::workload::GeneratedMessage]
 async fn consume_all(exchange: &str, total: usize) -> f64 {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
-    let conn = rabbitmq_source::connect(AMQP, "bench-consume")
+    let conn = rabbitmq::source::connect(AMQP, "bench-consume")
         .await
         .unwrap();
     let s = settings(exchange);
@@ -203,7 +204,7 @@ fn main() {
 
     // Leave the shared broker clean.
     rt.block_on(async {
-        let conn = rabbitmq_source::connect(AMQP, "bench-cleanup")
+        let conn = rabbitmq::source::connect(AMQP, "bench-cleanup")
             .await
             .unwrap();
         let ch = conn.create_channel().await.unwrap();

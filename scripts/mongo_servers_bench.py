@@ -9,7 +9,7 @@ Needs PyMongo (e.g. a venv: python3 -m venv ~/.cache/herald/bench-venv &&
 (herald_bench_<random>, dropped at the end unless --keep), single client, one request at a time,
 so the figures are the server's per-request cost as Herald's single writer sees it.
 
-Timed phases (the shapes of src/adapters/mongo_docs.rs and mongo_transitions.rs):
+Timed phases (the shapes of src/adapters/mongo/docs.rs and mongo/transitions.rs):
   ping                  `ping` commands
   users_replace         multi-statement `update` (ordered:false, --batch statements a command) of
                         full `users` replacements with upsert:true, over --users distinct _ids
@@ -75,7 +75,7 @@ def mid(i):
 
 
 def user_doc(i, rev):
-    """A `users` document shaped like mongo_docs::user_document, with `_id` (as Herald sends)."""
+    """A `users` document shaped like mongo::docs::user_document, with `_id` (as Herald sends)."""
     return {
         "_id": uid(i),
         "traits": {
@@ -103,7 +103,7 @@ def user_doc(i, rev):
 
 
 def message_doc(i, version, rev=0, token=None):
-    """A `messages` document shaped like mongo_docs::message_document."""
+    """A `messages` document shaped like mongo::docs::message_document."""
     statuses = ("queued", "sent", "delivered", "failed")
     history = [
         {"status": statuses[k % 4], "at": when(i + k), "provider": None if k == 0 else "sim-sms",

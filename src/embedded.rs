@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use crate::actors::context::{Ports, Settings};
 use crate::actors::{Pipeline, PipelineSpec, ProviderSpec};
-use crate::adapters::embedded_source::EmbeddedSource;
-use crate::adapters::memory_docs::MemoryDocumentStore;
-use crate::adapters::memory_retry::MemoryRetrySchedule;
-use crate::adapters::memory_state::MemoryStateStore;
-use crate::adapters::sim_provider::{SimBehaviour, SimulatedProvider};
+use crate::adapters::memory::docs::MemoryDocumentStore;
+use crate::adapters::memory::retry::MemoryRetrySchedule;
+use crate::adapters::memory::source::EmbeddedSource;
+use crate::adapters::memory::state::MemoryStateStore;
+use crate::adapters::providers::sim::{SimBehaviour, SimulatedProvider};
 use crate::config::Config;
 use crate::domain::campaign::Channel;
 use crate::ports::{Clock, DocumentStore, StateStore, SystemClock};

@@ -9,8 +9,8 @@ use anyhow::{anyhow, bail, Context as _};
 use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
-use crate::adapters::kafka_source::{client_config, ensure_topics};
-use crate::adapters::rabbitmq_source;
+use crate::adapters::kafka::source::{client_config, ensure_topics};
+use crate::adapters::rabbitmq;
 use crate::config::{mask_url_password, Config, SourceKind};
 use crate::service::{rabbit_settings, within};
 use crate::workload::{Workload, WorkloadSpec};
@@ -62,18 +62,18 @@ async fn produce_rabbit(
     let conn = within(
         &format!("RabbitMQ at {}", mask_url_password(&url)),
         startup,
-        || rabbitmq_source::connect(&url, "herald-produce"),
+        || rabbitmq::source::connect(&url, "herald-produce"),
     )
     .await?;
-    let channel = rabbitmq_source::confirming_channel(&conn).await?;
-    rabbitmq_source::declare_topology(&channel, &settings).await?;
+    let channel = rabbitmq::source::confirming_channel(&conn).await?;
+    rabbitmq::source::declare_topology(&channel, &settings).await?;
     let bar = progress_bar(spec.events);
     let started = Instant::now();
     let mut pending = futures::stream::FuturesOrdered::new();
     for (sent, m) in (0_u64..).zip(Workload::new(spec)) {
         pace(rate, sent, started).await;
         let confirm =
-            rabbitmq_source::publish(&channel, &settings.exchange, &m.key, &m.payload, None)
+            rabbitmq::source::publish(&channel, &settings.exchange, &m.key, &m.payload, None)
                 .await?;
         pending.push_back(confirm);
         while pending.len() >= 5_000 {

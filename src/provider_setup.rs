@@ -9,12 +9,12 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 
 use crate::actors::ProviderSpec;
-use crate::adapters::callback_formats::Receiver;
-use crate::adapters::fcm_provider::FcmProvider;
-use crate::adapters::http_provider::HttpProvider;
-use crate::adapters::sendgrid_provider::SendGridProvider;
-use crate::adapters::smtp_provider::{SmtpProvider, SmtpSettings};
-use crate::adapters::twilio_provider::{TwilioProvider, TwilioSender};
+use crate::adapters::providers::callbacks::Receiver;
+use crate::adapters::providers::fcm::FcmProvider;
+use crate::adapters::providers::sendgrid::SendGridProvider;
+use crate::adapters::providers::smtp::{SmtpProvider, SmtpSettings};
+use crate::adapters::providers::twilio::{TwilioProvider, TwilioSender};
+use crate::adapters::providers::webhook::HttpProvider;
 use crate::config::{Config, OnUnknownOutcome, ProviderConfig, ProviderKind};
 use crate::domain::campaign::Channel;
 use crate::domain::sendgrid::EventWebhookKey;

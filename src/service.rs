@@ -11,16 +11,18 @@ use futures::FutureExt;
 use crate::actors::callback_journal::Journal;
 use crate::actors::context::{Ports, Settings};
 use crate::actors::{Pipeline, PipelineSpec};
-use crate::adapters::http_server::{self, HttpState, Listeners};
-use crate::adapters::ingest_http::{self, IngestState};
-use crate::adapters::kafka_publisher::KafkaPublisher;
-use crate::adapters::kafka_source::{KafkaSettings, KafkaSource};
-use crate::adapters::mongo_docs::MongoDocumentStore;
-use crate::adapters::rabbitmq_publisher::RabbitPublisher;
-use crate::adapters::rabbitmq_source::{self, RabbitSettings, RabbitSource};
-use crate::adapters::redis_journal::RedisCallbackJournal;
-use crate::adapters::redis_retry::{listen_for_wakeups, RedisRetrySchedule};
-use crate::adapters::redis_state::RedisStateStore;
+use crate::adapters::http;
+use crate::adapters::http::ingest::IngestState;
+use crate::adapters::http::server::{HttpState, Listeners};
+use crate::adapters::kafka::publisher::KafkaPublisher;
+use crate::adapters::kafka::source::{KafkaSettings, KafkaSource};
+use crate::adapters::mongo::docs::MongoDocumentStore;
+use crate::adapters::rabbitmq;
+use crate::adapters::rabbitmq::publisher::RabbitPublisher;
+use crate::adapters::rabbitmq::source::{RabbitSettings, RabbitSource};
+use crate::adapters::redis::journal::RedisCallbackJournal;
+use crate::adapters::redis::retry::{listen_for_wakeups, RedisRetrySchedule};
+use crate::adapters::redis::state::RedisStateStore;
 use crate::config::{mask_url_password, Config, SourceKind};
 use crate::ports::{BoxFut, Clock, EventPublisher, Probe, Source, SystemClock};
 use crate::provider_setup;
@@ -108,7 +110,7 @@ impl RunningSource {
                 let conn = within(
                     &format!("RabbitMQ at {}", mask_url_password(&url)),
                     startup,
-                    || rabbitmq_source::connect(&url, "herald"),
+                    || rabbitmq::source::connect(&url, "herald"),
                 )
                 .await?;
                 // Not retried: a missing plugin or a conflicting queue does not fix itself.
@@ -159,7 +161,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             let var = &config.ingest.write_keys_env;
             let keys = std::env::var(var)
                 .map_err(|_| anyhow!("ingest.write_keys_env names ${var}, which is not set"))?;
-            let keys = ingest_http::write_keys_from(&keys);
+            let keys = http::ingest::write_keys_from(&keys);
             if keys.is_empty() {
                 bail!("ingest.write_keys_env names ${var}, which holds no write key");
             }
@@ -262,7 +264,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             let bound = listener
                 .local_addr()
                 .map_or_else(|_| "?".to_string(), |a| a.to_string());
-            let server = ingest_http::start(ingest_state, listener, 2)?;
+            let server = http::ingest::start(ingest_state, listener, 2)?;
             tracing::info!(listen = %bound, "HTTP ingest listening (Segment's Tracking API)");
             Some(server)
         }
@@ -290,7 +292,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     } else {
         pipeline.callbacks()
     };
-    let readiness = http_server::Readiness::new(probes);
+    let readiness = http::server::Readiness::new(probes);
     actix_web::rt::spawn(readiness.clone().run());
     let http_state = HttpState {
         receivers,
@@ -304,7 +306,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .main
         .local_addr()
         .map_or_else(|_| config.http.listen.to_string(), |a| a.to_string());
-    let servers = http_server::start(http_state, listeners, 2)?;
+    let servers = http::server::start(http_state, listeners, 2)?;
     tracing::info!(listen = %bound, "HTTP listening (webhooks, /metrics, /healthz, /readyz)");
     let reason = tokio::select! {
         r = shutdown_signal() => r,

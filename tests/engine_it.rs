@@ -352,7 +352,7 @@ async fn next_event(
 /// the committed offsets — nothing skipped, nothing read before the commit again.
 #[test]
 fn a_kafka_consumer_with_a_fatal_error_is_replaced_and_reading_resumes_at_the_commit() {
-    use herald::adapters::kafka_source::{KafkaSettings, KafkaSource};
+    use herald::adapters::kafka::source::{KafkaSettings, KafkaSource};
     use herald::ports::{AssignmentEvent, Source};
     let names = Names::new("fatal", 2);
     let records: Vec<(String, String)> = (0..200)

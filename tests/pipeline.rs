@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::FutureExt;
 use herald::actors::Pipeline;
-use herald::adapters::embedded_source::EmbeddedSource;
+use herald::adapters::memory::source::EmbeddedSource;
 use herald::config::Config;
 use herald::domain::event::{decode, RejectReason};
 use herald::domain::keys::message_fingerprint;
@@ -455,7 +455,7 @@ fn aggregators_passivate_and_reactivate_with_their_state() {
 /// is reflected in the durable user state (its messageId is in the stored dedup window).
 struct CheckingSource {
     inner: Arc<EmbeddedSource>,
-    state: Arc<herald::adapters::memory_state::MemoryStateStore>,
+    state: Arc<herald::adapters::memory::state::MemoryStateStore>,
     violations: Arc<AtomicUsize>,
     commits: Arc<AtomicUsize>,
     payloads: HashMap<(u32, u64), Bytes>,

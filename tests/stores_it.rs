@@ -5,9 +5,9 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use herald::adapters::mongo_docs::MongoDocumentStore;
-use herald::adapters::redis_retry::RedisRetrySchedule;
-use herald::adapters::redis_state::RedisStateStore;
+use herald::adapters::mongo::docs::MongoDocumentStore;
+use herald::adapters::redis::retry::RedisRetrySchedule;
+use herald::adapters::redis::state::RedisStateStore;
 use herald::domain::campaign::{Channel, TriggeredMessage};
 use herald::domain::event::decode;
 use herald::domain::keys::message_fingerprint;

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use herald::adapters::callback_formats::{parse, Receiver, Request, MAX_BODY};
+use herald::adapters::providers::callbacks::{parse, Receiver, Request, MAX_BODY};
 use herald::domain::sendgrid::EventWebhookKey;
 use herald::domain::{signature, twilio};
 use herald::provider_sim::{sendgrid_public_key, sendgrid_signature};

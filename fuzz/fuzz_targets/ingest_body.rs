@@ -4,7 +4,7 @@
 
 use std::io::Write;
 
-use herald::adapters::ingest_http::undo_encoding;
+use herald::adapters::http::ingest::undo_encoding;
 use herald::domain::segment::MAX_REQUEST_BYTES;
 use libfuzzer_sys::fuzz_target;
 

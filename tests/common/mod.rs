@@ -271,7 +271,7 @@ fn produce_kafka_to<K: AsRef<[u8]>, P: AsRef<[u8]>>(
     records: impl IntoIterator<Item = (Option<i32>, K, P)>,
 ) {
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-    block_on(herald::adapters::kafka_source::ensure_topics(
+    block_on(herald::adapters::kafka::source::ensure_topics(
         BROKERS,
         &[],
         &[

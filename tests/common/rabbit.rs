@@ -7,7 +7,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use herald::adapters::rabbitmq_source::{self, RabbitSettings};
+use herald::adapters::rabbitmq;
+use herald::adapters::rabbitmq::source::RabbitSettings;
 use lapin::options::{
     BasicGetOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
@@ -44,9 +45,11 @@ impl Amqp {
             .unwrap();
         let settings = settings(names);
         let (conn, channel) = rt.block_on(async {
-            let conn = rabbitmq_source::connect(AMQP, "herald-test").await.unwrap();
-            let channel = rabbitmq_source::confirming_channel(&conn).await.unwrap();
-            rabbitmq_source::declare_topology(&channel, &settings)
+            let conn = rabbitmq::source::connect(AMQP, "herald-test")
+                .await
+                .unwrap();
+            let channel = rabbitmq::source::confirming_channel(&conn).await.unwrap();
+            rabbitmq::source::declare_topology(&channel, &settings)
                 .await
                 .unwrap();
             (conn, channel)
@@ -68,7 +71,7 @@ impl Amqp {
         self.rt.block_on(async {
             let mut pending = futures::stream::FuturesOrdered::new();
             for (key, payload) in records {
-                let confirm = rabbitmq_source::publish(
+                let confirm = rabbitmq::source::publish(
                     &self.channel,
                     &self.settings.exchange,
                     key.as_ref(),

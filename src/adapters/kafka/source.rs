@@ -1,7 +1,7 @@
 //! Kafka source (rdkafka). One dedicated thread polls the consumer: that keeps rebalance
 //! callbacks served (rust-rdkafka #738) and hands each record to its partition's bounded
 //! channel, read by that partition's actor; a partition whose channel is full is paused, never
-//! waited for (`kafka_poller`). A revoke blocks inside the callback until the revoked
+//! waited for (`poller`). A revoke blocks inside the callback until the revoked
 //! partitions drained and committed, so their next owner starts exactly after what is durable.
 //! Commits are synchronous and explicit (no auto-commit, no auto offset store).
 
@@ -24,8 +24,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
 
-use super::channel_reader::ChannelReader;
-use super::kafka_poller::{set_flow, Feeds, FlowChange, Reseek};
+use super::poller::{set_flow, Feeds, FlowChange, Reseek};
+use crate::adapters::channel_reader::ChannelReader;
 use crate::ports::{
     AssignmentEvent, BoxFut, DeadLetter, PartitionReader, Record, Source, SourceError,
 };

@@ -14,7 +14,7 @@ use crate::domain::campaign::{Campaign, Channel, Template};
 use crate::domain::retry::RetryPolicy;
 use crate::domain::user::DedupLimits;
 
-pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
 const ENV_PREFIX: &str = "HERALD__";
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]

@@ -22,7 +22,7 @@ use crate::ports::{
     BoxFut, DocumentStore, StoreError, TransitionResult, UserSnapshot, UsersWritten,
 };
 
-use super::mongo_transitions::{self, transition_alone, Codec, Job, ReadJob};
+use super::transitions::{self, transition_alone, Codec, Job, ReadJob};
 use tokio::sync::{mpsc, oneshot};
 
 /// Statements per `update` command (the test server's sweet spot; real MongoDB takes more).
@@ -55,8 +55,8 @@ impl MongoDocumentStore {
         let client = Client::with_options(options).map_err(transient)?;
         let db = client.database(database);
         Ok(MongoDocumentStore {
-            transitions: mongo_transitions::spawn(db.clone(), codec()),
-            reads: mongo_transitions::spawn_reader(db.clone(), codec()),
+            transitions: transitions::spawn(db.clone(), codec()),
+            reads: transitions::spawn_reader(db.clone(), codec()),
             db,
         })
     }

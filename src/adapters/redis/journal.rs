@@ -14,8 +14,8 @@ use redis::aio::ConnectionManager;
 
 use crate::ports::{BoxFut, Callback, CallbackJournal, JournalEntry, StoreError};
 
-use super::redis_retry::manager;
-use super::redis_state::transient;
+use super::retry::manager;
+use super::state::transient;
 
 const GROUP: &str = "herald";
 /// Stream entries as Redis answers them: `[id, [field, value, …]]`.

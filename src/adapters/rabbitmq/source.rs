@@ -31,7 +31,7 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProper
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
-use super::channel_reader::ChannelReader;
+use crate::adapters::channel_reader::ChannelReader;
 use crate::ports::{
     AssignmentEvent, BoxFut, DeadLetter, PartitionReader, Record, Source, SourceError,
 };

@@ -25,7 +25,7 @@ use redis::Script;
 
 use crate::ports::{BoxFut, RetryEntry, RetrySchedule, StoreError};
 
-use super::redis_state::transient;
+use super::state::transient;
 
 // KEYS of every script: due (sorted set), entry (hash), owner (hash).
 

@@ -11,7 +11,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use crate::ports::{BoxFut, EventPublisher, Publication, PublishError, RefusedPublication};
 
-use super::kafka_source::client_config;
+use super::source::client_config;
 
 #[derive(Clone)]
 pub struct KafkaPublisher {

@@ -11,7 +11,7 @@ use tokio::sync::Mutex;
 
 use crate::ports::{BoxFut, EventPublisher, Publication, PublishError, RefusedPublication};
 
-use super::rabbitmq_source::{confirming_channel, connect, publish, RabbitSettings};
+use super::source::{confirming_channel, connect, publish, RabbitSettings};
 
 #[derive(Clone)]
 pub struct RabbitPublisher {

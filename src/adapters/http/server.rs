@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use super::callback_formats::{self, Receiver, Refusal, MAX_BODY};
+use crate::adapters::providers::callbacks::{self, Receiver, Refusal, MAX_BODY};
 use crate::ports::{CallbackError, CallbackSink, Clock, Probe};
 use crate::telemetry::Metrics;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
@@ -137,13 +137,13 @@ async fn handle_webhook(
         .iter()
         .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
         .collect();
-    let request = callback_formats::Request {
+    let request = callbacks::Request {
         provider,
         headers: &headers,
         query: req.query_string(),
         now_secs: state.clock.now_ms().div_euclid(1000),
     };
-    let callbacks = callback_formats::parse(receiver, &request, &body)?;
+    let callbacks = callbacks::parse(receiver, &request, &body)?;
     // The answer is 2xx only once every one of them is durable.
     state
         .callbacks
