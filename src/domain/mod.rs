@@ -17,4 +17,5 @@ pub mod stored_state;
 pub mod suppression;
 pub mod twilio;
 pub mod user;
+pub mod user_profile;
 pub mod watermark;

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::event::{Event, EventKind};
 use super::names::{intern, Name};
-use super::user::{EventStats, TraitLookup, UserProfile};
+use super::user_profile::{EventStats, TraitLookup, UserProfile};
 
 /// A map from names to values, sorted by name, grown one slot at a time (no spare capacity).
 #[derive(Debug, Clone, PartialEq)]

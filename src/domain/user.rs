@@ -3,108 +3,15 @@
 //! what a resident user costs: the compact [`Profile`] plus what makes re-application harmless
 //! (last applied positions, the dedup window) and the fencing version.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::dedup::DedupWindow;
-use super::event::{Event, EventKind};
+use super::event::Event;
 use super::keys::message_fingerprint;
 use super::profile::Profile;
-
-/// Per-event-name statistics of a user.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EventStats {
-    pub count: i64,
-    pub first_at: i64,
-    pub last_at: i64,
-}
-
-/// The aggregated view of one user: what is written to the `users` collection.
-/// Times are milliseconds since the Unix epoch.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct UserProfile {
-    pub traits: BTreeMap<String, Value>,
-    pub tags: BTreeSet<String>,
-    /// Number of applied `track` events (the sum of `events[*].count`).
-    pub event_count: i64,
-    pub events: BTreeMap<String, EventStats>,
-    pub first_seen: Option<i64>,
-    pub last_seen: Option<i64>,
-    /// Group id → that group's traits (`group` messages).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub groups: BTreeMap<String, BTreeMap<String, Value>>,
-}
-
-impl UserProfile {
-    /// Applies one event's effect on the profile (no dedup: see [`UserState::apply`]).
-    pub fn apply(&mut self, event: &Event) {
-        let t = event.timestamp_ms;
-        self.first_seen = Some(self.first_seen.map_or(t, |f| f.min(t)));
-        self.last_seen = Some(self.last_seen.map_or(t, |l| l.max(t)));
-        match &event.kind {
-            EventKind::Identify {
-                traits,
-                tags_add,
-                tags_remove,
-            } => {
-                for (key, value) in traits {
-                    match value {
-                        Some(v) => {
-                            self.traits.insert(key.clone(), v.clone());
-                        }
-                        None => {
-                            self.traits.remove(key);
-                        }
-                    }
-                }
-                // Add is applied before remove (REFERENCE.md §2).
-                for tag in tags_add {
-                    if !self.tags.contains(tag) {
-                        self.tags.insert(tag.clone());
-                    }
-                }
-                for tag in tags_remove {
-                    self.tags.remove(tag);
-                }
-            }
-            EventKind::Track { event: name } => {
-                self.event_count += 1;
-                match self.events.get_mut(name) {
-                    Some(stats) => {
-                        stats.count += 1;
-                        stats.first_at = stats.first_at.min(t);
-                        stats.last_at = stats.last_at.max(t);
-                    }
-                    None => {
-                        self.events.insert(
-                            name.clone(),
-                            EventStats {
-                                count: 1,
-                                first_at: t,
-                                last_at: t,
-                            },
-                        );
-                    }
-                }
-            }
-            EventKind::Group { group_id, traits } => {
-                let group = self.groups.entry(group_id.clone()).or_default();
-                for (key, value) in traits {
-                    match value {
-                        Some(v) => {
-                            group.insert(key.clone(), v.clone());
-                        }
-                        None => {
-                            group.remove(key);
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
+pub use super::user_profile::{EventStats, TraitLookup, UserProfile};
 
 /// A position in the source: the partition (or queue) index and the offset inside it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -210,17 +117,6 @@ impl UserState {
     }
 }
 
-/// Reads a trait by name (the campaigns evaluate against either profile form).
-pub trait TraitLookup {
-    fn trait_value(&self, key: &str) -> Option<&Value>;
-}
-
-impl TraitLookup for UserProfile {
-    fn trait_value(&self, key: &str) -> Option<&Value> {
-        self.traits.get(key)
-    }
-}
-
 /// The reference semantics of G2: apply each distinct `messageId` of a user once, in order.
 /// Used by `herald demo`'s self-check and by the property tests.
 pub fn sequential_replay<'a>(
@@ -239,7 +135,8 @@ pub fn sequential_replay<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::domain::event::EventKind;
+    use serde_json::{json, Value};
 
     fn identify(id: &str, t: i64, traits: Vec<(&str, Option<Value>)>) -> Event {
         Event {

@@ -23,6 +23,7 @@ use crate::ports::{
 };
 
 use super::transitions::{self, transition_alone, Codec, Job, ReadJob};
+use super::{bson_i64, ids_with_token, transient};
 use tokio::sync::{mpsc, oneshot};
 
 /// Statements per `update` command (the test server's sweet spot; real MongoDB takes more).
@@ -35,10 +36,6 @@ pub struct MongoDocumentStore {
     transitions: mpsc::UnboundedSender<Job>,
     /// The grouped reader of single messages.
     reads: mpsc::UnboundedSender<ReadJob>,
-}
-
-pub(crate) fn transient(e: mongodb::error::Error) -> StoreError {
-    StoreError::Transient(format!("mongodb: {e}"))
 }
 
 impl MongoDocumentStore {
@@ -155,38 +152,6 @@ struct ChunkOutcome {
     upserted: Vec<String>,
     duplicates: Vec<String>,
     refused: Vec<(String, String)>,
-}
-
-/// The `_id`s among `ids` whose `messages` document carries `token` in `field`: after a bulk
-/// write whose answer was partial or lost, which of its statements were this writer's.
-pub(crate) async fn ids_with_token(
-    db: &Database,
-    ids: &[&str],
-    field: &str,
-    token: i64,
-) -> Result<Vec<String>, StoreError> {
-    let docs: Vec<Document> = db
-        .collection::<Document>("messages")
-        .find(doc! {"_id": {"$in": ids}, field: token})
-        .projection(doc! {"_id": 1})
-        .await
-        .map_err(transient)?
-        .try_collect()
-        .await
-        .map_err(transient)?;
-    Ok(docs
-        .iter()
-        .filter_map(|d| d.get_str("_id").ok().map(str::to_string))
-        .collect())
-}
-
-pub(crate) fn bson_i64(b: &Bson) -> Option<i64> {
-    match b {
-        Bson::Int32(i) => Some(*i as i64),
-        Bson::Int64(i) => Some(*i),
-        Bson::Double(f) => Some(*f as i64),
-        _ => None,
-    }
 }
 
 fn date(ms: i64) -> Bson {

@@ -1,5 +1,47 @@
 //! MongoDB: the document store (`users`, `messages`, suppressions) and the group commit of
-//! message status transitions.
+//! message status transitions, with the few helpers both use.
+
+use futures::TryStreamExt;
+use mongodb::bson::{doc, Bson, Document};
+use mongodb::Database;
+
+use crate::ports::StoreError;
 
 pub mod docs;
 pub mod transitions;
+
+pub(crate) fn transient(e: mongodb::error::Error) -> StoreError {
+    StoreError::Transient(format!("mongodb: {e}"))
+}
+
+/// The `_id`s among `ids` whose `messages` document carries `token` in `field`: after a bulk
+/// write whose answer was partial or lost, which of its statements were this writer's.
+pub(crate) async fn ids_with_token(
+    db: &Database,
+    ids: &[&str],
+    field: &str,
+    token: i64,
+) -> Result<Vec<String>, StoreError> {
+    let docs: Vec<Document> = db
+        .collection::<Document>("messages")
+        .find(doc! {"_id": {"$in": ids}, field: token})
+        .projection(doc! {"_id": 1})
+        .await
+        .map_err(transient)?
+        .try_collect()
+        .await
+        .map_err(transient)?;
+    Ok(docs
+        .iter()
+        .filter_map(|d| d.get_str("_id").ok().map(str::to_string))
+        .collect())
+}
+
+pub(crate) fn bson_i64(b: &Bson) -> Option<i64> {
+    match b {
+        Bson::Int32(i) => Some(*i as i64),
+        Bson::Int64(i) => Some(*i),
+        Bson::Double(f) => Some(*f as i64),
+        _ => None,
+    }
+}

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::domain::message::{ApplyResult, MessageRecord, StatusChange};
 use crate::ports::{StoreError, TransitionResult};
 
-use super::docs::{bson_i64, ids_with_token, transient};
+use super::{bson_i64, ids_with_token, transient};
 
 /// Most changes applied in one round.
 const MAX_GROUP: usize = 500;

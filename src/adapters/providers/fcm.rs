@@ -24,7 +24,7 @@ use tokio::sync::Mutex;
 use crate::domain::suppression::SuppressionReason;
 use crate::ports::{BoxFut, Clock, Provider, SendOutcome, SendRequest};
 
-use super::webhook::{client, request_failed, short, Answer};
+use super::http::{client, request_failed, short, Answer};
 
 /// The OAuth scope FCM sends need.
 pub const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";

@@ -4,6 +4,7 @@
 
 pub mod callbacks;
 pub mod fcm;
+pub mod http;
 pub mod sendgrid;
 pub mod sim;
 pub mod smtp;

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::ports::{BoxFut, Provider, SendOutcome, SendRequest};
 
-use super::webhook::{client, request_failed, Answer};
+use super::http::{client, request_failed, Answer};
 
 /// Subject of an email whose campaign has none (SendGrid requires one).
 pub const NO_SUBJECT: &str = "(no subject)";

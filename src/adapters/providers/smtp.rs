@@ -18,8 +18,8 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use crate::ports::{BoxFut, Provider, SendOutcome, SendRequest};
 
+use super::http::short;
 use super::sendgrid::NO_SUBJECT;
-use super::webhook::short;
 
 /// How to reach the server (from `url`, `ca_file` and the credentials).
 #[derive(Debug, Clone)]

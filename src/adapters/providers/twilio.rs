@@ -13,7 +13,7 @@ use crate::domain::suppression::SuppressionReason;
 use crate::domain::twilio::{MESSAGE_ID_PARAM, OPT_OUT_ERROR_CODE};
 use crate::ports::{BoxFut, Provider, SendOutcome, SendRequest};
 
-use super::webhook::{client, request_failed, short, Answer};
+use super::http::{client, request_failed, short, Answer};
 
 /// Who the message is from.
 #[derive(Debug, Clone)]

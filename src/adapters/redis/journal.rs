@@ -14,8 +14,7 @@ use redis::aio::ConnectionManager;
 
 use crate::ports::{BoxFut, Callback, CallbackJournal, JournalEntry, StoreError};
 
-use super::retry::manager;
-use super::state::transient;
+use super::connection::{manager, transient};
 
 const GROUP: &str = "herald";
 /// Stream entries as Redis answers them: `[id, [field, value, …]]`.

@@ -17,6 +17,8 @@ use redis::{Script, Value};
 use crate::domain::stored_state;
 use crate::ports::{BoxFut, LoadedState, SeenPolicy, StateStore, StoreError, UserSnapshot};
 
+use super::connection::transient;
+
 /// Users per script call (keeps each round trip well under the response timeout).
 const CHUNK: usize = 500;
 
@@ -115,10 +117,6 @@ struct Scripts {
     load: Script,
     claim: Script,
     save: Script,
-}
-
-pub fn transient(e: redis::RedisError) -> StoreError {
-    StoreError::Transient(format!("redis: {e}"))
 }
 
 fn unexpected(what: &str) -> StoreError {

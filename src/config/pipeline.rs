@@ -1,0 +1,69 @@
+//! `[batch]`, `[dedup]`, `[aggregator]`, `[pipeline]`, `[retry]` and `[limits]`: how events
+//! flow through the actors, and the bounds on them.
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    pub max_size: usize,
+    pub max_wait_ms: u64,
+    pub shards: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DedupConfig {
+    pub window_ms: i64,
+    pub max_ids_per_user: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregatorConfig {
+    pub idle_ms: u64,
+    /// Most users held in memory per instance; beyond it the least valuable durable ones are
+    /// passivated.
+    pub max_resident: usize,
+    /// Before users had one owner whatever their partition, the cap was per partition. Still
+    /// accepted so old files load; ignored (see `max_resident`).
+    #[serde(default)]
+    pub max_per_partition: Option<usize>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    pub max_in_flight_per_partition: usize,
+    pub fetch_max_records: usize,
+    pub commit_interval_ms: u64,
+    pub workers: usize,
+    /// A revoked partition that has not drained by then is given up without a commit (its
+    /// records go to the next owner, whose fenced writes win).
+    pub revoke_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    pub base_ms: u64,
+    pub max_delay_ms: u64,
+    pub max_attempts: u32,
+    pub sweep_ms: u64,
+    /// How often the reconciler looks for messages waiting on a send that nobody holds.
+    pub reconcile_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_message_bytes: usize,
+    /// The largest stored profile (its serialized state) Herald accepts; an event that would
+    /// grow one past it is dead-lettered as `profile_too_large`.
+    #[serde(default = "default_max_profile_bytes")]
+    pub max_profile_bytes: usize,
+}
+
+fn default_max_profile_bytes() -> usize {
+    1_048_576
+}
