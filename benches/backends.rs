@@ -1,8 +1,8 @@
 //! `cargo bench --bench backends` (backends running: `scripts/backends.sh up`): in one run on the
 //! same workload, Herald end to end (Kafka → Redis → MongoDB, the release `herald run`) against
 //! (1) each backend's own rate for the same work — consume-only from Kafka, the same Redis
-//! pipelined writes, the same MongoDB bulk upserts — and (2) a naive pipeline (per event: read
-//! state, write MongoDB, write Redis, commit). Prints the rates and writes
+//! cache writes, the same MongoDB fenced bulk replacements (profile and bookkeeping) — and (2)
+//! a naive pipeline (per event: read state, write MongoDB, write Redis, commit). Prints the rates and writes
 //! `target/bench/backends.json`.
 //!
 //! Size: HERALD_BENCH_EVENTS (default 100,000), HERALD_BENCH_USERS (default 10,000).
@@ -14,10 +14,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use herald::adapters::kafka::source::ensure_topics;
 use herald::adapters::mongo::docs::MongoDocumentStore;
-use herald::adapters::redis::state::RedisStateStore;
+use herald::adapters::redis::connection::RedisTarget;
+use herald::adapters::redis::state::RedisStateCache;
 use herald::domain::event::decode;
 use herald::domain::user::{DedupLimits, Position, UserState};
-use herald::ports::{DocumentStore, LoadedState, SeenPolicy, StateStore, UserSnapshot};
+use herald::ports::{DocumentStore, StateCache, UserSnapshot};
 use herald::workload::{Workload, WorkloadSpec};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -48,27 +49,19 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-const SEEN: SeenPolicy = SeenPolicy {
-    expire_before_ms: 0,
-    max_ids: 10_000,
-};
-
 /// What a flush writes of a user whose state is now at `s.version`.
-fn snapshot(user: &str, s: &mut UserState) -> Arc<UserSnapshot> {
-    Arc::new(UserSnapshot {
-        user_id: Arc::from(user),
-        version: s.version,
-        profile: s.profile.clone(),
-        positions: s.positions.clone(),
-        seen_added: s.seen.take_unsaved(),
-    })
+fn snapshot(user: &str, s: &UserState) -> Arc<UserSnapshot> {
+    Arc::new(UserSnapshot::of_state(Arc::from(user), s))
 }
 
-/// A flush's state writes as Herald makes them: the fencing claim, then the states.
-async fn write_state(redis: &RedisStateStore, f: Vec<Arc<UserSnapshot>>) {
-    let claims = f.iter().map(|u| (u.user_id.clone(), u.version)).collect();
-    assert!(redis.claim(1, claims).await.unwrap().iter().all(|ok| *ok));
-    assert!(redis.save(1, f, SEEN).await.unwrap().iter().all(|ok| *ok));
+async fn cache(prefix: &str) -> RedisStateCache {
+    let target = RedisTarget::Single {
+        url: REDIS.into(),
+        retry_db: 1,
+    };
+    RedisStateCache::connect(&target, prefix, 3_600_000)
+        .await
+        .unwrap()
 }
 
 fn main() {
@@ -169,20 +162,19 @@ fn main() {
 
     // (1b) Redis pipelines of the same writes, (1c) MongoDB bulk upserts of the same documents.
     let (redis_secs, mongo_secs) = rt.block_on(async {
-        let redis = RedisStateStore::connect(REDIS, &format!("{base}_alone:"))
-            .await
-            .unwrap();
+        let redis = cache(&format!("{base}_alone:")).await;
         let started = Instant::now();
         for f in &flushes {
-            write_state(&redis, f.clone()).await;
+            redis.save(f.clone()).await.unwrap();
         }
         let redis_secs = started.elapsed().as_secs_f64();
-        let mongo = MongoDocumentStore::connect(MONGO, &format!("{base}_alone"))
+        let mongo = MongoDocumentStore::connect(MONGO, &format!("{base}_alone"), "majority")
             .await
             .unwrap();
         let started = Instant::now();
         for f in &flushes {
-            mongo.upsert_users(f.clone(), 0).await.unwrap();
+            let written = mongo.upsert_users(f.clone(), 1, 0).await.unwrap();
+            assert!(written.stale.is_empty() && written.refused.is_empty());
         }
         (redis_secs, started.elapsed().as_secs_f64())
     });
@@ -264,10 +256,8 @@ fn main() {
     // (3) Naive: per event read state, write MongoDB, write Redis, commit. A sample suffices.
     let sample = 1_000.min(msgs.len());
     let naive_secs = rt.block_on(async {
-        let redis = RedisStateStore::connect(REDIS, &format!("{base}_naive:"))
-            .await
-            .unwrap();
-        let mongo = MongoDocumentStore::connect(MONGO, &format!("{base}_naive"))
+        let redis = cache(&format!("{base}_naive:")).await;
+        let mongo = MongoDocumentStore::connect(MONGO, &format!("{base}_naive"), "majority")
             .await
             .unwrap();
         let started = Instant::now();
@@ -275,15 +265,12 @@ fn main() {
             let Ok(e) = decode(&m.payload, 1 << 20) else {
                 continue;
             };
-            let mut s = match redis
+            let mut s = redis
                 .load(vec![Arc::from(e.user_id.as_str())])
                 .await
                 .unwrap()
                 .remove(0)
-            {
-                LoadedState::Found(s) => s,
-                _ => UserState::new(),
-            };
+                .unwrap_or_default();
             s.apply(
                 Some(Position {
                     partition: 0,
@@ -294,13 +281,9 @@ fn main() {
                 limits,
             );
             s.version += 1;
-            let s = snapshot(&e.user_id, &mut s);
-            redis
-                .claim(1, vec![(s.user_id.clone(), s.version)])
-                .await
-                .unwrap();
-            mongo.upsert_users(vec![s.clone()], 0).await.unwrap();
-            redis.save(1, vec![s], SEEN).await.unwrap();
+            let s = snapshot(&e.user_id, &s);
+            mongo.upsert_users(vec![s.clone()], 1, 0).await.unwrap();
+            redis.save(vec![s]).await.unwrap();
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition_offset(&base, 0, Offset::Offset(i as i64 + 1))
                 .unwrap();

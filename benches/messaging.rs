@@ -398,7 +398,9 @@ fn parse_wrk(out: &str) -> (f64, String, String, u64, u64) {
 /// Stores `n` messages `bench:<i>` as `sent` by `provider`, with `kind`'s provider ids.
 fn store_sent(base: &str, n: usize, provider: &str, kind: Kind) -> MongoDocumentStore {
     rt().block_on(async {
-        let docs = MongoDocumentStore::connect(MONGO, base).await.unwrap();
+        let docs = MongoDocumentStore::connect(MONGO, base, "majority")
+            .await
+            .unwrap();
         docs.ensure_indexes().await.unwrap();
         let now = now_ms();
         let records: Vec<MessageRecord> = (0..n)

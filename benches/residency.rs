@@ -19,46 +19,43 @@ use herald::config::Config;
 use herald::domain::event::decode;
 use herald::domain::user::{DedupLimits, UserState};
 use herald::embedded::EmbeddedRig;
-use herald::ports::{
-    BoxFut, LoadedState, SeenPolicy, StateStore, StoreError, UserSnapshot, UsersWritten,
-};
+use herald::ports::{BoxFut, StateCache, StoreError, StoredUser, UserSnapshot, UsersWritten};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// A state store that remembers nothing: every user is new, every claim and write holds.
+/// A state cache that remembers nothing: every load misses.
 struct NoState;
 
-impl StateStore for NoState {
-    fn load(&self, users: Vec<Arc<str>>) -> BoxFut<Result<Vec<LoadedState>, StoreError>> {
+impl StateCache for NoState {
+    fn load(&self, users: Vec<Arc<str>>) -> BoxFut<Result<Vec<Option<UserState>>, StoreError>> {
         let n = users.len();
-        async move { Ok(vec![LoadedState::Absent; n]) }.boxed()
+        async move { Ok(vec![None; n]) }.boxed()
     }
-    fn claim(&self, _: u64, c: Vec<(Arc<str>, u64)>) -> BoxFut<Result<Vec<bool>, StoreError>> {
-        let n = c.len();
-        async move { Ok(vec![true; n]) }.boxed()
-    }
-    fn save(
-        &self,
-        _: u64,
-        u: Vec<Arc<UserSnapshot>>,
-        _: SeenPolicy,
-    ) -> BoxFut<Result<Vec<bool>, StoreError>> {
-        let n = u.len();
-        async move { Ok(vec![true; n]) }.boxed()
+    fn save(&self, _: Vec<Arc<UserSnapshot>>) -> BoxFut<Result<(), StoreError>> {
+        async { Ok(()) }.boxed()
     }
 }
 
-/// A document store that keeps no user documents (messages are not triggered here).
+/// A document store that keeps no user documents (every user is new, every write holds;
+/// messages are not triggered here).
 struct NoDocs(Arc<dyn herald::ports::DocumentStore>);
 
 impl herald::ports::DocumentStore for NoDocs {
+    fn load_users(&self, users: Vec<Arc<str>>) -> BoxFut<Result<Vec<StoredUser>, StoreError>> {
+        let n = users.len();
+        async move { Ok(vec![StoredUser::Absent; n]) }.boxed()
+    }
     fn upsert_users(
         &self,
         _: Vec<Arc<UserSnapshot>>,
+        _: u64,
         _: i64,
     ) -> BoxFut<Result<UsersWritten, StoreError>> {
         async { Ok(UsersWritten::default()) }.boxed()
+    }
+    fn remove_created_messages(&self, _: Vec<String>, _: u64) -> BoxFut<Result<(), StoreError>> {
+        async { Ok(()) }.boxed()
     }
     fn insert_messages(
         &self,

@@ -9,16 +9,16 @@ use crate::actors::{Pipeline, PipelineSpec, ProviderSpec};
 use crate::adapters::memory::docs::MemoryDocumentStore;
 use crate::adapters::memory::retry::MemoryRetrySchedule;
 use crate::adapters::memory::source::EmbeddedSource;
-use crate::adapters::memory::state::MemoryStateStore;
+use crate::adapters::memory::state::MemoryStateCache;
 use crate::adapters::providers::sim::{SimBehaviour, SimulatedProvider};
 use crate::config::Config;
 use crate::domain::campaign::Channel;
-use crate::ports::{Clock, DocumentStore, StateStore, SystemClock};
+use crate::ports::{Clock, DocumentStore, StateCache, SystemClock};
 use crate::telemetry::Metrics;
 
 pub struct EmbeddedRig {
     pub source: Arc<EmbeddedSource>,
-    pub state: Arc<MemoryStateStore>,
+    pub cache: Arc<MemoryStateCache>,
     pub docs: Arc<MemoryDocumentStore>,
     pub retries: Arc<MemoryRetrySchedule>,
     pub metrics: Arc<Metrics>,
@@ -55,7 +55,7 @@ impl EmbeddedRig {
             .collect();
         EmbeddedRig {
             source: EmbeddedSource::new(config.demo.partitions),
-            state: MemoryStateStore::new(),
+            cache: MemoryStateCache::new(),
             docs: MemoryDocumentStore::new(),
             retries: MemoryRetrySchedule::new(),
             metrics: Metrics::shared(),
@@ -64,15 +64,16 @@ impl EmbeddedRig {
         }
     }
 
-    /// The rig's ports, optionally with other state and document stores (fault injection).
+    /// The rig's ports, optionally with another state cache and document store (fault
+    /// injection).
     pub fn ports_with(
         &self,
-        state: Option<Arc<dyn StateStore>>,
+        cache: Option<Arc<dyn StateCache>>,
         docs: Option<Arc<dyn DocumentStore>>,
     ) -> Ports {
         Ports {
             source: self.source.clone(),
-            state: state.unwrap_or_else(|| self.state.clone()),
+            cache: cache.unwrap_or_else(|| self.cache.clone()),
             docs: docs.unwrap_or_else(|| self.docs.clone()),
             retries: self.retries.clone(),
             clock: self.clock.clone(),

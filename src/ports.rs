@@ -122,30 +122,34 @@ impl StoreError {
     }
 }
 
-/// One dirty user as of a flush: what the state store and the `users` document receive.
+/// One dirty user as of a flush: what its `users` document and its cache entry receive.
 /// Built once per flush from the resident state (never per event).
 #[derive(Debug, Clone, PartialEq)]
 pub struct UserSnapshot {
     pub user_id: Arc<str>,
-    /// The version this write creates. The stored state must be at `version - 1` (and is
-    /// then claimed at `version` by the writer); a stored document at most at `version`.
+    /// The version this write creates. The stored document must be at `version - 1` (`0`: no
+    /// document with bookkeeping yet) for the write to land.
     pub version: u64,
     pub profile: Profile,
     pub positions: Vec<(u32, u64)>,
-    /// Dedup entries added since this user's previous write (appended to the stored window).
-    pub seen_added: Vec<(u64, i64)>,
+    /// The whole dedup window, oldest first (what is older than `dedup.window_ms` left out).
+    pub seen: Vec<(u64, i64)>,
 }
 
-/// How the stored dedup window is trimmed on each write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SeenPolicy {
-    /// Entries seen before this time (ms) are dropped.
-    pub expire_before_ms: i64,
-    /// At most this many entries are kept (the newest).
-    pub max_ids: usize,
+impl UserSnapshot {
+    /// A loaded state as it stands (at its own version): for refilling a cache.
+    pub fn of_state(user_id: Arc<str>, state: &UserState) -> UserSnapshot {
+        UserSnapshot {
+            user_id,
+            version: state.version,
+            profile: state.profile.clone(),
+            positions: state.positions.clone(),
+            seen: state.seen.entries().collect(),
+        }
+    }
 }
 
-/// A user's stored state, as loaded.
+/// A user's state, as loaded.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LoadedState {
     Absent,
@@ -154,29 +158,37 @@ pub enum LoadedState {
     Unreadable(String),
 }
 
-/// Per-user state with its replay protection (Redis in production). Writes are fenced: a
-/// writer first claims the version it creates, then writes it if the claim still holds, so a
-/// previous owner's late write is refused instead of applied (REFERENCE.md §8, G8).
-pub trait StateStore: Send + Sync + 'static {
-    /// The users' stored states, one entry per requested user, in order.
-    fn load(&self, users: Vec<Arc<str>>) -> BoxFut<Result<Vec<LoadedState>, StoreError>>;
-    /// For each `(user, version)`: makes `owner` the writer of `version` if the stored state
-    /// is at `version - 1`, or is already claimed by `owner` at `version` (a retried claim).
-    /// Per user, whether the claim holds.
-    fn claim(
+/// What the system of record (the `users` collection) holds for a user.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoredUser {
+    Absent,
+    /// A document with Herald's bookkeeping: the whole state.
+    Found(UserState),
+    /// A document written before MongoDB held the bookkeeping (an earlier release): the
+    /// profile only; that release kept the positions and the dedup window in Redis.
+    WithoutBookkeeping(Profile),
+    /// Bookkeeping this release cannot read (a newer schema, a broken field).
+    Unreadable(String),
+}
+
+/// A cache of user states in front of the system of record (Redis in production). It may
+/// lose any entry at any moment, or hold an older version than the system of record: the
+/// write fenced by MongoDB finds that out (ARCHITECTURE.md, "Ownership across instances").
+pub trait StateCache: Send + Sync + 'static {
+    /// Each user's cached state, in order; `None` for a miss (absent, expired, unreadable).
+    fn load(&self, users: Vec<Arc<str>>) -> BoxFut<Result<Vec<Option<UserState>>, StoreError>>;
+    /// Caches each snapshot's state, at its version.
+    fn save(&self, users: Vec<Arc<UserSnapshot>>) -> BoxFut<Result<(), StoreError>>;
+    /// For users whose document carries no bookkeeping: the state as an earlier release kept
+    /// it in this cache, if it is still there (at version 0: this release's first write of
+    /// the user creates version 1).
+    fn load_legacy(
         &self,
-        owner: u64,
-        claims: Vec<(Arc<str>, u64)>,
-    ) -> BoxFut<Result<Vec<bool>, StoreError>>;
-    /// Writes each snapshot if `owner` still holds the claim of its version, appending its
-    /// dedup entries and trimming the window by `seen`. Per user, whether it was written
-    /// (false: stale, another owner moved on).
-    fn save(
-        &self,
-        owner: u64,
-        users: Vec<Arc<UserSnapshot>>,
-        seen: SeenPolicy,
-    ) -> BoxFut<Result<Vec<bool>, StoreError>>;
+        users: Vec<Arc<str>>,
+    ) -> BoxFut<Result<Vec<Option<LoadedState>>, StoreError>> {
+        let none = vec![None; users.len()];
+        Box::pin(async move { Ok(none) })
+    }
 }
 
 /// What a `users` bulk write did besides writing.
@@ -201,14 +213,26 @@ pub enum TransitionResult {
 
 /// The `users` and `messages` collections (MongoDB in production).
 pub trait DocumentStore: Send + Sync + 'static {
-    /// Upserts each user's full document unless the stored one has a newer `version`
-    /// (rewriting the same version is allowed: only one writer can hold it, so it has the same
-    /// content); `now_ms` is `updated_at`.
+    /// The users' documents, read by `_id`, one entry per requested user, in order.
+    fn load_users(&self, users: Vec<Arc<str>>) -> BoxFut<Result<Vec<StoredUser>, StoreError>>;
+    /// Replaces each user's document with its snapshot — profile and bookkeeping together —
+    /// if the stored document is still at `version - 1` (the fence: of two writers of one
+    /// version, one lands). `token` marks the flush's writes, so a statement that landed in an
+    /// earlier try whose answer was lost is told from another writer's; `now_ms` is
+    /// `updated_at`. Users whose document moved on are `stale`.
     fn upsert_users(
         &self,
         users: Vec<Arc<UserSnapshot>>,
+        token: u64,
         now_ms: i64,
     ) -> BoxFut<Result<UsersWritten, StoreError>>;
+    /// Removes, among `ids`, the messages the flush `token` inserted (a flush whose user did
+    /// not stand: they were triggered by a state that is gone).
+    fn remove_created_messages(
+        &self,
+        ids: Vec<String>,
+        token: u64,
+    ) -> BoxFut<Result<(), StoreError>>;
     /// Inserts messages that do not exist yet (existing ones are left untouched), each marked
     /// with `token` (one per flush), then applies any callback recorded for them before they
     /// existed. Returns the ids, among `messages`, of the documents carrying `token`: the ones
@@ -479,6 +503,13 @@ pub trait RetrySchedule: Send + Sync + 'static {
         lease_ms: i64,
         limit: usize,
     ) -> BoxFut<Result<Vec<RetryEntry>, StoreError>>;
+    /// Whether the schedule lost entries since this was last asked — its store restarted
+    /// empty, was flushed, or failed over to a replica that had not caught up (each part of
+    /// the schedule keeps a marker that only such a loss removes). The reconciler then
+    /// rebuilds what was lost from `messages`. The first answer of a fresh store is `true`.
+    fn lost_entries(&self) -> BoxFut<Result<bool, StoreError>> {
+        Box::pin(async { Ok(false) })
+    }
     /// The claimed attempt is settled: removes the entry unless it was rescheduled since
     /// (a newer attempt).
     fn complete(&self, entry: RetryEntry) -> BoxFut<Result<(), StoreError>>;

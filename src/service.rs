@@ -20,9 +20,10 @@ use crate::adapters::mongo::docs::MongoDocumentStore;
 use crate::adapters::rabbitmq;
 use crate::adapters::rabbitmq::publisher::RabbitPublisher;
 use crate::adapters::rabbitmq::source::{RabbitSettings, RabbitSource};
+use crate::adapters::redis::connection::RedisTarget;
 use crate::adapters::redis::journal::RedisCallbackJournal;
 use crate::adapters::redis::retry::{listen_for_wakeups, RedisRetrySchedule};
-use crate::adapters::redis::state::RedisStateStore;
+use crate::adapters::redis::state::RedisStateCache;
 use crate::config::{mask_url_password, Config, SourceKind};
 use crate::ports::{BoxFut, Clock, EventPublisher, Probe, Source, SystemClock};
 use crate::provider_setup;
@@ -144,6 +145,32 @@ impl RunningSource {
     }
 }
 
+/// Where Redis is: a cluster when `redis.cluster_nodes` is set, else `redis.url`.
+fn redis_target(config: &Config) -> RedisTarget {
+    match config.redis.cluster_node_list() {
+        Some(nodes) => RedisTarget::Cluster { nodes },
+        None => RedisTarget::Single {
+            url: config.redis.url.clone(),
+            retry_db: config.redis.retry_db,
+        },
+    }
+}
+
+/// How errors name Redis (passwords masked).
+fn redis_name(target: &RedisTarget) -> String {
+    match target {
+        RedisTarget::Single { url, .. } => format!("Redis at {}", mask_url_password(url)),
+        RedisTarget::Cluster { nodes } => format!(
+            "the Redis Cluster at {}",
+            nodes
+                .iter()
+                .map(|n| mask_url_password(n))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+    }
+}
+
 /// Runs the service until SIGINT/SIGTERM, then drains and commits (G6).
 pub async fn run(config: Config) -> anyhow::Result<()> {
     // The port first: a taken port is a one-line error before anything else starts.
@@ -172,30 +199,29 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let providers = provider_setup::providers(&config)?;
     let receivers = provider_setup::receivers(&config, &config.http.public_url())?;
     let startup = Duration::from_millis(config.startup.timeout_ms);
-    let redis_url = config.redis.url.clone();
+    let target = redis_target(&config);
+    let redis_name = redis_name(&target);
     let prefix = config.redis.prefix.clone();
-    let state = within(
-        &format!("Redis at {}", mask_url_password(&redis_url)),
-        startup,
-        || {
-            let (u, p) = (redis_url.clone(), prefix.clone());
-            async move {
-                let s = RedisStateStore::connect(&u, &p).await?;
-                s.ping().await?;
-                Ok::<_, crate::ports::StoreError>(s)
-            }
-        },
-    )
+    let state_ttl = config.redis.state_ttl_ms;
+    let cache = within(&redis_name, startup, || {
+        let (t, p) = (target.clone(), prefix.clone());
+        async move {
+            let s = RedisStateCache::connect(&t, &p, state_ttl).await?;
+            s.ping().await?;
+            Ok::<_, crate::ports::StoreError>(s)
+        }
+    })
     .await?;
     let mongo_url = config.mongo.url.clone();
     let database = config.mongo.database.clone();
+    let write_concern = config.mongo.write_concern.clone();
     let docs = within(
         &format!("MongoDB at {}", mask_url_password(&mongo_url)),
         startup,
         || {
-            let (u, d) = (mongo_url.clone(), database.clone());
+            let (u, d, w) = (mongo_url.clone(), database.clone(), write_concern.clone());
             async move {
-                let s = MongoDocumentStore::connect(&u, &d).await?;
+                let s = MongoDocumentStore::connect(&u, &d, &w).await?;
                 s.ping().await?;
                 s.ensure_indexes().await?;
                 Ok::<_, crate::ports::StoreError>(s)
@@ -203,23 +229,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
     )
     .await?;
-    let retry_db = config.redis.retry_db;
-    let retries = within(
-        &format!("Redis at {}", mask_url_password(&redis_url)),
-        startup,
-        || RedisRetrySchedule::connect(&redis_url, &prefix, retry_db),
-    )
+    let retries = within(&redis_name, startup, || {
+        RedisRetrySchedule::connect(&target, &prefix)
+    })
     .await?;
     let source = RunningSource::start(&config, startup).await?;
 
     let metrics = Metrics::shared();
     metrics.declare_providers(config.providers.iter().map(|p| p.name.as_str()));
-    let state = Arc::new(state);
+    let cache = Arc::new(cache);
     let docs = Arc::new(docs);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let ports = Ports {
         source: source.port(),
-        state: state.clone(),
+        cache: cache.clone(),
         docs: docs.clone(),
         retries: Arc::new(retries),
         clock: clock.clone(),
@@ -236,15 +259,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let pipeline = Pipeline::start(spec, ports);
     let waker = pipeline.retry_waker();
     let wakeups = actix_web::rt::spawn(listen_for_wakeups(
-        redis_url.clone(),
+        target.clone(),
         prefix.clone(),
-        retry_db,
         config.redis.configure_notifications,
         waker,
     ));
     let mut probes: Vec<Arc<dyn Probe>> = vec![
         source.probe(),
-        Arc::new(RedisProbe(state)),
+        Arc::new(RedisProbe(cache)),
         Arc::new(MongoProbe(docs)),
     ];
     let ingest = match ingest_listener {
@@ -272,11 +294,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     // With the journal, callbacks are answered once journaled and applied behind it.
     let callbacks = if config.http.callback_journal {
-        let journal = within(
-            &format!("Redis at {}", mask_url_password(&redis_url)),
-            startup,
-            || RedisCallbackJournal::connect(&redis_url, &prefix),
-        )
+        let journal = within(&redis_name, startup, || {
+            RedisCallbackJournal::connect(&target, &prefix)
+        })
         .await?;
         let journal = Journal::new(
             Arc::new(journal),
@@ -393,7 +413,7 @@ impl Probe for IngestPublisher {
 }
 
 struct SourceProbe(RunningSource);
-struct RedisProbe(Arc<RedisStateStore>);
+struct RedisProbe(Arc<RedisStateCache>);
 struct MongoProbe(Arc<MongoDocumentStore>);
 
 impl Probe for SourceProbe {

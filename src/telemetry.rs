@@ -40,7 +40,7 @@ pub struct Metrics {
     pub aggregators_active: Gauge,
     users_resident: Gauge,
     stale_writes: Counter,
-    partitions_fenced: Counter,
+    users_contended: Counter,
     drain_timeouts: Counter,
     states_unreadable: Counter,
     pub end_to_end_latency: Histogram,
@@ -86,7 +86,7 @@ impl Metrics {
         let aggregators_active = Gauge::default();
         let users_resident = Gauge::default();
         let stale_writes = Counter::default();
-        let partitions_fenced = Counter::default();
+        let users_contended = Counter::default();
         let drain_timeouts = Counter::default();
         let states_unreadable = Counter::default();
         registry.register(
@@ -100,9 +100,9 @@ impl Metrics {
             stale_writes.clone(),
         );
         registry.register(
-            "herald_partitions_fenced",
-            "Partition incarnations restarted because a state they fed was superseded",
-            partitions_fenced.clone(),
+            "herald_users_contended",
+            "Users whose write lost to another owner's newer version (a user whose partitions two instances own): reloaded from MongoDB and their records applied again",
+            users_contended.clone(),
         );
         registry.register(
             "herald_revoke_drain_timeouts",
@@ -258,7 +258,7 @@ impl Metrics {
             aggregators_active,
             users_resident,
             stale_writes,
-            partitions_fenced,
+            users_contended,
             drain_timeouts,
             states_unreadable,
             end_to_end_latency,
@@ -302,7 +302,12 @@ impl Metrics {
         for reason in RejectReason::ALL {
             one(&self.invalid, "reason", reason.code());
         }
-        for reason in ["store_refused", "state_unreadable", "profile_too_large"] {
+        for reason in [
+            "store_refused",
+            "state_unreadable",
+            "profile_too_large",
+            "poison",
+        ] {
             one(&self.invalid, "reason", reason);
         }
         for collection in ["users", "messages"] {
@@ -438,14 +443,20 @@ impl Metrics {
         self.aggregators.load(Ordering::Relaxed)
     }
 
-    /// A user write refused as stale (another owner wrote a newer version).
+    /// A user write refused as stale (another owner wrote a newer version): the user is
+    /// reloaded and its records applied again.
     pub fn stale_write(&self) {
         self.stale_writes.inc();
+        self.users_contended.inc();
     }
 
-    pub fn partition_fenced(&self, partition: u32) {
-        self.partitions_fenced.inc();
-        tracing::debug!(partition, "partition fenced");
+    /// A record whose application panicked twice, dead-lettered.
+    pub fn poison_record(&self, partition: u32, detail: &str) {
+        self.invalid
+            .get_or_create(&vec![("reason", "poison".to_string())])
+            .inc();
+        self.invalid_total.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(partition, detail, "record dead-lettered: poison");
     }
 
     pub fn drain_timed_out(&self, partition: u32) {

@@ -283,10 +283,12 @@ fn stream_strategy() -> impl Strategy<Value = Stream> {
         })
 }
 
-/// A state written in its stored form (blob plus dedup entries) and read back.
+/// A state written in its stored (cache-entry) form and read back.
 fn persisted(s: &UserState) -> Result<UserState, herald::domain::stored_state::Unreadable> {
-    let blob = herald::domain::stored_state::encode(&s.profile, &s.positions);
-    herald::domain::stored_state::decode(&blob, s.version, s.seen.entries().collect())
+    let seen: Vec<(u64, i64)> = s.seen.entries().collect();
+    let blob =
+        herald::domain::stored_state::encode_cached(s.version, &s.profile, &s.positions, &seen);
+    herald::domain::stored_state::decode_cached(&blob)
 }
 
 /// The aggregation side of the pipeline: one `UserState` per user, processing time ticking.

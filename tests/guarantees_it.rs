@@ -231,7 +231,7 @@ fn sigterm_drains_commits_and_exits_zero(bus: Bus) {
             let remaining = amqp.take_remaining();
             let copies = remaining_copies(&remaining);
             let produced = produced_copies(EVENTS / 2, USERS, 13);
-            let states = redis_states(&names);
+            let states = block_on(stored_states(&names));
             let mut applied = 0;
             for (id, (user, n)) in &produced {
                 let seen = states.get(user).is_some_and(|s| remembers(s, id));
@@ -258,7 +258,7 @@ fn sigterm_drains_commits_and_exits_zero(bus: Bus) {
 }
 
 /// G5: killed right after a commit (ack), every valid record committed is durable: its
-/// messageId is in the user's Redis state (written after MongoDB) and the user is in MongoDB.
+/// messageId is in the dedup window of the user's document in MongoDB (the system of record).
 fn committed_never_passes_what_is_durable(bus: Bus) {
     let names = Names::on(bus, "g5", 4);
     produce(&names, EVENTS / 2, USERS, 14);
@@ -320,7 +320,7 @@ fn committed_never_passes_what_is_durable(bus: Bus) {
         }
     };
     let users = block_on(mongo_users(&names));
-    let states = redis_states(&names);
+    let states = block_on(stored_states(&names));
     let mut checked = 0;
     for payload in committed_payloads {
         let Ok(e) = herald::domain::event::decode(&payload, 1 << 20) else {

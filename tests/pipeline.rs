@@ -19,11 +19,11 @@ use herald::domain::event::{decode, RejectReason};
 use herald::domain::keys::message_fingerprint;
 use herald::domain::message::{MessageRecord, StatusChange};
 use herald::domain::suppression::{Suppression, SuppressionReason};
-use herald::domain::user::UserProfile;
+use herald::domain::user::{UserProfile, UserState};
 use herald::embedded::EmbeddedRig;
 use herald::ports::{
-    AssignmentEvent, BoxFut, DeadLetter, DocumentStore, LoadedState, PartitionReader, SeenPolicy,
-    Source, SourceError, StateStore, StoreError, TransitionResult, UserSnapshot, UsersWritten,
+    AssignmentEvent, BoxFut, DeadLetter, DocumentStore, PartitionReader, Source, SourceError,
+    StateCache, StoreError, StoredUser, TransitionResult, UserSnapshot, UsersWritten,
 };
 use herald::workload::{MessageKind, Workload, WorkloadSpec};
 use tokio::sync::mpsc;
@@ -103,9 +103,20 @@ impl FaultyDocs {
 }
 
 impl DocumentStore for FaultyDocs {
+    fn load_users(&self, users: Vec<Arc<str>>) -> BoxFut<Result<Vec<StoredUser>, StoreError>> {
+        self.inner.load_users(users)
+    }
+    fn remove_created_messages(
+        &self,
+        ids: Vec<String>,
+        token: u64,
+    ) -> BoxFut<Result<(), StoreError>> {
+        self.inner.remove_created_messages(ids, token)
+    }
     fn upsert_users(
         &self,
         users: Vec<Arc<UserSnapshot>>,
+        token: u64,
         now_ms: i64,
     ) -> BoxFut<Result<UsersWritten, StoreError>> {
         if self
@@ -125,7 +136,7 @@ impl DocumentStore for FaultyDocs {
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
             }
-            inner.upsert_users(users, now_ms).await
+            inner.upsert_users(users, token, now_ms).await
         }
         .boxed()
     }
@@ -175,15 +186,15 @@ impl DocumentStore for FaultyDocs {
     }
 }
 
-/// A state store that counts loads and can panic on the next load.
+/// A state cache that counts loads and can panic on the next load.
 struct CountingState {
-    inner: Arc<dyn StateStore>,
+    inner: Arc<dyn StateCache>,
     loads: AtomicUsize,
     panics_left: AtomicU32,
 }
 
-impl StateStore for CountingState {
-    fn load(&self, users: Vec<Arc<str>>) -> BoxFut<Result<Vec<LoadedState>, StoreError>> {
+impl StateCache for CountingState {
+    fn load(&self, users: Vec<Arc<str>>) -> BoxFut<Result<Vec<Option<UserState>>, StoreError>> {
         self.loads.fetch_add(users.len(), Ordering::SeqCst);
         if self
             .panics_left
@@ -194,20 +205,8 @@ impl StateStore for CountingState {
         }
         self.inner.load(users)
     }
-    fn claim(
-        &self,
-        owner: u64,
-        claims: Vec<(Arc<str>, u64)>,
-    ) -> BoxFut<Result<Vec<bool>, StoreError>> {
-        self.inner.claim(owner, claims)
-    }
-    fn save(
-        &self,
-        owner: u64,
-        users: Vec<Arc<UserSnapshot>>,
-        seen: SeenPolicy,
-    ) -> BoxFut<Result<Vec<bool>, StoreError>> {
-        self.inner.save(owner, users, seen)
+    fn save(&self, users: Vec<Arc<UserSnapshot>>) -> BoxFut<Result<(), StoreError>> {
+        self.inner.save(users)
     }
 }
 
@@ -218,15 +217,26 @@ struct RefusingDocs {
 }
 
 impl DocumentStore for RefusingDocs {
+    fn load_users(&self, users: Vec<Arc<str>>) -> BoxFut<Result<Vec<StoredUser>, StoreError>> {
+        self.inner.load_users(users)
+    }
+    fn remove_created_messages(
+        &self,
+        ids: Vec<String>,
+        token: u64,
+    ) -> BoxFut<Result<(), StoreError>> {
+        self.inner.remove_created_messages(ids, token)
+    }
     fn upsert_users(
         &self,
         users: Vec<Arc<UserSnapshot>>,
+        token: u64,
         now_ms: i64,
     ) -> BoxFut<Result<UsersWritten, StoreError>> {
         let (bad, good): (Vec<_>, Vec<_>) = users
             .into_iter()
             .partition(|u| u.profile.traits.get("poison").is_some());
-        let write = self.inner.upsert_users(good, now_ms);
+        let write = self.inner.upsert_users(good, token, now_ms);
         async move {
             let mut written = write.await?;
             written.refused.extend(
@@ -336,7 +346,7 @@ fn panics_in_adapters_restart_actors_and_state_stays_correct() {
     let docs = FaultyDocs::new(rig.docs.clone());
     docs.panics_left.store(1, Ordering::SeqCst);
     let state = Arc::new(CountingState {
-        inner: rig.state.clone(),
+        inner: rig.cache.clone(),
         loads: AtomicUsize::new(0),
         panics_left: AtomicU32::new(1),
     });
@@ -423,7 +433,7 @@ fn aggregators_passivate_and_reactivate_with_their_state() {
     let first = workload(3_000, 100, 4);
     let second = workload(3_000, 100, 5);
     let state = Arc::new(CountingState {
-        inner: rig.state.clone(),
+        inner: rig.cache.clone(),
         loads: AtomicUsize::new(0),
         panics_left: AtomicU32::new(0),
     });
@@ -452,10 +462,11 @@ fn aggregators_passivate_and_reactivate_with_their_state() {
 }
 
 /// A source that, at every commit, checks that each valid record below the committed position
-/// is reflected in the durable user state (its messageId is in the stored dedup window).
+/// is reflected in the durable user state (its messageId is in the dedup window its document
+/// holds).
 struct CheckingSource {
     inner: Arc<EmbeddedSource>,
-    state: Arc<herald::adapters::memory::state::MemoryStateStore>,
+    docs: Arc<herald::adapters::memory::docs::MemoryDocumentStore>,
     violations: Arc<AtomicUsize>,
     commits: Arc<AtomicUsize>,
     payloads: HashMap<(u32, u64), Bytes>,
@@ -477,8 +488,8 @@ impl Source for CheckingSource {
             let payload = &self.payloads[&(partition, offset)];
             if let Ok(e) = decode(payload, 1 << 20) {
                 let durable = self
-                    .state
-                    .get(&e.user_id)
+                    .docs
+                    .stored(&e.user_id)
                     .is_some_and(|s| s.seen.contains(message_fingerprint(&e.message_id)));
                 if !durable {
                     self.violations.fetch_add(1, Ordering::SeqCst);
@@ -508,7 +519,7 @@ fn the_commit_position_never_passes_an_undurable_record() {
     }
     let checking = Arc::new(CheckingSource {
         inner: rig.source.clone(),
-        state: rig.state.clone(),
+        docs: rig.docs.clone(),
         violations: Arc::new(AtomicUsize::new(0)),
         commits: Arc::new(AtomicUsize::new(0)),
         payloads,

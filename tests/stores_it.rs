@@ -1,4 +1,5 @@
-//! The Redis and MongoDB adapters against the real servers (scripts/backends.sh up).
+//! The Redis and MongoDB adapters against the real servers (scripts/backends.sh up): one
+//! Redis, and the 3-primary Redis Cluster.
 
 mod common;
 
@@ -6,32 +7,29 @@ use std::sync::Arc;
 
 use common::*;
 use herald::adapters::mongo::docs::MongoDocumentStore;
+use herald::adapters::redis::connection::RedisTarget;
 use herald::adapters::redis::retry::RedisRetrySchedule;
-use herald::adapters::redis::state::RedisStateStore;
+use herald::adapters::redis::state::RedisStateCache;
 use herald::domain::campaign::{Channel, TriggeredMessage};
 use herald::domain::event::decode;
 use herald::domain::keys::message_fingerprint;
 use herald::domain::message::{MessageRecord, MessageStatus, StatusChange, StatusEvent};
 use herald::domain::user::{DedupLimits, Position, UserState};
 use herald::ports::{
-    DocumentStore, LoadedState, RetryEntry, RetrySchedule, SeenPolicy, StateStore,
+    DocumentStore, LoadedState, RetryEntry, RetrySchedule, StateCache, StoredUser,
     TransitionResult, UserSnapshot,
 };
+use mongodb::bson::doc;
 
-fn snapshot(user: &str, s: &mut UserState) -> Arc<UserSnapshot> {
+fn snapshot(user: &str, s: &UserState) -> Arc<UserSnapshot> {
     Arc::new(UserSnapshot {
         user_id: Arc::from(user),
         version: s.version + 1,
         profile: s.profile.clone(),
         positions: s.positions.clone(),
-        seen_added: s.seen.take_unsaved(),
+        seen: s.seen.entries().collect(),
     })
 }
-
-const SEEN: SeenPolicy = SeenPolicy {
-    expire_before_ms: 0,
-    max_ids: 10_000,
-};
 
 fn state(user: &str) -> UserState {
     let mut s = UserState::new();
@@ -71,103 +69,104 @@ fn state(user: &str) -> UserState {
     s
 }
 
-#[test]
-fn redis_state_round_trips_and_is_fenced() {
-    let names = Names::new("redis", 1);
-    block_on(async {
-        let store = RedisStateStore::connect(REDIS, &format!("{}:", names.base))
-            .await
-            .unwrap();
-        let u: Arc<str> = Arc::from("u-1");
-        assert_eq!(
-            store.load(vec![Arc::from("nobody")]).await.unwrap(),
-            vec![LoadedState::Absent]
-        );
-        let mut s = state("u-1");
-        let snap = snapshot("u-1", &mut s);
-        // Owner 1 claims version 1 (a retried claim holds too); owner 2 cannot.
-        assert_eq!(
-            store.claim(1, vec![(u.clone(), 1)]).await.unwrap(),
-            vec![true]
-        );
-        assert_eq!(
-            store.claim(1, vec![(u.clone(), 1)]).await.unwrap(),
-            vec![true]
-        );
-        assert_eq!(
-            store.claim(2, vec![(u.clone(), 1)]).await.unwrap(),
-            vec![false]
-        );
-        assert_eq!(
-            store.save(2, vec![snap.clone()], SEEN).await.unwrap(),
-            vec![false]
-        );
-        assert_eq!(
-            store.save(1, vec![snap.clone()], SEEN).await.unwrap(),
-            vec![true]
-        );
-        let back = match store.load(vec![u.clone()]).await.unwrap().remove(0) {
-            LoadedState::Found(b) => b,
-            other => panic!("not found: {other:?}"),
-        };
-        s.version = 1;
-        assert_eq!(back, s);
-        assert_eq!(back.last_position(2), Some(8));
-        assert!(back.seen.contains(message_fingerprint("m1")));
-        // A previous owner still at version 0 is refused from now on.
-        assert_eq!(
-            store.claim(3, vec![(u.clone(), 1)]).await.unwrap(),
-            vec![false]
-        );
-        // The next version goes to whoever claims it first.
-        assert_eq!(
-            store.claim(2, vec![(u.clone(), 2)]).await.unwrap(),
-            vec![true]
-        );
-        assert_eq!(
-            store
-                .save(1, vec![snapshot("u-1", &mut back.clone())], SEEN)
-                .await
-                .unwrap(),
-            vec![false]
-        );
-
-        // A writer killed between its claim and its write: the next owner loads the claimed
-        // version (nothing saved) and creates the one after it.
-        let c: Arc<str> = Arc::from("u-crashed");
-        assert_eq!(
-            store.claim(1, vec![(c.clone(), 1)]).await.unwrap(),
-            vec![true]
-        );
-        let loaded = match store.load(vec![c.clone()]).await.unwrap().remove(0) {
-            LoadedState::Found(b) => b,
-            other => panic!("a claimed user loads as found: {other:?}"),
-        };
-        assert_eq!(loaded.version, 1);
-        assert!(loaded.positions.is_empty());
-        assert_eq!(
-            store
-                .claim(2, vec![(c.clone(), loaded.version + 1)])
-                .await
-                .unwrap(),
-            vec![true]
-        );
-    });
+/// One Redis, and the cluster.
+fn redis_targets() -> Vec<RedisTarget> {
+    vec![
+        RedisTarget::Single {
+            url: REDIS.into(),
+            retry_db: 1,
+        },
+        RedisTarget::Cluster {
+            nodes: REDIS_CLUSTER.split(',').map(str::to_string).collect(),
+        },
+    ]
 }
 
 #[test]
-fn redis_loads_schema_1_states_and_quarantines_unreadable_ones() {
-    let names = Names::new("redis-schema", 1);
+fn the_state_cache_round_trips_misses_and_expires_on_one_redis_and_on_a_cluster() {
+    for target in redis_targets() {
+        let names = Names::new("cache", 1);
+        block_on(async {
+            let prefix = format!("{}:", names.base);
+            let cache = RedisStateCache::connect(&target, &prefix, 60_000)
+                .await
+                .unwrap();
+            let mut s = state("u-1");
+            s.version = 4;
+            let users: Vec<Arc<str>> = (0..300).map(|i| Arc::from(format!("u-{i}"))).collect();
+            // Many users, spread over every slot of a cluster, in one call each way.
+            let snaps: Vec<Arc<UserSnapshot>> = users
+                .iter()
+                .map(|u| Arc::new(UserSnapshot::of_state(u.clone(), &s)))
+                .collect();
+            assert_eq!(cache.load(users.clone()).await.unwrap(), vec![None; 300]);
+            cache.save(snaps).await.unwrap();
+            let back = cache.load(users.clone()).await.unwrap();
+            assert!(back.iter().all(|b| b.as_ref() == Some(&s)), "{target:?}");
+            assert!(back[0]
+                .as_ref()
+                .unwrap()
+                .seen
+                .contains(message_fingerprint("m1")));
+            // An entry this release cannot read is a miss (MongoDB is read instead), and the
+            // entries expire.
+            let key = cache.key("u-7");
+            assert!(key.ends_with("state:{u-7}"), "{key}");
+            let mut conn = cluster_aware_connection(&target);
+            let _: () = redis::cmd("SET")
+                .arg(&key)
+                .arg("garbage")
+                .query(&mut conn)
+                .unwrap();
+            let ttl: i64 = redis::cmd("PTTL")
+                .arg(cache.key("u-8"))
+                .query(&mut conn)
+                .unwrap();
+            assert!(ttl > 0 && ttl <= 60_000, "{ttl}");
+            let again = cache.load(vec![Arc::from("u-7")]).await.unwrap();
+            assert_eq!(again, vec![None]);
+        });
+    }
+}
+
+/// A state as a release that kept it in Redis wrote it (a hash beside a sorted set of dedup
+/// fingerprints, or the schema-1 JSON string) loads, for users whose document has no
+/// bookkeeping yet; a broken one is unreadable.
+#[test]
+fn the_state_cache_reads_what_earlier_releases_kept_in_redis() {
+    let names = Names::new("legacy", 1);
     block_on(async {
         let prefix = format!("{}:", names.base);
-        let store = RedisStateStore::connect(REDIS, &prefix).await.unwrap();
+        let target = RedisTarget::Single {
+            url: REDIS.into(),
+            retry_db: 1,
+        };
+        let cache = RedisStateCache::connect(&target, &prefix, 60_000)
+            .await
+            .unwrap();
         let client = redis::Client::open(REDIS).unwrap();
         let mut conn = client.get_connection().unwrap();
-        // A state as the release before fencing wrote it: a JSON string, ids inline.
         let v1 = r#"{"user_id":"old","profile":{"traits":{"plan":"pro"},"tags":["vip"],"event_count":2,"events":{"buy":{"count":2,"first_at":5,"last_at":9}},"first_seen":5,"last_seen":9},"positions":[[0,41]],"seen":[["m-a",100],["m-b",101]]}"#;
         let _: () = redis::cmd("SET")
             .arg(format!("{prefix}user:old"))
             .arg(v1)
+            .query(&mut conn)
+            .unwrap();
+        let v2 = r#"{"schema":2,"profile":{"traits":{"plan":"free"},"tags":[],"event_count":1,"events":{"buy":{"count":1,"first_at":5,"last_at":5}},"first_seen":5,"last_seen":5},"positions":[[3,17]]}"#;
+        let _: () = redis::cmd("HSET")
+            .arg(format!("{prefix}user:two"))
+            .arg("v")
+            .arg(6)
+            .arg("o")
+            .arg("123")
+            .arg("s")
+            .arg(v2)
+            .query(&mut conn)
+            .unwrap();
+        let _: () = redis::cmd("ZADD")
+            .arg(format!("{prefix}seen:two"))
+            .arg(100)
+            .arg(&message_fingerprint("m-z").to_be_bytes()[..])
             .query(&mut conn)
             .unwrap();
         let _: () = redis::cmd("HSET")
@@ -178,64 +177,77 @@ fn redis_loads_schema_1_states_and_quarantines_unreadable_ones() {
             .arg(r#"{"schema":2,"profile":{"tags":7}}"#)
             .query(&mut conn)
             .unwrap();
-        let loaded = store
-            .load(vec![Arc::from("old"), Arc::from("bad")])
+        let loaded = cache
+            .load_legacy(vec![
+                Arc::from("old"),
+                Arc::from("two"),
+                Arc::from("bad"),
+                Arc::from("none"),
+            ])
             .await
             .unwrap();
-        let LoadedState::Found(old) = &loaded[0] else {
+        let Some(LoadedState::Found(old)) = &loaded[0] else {
             panic!("schema 1 did not load: {:?}", loaded[0]);
         };
         assert_eq!(old.version, 0);
         assert_eq!(old.profile.event_count, 2);
         assert_eq!(old.last_position(0), Some(41));
         assert!(old.seen.contains(message_fingerprint("m-b")));
-        assert!(
-            matches!(&loaded[1], LoadedState::Unreadable(why) if why.contains("does not parse")),
-            "{:?}",
-            loaded[1]
-        );
-        // Its first claim converts it to the fenced form; the ids migrate on the next write.
-        let mut old = old.clone();
-        assert_eq!(
-            store.claim(9, vec![(Arc::from("old"), 1)]).await.unwrap(),
-            vec![true]
-        );
-        let snap = Arc::new(UserSnapshot {
-            user_id: Arc::from("old"),
-            version: 1,
-            profile: old.profile.clone(),
-            positions: old.positions.clone(),
-            seen_added: old.seen.entries().collect(),
-        });
-        assert_eq!(store.save(9, vec![snap], SEEN).await.unwrap(), vec![true]);
-        old.version = 1;
-        let LoadedState::Found(again) = store.load(vec![Arc::from("old")]).await.unwrap().remove(0)
-        else {
-            panic!("converted state did not load");
+        let Some(LoadedState::Found(two)) = &loaded[1] else {
+            panic!("schema 2 did not load: {:?}", loaded[1]);
         };
-        assert_eq!(again, old);
+        assert_eq!(
+            two.version, 0,
+            "this release's first write creates version 1"
+        );
+        assert_eq!(two.last_position(3), Some(17));
+        assert!(two.seen.contains(message_fingerprint("m-z")));
+        assert!(
+            matches!(&loaded[2], Some(LoadedState::Unreadable(why)) if why.contains("does not parse")),
+            "{:?}",
+            loaded[2]
+        );
+        assert_eq!(loaded[3], None);
     });
 }
 
+/// MongoDB is the system of record: a document holds the profile and the bookkeeping, is
+/// replaced only at the version its writer loaded, tells a retried statement of the same
+/// flush from another writer's, and loads back exactly.
 #[test]
-fn mongo_users_upsert_is_idempotent_exact_and_fenced() {
+fn mongo_users_hold_the_whole_state_and_are_fenced_by_version() {
     let names = Names::new("mongo", 1);
     block_on(async {
-        let store = MongoDocumentStore::connect(MONGO, &names.base)
+        let store = MongoDocumentStore::connect(MONGO, &names.base, "majority")
             .await
             .unwrap();
         store.ensure_indexes().await.unwrap();
-        let mut s = state("u-1");
-        let snap = snapshot("u-1", &mut s);
+        let s = state("u-1");
+        let snap = snapshot("u-1", &s);
         let none = herald::ports::UsersWritten::default();
         assert_eq!(
-            store.upsert_users(vec![snap.clone()], 1000).await.unwrap(),
+            store
+                .upsert_users(vec![snap.clone()], 7, 1000)
+                .await
+                .unwrap(),
             none
         );
         assert_eq!(
-            store.upsert_users(vec![snap.clone()], 2000).await.unwrap(),
+            store
+                .upsert_users(vec![snap.clone()], 7, 2000)
+                .await
+                .unwrap(),
             none,
-            "the same version again"
+            "the same flush's statement again (its answer lost) is not stale"
+        );
+        assert_eq!(
+            store
+                .upsert_users(vec![snap.clone()], 8, 2000)
+                .await
+                .unwrap()
+                .stale,
+            vec![Arc::<str>::from("u-1")],
+            "another writer of the same version is stale"
         );
         let users = mongo_users(&names).await;
         assert_eq!(users.len(), 1);
@@ -244,25 +256,106 @@ fn mongo_users_upsert_is_idempotent_exact_and_fenced() {
             s.profile.to_view(),
             "booleans, floats, big ints and nesting survive"
         );
-        // Version 3 lands; a late version 2 (a previous owner) is refused as stale.
+        let loaded = store
+            .load_users(vec![Arc::from("u-1"), Arc::from("nobody")])
+            .await
+            .unwrap();
+        let StoredUser::Found(back) = &loaded[0] else {
+            panic!("not found: {:?}", loaded[0]);
+        };
+        let mut want = s.clone();
+        want.version = 1;
+        assert_eq!(back, &want, "profile, positions and window round trip");
+        assert_eq!(loaded[1], StoredUser::Absent);
+        // Version 2 lands; a late writer still at version 0 or 1 is refused.
         let mut newer = (*snap).clone();
-        newer.version = 3;
+        newer.version = 2;
         newer.profile.event_count = 99;
         assert_eq!(
             store
-                .upsert_users(vec![Arc::new(newer)], 3000)
+                .upsert_users(vec![Arc::new(newer)], 9, 3000)
                 .await
                 .unwrap(),
             none
         );
-        let mut late = (*snap).clone();
-        late.version = 2;
-        let written = store
-            .upsert_users(vec![Arc::new(late)], 4000)
+        for late_version in [1, 2] {
+            let mut late = (*snap).clone();
+            late.version = late_version;
+            let written = store
+                .upsert_users(vec![Arc::new(late)], 10, 4000)
+                .await
+                .unwrap();
+            assert_eq!(written.stale, vec![Arc::<str>::from("u-1")]);
+        }
+        assert_eq!(mongo_users(&names).await["u-1"].event_count, 99);
+        let states = stored_states(&names).await;
+        assert_eq!(states["u-1"].version, 2);
+        assert_eq!(states["u-1"].positions[&2], 8);
+        assert!(remembers(&states["u-1"], "m1") && remembers(&states["u-1"], "m2"));
+    });
+}
+
+/// A document as the release before this one wrote it (the profile with a top-level
+/// `version`, no `_herald`) loads as a profile without bookkeeping, and this release's first
+/// write of the user (version 1) replaces it.
+#[test]
+fn mongo_documents_of_the_previous_release_load_and_are_taken_over() {
+    let names = Names::new("mongo_old", 1);
+    block_on(async {
+        let store = MongoDocumentStore::connect(MONGO, &names.base, "1")
             .await
             .unwrap();
-        assert_eq!(written.stale, vec![Arc::<str>::from("u-1")]);
-        assert_eq!(mongo_users(&names).await["u-1"].event_count, 99);
+        let client = mongodb::Client::with_uri_str(MONGO).await.unwrap();
+        let users = client
+            .database(&names.base)
+            .collection::<mongodb::bson::Document>("users");
+        users
+            .insert_one(doc! {
+                "_id": "old", "traits": {"plan": "pro"}, "tags": ["vip"], "event_count": 2_i64,
+                "events": {"buy": {"count": 2_i64,
+                    "first_at": mongodb::bson::DateTime::from_millis(5),
+                    "last_at": mongodb::bson::DateTime::from_millis(9)}},
+                "first_seen": mongodb::bson::DateTime::from_millis(5),
+                "last_seen": mongodb::bson::DateTime::from_millis(9),
+                "updated_at": mongodb::bson::DateTime::from_millis(9),
+                "version": 17_i64, "schema_version": 2,
+            })
+            .await
+            .unwrap();
+        let loaded = store.load_users(vec![Arc::from("old")]).await.unwrap();
+        let StoredUser::WithoutBookkeeping(profile) = &loaded[0] else {
+            panic!("{:?}", loaded[0]);
+        };
+        assert_eq!(profile.event_count, 2);
+        assert_eq!(profile.events.get("buy").unwrap().last_at, 9);
+        let mut s = UserState {
+            profile: profile.clone(),
+            ..UserState::default()
+        };
+        s.profile.event_count = 3;
+        assert_eq!(
+            store
+                .upsert_users(vec![snapshot("old", &s)], 1, 10)
+                .await
+                .unwrap(),
+            herald::ports::UsersWritten::default()
+        );
+        let doc = users.find_one(doc! {"_id": "old"}).await.unwrap().unwrap();
+        assert!(doc.get("version").is_none(), "the old bookkeeping is gone");
+        assert_eq!(
+            doc.get_document("_herald").unwrap().get_i64("v").unwrap(),
+            1
+        );
+        // And a second writer that also took over from the old document is stale.
+        assert_eq!(
+            store
+                .upsert_users(vec![snapshot("old", &s)], 2, 10)
+                .await
+                .unwrap()
+                .stale
+                .len(),
+            1
+        );
     });
 }
 
@@ -270,7 +363,7 @@ fn mongo_users_upsert_is_idempotent_exact_and_fenced() {
 fn mongo_messages_follow_the_status_machine() {
     let names = Names::new("msgs", 1);
     block_on(async {
-        let store = MongoDocumentStore::connect(MONGO, &names.base)
+        let store = MongoDocumentStore::connect(MONGO, &names.base, "majority")
             .await
             .unwrap();
         store.ensure_indexes().await.unwrap();
@@ -386,7 +479,7 @@ fn mongo_messages_follow_the_status_machine() {
 fn mongo_lists_stalled_messages_in_pages() {
     let names = Names::new("stalled", 1);
     block_on(async {
-        let store = MongoDocumentStore::connect(MONGO, &names.base)
+        let store = MongoDocumentStore::connect(MONGO, &names.base, "majority")
             .await
             .unwrap();
         store.ensure_indexes().await.unwrap();
@@ -457,18 +550,20 @@ fn mongo_lists_stalled_messages_in_pages() {
 
 /// Leases belong to the instance that holds them: `hold` creates only absent entries, a
 /// lease claimed by another instance is reported lost to its old holder's `extend`, and only
-/// its holder completes it.
+/// its holder completes it — on one Redis and on the cluster.
 #[test]
 fn redis_retry_leases_belong_to_their_holder() {
+    for target in redis_targets() {
+        retry_leases_belong_to_their_holder(&target);
+    }
+}
+
+fn retry_leases_belong_to_their_holder(target: &RedisTarget) {
     let names = Names::new("leases", 1);
     block_on(async {
         let prefix = format!("{}:", names.base);
-        let a = RedisRetrySchedule::connect(REDIS, &prefix, 1)
-            .await
-            .unwrap();
-        let b = RedisRetrySchedule::connect(REDIS, &prefix, 1)
-            .await
-            .unwrap();
+        let a = RedisRetrySchedule::connect(target, &prefix).await.unwrap();
+        let b = RedisRetrySchedule::connect(target, &prefix).await.unwrap();
         let entry = |id: &str, attempt: u32, due_ms: i64| RetryEntry {
             message_id: id.into(),
             attempt,
@@ -552,16 +647,77 @@ fn redis_retry_leases_belong_to_their_holder() {
     });
 }
 
+/// The schedule is spread over parts (no hot key; one slot each on a cluster): many entries
+/// claim, count and settle across all of them, and a loss of Redis's data is noticed.
+#[test]
+fn the_retry_schedule_spreads_over_parts_and_notices_a_loss() {
+    for target in redis_targets() {
+        let names = Names::new("parts", 1);
+        block_on(async {
+            let prefix = format!("{}:", names.base);
+            let a = RedisRetrySchedule::connect(&target, &prefix).await.unwrap();
+            assert!(
+                a.lost_entries().await.unwrap(),
+                "a fresh schedule reads as lost"
+            );
+            assert!(!a.lost_entries().await.unwrap());
+            let entries: Vec<RetryEntry> = (0..200)
+                .map(|i| RetryEntry {
+                    message_id: format!("c:m{i}"),
+                    attempt: 1,
+                    resend: 0,
+                    due_ms: 1_000 + i,
+                    lapsed: false,
+                })
+                .collect();
+            assert!(a
+                .hold(entries.clone(), false)
+                .await
+                .unwrap()
+                .iter()
+                .all(|c| *c));
+            assert_eq!(a.pending().await.unwrap(), 200);
+            assert_eq!(a.next_due().await.unwrap(), Some(1_000));
+            let mut claimed = Vec::new();
+            loop {
+                let batch = a.claim_due(10_000, 15_000, 64).await.unwrap();
+                let n = batch.len();
+                claimed.extend(batch);
+                if n < 64 {
+                    break;
+                }
+            }
+            assert_eq!(claimed.len(), 200, "{target:?}");
+            assert!(a.claim_due(10_000, 15_000, 64).await.unwrap().is_empty());
+            assert!(a.extend(claimed.clone(), 50_000).await.unwrap().is_empty());
+            for e in claimed {
+                a.complete(e).await.unwrap();
+            }
+            assert_eq!(a.pending().await.unwrap(), 0);
+            // The data goes (a flush): the next check says so, once.
+            let mut conn = cluster_aware_connection(&target);
+            for p in 0..16 {
+                let _: () = redis::cmd("DEL")
+                    .arg(format!("{prefix}retry:{{r{p}}}:mark"))
+                    .query(&mut conn)
+                    .unwrap();
+            }
+            assert!(a.lost_entries().await.unwrap());
+            assert!(!a.lost_entries().await.unwrap());
+        });
+    }
+}
+
 /// Two store instances (two Herald processes) race the same transitions of many messages
 /// through their group-commit writers: each change is applied exactly once.
 #[test]
 fn grouped_transitions_from_two_writers_apply_each_change_once() {
     let names = Names::new("race", 1);
     block_on(async {
-        let a = MongoDocumentStore::connect(MONGO, &names.base)
+        let a = MongoDocumentStore::connect(MONGO, &names.base, "majority")
             .await
             .unwrap();
-        let b = MongoDocumentStore::connect(MONGO, &names.base)
+        let b = MongoDocumentStore::connect(MONGO, &names.base, "majority")
             .await
             .unwrap();
         let ids: Vec<String> = (0..200).map(|i| format!("welcome:r{i}")).collect();

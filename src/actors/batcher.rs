@@ -1,14 +1,17 @@
 //! Batcher actors, one per user shard: each writes its shard's flushes — the users coalesced
 //! since the previous flush, one snapshot per user — as bulk writes, retrying transient
-//! errors with backoff (the source pauses meanwhile, G7). The order is what fencing needs:
+//! errors with backoff (the source pauses meanwhile, G7). The order is what makes a repeat
+//! harmless and a lost race safe (ARCHITECTURE.md, "One flush, step by step"):
 //!
-//! 1. claim each user's new version in the state store (refused: another owner is ahead);
-//! 2. upsert the `users` documents, never over a newer version;
-//! 3. insert the triggered `messages` of the users still standing;
-//! 4. write the states (refused if the claim was lost meanwhile);
+//! 1. insert the triggered `messages` (insert-if-absent, marked with the flush's token);
+//! 2. replace the `users` documents — profile and bookkeeping — each only at the version its
+//!    state was loaded at (the fence: another owner's newer write makes the user stale);
+//! 3. remove the messages this flush inserted for users that did not stand;
+//! 4. refresh the state cache (best effort);
 //! 5. dead-letter what must be (quarantined users, refused documents);
 //!
-//! then dispatch the new messages and reply with the users that turned out stale or refused.
+//! then lease and dispatch the new messages of the users that stood, and reply with the users
+//! that turned out stale or refused.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,17 +37,11 @@ type AHashMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
 pub struct Batcher {
     shard: usize,
     shared: Arc<Shared>,
-    /// The fencing owner token of this batcher's writes (fresh per process and shard).
-    owner: u64,
 }
 
 impl Batcher {
-    pub fn new(shard: usize, shared: Arc<Shared>, owner: u64) -> Self {
-        Batcher {
-            shard,
-            shared,
-            owner,
-        }
+    pub fn new(shard: usize, shared: Arc<Shared>) -> Self {
+        Batcher { shard, shared }
     }
 }
 
@@ -58,82 +55,32 @@ impl Handler<WriteBatch> for Batcher {
     fn handle(&mut self, batch: WriteBatch, _ctx: &mut Context<Self>) -> Self::Result {
         let shared = self.shared.clone();
         let shard = self.shard;
-        let owner = self.owner;
         let span = tracing::info_span!(
             "flush",
             shard,
             users = batch.snapshots.len(),
             events = batch.events
         );
-        Box::pin(write(shared, shard, owner, batch).instrument(span))
+        Box::pin(write(shared, shard, batch).instrument(span))
     }
 }
 
-async fn write(shared: Arc<Shared>, shard: usize, owner: u64, batch: WriteBatch) -> WriteOutcome {
+async fn write(shared: Arc<Shared>, shard: usize, batch: WriteBatch) -> WriteOutcome {
     let ports = &shared.ports;
     let started = Instant::now();
     let mut outcome = WriteOutcome::default();
     let mut users = batch.snapshots;
+    // Marks this flush's writes: after a lost answer, what carries it is this flush's own.
+    let token: u64 = rand::random();
 
-    // 1. Claim.
-    if !users.is_empty() {
-        let claims: Vec<(Arc<str>, u64)> = users
-            .iter()
-            .map(|u| (u.user_id.clone(), u.version))
-            .collect();
-        let held = retry(&shared, shard, "state claim", || {
-            ports.state.claim(owner, claims.clone())
-        })
-        .await;
-        let mut keep = Vec::with_capacity(users.len());
-        for (u, ok) in users.into_iter().zip(held) {
-            if ok {
-                keep.push(u);
-            } else {
-                outcome.stale.push(u.user_id.clone());
-            }
-        }
-        users = keep;
-    }
-
-    // 2. Documents.
-    if !users.is_empty() {
-        let now = ports.clock.now_ms();
-        let written = retry(&shared, shard, "users", || {
-            ports.docs.upsert_users(users.clone(), now)
-        })
-        .await;
-        ports
-            .metrics
-            .mongo_bulk_write_seconds
-            .observe(started.elapsed().as_secs_f64());
-        let UsersWritten { stale, refused } = written;
-        let out: AHashSet<&str> = stale
-            .iter()
-            .map(|s| &**s)
-            .chain(refused.iter().map(|(s, _)| &**s))
-            .collect();
-        if !out.is_empty() {
-            users.retain(|u| !out.contains(&*u.user_id));
-        }
-        ports.metrics.documents_written("users", users.len() as u64);
-        for (id, detail) in &refused {
-            tracing::error!(shard, user_id = %id, error = %detail, "MongoDB refused the user's document; dead-lettering the records behind it");
-        }
-        outcome.stale.extend(stale);
-        outcome.refused.extend(refused);
-    }
-
-    // 3. Messages of the users still standing.
-    let standing: AHashSet<&str> = users.iter().map(|u| &*u.user_id).collect();
+    // 1. Messages. One record per message id: a trigger applied twice within one flush (its
+    // dedup id evicted by the user's events in between) names the same message twice.
     let now = ports.clock.now_ms();
-    // One record per message id: a trigger applied twice within one flush (its dedup id
-    // evicted by the user's events in between) names the same message twice.
     let mut ids: AHashSet<&str> = AHashSet::default();
     let mut records: Vec<MessageRecord> = batch
         .messages
         .iter()
-        .filter(|(u, m)| standing.contains(&**u) && ids.insert(&m.id))
+        .filter(|(_, m)| ids.insert(&m.id))
         .map(|(_, m)| MessageRecord::from_triggered(m, now))
         .collect();
     // Suppressed addresses: the message is stored `skipped`, never sent.
@@ -164,18 +111,14 @@ async fn write(shared: Arc<Shared>, shard: usize, owner: u64, batch: WriteBatch)
         }
     }
     // Only what this flush created is dispatched: a trigger applied again (its dedup id
-    // evicted, a replay after a crash between these writes and the state's) finds its
+    // evicted, a replay after a crash before the user's document was written) finds its
     // message stored — sent, or being sent, by whoever created it.
     let mut created: AHashSet<String> = AHashSet::default();
     if !records.is_empty() {
-        let token: u64 = rand::random();
         let inserted = retry(&shared, shard, "messages", || {
             ports.docs.insert_messages(records.clone(), token)
         })
         .await;
-        ports
-            .metrics
-            .documents_written("messages", inserted.len() as u64);
         if inserted.len() < records.len() {
             tracing::debug!(
                 shard,
@@ -183,29 +126,80 @@ async fn write(shared: Arc<Shared>, shard: usize, owner: u64, batch: WriteBatch)
                 "triggered messages already stored; not dispatched again"
             );
         }
-        for id in &inserted {
-            if suppressed_ids.contains(id) {
-                if let Some(r) = records.iter().find(|r| &r.id == id) {
-                    let reason = r.error.as_deref().unwrap_or_default();
-                    ports
-                        .metrics
-                        .suppressed(reason.trim_start_matches("suppressed: "));
-                }
-            }
-        }
         created.extend(inserted);
     }
 
-    // 4. States.
+    // 2. Documents.
     if !users.is_empty() {
-        let saved = retry(&shared, shard, "user state", || {
-            ports.state.save(owner, users.clone(), batch.seen)
+        let now = ports.clock.now_ms();
+        let written = retry(&shared, shard, "users", || {
+            ports.docs.upsert_users(users.clone(), token, now)
         })
         .await;
-        for (u, ok) in users.iter().zip(saved) {
-            if !ok {
-                outcome.stale.push(u.user_id.clone());
+        ports
+            .metrics
+            .mongo_bulk_write_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let UsersWritten { stale, refused } = written;
+        let out: AHashSet<&str> = stale
+            .iter()
+            .map(|s| &**s)
+            .chain(refused.iter().map(|(s, _)| &**s))
+            .collect();
+        if !out.is_empty() {
+            users.retain(|u| !out.contains(&*u.user_id));
+        }
+        ports.metrics.documents_written("users", users.len() as u64);
+        for (id, detail) in &refused {
+            tracing::error!(shard, user_id = %id, error = %detail, "MongoDB refused the user's document; dead-lettering the records behind it");
+        }
+        outcome.stale.extend(stale);
+        outcome.refused.extend(refused);
+    }
+
+    // 3. The messages of users that did not stand were triggered by a state that is gone.
+    if !outcome.stale.is_empty() || !outcome.refused.is_empty() {
+        let gone: AHashSet<&str> = outcome
+            .stale
+            .iter()
+            .map(|s| &**s)
+            .chain(outcome.refused.iter().map(|(s, _)| &**s))
+            .collect();
+        let orphans: Vec<String> = records
+            .iter()
+            .filter(|r| gone.contains(r.user_id.as_str()) && created.contains(&r.id))
+            .map(|r| r.id.clone())
+            .collect();
+        if !orphans.is_empty() {
+            retry(&shared, shard, "messages of stale users", || {
+                ports.docs.remove_created_messages(orphans.clone(), token)
+            })
+            .await;
+            for id in &orphans {
+                created.remove(id);
             }
+        }
+    }
+    ports
+        .metrics
+        .documents_written("messages", created.len() as u64);
+    for id in created.iter().filter(|id| suppressed_ids.contains(*id)) {
+        if let Some(r) = records.iter().find(|r| &r.id == id) {
+            let reason = r.error.as_deref().unwrap_or_default();
+            ports
+                .metrics
+                .suppressed(reason.trim_start_matches("suppressed: "));
+        }
+    }
+
+    // 4. The cache: best effort (an entry left older is found out by a later fenced write).
+    if !users.is_empty() {
+        match contain_async(ports.cache.save(users.clone())).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(shard, error = %e, "state cache not refreshed"),
+            Err(panic) => ports
+                .metrics
+                .actor_restarted("batcher", &format!("state cache write panicked: {panic}")),
         }
     }
 

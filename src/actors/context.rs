@@ -10,11 +10,11 @@ use crate::config::Config;
 use crate::domain::campaign::{Campaign, Channel};
 use crate::domain::retry::RetryPolicy;
 use crate::domain::user::DedupLimits;
-use crate::ports::{Clock, DocumentStore, RetrySchedule, Source, StateStore};
+use crate::ports::{Clock, DocumentStore, RetrySchedule, Source, StateCache};
 use crate::telemetry::Metrics;
 
 use super::dispatcher::Dispatcher;
-use super::messages::{ApplyBatch, FlushNow};
+use super::messages::{ApplyBatch, Escalate, FlushNow};
 
 /// The numbers the actors run by (from [`Config`]).
 #[derive(Debug, Clone)]
@@ -38,7 +38,17 @@ pub struct Settings {
     pub reconcile_every: Duration,
     pub callback_base_url: String,
     pub shutdown_timeout: Duration,
+    /// Poison records per minute on one shard beyond which the shard escalates
+    /// (`pipeline.max_poison_per_minute`).
+    pub max_poison_per_minute: usize,
+    /// Fault injection for tests (`HERALD_FAULT_PANIC_ON`, comma-separated messageIds): the
+    /// application of a record with one of these ids panics.
+    pub fault_panic_on: Vec<String>,
 }
+
+/// The environment variable that names messageIds whose application panics (tests of poison
+/// records against the real binary).
+pub const FAULT_PANIC_ON: &str = "HERALD_FAULT_PANIC_ON";
 
 impl Settings {
     pub fn from_config(c: &Config) -> Settings {
@@ -59,7 +69,22 @@ impl Settings {
             reconcile_every: Duration::from_millis(c.retry.reconcile_ms),
             callback_base_url: format!("{}/webhooks", c.http.public_url()),
             shutdown_timeout: Duration::from_millis(c.shutdown.timeout_ms),
+            max_poison_per_minute: c.pipeline.max_poison_per_minute,
+            fault_panic_on: std::env::var(FAULT_PANIC_ON)
+                .map(|v| {
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
+    }
+
+    /// Whether applying the record with this messageId must panic (fault injection).
+    pub fn fault_panic(&self, message_id: &str) -> bool {
+        !self.fault_panic_on.is_empty() && self.fault_panic_on.iter().any(|m| m == message_id)
     }
 }
 
@@ -67,7 +92,8 @@ impl Settings {
 #[derive(Clone)]
 pub struct Ports {
     pub source: Arc<dyn Source>,
-    pub state: Arc<dyn StateStore>,
+    /// The cache of user states in front of `docs` (the system of record).
+    pub cache: Arc<dyn StateCache>,
     pub docs: Arc<dyn DocumentStore>,
     pub retries: Arc<dyn RetrySchedule>,
     pub clock: Arc<dyn Clock>,
@@ -86,6 +112,8 @@ pub struct Shared {
     pub dispatchers: Vec<(Channel, Vec<Addr<Dispatcher>>)>,
     /// Their providers' names, in the same order.
     pub provider_names: Vec<(Channel, Vec<String>)>,
+    /// The root supervisor, where faults beyond a restart intensity go (set once started).
+    pub root: OnceLock<Recipient<Escalate>>,
 }
 
 impl Shared {
@@ -106,6 +134,19 @@ impl Shared {
             .iter()
             .find(|(c, _)| *c == channel)
             .and_then(|(_, names)| names.iter().position(|n| n == name))
+    }
+
+    /// Reports a failure beyond what restarting or dead-lettering can absorb: the process
+    /// exits non-zero (crash-only at the top).
+    pub fn escalate(&self, actor: &'static str, reason: String) {
+        match self.root.get() {
+            Some(root) => root.do_send(Escalate { actor, reason }),
+            None => tracing::error!(
+                actor,
+                reason,
+                "escalation before the root supervisor started"
+            ),
+        }
     }
 
     pub fn dispatchers_for(&self, channel: Channel) -> &[Addr<Dispatcher>] {

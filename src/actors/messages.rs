@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 
 use crate::domain::campaign::TriggeredMessage;
 use crate::domain::event::Event;
-use crate::ports::{DeadLetter, Record, SeenPolicy, UserSnapshot};
+use crate::ports::{DeadLetter, Record, UserSnapshot};
 
 /// One decoded record, with the raw record kept so a store refusal can dead-letter it.
 pub struct UserRecord {
@@ -46,15 +46,6 @@ impl PartitionLink {
         self.reports.do_send(PartitionReport::Durable(offsets));
     }
 
-    /// This incarnation may not commit any more: records it handed over were applied to a
-    /// state that is gone (refused as stale). Cleared before any later report is sent, so
-    /// the partition never commits past them.
-    pub fn fence(&self, reason: String) {
-        if self.alive.swap(false, Ordering::AcqRel) {
-            self.reports.do_send(PartitionReport::Fenced(reason));
-        }
-    }
-
     /// The partition itself retires this incarnation (restart, revoke, loss).
     pub fn retire(&self) {
         self.alive.store(false, Ordering::Release);
@@ -65,8 +56,8 @@ impl PartitionLink {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub enum PartitionReport {
+    /// Every effect of the records at these offsets is durable.
     Durable(Vec<u64>),
-    Fenced(String),
 }
 
 /// A partition's decoded records for the users one shard owns, in partition order.
@@ -90,15 +81,12 @@ pub struct Drain {
 #[rtype(result = "()")]
 pub struct Abandon;
 
-/// A partition incarnation stopped (a contained panic, or fenced).
+/// A partition incarnation stopped (a contained panic).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct PartitionFailed {
     pub partition: u32,
     pub cause: String,
-    /// Stopped because a state it fed was superseded (an ownership change, not a fault): not
-    /// counted against the restart intensity.
-    pub fenced: bool,
 }
 
 /// Drain every partition (shutdown); resolves when all are committed.
@@ -120,7 +108,7 @@ pub struct Escalate {
 }
 
 /// One shard's flush: the dirty users' snapshots and what they triggered, written by the
-/// shard's batcher in order (claim, documents, messages, states, dead letters).
+/// shard's batcher in order (messages, documents, cache, dead letters).
 #[derive(Message)]
 #[rtype(result = "WriteOutcome")]
 pub struct WriteBatch {
@@ -130,7 +118,6 @@ pub struct WriteBatch {
     pub raw: Vec<(Arc<str>, Record)>,
     /// Records to dead-letter with this flush (quarantined users, earlier refusals).
     pub dead: Vec<DeadLetter>,
-    pub seen: SeenPolicy,
     /// Events applied (for `herald_batch_size`).
     pub events: u64,
 }
@@ -138,7 +125,8 @@ pub struct WriteBatch {
 /// What became of a flush's users.
 #[derive(Debug, Default)]
 pub struct WriteOutcome {
-    /// Another owner wrote a newer version: this state is stale and must not be used.
+    /// Another owner wrote a newer version: this state is stale and must not be used (the
+    /// shard applies the user's records again to the newer one).
     pub stale: Vec<Arc<str>>,
     /// The store refused the document (bad data): its records were dead-lettered.
     pub refused: Vec<(Arc<str>, String)>,

@@ -15,6 +15,7 @@ pub mod reconciler;
 pub mod retry;
 pub mod root;
 pub mod source_supervisor;
+pub mod state_loader;
 pub mod supervision;
 pub mod user_shard;
 
@@ -138,21 +139,14 @@ impl Pipeline {
             shards: Default::default(),
             dispatchers: by_channel,
             provider_names: names,
+            root: Default::default(),
         });
         let shard_count = spec.batch_shards.max(1);
-        // A fresh fencing owner per process and shard: a restarted Herald never mistakes an
-        // earlier incarnation's claim for its own.
-        let epoch = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        let owner_base = epoch ^ (u64::from(std::process::id()) << 32) ^ spec.seed;
         let shards: Vec<Shard> = (0..shard_count)
             .map(|i| {
                 let arbiter = &handles[i % handles.len()];
                 let s = shared.clone();
-                let owner = owner_base.wrapping_add(i as u64 + 1);
-                let batcher =
-                    Batcher::start_in_arbiter(arbiter, move |_| Batcher::new(i, s, owner));
+                let batcher = Batcher::start_in_arbiter(arbiter, move |_| Batcher::new(i, s));
                 let s = shared.clone();
                 let addr = UserShard::start_in_arbiter(arbiter, move |_| {
                     UserShard::new(i, shard_count, s, batcher)
@@ -170,6 +164,7 @@ impl Pipeline {
         let retry = RetryActor::new(shared.clone()).start();
         let (failure_tx, failure) = watch::channel(None);
         let root = RootSupervisor::new(failure_tx).start();
+        let _ = shared.root.set(root.clone().recipient());
         let source =
             SourceSupervisor::new(shared.clone(), handles, root.clone().recipient()).start();
         root.do_send(Attach(source.clone().recipient()));

@@ -32,7 +32,8 @@ pub struct PartitionActor {
     shared: Arc<Shared>,
     reader: Arc<dyn PartitionReader>,
     supervisor: Recipient<PartitionFailed>,
-    /// This incarnation as the shards see it; set when the actor starts.
+    /// This incarnation as the shards see it; set when the actor starts, retired when it
+    /// stops (the shards then drop what it handed over and did not apply yet).
     link: Option<Arc<PartitionLink>>,
     watermark: Watermark,
     last_committed: u64,
@@ -47,8 +48,6 @@ pub struct PartitionActor {
     /// The source took the partition away (a closed RabbitMQ channel): nothing more can be
     /// committed; a drain finishes once the in-flight work is durable.
     lost: bool,
-    /// Stopped by fencing (not a fault).
-    fenced: bool,
     /// The first offset this incarnation dispatched.
     first_offset: Option<u64>,
 }
@@ -78,7 +77,6 @@ impl PartitionActor {
             draining: Vec::new(),
             failed: false,
             lost: false,
-            fenced: false,
             first_offset: None,
         }
     }
@@ -87,12 +85,12 @@ impl PartitionActor {
         &self.shared.settings
     }
 
-    /// Whether the shards still accept this incarnation's commits (not fenced).
+    /// Whether this incarnation is still the partition's (not retired).
     fn alive(&self) -> bool {
         self.link.as_ref().is_some_and(|l| l.is_alive())
     }
 
-    /// Reads the next batch unless paused (draining, too much in flight, fenced).
+    /// Reads the next batch unless paused (draining, too much in flight, retired).
     fn pump(&mut self, ctx: &mut Context<Self>) {
         if self.fetching || !self.draining.is_empty() || self.failed || self.lost || !self.alive() {
             return;
@@ -352,7 +350,6 @@ impl PartitionActor {
         self.supervisor.do_send(PartitionFailed {
             partition: self.partition,
             cause,
-            fenced: self.fenced,
         });
         ctx.stop();
     }
@@ -399,14 +396,6 @@ impl Handler<PartitionReport> for PartitionActor {
                     self.watermark.complete(o);
                 }
                 self.after_progress(ctx);
-            }
-            PartitionReport::Fenced(reason) => {
-                // Some of this incarnation's records went into a state another owner
-                // superseded: start again from the committed position, whose replays the
-                // reloaded (newer) state skips or applies once.
-                self.shared.ports.metrics.partition_fenced(self.partition);
-                self.fenced = true;
-                self.fail(ctx, "partition", format!("fenced: {reason}"));
             }
         }
     }

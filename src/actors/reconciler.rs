@@ -1,11 +1,13 @@
 //! The reconciler: finds messages waiting on a send (`queued`, `retrying`) that no retry
-//! schedule entry holds, and adopts each with an entry due now, which the retry sweep then
-//! claims (a lease owned by the claiming instance) and fires.
+//! schedule entry holds, and adopts each with an entry due one lease from now, which the retry
+//! sweep then claims (a lease owned by the claiming instance) and fires. One lease later, not
+//! at once: when the entry was lost with Redis while its send was in flight, the send records
+//! its outcome first, and the fired entry then finds the attempt made and sends nothing.
 //!
 //! Every send Herald starts holds an entry from before it goes out, and every retry is
 //! scheduled before the message reads `retrying`, so a waiting message without one was
 //! stranded: its instance died between storing the message and leasing its first send, or
-//! the schedule itself was lost (Redis restarted without persistence). Adoption creates the
+//! the schedule itself was lost (Redis restarted without persistence, flushed, failed over). Adoption creates the
 //! entry only if the message still has none: a batcher that stored the message and is just
 //! about to lease its send finds the entry and leaves the send to the sweep, so whichever
 //! comes first owns it and the send fires once.
@@ -13,6 +15,7 @@
 use crate::ports::RetryEntry;
 
 use super::context::Shared;
+use super::dispatcher::LEASE_MS;
 
 /// Messages read per page.
 const PAGE: usize = 1_000;
@@ -31,7 +34,7 @@ pub async fn reconcile(shared: &Shared, idle_before_ms: i64) -> Result<usize, St
             .map_err(|e| e.to_string())?;
         let Some(last) = page.last() else { break };
         after = Some(last.id.clone());
-        let now = ports.clock.now_ms();
+        let due = ports.clock.now_ms() + LEASE_MS;
         let entries: Vec<RetryEntry> = page
             .iter()
             // A channel without providers now (configuration changed) has nobody to send.
@@ -42,7 +45,7 @@ pub async fn reconcile(shared: &Shared, idle_before_ms: i64) -> Result<usize, St
                     message_id: r.id.clone(),
                     attempt,
                     resend,
-                    due_ms: now,
+                    due_ms: due,
                     lapsed: false,
                 })
             })

@@ -49,13 +49,22 @@ impl RetryActor {
         let shared = self.shared.clone();
         let fut = async move {
             let ports = &shared.ports;
+            // A schedule that lost entries (Redis restarted empty, flushed, failed over) is
+            // rebuilt from `messages` at once.
+            let lost = match ports.retries.lost_entries().await {
+                Ok(lost) => lost,
+                Err(e) => {
+                    tracing::warn!(error = %e, "retry sweep failed; next sweep retries");
+                    return false;
+                }
+            };
             loop {
                 let now = ports.clock.now_ms();
                 let due = match ports.retries.claim_due(now, LEASE_MS, CLAIM_BATCH).await {
                     Ok(d) => d,
                     Err(e) => {
                         tracing::warn!(error = %e, "retry sweep failed; next sweep retries");
-                        return;
+                        return lost;
                     }
                 };
                 let n = due.len();
@@ -114,11 +123,18 @@ impl RetryActor {
                         .await;
                 }
                 if n < CLAIM_BATCH {
-                    return;
+                    return lost;
                 }
             }
         };
-        ctx.spawn(fut.into_actor(self).map(|(), act, _| act.sweeping = false));
+        ctx.spawn(fut.into_actor(self).map(|lost, act, ctx| {
+            act.sweeping = false;
+            if lost {
+                tracing::warn!("the retry schedule lost entries (its Redis restarted empty, was flushed or failed over); rebuilding it from messages");
+                let now = act.shared.ports.clock.now_ms();
+                act.reconcile(ctx, now);
+            }
+        }));
     }
 
     /// Adopts stranded messages (see [`reconcile`]), then sweeps for them at once. The

@@ -33,8 +33,6 @@ pub struct SourceSupervisor {
 
 /// Retry opening a partition's reader after this long.
 const REOPEN_AFTER: Duration = Duration::from_secs(1);
-/// Restart a fenced partition after this long.
-const FENCED_RESTART_AFTER: Duration = Duration::from_millis(500);
 
 impl SourceSupervisor {
     pub fn new(
@@ -186,22 +184,6 @@ impl Handler<PartitionFailed> for SourceSupervisor {
     fn handle(&mut self, msg: PartitionFailed, ctx: &mut Context<Self>) {
         self.partitions.remove(&msg.partition);
         if self.draining {
-            return;
-        }
-        if msg.fenced {
-            // An ownership change, not a fault: let the previous owner's writes settle a
-            // moment, then read again from the commit.
-            tracing::warn!(
-                partition = msg.partition,
-                cause = msg.cause,
-                "restarting fenced partition from its committed position"
-            );
-            let partition = msg.partition;
-            ctx.run_later(FENCED_RESTART_AFTER, move |act, ctx| {
-                if act.assigned.contains(&partition) {
-                    act.start_partition(partition, ctx);
-                }
-            });
             return;
         }
         let allowed = self

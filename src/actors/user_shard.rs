@@ -1,15 +1,19 @@
-//! User shards: the one owner of every user whose key hashes to it, whatever partition or
-//! queue carries the user's records (G8). A shard hosts its users' aggregators as light
-//! entities (the Akka-sharding / Orleans shape: an entity is a state in the shard's table, not
-//! an actor of its own), applies each user's records in arrival order — one partition's
-//! records arrive in partition order, as one mailbox delivers them — skips replays and
-//! duplicates, evaluates campaigns, and coalesces dirty users into flushes that its batcher
-//! writes, one flush in flight at a time.
+//! User shards: the one owner, on this instance, of every user whose key hashes to it, whatever
+//! partition or queue carries the user's records (G8). A shard hosts its users' aggregators as
+//! light entities (the Akka-sharding / Orleans shape: an entity is a state in the shard's
+//! table, not an actor of its own), applies each user's records in arrival order — one
+//! partition's records arrive in partition order, as one mailbox delivers them — skips replays
+//! and duplicates, evaluates campaigns, and coalesces dirty users into flushes that its
+//! batcher writes, one flush in flight at a time.
 //!
-//! A user not resident is loaded from the state store (many per round trip) while its records
-//! wait; at most `aggregator.max_resident` (over all shards) stay resident: beyond it, and
-//! after `aggregator.idle_ms` without records, durable users are passivated, the least
-//! valuable first (a CLOCK sweep whose second chances count recent use).
+//! A user not resident is loaded (many per round trip: the cache, then the system of record)
+//! while its records wait; at most `aggregator.max_resident` (over all shards) stay resident:
+//! beyond it, and after `aggregator.idle_ms` without records, durable users are passivated,
+//! the least valuable first (a CLOCK sweep whose second chances count recent use).
+//!
+//! A user whose write turns out stale (another instance moved it on), or whose application
+//! panicked, is dropped and its records since its last durable write are applied again to a
+//! reloaded state (ARCHITECTURE.md, "Ownership across instances"): no partition restarts.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,21 +22,29 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use crate::domain::campaign::{evaluate_all, TriggeredMessage};
+use crate::domain::event::decode;
+use crate::domain::keys::message_fingerprint;
 use crate::domain::profile::growth_bound;
 use crate::domain::user::{ApplyOutcome, Position, UserState};
-use crate::ports::{DeadLetter, LoadedState, Record, SeenPolicy, UserSnapshot};
+use crate::ports::{DeadLetter, LoadedState, Record, UserSnapshot};
 
 use super::batcher::Batcher;
 use super::context::Shared;
 use super::messages::{ApplyBatch, FlushNow, PartitionLink, UserRecord, WriteBatch, WriteOutcome};
-use super::supervision::{contain, contain_async};
+use super::state_loader;
+use super::supervision::{contain, contain_async, RestartIntensity};
 
-/// Users per state-store load.
+/// Users per load.
 const LOAD_CHUNK: usize = 1000;
 /// Loads in flight per shard.
 const MAX_LOADS: usize = 4;
 /// Most second chances a frequently used user earns against passivation.
 const MAX_HITS: u8 = 3;
+/// Panics of one record before it is dead-lettered as poison.
+const POISON_AFTER: u8 = 2;
+/// Records whose panics are remembered (beyond it the memory is cleared: a record then needs
+/// two more panics).
+const POISON_MEMORY: usize = 10_000;
 
 /// A resident user.
 struct Entity {
@@ -48,9 +60,6 @@ struct Entity {
     hits: u8,
     /// Seconds since the shard started, at its last record.
     last_active: u32,
-    /// Partitions (mod 64) whose records it applied since its last durable write: the ones to
-    /// fence if that state turns out stale.
-    touched: u64,
     /// An upper bound of its profile's JSON size: exact when measured, then grown by each
     /// applied record's [`growth_bound`]. Only when it nears `limits.max_profile_bytes` is the
     /// profile measured again, so the limit costs nothing for profiles far below it.
@@ -67,7 +76,6 @@ impl Entity {
             in_flight: false,
             hits: 0,
             last_active: 0,
-            touched: 0,
         }
     }
 
@@ -86,23 +94,34 @@ enum Applied {
     Changed,
     /// A replay or a duplicate.
     Skipped,
-    /// Dead-lettered: a quarantined user's record, or one that would make the profile too
-    /// large.
+    /// Dead-lettered: a quarantined user's record, one that would make the profile too large,
+    /// or a poison record.
     DeadLettered,
-    /// The domain panicked: the user was dropped and its partitions fenced.
+    /// The domain panicked: the user was dropped and its records queued for a reload.
     Failed,
 }
 
-/// Records of a user waiting for its state to load.
+/// Records of a user waiting for its state to load, in order.
 type Waiting = Vec<(Arc<PartitionLink>, UserRecord)>;
+
+/// A record applied to a user, kept until the state holding it is durable: if that state
+/// turns out stale, the record is applied again to the newer one.
+struct Held {
+    user: Arc<str>,
+    link: Arc<PartitionLink>,
+    record: Record,
+}
 
 /// What the next flush writes and reports.
 #[derive(Default)]
 struct Batch {
     dirty: Vec<Arc<str>>,
+    /// The offsets this flush reports durable, per partition incarnation (replays,
+    /// duplicates and dead letters included).
     offsets: Vec<(Arc<PartitionLink>, Vec<u64>)>,
     messages: Vec<(Arc<str>, TriggeredMessage)>,
-    raw: Vec<(Arc<str>, Record)>,
+    /// The records applied to the dirty users, in order.
+    applied: Vec<Held>,
     dead: Vec<DeadLetter>,
     events: u64,
     records: usize,
@@ -127,20 +146,44 @@ impl Batch {
         self.records == 0 && self.dead.is_empty()
     }
 
-    /// Takes a user's records and messages out (its state is gone).
-    fn forget(&mut self, user: &str) -> Vec<Record> {
+    /// Takes a user's applied records out, with their offsets (they are applied again to a
+    /// reloaded state, and reported with that), and drops its messages (triggered by a state
+    /// that is gone).
+    fn take_user(&mut self, user: &str) -> Vec<Held> {
         self.dirty.retain(|u| &**u != user);
         self.messages.retain(|(u, _)| &**u != user);
         let mut taken = Vec::new();
-        self.raw.retain(|(u, r)| {
-            if &**u == user {
-                taken.push(r.clone());
-                false
+        let mut kept = Vec::with_capacity(self.applied.len());
+        for h in self.applied.drain(..) {
+            if &*h.user == user {
+                taken.push(h);
             } else {
-                true
+                kept.push(h);
             }
-        });
+        }
+        self.applied = kept;
+        self.forget_offsets(&taken);
         taken
+    }
+
+    /// Removes the offsets of `held` from what this batch reports.
+    fn forget_offsets(&mut self, held: &[Held]) {
+        if held.is_empty() {
+            return;
+        }
+        let drop: std::collections::HashSet<(usize, u64), ahash::RandomState> = held
+            .iter()
+            .map(|h| (Arc::as_ptr(&h.link) as usize, h.record.offset))
+            .collect();
+        let mut removed = 0;
+        for (link, offsets) in &mut self.offsets {
+            let ptr = Arc::as_ptr(link) as usize;
+            let before = offsets.len();
+            offsets.retain(|o| !drop.contains(&(ptr, *o)));
+            removed += before - offsets.len();
+        }
+        self.offsets.retain(|(_, o)| !o.is_empty());
+        self.records = self.records.saturating_sub(removed);
     }
 }
 
@@ -153,19 +196,29 @@ pub struct UserShard {
     hand: usize,
     cap: usize,
     loading: HashMap<Arc<str>, Waiting, ahash::RandomState>,
+    /// Users to load from the cache first.
     load_queue: Vec<Arc<str>>,
+    /// Users to load from the system of record only (their cached state was found stale).
+    fresh_queue: Vec<Arc<str>>,
     loads_in_flight: usize,
     acc: Batch,
     flushing: bool,
     timer: Option<SpawnHandle>,
-    /// Partition incarnations that handed records to this shard (to fence by partition).
-    links: Vec<Arc<PartitionLink>>,
+    /// How often each record whose application panicked did so, by (partition, offset,
+    /// messageId fingerprint).
+    panics: HashMap<(u32, u64, u64), u8, ahash::RandomState>,
+    /// Poison records in the last minute: beyond `pipeline.max_poison_per_minute`, a fault.
+    poison_rate: RestartIntensity,
     started: Instant,
 }
 
 impl UserShard {
     pub fn new(index: usize, shards: usize, shared: Arc<Shared>, batcher: Addr<Batcher>) -> Self {
         let cap = (shared.settings.max_resident / shards.max(1)).max(1);
+        let poison_rate = RestartIntensity::new(
+            shared.settings.max_poison_per_minute,
+            Duration::from_secs(60),
+        );
         UserShard {
             index,
             shared,
@@ -176,11 +229,13 @@ impl UserShard {
             cap,
             loading: HashMap::default(),
             load_queue: Vec::new(),
+            fresh_queue: Vec::new(),
             loads_in_flight: 0,
             acc: Batch::default(),
             flushing: false,
             timer: None,
-            links: Vec::new(),
+            panics: HashMap::default(),
+            poison_rate,
             started: Instant::now(),
         }
     }
@@ -189,52 +244,65 @@ impl UserShard {
         self.started.elapsed().as_secs() as u32
     }
 
-    fn remember_link(&mut self, link: &Arc<PartitionLink>) {
-        if !self.links.iter().any(|l| Arc::ptr_eq(l, link)) {
-            self.links.retain(|l| l.is_alive());
-            self.links.push(link.clone());
-        }
-    }
-
     fn handle_batch(&mut self, batch: ApplyBatch, ctx: &mut Context<Self>) {
-        self.remember_link(&batch.link);
+        if !batch.link.is_alive() {
+            // A retired incarnation (revoked, lost, restarted): its successor reads these
+            // records again from the commit, and must find them unapplied.
+            tracing::debug!(
+                shard = self.index,
+                partition = batch.link.partition,
+                records = batch.records.len(),
+                "dropping a batch of a retired partition incarnation"
+            );
+            return;
+        }
         let tick = self.now_tick();
         let now_ms = self.shared.ports.clock.now_ms();
-        let mut applied = 0u64;
-        let mut skipped = 0u64;
-        let mut earliest = i64::MAX;
+        let mut counts = Counts::default();
         for record in batch.records {
-            let key = record.event.user_id.as_str();
-            if let Some(waiting) = self.loading.get_mut(key) {
-                waiting.push((batch.link.clone(), record));
-                continue;
-            }
-            let Some(&slot) = self.users.get(key) else {
-                let key: Arc<str> = Arc::from(key);
-                self.loading
-                    .insert(key.clone(), vec![(batch.link.clone(), record)]);
-                self.load_queue.push(key);
-                continue;
-            };
-            earliest = earliest.min(record.ts);
-            match self.apply_one(slot as usize, &batch.link, record, now_ms, tick) {
-                Applied::Changed => applied += 1,
-                Applied::Skipped => skipped += 1,
-                Applied::DeadLettered | Applied::Failed => {}
-            }
+            self.route(&batch.link, record, now_ms, tick, &mut counts);
         }
-        self.count(applied, skipped, earliest);
+        self.count(counts);
         self.start_loads(ctx);
         self.maybe_flush(ctx);
     }
 
-    fn count(&mut self, applied: u64, skipped: u64, earliest: i64) {
+    /// Applies a record to its resident user, or queues it behind the user's load.
+    fn route(
+        &mut self,
+        link: &Arc<PartitionLink>,
+        record: UserRecord,
+        now_ms: i64,
+        tick: u32,
+        counts: &mut Counts,
+    ) {
+        let key = record.event.user_id.as_str();
+        if let Some(waiting) = self.loading.get_mut(key) {
+            waiting.push((link.clone(), record));
+            return;
+        }
+        let Some(&slot) = self.users.get(key) else {
+            let key: Arc<str> = Arc::from(key);
+            self.loading
+                .insert(key.clone(), vec![(link.clone(), record)]);
+            self.load_queue.push(key);
+            return;
+        };
+        counts.earliest = counts.earliest.min(record.ts);
+        match self.apply_one(slot as usize, link, record, now_ms, tick) {
+            Applied::Changed => counts.applied += 1,
+            Applied::Skipped => counts.skipped += 1,
+            Applied::DeadLettered | Applied::Failed => {}
+        }
+    }
+
+    fn count(&mut self, counts: Counts) {
         let metrics = &self.shared.ports.metrics;
-        metrics.applied.inc_by(applied);
-        metrics.duplicates.inc_by(skipped);
-        if applied > 0 {
-            self.acc.events += applied;
-            self.acc.latency.push((earliest, applied));
+        metrics.applied.inc_by(counts.applied);
+        metrics.duplicates.inc_by(counts.skipped);
+        if counts.applied > 0 {
+            self.acc.events += counts.applied;
+            self.acc.latency.push((counts.earliest, counts.applied));
         }
     }
 
@@ -270,11 +338,14 @@ impl UserShard {
             partition: record.raw.partition,
             offset,
         });
-        entity.touched |= 1 << (record.raw.partition % 64);
         let limit = shared.settings.max_profile_bytes;
         let growth = growth_bound(record.raw.payload.len());
         let near_limit = entity.size_bound.saturating_add(growth) > limit;
+        let fault = shared.settings.fault_panic(&record.event.message_id);
         let applied = contain(|| {
+            if fault {
+                panic!("fault injection: applying {}", record.event.message_id);
+            }
             let mut too_large = None;
             let outcome = if near_limit {
                 // Applied to a copy and measured: the profile changes only if it stays within.
@@ -309,16 +380,8 @@ impl UserShard {
         let (outcome, messages, too_large) = match applied {
             Ok(v) => v,
             Err(cause) => {
-                // The state may be half-changed: drop it, and have every partition that fed it
-                // since its last durable write read again from its commit.
-                shared
-                    .ports
-                    .metrics
-                    .actor_restarted("aggregator", &format!("user {key}: {cause}"));
-                let (key, touched) = (key.clone(), entity.touched);
-                self.evict(slot);
-                self.acc.forget(&key);
-                self.fence(touched, &key);
+                let key = key.clone();
+                self.failed(slot, key, link, record, cause);
                 return Applied::Failed;
             }
         };
@@ -348,25 +411,152 @@ impl UserShard {
         for m in messages {
             self.acc.messages.push((key.clone(), m));
         }
-        self.acc.raw.push((key.clone(), record.raw));
+        self.acc.applied.push(Held {
+            user: key.clone(),
+            link: link.clone(),
+            record: record.raw,
+        });
         self.acc.offset(link, offset);
         Applied::Changed
     }
 
+    /// The application of `record` to the user in `slot` panicked: its state may be
+    /// half-changed, so it is dropped and the user's records since its last snapshot are
+    /// applied again to a reloaded state. The record itself goes with them the first time,
+    /// and to the dead-letter destination the second.
+    fn failed(
+        &mut self,
+        slot: usize,
+        key: Arc<str>,
+        link: &Arc<PartitionLink>,
+        record: UserRecord,
+        cause: String,
+    ) {
+        let metrics = self.shared.ports.metrics.clone();
+        metrics.actor_restarted("aggregator", &format!("user {key}: {cause}"));
+        self.evict(slot);
+        let mut held = self.acc.take_user(&key);
+        let id = (
+            record.raw.partition,
+            record.raw.offset,
+            message_fingerprint(&record.event.message_id),
+        );
+        if self.panics.len() >= POISON_MEMORY {
+            self.panics.clear();
+        }
+        let panics = self.panics.entry(id).or_insert(0);
+        *panics += 1;
+        if *panics >= POISON_AFTER {
+            self.panics.remove(&id);
+            tracing::error!(
+                shard = self.index,
+                user_id = %key,
+                partition = record.raw.partition,
+                offset = record.raw.offset,
+                message_id = %record.event.message_id,
+                panic = %cause,
+                "applying this record panicked twice; dead-lettering it as poison"
+            );
+            metrics.poison_record(record.raw.partition, &cause);
+            self.acc.offset(link, record.raw.offset);
+            self.acc.dead.push(DeadLetter {
+                error: format!("poison: applying it panicked twice: {cause}"),
+                record: record.raw,
+            });
+            if !self.poison_rate.allow(Instant::now()) {
+                self.shared.escalate(
+                    "aggregator",
+                    format!(
+                        "more than {} poison records within a minute on shard {}: a fault, not bad data; last: {cause}",
+                        self.shared.settings.max_poison_per_minute, self.index
+                    ),
+                );
+            }
+        } else {
+            held.push(Held {
+                user: key.clone(),
+                link: link.clone(),
+                record: record.raw,
+            });
+        }
+        self.requeue(key, held, false);
+    }
+
+    /// Puts a dropped user's records back in front of its queue, in order, and loads it
+    /// again (`fresh`: from the system of record, its cached state being stale).
+    fn requeue(&mut self, key: Arc<str>, held: Vec<Held>, fresh: bool) {
+        let max_bytes = self.shared.settings.max_message_bytes;
+        let mut records: Waiting = Vec::with_capacity(held.len());
+        for h in held {
+            if !h.link.is_alive() {
+                // Its incarnation is gone: the successor reads it again from the commit.
+                continue;
+            }
+            match decode(&h.record.payload, max_bytes) {
+                Ok(event) => {
+                    let ts = h.record.timestamp_ms.unwrap_or(event.timestamp_ms);
+                    records.push((
+                        h.link,
+                        UserRecord {
+                            event,
+                            ts,
+                            raw: h.record,
+                        },
+                    ));
+                }
+                // It decoded when it was read; the same bytes decode the same way.
+                Err(e) => {
+                    tracing::error!(user_id = %key, error = %e, "a held record no longer decodes")
+                }
+            }
+        }
+        match self.loading.get_mut(&key) {
+            Some(waiting) => {
+                records.append(waiting);
+                *waiting = records;
+                if fresh {
+                    if let Some(i) = self.load_queue.iter().position(|k| *k == key) {
+                        self.load_queue.swap_remove(i);
+                        self.fresh_queue.push(key);
+                    }
+                }
+            }
+            None => {
+                self.loading.insert(key.clone(), records);
+                if fresh {
+                    self.fresh_queue.push(key);
+                } else {
+                    self.load_queue.push(key);
+                }
+            }
+        }
+    }
+
     /// Loads queued users' states, a chunk per round trip.
     fn start_loads(&mut self, ctx: &mut Context<Self>) {
-        while self.loads_in_flight < MAX_LOADS && !self.load_queue.is_empty() {
-            let n = self.load_queue.len().min(LOAD_CHUNK);
-            let users: Vec<Arc<str>> = self.load_queue.drain(..n).collect();
+        while self.loads_in_flight < MAX_LOADS
+            && !(self.load_queue.is_empty() && self.fresh_queue.is_empty())
+        {
+            let fresh = !self.fresh_queue.is_empty();
+            let queue = if fresh {
+                &mut self.fresh_queue
+            } else {
+                &mut self.load_queue
+            };
+            let n = queue.len().min(LOAD_CHUNK);
+            let users: Vec<Arc<str>> = queue.drain(..n).collect();
             self.loads_in_flight += 1;
-            let store = self.shared.ports.state.clone();
-            let metrics = self.shared.ports.metrics.clone();
+            let shared = self.shared.clone();
             let shard = self.index;
             let fut = async move {
                 let mut delay = Duration::from_millis(10);
                 loop {
                     // The call itself may panic, not only its future: contain both.
-                    match contain_async(async { store.load(users.clone()).await }).await {
+                    let load = contain_async(async {
+                        state_loader::load(&shared.ports, users.clone(), fresh).await
+                    })
+                    .await;
+                    match load {
                         Ok(Ok(states)) if states.len() == users.len() => return (users, states),
                         Ok(Ok(_)) => tracing::warn!(
                             shard,
@@ -375,7 +565,7 @@ impl UserShard {
                         Ok(Err(e)) => {
                             tracing::warn!(shard, error = %e, "state load failed; retrying")
                         }
-                        Err(panic) => metrics.actor_restarted(
+                        Err(panic) => shared.ports.metrics.actor_restarted(
                             "aggregator",
                             &format!("state load panicked: {panic}"),
                         ),
@@ -398,9 +588,7 @@ impl UserShard {
     fn install(&mut self, users: Vec<Arc<str>>, states: Vec<LoadedState>) {
         let tick = self.now_tick();
         let now_ms = self.shared.ports.clock.now_ms();
-        let mut applied = 0u64;
-        let mut skipped = 0u64;
-        let mut earliest = i64::MAX;
+        let mut counts = Counts::default();
         for (key, loaded) in users.into_iter().zip(states) {
             let Some(waiting) = self.loading.remove(&key) else {
                 continue;
@@ -427,17 +615,12 @@ impl UserShard {
             self.users.insert(key, slot as u32);
             self.shared.ports.metrics.aggregators_changed(1);
             for (link, record) in waiting {
-                earliest = earliest.min(record.ts);
-                match self.apply_one(slot, &link, record, now_ms, tick) {
-                    Applied::Changed => applied += 1,
-                    Applied::Skipped => skipped += 1,
-                    Applied::DeadLettered => {}
-                    // Evicted, its partitions fenced: the rest comes again.
-                    Applied::Failed => break,
+                if link.is_alive() {
+                    self.route(&link, record, now_ms, tick, &mut counts);
                 }
             }
         }
-        self.count(applied, skipped, earliest);
+        self.count(counts);
     }
 
     fn evict(&mut self, slot: usize) {
@@ -512,6 +695,8 @@ impl UserShard {
             ctx.cancel_future(t);
         }
         let batch = std::mem::take(&mut self.acc);
+        // The dedup window as stored: what is older than `dedup.window_ms` is dropped.
+        let seen_since = self.shared.ports.clock.now_ms() - self.shared.settings.dedup.window_ms;
         let mut snapshots = Vec::with_capacity(batch.dirty.len());
         for key in &batch.dirty {
             let Some(&slot) = self.users.get(key) else {
@@ -528,7 +713,12 @@ impl UserShard {
                 version: e.state.version + 1,
                 profile: e.state.profile.clone(),
                 positions: e.state.positions.clone(),
-                seen_added: e.state.seen.take_unsaved(),
+                seen: e
+                    .state
+                    .seen
+                    .entries()
+                    .filter(|(_, at)| *at >= seen_since)
+                    .collect(),
             }));
         }
         if snapshots.is_empty() && batch.dead.is_empty() {
@@ -536,20 +726,21 @@ impl UserShard {
             return;
         }
         self.flushing = true;
-        let dedup = self.shared.settings.dedup;
+        let raw = batch
+            .applied
+            .iter()
+            .map(|h| (h.user.clone(), h.record.clone()))
+            .collect();
         let write = WriteBatch {
             snapshots: snapshots.clone(),
             messages: batch.messages,
-            raw: batch.raw,
+            raw,
             dead: batch.dead,
-            seen: SeenPolicy {
-                expire_before_ms: self.shared.ports.clock.now_ms() - dedup.window_ms,
-                max_ids: dedup.max_ids,
-            },
             events: batch.events,
         };
         let rest = Batch {
             offsets: batch.offsets,
+            applied: batch.applied,
             latency: batch.latency,
             events: batch.events,
             ..Batch::default()
@@ -571,7 +762,7 @@ impl UserShard {
     /// The flush is written: settle its users, report durability, go on.
     fn after_flush(
         &mut self,
-        batch: Batch,
+        mut batch: Batch,
         snapshots: Vec<Arc<UserSnapshot>>,
         outcome: WriteOutcome,
         ctx: &mut Context<Self>,
@@ -579,16 +770,21 @@ impl UserShard {
         self.flushing = false;
         let metrics = self.shared.ports.metrics.clone();
         for key in &outcome.stale {
-            // Another owner moved this user on: what this shard applied since its last
-            // durable write is not in the store and never will be. Its partitions start again
-            // from their commits (fenced before any report below reaches them).
+            // Another owner moved this user on: what this shard applied to it since its
+            // last durable write is applied again, in order, to the state MongoDB holds.
             metrics.stale_write();
+            let mut held = batch.take_user(key);
             if let Some(&slot) = self.users.get(key) {
-                let touched = self.slots[slot as usize].entity.touched;
                 self.evict(slot as usize);
-                self.acc.forget(key);
-                self.fence(touched, key);
             }
+            held.extend(self.acc.take_user(key));
+            tracing::debug!(
+                shard = self.index,
+                user_id = %key,
+                records = held.len(),
+                "a newer state of this user was written elsewhere; applying its records again to it"
+            );
+            self.requeue(key.clone(), held, true);
         }
         for (key, detail) in &outcome.refused {
             // The batcher dead-lettered this flush's records of the user; later ones were
@@ -596,13 +792,14 @@ impl UserShard {
             if let Some(&slot) = self.users.get(key) {
                 self.evict(slot as usize);
             }
-            for record in self.acc.forget(key) {
-                metrics.store_refused(record.partition, detail);
+            for h in self.acc.take_user(key) {
+                metrics.store_refused(h.record.partition, detail);
+                self.acc.offset(&h.link, h.record.offset);
                 self.acc.dead.push(DeadLetter {
                     error: format!(
                         "store_refused: an earlier record of this user was refused: {detail}"
                     ),
-                    record,
+                    record: h.record,
                 });
             }
         }
@@ -612,9 +809,6 @@ impl UserShard {
                 if e.in_flight && e.state.version + 1 == snap.version {
                     e.in_flight = false;
                     e.state.version = snap.version;
-                    if !e.dirty {
-                        e.touched = 0;
-                    }
                 }
             }
         }
@@ -626,22 +820,26 @@ impl UserShard {
         for (link, offsets) in batch.offsets {
             link.durable(offsets);
         }
+        self.start_loads(ctx);
         self.passivate_to_cap();
         self.maybe_flush(ctx);
     }
+}
 
-    /// Fences every live partition incarnation whose partition is in `touched` (mod 64).
-    fn fence(&mut self, touched: u64, user: &str) {
-        for link in &self.links {
-            if touched & (1 << (link.partition % 64)) != 0 && link.is_alive() {
-                tracing::warn!(
-                    shard = self.index,
-                    partition = link.partition,
-                    user_id = user,
-                    "a newer state of this user was written by another owner; restarting the partition from its commit"
-                );
-                link.fence(format!("user {user}: state superseded by another owner"));
-            }
+/// What one pass of applications did (for the metrics).
+struct Counts {
+    applied: u64,
+    skipped: u64,
+    /// The earliest record time among the applied (for the end-to-end latency).
+    earliest: i64,
+}
+
+impl Default for Counts {
+    fn default() -> Self {
+        Counts {
+            applied: 0,
+            skipped: 0,
+            earliest: i64::MAX,
         }
     }
 }

@@ -295,6 +295,31 @@ impl Config {
                 "use only letters, digits and '_', not starting with a digit".into(),
             ));
         }
+        if self.redis.prefix.contains(['{', '}']) {
+            return Err(err(
+                "redis.prefix",
+                "must not contain '{' or '}' (Herald's keys carry their own Redis Cluster hash tags)"
+                    .into(),
+            ));
+        }
+        if let Some(nodes) = self.redis.cluster_node_list() {
+            for node in &nodes {
+                let scheme = node.split("://").next().unwrap_or("");
+                if !node.contains("://") || !["redis", "rediss"].contains(&scheme) {
+                    return Err(err(
+                        "redis.cluster_nodes",
+                        format!("{node:?}: expected a redis:// URL"),
+                    ));
+                }
+            }
+        }
+        let w = self.mongo.write_concern.as_str();
+        if w.is_empty() || (w.parse::<i32>().is_ok_and(|n| n < 0)) {
+            return Err(err(
+                "mongo.write_concern",
+                "expected \"majority\", a tag set name or a number of nodes".into(),
+            ));
+        }
         for (key, url, schemes) in [
             ("redis.url", &self.redis.url, &["redis", "rediss"][..]),
             (

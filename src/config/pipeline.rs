@@ -41,6 +41,14 @@ pub struct PipelineConfig {
     /// A revoked partition that has not drained by then is given up without a commit (its
     /// records go to the next owner, whose fenced writes win).
     pub revoke_timeout_ms: u64,
+    /// Records whose application panicked twice are dead-lettered as poison; more than this
+    /// many in a minute on one shard is a fault, escalated (the process exits non-zero).
+    #[serde(default = "default_max_poison_per_minute")]
+    pub max_poison_per_minute: usize,
+}
+
+fn default_max_poison_per_minute() -> usize {
+    100
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -1,4 +1,5 @@
-//! `[redis]` and `[mongo]`: where state, the retry schedule and documents are kept.
+//! `[redis]` and `[mongo]`: MongoDB, the system of record (users with their bookkeeping,
+//! messages), and Redis, the cache of user states, the retry schedule and the leases.
 
 use serde::Deserialize;
 
@@ -12,6 +13,32 @@ pub struct RedisConfig {
     /// off by default so a shared Redis is left as its operator configured it).
     #[serde(default)]
     pub configure_notifications: bool,
+    /// Comma-separated `redis://host:port` (or `rediss://`) seed nodes of a Redis Cluster;
+    /// when set, `url` and `retry_db` are not used (a cluster has database 0 only).
+    #[serde(default)]
+    pub cluster_nodes: Option<String>,
+    /// A cached user state expires this long after its last write (MongoDB holds it anyway).
+    #[serde(default = "default_state_ttl_ms")]
+    pub state_ttl_ms: u64,
+}
+
+fn default_state_ttl_ms() -> u64 {
+    7 * 24 * 3_600_000
+}
+
+impl RedisConfig {
+    /// The seed nodes of `cluster_nodes`, if it names any (empty: one Redis at `url`).
+    pub fn cluster_node_list(&self) -> Option<Vec<String>> {
+        let nodes: Vec<String> = self
+            .cluster_nodes
+            .as_deref()?
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_string)
+            .collect();
+        (!nodes.is_empty()).then_some(nodes)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -19,6 +46,15 @@ pub struct RedisConfig {
 pub struct MongoConfig {
     pub url: String,
     pub database: String,
+    /// The write concern of `users` and `messages` writes: `majority` (a source position is
+    /// committed only once a majority of the replica set holds every effect before it), or a
+    /// number of nodes.
+    #[serde(default = "default_write_concern")]
+    pub write_concern: String,
+}
+
+fn default_write_concern() -> String {
+    "majority".into()
 }
 
 /// MongoDB collection/database names as REFERENCE.md §3 allows them.

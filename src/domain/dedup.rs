@@ -15,20 +15,14 @@ pub struct DedupWindow {
     /// the few users whose window is large.
     #[allow(clippy::box_collection)]
     index: Option<Box<HashSet<u64, ahash::RandomState>>>,
-    /// How many of the newest entries are not persisted yet (the store appends them).
-    unsaved: u32,
 }
 
 impl DedupWindow {
-    /// A window holding `entries` (oldest first), all persisted.
+    /// A window holding `entries` (oldest first).
     pub fn from_entries(entries: Vec<(u64, i64)>) -> Self {
         let mut order = VecDeque::from(entries);
         order.shrink_to_fit();
-        let mut w = DedupWindow {
-            order,
-            index: None,
-            unsaved: 0,
-        };
+        let mut w = DedupWindow { order, index: None };
         w.reindex();
         w
     }
@@ -56,7 +50,6 @@ impl DedupWindow {
         if let Some(index) = &mut self.index {
             index.insert(fingerprint);
         }
-        self.unsaved = self.unsaved.saturating_add(1);
         while self.order.len() > max_ids.max(1) {
             self.pop_oldest();
         }
@@ -79,13 +72,6 @@ impl DedupWindow {
 
     pub fn is_empty(&self) -> bool {
         self.order.is_empty()
-    }
-
-    /// The entries added since the last call (what the store must append), newest last.
-    pub fn take_unsaved(&mut self) -> Vec<(u64, i64)> {
-        let n = (self.unsaved as usize).min(self.order.len());
-        self.unsaved = 0;
-        self.order.range(self.order.len() - n..).copied().collect()
     }
 
     /// Heap bytes held (for the residency accounting).
@@ -159,13 +145,11 @@ mod tests {
     }
 
     #[test]
-    fn unsaved_entries_are_the_newest_once() {
+    fn entries_round_trip() {
         let mut w = DedupWindow::from_entries(vec![(1, 1), (2, 2)]);
         w.insert(3, 3, 100, 10);
-        w.insert(4, 4, 100, 10);
-        assert_eq!(w.take_unsaved(), vec![(3, 3), (4, 4)]);
-        assert!(w.take_unsaved().is_empty());
         let back = DedupWindow::from_entries(w.entries().collect());
         assert_eq!(back, w);
+        assert_eq!(back.len(), 3);
     }
 }

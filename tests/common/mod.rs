@@ -24,6 +24,85 @@ use rdkafka::{Offset, TopicPartitionList};
 pub const BROKERS: &str = "127.0.0.1:9092";
 pub const MONGO: &str = "mongodb://127.0.0.1:27017";
 pub const REDIS: &str = "redis://127.0.0.1:6379/0";
+/// The 3-primary Redis Cluster of scripts/backends.sh.
+pub const REDIS_CLUSTER: &str =
+    "redis://127.0.0.1:7101,redis://127.0.0.1:7102,redis://127.0.0.1:7103";
+
+/// Whether the suite runs Herald on the Redis Cluster (`HERALD_TEST_REDIS=cluster`) rather than
+/// on one Redis.
+pub fn on_redis_cluster() -> bool {
+    std::env::var("HERALD_TEST_REDIS").is_ok_and(|v| v == "cluster")
+}
+
+/// A blocking connection to one Redis or to the cluster (each command routed to its slot).
+pub enum SyncRedis {
+    One(redis::Connection),
+    Cluster(Box<redis::cluster::ClusterConnection>),
+}
+
+impl redis::ConnectionLike for SyncRedis {
+    fn req_packed_command(&mut self, cmd: &[u8]) -> redis::RedisResult<redis::Value> {
+        match self {
+            SyncRedis::One(c) => c.req_packed_command(cmd),
+            SyncRedis::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+    fn req_packed_commands(
+        &mut self,
+        cmd: &[u8],
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisResult<Vec<redis::Value>> {
+        match self {
+            SyncRedis::One(c) => c.req_packed_commands(cmd, offset, count),
+            SyncRedis::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+    fn req_command(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<redis::Value> {
+        match self {
+            SyncRedis::One(c) => c.req_command(cmd),
+            SyncRedis::Cluster(c) => c.req_command(cmd),
+        }
+    }
+    fn get_db(&self) -> i64 {
+        match self {
+            SyncRedis::One(c) => c.get_db(),
+            SyncRedis::Cluster(c) => c.get_db(),
+        }
+    }
+    fn check_connection(&mut self) -> bool {
+        match self {
+            SyncRedis::One(c) => c.check_connection(),
+            SyncRedis::Cluster(c) => c.check_connection(),
+        }
+    }
+    fn is_open(&self) -> bool {
+        match self {
+            SyncRedis::One(c) => c.is_open(),
+            SyncRedis::Cluster(c) => c.is_open(),
+        }
+    }
+}
+
+pub fn cluster_aware_connection(
+    target: &herald::adapters::redis::connection::RedisTarget,
+) -> SyncRedis {
+    use herald::adapters::redis::connection::RedisTarget;
+    match target {
+        RedisTarget::Single { url, .. } => SyncRedis::One(
+            redis::Client::open(url.as_str())
+                .unwrap()
+                .get_connection()
+                .unwrap(),
+        ),
+        RedisTarget::Cluster { nodes } => SyncRedis::Cluster(Box::new(
+            redis::cluster::ClusterClient::new(nodes.iter().map(String::as_str))
+                .unwrap()
+                .get_connection()
+                .unwrap(),
+        )),
+    }
+}
 
 /// Which source a test runs against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,6 +163,15 @@ impl Names {
             ("HERALD__MONGO__URL".into(), self.mongo.clone()),
             ("HERALD__MONGO__DATABASE".into(), self.base.clone()),
             ("HERALD__REDIS__URL".into(), self.redis.clone()),
+            (
+                "HERALD__REDIS__CLUSTER_NODES".into(),
+                // A test that runs its own Redis (a private one to stop or flush) keeps it.
+                if on_redis_cluster() && self.redis == REDIS {
+                    REDIS_CLUSTER.into()
+                } else {
+                    String::new()
+                },
+            ),
             ("HERALD__REDIS__PREFIX".into(), format!("{}:", self.base)),
             ("HERALD__PIPELINE__COMMIT_INTERVAL_MS".into(), "200".into()),
             ("HERALD__LOG__FORMAT".into(), "json".into()),
@@ -1010,54 +1098,67 @@ where
     }
 }
 
-/// Every user's state in Redis (hash `<prefix>user:<id>` with `v` and `s`, sorted set
-/// `<prefix>seen:<id>` of 8-byte fingerprints), by user id.
-pub fn redis_states(names: &Names) -> BTreeMap<String, herald::domain::user::UserState> {
-    let client = redis::Client::open(names.redis.as_str()).unwrap();
-    let mut conn = client.get_connection().unwrap();
-    let prefix = format!("{}:user:", names.base);
-    let seen_prefix = format!("{}:seen:", names.base);
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query(&mut conn)
-        .unwrap();
-    let mut out = BTreeMap::new();
-    for k in keys {
-        let user = &k[prefix.len()..];
-        let (v, blob): (Option<u64>, Option<Vec<u8>>) = redis::cmd("HMGET")
-            .arg(&k)
-            .arg("v")
-            .arg("s")
-            .query(&mut conn)
-            .unwrap();
-        let Some(blob) = blob else { continue };
-        let seen: Vec<(Vec<u8>, f64)> = redis::cmd("ZRANGE")
-            .arg(format!("{seen_prefix}{user}"))
-            .arg(0)
-            .arg(-1)
-            .arg("WITHSCORES")
-            .query(&mut conn)
-            .unwrap();
-        let seen = seen
-            .into_iter()
-            .map(|(m, at)| {
-                (
-                    u64::from_be_bytes(m.as_slice().try_into().unwrap()),
-                    at as i64,
-                )
-            })
-            .collect();
-        let state = herald::domain::stored_state::decode(&blob, v.unwrap_or(0), seen).unwrap();
-        out.insert(user.to_string(), state);
-    }
-    out
+/// What MongoDB, the system of record, holds of each user's bookkeeping: its version, last
+/// applied offset per partition and dedup window (`_herald.v`, `_herald.pos`, `_herald.seen`:
+/// 16 bytes per entry, the 64-bit fingerprint then the time, big-endian), decoded here
+/// independently of Herald's code.
+pub struct StoredState {
+    pub version: i64,
+    pub positions: BTreeMap<u32, i64>,
+    pub seen: BTreeSet<u64>,
 }
 
-/// Whether a stored state remembers a `messageId` in its dedup window.
-pub fn remembers(state: &herald::domain::user::UserState, message_id: &str) -> bool {
-    state
-        .seen
-        .contains(herald::domain::keys::message_fingerprint(message_id))
+pub async fn stored_states(names: &Names) -> BTreeMap<String, StoredState> {
+    let client = mongodb::Client::with_uri_str(&names.mongo).await.unwrap();
+    let docs: Vec<Document> = client
+        .database(&names.base)
+        .collection::<Document>("users")
+        .find(mongodb::bson::doc! {})
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    docs.into_iter()
+        .filter_map(|d| {
+            let id = d.get_str("_id").ok()?.to_string();
+            let h = d.get_document("_herald").ok()?;
+            let version = int(h.get("v"));
+            let positions = h
+                .get_document("pos")
+                .map(|p| {
+                    p.iter()
+                        .map(|(k, v)| (k.parse().unwrap(), int(Some(v))))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let seen = match h.get("seen") {
+                Some(Bson::Binary(b)) => b
+                    .bytes
+                    .chunks_exact(16)
+                    .map(|c| u64::from_be_bytes(c[..8].try_into().unwrap()))
+                    .collect(),
+                _ => BTreeSet::new(),
+            };
+            Some((
+                id,
+                StoredState {
+                    version,
+                    positions,
+                    seen,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Whether a stored state remembers a `messageId` in its dedup window (the fingerprint is
+/// XXH3-64 of the id with the seed "heraldid", a fixed specification).
+pub fn remembers(state: &StoredState, message_id: &str) -> bool {
+    state.seen.contains(&xxhash_rust::xxh3::xxh3_64_with_seed(
+        message_id.as_bytes(),
+        0x6865_7261_6c64_6964,
+    ))
 }
 
 /// Where `scripts/backends.sh up` installs Prism, the providers' Python libraries and the

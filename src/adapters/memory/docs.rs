@@ -1,4 +1,5 @@
-//! In-memory document store: the `users` and `messages` collections.
+//! In-memory document store: the `users` and `messages` collections, with MongoDB's fence
+//! (a user's document is replaced only at the version its writer loaded).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -6,22 +7,26 @@ use std::sync::Arc;
 use futures::FutureExt;
 use parking_lot::Mutex;
 
+use crate::domain::dedup::DedupWindow;
 use crate::domain::keys::owner_shard;
 use crate::domain::message::{ApplyResult, MessageRecord, MessageStatus, StatusChange};
 use crate::domain::suppression::{Suppression, SuppressionReason};
-use crate::domain::user::UserProfile;
+use crate::domain::user::{UserProfile, UserState};
 use crate::ports::{
-    BoxFut, DocumentStore, StoreError, TransitionResult, UserSnapshot, UsersWritten,
+    BoxFut, DocumentStore, StoreError, StoredUser, TransitionResult, UserSnapshot, UsersWritten,
 };
 
 const SHARDS: usize = 64;
 
-/// A user document: its version, profile and `updated_at`.
-type UserShard = Mutex<HashMap<Arc<str>, (u64, Arc<UserSnapshot>, i64), ahash::RandomState>>;
+/// A user document: the snapshot written (its version inside), the token of the flush that
+/// wrote it, and `updated_at`.
+type UserShard = Mutex<HashMap<Arc<str>, (Arc<UserSnapshot>, u64, i64), ahash::RandomState>>;
 
 pub struct MemoryDocumentStore {
     users: Vec<UserShard>,
     messages: Mutex<HashMap<String, MessageRecord>>,
+    /// The flush token each message was inserted by.
+    inserted_by: Mutex<HashMap<String, u64>>,
     early_callbacks: Mutex<HashMap<String, Vec<StatusChange>>>,
     suppressions: Mutex<HashMap<String, Suppression>>,
 }
@@ -33,6 +38,7 @@ impl Default for MemoryDocumentStore {
                 .map(|_| Mutex::new(HashMap::default()))
                 .collect(),
             messages: Mutex::new(HashMap::new()),
+            inserted_by: Mutex::new(HashMap::new()),
             early_callbacks: Mutex::new(HashMap::new()),
             suppressions: Mutex::new(HashMap::new()),
         }
@@ -48,11 +54,23 @@ impl MemoryDocumentStore {
     pub fn users(&self) -> BTreeMap<String, UserProfile> {
         let mut out = BTreeMap::new();
         for shard in &self.users {
-            for (id, (_, snapshot, _)) in shard.lock().iter() {
+            for (id, (snapshot, _, _)) in shard.lock().iter() {
                 out.insert(id.to_string(), snapshot.profile.to_view());
             }
         }
         out
+    }
+
+    /// A user's state as its document holds it (profile and bookkeeping).
+    pub fn stored(&self, user_id: &str) -> Option<UserState> {
+        let shard = self.users[owner_shard(user_id, SHARDS)].lock();
+        let (s, _, _) = shard.get(user_id)?;
+        Some(UserState {
+            version: s.version,
+            profile: s.profile.clone(),
+            positions: s.positions.clone(),
+            seen: DedupWindow::from_entries(s.seen.clone()),
+        })
     }
 
     pub fn user_count(&self) -> usize {
@@ -90,36 +108,72 @@ impl MemoryDocumentStore {
 }
 
 impl DocumentStore for MemoryDocumentStore {
+    fn load_users(&self, users: Vec<Arc<str>>) -> BoxFut<Result<Vec<StoredUser>, StoreError>> {
+        let out = users
+            .iter()
+            .map(
+                |u| match self.users[owner_shard(u, SHARDS)].lock().get(&**u) {
+                    Some((snapshot, _, _)) => StoredUser::Found(UserState {
+                        version: snapshot.version,
+                        profile: snapshot.profile.clone(),
+                        positions: snapshot.positions.clone(),
+                        seen: DedupWindow::from_entries(snapshot.seen.clone()),
+                    }),
+                    None => StoredUser::Absent,
+                },
+            )
+            .collect();
+        async move { Ok(out) }.boxed()
+    }
+
     fn upsert_users(
         &self,
         users: Vec<Arc<UserSnapshot>>,
+        token: u64,
         now_ms: i64,
     ) -> BoxFut<Result<UsersWritten, StoreError>> {
         let mut written = UsersWritten::default();
         for u in users {
             let mut shard = self.users[owner_shard(&u.user_id, SHARDS)].lock();
-            match shard.get_mut(&*u.user_id) {
-                // Fenced as in MongoDB: never over a newer version.
-                Some((version, _, _)) if *version > u.version => {
-                    written.stale.push(u.user_id.clone())
-                }
-                Some(doc) => *doc = (u.version, u.clone(), now_ms),
-                None => {
-                    shard.insert(u.user_id.clone(), (u.version, u.clone(), now_ms));
-                }
+            let (stored, by) = shard
+                .get(&*u.user_id)
+                .map_or((0, 0), |(s, by, _)| (s.version, *by));
+            // Fenced as in MongoDB: only over the version the writer loaded (or its own
+            // write of this version, retried).
+            if stored + 1 == u.version {
+                shard.insert(u.user_id.clone(), (u.clone(), token, now_ms));
+            } else if !(stored == u.version && by == token) {
+                written.stale.push(u.user_id.clone());
             }
         }
         async { Ok(written) }.boxed()
     }
 
+    fn remove_created_messages(
+        &self,
+        ids: Vec<String>,
+        token: u64,
+    ) -> BoxFut<Result<(), StoreError>> {
+        let mut store = self.messages.lock();
+        let mut by = self.inserted_by.lock();
+        for id in ids {
+            if by.get(&id) == Some(&token) {
+                by.remove(&id);
+                store.remove(&id);
+            }
+        }
+        async { Ok(()) }.boxed()
+    }
+
     fn insert_messages(
         &self,
         messages: Vec<MessageRecord>,
-        _token: u64,
+        token: u64,
     ) -> BoxFut<Result<Vec<String>, StoreError>> {
         // In-process the call cannot fail halfway, so what it inserts is what carries the
-        // token: no token needs storing.
+        // token.
         let mut store = self.messages.lock();
+        let mut by = self.inserted_by.lock();
         let mut early = self.early_callbacks.lock();
         let mut inserted = Vec::with_capacity(messages.len());
         for m in messages {
@@ -133,6 +187,7 @@ impl DocumentStore for MemoryDocumentStore {
                     entry.apply(c);
                 }
             }
+            by.insert(id.clone(), token);
             inserted.push(id);
         }
         async { Ok(inserted) }.boxed()

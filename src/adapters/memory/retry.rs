@@ -20,11 +20,19 @@ struct Inner {
 #[derive(Default)]
 pub struct MemoryRetrySchedule {
     inner: Mutex<Inner>,
+    /// Entries were lost since `lost_entries` last answered.
+    lost: std::sync::atomic::AtomicBool,
 }
 
 impl MemoryRetrySchedule {
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// Forgets every entry and lease (a Redis restarted without persistence).
+    pub fn clear(&self) {
+        *self.inner.lock() = Inner::default();
+        self.lost.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -51,6 +59,11 @@ impl Inner {
 }
 
 impl RetrySchedule for MemoryRetrySchedule {
+    fn lost_entries(&self) -> BoxFut<Result<bool, StoreError>> {
+        let lost = self.lost.swap(false, std::sync::atomic::Ordering::SeqCst);
+        async move { Ok(lost) }.boxed()
+    }
+
     fn schedule(&self, entry: RetryEntry) -> BoxFut<Result<(), StoreError>> {
         self.inner.lock().put(entry, false);
         async { Ok(()) }.boxed()

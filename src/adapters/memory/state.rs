@@ -1,9 +1,10 @@
-//! In-memory user-state store (for `herald demo` and actor tests), with the same fencing as the
-//! Redis store: a version, its claiming owner, the state and the dedup entries beside it. The
-//! state is kept as the written snapshot itself (shared, not encoded: in-process there is no
-//! wire to cross); a raw blob can be stored to test older or broken stored forms.
+//! In-memory state cache (for `herald demo` and actor tests): the written snapshots
+//! themselves (shared, not encoded: in-process there is no wire to cross). It can be emptied
+//! at once, as a Redis restarted without persistence would be, and made to fail, as an
+//! unreachable one would.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use futures::FutureExt;
@@ -11,63 +12,44 @@ use parking_lot::Mutex;
 
 use crate::domain::dedup::DedupWindow;
 use crate::domain::keys::owner_shard;
-use crate::domain::stored_state;
 use crate::domain::user::UserState;
-use crate::ports::{BoxFut, LoadedState, SeenPolicy, StateStore, StoreError, UserSnapshot};
+use crate::ports::{BoxFut, StateCache, StoreError, UserSnapshot};
 
 const SHARDS: usize = 64;
 
-#[derive(Default)]
-struct Stored {
-    version: u64,
-    owner: u64,
-    state: Option<Form>,
-    seen: Vec<(u64, i64)>,
-}
+type Shard = Mutex<HashMap<Arc<str>, Arc<UserSnapshot>, ahash::RandomState>>;
 
-enum Form {
-    Snapshot(Arc<UserSnapshot>),
-    /// A blob as some release wrote it (tests of older and unreadable stored states).
-    Raw(Box<[u8]>),
-}
-
-impl Stored {
-    fn decode(&self) -> Option<Result<UserState, String>> {
-        let Some(state) = self.state.as_ref() else {
-            return stored_state::claimed_unwritten(self.version, self.seen.clone()).map(Ok);
-        };
-        Some(match state {
-            Form::Snapshot(s) => Ok(UserState {
-                version: self.version,
-                profile: s.profile.clone(),
-                positions: s.positions.clone(),
-                seen: DedupWindow::from_entries(self.seen.clone()),
-            }),
-            Form::Raw(blob) => {
-                stored_state::decode(blob, self.version, self.seen.clone()).map_err(|e| e.0)
-            }
-        })
-    }
-}
-
-type Shard = Mutex<HashMap<Arc<str>, Stored, ahash::RandomState>>;
-
-/// Sharded map of user id → stored state.
-pub struct MemoryStateStore {
+/// Sharded map of user id → cached snapshot.
+pub struct MemoryStateCache {
     shards: Vec<Shard>,
+    /// Answer every call with an error (an unreachable cache).
+    failing: AtomicBool,
+    /// Loads answered (for tests).
+    pub loads: AtomicUsize,
 }
 
-impl Default for MemoryStateStore {
+impl Default for MemoryStateCache {
     fn default() -> Self {
-        MemoryStateStore {
+        MemoryStateCache {
             shards: (0..SHARDS)
                 .map(|_| Mutex::new(HashMap::default()))
                 .collect(),
+            failing: AtomicBool::new(false),
+            loads: AtomicUsize::new(0),
         }
     }
 }
 
-impl MemoryStateStore {
+fn state_of(s: &UserSnapshot) -> UserState {
+    UserState {
+        version: s.version,
+        profile: s.profile.clone(),
+        positions: s.positions.clone(),
+        seen: DedupWindow::from_entries(s.seen.clone()),
+    }
+}
+
+impl MemoryStateCache {
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
     }
@@ -76,119 +58,62 @@ impl MemoryStateStore {
         &self.shards[owner_shard(user_id, SHARDS)]
     }
 
-    /// The user's stored state, decoded.
+    /// The user's cached state.
     pub fn get(&self, user_id: &str) -> Option<UserState> {
-        self.shard(user_id).lock().get(user_id)?.decode()?.ok()
+        self.shard(user_id).lock().get(user_id).map(|s| state_of(s))
     }
 
-    /// Stores a raw blob as if an older or broken release had written it (tests).
-    pub fn put_raw(&self, user_id: &str, version: u64, blob: &[u8]) {
-        self.shard(user_id).lock().insert(
-            Arc::from(user_id),
-            Stored {
-                version,
-                state: Some(Form::Raw(blob.into())),
-                ..Stored::default()
-            },
-        );
+    /// Caches a state as it is (tests: an entry older than the system of record).
+    pub fn put(&self, user_id: &str, snapshot: UserSnapshot) {
+        self.shard(user_id)
+            .lock()
+            .insert(Arc::from(user_id), Arc::new(snapshot));
+    }
+
+    /// Forgets everything (a Redis restarted without persistence).
+    pub fn clear(&self) {
+        for s in &self.shards {
+            s.lock().clear();
+        }
+    }
+
+    /// Makes every call fail (`true`) or answer again (`false`).
+    pub fn set_failing(&self, failing: bool) {
+        self.failing.store(failing, Ordering::SeqCst);
     }
 
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().values().filter(|v| v.state.is_some()).count())
-            .sum()
+        self.shards.iter().map(|s| s.lock().len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
 
-impl StateStore for MemoryStateStore {
-    fn load(&self, users: Vec<Arc<str>>) -> BoxFut<Result<Vec<LoadedState>, StoreError>> {
-        let out = users
-            .iter()
-            .map(|u| {
-                let shard = self.shard(u).lock();
-                match shard.get(&**u).and_then(Stored::decode) {
-                    Some(Ok(s)) => LoadedState::Found(s),
-                    Some(Err(e)) => LoadedState::Unreadable(e),
-                    None => LoadedState::Absent,
-                }
-            })
-            .collect();
-        async move { Ok(out) }.boxed()
-    }
-
-    fn claim(
-        &self,
-        owner: u64,
-        claims: Vec<(Arc<str>, u64)>,
-    ) -> BoxFut<Result<Vec<bool>, StoreError>> {
-        let out = claims
-            .into_iter()
-            .map(|(u, version)| {
-                let mut shard = self.shard(&u).lock();
-                let s = shard.entry(u).or_default();
-                if s.version + 1 == version {
-                    s.version = version;
-                    s.owner = owner;
-                    true
-                } else {
-                    s.version == version && s.owner == owner
-                }
-            })
-            .collect();
-        async move { Ok(out) }.boxed()
-    }
-
-    fn save(
-        &self,
-        owner: u64,
-        users: Vec<Arc<UserSnapshot>>,
-        seen: SeenPolicy,
-    ) -> BoxFut<Result<Vec<bool>, StoreError>> {
-        let out = users
-            .iter()
-            .map(|u| {
-                let mut shard = self.shard(&u.user_id).lock();
-                let Some(s) = shard.get_mut(&*u.user_id) else {
-                    return false;
-                };
-                if s.version != u.version || s.owner != owner {
-                    return false;
-                }
-                s.state = Some(Form::Snapshot(u.clone()));
-                s.seen.extend_from_slice(&u.seen_added);
-                s.seen.retain(|(_, at)| *at >= seen.expire_before_ms);
-                if s.seen.len() > seen.max_ids {
-                    let excess = s.seen.len() - seen.max_ids;
-                    s.seen.drain(..excess);
-                }
-                true
-            })
-            .collect();
-        async move { Ok(out) }.boxed()
+    fn check(&self) -> Result<(), StoreError> {
+        if self.failing.load(Ordering::SeqCst) {
+            Err(StoreError::Transient("the cache is unreachable".into()))
+        } else {
+            Ok(())
+        }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+impl StateCache for MemoryStateCache {
+    fn load(&self, users: Vec<Arc<str>>) -> BoxFut<Result<Vec<Option<UserState>>, StoreError>> {
+        let out = self.check().map(|()| {
+            self.loads.fetch_add(users.len(), Ordering::Relaxed);
+            users.iter().map(|u| self.get(u)).collect()
+        });
+        async move { out }.boxed()
+    }
 
-    #[test]
-    fn a_writer_killed_between_claim_and_save_does_not_lock_the_user_out() {
-        let store = MemoryStateStore::new();
-        let u: Arc<str> = Arc::from("u");
-        let claimed = futures::executor::block_on(store.claim(1, vec![(u.clone(), 1)]));
-        assert_eq!(claimed.unwrap(), vec![true]);
-        let loaded = futures::executor::block_on(store.load(vec![u.clone()])).unwrap();
-        let LoadedState::Found(state) = &loaded[0] else {
-            panic!("a claimed user loads as found: {loaded:?}");
-        };
-        assert_eq!(state.version, 1);
-        let next = futures::executor::block_on(store.claim(2, vec![(u, state.version + 1)]));
-        assert_eq!(next.unwrap(), vec![true]);
+    fn save(&self, users: Vec<Arc<UserSnapshot>>) -> BoxFut<Result<(), StoreError>> {
+        let out = self.check().map(|()| {
+            for u in users {
+                self.shard(&u.user_id).lock().insert(u.user_id.clone(), u);
+            }
+        });
+        async move { out }.boxed()
     }
 }

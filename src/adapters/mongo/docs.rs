@@ -1,7 +1,8 @@
-//! MongoDB document store: `users` (full-document upserts through the multi-statement
-//! `update` command, `ordered: false`, fenced by the document's `version`: idempotent, so a
-//! replay or a half-applied batch is harmless, and a previous owner's late write is refused) and `messages` (insert-if-absent, then transitions through the status machine
-//! with an optimistic `version` check).
+//! MongoDB document store: `users` (the system of record of each user's state: replacements
+//! through the multi-statement `update` command, `ordered: false`, each fenced by the version
+//! its state was loaded at — `users.rs` — so a replay or a half-applied batch is harmless and
+//! a previous owner's late write is refused) and `messages` (insert-if-absent, then
+//! transitions through the status machine with an optimistic `version` check).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,13 +17,13 @@ use crate::domain::campaign::Channel;
 use crate::domain::message::{
     HistoryEntry, MessageRecord, MessageStatus, StatusChange, StatusEvent,
 };
-use crate::domain::profile::{NameMap, Profile};
 use crate::domain::suppression::{normalise_address, Suppression, SuppressionReason};
 use crate::ports::{
-    BoxFut, DocumentStore, StoreError, TransitionResult, UserSnapshot, UsersWritten,
+    BoxFut, DocumentStore, StoreError, StoredUser, TransitionResult, UserSnapshot, UsersWritten,
 };
 
 use super::transitions::{self, transition_alone, Codec, Job, ReadJob};
+use super::users;
 use super::{bson_i64, ids_with_token, transient};
 use tokio::sync::{mpsc, oneshot};
 
@@ -32,6 +33,8 @@ const CHUNK: usize = 1000;
 #[derive(Clone)]
 pub struct MongoDocumentStore {
     db: Database,
+    /// `writeConcern` of the `users` and `messages` writes (`mongo.write_concern`).
+    write_concern: Document,
     /// The group-commit writer of status transitions.
     transitions: mpsc::UnboundedSender<Job>,
     /// The grouped reader of single messages.
@@ -39,7 +42,12 @@ pub struct MongoDocumentStore {
 }
 
 impl MongoDocumentStore {
-    pub async fn connect(url: &str, database: &str) -> Result<Self, StoreError> {
+    /// Connects; `write_concern` is `mongo.write_concern` (`majority`, or a number of nodes).
+    pub async fn connect(
+        url: &str,
+        database: &str,
+        write_concern: &str,
+    ) -> Result<Self, StoreError> {
         let mut options = ClientOptions::parse(url)
             .await
             .map_err(|e| StoreError::BadData {
@@ -54,6 +62,7 @@ impl MongoDocumentStore {
         Ok(MongoDocumentStore {
             transitions: transitions::spawn(db.clone(), codec()),
             reads: transitions::spawn_reader(db.clone(), codec()),
+            write_concern: write_concern_document(write_concern),
             db,
         })
     }
@@ -69,15 +78,22 @@ impl MongoDocumentStore {
     /// Indexes the queries need (idempotent).
     pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
         for (coll, key, name) in [
-            ("messages", "status", "status_1"),
-            ("early_callbacks", "message_id", "message_id_1"),
+            ("messages", doc! {"status": 1}, "status_1"),
+            // The reconciler pages waiting messages by `_id` (a sharded cluster merges the
+            // two statuses' ranges from this index instead of sorting).
+            ("messages", doc! {"status": 1, "_id": 1}, "status_1__id_1"),
+            ("early_callbacks", doc! {"message_id": 1}, "message_id_1"),
             // Twilio callbacks name only the provider's id.
-            ("messages", "provider_message_id", "provider_message_id_1"),
+            (
+                "messages",
+                doc! {"provider_message_id": 1},
+                "provider_message_id_1",
+            ),
         ] {
             self.db
                 .run_command(doc! {
                     "createIndexes": coll,
-                    "indexes": [ { "key": { key: 1 }, "name": name } ],
+                    "indexes": [ { "key": key, "name": name } ],
                 })
                 .await
                 .map_err(transient)?;
@@ -98,6 +114,7 @@ impl MongoDocumentStore {
         db: &Database,
         coll: &str,
         statements: Vec<Document>,
+        write_concern: &Document,
     ) -> Result<ChunkOutcome, StoreError> {
         let mut out = ChunkOutcome::default();
         for chunk in statements.chunks(CHUNK) {
@@ -106,6 +123,7 @@ impl MongoDocumentStore {
                     "update": coll,
                     "updates": chunk.to_vec(),
                     "ordered": false,
+                    "writeConcern": write_concern.clone(),
                 })
                 .await
                 .map_err(transient)?;
@@ -146,6 +164,14 @@ impl MongoDocumentStore {
     }
 }
 
+/// `{w: "majority"}`, or `{w: <n>}` for a number of nodes.
+fn write_concern_document(w: &str) -> Document {
+    match w.parse::<i32>() {
+        Ok(n) => doc! {"w": n},
+        Err(_) => doc! {"w": w},
+    }
+}
+
 /// Per-statement outcomes of a bulk `update`: the `_id`s it inserted, and its errors.
 #[derive(Debug, Default)]
 struct ChunkOutcome {
@@ -165,61 +191,6 @@ fn opt_str(v: &Option<String>) -> Bson {
 /// The field of a `messages` document naming the flush that created it (a random token):
 /// after a write whose answer was lost, it tells this flush's inserts from older documents.
 const INSERTED_BY: &str = "inserted_by";
-
-/// The schema version of the `users` documents this release writes.
-pub const USER_DOCUMENT_SCHEMA: i32 = 2;
-
-/// The `users` document of REFERENCE.md §3 (without `_id`), with its fencing `version` and
-/// `schema_version`.
-pub fn user_document(profile: &Profile, version: u64, updated_at: i64) -> Document {
-    let bson_traits = |traits: &NameMap<serde_json::Value>| -> Document {
-        traits
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.to_string(),
-                    Bson::try_from(v.clone()).unwrap_or(Bson::Null),
-                )
-            })
-            .collect()
-    };
-    let traits = bson_traits(&profile.traits);
-    let events: Document = profile
-        .events
-        .iter()
-        .map(|(name, s)| {
-            (
-                name.to_string(),
-                Bson::Document(doc! {
-                    "count": s.count,
-                    "first_at": date(s.first_at),
-                    "last_at": date(s.last_at),
-                }),
-            )
-        })
-        .collect();
-    let mut document = doc! {
-        "traits": traits,
-        "tags": profile.tags.iter().map(str::to_string).collect::<Vec<String>>(),
-        "event_count": profile.event_count,
-        "events": events,
-        "first_seen": profile.first_seen.map_or(Bson::Null, date),
-        "last_seen": profile.last_seen.map_or(Bson::Null, date),
-        "updated_at": date(updated_at),
-        "version": version as i64,
-        "schema_version": USER_DOCUMENT_SCHEMA,
-    };
-    // Only users in a group carry `groups` (documents of users without stay as they were).
-    if !profile.groups.is_empty() {
-        let groups: Document = profile
-            .groups
-            .iter()
-            .map(|(id, traits)| (id.to_string(), Bson::Document(bson_traits(traits))))
-            .collect();
-        document.insert("groups", groups);
-    }
-    document
-}
 
 fn message_document(m: &MessageRecord, version: i64) -> Document {
     let history: Vec<Bson> = m
@@ -368,54 +339,86 @@ fn codec() -> Codec {
 }
 
 impl DocumentStore for MongoDocumentStore {
+    fn load_users(&self, users: Vec<Arc<str>>) -> BoxFut<Result<Vec<StoredUser>, StoreError>> {
+        let db = self.db.clone();
+        async move { users::load(&db, &users).await }.boxed()
+    }
+
     fn upsert_users(
         &self,
         users: Vec<Arc<UserSnapshot>>,
+        token: u64,
         now_ms: i64,
     ) -> BoxFut<Result<UsersWritten, StoreError>> {
         let db = self.db.clone();
+        let write_concern = self.write_concern.clone();
         async move {
             let statements: Vec<Document> = users
                 .iter()
                 .map(|u| {
-                    // `_id` in the replacement too: some servers (nx-27017) otherwise give an
-                    // upserted document a fresh ObjectId instead of the query's `_id`.
-                    let mut replacement = doc! {"_id": &*u.user_id};
-                    replacement.extend(user_document(&u.profile, u.version, now_ms));
-                    // Fenced: written only over an older (or the same) version. A newer
-                    // document makes the filter miss and the upsert collide on `_id`:
-                    // duplicate key = stale (REFERENCE.md §8, G8). Version 1 is a user's
-                    // first fenced write: the only older document is one written before
-                    // fencing, without a version (`null` matches a missing field). (`$or` with
-                    // `$exists` for every version says the same, but the test server then
-                    // scans the collection: 20× slower.)
-                    let q = if u.version <= 1 {
-                        doc! { "_id": &*u.user_id, "version": { "$in": [Bson::Null, 1_i64] } }
-                    } else {
-                        doc! { "_id": &*u.user_id, "version": { "$lte": u.version as i64 } }
-                    };
                     doc! {
-                        "q": q,
-                        "u": replacement,
+                        "q": users::fence(u),
+                        "u": users::user_document(u, token, now_ms),
                         "upsert": true,
                     }
                 })
                 .collect();
-            let errors = Self::update_many(&db, "users", statements).await?;
+            let outcome = Self::update_many(&db, "users", statements, &write_concern).await?;
             let find = |id: &str| {
                 users
                     .iter()
                     .find(|u| &*u.user_id == id)
                     .map(|u| u.user_id.clone())
             };
+            // A statement whose filter missed collided on `_id`: the document moved on —
+            // by another writer (stale), or by this very statement in an earlier try whose
+            // answer was lost (its token says so).
+            let mut stale = Vec::new();
+            if !outcome.duplicates.is_empty() {
+                let missed: Vec<&str> = outcome.duplicates.iter().map(String::as_str).collect();
+                let ours: AHashSet<String> =
+                    ids_with_token(&db, "users", &missed, "_herald.w", token as i64)
+                        .await?
+                        .into_iter()
+                        .collect();
+                stale = missed
+                    .iter()
+                    .filter(|id| !ours.contains(**id))
+                    .filter_map(|id| find(id))
+                    .collect();
+            }
             Ok(UsersWritten {
-                stale: errors.duplicates.iter().filter_map(|id| find(id)).collect(),
-                refused: errors
+                stale,
+                refused: outcome
                     .refused
                     .into_iter()
                     .filter_map(|(id, d)| Some((find(&id)?, d)))
                     .collect(),
             })
+        }
+        .boxed()
+    }
+
+    fn remove_created_messages(
+        &self,
+        ids: Vec<String>,
+        token: u64,
+    ) -> BoxFut<Result<(), StoreError>> {
+        let db = self.db.clone();
+        let write_concern = self.write_concern.clone();
+        async move {
+            if ids.is_empty() {
+                return Ok(());
+            }
+            db.run_command(doc! {
+                "delete": "messages",
+                "deletes": [ { "q": { "_id": { "$in": ids }, INSERTED_BY: token as i64 }, "limit": 0 } ],
+                "ordered": false,
+                "writeConcern": write_concern,
+            })
+            .await
+            .map(|_| ())
+            .map_err(transient)
         }
         .boxed()
     }
@@ -426,6 +429,7 @@ impl DocumentStore for MongoDocumentStore {
         token: u64,
     ) -> BoxFut<Result<Vec<String>, StoreError>> {
         let db = self.db.clone();
+        let write_concern = self.write_concern.clone();
         async move {
             let ids: Vec<String> = messages.iter().map(|m| m.id.clone()).collect();
             let statements: Vec<Document> = messages
@@ -441,7 +445,7 @@ impl DocumentStore for MongoDocumentStore {
                 })
                 .collect();
             // A duplicate key here is two inserts racing: the message exists, as wanted.
-            let outcome = Self::update_many(&db, "messages", statements).await?;
+            let outcome = Self::update_many(&db, "messages", statements, &write_concern).await?;
             if !outcome.refused.is_empty() {
                 return Err(StoreError::Refused {
                     refused: outcome.refused,
@@ -457,7 +461,9 @@ impl DocumentStore for MongoDocumentStore {
                     .map(String::as_str)
                     .filter(|id| !created.contains(id))
                     .collect();
-                inserted.extend(ids_with_token(&db, &existing, INSERTED_BY, token as i64).await?);
+                inserted.extend(
+                    ids_with_token(&db, "messages", &existing, INSERTED_BY, token as i64).await?,
+                );
             }
             // Callbacks that arrived before their message existed.
             let early = db.collection::<Document>("early_callbacks");

@@ -1,5 +1,6 @@
-//! MongoDB: the document store (`users`, `messages`, suppressions) and the group commit of
-//! message status transitions, with the few helpers both use.
+//! MongoDB, the system of record: the document store (`users` with Herald's bookkeeping,
+//! `messages`, suppressions), the group commit of message status transitions, and the few
+//! helpers they share.
 
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
@@ -9,21 +10,23 @@ use crate::ports::StoreError;
 
 pub mod docs;
 pub mod transitions;
+pub mod users;
 
 pub(crate) fn transient(e: mongodb::error::Error) -> StoreError {
     StoreError::Transient(format!("mongodb: {e}"))
 }
 
-/// The `_id`s among `ids` whose `messages` document carries `token` in `field`: after a bulk
-/// write whose answer was partial or lost, which of its statements were this writer's.
+/// The `_id`s among `ids` whose document in `collection` carries `token` in `field`: after a
+/// bulk write whose answer was partial or lost, which of its statements were this writer's.
 pub(crate) async fn ids_with_token(
     db: &Database,
+    collection: &str,
     ids: &[&str],
     field: &str,
     token: i64,
 ) -> Result<Vec<String>, StoreError> {
     let docs: Vec<Document> = db
-        .collection::<Document>("messages")
+        .collection::<Document>(collection)
         .find(doc! {"_id": {"$in": ids}, field: token})
         .projection(doc! {"_id": 1})
         .await

@@ -161,7 +161,7 @@ async fn apply_group(
         .filter(|s| s.dirty)
         .map(|s| s.record.id.as_str())
         .collect();
-    let written = ids_with_token(db, &dirty, "w", token).await?;
+    let written = ids_with_token(db, "messages", &dirty, "w", token).await?;
     let ours: std::collections::HashSet<&str> = written.iter().map(String::as_str).collect();
     for (job, result) in jobs.iter().zip(results.iter_mut()) {
         let lost = slots

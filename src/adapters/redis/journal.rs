@@ -9,12 +9,13 @@
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use futures::FutureExt;
-use redis::aio::ConnectionManager;
 
 use crate::ports::{BoxFut, Callback, CallbackJournal, JournalEntry, StoreError};
 
-use super::connection::{manager, transient};
+use super::connection::{transient, RedisConn, RedisTarget};
 
 const GROUP: &str = "herald";
 /// Stream entries as Redis answers them: `[id, [field, value, …]]`.
@@ -24,10 +25,10 @@ const FIELD: &str = "c";
 #[derive(Clone)]
 pub struct RedisCallbackJournal {
     /// Appends, acknowledgements, claims.
-    conn: ConnectionManager,
+    conn: RedisConn,
     /// Blocking reads only (a blocked command holds up everything behind it on its
     /// connection).
-    reader: ConnectionManager,
+    reader: RedisConn,
     key: Arc<str>,
     consumer: Arc<str>,
 }
@@ -52,17 +53,10 @@ fn entries(raw: RawEntries) -> Vec<JournalEntry> {
 }
 
 impl RedisCallbackJournal {
-    pub async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
-        use redis::IntoConnectionInfo;
-        let info = url
-            .into_connection_info()
-            .map_err(|e| StoreError::BadData {
-                key: "redis.url".into(),
-                detail: e.to_string(),
-            })?;
+    pub async fn connect(target: &RedisTarget, prefix: &str) -> Result<Self, StoreError> {
         // Reads block for at most 500 ms, well inside the 5 s answer timeout.
-        let conn = manager(info.clone()).await?;
-        let reader = manager(info).await?;
+        let conn = RedisConn::connect(target, Duration::from_secs(5)).await?;
+        let reader = RedisConn::connect(target, Duration::from_secs(5)).await?;
         let key: Arc<str> = format!("{prefix}callbacks").into();
         let created: Result<(), redis::RedisError> = redis::cmd("XGROUP")
             .arg("CREATE")

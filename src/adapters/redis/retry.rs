@@ -1,17 +1,23 @@
-//! The durable retry schedule in Redis (REFERENCE.md §5).
+//! The durable retry schedule in Redis (REFERENCE.md §5), spread over [`SHARDS`] parts so that
+//! no key is hot and, on a Redis Cluster, every script works inside one hash slot. A message
+//! belongs to part `xxh3(id) mod 16`; part `n` is four keys tagged `{r<n>}`:
 //!
-//! - `<prefix>retry:due`: a sorted set, message id → due time (ms). The truth.
-//! - `<prefix>retry:entry`: a hash, message id → attempt number.
-//! - `<prefix>retry:owner`: a hash, message id → the token of the instance holding its lease
-//!   (random per process), `<token>!` once it marked the send started: only the holder
+//! - `<prefix>retry:{r<n>}:due`: a sorted set, message id → due time (ms). The truth.
+//! - `<prefix>retry:{r<n>}:entry`: a hash, message id → attempt number.
+//! - `<prefix>retry:{r<n>}:owner`: a hash, message id → the token of the instance holding its
+//!   lease (random per process), `<token>!` once it marked the send started: only the holder
 //!   extends or completes a lease, and a claim of a lease marked started reports it lapsed
 //!   (its send is in doubt). A scheduled entry has no owner.
-//! - `<prefix>retry:wake` in the dedicated `redis.retry_db`: one timer key whose expiry wakes
-//!   the retry actors of every instance early. One key, not one per message: expiry events
-//!   get later the more TTL keys share a database (measured: a median of ~0.1 s alone, ~24 s
-//!   next to 10k other TTL keys; keys in other databases did not slow them), and they are
-//!   fire-and-forget (a disconnected subscriber misses them), so the sweeper stays the safety
-//!   net.
+//! - `<prefix>retry:{r<n>}:mark`: a marker only a loss of the part's data removes (a Redis
+//!   restarted without persistence, a flush, a failover to a replica that had not caught up):
+//!   finding it missing makes the reconciler rebuild the schedule from `messages` (G10).
+//!
+//! `<prefix>retry:wake` (in the dedicated `redis.retry_db` on a single server): one timer key
+//! whose expiry wakes the retry actors of every instance early. One key, not one per message:
+//! expiry events get later the more TTL keys share a database (measured: a median of ~0.1 s
+//! alone, ~24 s next to 10k other TTL keys; keys in other databases did not slow them), and
+//! they are fire-and-forget (a disconnected subscriber misses them), so the sweeper stays the
+//! safety net — on a cluster (database 0 only) the sweeper alone.
 //!
 //! Claims are Lua scripts (atomic on the server), so with several instances each due entry is
 //! leased to exactly one of them.
@@ -19,13 +25,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::try_join_all;
 use futures::{FutureExt, StreamExt};
-use redis::aio::ConnectionManager;
 use redis::Script;
 
+use crate::domain::keys::owner_shard;
 use crate::ports::{BoxFut, RetryEntry, RetrySchedule, StoreError};
 
-use super::connection::{bad_url, manager, transient, url_with_db};
+use super::connection::{transient, url_with_db, RedisConn, RedisTarget};
+
+/// Parts of the schedule.
+pub const SHARDS: usize = 16;
 
 // KEYS of every script: due (sorted set), entry (hash), owner (hash).
 
@@ -133,13 +143,20 @@ end
 return 1
 "#;
 
+/// The keys of one part of the schedule.
+struct Part {
+    due: String,
+    entry: String,
+    owner: String,
+    mark: String,
+}
+
 #[derive(Clone)]
 pub struct RedisRetrySchedule {
-    conn: ConnectionManager,
-    timer_conn: ConnectionManager,
-    due_key: Arc<str>,
-    entry_key: Arc<str>,
-    owner_key: Arc<str>,
+    conn: RedisConn,
+    /// The connection to `redis.retry_db` (the cluster connection on a cluster).
+    timer_conn: RedisConn,
+    parts: Arc<Vec<Part>>,
     wake_key: Arc<str>,
     /// This process's lease-holder token.
     owner: Arc<str>,
@@ -149,19 +166,32 @@ pub struct RedisRetrySchedule {
     hold: Arc<Script>,
     mark_sending: Arc<Script>,
     arm: Arc<Script>,
+    /// Where the next claim starts (so no part waits behind the others).
+    next_part: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl RedisRetrySchedule {
-    pub async fn connect(url: &str, prefix: &str, retry_db: u32) -> Result<Self, StoreError> {
-        use redis::IntoConnectionInfo;
-        let conn = manager(url.into_connection_info().map_err(bad_url)?).await?;
-        let timer_conn = manager(url_with_db(url, retry_db)?).await?;
+    pub async fn connect(target: &RedisTarget, prefix: &str) -> Result<Self, StoreError> {
+        let conn = RedisConn::connect(target, Duration::from_secs(5)).await?;
+        let timer_conn = match target {
+            RedisTarget::Single { url, retry_db } => RedisConn::Single(
+                super::connection::manager(url_with_db(url, *retry_db)?, Duration::from_secs(5))
+                    .await?,
+            ),
+            RedisTarget::Cluster { .. } => conn.clone(),
+        };
+        let parts = (0..SHARDS)
+            .map(|n| Part {
+                due: format!("{prefix}retry:{{r{n}}}:due"),
+                entry: format!("{prefix}retry:{{r{n}}}:entry"),
+                owner: format!("{prefix}retry:{{r{n}}}:owner"),
+                mark: format!("{prefix}retry:{{r{n}}}:mark"),
+            })
+            .collect();
         Ok(RedisRetrySchedule {
             conn,
             timer_conn,
-            due_key: format!("{prefix}retry:due").into(),
-            entry_key: format!("{prefix}retry:entry").into(),
-            owner_key: format!("{prefix}retry:owner").into(),
+            parts: Arc::new(parts),
             wake_key: format!("{prefix}retry:wake").into(),
             owner: format!("{:016x}", rand::random::<u64>()).into(),
             claim: Arc::new(Script::new(CLAIM)),
@@ -170,7 +200,25 @@ impl RedisRetrySchedule {
             hold: Arc::new(Script::new(HOLD)),
             mark_sending: Arc::new(Script::new(MARK_SENDING)),
             arm: Arc::new(Script::new(ARM)),
+            next_part: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         })
+    }
+
+    fn part(&self, message_id: &str) -> &Part {
+        &self.parts[owner_shard(message_id, SHARDS)]
+    }
+
+    /// Groups entries by their part, keeping their order inside each (and their index).
+    fn by_part<'a>(&self, entries: &'a [RetryEntry]) -> Vec<(usize, Vec<(usize, &'a RetryEntry)>)> {
+        let mut groups: Vec<Vec<(usize, &RetryEntry)>> = (0..SHARDS).map(|_| Vec::new()).collect();
+        for (i, e) in entries.iter().enumerate() {
+            groups[owner_shard(&e.message_id, SHARDS)].push((i, e));
+        }
+        groups
+            .into_iter()
+            .enumerate()
+            .filter(|(_, g)| !g.is_empty())
+            .collect()
     }
 
     /// Writes the entry, leased to this instance or to nobody.
@@ -178,16 +226,17 @@ impl RedisRetrySchedule {
         let this = self.clone();
         async move {
             let mut conn = this.conn.clone();
+            let part = this.part(&entry.message_id);
             let mut pipe = redis::pipe();
             pipe.atomic()
-                .hset(&*this.entry_key, &entry.message_id, entry.stored_attempt())
+                .hset(&part.entry, &entry.message_id, entry.stored_attempt())
                 .ignore()
-                .zadd(&*this.due_key, &entry.message_id, entry.due_ms)
+                .zadd(&part.due, &entry.message_id, entry.due_ms)
                 .ignore();
             if leased {
-                pipe.hset(&*this.owner_key, &entry.message_id, &*this.owner);
+                pipe.hset(&part.owner, &entry.message_id, &*this.owner);
             } else {
-                pipe.hdel(&*this.owner_key, &entry.message_id);
+                pipe.hdel(&part.owner, &entry.message_id);
             }
             pipe.ignore()
                 .query_async::<()>(&mut conn)
@@ -214,6 +263,76 @@ impl RedisRetrySchedule {
             .map(|_| ())
             .map_err(transient)
     }
+
+    /// Leases up to `limit` due entries of one part.
+    async fn claim_part(
+        &self,
+        part: &Part,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<RetryEntry>, StoreError> {
+        let mut conn = self.conn.clone();
+        let flat: Vec<String> = self
+            .claim
+            .key(&part.due)
+            .key(&part.entry)
+            .key(&part.owner)
+            .arg(now_ms)
+            .arg(lease_ms)
+            .arg(limit)
+            .arg(&*self.owner)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(transient)?;
+        let mut out = Vec::with_capacity(flat.len() / 4);
+        for chunk in flat.chunks_exact(4) {
+            let (Some((attempt, resend)), Ok(due)) = (
+                RetryEntry::parse_stored_attempt(&chunk[1]),
+                chunk[2].parse::<f64>(),
+            ) else {
+                tracing::error!(id = chunk[0], "unreadable retry entry; left for its lease");
+                continue;
+            };
+            out.push(RetryEntry {
+                message_id: chunk[0].clone(),
+                attempt,
+                resend,
+                due_ms: due as i64,
+                lapsed: chunk[3] == "1",
+            });
+        }
+        Ok(out)
+    }
+
+    /// Runs `script` once per part over that part's entries (id and stored attempt each, after
+    /// `lead` arguments), and gathers the ids it answers.
+    async fn per_part_ids(
+        &self,
+        script: &Script,
+        entries: &[RetryEntry],
+        lead: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        let calls = self.by_part(entries).into_iter().map(|(n, group)| {
+            let mut conn = self.conn.clone();
+            let part = &self.parts[n];
+            let mut invocation = script.key(&part.due);
+            invocation.key(&part.entry).key(&part.owner);
+            for a in lead {
+                invocation.arg(a);
+            }
+            for (_, e) in &group {
+                invocation.arg(&e.message_id).arg(e.stored_attempt());
+            }
+            async move {
+                invocation
+                    .invoke_async::<Vec<String>>(&mut conn)
+                    .await
+                    .map_err(transient)
+            }
+        });
+        Ok(try_join_all(calls).await?.into_iter().flatten().collect())
+    }
 }
 
 impl RetrySchedule for RedisRetrySchedule {
@@ -233,19 +352,22 @@ impl RetrySchedule for RedisRetrySchedule {
     ) -> BoxFut<Result<Vec<RetryEntry>, StoreError>> {
         let this = self.clone();
         async move {
-            let mut conn = this.conn.clone();
-            let flat: Vec<String> = this
-                .claim
-                .key(&*this.due_key)
-                .key(&*this.entry_key)
-                .key(&*this.owner_key)
-                .arg(now_ms)
-                .arg(lease_ms)
-                .arg(limit)
-                .arg(&*this.owner)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(transient)?;
+            // Part by part from a rotating start, until `limit` are claimed: fewer than
+            // `limit` means nothing more is due anywhere.
+            let start = this
+                .next_part
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut out = Vec::new();
+            for k in 0..SHARDS {
+                if out.len() >= limit {
+                    break;
+                }
+                let part = &this.parts[(start + k) % SHARDS];
+                let claimed = this
+                    .claim_part(part, now_ms, lease_ms, limit - out.len())
+                    .await?;
+                out.extend(claimed);
+            }
             // Re-arm the wake-up for what is due next (the key may have been armed for an
             // entry just claimed).
             if let Ok(Some(next)) = this.next_due().await {
@@ -253,24 +375,26 @@ impl RetrySchedule for RedisRetrySchedule {
                     tracing::debug!(error = %e, "could not arm the retry wake-up key");
                 }
             }
-            let mut out = Vec::with_capacity(flat.len() / 4);
-            for chunk in flat.chunks_exact(4) {
-                let (Some((attempt, resend)), Ok(due)) = (
-                    RetryEntry::parse_stored_attempt(&chunk[1]),
-                    chunk[2].parse::<f64>(),
-                ) else {
-                    tracing::error!(id = chunk[0], "unreadable retry entry; left for its lease");
-                    continue;
-                };
-                out.push(RetryEntry {
-                    message_id: chunk[0].clone(),
-                    attempt,
-                    resend,
-                    due_ms: due as i64,
-                    lapsed: chunk[3] == "1",
-                });
-            }
             Ok(out)
+        }
+        .boxed()
+    }
+
+    fn lost_entries(&self) -> BoxFut<Result<bool, StoreError>> {
+        let this = self.clone();
+        async move {
+            let cmds = this
+                .parts
+                .iter()
+                .map(|p| {
+                    let mut c = redis::cmd("SET");
+                    c.arg(&p.mark).arg(1).arg("NX");
+                    c
+                })
+                .collect();
+            let answers = this.conn.query_many(cmds).await?;
+            // `OK` where the marker was missing (set now), nil where it was there.
+            Ok(answers.iter().any(|a| !matches!(a, redis::Value::Nil)))
         }
         .boxed()
     }
@@ -279,10 +403,11 @@ impl RetrySchedule for RedisRetrySchedule {
         let this = self.clone();
         async move {
             let mut conn = this.conn.clone();
+            let part = this.part(&entry.message_id);
             this.complete
-                .key(&*this.due_key)
-                .key(&*this.entry_key)
-                .key(&*this.owner_key)
+                .key(&part.due)
+                .key(&part.entry)
+                .key(&part.owner)
                 .arg(&entry.message_id)
                 .arg(entry.stored_attempt())
                 .arg(&*this.owner)
@@ -301,26 +426,35 @@ impl RetrySchedule for RedisRetrySchedule {
     ) -> BoxFut<Result<Vec<bool>, StoreError>> {
         let this = self.clone();
         async move {
-            if entries.is_empty() {
-                return Ok(Vec::new());
+            let mut out = vec![false; entries.len()];
+            let calls = this.by_part(&entries).into_iter().map(|(n, group)| {
+                let mut conn = this.conn.clone();
+                let part = &this.parts[n];
+                let mut invocation = this.hold.key(&part.due);
+                invocation.key(&part.entry).key(&part.owner).arg(if leased {
+                    &*this.owner
+                } else {
+                    ""
+                });
+                for (_, e) in &group {
+                    invocation
+                        .arg(&e.message_id)
+                        .arg(e.stored_attempt())
+                        .arg(e.due_ms);
+                }
+                let indexes: Vec<usize> = group.iter().map(|(i, _)| *i).collect();
+                async move {
+                    let created: Vec<i64> = invocation
+                        .invoke_async(&mut conn)
+                        .await
+                        .map_err(transient)?;
+                    Ok::<_, StoreError>(indexes.into_iter().zip(created).collect::<Vec<_>>())
+                }
+            });
+            for (i, created) in try_join_all(calls).await?.into_iter().flatten() {
+                out[i] = created == 1;
             }
-            let mut conn = this.conn.clone();
-            let mut invocation = this.hold.key(&*this.due_key);
-            invocation
-                .key(&*this.entry_key)
-                .key(&*this.owner_key)
-                .arg(if leased { &*this.owner } else { "" });
-            for e in &entries {
-                invocation
-                    .arg(&e.message_id)
-                    .arg(e.stored_attempt())
-                    .arg(e.due_ms);
-            }
-            let created: Vec<i64> = invocation
-                .invoke_async(&mut conn)
-                .await
-                .map_err(transient)?;
-            Ok(created.into_iter().map(|c| c == 1).collect())
+            Ok(out)
         }
         .boxed()
     }
@@ -332,20 +466,8 @@ impl RetrySchedule for RedisRetrySchedule {
     ) -> BoxFut<Result<Vec<String>, StoreError>> {
         let this = self.clone();
         async move {
-            if entries.is_empty() {
-                return Ok(Vec::new());
-            }
-            let mut conn = this.conn.clone();
-            let mut invocation = this.extend.key(&*this.due_key);
-            invocation
-                .key(&*this.entry_key)
-                .key(&*this.owner_key)
-                .arg(until_ms)
-                .arg(&*this.owner);
-            for e in &entries {
-                invocation.arg(&e.message_id).arg(e.stored_attempt());
-            }
-            invocation.invoke_async(&mut conn).await.map_err(transient)
+            let lead = [until_ms.to_string(), this.owner.to_string()];
+            this.per_part_ids(&this.extend, &entries, &lead).await
         }
         .boxed()
     }
@@ -353,19 +475,8 @@ impl RetrySchedule for RedisRetrySchedule {
     fn mark_sending(&self, entries: Vec<RetryEntry>) -> BoxFut<Result<Vec<String>, StoreError>> {
         let this = self.clone();
         async move {
-            if entries.is_empty() {
-                return Ok(Vec::new());
-            }
-            let mut conn = this.conn.clone();
-            let mut invocation = this.mark_sending.key(&*this.due_key);
-            invocation
-                .key(&*this.entry_key)
-                .key(&*this.owner_key)
-                .arg(&*this.owner);
-            for e in &entries {
-                invocation.arg(&e.message_id).arg(e.stored_attempt());
-            }
-            invocation.invoke_async(&mut conn).await.map_err(transient)
+            let lead = [this.owner.to_string()];
+            this.per_part_ids(&this.mark_sending, &entries, &lead).await
         }
         .boxed()
     }
@@ -374,13 +485,14 @@ impl RetrySchedule for RedisRetrySchedule {
         let this = self.clone();
         async move {
             let mut conn = this.conn.clone();
+            let part = this.part(&message_id);
             redis::pipe()
                 .atomic()
-                .zrem(&*this.due_key, &message_id)
+                .zrem(&part.due, &message_id)
                 .ignore()
-                .hdel(&*this.entry_key, &message_id)
+                .hdel(&part.entry, &message_id)
                 .ignore()
-                .hdel(&*this.owner_key, &message_id)
+                .hdel(&part.owner, &message_id)
                 .ignore()
                 .query_async::<()>(&mut conn)
                 .await
@@ -393,9 +505,10 @@ impl RetrySchedule for RedisRetrySchedule {
         let this = self.clone();
         async move {
             let mut conn = this.conn.clone();
+            let part = this.part(&message_id);
             let (attempt, due): (Option<String>, Option<f64>) = redis::pipe()
-                .hget(&*this.entry_key, &message_id)
-                .zscore(&*this.due_key, &message_id)
+                .hget(&part.entry, &message_id)
+                .zscore(&part.due, &message_id)
                 .query_async(&mut conn)
                 .await
                 .map_err(transient)?;
@@ -416,12 +529,25 @@ impl RetrySchedule for RedisRetrySchedule {
     fn pending(&self) -> BoxFut<Result<usize, StoreError>> {
         let this = self.clone();
         async move {
-            let mut conn = this.conn.clone();
-            redis::cmd("ZCARD")
-                .arg(&*this.due_key)
-                .query_async::<usize>(&mut conn)
-                .await
-                .map_err(transient)
+            let cmds = this
+                .parts
+                .iter()
+                .map(|p| {
+                    let mut c = redis::cmd("ZCARD");
+                    c.arg(&p.due);
+                    c
+                })
+                .collect();
+            let counts = this.conn.query_many(cmds).await?;
+            counts
+                .iter()
+                .map(|c| match c {
+                    redis::Value::Int(n) => Ok(*n as usize),
+                    _ => Err(StoreError::Transient(
+                        "redis: unexpected reply to ZCARD".into(),
+                    )),
+                })
+                .sum()
         }
         .boxed()
     }
@@ -429,16 +555,24 @@ impl RetrySchedule for RedisRetrySchedule {
     fn next_due(&self) -> BoxFut<Result<Option<i64>, StoreError>> {
         let this = self.clone();
         async move {
-            let mut conn = this.conn.clone();
-            let first: Vec<(String, f64)> = redis::cmd("ZRANGE")
-                .arg(&*this.due_key)
-                .arg(0)
-                .arg(0)
-                .arg("WITHSCORES")
-                .query_async(&mut conn)
-                .await
-                .map_err(transient)?;
-            Ok(first.first().map(|(_, due)| *due as i64))
+            let calls = this.parts.iter().map(|p| {
+                let mut conn = this.conn.clone();
+                async move {
+                    redis::cmd("ZRANGE")
+                        .arg(&p.due)
+                        .arg(0)
+                        .arg(0)
+                        .arg("WITHSCORES")
+                        .query_async::<Vec<(String, f64)>>(&mut conn)
+                        .await
+                        .map_err(transient)
+                }
+            });
+            let firsts = try_join_all(calls).await?;
+            Ok(firsts
+                .iter()
+                .filter_map(|f| f.first().map(|(_, due)| *due as i64))
+                .min())
         }
         .boxed()
     }
@@ -475,12 +609,20 @@ pub fn expiry_events_on(flags: &str) -> bool {
 }
 
 pub async fn listen_for_wakeups(
-    url: String,
+    target: RedisTarget,
     prefix: String,
-    retry_db: u32,
     configure: bool,
     wake: impl Fn(),
 ) {
+    let (url, retry_db) = match target {
+        RedisTarget::Single { url, retry_db } => (url, retry_db),
+        RedisTarget::Cluster { .. } => {
+            // Database 0 only, and the timer key's events would come from whichever primary
+            // holds it: retries fire from the due-time sweep.
+            tracing::info!("Redis Cluster: retries fire from the due-time sweep (retry.sweep_ms), without key-expiry wake-ups");
+            return;
+        }
+    };
     let wake_key = format!("{prefix}retry:wake");
     let channel = format!("__keyevent@{retry_db}__:expired");
     let mut delay = Duration::from_millis(100);

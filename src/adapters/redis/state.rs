@@ -1,28 +1,38 @@
-//! Redis user-state store. Per user, a hash `<prefix>user:<id>` — `v` (the fencing version),
-//! `o` (the owner that claimed it), `s` (the state blob, `domain::stored_state`) — and a sorted
-//! set `<prefix>seen:<id>` of dedup fingerprints (8 bytes, big-endian) scored by when they were
-//! seen, appended per write and trimmed by age and count, never rewritten whole.
+//! The Redis cache of user states: one key per user, `<prefix>state:{<userId>}` (the user id
+//! as the hash tag, so on a cluster each user's entry is one slot's), holding the whole state
+//! in the compact binary form of `domain::stored_state` (version, positions, dedup window,
+//! profile), expiring `redis.state_ttl_ms` after its last write. MongoDB is the system of
+//! record: a miss, an unreadable entry or a cache that cannot answer is read there instead, and
+//! an entry older than the document is found out by the fenced write.
 //!
-//! Claims and writes are Lua scripts over a chunk of users, so each is one round trip and
-//! atomic per user. A schema-1 state (a plain string under the same key, before fencing)
-//! loads as version 0 and is converted to the hash form by its first claim.
+//! While Redis does not answer, the cache steps aside for a second at a time (loads go to
+//! MongoDB, writes are skipped), so a Redis outage slows loads rather than stopping them.
+//!
+//! Earlier releases kept the state itself in Redis — a hash `<prefix>user:<id>` (`v`, `o`,
+//! `s`: the JSON state) beside a sorted set `<prefix>seen:<id>` of dedup fingerprints, or
+//! (schema 1) a plain JSON string. [`RedisStateCache::load_legacy`] reads that form for
+//! users whose document has no bookkeeping yet, so an upgrade keeps their replay protection.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, Value};
 
 use crate::domain::stored_state;
-use crate::ports::{BoxFut, LoadedState, SeenPolicy, StateStore, StoreError, UserSnapshot};
+use crate::domain::user::UserState;
+use crate::ports::{BoxFut, Clock, LoadedState, StateCache, StoreError, SystemClock, UserSnapshot};
 
-use super::connection::transient;
+use super::connection::{transient, RedisConn, RedisTarget};
 
-/// Users per script call (keeps each round trip well under the response timeout).
-const CHUNK: usize = 500;
+/// How long the cache steps aside after Redis failed to answer.
+const STEP_ASIDE_MS: i64 = 1_000;
+/// Users per legacy-load script call.
+const LEGACY_CHUNK: usize = 500;
 
-const LOAD: &str = r#"
+/// Reads an earlier release's state of each user: `{version, blob|false, [member, score, …]}`.
+const LEGACY_LOAD: &str = r#"
 local n = #KEYS / 2
 local out = {}
 for i = 1, n do
@@ -40,132 +50,61 @@ end
 return out
 "#;
 
-const CLAIM: &str = r#"
-local owner = ARGV[1]
-local out = {}
-for i = 1, #KEYS do
-  local k = KEYS[i]
-  local want = ARGV[i + 1]
-  local t = redis.call('TYPE', k).ok
-  local cur, o = 0, false
-  if t == 'string' then
-    local old = redis.call('GET', k)
-    redis.call('DEL', k)
-    redis.call('HSET', k, 's', old)
-  elseif t == 'hash' then
-    local h = redis.call('HMGET', k, 'v', 'o')
-    cur = tonumber(h[1] or '0')
-    o = h[2]
-  end
-  if cur == tonumber(want) - 1 then
-    redis.call('HSET', k, 'v', want, 'o', owner)
-    out[i] = 1
-  elseif cur == tonumber(want) and o == owner then
-    out[i] = 1
-  else
-    out[i] = 0
-  end
-end
-return out
-"#;
-
-const SAVE: &str = r#"
-local owner = ARGV[1]
-local cutoff = ARGV[2]
-local max = tonumber(ARGV[3])
-local a = 4
-local out = {}
-for i = 1, #KEYS / 2 do
-  local k = KEYS[2 * i - 1]
-  local z = KEYS[2 * i]
-  local v = ARGV[a]
-  local blob = ARGV[a + 1]
-  local m = tonumber(ARGV[a + 2])
-  a = a + 3
-  local ok = false
-  if redis.call('TYPE', k).ok == 'hash' then
-    local h = redis.call('HMGET', k, 'v', 'o')
-    ok = h[1] == v and h[2] == owner
-  end
-  if ok then
-    redis.call('HSET', k, 's', blob)
-    for j = 0, m - 1 do
-      redis.call('ZADD', z, ARGV[a + 2 * j + 1], ARGV[a + 2 * j])
-    end
-    redis.call('ZREMRANGEBYSCORE', z, '-inf', '(' .. cutoff)
-    local c = redis.call('ZCARD', z)
-    if c > max then
-      redis.call('ZREMRANGEBYRANK', z, 0, c - max - 1)
-    end
-    out[i] = 1
-  else
-    out[i] = 0
-  end
-  a = a + 2 * m
-end
-return out
-"#;
-
 #[derive(Clone)]
-pub struct RedisStateStore {
-    conn: ConnectionManager,
+pub struct RedisStateCache {
+    conn: RedisConn,
     prefix: Arc<str>,
-    scripts: Arc<Scripts>,
+    ttl_ms: u64,
+    /// Until when (ms) the cache steps aside after a failure.
+    aside_until: Arc<AtomicI64>,
+    /// Whether the earlier releases' keys can exist (never on a cluster, which is new).
+    legacy: bool,
+    legacy_load: Arc<Script>,
 }
 
-struct Scripts {
-    load: Script,
-    claim: Script,
-    save: Script,
-}
-
-fn unexpected(what: &str) -> StoreError {
-    StoreError::Transient(format!("redis: unexpected reply to {what}"))
-}
-
-impl RedisStateStore {
-    /// Connects (the manager reconnects by itself with backoff after a connection loss).
-    pub async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(|e| StoreError::BadData {
-            key: "redis.url".into(),
-            detail: e.to_string(),
-        })?;
-        let config = ConnectionManagerConfig::new()
-            // The 500 ms default is too short for a 500-user script on a busy machine.
-            .set_response_timeout(Some(Duration::from_secs(10)))
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(2));
-        let conn = ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(transient)?;
-        Ok(RedisStateStore {
+impl RedisStateCache {
+    /// Connects (a single server's connection reconnects by itself with backoff, the cluster
+    /// client follows the cluster's topology). Answers wait at most 2 s: a cache that is
+    /// slower than that is stepped around.
+    pub async fn connect(
+        target: &RedisTarget,
+        prefix: &str,
+        ttl_ms: u64,
+    ) -> Result<Self, StoreError> {
+        let conn = RedisConn::connect(target, Duration::from_secs(2)).await?;
+        Ok(RedisStateCache {
             conn,
             prefix: Arc::from(prefix),
-            scripts: Arc::new(Scripts {
-                load: Script::new(LOAD),
-                claim: Script::new(CLAIM),
-                save: Script::new(SAVE),
-            }),
+            ttl_ms: ttl_ms.max(1),
+            aside_until: Arc::new(AtomicI64::new(0)),
+            legacy: !target.is_cluster(),
+            legacy_load: Arc::new(Script::new(LEGACY_LOAD)),
         })
     }
 
     pub fn key(&self, user_id: &str) -> String {
-        format!("{}user:{user_id}", self.prefix)
-    }
-
-    pub fn seen_key(&self, user_id: &str) -> String {
-        format!("{}seen:{user_id}", self.prefix)
+        format!("{}state:{{{user_id}}}", self.prefix)
     }
 
     /// PING, for readiness checks.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
-        redis::cmd("PING")
-            .query_async::<String>(&mut conn)
-            .await
-            .map(|_| ())
-            .map_err(transient)
+        self.conn.ping().await
+    }
+
+    fn now() -> i64 {
+        SystemClock.now_ms()
+    }
+
+    fn stepped_aside(&self) -> bool {
+        self.aside_until.load(Ordering::Relaxed) > Self::now()
+    }
+
+    fn step_aside(&self, e: &StoreError) {
+        if !self.stepped_aside() {
+            tracing::warn!(error = %e, "the Redis state cache does not answer; reading MongoDB instead for a while");
+        }
+        self.aside_until
+            .store(Self::now() + STEP_ASIDE_MS, Ordering::Relaxed);
     }
 }
 
@@ -195,13 +134,10 @@ fn array_of(v: Value) -> Option<Vec<Value>> {
     }
 }
 
-/// One user's `{version, blob, [member, score, …]}` from the load script.
-fn parse_loaded(v: Value) -> Option<LoadedState> {
+/// One user's `{version, blob, [member, score, …]}` from the legacy load script.
+fn parse_legacy(v: Value) -> Option<Option<LoadedState>> {
     let mut parts = array_of(v)?.into_iter();
-    let version: u64 = std::str::from_utf8(&bytes_of(&parts.next()?)?)
-        .ok()?
-        .parse()
-        .ok()?;
+    let _version = parts.next()?;
     let blob = parts.next()?;
     let seen = array_of(parts.next().unwrap_or(Value::Nil))?;
     let mut entries = Vec::with_capacity(seen.len() / 2);
@@ -211,107 +147,117 @@ fn parse_loaded(v: Value) -> Option<LoadedState> {
         let fingerprint = u64::from_be_bytes(member.as_slice().try_into().ok()?);
         entries.push((fingerprint, number_of(score)? as i64));
     }
+    // A claim whose writer died before writing its state left no state: nothing to use.
     let Some(blob) = bytes_of(&blob) else {
-        return Some(match stored_state::claimed_unwritten(version, entries) {
-            Some(state) => LoadedState::Found(state),
-            None => LoadedState::Absent,
-        });
+        return Some(None);
     };
-    Some(match stored_state::decode(&blob, version, entries) {
+    Some(Some(match stored_state::decode_legacy(&blob, entries) {
         Ok(state) => LoadedState::Found(state),
         Err(e) => LoadedState::Unreadable(e.0),
-    })
+    }))
 }
 
-fn flags(v: Value, what: &str, n: usize) -> Result<Vec<bool>, StoreError> {
-    let a = array_of(v).ok_or_else(|| unexpected(what))?;
-    if a.len() != n {
-        return Err(unexpected(what));
-    }
-    Ok(a.iter().map(|x| matches!(x, Value::Int(1))).collect())
-}
-
-impl StateStore for RedisStateStore {
-    fn load(&self, users: Vec<Arc<str>>) -> BoxFut<Result<Vec<LoadedState>, StoreError>> {
-        let mut conn = self.conn.clone();
+impl StateCache for RedisStateCache {
+    fn load(&self, users: Vec<Arc<str>>) -> BoxFut<Result<Vec<Option<UserState>>, StoreError>> {
         let me = self.clone();
         async move {
+            if me.stepped_aside() {
+                return Ok(vec![None; users.len()]);
+            }
+            let cmds = users
+                .iter()
+                .map(|u| {
+                    let mut c = redis::cmd("GET");
+                    c.arg(me.key(u));
+                    c
+                })
+                .collect();
+            let values = match me.conn.query_many(cmds).await {
+                Ok(v) => v,
+                Err(e) => {
+                    me.step_aside(&e);
+                    return Err(e);
+                }
+            };
+            Ok(users
+                .iter()
+                .zip(values)
+                .map(|(user, v)| {
+                    let bytes = bytes_of(&v)?;
+                    match stored_state::decode_cached(&bytes) {
+                        Ok(state) => Some(state),
+                        Err(e) => {
+                            // MongoDB holds the truth: an entry this release cannot read is
+                            // a miss (and is overwritten by the user's next write).
+                            tracing::debug!(user_id = %user, error = %e, "unreadable cache entry; reading MongoDB");
+                            None
+                        }
+                    }
+                })
+                .collect())
+        }
+        .boxed()
+    }
+
+    fn save(&self, users: Vec<Arc<UserSnapshot>>) -> BoxFut<Result<(), StoreError>> {
+        let me = self.clone();
+        async move {
+            if me.stepped_aside() || users.is_empty() {
+                return Ok(());
+            }
+            let cmds = users
+                .iter()
+                .map(|u| {
+                    let blob =
+                        stored_state::encode_cached(u.version, &u.profile, &u.positions, &u.seen);
+                    let mut c = redis::cmd("SET");
+                    c.arg(me.key(&u.user_id)).arg(blob).arg("PX").arg(me.ttl_ms);
+                    c
+                })
+                .collect();
+            match me.conn.query_many(cmds).await {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    me.step_aside(&e);
+                    Err(e)
+                }
+            }
+        }
+        .boxed()
+    }
+
+    fn load_legacy(
+        &self,
+        users: Vec<Arc<str>>,
+    ) -> BoxFut<Result<Vec<Option<LoadedState>>, StoreError>> {
+        let me = self.clone();
+        async move {
+            if !me.legacy {
+                return Ok(vec![None; users.len()]);
+            }
             let mut out = Vec::with_capacity(users.len());
-            for chunk in users.chunks(CHUNK) {
-                let mut inv = me.scripts.load.prepare_invoke();
+            let mut conn = me.conn.clone();
+            for chunk in users.chunks(LEGACY_CHUNK) {
+                let mut inv = me.legacy_load.prepare_invoke();
                 for u in chunk {
-                    inv.key(me.key(u));
+                    inv.key(format!("{}user:{u}", me.prefix));
                 }
                 for u in chunk {
-                    inv.key(me.seen_key(u));
+                    inv.key(format!("{}seen:{u}", me.prefix));
                 }
                 let reply: Value = inv.invoke_async(&mut conn).await.map_err(transient)?;
-                let rows = array_of(reply).ok_or_else(|| unexpected("load"))?;
-                if rows.len() != chunk.len() {
-                    return Err(unexpected("load"));
-                }
+                let rows = array_of(reply)
+                    .filter(|r| r.len() == chunk.len())
+                    .ok_or_else(|| {
+                        StoreError::Transient("redis: unexpected reply to the legacy load".into())
+                    })?;
                 for row in rows {
-                    out.push(parse_loaded(row).unwrap_or_else(|| {
-                        LoadedState::Unreadable("stored state has an unexpected shape".into())
+                    out.push(parse_legacy(row).unwrap_or_else(|| {
+                        Some(LoadedState::Unreadable(
+                            "stored state has an unexpected shape".into(),
+                        ))
                     }));
                 }
-            }
-            Ok(out)
-        }
-        .boxed()
-    }
-
-    fn claim(
-        &self,
-        owner: u64,
-        claims: Vec<(Arc<str>, u64)>,
-    ) -> BoxFut<Result<Vec<bool>, StoreError>> {
-        let mut conn = self.conn.clone();
-        let me = self.clone();
-        async move {
-            let mut out = Vec::with_capacity(claims.len());
-            for chunk in claims.chunks(CHUNK) {
-                let mut inv = me.scripts.claim.prepare_invoke();
-                inv.arg(owner.to_string());
-                for (u, version) in chunk {
-                    inv.key(me.key(u));
-                    inv.arg(version.to_string());
-                }
-                let reply: Value = inv.invoke_async(&mut conn).await.map_err(transient)?;
-                out.extend(flags(reply, "claim", chunk.len())?);
-            }
-            Ok(out)
-        }
-        .boxed()
-    }
-
-    fn save(
-        &self,
-        owner: u64,
-        users: Vec<Arc<UserSnapshot>>,
-        seen: SeenPolicy,
-    ) -> BoxFut<Result<Vec<bool>, StoreError>> {
-        let mut conn = self.conn.clone();
-        let me = self.clone();
-        async move {
-            let mut out = Vec::with_capacity(users.len());
-            for chunk in users.chunks(CHUNK) {
-                let mut inv = me.scripts.save.prepare_invoke();
-                inv.arg(owner.to_string())
-                    .arg(seen.expire_before_ms)
-                    .arg(seen.max_ids);
-                for u in chunk {
-                    inv.key(me.key(&u.user_id));
-                    inv.key(me.seen_key(&u.user_id));
-                    inv.arg(u.version.to_string())
-                        .arg(stored_state::encode(&u.profile, &u.positions))
-                        .arg(u.seen_added.len());
-                    for (fingerprint, at) in &u.seen_added {
-                        inv.arg(&fingerprint.to_be_bytes()[..]).arg(*at);
-                    }
-                }
-                let reply: Value = inv.invoke_async(&mut conn).await.map_err(transient)?;
-                out.extend(flags(reply, "save", chunk.len())?);
             }
             Ok(out)
         }
