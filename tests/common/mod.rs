@@ -567,7 +567,7 @@ fn ms(b: Option<&Bson>) -> Option<i64> {
     }
 }
 
-fn int(b: Option<&Bson>) -> i64 {
+pub fn int(b: Option<&Bson>) -> i64 {
     match b {
         Some(Bson::Int32(i)) => *i as i64,
         Some(Bson::Int64(i)) => *i,
@@ -1100,8 +1100,8 @@ where
 
 /// What MongoDB, the system of record, holds of each user's bookkeeping: its version, last
 /// applied offset per partition and dedup window (`_herald.v`, `_herald.pos`, `_herald.seen`:
-/// 16 bytes per entry, the 64-bit fingerprint then the time, big-endian), decoded here
-/// independently of Herald's code.
+/// base64 of 16 bytes per entry, the 64-bit fingerprint then the time, big-endian), decoded
+/// here independently of Herald's code.
 pub struct StoredState {
     pub version: i64,
     pub positions: BTreeMap<u32, i64>,
@@ -1133,11 +1133,15 @@ pub async fn stored_states(names: &Names) -> BTreeMap<String, StoredState> {
                 })
                 .unwrap_or_default();
             let seen = match h.get("seen") {
-                Some(Bson::Binary(b)) => b
-                    .bytes
-                    .chunks_exact(16)
-                    .map(|c| u64::from_be_bytes(c[..8].try_into().unwrap()))
-                    .collect(),
+                Some(Bson::String(text)) => {
+                    use base64::Engine;
+                    base64::engine::general_purpose::STANDARD
+                        .decode(text)
+                        .unwrap()
+                        .chunks_exact(16)
+                        .map(|c| u64::from_be_bytes(c[..8].try_into().unwrap()))
+                        .collect()
+                }
                 _ => BTreeSet::new(),
             };
             Some((

@@ -79,9 +79,13 @@ impl MongoDocumentStore {
     pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
         for (coll, key, name) in [
             ("messages", doc! {"status": 1}, "status_1"),
-            // The reconciler pages waiting messages by `_id` (a sharded cluster merges the
-            // two statuses' ranges from this index instead of sorting).
-            ("messages", doc! {"status": 1, "_id": 1}, "status_1__id_1"),
+            // The reconciler pages waiting messages in `updated_at` order straight from this
+            // index (the two statuses' ranges merged, never sorted or rescanned).
+            (
+                "messages",
+                doc! {"status": 1, "updated_at": 1},
+                "status_1_updated_at_1",
+            ),
             ("early_callbacks", doc! {"message_id": 1}, "message_id_1"),
             // Twilio callbacks name only the provider's id.
             (

@@ -1,14 +1,16 @@
 //! The `users` collection: each user's document is its profile (the fields readers use) and
 //! Herald's bookkeeping under `_herald` — `v` the version, `w` the token of the flush that
 //! wrote it, `s` the schema, `pos` the last applied offset per source partition, `seen` the
-//! dedup window (16 bytes per entry) — written together in one version-filtered replacement:
-//! MongoDB is the system of record, and the fence.
+//! dedup window (16 bytes per entry, base64: a string, which every MongoDB-protocol server
+//! stores, where BSON binary is not always supported) — written together in one
+//! version-filtered replacement: MongoDB is the system of record, and the fence.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use base64::Engine;
 use futures::TryStreamExt;
-use mongodb::bson::{doc, spec::BinarySubtype, Binary, Bson, DateTime, Document};
+use mongodb::bson::{doc, Bson, DateTime, Document};
 use mongodb::Database;
 
 use crate::domain::dedup::DedupWindow;
@@ -92,7 +94,7 @@ pub fn user_document(u: &UserSnapshot, token: u64, updated_at: i64) -> Document 
             "w": token as i64,
             "s": BOOKKEEPING_SCHEMA,
             "pos": positions,
-            "seen": Binary { subtype: BinarySubtype::Generic, bytes: encode_seen(&u.seen) },
+            "seen": base64::engine::general_purpose::STANDARD.encode(encode_seen(&u.seen)),
         },
     );
     d
@@ -201,12 +203,22 @@ pub fn parse_user(d: &Document) -> StoredUser {
     positions.sort_unstable();
     let seen = match herald.get("seen") {
         None | Some(Bson::Null) => Vec::new(),
-        Some(Bson::Binary(b)) => match decode_seen(&b.bytes) {
-            Ok(s) => s,
-            Err(e) => return StoredUser::Unreadable(e.0),
-        },
+        Some(Bson::String(text)) => {
+            let bytes = match base64::engine::general_purpose::STANDARD.decode(text) {
+                Ok(b) => b,
+                Err(e) => {
+                    return StoredUser::Unreadable(format!(
+                        "the document's _herald.seen is not base64: {e}"
+                    ))
+                }
+            };
+            match decode_seen(&bytes) {
+                Ok(s) => s,
+                Err(e) => return StoredUser::Unreadable(e.0),
+            }
+        }
         Some(_) => {
-            return StoredUser::Unreadable("the document's _herald.seen is not binary".into())
+            return StoredUser::Unreadable("the document's _herald.seen is not a string".into())
         }
     };
     StoredUser::Found(UserState {
