@@ -87,10 +87,10 @@ impl herald::ports::DocumentStore for NoDocs {
     fn stalled_messages(
         &self,
         idle_before: i64,
-        after: Option<String>,
+        from: herald::ports::StalledFrom,
         limit: usize,
     ) -> BoxFut<Result<Vec<herald::domain::message::MessageRecord>, StoreError>> {
-        self.0.stalled_messages(idle_before, after, limit)
+        self.0.stalled_messages(idle_before, from, limit)
     }
     fn find_by_provider_message_id(
         &self,

@@ -200,6 +200,19 @@ pub struct UsersWritten {
     pub refused: Vec<(Arc<str>, String)>,
 }
 
+/// Where a page of waiting messages starts (see [`DocumentStore::stalled_messages`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StalledFrom {
+    Start,
+    /// Changed after this time (ms).
+    After(i64),
+    /// Changed at exactly this time, with an `_id` after this one.
+    Tied {
+        at: i64,
+        after_id: String,
+    },
+}
+
 /// The result of a conditional status transition.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TransitionResult {
@@ -257,12 +270,13 @@ pub trait DocumentStore: Send + Sync + 'static {
     ) -> BoxFut<Result<(), StoreError>>;
     fn get_message(&self, id: String) -> BoxFut<Result<Option<MessageRecord>, StoreError>>;
     /// Up to `limit` messages waiting on a send (`queued` or `retrying`) whose last change
-    /// was before `idle_before_ms`, with `_id` after `after_id`, in `_id` order (the
-    /// reconciler pages through them all).
+    /// was before `idle_before_ms`, from `from` on: in `updated_at` order (straight from an
+    /// index), or — for the messages changed in one millisecond, `Tied` — in `_id` order. The
+    /// reconciler pages through them all this way, never rescanning what it saw.
     fn stalled_messages(
         &self,
         idle_before_ms: i64,
-        after_id: Option<String>,
+        from: StalledFrom,
         limit: usize,
     ) -> BoxFut<Result<Vec<MessageRecord>, StoreError>>;
     /// The message whose current or an earlier send got `provider_message_id` from

@@ -163,10 +163,10 @@ impl DocumentStore for FaultyDocs {
     fn stalled_messages(
         &self,
         idle_before: i64,
-        after: Option<String>,
+        from: herald::ports::StalledFrom,
         limit: usize,
     ) -> BoxFut<Result<Vec<MessageRecord>, StoreError>> {
-        self.inner.stalled_messages(idle_before, after, limit)
+        self.inner.stalled_messages(idle_before, from, limit)
     }
     fn find_by_provider_message_id(
         &self,
@@ -270,10 +270,10 @@ impl DocumentStore for RefusingDocs {
     fn stalled_messages(
         &self,
         idle_before: i64,
-        after: Option<String>,
+        from: herald::ports::StalledFrom,
         limit: usize,
     ) -> BoxFut<Result<Vec<MessageRecord>, StoreError>> {
-        self.inner.stalled_messages(idle_before, after, limit)
+        self.inner.stalled_messages(idle_before, from, limit)
     }
     fn find_by_provider_message_id(
         &self,

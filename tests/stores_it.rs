@@ -16,7 +16,7 @@ use herald::domain::keys::message_fingerprint;
 use herald::domain::message::{MessageRecord, MessageStatus, StatusChange, StatusEvent};
 use herald::domain::user::{DedupLimits, Position, UserState};
 use herald::ports::{
-    DocumentStore, LoadedState, RetryEntry, RetrySchedule, StateCache, StoredUser,
+    DocumentStore, LoadedState, RetryEntry, RetrySchedule, StalledFrom, StateCache, StoredUser,
     TransitionResult, UserSnapshot,
 };
 use mongodb::bson::doc;
@@ -463,7 +463,7 @@ fn mongo_messages_follow_the_status_machine() {
             .unwrap();
         assert_eq!(early.status, MessageStatus::Delivered);
         assert!(store
-            .stalled_messages(4_102_444_800_000, None, 10)
+            .stalled_messages(4_102_444_800_000, StalledFrom::Start, 10)
             .await
             .unwrap()
             .is_empty());
@@ -519,26 +519,38 @@ fn mongo_lists_stalled_messages_in_pages() {
         }
         let ids =
             |page: Vec<MessageRecord>| -> Vec<String> { page.into_iter().map(|r| r.id).collect() };
-        let first = ids(store.stalled_messages(5_000, None, 4).await.unwrap());
+        let page = |from: StalledFrom, limit: usize| {
+            let store = &store;
+            async move { store.stalled_messages(5_000, from, limit).await.unwrap() }
+        };
+        // In `updated_at` order: the first page is inside the millisecond of 1,000 (seven
+        // messages share it), which is then read by `_id`, then what came after it.
+        let first = page(StalledFrom::Start, 4).await;
+        assert_eq!(first.len(), 4);
+        assert!(first.iter().all(|r| r.updated_at == 1_000));
+        let tied = |after_id: &str| StalledFrom::Tied {
+            at: 1_000,
+            after_id: after_id.into(),
+        };
         assert_eq!(
-            first,
-            ["welcome:m00", "welcome:m02", "welcome:m04", "welcome:m05"]
+            ids(page(tied(""), 4).await),
+            ["welcome:m00", "welcome:m04", "welcome:m05", "welcome:m06"]
         );
-        let second = ids(store
-            .stalled_messages(5_000, first.last().cloned(), 4)
-            .await
-            .unwrap());
         assert_eq!(
-            second,
-            ["welcome:m06", "welcome:m07", "welcome:m08", "welcome:m09"]
+            ids(page(tied("welcome:m06"), 4).await),
+            ["welcome:m07", "welcome:m08", "welcome:m09"]
         );
-        assert!(store
-            .stalled_messages(5_000, second.last().cloned(), 4)
-            .await
-            .unwrap()
-            .is_empty());
         assert_eq!(
-            ids(store.stalled_messages(1_500, None, 100).await.unwrap()).len(),
+            ids(page(StalledFrom::After(1_000), 4).await),
+            ["welcome:m02"]
+        );
+        assert!(page(StalledFrom::After(2_000), 4).await.is_empty());
+        assert_eq!(
+            ids(store
+                .stalled_messages(1_500, StalledFrom::Start, 100)
+                .await
+                .unwrap())
+            .len(),
             7,
             "m02 changed at 2,000: not idle since 1,500"
         );

@@ -12,7 +12,8 @@
 //! about to lease its send finds the entry and leaves the send to the sweep, so whichever
 //! comes first owns it and the send fires once.
 
-use crate::ports::RetryEntry;
+use crate::domain::message::MessageRecord;
+use crate::ports::{RetryEntry, StalledFrom};
 
 use super::context::Shared;
 use super::dispatcher::LEASE_MS;
@@ -21,52 +22,86 @@ use super::dispatcher::LEASE_MS;
 const PAGE: usize = 1_000;
 
 /// Adopts every message waiting on a send whose last change was before `idle_before_ms` and
-/// that no entry holds. Answers how many it adopted.
+/// that no entry holds. Answers how many it adopted. Pages in `updated_at` order; a full
+/// page's last millisecond (a flush changes many messages at once) is read again by `_id`,
+/// so no message is skipped and none is read twice.
 pub async fn reconcile(shared: &Shared, idle_before_ms: i64) -> Result<usize, String> {
     let ports = &shared.ports;
     let mut adopted = 0;
-    let mut after: Option<String> = None;
+    let mut from = StalledFrom::Start;
     loop {
-        let page = ports
+        let mut page = ports
             .docs
-            .stalled_messages(idle_before_ms, after.clone(), PAGE)
+            .stalled_messages(idle_before_ms, from.clone(), PAGE)
             .await
             .map_err(|e| e.to_string())?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.id.clone());
-        let due = ports.clock.now_ms() + LEASE_MS;
-        let entries: Vec<RetryEntry> = page
-            .iter()
-            // A channel without providers now (configuration changed) has nobody to send.
-            .filter(|r| !shared.dispatchers_for(r.channel).is_empty())
-            .filter_map(|r| {
-                let (attempt, resend) = r.due_send()?;
-                Some(RetryEntry {
-                    message_id: r.id.clone(),
-                    attempt,
-                    resend,
-                    due_ms: due,
-                    lapsed: false,
+        let full = page.len() >= PAGE;
+        let next = match (&from, page.last()) {
+            (_, None) => None,
+            (StalledFrom::Tied { at, .. }, Some(last)) => Some(if full {
+                StalledFrom::Tied {
+                    at: *at,
+                    after_id: last.id.clone(),
+                }
+            } else {
+                StalledFrom::After(*at)
+            }),
+            (_, Some(_)) if full => {
+                // The page may end inside its last millisecond: that one is read by `_id`.
+                let at = page.iter().map(|r| r.updated_at).max().unwrap_or(0);
+                page.retain(|r| r.updated_at < at);
+                Some(StalledFrom::Tied {
+                    at,
+                    after_id: String::new(),
                 })
+            }
+            (_, Some(_)) => None,
+        };
+        adopted += adopt(shared, &page).await?;
+        match next {
+            Some(n) => from = n,
+            None => break,
+        }
+    }
+    Ok(adopted)
+}
+
+/// Creates an entry, due one lease from now, for each message of `page` that has none.
+async fn adopt(shared: &Shared, page: &[MessageRecord]) -> Result<usize, String> {
+    let ports = &shared.ports;
+    let due = ports.clock.now_ms() + LEASE_MS;
+    let entries: Vec<RetryEntry> = page
+        .iter()
+        // A channel without providers now (configuration changed) has nobody to send.
+        .filter(|r| !shared.dispatchers_for(r.channel).is_empty())
+        .filter_map(|r| {
+            let (attempt, resend) = r.due_send()?;
+            Some(RetryEntry {
+                message_id: r.id.clone(),
+                attempt,
+                resend,
+                due_ms: due,
+                lapsed: false,
             })
-            .collect();
-        let created = ports
-            .retries
-            .hold(entries.clone(), false)
-            .await
-            .map_err(|e| e.to_string())?;
-        for (entry, _) in entries.iter().zip(&created).filter(|(_, c)| **c) {
-            tracing::debug!(
-                message = entry.message_id,
-                attempt = entry.attempt,
-                "a message waiting on a send nobody held is adopted"
-            );
-            ports.metrics.messages_reconciled.inc();
-            adopted += 1;
-        }
-        if page.len() < PAGE {
-            break;
-        }
+        })
+        .collect();
+    if entries.is_empty() {
+        return Ok(0);
+    }
+    let created = ports
+        .retries
+        .hold(entries.clone(), false)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut adopted = 0;
+    for (entry, _) in entries.iter().zip(&created).filter(|(_, c)| **c) {
+        tracing::debug!(
+            message = entry.message_id,
+            attempt = entry.attempt,
+            "a message waiting on a send nobody held is adopted"
+        );
+        ports.metrics.messages_reconciled.inc();
+        adopted += 1;
     }
     Ok(adopted)
 }

@@ -1061,25 +1061,57 @@ pub async fn mongo_messages(names: &Names) -> BTreeMap<String, Document> {
         .collect()
 }
 
-/// Waits until the retry schedule (Redis, the test's prefix) holds exactly `n` entries, each
-/// for attempt 2: every first send was answered retryable and its retry is scheduled.
+/// Where the test's Herald keeps its Redis data: the cluster (`HERALD_TEST_REDIS=cluster`, for
+/// tests on the shared Redis) or `names.redis`.
+pub fn redis_target(names: &Names) -> herald::adapters::redis::connection::RedisTarget {
+    use herald::adapters::redis::connection::RedisTarget;
+    if on_redis_cluster() && names.redis == REDIS {
+        RedisTarget::Cluster {
+            nodes: REDIS_CLUSTER.split(',').map(str::to_string).collect(),
+        }
+    } else {
+        RedisTarget::Single {
+            url: names.redis.clone(),
+            retry_db: 1,
+        }
+    }
+}
+
+/// Every entry of the test's retry schedule: (message id, stored attempt, due ms), read from
+/// its 16 parts (`<prefix>retry:{r<n>}:entry|due`).
+pub fn retry_entries(names: &Names) -> Vec<(String, String, i64)> {
+    let mut conn = cluster_aware_connection(&redis_target(names));
+    let mut out = Vec::new();
+    for part in 0..16 {
+        let entries: BTreeMap<String, String> = redis::cmd("HGETALL")
+            .arg(format!("{}:retry:{{r{part}}}:entry", names.base))
+            .query(&mut conn)
+            .unwrap();
+        let due: Vec<(String, f64)> = redis::cmd("ZRANGE")
+            .arg(format!("{}:retry:{{r{part}}}:due", names.base))
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .query(&mut conn)
+            .unwrap();
+        for (id, at) in due {
+            let attempt = entries.get(&id).cloned().unwrap_or_default();
+            out.push((id, attempt, at as i64));
+        }
+    }
+    out
+}
+
+/// Waits until the retry schedule holds exactly `n` entries, each for attempt 2: every first
+/// send was answered retryable and its retry is scheduled.
 pub async fn wait_retries_scheduled(names: &Names, n: usize, limit: Duration) {
-    let conn = redis::Client::open(names.redis.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let entry_key = format!("{}:retry:entry", names.base);
     eventually(&format!("{n} retries scheduled"), limit, || {
-        let mut conn = conn.clone();
-        let key = entry_key.clone();
+        let names = names.clone();
         async move {
-            let attempts: Vec<String> = redis::cmd("HVALS")
-                .arg(&key)
-                .query_async(&mut conn)
+            let entries = tokio::task::spawn_blocking(move || retry_entries(&names))
                 .await
                 .unwrap();
-            attempts.len() == n && attempts.iter().all(|a| a == "2")
+            entries.len() == n && entries.iter().all(|(_, a, _)| a == "2")
         }
     })
     .await;
@@ -1182,4 +1214,36 @@ pub fn tools() -> PathBuf {
         tools.display()
     );
     tools
+}
+
+/// Records of one user spread over two partitions, all of their updates commutative across
+/// partitions (per-partition trait keys, tags only added, event counts and min/max times), so
+/// the expected profile does not depend on how the partitions interleave.
+pub fn split_users(users: usize, per_user: usize, partitions: i32) -> Vec<(i32, String, String)> {
+    let mut out = Vec::with_capacity(users * per_user);
+    for round in 0..per_user {
+        for u in 0..users {
+            let user = format!("split-{u}");
+            let side = (round % 2) as i32;
+            let partition = (u as i32 + side) % partitions;
+            let ts = format!(
+                "2026-11-23T10:{:02}:{:02}Z",
+                (round / 60) % 60,
+                (round + u) % 60
+            );
+            let id = format!("{user}-{round}");
+            let payload = if round % 3 == 0 {
+                format!(
+                    r#"{{"messageId":"{id}","type":"identify","userId":"{user}","timestamp":"{ts}","traits":{{"p{side}_last":{round},"p{side}_name":"n{u}"}},"tags":{{"add":["side{side}"]}}}}"#
+                )
+            } else {
+                let event = ["viewed", "clicked", "bought"][round % 3];
+                format!(
+                    r#"{{"messageId":"{id}","type":"track","userId":"{user}","timestamp":"{ts}","event":"{event}"}}"#
+                )
+            };
+            out.push((partition, user, payload));
+        }
+    }
+    out
 }

@@ -13,7 +13,8 @@ use crate::domain::message::{ApplyResult, MessageRecord, MessageStatus, StatusCh
 use crate::domain::suppression::{Suppression, SuppressionReason};
 use crate::domain::user::{UserProfile, UserState};
 use crate::ports::{
-    BoxFut, DocumentStore, StoreError, StoredUser, TransitionResult, UserSnapshot, UsersWritten,
+    BoxFut, DocumentStore, StalledFrom, StoreError, StoredUser, TransitionResult, UserSnapshot,
+    UsersWritten,
 };
 
 const SHARDS: usize = 64;
@@ -238,7 +239,7 @@ impl DocumentStore for MemoryDocumentStore {
     fn stalled_messages(
         &self,
         idle_before_ms: i64,
-        after_id: Option<String>,
+        from: StalledFrom,
         limit: usize,
     ) -> BoxFut<Result<Vec<MessageRecord>, StoreError>> {
         let mut v: Vec<MessageRecord> = self
@@ -248,11 +249,21 @@ impl DocumentStore for MemoryDocumentStore {
             .filter(|m| {
                 matches!(m.status, MessageStatus::Queued | MessageStatus::Retrying)
                     && m.updated_at < idle_before_ms
-                    && after_id.as_ref().is_none_or(|a| m.id > *a)
+                    && match &from {
+                        StalledFrom::Start => true,
+                        StalledFrom::After(at) => m.updated_at > *at,
+                        StalledFrom::Tied { at, after_id } => {
+                            m.updated_at == *at && m.id > *after_id
+                        }
+                    }
             })
             .cloned()
             .collect();
-        v.sort_by(|a, b| a.id.cmp(&b.id));
+        match from {
+            StalledFrom::Tied { .. } => v.sort_by(|a, b| a.id.cmp(&b.id)),
+            // Ties in any order, as an index gives them.
+            _ => v.sort_by_key(|m| m.updated_at),
+        }
         v.truncate(limit);
         async move { Ok(v) }.boxed()
     }

@@ -19,7 +19,8 @@ use crate::domain::message::{
 };
 use crate::domain::suppression::{normalise_address, Suppression, SuppressionReason};
 use crate::ports::{
-    BoxFut, DocumentStore, StoreError, StoredUser, TransitionResult, UserSnapshot, UsersWritten,
+    BoxFut, DocumentStore, StalledFrom, StoreError, StoredUser, TransitionResult, UserSnapshot,
+    UsersWritten,
 };
 
 use super::transitions::{self, transition_alone, Codec, Job, ReadJob};
@@ -565,22 +566,30 @@ impl DocumentStore for MongoDocumentStore {
     fn stalled_messages(
         &self,
         idle_before_ms: i64,
-        after_id: Option<String>,
+        from: StalledFrom,
         limit: usize,
     ) -> BoxFut<Result<Vec<MessageRecord>, StoreError>> {
         let db = self.db.clone();
         async move {
-            let mut filter = doc! {
-                "status": {"$in": ["queued", "retrying"]},
-                "updated_at": {"$lt": date(idle_before_ms)},
+            let waiting = doc! {"$in": ["queued", "retrying"]};
+            let (filter, sort) = match from {
+                StalledFrom::Start => (
+                    doc! {"status": waiting, "updated_at": {"$lt": date(idle_before_ms)}},
+                    doc! {"updated_at": 1},
+                ),
+                StalledFrom::After(at) => (
+                    doc! {"status": waiting, "updated_at": {"$gt": date(at), "$lt": date(idle_before_ms)}},
+                    doc! {"updated_at": 1},
+                ),
+                StalledFrom::Tied { at, after_id } => (
+                    doc! {"status": waiting, "updated_at": date(at), "_id": {"$gt": after_id}},
+                    doc! {"_id": 1},
+                ),
             };
-            if let Some(after) = after_id {
-                filter.insert("_id", doc! {"$gt": after});
-            }
             let docs: Vec<Document> = db
                 .collection::<Document>("messages")
                 .find(filter)
-                .sort(doc! {"_id": 1})
+                .sort(sort)
                 .limit(limit as i64)
                 .await
                 .map_err(transient)?
