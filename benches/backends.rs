@@ -1,8 +1,10 @@
 //! `cargo bench --bench backends` (backends running: `scripts/backends.sh up`): in one run on the
 //! same workload, Herald end to end (Kafka → Redis → MongoDB, the release `herald run`) against
 //! (1) each backend's own rate for the same work — consume-only from Kafka, the same Redis
-//! cache writes, the same MongoDB fenced bulk replacements (profile and bookkeeping) — and (2)
-//! a naive pipeline (per event: read state, write MongoDB, write Redis, commit). Prints the rates and writes
+//! cache writes, the same MongoDB fenced bulk replacements (profile and bookkeeping), and the
+//! same replacements without the bookkeeping (documents as the previous release wrote them:
+//! what keeping the positions and the dedup window in MongoDB costs) — and (2) a naive
+//! pipeline (per event: read state, write MongoDB, write Redis, commit). Prints the rates and writes
 //! `target/bench/backends.json`.
 //!
 //! Size: HERALD_BENCH_EVENTS (default 100,000), HERALD_BENCH_USERS (default 10,000).
@@ -14,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use herald::adapters::kafka::source::ensure_topics;
 use herald::adapters::mongo::docs::MongoDocumentStore;
+use herald::adapters::mongo::users;
 use herald::adapters::redis::connection::RedisTarget;
 use herald::adapters::redis::state::RedisStateCache;
 use herald::domain::event::decode;
@@ -181,6 +184,64 @@ fn main() {
     let redis_rate = events as f64 / redis_secs;
     let mongo_rate = events as f64 / mongo_secs;
 
+    // (1d) The same replacements without the bookkeeping, and the documents' sizes.
+    let (plain_secs, sizes) = rt.block_on(async {
+        let mongo = MongoDocumentStore::connect(MONGO, &format!("{base}_plain"), "majority")
+            .await
+            .unwrap();
+        let started = Instant::now();
+        for f in &flushes {
+            let statements: Vec<mongodb::bson::Document> = f
+                .iter()
+                .map(|u| {
+                    let mut d = mongodb::bson::doc! {"_id": &*u.user_id};
+                    d.extend(users::profile_document(&u.profile, 0));
+                    d.insert("version", u.version as i64);
+                    d.insert("schema_version", 2);
+                    mongodb::bson::doc! {
+                        "q": {"_id": &*u.user_id, "version": {"$lte": u.version as i64}},
+                        "u": d,
+                        "upsert": true,
+                    }
+                })
+                .collect();
+            for chunk in statements.chunks(1000) {
+                mongo
+                    .database()
+                    .run_command(mongodb::bson::doc! {
+                        "update": "users", "updates": chunk.to_vec(), "ordered": false,
+                        "writeConcern": {"w": "majority"},
+                    })
+                    .await
+                    .unwrap();
+            }
+        }
+        let plain_secs = started.elapsed().as_secs_f64();
+        // The last flush's documents, with and without `_herald`, as BSON.
+        let last = flushes.last().unwrap();
+        let bytes = |d: mongodb::bson::Document| {
+            let mut buf = Vec::new();
+            d.to_writer(&mut buf).unwrap();
+            buf.len()
+        };
+        let with: usize = last
+            .iter()
+            .map(|u| bytes(users::user_document(u, 1, 0)))
+            .sum();
+        let without: usize = last
+            .iter()
+            .map(|u| {
+                let mut d = mongodb::bson::doc! {"_id": &*u.user_id};
+                d.extend(users::profile_document(&u.profile, 0));
+                d.insert("version", u.version as i64);
+                d.insert("schema_version", 2);
+                bytes(d)
+            })
+            .sum();
+        (plain_secs, (with / last.len(), without / last.len()))
+    });
+    let plain_rate = events as f64 / plain_secs;
+
     // (2) Herald end to end: the release binary, timed from its first commit to its last.
     let herald = env!("CARGO_MANIFEST_DIR").to_string() + "/target/release/herald";
     let log = std::fs::File::create(format!(
@@ -312,7 +373,11 @@ fn main() {
     println!("kafka produce        {produce_rate:>10.0} events/s  (acks=all, librdkafka defaults)");
     println!("kafka consume-only   {kafka_rate:>10.0} events/s");
     println!("redis same writes    {redis_rate:>10.0} events/s");
-    println!("mongodb same upserts {mongo_rate:>10.0} events/s");
+    println!(
+        "mongodb same upserts {mongo_rate:>10.0} events/s  (documents with _herald, {} B each)",
+        sizes.0
+    );
+    println!("  without bookkeeping {plain_rate:>10.0} events/s  (the previous release's documents, {} B each)", sizes.1);
     println!(
         "herald end to end    {herald_rate:>10.0} events/s  ({:.0} % of the slowest backend)",
         100.0 * herald_rate / slowest
@@ -325,7 +390,8 @@ fn main() {
         "latency at {lat_rate:.0} events/s asked, {produced_rate:.0} produced: p50 {p50} ms, p99 {p99} ms (Kafka record time to durable write)"
     );
     let json = format!(
-        "{{\"events\":{events},\"users\":{users},\"kafka_produce\":{produce_rate:.0},\"kafka\":{kafka_rate:.0},\"redis\":{redis_rate:.0},\"mongo\":{mongo_rate:.0},\"herald\":{herald_rate:.0},\"naive\":{naive_rate:.0},\"latency_p50_ms\":{p50},\"latency_p99_ms\":{p99}}}\n"
+        "{{\"events\":{events},\"users\":{users},\"kafka_produce\":{produce_rate:.0},\"kafka\":{kafka_rate:.0},\"redis\":{redis_rate:.0},\"mongo\":{mongo_rate:.0},\"mongo_without_bookkeeping\":{plain_rate:.0},\"users_doc_bytes\":{},\"users_doc_bytes_without_bookkeeping\":{},\"herald\":{herald_rate:.0},\"naive\":{naive_rate:.0},\"latency_p50_ms\":{p50},\"latency_p99_ms\":{p99}}}\n",
+        sizes.0, sizes.1
     );
     let _ = std::fs::write(
         format!("{}/target/bench/backends.json", env!("CARGO_MANIFEST_DIR")),
