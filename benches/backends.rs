@@ -7,7 +7,8 @@
 //! pipeline (per event: read state, write MongoDB, write Redis, commit). Prints the rates and writes
 //! `target/bench/backends.json`.
 //!
-//! Size: HERALD_BENCH_EVENTS (default 100,000), HERALD_BENCH_USERS (default 10,000).
+//! Size: HERALD_BENCH_EVENTS (default 100,000), HERALD_BENCH_USERS (default 10,000). The
+//! MongoDB measured: HERALD_BENCH_MONGO (default the rig's, mongodb://127.0.0.1:27017).
 
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
@@ -32,7 +33,10 @@ use rdkafka::{Offset, TopicPartitionList};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const BROKERS: &str = "127.0.0.1:9092";
-const MONGO: &str = "mongodb://127.0.0.1:27017";
+/// The MongoDB measured: `HERALD_BENCH_MONGO`, else the rig's test server.
+fn mongo_url() -> String {
+    std::env::var("HERALD_BENCH_MONGO").unwrap_or_else(|_| "mongodb://127.0.0.1:27017".into())
+}
 const REDIS: &str = "redis://127.0.0.1:6379/0";
 const PARTITIONS: i32 = 4;
 /// The batcher's default flush size: the unit of coalescing for "the same writes".
@@ -171,7 +175,7 @@ fn main() {
             redis.save(f.clone()).await.unwrap();
         }
         let redis_secs = started.elapsed().as_secs_f64();
-        let mongo = MongoDocumentStore::connect(MONGO, &format!("{base}_alone"), "majority")
+        let mongo = MongoDocumentStore::connect(&mongo_url(), &format!("{base}_alone"), "majority")
             .await
             .unwrap();
         let started = Instant::now();
@@ -186,7 +190,7 @@ fn main() {
 
     // (1d) The same replacements without the bookkeeping, and the documents' sizes.
     let (plain_secs, sizes) = rt.block_on(async {
-        let mongo = MongoDocumentStore::connect(MONGO, &format!("{base}_plain"), "majority")
+        let mongo = MongoDocumentStore::connect(&mongo_url(), &format!("{base}_plain"), "majority")
             .await
             .unwrap();
         let started = Instant::now();
@@ -261,6 +265,7 @@ fn main() {
         .env("HERALD__KAFKA__TOPIC", &base)
         .env("HERALD__KAFKA__GROUP_ID", &base)
         .env("HERALD__KAFKA__PARTITIONS", PARTITIONS.to_string())
+        .env("HERALD__MONGO__URL", mongo_url())
         .env("HERALD__MONGO__DATABASE", &base)
         .env("HERALD__REDIS__PREFIX", format!("{base}:"))
         .env("HERALD__PIPELINE__COMMIT_INTERVAL_MS", "100")
@@ -318,7 +323,7 @@ fn main() {
     let sample = 1_000.min(msgs.len());
     let naive_secs = rt.block_on(async {
         let redis = cache(&format!("{base}_naive:")).await;
-        let mongo = MongoDocumentStore::connect(MONGO, &format!("{base}_naive"), "majority")
+        let mongo = MongoDocumentStore::connect(&mongo_url(), &format!("{base}_naive"), "majority")
             .await
             .unwrap();
         let started = Instant::now();
@@ -418,6 +423,7 @@ fn latency_at(
         .arg("run")
         .env("HERALD__KAFKA__TOPIC", topic)
         .env("HERALD__KAFKA__GROUP_ID", topic)
+        .env("HERALD__MONGO__URL", mongo_url())
         .env("HERALD__MONGO__DATABASE", topic)
         .env("HERALD__REDIS__PREFIX", format!("{topic}:"))
         .env("HERALD__LOG__FORMAT", "json")
