@@ -12,13 +12,10 @@ use std::time::Duration;
 
 use base64::Engine;
 use futures::FutureExt;
-use rsa::pkcs1v15::SigningKey;
-use rsa::pkcs8::DecodePrivateKey;
-use rsa::signature::{SignatureEncoding, Signer};
-use rsa::RsaPrivateKey;
+use ring::rand::SystemRandom;
+use ring::signature::{RsaKeyPair, RSA_PKCS1_SHA256};
 use serde::Deserialize;
 use serde_json::json;
-use sha2::Sha256;
 use tokio::sync::Mutex;
 
 use crate::domain::suppression::SuppressionReason;
@@ -58,7 +55,8 @@ pub struct FcmProvider {
     name: String,
     send_url: String,
     key: ServiceAccountKey,
-    signer: SigningKey<Sha256>,
+    /// The key signing the assertions (ring's RSA: blinded, constant-time signing).
+    signer: RsaKeyPair,
     token: Arc<Mutex<Option<CachedToken>>>,
     clock: Arc<dyn Clock>,
     client: reqwest::Client,
@@ -91,7 +89,9 @@ impl FcmProvider {
     ) -> Result<Self, FcmSetupError> {
         let key: ServiceAccountKey =
             serde_json::from_str(key_json).map_err(|e| FcmSetupError::BadKeyFile(e.to_string()))?;
-        let private = RsaPrivateKey::from_pkcs8_pem(&key.private_key)
+        let der = pem_body(&key.private_key, "PRIVATE KEY")
+            .ok_or_else(|| FcmSetupError::BadPrivateKey("no PKCS#8 PEM block".into()))?;
+        let private = RsaKeyPair::from_pkcs8(&der)
             .map_err(|e| FcmSetupError::BadPrivateKey(e.to_string()))?;
         Ok(FcmProvider {
             name: name.into(),
@@ -100,7 +100,7 @@ impl FcmProvider {
                 base_url.trim_end_matches('/')
             ),
             key,
-            signer: SigningKey::<Sha256>::new(private),
+            signer: private,
             token: Arc::new(Mutex::new(None)),
             clock,
             client: client(timeout).map_err(|e| FcmSetupError::BadKeyFile(e.to_string()))?,
@@ -125,9 +125,31 @@ impl FcmProvider {
             b64url(header.to_string().as_bytes()),
             b64url(claims.to_string().as_bytes())
         );
-        let signature = self.signer.sign(signing_input.as_bytes());
-        format!("{signing_input}.{}", b64url(&signature.to_bytes()))
+        let mut signature = vec![0; self.signer.public().modulus_len()];
+        // Signing fails only for a key ring refused at load, or a broken system RNG.
+        if let Err(e) = self.signer.sign(
+            &RSA_PKCS1_SHA256,
+            &SystemRandom::new(),
+            signing_input.as_bytes(),
+            &mut signature,
+        ) {
+            tracing::error!(error = %e, "could not sign the FCM token assertion");
+        }
+        format!("{signing_input}.{}", b64url(&signature))
     }
+}
+
+/// The DER bytes of a PEM block labelled `label` (`-----BEGIN <label>-----`).
+fn pem_body(pem: &str, label: &str) -> Option<Vec<u8>> {
+    let begin = format!("-----BEGIN {label}-----");
+    let end = format!("-----END {label}-----");
+    let start = pem.find(&begin)? + begin.len();
+    let stop = start + pem[start..].find(&end)?;
+    let b64: String = pem[start..stop]
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    base64::engine::general_purpose::STANDARD.decode(b64).ok()
 }
 
 /// A bearer token: the cached one, or a new one from the token endpoint.
@@ -250,6 +272,14 @@ impl Provider for FcmProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pem_blocks_are_read_and_others_refused() {
+        let pem = "-----BEGIN PRIVATE KEY-----\nAAEC\nAw==\n-----END PRIVATE KEY-----\n";
+        assert_eq!(pem_body(pem, "PRIVATE KEY"), Some(vec![0, 1, 2, 3]));
+        assert_eq!(pem_body(pem, "RSA PRIVATE KEY"), None);
+        assert_eq!(pem_body("no pem", "PRIVATE KEY"), None);
+    }
 
     #[test]
     fn unregistered_is_read_from_the_error_details() {
