@@ -32,6 +32,9 @@ impl StateCache for NoState {
         let n = users.len();
         async move { Ok(vec![None; n]) }.boxed()
     }
+    fn begin_writes(&self, _: Vec<Arc<str>>) -> BoxFut<Result<(), StoreError>> {
+        async { Ok(()) }.boxed()
+    }
     fn save(&self, _: Vec<Arc<UserSnapshot>>) -> BoxFut<Result<(), StoreError>> {
         async { Ok(()) }.boxed()
     }

@@ -174,10 +174,17 @@ pub enum StoredUser {
 /// A cache of user states in front of the system of record (Redis in production). It may
 /// lose any entry at any moment, or hold an older version than the system of record: the
 /// write fenced by MongoDB finds that out (ARCHITECTURE.md, "Ownership across instances").
+///
+/// A writer marks its users *in flux* before it writes their documents, and the cache write
+/// that follows clears the marks: an entry still marked (its writer died or lost its race
+/// between the two writes) may be older than the document, and loads as a miss.
 pub trait StateCache: Send + Sync + 'static {
-    /// Each user's cached state, in order; `None` for a miss (absent, expired, unreadable).
+    /// Each user's cached state, in order; `None` for a miss (absent, expired, unreadable,
+    /// or in flux).
     fn load(&self, users: Vec<Arc<str>>) -> BoxFut<Result<Vec<Option<UserState>>, StoreError>>;
-    /// Caches each snapshot's state, at its version.
+    /// Marks these users in flux: their documents are about to be written.
+    fn begin_writes(&self, users: Vec<Arc<str>>) -> BoxFut<Result<(), StoreError>>;
+    /// Caches each snapshot's state, at its version, and clears its in-flux mark.
     fn save(&self, users: Vec<Arc<UserSnapshot>>) -> BoxFut<Result<(), StoreError>>;
     /// For users whose document carries no bookkeeping: the state as an earlier release kept
     /// it in this cache, if it is still there (at version 0: this release's first write of

@@ -205,6 +205,9 @@ impl StateCache for CountingState {
         }
         self.inner.load(users)
     }
+    fn begin_writes(&self, users: Vec<Arc<str>>) -> BoxFut<Result<(), StoreError>> {
+        self.inner.begin_writes(users)
+    }
     fn save(&self, users: Vec<Arc<UserSnapshot>>) -> BoxFut<Result<(), StoreError>> {
         self.inner.save(users)
     }

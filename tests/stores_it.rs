@@ -125,6 +125,17 @@ fn the_state_cache_round_trips_misses_and_expires_on_one_redis_and_on_a_cluster(
             assert!(ttl > 0 && ttl <= 60_000, "{ttl}");
             let again = cache.load(vec![Arc::from("u-7")]).await.unwrap();
             assert_eq!(again, vec![None]);
+            // A user marked in flux (its document being written) loads as a miss until its
+            // entry is written again.
+            let u9: Arc<str> = Arc::from("u-9");
+            cache.begin_writes(vec![u9.clone()]).await.unwrap();
+            assert_eq!(cache.load(vec![u9.clone()]).await.unwrap(), vec![None]);
+            assert!(cache.load(vec![Arc::from("u-10")]).await.unwrap()[0].is_some());
+            cache
+                .save(vec![Arc::new(UserSnapshot::of_state(u9.clone(), &s))])
+                .await
+                .unwrap();
+            assert_eq!(cache.load(vec![u9]).await.unwrap(), vec![Some(s.clone())]);
         });
     }
 }

@@ -4,10 +4,11 @@
 //! harmless and a lost race safe (ARCHITECTURE.md, "One flush, step by step"):
 //!
 //! 1. insert the triggered `messages` (insert-if-absent, marked with the flush's token);
-//! 2. replace the `users` documents — profile and bookkeeping — each only at the version its
-//!    state was loaded at (the fence: another owner's newer write makes the user stale);
+//! 2. mark the users in flux in the cache, then replace their `users` documents — profile and
+//!    bookkeeping — each only at the version its state was loaded at (the fence: another
+//!    owner's newer write makes the user stale);
 //! 3. remove the messages this flush inserted for users that did not stand;
-//! 4. refresh the state cache (best effort);
+//! 4. refresh the state cache, clearing the marks (best effort);
 //! 5. dead-letter what must be (quarantined users, refused documents);
 //!
 //! then lease and dispatch the new messages of the users that stood, and reply with the users
@@ -129,8 +130,20 @@ async fn write(shared: Arc<Shared>, shard: usize, batch: WriteBatch) -> WriteOut
         created.extend(inserted);
     }
 
-    // 2. Documents.
+    // 2. Documents, their users marked in flux in the cache first (a cache entry left marked
+    // by a crash before step 4 loads as a miss, not as an older state). Best effort: the fence
+    // still catches an older entry.
     if !users.is_empty() {
+        let ids: Vec<std::sync::Arc<str>> = users.iter().map(|u| u.user_id.clone()).collect();
+        match contain_async(ports.cache.begin_writes(ids)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(shard, error = %e, "users not marked in flux in the cache")
+            }
+            Err(panic) => ports
+                .metrics
+                .actor_restarted("batcher", &format!("state cache write panicked: {panic}")),
+        }
         let now = ports.clock.now_ms();
         let written = retry(&shared, shard, "users", || {
             ports.docs.upsert_users(users.clone(), token, now)

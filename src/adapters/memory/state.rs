@@ -19,9 +19,10 @@ const SHARDS: usize = 64;
 
 type Shard = Mutex<HashMap<Arc<str>, Arc<UserSnapshot>, ahash::RandomState>>;
 
-/// Sharded map of user id → cached snapshot.
+/// Sharded map of user id → cached snapshot, and the users in flux.
 pub struct MemoryStateCache {
     shards: Vec<Shard>,
+    in_flux: Mutex<std::collections::HashSet<Arc<str>, ahash::RandomState>>,
     /// Answer every call with an error (an unreachable cache).
     failing: AtomicBool,
     /// Loads answered (for tests).
@@ -34,6 +35,7 @@ impl Default for MemoryStateCache {
             shards: (0..SHARDS)
                 .map(|_| Mutex::new(HashMap::default()))
                 .collect(),
+            in_flux: Mutex::new(Default::default()),
             failing: AtomicBool::new(false),
             loads: AtomicUsize::new(0),
         }
@@ -75,6 +77,7 @@ impl MemoryStateCache {
         for s in &self.shards {
             s.lock().clear();
         }
+        self.in_flux.lock().clear();
     }
 
     /// Makes every call fail (`true`) or answer again (`false`).
@@ -103,14 +106,25 @@ impl StateCache for MemoryStateCache {
     fn load(&self, users: Vec<Arc<str>>) -> BoxFut<Result<Vec<Option<UserState>>, StoreError>> {
         let out = self.check().map(|()| {
             self.loads.fetch_add(users.len(), Ordering::Relaxed);
-            users.iter().map(|u| self.get(u)).collect()
+            let in_flux = self.in_flux.lock();
+            users
+                .iter()
+                .map(|u| (!in_flux.contains(u)).then(|| self.get(u)).flatten())
+                .collect()
         });
+        async move { out }.boxed()
+    }
+
+    fn begin_writes(&self, users: Vec<Arc<str>>) -> BoxFut<Result<(), StoreError>> {
+        let out = self.check().map(|()| self.in_flux.lock().extend(users));
         async move { out }.boxed()
     }
 
     fn save(&self, users: Vec<Arc<UserSnapshot>>) -> BoxFut<Result<(), StoreError>> {
         let out = self.check().map(|()| {
+            let mut in_flux = self.in_flux.lock();
             for u in users {
+                in_flux.remove(&u.user_id);
                 self.shard(&u.user_id).lock().insert(u.user_id.clone(), u);
             }
         });

@@ -1,9 +1,13 @@
 //! The Redis cache of user states: one key per user, `<prefix>state:{<userId>}` (the user id
 //! as the hash tag, so on a cluster each user's entry is one slot's), holding the whole state
 //! in the compact binary form of `domain::stored_state` (version, positions, dedup window,
-//! profile), expiring `redis.state_ttl_ms` after its last write. MongoDB is the system of
-//! record: a miss, an unreadable entry or a cache that cannot answer is read there instead, and
-//! an entry older than the document is found out by the fenced write.
+//! profile), expiring `redis.state_ttl_ms` after its last write, and beside it
+//! `<prefix>state:{<userId>}:w`, the in-flux mark a flush sets before it writes the user's
+//! document and clears with the cache write after it (a mark left by a writer that died in
+//! between makes the entry load as a miss; it expires after 10 minutes). MongoDB is the system
+//! of record: a miss, an unreadable entry or a cache that cannot answer is read there instead,
+//! and an entry older than the document that slipped through (Redis rolled back) is found out
+//! by the fenced write.
 //!
 //! While Redis does not answer, the cache steps aside for a second at a time (loads go to
 //! MongoDB, writes are skipped), so a Redis outage slows loads rather than stopping them.
@@ -28,6 +32,8 @@ use super::connection::{transient, RedisConn, RedisTarget};
 
 /// How long the cache steps aside after Redis failed to answer.
 const STEP_ASIDE_MS: i64 = 1_000;
+/// How long an in-flux mark outlives a writer that died before clearing it.
+const MARK_TTL_MS: u64 = 600_000;
 /// Users per legacy-load script call.
 const LEGACY_CHUNK: usize = 500;
 
@@ -84,6 +90,11 @@ impl RedisStateCache {
 
     pub fn key(&self, user_id: &str) -> String {
         format!("{}state:{{{user_id}}}", self.prefix)
+    }
+
+    /// The user's in-flux mark (same hash slot as its entry).
+    pub fn mark_key(&self, user_id: &str) -> String {
+        format!("{}state:{{{user_id}}}:w", self.prefix)
     }
 
     /// PING, for readiness checks.
@@ -164,14 +175,15 @@ impl StateCache for RedisStateCache {
             if me.stepped_aside() {
                 return Ok(vec![None; users.len()]);
             }
-            let cmds = users
-                .iter()
-                .map(|u| {
-                    let mut c = redis::cmd("GET");
-                    c.arg(me.key(u));
-                    c
-                })
-                .collect();
+            let mut cmds = Vec::with_capacity(2 * users.len());
+            for u in &users {
+                let mut get = redis::cmd("GET");
+                get.arg(me.key(u));
+                let mut marked = redis::cmd("EXISTS");
+                marked.arg(me.mark_key(u));
+                cmds.push(get);
+                cmds.push(marked);
+            }
             let values = match me.conn.query_many(cmds).await {
                 Ok(v) => v,
                 Err(e) => {
@@ -181,9 +193,13 @@ impl StateCache for RedisStateCache {
             };
             Ok(users
                 .iter()
-                .zip(values)
-                .map(|(user, v)| {
-                    let bytes = bytes_of(&v)?;
+                .zip(values.chunks(2))
+                .map(|(user, pair)| {
+                    if matches!(pair.get(1), Some(Value::Int(n)) if *n > 0) {
+                        // Its writer may have written the document and not this entry.
+                        return None;
+                    }
+                    let bytes = bytes_of(pair.first()?)?;
                     match stored_state::decode_cached(&bytes) {
                         Ok(state) => Some(state),
                         Err(e) => {
@@ -199,7 +215,7 @@ impl StateCache for RedisStateCache {
         .boxed()
     }
 
-    fn save(&self, users: Vec<Arc<UserSnapshot>>) -> BoxFut<Result<(), StoreError>> {
+    fn begin_writes(&self, users: Vec<Arc<str>>) -> BoxFut<Result<(), StoreError>> {
         let me = self.clone();
         async move {
             if me.stepped_aside() || users.is_empty() {
@@ -208,13 +224,42 @@ impl StateCache for RedisStateCache {
             let cmds = users
                 .iter()
                 .map(|u| {
-                    let blob =
-                        stored_state::encode_cached(u.version, &u.profile, &u.positions, &u.seen);
                     let mut c = redis::cmd("SET");
-                    c.arg(me.key(&u.user_id)).arg(blob).arg("PX").arg(me.ttl_ms);
+                    c.arg(me.mark_key(u)).arg(1).arg("PX").arg(MARK_TTL_MS);
                     c
                 })
                 .collect();
+            match me.conn.query_many(cmds).await {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    me.step_aside(&e);
+                    Err(e)
+                }
+            }
+        }
+        .boxed()
+    }
+
+    fn save(&self, users: Vec<Arc<UserSnapshot>>) -> BoxFut<Result<(), StoreError>> {
+        let me = self.clone();
+        async move {
+            if me.stepped_aside() || users.is_empty() {
+                return Ok(());
+            }
+            let mut cmds = Vec::with_capacity(2 * users.len());
+            for u in &users {
+                let blob =
+                    stored_state::encode_cached(u.version, &u.profile, &u.positions, &u.seen);
+                let mut set = redis::cmd("SET");
+                set.arg(me.key(&u.user_id))
+                    .arg(blob)
+                    .arg("PX")
+                    .arg(me.ttl_ms);
+                let mut unmark = redis::cmd("DEL");
+                unmark.arg(me.mark_key(&u.user_id));
+                cmds.push(set);
+                cmds.push(unmark);
+            }
             match me.conn.query_many(cmds).await {
                 Ok(_) => Ok(()),
                 Err(e) => {
