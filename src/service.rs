@@ -277,6 +277,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 publisher.port(),
                 write_keys,
                 config.ingest.rate_per_sec_per_key,
+                config.ingest.rate_per_sec_per_peer,
                 Duration::from_millis(config.ingest.timeout_ms),
                 config.limits.max_message_bytes,
                 config.ingest.max_in_flight_bytes,

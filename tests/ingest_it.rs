@@ -367,6 +367,87 @@ fn a_write_key_over_its_rate_gets_429_with_retry_after() {
     kill9(&mut herald);
 }
 
+#[test]
+fn the_edge_resends_keep_their_ids_body_keys_are_limited_per_peer_and_slow_bodies_time_out() {
+    let names = Names::new("ingest_edge", 2);
+    let (mut herald, port, _) = start(
+        &names,
+        &[
+            ("HERALD__INGEST__RATE_PER_SEC_PER_PEER", "2"),
+            ("HERALD__INGEST__TIMEOUT_MS", "1000"),
+        ],
+    );
+    block_on(async {
+        // A client that sends a request again (after a 503, say) sends the same messages:
+        // without `messageId` they get the same ids, so the pipeline's dedup absorbs them.
+        let body = json!({"batch": [
+            {"type": "track", "userId": "resent", "event": "e"},
+            {"type": "track", "userId": "resent", "event": "e"},
+        ]})
+        .to_string();
+        for _ in 0..2 {
+            let (code, _, a) = post(
+                port,
+                "/v1/batch",
+                Some("key-one"),
+                body.clone().into(),
+                false,
+            )
+            .await;
+            assert_eq!(code, 200, "{a}");
+        }
+        let ids: Vec<String> = published(&names)
+            .iter()
+            .filter(|r| r["userId"] == "resent")
+            .map(|r| r["messageId"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(ids.len(), 4, "{ids:?}");
+        assert_eq!(ids[0], ids[2], "a resent message got another id");
+        assert_eq!(ids[1], ids[3], "a resent message got another id");
+        assert_ne!(ids[0], ids[1], "two messages of one request share an id");
+
+        // Requests with the key in the body: limited per client address before the body is
+        // read (a wrong key costs as much as a right one).
+        let mut codes = Vec::new();
+        for i in 0..6 {
+            let body = json!({"writeKey": if i % 2 == 0 { "key-one" } else { "wrong" },
+                "batch": [track("p", &format!("p-{i}"), "e")]})
+            .to_string();
+            let (code, _, _) = post(port, "/v1/batch", None, body.into(), false).await;
+            codes.push(code);
+        }
+        assert_eq!(&codes[..2], [200, 401], "{codes:?}");
+        assert!(
+            codes[2..].contains(&429),
+            "no 429 past 2 requests/s: {codes:?}"
+        );
+        // A key in the header is not limited by the address.
+        let body = json!({"batch": [track("p", "header", "e")]}).to_string();
+        let (code, _, _) = post(port, "/v1/batch", Some("key-two"), body.into(), false).await;
+        assert_eq!(code, 200);
+
+        // A body that never arrives: 408 once `ingest.timeout_ms` has passed.
+        let answer = tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let head = format!(
+                "POST /v1/batch HTTP/1.1\r\nhost: x\r\nauthorization: {}\r\n\
+                 content-type: application/json\r\ncontent-length: 100\r\n\r\n{{",
+                basic("key-one")
+            );
+            s.write_all(head.as_bytes()).unwrap();
+            let mut buf = [0u8; 512];
+            let n = s.read(&mut buf).unwrap_or(0);
+            String::from_utf8_lossy(&buf[..n]).to_string()
+        })
+        .await
+        .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    });
+    kill9(&mut herald);
+}
+
 /// The calls one client library is asked to make (as Segment messages, for the oracle):
 /// each type, for `users` users, plus one invalid track.
 fn calls(lib: &str, users: usize) -> (Vec<Value>, Value) {

@@ -18,17 +18,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let route = Route::parse(ROUTES[selector as usize % ROUTES.len()]).unwrap();
-    let mut n = 0u32;
-    let Ok(request) = prepare(
-        route,
-        body,
-        1_795_392_000_000,
-        || {
-            n += 1;
-            format!("fuzz-{n}")
-        },
-        LIMIT,
-    ) else {
+    let Ok(request) = prepare(route, body, 1_795_392_000_000, Some("fuzz"), LIMIT) else {
         return;
     };
     for m in &request.messages {

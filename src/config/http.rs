@@ -36,6 +36,10 @@ pub struct IngestConfig {
     /// Requests per second per write key; unset: no limit.
     #[serde(default, deserialize_with = "optional_number")]
     pub rate_per_sec_per_key: Option<f64>,
+    /// Requests per second per client address for requests whose write key is in the body
+    /// (checked before the body is read, since the key cannot be).
+    #[serde(default = "default_rate_per_peer")]
+    pub rate_per_sec_per_peer: f64,
     /// Bytes of request bodies waiting for the broker at once; past it, 503.
     #[serde(default = "default_ingest_in_flight")]
     pub max_in_flight_bytes: usize,
@@ -48,6 +52,7 @@ impl Default for IngestConfig {
             write_keys_env: default_write_keys_env(),
             timeout_ms: default_ingest_timeout_ms(),
             rate_per_sec_per_key: None,
+            rate_per_sec_per_peer: default_rate_per_peer(),
             max_in_flight_bytes: default_ingest_in_flight(),
         }
     }
@@ -79,6 +84,10 @@ fn default_write_keys_env() -> String {
 
 fn default_ingest_timeout_ms() -> u64 {
     10_000
+}
+
+fn default_rate_per_peer() -> f64 {
+    100.0
 }
 
 fn default_ingest_in_flight() -> usize {

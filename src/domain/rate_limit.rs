@@ -21,6 +21,13 @@ impl TokenBucket {
         }
     }
 
+    /// Whether the bucket would be full at `now_ms` (its holder has been idle a second or
+    /// more): such a bucket can be forgotten and made anew without forgiving anything.
+    pub fn is_full(&self, now_ms: i64) -> bool {
+        let elapsed = (now_ms - self.at_ms).max(0) as f64 / 1000.0;
+        self.tokens + elapsed * self.rate >= self.capacity
+    }
+
     /// Takes one token, or says in how many milliseconds one is there.
     pub fn take(&mut self, now_ms: i64) -> Result<(), u64> {
         let elapsed = (now_ms - self.at_ms).max(0) as f64 / 1000.0;
@@ -54,6 +61,16 @@ mod tests {
             assert!(b.take(60_000).is_ok());
         }
         assert!(b.take(60_000).is_err());
+    }
+
+    #[test]
+    fn is_full_once_idle_long_enough() {
+        let mut b = TokenBucket::new(10.0, 0);
+        assert!(b.is_full(0));
+        b.take(0).unwrap();
+        assert!(!b.is_full(0));
+        assert!(!b.is_full(50));
+        assert!(b.is_full(100));
     }
 
     #[test]

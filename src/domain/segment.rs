@@ -1,7 +1,8 @@
 //! Segment's HTTP Tracking API as Herald takes it (REFERENCE.md §11): one request body into
 //! the messages to publish, each completed the way Segment completes them (`receivedAt`, a
 //! `messageId`, `timestamp`, the batch's `context`) and checked by the input rules of §2.
-//! Pure: the clock reading and the id source are passed in.
+//! Pure: the clock reading is passed in; a `messageId` Herald fills in is derived from the
+//! message itself, so a client that sends a request again changes nothing (G2).
 
 use serde_json::{Map, Value};
 
@@ -82,13 +83,74 @@ pub fn rfc3339_ms(ms: i64) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-/// Takes a request body apart. `received_at_ms` is when it arrived; `new_id` makes a
-/// `messageId` for a message without one; `max_message_bytes` is `limits.max_message_bytes`.
+/// The UUID namespace of the `messageId`s Herald fills in (a v4 UUID fixed once for Herald).
+const MESSAGE_ID_NAMESPACE: uuid::Uuid = uuid::uuid!("6f1c2b7e-3d4a-4c8e-9a51-0b7d2e4f8c13");
+
+/// The `messageId` of a message that came without one: a UUID v5 of the write key, the
+/// message's place in its request and its canonical JSON as sent (keys sorted, the batch's
+/// `sentAt` and `context` included), so the same request sent again gets the same ids and is
+/// applied once, and two equal messages of one batch stay two.
+pub fn derived_message_id(
+    write_key: &str,
+    index: usize,
+    message: &Value,
+    batch_sent_at: Option<&str>,
+    batch_context: Option<&Map<String, Value>>,
+) -> String {
+    let mut name = Vec::with_capacity(256);
+    name.extend_from_slice(write_key.as_bytes());
+    name.push(0);
+    name.extend_from_slice(index.to_string().as_bytes());
+    name.push(0);
+    canonical_json(message, &mut name);
+    name.push(0);
+    name.extend_from_slice(batch_sent_at.unwrap_or_default().as_bytes());
+    name.push(0);
+    if let Some(c) = batch_context {
+        canonical_json(&Value::Object(c.clone()), &mut name);
+    }
+    uuid::Uuid::new_v5(&MESSAGE_ID_NAMESPACE, &name).to_string()
+}
+
+/// JSON with every object's keys in sorted order, whatever order they arrived in.
+fn canonical_json(v: &Value, out: &mut Vec<u8>) {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            out.push(b'{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(Value::String(k.clone()).to_string().as_bytes());
+                out.push(b':');
+                canonical_json(&m[k], out);
+            }
+            out.push(b'}');
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                canonical_json(item, out);
+            }
+            out.push(b']');
+        }
+        other => out.extend_from_slice(other.to_string().as_bytes()),
+    }
+}
+
+/// Takes a request body apart. `received_at_ms` is when it arrived; `header_key` is the write
+/// key of the `Authorization` header, if any (else the body's is used to derive `messageId`s);
+/// `max_message_bytes` is `limits.max_message_bytes`.
 pub fn prepare(
     route: Route,
     body: &[u8],
     received_at_ms: i64,
-    mut new_id: impl FnMut() -> String,
+    header_key: Option<&str>,
     max_message_bytes: usize,
 ) -> Result<Request, RequestError> {
     if body.len() > MAX_REQUEST_BYTES {
@@ -137,17 +199,15 @@ pub fn prepare(
             return Err(RequestError::MessageTooLarge { index, bytes });
         }
     }
+    let id_key = header_key.or(write_key.as_deref()).unwrap_or_default();
     let messages = messages
         .into_iter()
         .enumerate()
         .map(|(index, m)| {
-            let m = complete(
-                m,
-                context.as_ref(),
-                sent_at.as_deref(),
-                received_at_ms,
-                &mut new_id,
-            );
+            let id = (m.is_object() && is_absent(m.get("messageId"))).then(|| {
+                derived_message_id(id_key, index, &m, sent_at.as_deref(), context.as_ref())
+            });
+            let m = complete(m, context.as_ref(), sent_at.as_deref(), received_at_ms, id);
             let key = ["userId", "anonymousId"]
                 .iter()
                 .find_map(|k| m.get(*k).and_then(Value::as_str))
@@ -175,7 +235,7 @@ fn complete(
     batch_context: Option<&Map<String, Value>>,
     batch_sent_at: Option<&str>,
     received_at_ms: i64,
-    new_id: &mut impl FnMut() -> String,
+    new_id: Option<String>,
 ) -> Value {
     let Value::Object(mut m) = m else {
         return m;
@@ -193,8 +253,8 @@ fn complete(
         "receivedAt".into(),
         Value::String(rfc3339_ms(received_at_ms)),
     );
-    if is_absent(m.get("messageId")) {
-        m.insert("messageId".into(), Value::String(new_id()));
+    if let Some(id) = new_id {
+        m.insert("messageId".into(), Value::String(id));
     }
     if is_absent(m.get("timestamp")) {
         let ms = |k: &str, m: &Map<String, Value>| {
@@ -226,16 +286,14 @@ mod tests {
 
     const NOW: i64 = 1_795_428_000_000; // 2026-11-23T10:00:00Z
 
-    fn ids() -> impl FnMut() -> String {
-        let mut n = 0;
-        move || {
-            n += 1;
-            format!("gen-{n}")
-        }
-    }
-
     fn batch(v: Value) -> Result<Request, RequestError> {
-        prepare(Route::Batch, v.to_string().as_bytes(), NOW, ids(), 1 << 20)
+        prepare(
+            Route::Batch,
+            v.to_string().as_bytes(),
+            NOW,
+            Some("k"),
+            1 << 20,
+        )
     }
 
     fn published(p: &Prepared) -> Value {
@@ -252,12 +310,72 @@ mod tests {
         .unwrap();
         let first = published(&r.messages[0]);
         assert_eq!(first["receivedAt"], "2026-11-23T10:00:00.000Z");
-        assert_eq!(first["messageId"], "gen-1");
+        let sent = json!({"type": "track", "userId": "u", "event": "signed_up"});
+        assert_eq!(
+            first["messageId"],
+            derived_message_id("k", 0, &sent, None, None).as_str()
+        );
         assert_eq!(first["timestamp"], "2026-11-23T10:00:00.000Z");
         let second = published(&r.messages[1]);
         assert_eq!(second["messageId"], "own");
         assert_eq!(second["timestamp"], "2026-11-23T09:00:00Z");
         assert!(r.messages.iter().all(|m| m.verdict.is_ok()));
+    }
+
+    #[test]
+    fn a_request_sent_again_gets_the_same_message_ids() {
+        let body = json!({"sentAt": "2026-11-23T09:59:59Z", "batch": [
+            {"type": "track", "userId": "u", "event": "e"},
+            {"type": "track", "userId": "u", "event": "e"},
+        ]});
+        let ids = |r: &Request| -> Vec<String> {
+            r.messages
+                .iter()
+                .map(|m| published(m)["messageId"].as_str().unwrap().to_string())
+                .collect()
+        };
+        let first = batch(body.clone()).unwrap();
+        // Later, keys in another order: the same ids.
+        let again = prepare(
+            Route::Batch,
+            br#"{"batch": [{"event": "e", "userId": "u", "type": "track"},
+                {"userId": "u", "type": "track", "event": "e"}],
+                "sentAt": "2026-11-23T09:59:59Z"}"#,
+            NOW + 60_000,
+            Some("k"),
+            1 << 20,
+        )
+        .unwrap();
+        assert_eq!(ids(&first), ids(&again));
+        assert_ne!(
+            ids(&first)[0],
+            ids(&first)[1],
+            "two equal messages stay two"
+        );
+        let other_key = prepare(
+            Route::Batch,
+            body.to_string().as_bytes(),
+            NOW,
+            Some("k2"),
+            1 << 20,
+        )
+        .unwrap();
+        assert_ne!(ids(&first), ids(&other_key));
+        let body_key = json!({"writeKey": "k", "sentAt": "2026-11-23T09:59:59Z",
+            "batch": body["batch"].clone()});
+        let from_body = prepare(
+            Route::Batch,
+            body_key.to_string().as_bytes(),
+            NOW,
+            None,
+            1 << 20,
+        )
+        .unwrap();
+        assert_eq!(
+            ids(&first),
+            ids(&from_body),
+            "the key in the body counts the same"
+        );
     }
 
     #[test]
@@ -306,7 +424,14 @@ mod tests {
     #[test]
     fn single_routes_take_their_type_from_the_path() {
         let body = json!({"userId": "u", "writeKey": "k", "name": "Home"}).to_string();
-        let r = prepare(Route::Single("page"), body.as_bytes(), NOW, ids(), 1 << 20).unwrap();
+        let r = prepare(
+            Route::Single("page"),
+            body.as_bytes(),
+            NOW,
+            Some("k"),
+            1 << 20,
+        )
+        .unwrap();
         assert_eq!(r.write_key.as_deref(), Some("k"));
         assert_eq!(r.messages.len(), 1);
         let event = r.messages[0].verdict.clone().unwrap();
@@ -378,19 +503,19 @@ mod tests {
         let at_limit = vec![b' '; MAX_REQUEST_BYTES - 2];
         let body = [b"{}".as_slice(), &at_limit].concat();
         assert!(matches!(
-            prepare(Route::Batch, &body, NOW, ids(), 1 << 20),
+            prepare(Route::Batch, &body, NOW, Some("k"), 1 << 20),
             Err(RequestError::BadShape(_))
         ));
         let body = [b"{}".as_slice(), &at_limit, b" "].concat();
         assert_eq!(
-            prepare(Route::Batch, &body, NOW, ids(), 1 << 20),
+            prepare(Route::Batch, &body, NOW, Some("k"), 1 << 20),
             Err(RequestError::TooLarge(MAX_REQUEST_BYTES + 1))
         );
     }
 
     #[test]
     fn malformed_requests() {
-        let bad = |body: &[u8]| prepare(Route::Batch, body, NOW, ids(), 1 << 20).unwrap_err();
+        let bad = |body: &[u8]| prepare(Route::Batch, body, NOW, Some("k"), 1 << 20).unwrap_err();
         assert!(matches!(bad(b"{nope"), RequestError::NotJson(_)));
         assert!(matches!(bad(b"[1]"), RequestError::BadShape(_)));
         assert!(matches!(bad(br#"{"batch": 5}"#), RequestError::BadShape(_)));

@@ -30,6 +30,10 @@ pub struct IngestState {
     pub write_keys: HashSet<String>,
     /// `ingest.rate_per_sec_per_key`: requests per second per write key.
     pub rate_per_sec_per_key: Option<f64>,
+    /// `ingest.rate_per_sec_per_peer`: requests per second per client address, for requests
+    /// without a write key in the header.
+    pub rate_per_sec_per_peer: f64,
+    /// How long the broker may take to acknowledge, and a body to arrive.
     pub timeout: Duration,
     /// `limits.max_message_bytes` (§2's check of each completed message).
     pub max_message_bytes: usize,
@@ -46,6 +50,7 @@ impl IngestState {
         publisher: Arc<dyn EventPublisher>,
         write_keys: HashSet<String>,
         rate_per_sec_per_key: Option<f64>,
+        rate_per_sec_per_peer: f64,
         timeout: Duration,
         max_message_bytes: usize,
         max_in_flight_bytes: usize,
@@ -56,6 +61,7 @@ impl IngestState {
             publisher,
             write_keys,
             rate_per_sec_per_key,
+            rate_per_sec_per_peer,
             timeout,
             max_message_bytes,
             in_flight: Semaphore::new(max_in_flight_bytes.max(MAX_REQUEST_BYTES)),
@@ -183,21 +189,53 @@ pub fn undo_encoding(encoding: Option<&str>, body: Vec<u8>) -> Result<Vec<u8>, S
     }
 }
 
+/// Most token buckets kept (write keys and client addresses): past it the idle ones go.
+const MAX_BUCKETS: usize = 100_000;
+
 /// A request's answer when its write key is over `ingest.rate_per_sec_per_key`.
 fn over_rate(state: &IngestState, key: &str, now_ms: i64) -> Option<HttpResponse> {
     let rate = state.rate_per_sec_per_key?;
-    let taken = state
-        .buckets
-        .lock()
-        .entry(key.to_string())
-        .or_insert_with(|| TokenBucket::new(rate, now_ms))
-        .take(now_ms);
+    over_bucket(state, format!("key:{key}"), rate, now_ms, "this write key")
+}
+
+/// A request without a key in its header, when its client address is over
+/// `ingest.rate_per_sec_per_peer`.
+fn over_peer_rate(state: &IngestState, req: &HttpRequest, now_ms: i64) -> Option<HttpResponse> {
+    let peer = req.peer_addr().map(|a| a.ip().to_string())?;
+    let rate = state.rate_per_sec_per_peer;
+    over_bucket(
+        state,
+        format!("peer:{peer}"),
+        rate,
+        now_ms,
+        "this client address",
+    )
+}
+
+fn over_bucket(
+    state: &IngestState,
+    bucket: String,
+    rate: f64,
+    now_ms: i64,
+    whose: &str,
+) -> Option<HttpResponse> {
+    let taken = {
+        let mut buckets = state.buckets.lock();
+        if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(&bucket) {
+            // Full buckets are the idle ones: forgetting them forgives nothing.
+            buckets.retain(|_, b| !b.is_full(now_ms));
+        }
+        buckets
+            .entry(bucket)
+            .or_insert_with(|| TokenBucket::new(rate, now_ms))
+            .take(now_ms)
+    };
     let wait_ms = taken.err()?;
     Some(retry_later(
         state,
         429,
         wait_ms.div_ceil(1000),
-        format!("over {rate} requests per second for this write key"),
+        format!("over {rate} requests per second for {whose}"),
     ))
 }
 
@@ -213,7 +251,9 @@ fn broker_busy(state: &IngestState) -> HttpResponse {
 /// A request's order of checks is cheapest first, so that what a client cannot be served
 /// costs the least: a write key in the header is checked and rate-limited before the body is
 /// read, and the body's bytes are reserved from `ingest.max_in_flight_bytes` (by its
-/// `Content-Length`) before they are read. A write key in the body is checked once parsed.
+/// `Content-Length`) before they are read. A request without a key in its header is
+/// rate-limited by its client address before its body is read, and its write key (in the body)
+/// checked once parsed. Every body must arrive within `ingest.timeout_ms` (else 408).
 /// 401s say no more than "unauthorized" (which key was wrong helps only a guesser).
 async fn ingest(
     req: HttpRequest,
@@ -233,6 +273,8 @@ async fn ingest(
         if let Some(answer) = over_rate(&state, key, arrived_at) {
             return answer;
         }
+    } else if let Some(answer) = over_peer_rate(&state, &req, arrived_at) {
+        return answer;
     }
     let declared = req
         .headers()
@@ -251,9 +293,19 @@ async fn ingest(
     let Ok(mut permit) = state.in_flight.try_acquire_many(reserved as u32) else {
         return broker_busy(&state);
     };
-    let body = match read_body(&req, payload).await {
-        Ok(b) => b,
-        Err(why) => return refuse(&state, 400, why),
+    let body = match tokio::time::timeout(state.timeout, read_body(&req, payload)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(why)) => return refuse(&state, 400, why),
+        Err(_) => {
+            return refuse(
+                &state,
+                408,
+                format!(
+                    "the request body did not arrive within {} ms",
+                    state.timeout.as_millis()
+                ),
+            )
+        }
     };
     // A gzip body takes more once decompressed than its length reserved.
     if body.len() > reserved {
@@ -271,7 +323,7 @@ async fn ingest(
         route,
         &body,
         received_at,
-        || uuid::Uuid::new_v4().to_string(),
+        header_key.as_deref(),
         state.max_message_bytes,
     );
     let request = match prepared {
