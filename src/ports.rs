@@ -405,6 +405,10 @@ pub enum CallbackError {
     /// back again later (HTTP 503).
     #[error("callback for {0} arrived before its send was recorded; try again")]
     NotReady(String),
+    /// The callback's provider made no send of this message (or not the one it names): it
+    /// changes nothing (HTTP 409).
+    #[error("{0}")]
+    NotItsSend(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -414,13 +418,24 @@ pub trait CallbackSink: Send + Sync + 'static {
     /// Resolves once the callback's effect is durable.
     fn deliver(&self, callback: Callback) -> BoxFut<Result<(), CallbackError>>;
 
-    /// Every callback of one request (a SendGrid array); resolves once all are durable.
+    /// Every callback of one request (a SendGrid array); resolves once all are durable. In a
+    /// request of several, an event about a send its provider did not make is skipped (the
+    /// others apply); a request of one answers it.
     fn deliver_all(&self, callbacks: Vec<Callback>) -> BoxFut<Result<(), CallbackError>> {
+        let several = callbacks.len() > 1;
         let each: Vec<_> = callbacks.into_iter().map(|c| self.deliver(c)).collect();
         Box::pin(async move {
             // One after the other, in the request's order.
             for delivery in each {
-                delivery.await?;
+                match delivery.await {
+                    Err(CallbackError::NotItsSend(why)) if several => {
+                        tracing::info!(
+                            why,
+                            "a callback event about another provider's send skipped"
+                        );
+                    }
+                    other => other?,
+                }
             }
             Ok(())
         })
@@ -550,9 +565,16 @@ pub trait RetrySchedule: Send + Sync + 'static {
         until_ms: i64,
     ) -> BoxFut<Result<Vec<String>, StoreError>>;
     /// Records that these leased sends are starting: a claim after their lease ran out
-    /// reports them `lapsed`. Answers the ids whose lease is no longer this instance's
-    /// attempt (not to be sent). Only providers with `on_unknown_outcome = fail` need it.
+    /// reports them `lapsed`, and no other process claims them while this one is alive
+    /// ([`RetrySchedule::heartbeat`]). Answers the ids whose lease is no longer this
+    /// instance's attempt: those are not to be sent.
     fn mark_sending(&self, entries: Vec<RetryEntry>) -> BoxFut<Result<Vec<String>, StoreError>>;
+    /// This process is alive until `alive_until_ms`: its sends marked started are not
+    /// claimed by another process before then, even once their leases ran out (a store
+    /// stall). A single-process schedule needs nothing.
+    fn heartbeat(&self, _now_ms: i64, _alive_until_ms: i64) -> BoxFut<Result<(), StoreError>> {
+        Box::pin(async { Ok(()) })
+    }
     fn cancel(&self, message_id: String) -> BoxFut<Result<(), StoreError>>;
     /// The message's scheduled retry, if any.
     fn entry(&self, message_id: String) -> BoxFut<Result<Option<RetryEntry>, StoreError>>;

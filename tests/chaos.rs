@@ -846,3 +846,107 @@ fn r6_provider_answering_5xx_for_a_minute() {
     }
     .record();
 }
+
+/// How many sends the provider simulator received so far (each `Idempotency-Key` once).
+fn sends_so_far(sim: u16) -> usize {
+    block_on(sim_sends(sim)).len()
+}
+
+/// Waits (up to `limit`) until the provider simulator received `n` sends.
+fn wait_sends(sim: u16, n: usize, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while sends_so_far(sim) < n && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// R8 (G12): no crash, only stalls of the stores while sends are in flight and thousands of
+/// jobs wait behind the provider's rate limit: MongoDB SIGSTOPped 30 s, Redis 15 s, MongoDB
+/// 90 s (longer than every lease). No accepted send may be repeated, every message ends right.
+#[test]
+#[ignore = "fault-injection runner: scripts/chaos.sh"]
+fn r8_store_stalls_while_sends_wait_and_fly() {
+    const N: usize = 6_000;
+    let mut names = Names::new("chaos_r8", 4);
+    let dir = log_dir().join(&names.base);
+    let (redis_port, mongo_port) = (free_port(), free_port());
+    let redis = durable_redis(redis_port, &dir.join("redis"));
+    let mongo = private_mongo(mongo_port, &dir.join("mongo"));
+    names.redis = format!("redis://127.0.0.1:{redis_port}/0");
+    names.mongo = format!("mongodb://127.0.0.1:{mongo_port}");
+    let sim = free_port();
+    let _sim = spawn_sim(sim, SIM_SECRET, &[], "r8");
+    let config = log_dir().join(format!("{}.toml", names.base));
+    // 40 sends a second: the 6,000 messages wait behind the rate limit for 150 s.
+    welcome_config(&config, sim, "sweep_ms = 500", "");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("rate_per_sec = 5000", "rate_per_sec = 40");
+    std::fs::write(&config, text).unwrap();
+    produce_records(
+        &names,
+        &welcome_records("r8", N, |i| format!("+1777{i:06}")),
+    );
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut herald = spawn_herald_with_config(
+        &names,
+        &config,
+        &[
+            ("HERALD__HTTP__LISTEN", listen.as_str()),
+            ("CHAOS_SIM_SECRET", SIM_SECRET),
+        ],
+        "r8",
+    );
+    let stall = |pid: u32, secs: u64| {
+        signal(pid, "-STOP");
+        std::thread::sleep(Duration::from_secs(secs));
+        signal(pid, "-CONT");
+    };
+    wait_sends(sim, 300, Duration::from_secs(120));
+    stall(mongo.0.id(), 30);
+    wait_sends(sim, 2_500, Duration::from_secs(300));
+    stall(redis.0.id(), 15);
+    wait_sends(sim, 3_500, Duration::from_secs(300));
+    stall(mongo.0.id(), 90);
+    let last_fault = Instant::now();
+    let delivered = wait_delivered(&names, N, Duration::from_secs(600));
+    let recover_s = last_fault.elapsed().as_secs_f64();
+    let sends = block_on(sim_sends(sim));
+    let mut per_key: BTreeMap<String, u64> = BTreeMap::new();
+    for s in &sends {
+        let key = s["idempotency_key"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        *per_key.entry(key).or_default() += 1 + s["repeats"].as_u64().unwrap_or(0);
+    }
+    let repeated: u64 = per_key.values().map(|n| n - 1).sum();
+    let messages = block_on(mongo_messages(&names));
+    let wrong = messages
+        .values()
+        .filter(|d| !matches!(d.get_str("status"), Ok("delivered") | Ok("sent")))
+        .count();
+    let sent_only = messages
+        .values()
+        .filter(|d| d.get_str("status") == Ok("sent"))
+        .count();
+    kill9(&mut herald);
+    Outcome {
+        scenario: "R8",
+        what: "MongoDB SIGSTOPped 30 s, Redis 15 s, MongoDB 90 s, no crash, while 6,000 sends wait behind a rate limit of 40/s and fly",
+        events: (2 * N) as u64,
+        faults: "3 stalls".into(),
+        lost: (N - messages.len().min(N) + wrong) as i64,
+        doubled: repeated as i64,
+        users_differing: 0,
+        dead_lettered: 0,
+        dead_expected: 0,
+        recover_s,
+        notes: format!(
+            "{} keys sent, {repeated} sends repeated (no crash: none allowed); {delivered} of {N} delivered, {sent_only} still `sent` (a callback lost in a stall)",
+            per_key.len()
+        ),
+    }
+    .record();
+    drop((redis, mongo));
+}

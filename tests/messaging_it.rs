@@ -368,6 +368,14 @@ fn every_path_ends_right_and_webhooks_are_guarded() {
             signed(&unknown_status, SECRET, now),
             400,
         ));
+        // Signed right, by another configured provider that made no send of the message.
+        cases.push((
+            "another provider's callback",
+            "sim-b",
+            body.clone(),
+            signed(&body, SECRET, now),
+            409,
+        ));
         for (what, provider, body, headers, want) in &cases {
             let got = post_callback(&client, http, provider, body, headers).await;
             assert_eq!(got, *want, "{what}");

@@ -252,8 +252,9 @@ async fn write(shared: Arc<Shared>, shard: usize, batch: WriteBatch) -> WriteOut
     // schedule first: if this instance dies before the outcome is recorded, the lease runs
     // out and the send fires again (same attempt, same key) wherever the sweep claims it. A
     // message that already has an entry is someone else's to send (the reconciler adopted
-    // it). Waiting until the dispatchers accepted the jobs makes a slow provider slow the
-    // flushes, which pauses the source (G7).
+    // it). A dispatcher whose queue is full parks the job (left to its lease, fired by the
+    // sweep later): a slow or down provider never slows the flushes (G7 holds by the queue's
+    // bound, the rest waits in the schedule).
     let due: Vec<MessageRecord> = records
         .into_iter()
         .filter(|r| !r.status.is_terminal() && created.contains(&r.id))
@@ -292,6 +293,7 @@ async fn write(shared: Arc<Shared>, shard: usize, batch: WriteBatch) -> WriteOut
                 record: r,
                 provider_index: 0,
                 lease: Some(lease),
+                park_if_full: true,
             }))
         })
         .collect();

@@ -3,10 +3,12 @@
 //!
 //! A callback is matched to its message by Herald's id when it carries one, else by the
 //! provider's id (Twilio). It changes nothing unless it comes from the provider that made the
-//! message's send and names that send: a callback about an older send, another provider's, or
-//! a repeated one is answered 2xx and ignored (the status machine absorbs the rest). A
-//! suppression it carries is recorded whatever the message's status (a spam report arrives
-//! after delivery).
+//! message's current send and names that send (G12): a callback about an older send of its
+//! provider, or a repeated one, is answered 2xx and ignored (the status machine absorbs the
+//! rest); one from a provider that made no send of the message is refused (409); one that may
+//! be about a send not recorded yet (the message waits on a send) is answered "call again"
+//! (503). A suppression it carries is recorded whatever the message's status (a spam report
+//! arrives after delivery), once its provider is known to have sent the message.
 
 use std::sync::Arc;
 
@@ -165,9 +167,27 @@ impl CallbackHandler {
                 (None, None) => Ok(()),
             };
         };
-        if record.provider.as_deref().is_some_and(|p| p != cb.provider) {
-            // Another provider's message: this one has no say in it.
-            return Ok(());
+        if record.provider.as_deref() != Some(cb.provider.as_str()) {
+            let sent_by_it = record.history.iter().any(|h| {
+                h.status == MessageStatus::Sent && h.provider.as_deref() == Some(&cb.provider)
+            });
+            let waits_on_a_send = matches!(
+                record.status,
+                MessageStatus::Queued | MessageStatus::Retrying
+            );
+            if waits_on_a_send {
+                // Its send (a first send, a retry, a fallback) may not be recorded yet.
+                return Err(CallbackError::NotReady(record.id));
+            }
+            if sent_by_it {
+                // About an older send of its provider (before a fallback): stale.
+                Self::suppress(&ports, &cb, &record).await?;
+                return Ok(());
+            }
+            return Err(CallbackError::NotItsSend(format!(
+                "{} made no send of message {}",
+                cb.provider, record.id
+            )));
         }
         let mut record = record;
         if let Some(pid) = &cb.provider_message_id {

@@ -199,6 +199,11 @@ impl Applier {
                     return Applied::Done;
                 }
                 match e {
+                    CallbackError::NotItsSend(_) => {
+                        tracing::warn!(entry = entry.id, provider, error = %e, "a journaled callback about a send its provider did not make; dropped");
+                        self.metrics.callback_journal_dropped("not_its_send");
+                        return Applied::Done;
+                    }
                     CallbackError::NotReady(_) => {
                         tracing::debug!(entry = entry.id, provider, error = %e, "journaled callback not applicable yet")
                     }

@@ -25,8 +25,16 @@ use crate::telemetry::Metrics;
 
 use super::supervision::contain_async;
 
-/// Above this many queued jobs, `Dispatch` answers only once the queue has room.
+/// Above this many queued jobs, a `Dispatch` that may be parked is (left to its lease), and
+/// one that may not answers only once the queue has room.
 const QUEUE_LIMIT: usize = 10_000;
+
+/// One attempt a dispatcher holds: message id, attempt, resend.
+type HeldKey = (String, u32, u32);
+
+fn held_key(job: &Dispatch) -> HeldKey {
+    (job.record.id.clone(), job.attempt, job.resend)
+}
 
 /// How long a claimed retry stays leased: unless its outcome is recorded (or the lease
 /// extended) by then, the schedule hands it out again.
@@ -36,9 +44,11 @@ pub const LEASE_MS: i64 = 15_000;
 const LEASE_EXTEND_EVERY: Duration = Duration::from_millis(LEASE_MS as u64 / 3);
 
 /// Send attempt `attempt` of a message through this provider (or its fallbacks from
-/// `provider_index` on). Resolves once the dispatcher has accepted the job.
+/// `provider_index` on). Resolves once the dispatcher has accepted the job (`true`), or
+/// parked it (`false`: its queue is full and `park_if_full`; the job's lease fires it from
+/// the schedule later). An attempt the dispatcher holds already is not taken twice.
 #[derive(Message)]
-#[rtype(result = "()")]
+#[rtype(result = "bool")]
 pub struct Dispatch {
     pub record: MessageRecord,
     pub attempt: u32,
@@ -49,6 +59,9 @@ pub struct Dispatch {
     /// The retry-schedule lease this attempt came from, completed once its outcome is
     /// durable (until then a crash lets the schedule fire it again).
     pub lease: Option<RetryEntry>,
+    /// Leave the job to its lease rather than wait when the queue is full (flushes and sweeps
+    /// never wait for a provider; ARCHITECTURE.md, "A send under outages").
+    pub park_if_full: bool,
 }
 
 /// The channel's dispatchers in fallback order and this one's place in it (set once all
@@ -117,8 +130,11 @@ pub struct Dispatcher {
     rng: Arc<Mutex<SmallRng>>,
     /// Outcome writes (status transitions, retry schedules, leases) still running.
     writes: usize,
-    /// The retry leases of the jobs being sent, by message id (queued ones are in `queue`).
-    sending_leases: std::collections::HashMap<String, RetryEntry>,
+    /// The retry leases of the jobs being marked, sent or having their outcome written
+    /// (queued ones are in `queue`): extended until the outcome is durable.
+    sending_leases: std::collections::HashMap<HeldKey, RetryEntry>,
+    /// Every attempt held here, from acceptance until its outcome is durable.
+    held: std::collections::HashSet<HeldKey>,
     drains: Vec<oneshot::Sender<bool>>,
 }
 
@@ -148,6 +164,7 @@ impl Dispatcher {
             rng: Arc::new(Mutex::new(SmallRng::seed_from_u64(seed))),
             writes: 0,
             sending_leases: std::collections::HashMap::new(),
+            held: std::collections::HashSet::new(),
             drains: Vec::new(),
         }
     }
@@ -156,9 +173,11 @@ impl Dispatcher {
         self.queue.is_empty() && self.in_flight == 0 && self.writes == 0
     }
 
-    /// Runs an outcome write in the background, counted until it is done (a drain waits).
+    /// Runs an outcome write of attempt `key` in the background, counted until it is done (a
+    /// drain waits); the attempt stays held, its lease extended, until then.
     fn spawn_write(
         &mut self,
+        key: HeldKey,
         write: impl std::future::Future<Output = ()> + 'static,
         then: impl FnOnce(&mut Self) + 'static,
         ctx: &mut Context<Self>,
@@ -166,9 +185,17 @@ impl Dispatcher {
         self.writes += 1;
         ctx.spawn(write.into_actor(self).map(move |(), act, _| {
             act.writes -= 1;
+            act.release(&key);
             then(act);
             act.settle_drains();
         }));
+    }
+
+    /// The attempt is no longer this dispatcher's (its outcome is durable, or it was handed
+    /// on or lost its lease).
+    fn release(&mut self, key: &HeldKey) {
+        self.held.remove(key);
+        self.sending_leases.remove(key);
     }
 
     fn settle_drains(&mut self) {
@@ -202,8 +229,10 @@ impl Dispatcher {
             // Open circuit: hand the queue to the fallback if there is one, else wait.
             if let Some(next) = self.fallback_of(self.index) {
                 while let Some(job) = self.queue.pop_front() {
+                    self.held.remove(&held_key(&job));
                     next.do_send(Dispatch {
                         provider_index: job.provider_index + 1,
+                        park_if_full: false,
                         ..job
                     });
                 }
@@ -231,26 +260,28 @@ impl Dispatcher {
             self.tokens -= 1.0;
             starting.push(self.queue.pop_front().expect("queue is not empty"));
         }
-        if self.settings.on_unknown_outcome == UnknownOutcome::Fail {
-            self.mark_then_send(starting, ctx);
-        } else {
-            for job in starting {
-                self.start_send(job, ctx);
-            }
-        }
+        self.mark_then_send(starting, ctx);
         self.release_waiters();
     }
 
-    /// At most once (`on_unknown_outcome = fail`): each send is marked started in the
-    /// schedule before it goes out, so a lease that runs out after the mark — the holder died
-    /// mid-send — fails the message instead of sending it again, and one that runs out
-    /// before it (the send never started) is sent by whoever claims it.
+    /// Each send is marked started in the schedule before it goes out, and only while its
+    /// lease is still this process's attempt: a holder whose lease ran out and passed on never
+    /// sends (G12), and a lease that runs out after the mark is not claimed by another process
+    /// while this one is alive. Once the holder died, such a lease is claimed *lapsed*: sent
+    /// again under the same key, or failed with `on_unknown_outcome = fail`; one that runs
+    /// out before the mark (the send never started) is sent by whoever claims it.
     fn mark_then_send(&mut self, jobs: Vec<Dispatch>, ctx: &mut Context<Self>) {
         if jobs.is_empty() {
             return;
         }
         let leases: Vec<RetryEntry> = jobs.iter().filter_map(|j| j.lease.clone()).collect();
-        // Counted as in flight while being marked (the concurrency cap and drains see them).
+        // Counted as in flight while being marked (the concurrency cap and drains see them),
+        // their leases extended meanwhile.
+        for job in &jobs {
+            if let Some(lease) = &job.lease {
+                self.sending_leases.insert(held_key(job), lease.clone());
+            }
+        }
         self.in_flight += jobs.len();
         let retries = self.ports.retries.clone();
         ctx.spawn(
@@ -267,6 +298,7 @@ impl Dispatcher {
                                     .is_some_and(|l| lost.contains(&l.message_id));
                                 if gone {
                                     tracing::info!(message = %job.record.id, "a send whose lease passed to another holder is left to it");
+                                    act.release(&held_key(&job));
                                 } else {
                                     act.start_send(job, ctx);
                                 }
@@ -337,7 +369,14 @@ impl Dispatcher {
                         .is_some_and(|l| lost.contains(&l.message_id) && asked.contains(l))
                 };
                 let before = act.queue.len();
-                act.queue.retain(|job| !is_lost(&job.lease));
+                let held = &mut act.held;
+                act.queue.retain(|job| {
+                    let keep = !is_lost(&job.lease);
+                    if !keep {
+                        held.remove(&held_key(job));
+                    }
+                    keep
+                });
                 act.sending_leases
                     .retain(|_, l| !(lost.contains(&l.message_id) && asked.contains(l)));
                 let dropped = before - act.queue.len();
@@ -357,14 +396,14 @@ impl Dispatcher {
     fn start_send(&mut self, job: Dispatch, ctx: &mut Context<Self>) {
         self.in_flight += 1;
         if let Some(lease) = &job.lease {
-            self.sending_leases
-                .insert(lease.message_id.clone(), lease.clone());
+            self.sending_leases.insert(held_key(&job), lease.clone());
         }
         let Some(to) = job.record.to.clone() else {
             // Cannot happen for a queued message (no address means skipped), but never panic.
             self.in_flight -= 1;
             let retries = self.ports.retries.clone();
-            self.spawn_write(complete_lease(retries, job.lease), |_| {}, ctx);
+            let key = held_key(&job);
+            self.spawn_write(key, complete_lease(retries, job.lease), |_| {}, ctx);
             return;
         };
         let request = SendRequest {
@@ -398,7 +437,6 @@ impl Dispatcher {
         };
         ctx.spawn(fut.into_actor(self).map(move |outcome, act, ctx| {
             act.in_flight -= 1;
-            act.sending_leases.remove(&job.record.id);
             act.on_outcome(job, outcome, ctx);
             act.pump(ctx);
             act.settle_drains();
@@ -407,20 +445,17 @@ impl Dispatcher {
 
     /// Records a status change durably (in the background; the status machine orders it),
     /// then settles the attempt's retry lease.
-    fn record(
-        &mut self,
-        id: String,
-        change: StatusChange,
-        lease: Option<RetryEntry>,
-        ctx: &mut Context<Self>,
-    ) {
+    fn record(&mut self, job: Dispatch, change: StatusChange, ctx: &mut Context<Self>) {
         let docs = self.ports.docs.clone();
         let retries = self.ports.retries.clone();
+        let key = held_key(&job);
+        let id = job.record.id;
+        let lease = job.lease;
         let write = async move {
             write_with_retry(|| docs.transition(id.clone(), change.clone())).await;
             complete_lease(retries, lease).await;
         };
-        self.spawn_write(write, |_| {}, ctx);
+        self.spawn_write(key, write, |_| {}, ctx);
     }
 
     /// A lease that ran out while its holder was sending (it died or stalled): the send
@@ -442,7 +477,7 @@ impl Dispatcher {
             attempt: Some(job.attempt),
             expect_provider_message_id: None,
         };
-        self.record(job.record.id.clone(), change, job.lease, ctx);
+        self.record(job, change, ctx);
     }
 
     fn on_outcome(&mut self, job: Dispatch, outcome: SendOutcome, ctx: &mut Context<Self>) {
@@ -467,8 +502,10 @@ impl Dispatcher {
                         format!("{name}: {detail}{SENDING_AGAIN}"),
                     );
                     let retries = self.ports.retries.clone();
+                    let key = held_key(&job);
                     let lease = job.lease;
                     self.spawn_write(
+                        key,
                         async move {
                             fut.await;
                             complete_lease(retries, lease).await;
@@ -495,7 +532,7 @@ impl Dispatcher {
                         attempt: Some(job.attempt),
                         expect_provider_message_id: None,
                     };
-                    self.record(job.record.id.clone(), change, job.lease, ctx);
+                    self.record(job, change, ctx);
                     return;
                 }
             },
@@ -518,7 +555,7 @@ impl Dispatcher {
                     attempt: Some(job.attempt),
                     expect_provider_message_id: None,
                 };
-                self.record(job.record.id.clone(), change, job.lease, ctx);
+                self.record(job, change, ctx);
             }
             SendOutcome::Retryable {
                 retry_after_ms,
@@ -544,12 +581,13 @@ impl Dispatcher {
                     None,
                 );
                 let retries = self.ports.retries.clone();
+                let key = held_key(&job);
                 let lease = job.lease;
                 let fut = async move {
                     let _ = fut.await;
                     complete_lease(retries, lease).await;
                 };
-                self.spawn_write(fut, |_| {}, ctx);
+                self.spawn_write(key, fut, |_| {}, ctx);
             }
             SendOutcome::Rejected { detail, suppress } => {
                 metrics.dispatch_outcome(&name, "rejected");
@@ -579,6 +617,7 @@ impl Dispatcher {
                     let docs = self.ports.docs.clone();
                     let id = job.record.id.clone();
                     let retries = self.ports.retries.clone();
+                    let key = held_key(&job);
                     let lease = job.lease;
                     let write = async move {
                         let new =
@@ -589,7 +628,7 @@ impl Dispatcher {
                         write_with_retry(|| docs.transition(id.clone(), change.clone())).await;
                         complete_lease(retries, lease).await;
                     };
-                    self.spawn_write(write, |_| {}, ctx);
+                    self.spawn_write(key, write, |_| {}, ctx);
                 } else if let Some(next) = self.chain.get(job.provider_index + 1).cloned() {
                     // Ordered fallback: the next attempt is scheduled first (leased, so it
                     // fires only if this hand-off is lost in a crash — and then at the next
@@ -621,6 +660,7 @@ impl Dispatcher {
                         write_with_retry(|| docs.transition(id.clone(), change.clone())).await;
                     };
                     self.spawn_write(
+                        held_key(&job),
                         fut,
                         move |_| {
                             next.do_send(Dispatch {
@@ -629,6 +669,7 @@ impl Dispatcher {
                                 provider_index: job.provider_index + 1,
                                 record: job.record,
                                 lease: Some(lease),
+                                park_if_full: false,
                             });
                         },
                         ctx,
@@ -643,7 +684,7 @@ impl Dispatcher {
                         attempt: Some(job.attempt),
                         expect_provider_message_id: None,
                     };
-                    self.record(job.record.id.clone(), change, job.lease, ctx);
+                    self.record(job, change, ctx);
                 }
             }
         }
@@ -802,7 +843,9 @@ impl Handler<DrainSends> for Dispatcher {
                     left = self.queue.len(),
                     "circuit open at shutdown; queued sends fire again when their leases run out"
                 );
-                self.queue.clear();
+                for job in std::mem::take(&mut self.queue) {
+                    self.held.remove(&held_key(&job));
+                }
                 self.release_waiters();
             }
         }
@@ -821,23 +864,41 @@ impl Handler<DrainSends> for Dispatcher {
 }
 
 impl Handler<Dispatch> for Dispatcher {
-    type Result = ResponseFuture<()>;
+    type Result = ResponseFuture<bool>;
 
-    fn handle(&mut self, msg: Dispatch, ctx: &mut Context<Self>) -> ResponseFuture<()> {
+    fn handle(&mut self, msg: Dispatch, ctx: &mut Context<Self>) -> ResponseFuture<bool> {
+        let key = held_key(&msg);
+        if self.held.contains(&key) {
+            // This very attempt is queued, being sent or recorded here already: the schedule
+            // handed it out again (its lease ran out in a stall and this process's own sweep
+            // claimed it). One send of it.
+            tracing::debug!(provider = self.provider.name(), message = %msg.record.id, attempt = msg.attempt, "an attempt held already is not taken twice");
+            return Box::pin(async { true });
+        }
         let lapsed = msg.lease.as_ref().is_some_and(|l| l.lapsed);
         if lapsed && self.settings.on_unknown_outcome == UnknownOutcome::Fail {
+            self.held.insert(key);
             self.fail_in_doubt(msg, ctx);
-            return Box::pin(async {});
+            return Box::pin(async { true });
         }
+        if self.queue.len() >= QUEUE_LIMIT && msg.park_if_full && msg.lease.is_some() {
+            // Left to its lease: the sweep claims it again once that runs out.
+            self.ports
+                .metrics
+                .dispatch_outcome(self.provider.name(), "parked");
+            return Box::pin(async { false });
+        }
+        self.held.insert(key);
         self.queue.push_back(msg);
         self.pump(ctx);
         if self.queue.len() < QUEUE_LIMIT {
-            return Box::pin(async {});
+            return Box::pin(async { true });
         }
         let (tx, rx) = oneshot::channel();
         self.waiting.push(tx);
         Box::pin(async move {
             let _ = rx.await;
+            true
         })
     }
 }

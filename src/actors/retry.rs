@@ -15,6 +15,13 @@ use super::reconciler::reconcile;
 // claim and send loses nothing) or the dispatcher holding it extended it.
 use super::dispatcher::{Dispatch, LEASE_MS};
 
+/// How long a heartbeat keeps this process alive for the schedule: a send it marked started is
+/// not claimed by another process before then (longer than a Redis stall the leases may not
+/// survive; ARCHITECTURE.md, "A send under outages").
+pub const HOLDER_ALIVE_MS: i64 = 2 * LEASE_MS;
+/// How often the process says it is alive.
+const HEARTBEAT_EVERY: std::time::Duration = std::time::Duration::from_millis(5_000);
+
 const CLAIM_BATCH: usize = 256;
 
 /// Sweep now (a key-expiry notification arrived, or a test wants it).
@@ -30,6 +37,8 @@ pub struct RetryActor {
     shared: Arc<Shared>,
     sweeping: bool,
     reconciling: bool,
+    /// SIGTERM: no more sweeps or adoptions; heartbeats go on while the dispatchers drain.
+    stopped: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl RetryActor {
@@ -38,15 +47,34 @@ impl RetryActor {
             shared,
             sweeping: false,
             reconciling: false,
+            stopped: Arc::default(),
         }
     }
 
+    fn is_stopped(&self) -> bool {
+        self.stopped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn heartbeat(&mut self, ctx: &mut Context<Self>) {
+        let ports = self.shared.ports.clone();
+        ctx.spawn(
+            async move {
+                let now = ports.clock.now_ms();
+                if let Err(e) = ports.retries.heartbeat(now, now + HOLDER_ALIVE_MS).await {
+                    tracing::warn!(error = %e, "could not renew this process's liveness in the retry schedule");
+                }
+            }
+            .into_actor(self),
+        );
+    }
+
     fn sweep(&mut self, ctx: &mut Context<Self>) {
-        if self.sweeping {
+        if self.sweeping || self.is_stopped() {
             return;
         }
         self.sweeping = true;
         let shared = self.shared.clone();
+        let stopped = self.stopped.clone();
         let fut = async move {
             let ports = &shared.ports;
             // A schedule that lost entries (Redis restarted empty, flushed, failed over) is
@@ -59,6 +87,9 @@ impl RetryActor {
                 }
             };
             loop {
+                if stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                    return lost;
+                }
                 let now = ports.clock.now_ms();
                 let due = match ports.retries.claim_due(now, LEASE_MS, CLAIM_BATCH).await {
                     Ok(d) => d,
@@ -68,6 +99,7 @@ impl RetryActor {
                     }
                 };
                 let n = due.len();
+                let mut parked = false;
                 for entry in due {
                     let record = match ports.docs.get_message(entry.message_id.clone()).await {
                         Ok(Some(r)) => r,
@@ -111,18 +143,26 @@ impl RetryActor {
                         let _ = ports.retries.complete(entry).await;
                         continue;
                     };
-                    ports.metrics.retries_fired.inc();
-                    let _ = first
+                    let taken = first
                         .send(Dispatch {
                             attempt: entry.attempt,
                             resend: entry.resend,
                             record,
                             provider_index: index,
                             lease: Some(entry),
+                            park_if_full: true,
                         })
-                        .await;
+                        .await
+                        .unwrap_or(false);
+                    if taken {
+                        ports.metrics.retries_fired.inc();
+                    } else {
+                        parked = true;
+                    }
                 }
-                if n < CLAIM_BATCH {
+                // A dispatcher that parks jobs is full: what is still due waits for the next
+                // sweep rather than be claimed only to be parked.
+                if n < CLAIM_BATCH || parked {
                     return lost;
                 }
             }
@@ -141,7 +181,7 @@ impl RetryActor {
     /// first pass at start takes everything changed before this start (what an instance
     /// that died left); later passes what stayed unchanged for [`RECONCILE_IDLE_MS`].
     fn reconcile(&mut self, ctx: &mut Context<Self>, idle_before_ms: i64) {
-        if self.reconciling {
+        if self.reconciling || self.is_stopped() {
             return;
         }
         self.reconciling = true;
@@ -175,6 +215,8 @@ impl Actor for RetryActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        self.heartbeat(ctx);
+        ctx.run_interval(HEARTBEAT_EVERY, |act, ctx| act.heartbeat(ctx));
         let started_ms = self.shared.ports.clock.now_ms();
         self.reconcile(ctx, started_ms);
         let every = self.shared.settings.retry_sweep;
@@ -186,7 +228,8 @@ impl Actor for RetryActor {
     }
 }
 
-/// Stop sweeping (SIGTERM: the dispatchers drain what they have; nothing new is fired).
+/// Stop sweeping (SIGTERM: the dispatchers drain what they have; nothing new is fired). The
+/// heartbeats go on, so the sends being drained stay this process's.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct StopRetries;
@@ -194,8 +237,9 @@ pub struct StopRetries;
 impl Handler<StopRetries> for RetryActor {
     type Result = ();
 
-    fn handle(&mut self, _: StopRetries, ctx: &mut Context<Self>) {
-        ctx.stop();
+    fn handle(&mut self, _: StopRetries, _ctx: &mut Context<Self>) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -153,6 +153,7 @@ async fn handle_webhook(
             CallbackError::NotReady(id) => Refusal::NotYet(format!(
                 "the send of {id} is not recorded yet; call back later"
             )),
+            CallbackError::NotItsSend(why) => Refusal::Conflict(why),
             CallbackError::Store(e) => Refusal::Store(e.to_string()),
         })
 }

@@ -54,6 +54,9 @@ pub enum Refusal {
     Malformed(String),
     #[error("{0}")]
     NotYet(String),
+    /// A callback about a send its provider did not make.
+    #[error("{0}")]
+    Conflict(String),
     #[error("store unavailable: {0}")]
     Store(String),
 }
@@ -66,6 +69,7 @@ impl Refusal {
             Refusal::Signature(_) => StatusCode::UNAUTHORIZED,
             Refusal::Forbidden(_) => StatusCode::FORBIDDEN,
             Refusal::Malformed(_) => StatusCode::BAD_REQUEST,
+            Refusal::Conflict(_) => StatusCode::CONFLICT,
             Refusal::NotYet(_) | Refusal::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }

@@ -1,6 +1,6 @@
 //! The durable retry schedule in Redis (REFERENCE.md §5), spread over [`SHARDS`] parts so that
 //! no key is hot and, on a Redis Cluster, every script works inside one hash slot. A message
-//! belongs to part `xxh3(id) mod 16`; part `n` is four keys tagged `{r<n>}`:
+//! belongs to part `xxh3(id) mod 16`; part `n` is five keys tagged `{r<n>}`:
 //!
 //! - `<prefix>retry:{r<n>}:due`: a sorted set, message id → due time (ms). The truth.
 //! - `<prefix>retry:{r<n>}:entry`: a hash, message id → attempt number.
@@ -8,6 +8,9 @@
 //!   lease (random per process), `<token>!` once it marked the send started: only the holder
 //!   extends or completes a lease, and a claim of a lease marked started reports it lapsed
 //!   (its send is in doubt). A scheduled entry has no owner.
+//! - `<prefix>retry:{r<n>}:live`: a hash, holder token → the time (ms) until which that
+//!   process is alive (written every few seconds by each process): a lease marked started
+//!   whose holder is still alive is not claimed by another process, even once it ran out.
 //! - `<prefix>retry:{r<n>}:mark`: a marker only a loss of the part's data removes (a Redis
 //!   restarted without persistence, a flush, a failover to a replica that had not caught up):
 //!   finding it missing makes the reconciler rebuild the schedule from `messages` (G10).
@@ -41,7 +44,11 @@ pub const SHARDS: usize = 16;
 
 /// Leases due entries to ARGV[4]: re-scores each to `now + lease` and returns id, attempt,
 /// due, and 1 when its holder had marked it sending (`<token>!`) and let the lease run out.
+/// A marked entry whose holder is still alive (KEYS[4], token → alive-until) is another
+/// process's send in progress: it is only re-scored, not claimed. One marked by the claimer
+/// itself (its own lease ran out in a stall) keeps its mark.
 const CLAIM: &str = r#"
+local now = tonumber(ARGV[1])
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[3])
 local out = {}
 for i = 1, #ids, 2 do
@@ -49,19 +56,38 @@ for i = 1, #ids, 2 do
   local attempt = redis.call('HGET', KEYS[2], id)
   if attempt then
     local owner = redis.call('HGET', KEYS[3], id)
-    local lapsed = (owner and string.sub(owner, -1) == '!') and '1' or '0'
-    redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), id)
-    redis.call('HSET', KEYS[3], id, ARGV[4])
-    table.insert(out, id)
-    table.insert(out, attempt)
-    table.insert(out, ids[i + 1])
-    table.insert(out, lapsed)
+    local marked = owner and string.sub(owner, -1) == '!'
+    local holder = marked and string.sub(owner, 1, -2) or nil
+    local alive = holder and tonumber(redis.call('HGET', KEYS[4], holder) or '0') or 0
+    redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), id)
+    if not (marked and holder ~= ARGV[4] and alive > now) then
+      if not (marked and holder == ARGV[4]) then
+        redis.call('HSET', KEYS[3], id, ARGV[4])
+      end
+      table.insert(out, id)
+      table.insert(out, attempt)
+      table.insert(out, ids[i + 1])
+      table.insert(out, marked and '1' or '0')
+    end
   else
     redis.call('ZREM', KEYS[1], id)
     redis.call('HDEL', KEYS[3], id)
   end
 end
 return out
+"#;
+
+/// Records that holder ARGV[1] is alive until ARGV[2] (KEYS[1]: the part's liveness hash) and
+/// forgets holders whose liveness ran out before ARGV[3] (processes that stopped).
+const HEARTBEAT: &str = r#"
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  if tonumber(all[i + 1]) < tonumber(ARGV[3]) then
+    redis.call('HDEL', KEYS[1], all[i])
+  end
+end
+return 1
 "#;
 
 /// Removes the entry ARGV[1] only if it still is attempt ARGV[2] and ARGV[3] holds it (an
@@ -149,6 +175,7 @@ struct Part {
     entry: String,
     owner: String,
     mark: String,
+    live: String,
 }
 
 #[derive(Clone)]
@@ -165,6 +192,7 @@ pub struct RedisRetrySchedule {
     extend: Arc<Script>,
     hold: Arc<Script>,
     mark_sending: Arc<Script>,
+    heartbeat: Arc<Script>,
     arm: Arc<Script>,
     /// Where the next claim starts (so no part waits behind the others).
     next_part: Arc<std::sync::atomic::AtomicUsize>,
@@ -186,6 +214,7 @@ impl RedisRetrySchedule {
                 entry: format!("{prefix}retry:{{r{n}}}:entry"),
                 owner: format!("{prefix}retry:{{r{n}}}:owner"),
                 mark: format!("{prefix}retry:{{r{n}}}:mark"),
+                live: format!("{prefix}retry:{{r{n}}}:live"),
             })
             .collect();
         Ok(RedisRetrySchedule {
@@ -199,6 +228,7 @@ impl RedisRetrySchedule {
             extend: Arc::new(Script::new(EXTEND)),
             hold: Arc::new(Script::new(HOLD)),
             mark_sending: Arc::new(Script::new(MARK_SENDING)),
+            heartbeat: Arc::new(Script::new(HEARTBEAT)),
             arm: Arc::new(Script::new(ARM)),
             next_part: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         })
@@ -278,6 +308,7 @@ impl RedisRetrySchedule {
             .key(&part.due)
             .key(&part.entry)
             .key(&part.owner)
+            .key(&part.live)
             .arg(now_ms)
             .arg(lease_ms)
             .arg(limit)
@@ -468,6 +499,25 @@ impl RetrySchedule for RedisRetrySchedule {
         async move {
             let lead = [until_ms.to_string(), this.owner.to_string()];
             this.per_part_ids(&this.extend, &entries, &lead).await
+        }
+        .boxed()
+    }
+
+    fn heartbeat(&self, now_ms: i64, alive_until_ms: i64) -> BoxFut<Result<(), StoreError>> {
+        let this = self.clone();
+        async move {
+            let calls = this.parts.iter().map(|part| {
+                let mut conn = this.conn.clone();
+                let mut invocation = this.heartbeat.key(&part.live);
+                invocation.arg(&*this.owner).arg(alive_until_ms).arg(now_ms);
+                async move {
+                    invocation
+                        .invoke_async::<i64>(&mut conn)
+                        .await
+                        .map_err(transient)
+                }
+            });
+            try_join_all(calls).await.map(|_| ())
         }
         .boxed()
     }
