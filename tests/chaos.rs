@@ -617,6 +617,20 @@ fn welcome_records(
     records
 }
 
+/// One `herald run` with the welcome campaign's configuration, on an HTTP port of its own.
+fn spawn_welcome_herald(names: &Names, config: &std::path::Path, tag: &str) -> Herald {
+    let listen = format!("127.0.0.1:{}", free_port());
+    spawn_herald_with_config(
+        names,
+        config,
+        &[
+            ("HERALD__HTTP__LISTEN", listen.as_str()),
+            ("CHAOS_SIM_SECRET", SIM_SECRET),
+        ],
+        tag,
+    )
+}
+
 /// Waits (up to `limit`) until `n` messages are `delivered`; returns how many are.
 fn wait_delivered(names: &Names, n: usize, limit: Duration) -> usize {
     let deadline = Instant::now() + limit;
@@ -800,16 +814,7 @@ fn r6_provider_answering_5xx_for_a_minute() {
         &names,
         &welcome_records("r6p", N, |i| format!("+1999{i:06}")),
     );
-    let listen = format!("127.0.0.1:{}", free_port());
-    let mut herald = spawn_herald_with_config(
-        &names,
-        &config,
-        &[
-            ("HERALD__HTTP__LISTEN", listen.as_str()),
-            ("CHAOS_SIM_SECRET", SIM_SECRET),
-        ],
-        "0",
-    );
+    let mut herald = spawn_welcome_herald(&names, &config, "0");
     let before = rss_kib(herald.0.id());
     let peak = peak_rss_during(
         herald.0.id(),
@@ -887,16 +892,7 @@ fn r8_store_stalls_while_sends_wait_and_fly() {
         &names,
         &welcome_records("r8", N, |i| format!("+1777{i:06}")),
     );
-    let listen = format!("127.0.0.1:{}", free_port());
-    let mut herald = spawn_herald_with_config(
-        &names,
-        &config,
-        &[
-            ("HERALD__HTTP__LISTEN", listen.as_str()),
-            ("CHAOS_SIM_SECRET", SIM_SECRET),
-        ],
-        "r8",
-    );
+    let mut herald = spawn_welcome_herald(&names, &config, "r8");
     let stall = |pid: u32, secs: u64| {
         signal(pid, "-STOP");
         std::thread::sleep(Duration::from_secs(secs));
