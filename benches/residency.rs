@@ -74,12 +74,23 @@ impl herald::ports::DocumentStore for NoDocs {
     ) -> BoxFut<Result<herald::ports::TransitionResult, StoreError>> {
         self.0.transition(id, c)
     }
-    fn record_early_callback(
+    fn keep_early_callback(
         &self,
         id: String,
-        c: herald::domain::message::StatusChange,
-    ) -> BoxFut<Result<(), StoreError>> {
-        self.0.record_early_callback(id, c)
+        cb: herald::ports::Callback,
+        expires: i64,
+        max: u64,
+    ) -> BoxFut<Result<bool, StoreError>> {
+        self.0.keep_early_callback(id, cb, expires, max)
+    }
+    fn early_callbacks(
+        &self,
+        limit: usize,
+    ) -> BoxFut<Result<Vec<herald::ports::EarlyCallback>, StoreError>> {
+        self.0.early_callbacks(limit)
+    }
+    fn drop_early_callback(&self, key: String) -> BoxFut<Result<(), StoreError>> {
+        self.0.drop_early_callback(key)
     }
     fn get_message(
         &self,

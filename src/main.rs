@@ -99,6 +99,10 @@ enum Command {
         /// Delay before each delivery callback.
         #[arg(long, default_value_t = 20)]
         callback_delay_ms: u64,
+        /// Webhook kind: post each callback once, with no retry, before answering the send
+        /// (a provider whose callback overtakes its own answer).
+        #[arg(long)]
+        callback_first: bool,
         /// Secret that signs callbacks (Twilio: the auth token; SendGrid: the seed of the
         /// signing key).
         #[arg(long, env = "HERALD_SIM_WEBHOOK_SECRET", hide_env_values = true)]
@@ -237,6 +241,7 @@ fn main() -> ExitCode {
             throttle_rate,
             reject_rate,
             callback_delay_ms,
+            callback_first,
             webhook_secret,
             token,
             seed,
@@ -272,6 +277,7 @@ fn main() -> ExitCode {
                 undelivered_rate,
                 latency_ms,
                 callback_delay_ms,
+                callback_first,
                 webhook_secret: webhook_secret.into_bytes(),
                 token,
                 seed,

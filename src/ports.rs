@@ -269,12 +269,20 @@ pub trait DocumentStore: Send + Sync + 'static {
         id: String,
         change: StatusChange,
     ) -> BoxFut<Result<TransitionResult, StoreError>>;
-    /// Keeps a callback for a message not stored yet.
-    fn record_early_callback(
+    /// Keeps a callback whose send is not recorded yet (or whose message is not stored yet)
+    /// until `expires_at_ms`, to be applied, checked like any callback, once it can be.
+    /// `false` when `max` are kept already: the provider is asked to call again.
+    fn keep_early_callback(
         &self,
-        id: String,
-        change: StatusChange,
-    ) -> BoxFut<Result<(), StoreError>>;
+        message_id: String,
+        callback: Callback,
+        expires_at_ms: i64,
+        max: u64,
+    ) -> BoxFut<Result<bool, StoreError>>;
+    /// Up to `limit` kept callbacks, oldest first.
+    fn early_callbacks(&self, limit: usize) -> BoxFut<Result<Vec<EarlyCallback>, StoreError>>;
+    /// Forgets a kept callback (applied, refused or expired).
+    fn drop_early_callback(&self, key: String) -> BoxFut<Result<(), StoreError>>;
     fn get_message(&self, id: String) -> BoxFut<Result<Option<MessageRecord>, StoreError>>;
     /// Up to `limit` messages waiting on a send (`queued` or `retrying`) whose last change
     /// was before `idle_before_ms`, from `from` on: in `updated_at` order (straight from an
@@ -360,6 +368,16 @@ pub enum UnknownOutcome {
 pub trait Provider: Send + Sync + 'static {
     fn name(&self) -> &str;
     fn send(&self, request: SendRequest) -> BoxFut<SendOutcome>;
+}
+
+/// A callback kept until the send it is about is recorded.
+#[derive(Debug, Clone)]
+pub struct EarlyCallback {
+    /// The store's key of it.
+    pub key: String,
+    /// The callback, or why its stored form cannot be read.
+    pub callback: Result<Callback, String>,
+    pub expires_at_ms: i64,
 }
 
 /// A provider's delivery callback, after authentication (serialised into the callback

@@ -51,6 +51,7 @@ pub struct Metrics {
     webhook_requests: Family<Labels, Counter>,
     callback_journal_pending: Gauge,
     callback_journal_dropped: Family<Labels, Counter>,
+    early_callbacks: Family<Labels, Counter>,
     suppressed: Family<Labels, Counter>,
     ingest_requests: Family<Labels, Counter>,
     ingest_messages: Family<Labels, Counter>,
@@ -122,6 +123,7 @@ impl Metrics {
         let webhook_requests = Family::<Labels, Counter>::default();
         let callback_journal_pending = Gauge::default();
         let callback_journal_dropped = Family::<Labels, Counter>::default();
+        let early_callbacks = Family::<Labels, Counter>::default();
         let suppressed = Family::<Labels, Counter>::default();
         let ingest_requests = Family::<Labels, Counter>::default();
         let ingest_messages = Family::<Labels, Counter>::default();
@@ -223,6 +225,12 @@ impl Metrics {
             callback_journal_dropped.clone(),
         );
         registry.register(
+            "herald_early_callbacks",
+            "Callbacks that could not apply on arrival (their send not recorded yet), by \
+             outcome: kept, full (answered 503), applied, refused, expired, unreadable",
+            early_callbacks.clone(),
+        );
+        registry.register(
             "herald_suppressed",
             "Suppression events by reason: an address newly suppressed by a provider's report, \
              and each triggered message skipped because its address is suppressed",
@@ -269,6 +277,7 @@ impl Metrics {
             webhook_requests,
             callback_journal_pending,
             callback_journal_dropped,
+            early_callbacks,
             suppressed,
             ingest_requests,
             ingest_messages,
@@ -529,6 +538,12 @@ impl Metrics {
     pub fn callback_journal_dropped(&self, reason: &str) {
         self.callback_journal_dropped
             .get_or_create(&vec![("reason", reason.to_string())])
+            .inc();
+    }
+
+    pub fn early_callback(&self, outcome: &str) {
+        self.early_callbacks
+            .get_or_create(&vec![("outcome", outcome.to_string())])
             .inc();
     }
 

@@ -1185,3 +1185,89 @@ fn journaled_callbacks_answered_before_a_sigkill_are_all_applied() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Providers whose callback overtakes their own answer, once and never again (as Twilio's
+/// status callbacks are not retried): every callback arrives before Herald has recorded the
+/// send it is about — first sends, retries after `undelivered`, fallbacks after a 400. None is
+/// refused; each is kept and applied once its send is recorded, and every message ends as the
+/// scripts say.
+#[test]
+fn callbacks_that_overtake_their_send_are_kept_and_applied() {
+    let names = Names::new("cbfirst", 2);
+    let (port_a, port_b, http) = (free_port(), free_port(), free_port());
+    let _sim_a = spawn_sim(port_a, SECRET, &["--callback-first"], "cbfirst-a");
+    let _sim_b = spawn_sim(port_b, SECRET, &["--callback-first"], "cbfirst-b");
+    let config = write_config(&names, &providers_toml(port_a, port_b));
+    // The oracle: what each user's message must end as, and at which provider.
+    let kinds = ["plain", "retry", "fallback"];
+    let users: Vec<(String, &str, String)> = (0..60)
+        .map(|i| {
+            (
+                format!("u-cbf-{i}"),
+                kinds[i % 3],
+                format!("+1555600{i:04}"),
+            )
+        })
+        .collect();
+    block_on(async {
+        for (_, kind, phone) in &users {
+            match *kind {
+                "retry" => {
+                    sim_script(
+                        port_a,
+                        phone,
+                        json!([{"status": 200, "callback": "undelivered"}, {"status": 200}]),
+                    )
+                    .await
+                }
+                "fallback" => sim_script(port_a, phone, json!([{"status": 400}])).await,
+                _ => {}
+            }
+        }
+    });
+    let records: Vec<(String, String)> = users
+        .iter()
+        .flat_map(|(u, _, phone)| {
+            let mut r = user_events(u, Some(phone));
+            r.truncate(2);
+            r
+        })
+        .collect();
+    produce_records(&names, &records);
+    let _herald = spawn_instance(&names, &config, http, "cbfirst", "cbfirst");
+    block_on(async {
+        eventually(
+            "every message delivered",
+            Duration::from_secs(120),
+            || async {
+                let docs = mongo_messages(&names).await;
+                docs.len() == users.len() && docs.values().all(|d| status(d) == "delivered")
+            },
+        )
+        .await;
+        let docs = mongo_messages(&names).await;
+        let (sends_a, sends_b) = (sim_sends(port_a).await, sim_sends(port_b).await);
+        for (user, kind, _) in &users {
+            let id = format!("welcome:su-{user}");
+            let (provider, keys_a, keys_b) = match *kind {
+                "plain" => ("sim-a", vec![format!("{id}:1")], vec![]),
+                "retry" => ("sim-a", vec![format!("{id}:1"), format!("{id}:2")], vec![]),
+                _ => ("sim-b", vec![format!("{id}:1")], vec![format!("{id}:2")]),
+            };
+            assert_eq!(docs[&id].get_str("provider"), Ok(provider), "{id}");
+            assert_eq!(keys_for(&sends_a, &id), keys_a, "{id} at sim-a");
+            assert_eq!(keys_for(&sends_b, &id), keys_b, "{id} at sim-b");
+        }
+        for port in [port_a, port_b] {
+            let stats = sim_stats(port).await;
+            assert_eq!(
+                stats["callbacks_refused"], 0,
+                "a callback was refused: {stats}"
+            );
+            assert_eq!(stats["repeated_keys"], 0, "{stats}");
+        }
+        // 20 plain + 40 of the retried (two sends each) at sim-a; 20 fallbacks at sim-b.
+        assert_eq!(sim_stats(port_a).await["callbacks_sent"], 60);
+        assert_eq!(sim_stats(port_b).await["callbacks_sent"], 20);
+    });
+}

@@ -22,8 +22,9 @@ use herald::domain::suppression::{Suppression, SuppressionReason};
 use herald::domain::user::{UserProfile, UserState};
 use herald::embedded::EmbeddedRig;
 use herald::ports::{
-    AssignmentEvent, BoxFut, DeadLetter, DocumentStore, PartitionReader, Source, SourceError,
-    StateCache, StoreError, StoredUser, TransitionResult, UserSnapshot, UsersWritten,
+    AssignmentEvent, BoxFut, Callback, DeadLetter, DocumentStore, EarlyCallback, PartitionReader,
+    Source, SourceError, StateCache, StoreError, StoredUser, TransitionResult, UserSnapshot,
+    UsersWritten,
 };
 use herald::workload::{MessageKind, Workload, WorkloadSpec};
 use tokio::sync::mpsc;
@@ -154,8 +155,20 @@ impl DocumentStore for FaultyDocs {
     ) -> BoxFut<Result<TransitionResult, StoreError>> {
         self.inner.transition(id, c)
     }
-    fn record_early_callback(&self, id: String, c: StatusChange) -> BoxFut<Result<(), StoreError>> {
-        self.inner.record_early_callback(id, c)
+    fn keep_early_callback(
+        &self,
+        id: String,
+        cb: Callback,
+        expires: i64,
+        max: u64,
+    ) -> BoxFut<Result<bool, StoreError>> {
+        self.inner.keep_early_callback(id, cb, expires, max)
+    }
+    fn early_callbacks(&self, limit: usize) -> BoxFut<Result<Vec<EarlyCallback>, StoreError>> {
+        self.inner.early_callbacks(limit)
+    }
+    fn drop_early_callback(&self, key: String) -> BoxFut<Result<(), StoreError>> {
+        self.inner.drop_early_callback(key)
     }
     fn get_message(&self, id: String) -> BoxFut<Result<Option<MessageRecord>, StoreError>> {
         self.inner.get_message(id)
@@ -264,8 +277,20 @@ impl DocumentStore for RefusingDocs {
     ) -> BoxFut<Result<TransitionResult, StoreError>> {
         self.inner.transition(id, c)
     }
-    fn record_early_callback(&self, id: String, c: StatusChange) -> BoxFut<Result<(), StoreError>> {
-        self.inner.record_early_callback(id, c)
+    fn keep_early_callback(
+        &self,
+        id: String,
+        cb: Callback,
+        expires: i64,
+        max: u64,
+    ) -> BoxFut<Result<bool, StoreError>> {
+        self.inner.keep_early_callback(id, cb, expires, max)
+    }
+    fn early_callbacks(&self, limit: usize) -> BoxFut<Result<Vec<EarlyCallback>, StoreError>> {
+        self.inner.early_callbacks(limit)
+    }
+    fn drop_early_callback(&self, key: String) -> BoxFut<Result<(), StoreError>> {
+        self.inner.drop_early_callback(key)
     }
     fn get_message(&self, id: String) -> BoxFut<Result<Option<MessageRecord>, StoreError>> {
         self.inner.get_message(id)

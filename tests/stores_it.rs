@@ -456,14 +456,32 @@ fn mongo_messages_follow_the_status_machine() {
         let stored = store.get_message(m.id.clone()).await.unwrap().unwrap();
         assert_eq!(stored.status, MessageStatus::Delivered);
         assert_eq!(stored.history.len(), 3, "queued, sent, delivered");
-        // A callback for a message not stored yet is recorded and applied on insert.
-        store
-            .record_early_callback(
-                "welcome:m9".into(),
-                change(StatusEvent::Delivered, None, None),
-            )
+        // A callback whose send is not recorded yet is kept (up to a cap), read back, and
+        // forgotten once dropped; inserting its message applies nothing by itself.
+        let cb = herald::ports::Callback {
+            provider: "sim".into(),
+            message_id: Some("welcome:m9".into()),
+            provider_message_id: Some("p-9".into()),
+            status: herald::ports::CallbackStatus::Delivered,
+            error: None,
+            retryable: false,
+            suppress: None,
+        };
+        assert!(store
+            .keep_early_callback("welcome:m9".into(), cb.clone(), 123_000, 2)
             .await
-            .unwrap();
+            .unwrap());
+        assert!(store
+            .keep_early_callback("welcome:m9".into(), cb.clone(), 124_000, 2)
+            .await
+            .unwrap());
+        assert!(
+            !store
+                .keep_early_callback("welcome:m9".into(), cb.clone(), 125_000, 2)
+                .await
+                .unwrap(),
+            "over the cap"
+        );
         let mut later = record.clone();
         later.id = "welcome:m9".into();
         store.insert_messages(vec![later], 9).await.unwrap();
@@ -472,12 +490,25 @@ fn mongo_messages_follow_the_status_machine() {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(early.status, MessageStatus::Delivered);
-        assert!(store
+        assert_eq!(early.status, MessageStatus::Queued, "applied unchecked");
+        let kept = store.early_callbacks(10).await.unwrap();
+        assert_eq!(kept.len(), 2);
+        assert_eq!(kept[0].callback.as_ref().unwrap(), &cb);
+        assert_eq!(kept[0].expires_at_ms, 123_000);
+        store
+            .drop_early_callback(kept[0].key.clone())
+            .await
+            .unwrap();
+        assert_eq!(store.early_callbacks(10).await.unwrap().len(), 1);
+        // Only the message no send was recorded for waits (the delivered one does not).
+        let waiting: Vec<String> = store
             .stalled_messages(4_102_444_800_000, StalledFrom::Start, 10)
             .await
             .unwrap()
-            .is_empty());
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
+        assert_eq!(waiting, vec!["welcome:m9".to_string()]);
     });
 }
 

@@ -21,24 +21,113 @@ use crate::domain::message::{MessageRecord, MessageStatus, StatusChange, StatusE
 use crate::domain::retry::RetryPolicy;
 use crate::domain::suppression::Suppression;
 use crate::ports::{
-    BoxFut, Callback, CallbackError, CallbackSink, CallbackStatus, TransitionResult,
+    BoxFut, Callback, CallbackError, CallbackSink, CallbackStatus, StoreError, TransitionResult,
 };
 
 use super::dispatcher::{schedule_retry, DispatcherPorts};
+
+/// How callbacks that cannot apply yet are kept (`http.early_callback_ttl_ms`,
+/// `http.early_callbacks_max`).
+#[derive(Debug, Clone, Copy)]
+pub struct EarlyCallbacks {
+    pub ttl_ms: i64,
+    pub max: u64,
+}
+
+/// How often kept callbacks are tried again.
+pub const EARLY_CALLBACKS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub struct CallbackHandler {
     ports: DispatcherPorts,
     policy: RetryPolicy,
     rng: Arc<Mutex<SmallRng>>,
+    early: EarlyCallbacks,
 }
 
 impl CallbackHandler {
-    pub fn new(ports: DispatcherPorts, policy: RetryPolicy, seed: u64) -> Arc<Self> {
+    pub fn new(
+        ports: DispatcherPorts,
+        policy: RetryPolicy,
+        early: EarlyCallbacks,
+        seed: u64,
+    ) -> Arc<Self> {
         Arc::new(CallbackHandler {
             ports,
             policy,
             rng: Arc::new(Mutex::new(SmallRng::seed_from_u64(seed))),
+            early,
         })
+    }
+
+    /// Tries the kept callbacks again, each checked as on arrival: applied (or refused, or
+    /// expired) ones are forgotten, the others kept. Answers how many were forgotten.
+    pub async fn apply_kept(&self) -> Result<usize, StoreError> {
+        let kept = self.ports.docs.early_callbacks(1_000).await?;
+        let mut forgotten = 0;
+        for e in kept {
+            let now = self.ports.clock.now_ms();
+            let outcome = match e.callback {
+                Err(why) => {
+                    tracing::warn!(
+                        key = e.key,
+                        why,
+                        "a kept callback cannot be read; forgotten"
+                    );
+                    "unreadable"
+                }
+                Ok(cb) if e.expires_at_ms <= now => {
+                    tracing::info!(provider = %cb.provider, message = ?cb.message_id, "a kept callback expired before its send was recorded");
+                    "expired"
+                }
+                Ok(cb) => {
+                    let early = self.early;
+                    match Self::handle(
+                        self.ports.clone(),
+                        self.policy,
+                        self.rng.clone(),
+                        early,
+                        cb,
+                        false,
+                    )
+                    .await
+                    {
+                        Ok(()) => "applied",
+                        Err(CallbackError::NotItsSend(_)) => "refused",
+                        Err(CallbackError::NotReady(_)) => continue,
+                        Err(CallbackError::Store(e)) => return Err(e),
+                    }
+                }
+            };
+            self.ports.metrics.early_callback(outcome);
+            self.ports.docs.drop_early_callback(e.key).await?;
+            forgotten += 1;
+        }
+        Ok(forgotten)
+    }
+
+    /// A callback that cannot apply yet: kept (when `keep`) to be applied once its send is
+    /// recorded, else — or when too many are kept — the provider is asked to call again.
+    async fn later(
+        ports: &DispatcherPorts,
+        early: EarlyCallbacks,
+        cb: &Callback,
+        message_id: &str,
+        keep: bool,
+    ) -> Result<(), CallbackError> {
+        if keep {
+            let expires = ports.clock.now_ms() + early.ttl_ms;
+            let kept = ports
+                .docs
+                .keep_early_callback(message_id.to_string(), cb.clone(), expires, early.max)
+                .await?;
+            ports
+                .metrics
+                .early_callback(if kept { "kept" } else { "full" });
+            if kept {
+                return Ok(());
+            }
+        }
+        Err(CallbackError::NotReady(message_id.to_string()))
     }
 
     async fn find(
@@ -116,11 +205,15 @@ impl CallbackHandler {
         }
     }
 
+    /// Applies one callback; `keep`: one that cannot apply yet is kept rather than answered
+    /// "call again".
     async fn handle(
         ports: DispatcherPorts,
         policy: RetryPolicy,
         rng: Arc<Mutex<SmallRng>>,
+        early: EarlyCallbacks,
         cb: Callback,
+        keep: bool,
     ) -> Result<(), CallbackError> {
         let now = ports.clock.now_ms();
         let retry_wanted = match cb.status {
@@ -152,10 +245,9 @@ impl CallbackHandler {
         };
         let Some(record) = Self::find(&ports, &cb).await? else {
             return match (&cb.message_id, &cb.provider_message_id) {
-                // Not stored yet: keep it, it is applied when the message is inserted.
+                // Not stored yet: kept, and applied (checked) once its send is recorded.
                 (Some(id), _) if cb.status != CallbackStatus::NoChange => {
-                    ports.docs.record_early_callback(id.clone(), change).await?;
-                    Ok(())
+                    Self::later(&ports, early, &cb, id, keep).await
                 }
                 (Some(_), _) => Ok(()),
                 // Only the provider's id, and no send carries it yet: its answer has not been
@@ -177,7 +269,7 @@ impl CallbackHandler {
             );
             if waits_on_a_send {
                 // Its send (a first send, a retry, a fallback) may not be recorded yet.
-                return Err(CallbackError::NotReady(record.id));
+                return Self::later(&ports, early, &cb, &record.id, keep).await;
             }
             if sent_by_it {
                 // About an older send of its provider (before a fallback): stale.
@@ -201,7 +293,7 @@ impl CallbackHandler {
                 }
                 match Self::adopt_in_doubt(&ports, &cb, &record, pid).await? {
                     Some(adopted) => record = adopted,
-                    None => return Err(CallbackError::NotReady(record.id)),
+                    None => return Self::later(&ports, early, &cb, &record.id, keep).await,
                 }
             }
         }
@@ -228,7 +320,7 @@ impl CallbackHandler {
             return Ok(());
         }
         match ports.docs.transition(record.id.clone(), change).await? {
-            TransitionResult::NotReady => Err(CallbackError::NotReady(record.id)),
+            TransitionResult::NotReady => Self::later(&ports, early, &cb, &record.id, keep).await,
             TransitionResult::Applied(_)
             | TransitionResult::Ignored(_)
             | TransitionResult::NotFound => Ok(()),
@@ -238,6 +330,14 @@ impl CallbackHandler {
 
 impl CallbackSink for CallbackHandler {
     fn deliver(&self, callback: Callback) -> BoxFut<Result<(), CallbackError>> {
-        Self::handle(self.ports.clone(), self.policy, self.rng.clone(), callback).boxed()
+        Self::handle(
+            self.ports.clone(),
+            self.policy,
+            self.rng.clone(),
+            self.early,
+            callback,
+            true,
+        )
+        .boxed()
     }
 }

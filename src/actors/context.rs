@@ -37,6 +37,7 @@ pub struct Settings {
     pub retry_sweep: Duration,
     pub reconcile_every: Duration,
     pub callback_base_url: String,
+    pub early_callbacks: super::callback_handler::EarlyCallbacks,
     pub shutdown_timeout: Duration,
     /// Poison records per minute on one shard beyond which the shard escalates
     /// (`pipeline.max_poison_per_minute`).
@@ -68,6 +69,10 @@ impl Settings {
             retry_sweep: Duration::from_millis(c.retry.sweep_ms),
             reconcile_every: Duration::from_millis(c.retry.reconcile_ms),
             callback_base_url: format!("{}/webhooks", c.http.public_url()),
+            early_callbacks: super::callback_handler::EarlyCallbacks {
+                ttl_ms: c.http.early_callback_ttl_ms as i64,
+                max: c.http.early_callbacks_max,
+            },
             shutdown_timeout: Duration::from_millis(c.shutdown.timeout_ms),
             max_poison_per_minute: c.pipeline.max_poison_per_minute,
             fault_panic_on: std::env::var(FAULT_PANIC_ON)

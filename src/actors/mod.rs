@@ -159,8 +159,23 @@ impl Pipeline {
             .collect();
         let _ = shared.shards.set(shards);
 
-        let callbacks =
-            CallbackHandler::new(dispatcher_ports, spec.settings.retry, spec.seed ^ 0xca11);
+        let callbacks = CallbackHandler::new(
+            dispatcher_ports,
+            spec.settings.retry,
+            spec.settings.early_callbacks,
+            spec.seed ^ 0xca11,
+        );
+        // Callbacks kept because their send was not recorded yet are tried again until they
+        // apply or expire.
+        let kept = callbacks.clone();
+        actix::spawn(async move {
+            loop {
+                tokio::time::sleep(callback_handler::EARLY_CALLBACKS_EVERY).await;
+                if let Err(e) = kept.apply_kept().await {
+                    tracing::warn!(error = %e, "kept callbacks not tried again; the next pass does");
+                }
+            }
+        });
         let retry = RetryActor::new(shared.clone()).start();
         let (failure_tx, failure) = watch::channel(None);
         let root = RootSupervisor::new(failure_tx).start();

@@ -19,6 +19,12 @@ pub struct HttpConfig {
     /// Journaled callbacks not applied yet above which callbacks are answered 503.
     #[serde(default = "default_journal_max_pending")]
     pub callback_journal_max_pending: u64,
+    /// How long a callback whose send is not recorded yet is kept to be applied.
+    #[serde(default = "default_early_callback_ttl_ms")]
+    pub early_callback_ttl_ms: u64,
+    /// Most such callbacks kept at once; past it, they are answered 503.
+    #[serde(default = "default_early_callbacks_max")]
+    pub early_callbacks_max: u64,
 }
 
 /// The Segment-compatible HTTP ingest (`[ingest]`, off unless `listen` is set).
@@ -92,6 +98,14 @@ fn default_rate_per_peer() -> f64 {
 
 fn default_ingest_in_flight() -> usize {
     64 << 20
+}
+
+fn default_early_callback_ttl_ms() -> u64 {
+    3_600_000
+}
+
+fn default_early_callbacks_max() -> u64 {
+    100_000
 }
 
 fn default_journal_max_pending() -> u64 {

@@ -49,6 +49,8 @@ pub struct SimOptions {
     pub latency_ms: u64,
     /// Delay before the callback is sent.
     pub callback_delay_ms: u64,
+    /// Webhook kind: each callback is posted once (no retry) before the send is answered.
+    pub callback_first: bool,
     pub webhook_secret: Vec<u8>,
     /// When set, sends must carry `Authorization: Bearer <token>`.
     pub token: Option<String>,
@@ -375,7 +377,11 @@ async fn send(sim: web::Data<Sim>, req: HttpRequest, body: web::Bytes) -> HttpRe
             "retryable": status == "undelivered",
         })
         .to_string();
-        actix_web::rt::spawn(call_back(sim, parsed.callback_url, body));
+        if sim.options.callback_first {
+            call_back_once(&sim, &parsed.callback_url, body).await;
+        } else {
+            actix_web::rt::spawn(call_back(sim, parsed.callback_url, body));
+        }
     }
     answer(&Answer {
         status: step.status,
@@ -393,6 +399,25 @@ async fn call_back(sim: Arc<Sim>, url: String, body: String) {
         vec![("X-Herald-Timestamp", ts), ("X-Herald-Signature", sig)]
     })
     .await
+}
+
+/// Herald's protocol, one attempt only (a provider that does not retry its callbacks).
+async fn call_back_once(sim: &Sim, url: &str, body: String) {
+    let ts = SystemClock.now_ms().div_euclid(1000).to_string();
+    let sig = signature::sign(&sim.options.webhook_secret, &ts, body.as_bytes());
+    let sent = sim
+        .http
+        .post(url)
+        .header("content-type", "application/json")
+        .header("X-Herald-Timestamp", ts)
+        .header("X-Herald-Signature", sig)
+        .body(body)
+        .send()
+        .await;
+    match sent {
+        Ok(r) if r.status().is_success() => sim.callbacks_sent.fetch_add(1, Ordering::Relaxed),
+        _ => sim.callbacks_refused.fetch_add(1, Ordering::Relaxed),
+    };
 }
 
 async fn script(sim: web::Data<Sim>, body: web::Json<Script>) -> HttpResponse {

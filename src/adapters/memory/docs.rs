@@ -13,8 +13,8 @@ use crate::domain::message::{ApplyResult, MessageRecord, MessageStatus, StatusCh
 use crate::domain::suppression::{Suppression, SuppressionReason};
 use crate::domain::user::{UserProfile, UserState};
 use crate::ports::{
-    BoxFut, DocumentStore, StalledFrom, StoreError, StoredUser, TransitionResult, UserSnapshot,
-    UsersWritten,
+    BoxFut, Callback, DocumentStore, EarlyCallback, StalledFrom, StoreError, StoredUser,
+    TransitionResult, UserSnapshot, UsersWritten,
 };
 
 const SHARDS: usize = 64;
@@ -28,7 +28,9 @@ pub struct MemoryDocumentStore {
     messages: Mutex<HashMap<String, MessageRecord>>,
     /// The flush token each message was inserted by.
     inserted_by: Mutex<HashMap<String, u64>>,
-    early_callbacks: Mutex<HashMap<String, Vec<StatusChange>>>,
+    /// Kept callbacks by key (a counter): message id, callback, expiry.
+    early_callbacks: Mutex<BTreeMap<u64, (String, Callback, i64)>>,
+    early_next: std::sync::atomic::AtomicU64,
     suppressions: Mutex<HashMap<String, Suppression>>,
 }
 
@@ -40,7 +42,8 @@ impl Default for MemoryDocumentStore {
                 .collect(),
             messages: Mutex::new(HashMap::new()),
             inserted_by: Mutex::new(HashMap::new()),
-            early_callbacks: Mutex::new(HashMap::new()),
+            early_callbacks: Mutex::default(),
+            early_next: Default::default(),
             suppressions: Mutex::new(HashMap::new()),
         }
     }
@@ -175,19 +178,13 @@ impl DocumentStore for MemoryDocumentStore {
         // token.
         let mut store = self.messages.lock();
         let mut by = self.inserted_by.lock();
-        let mut early = self.early_callbacks.lock();
         let mut inserted = Vec::with_capacity(messages.len());
         for m in messages {
             let id = m.id.clone();
-            let entry = match store.entry(id.clone()) {
+            match store.entry(id.clone()) {
                 std::collections::hash_map::Entry::Occupied(_) => continue,
                 std::collections::hash_map::Entry::Vacant(v) => v.insert(m),
             };
-            if let Some(changes) = early.remove(&id) {
-                for c in &changes {
-                    entry.apply(c);
-                }
-            }
             by.insert(id.clone(), token);
             inserted.push(id);
         }
@@ -210,23 +207,42 @@ impl DocumentStore for MemoryDocumentStore {
         async move { Ok(result) }.boxed()
     }
 
-    fn record_early_callback(
+    fn keep_early_callback(
         &self,
-        id: String,
-        change: StatusChange,
-    ) -> BoxFut<Result<(), StoreError>> {
-        // The message may have been inserted meanwhile: apply directly in that case.
-        let mut store = self.messages.lock();
-        match store.get_mut(&id) {
-            Some(m) => {
-                m.apply(&change);
-            }
-            None => self
-                .early_callbacks
-                .lock()
-                .entry(id)
-                .or_default()
-                .push(change),
+        message_id: String,
+        callback: Callback,
+        expires_at_ms: i64,
+        max: u64,
+    ) -> BoxFut<Result<bool, StoreError>> {
+        let mut early = self.early_callbacks.lock();
+        let kept = (early.len() as u64) < max;
+        if kept {
+            let key = self
+                .early_next
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            early.insert(key, (message_id, callback, expires_at_ms));
+        }
+        async move { Ok(kept) }.boxed()
+    }
+
+    fn early_callbacks(&self, limit: usize) -> BoxFut<Result<Vec<EarlyCallback>, StoreError>> {
+        let out = self
+            .early_callbacks
+            .lock()
+            .iter()
+            .take(limit)
+            .map(|(key, (_, cb, expires))| EarlyCallback {
+                key: key.to_string(),
+                callback: Ok(cb.clone()),
+                expires_at_ms: *expires,
+            })
+            .collect();
+        async move { Ok(out) }.boxed()
+    }
+
+    fn drop_early_callback(&self, key: String) -> BoxFut<Result<(), StoreError>> {
+        if let Ok(k) = key.parse::<u64>() {
+            self.early_callbacks.lock().remove(&k);
         }
         async { Ok(()) }.boxed()
     }

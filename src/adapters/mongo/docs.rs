@@ -14,13 +14,11 @@ use mongodb::options::ClientOptions;
 use mongodb::{Client, Database};
 
 use crate::domain::campaign::Channel;
-use crate::domain::message::{
-    HistoryEntry, MessageRecord, MessageStatus, StatusChange, StatusEvent,
-};
+use crate::domain::message::{HistoryEntry, MessageRecord, MessageStatus, StatusChange};
 use crate::domain::suppression::{normalise_address, Suppression, SuppressionReason};
 use crate::ports::{
-    BoxFut, DocumentStore, StalledFrom, StoreError, StoredUser, TransitionResult, UserSnapshot,
-    UsersWritten,
+    BoxFut, Callback, DocumentStore, EarlyCallback, StalledFrom, StoreError, StoredUser,
+    TransitionResult, UserSnapshot, UsersWritten,
 };
 
 use super::transitions::{self, transition_alone, Codec, Job, ReadJob};
@@ -294,46 +292,6 @@ fn parse_message(d: &Document) -> Result<(MessageRecord, i64), StoreError> {
     Ok((record, version))
 }
 
-fn change_document(message_id: &str, c: &StatusChange) -> Document {
-    let event = match c.event {
-        StatusEvent::Sent => "sent",
-        StatusEvent::Retrying => "retrying",
-        StatusEvent::Delivered => "delivered",
-        StatusEvent::Failed => "failed",
-    };
-    doc! {
-        "message_id": message_id,
-        "event": event,
-        "at": date(c.at),
-        "provider": opt_str(&c.provider),
-        "detail": opt_str(&c.detail),
-        "provider_message_id": opt_str(&c.provider_message_id),
-        "attempt": c.attempt.map_or(Bson::Null, |a| Bson::Int64(a as i64)),
-        "expect_provider_message_id": opt_str(&c.expect_provider_message_id),
-    }
-}
-
-fn parse_change(d: &Document) -> Option<StatusChange> {
-    let event = match d.get_str("event").ok()? {
-        "sent" => StatusEvent::Sent,
-        "retrying" => StatusEvent::Retrying,
-        "delivered" => StatusEvent::Delivered,
-        "failed" => StatusEvent::Failed,
-        _ => return None,
-    };
-    Some(StatusChange {
-        event,
-        at: get_ms(d, "at"),
-        provider: get_opt_str(d, "provider"),
-        detail: get_opt_str(d, "detail"),
-        provider_message_id: get_opt_str(d, "provider_message_id"),
-        attempt: d.get("attempt").and_then(bson_i64).map(|a| a as u32),
-        // An early callback is applied when its message appears: the send it refers to is
-        // unknowable then, so it is applied as is.
-        expect_provider_message_id: None,
-    })
-}
-
 /// Read-modify-write of one message through the domain's status machine, retried on a
 /// concurrent update (optimistic `version`).
 fn codec() -> Codec {
@@ -470,26 +428,6 @@ impl DocumentStore for MongoDocumentStore {
                     ids_with_token(&db, "messages", &existing, INSERTED_BY, token as i64).await?,
                 );
             }
-            // Callbacks that arrived before their message existed.
-            let early = db.collection::<Document>("early_callbacks");
-            let pending: Vec<Document> = early
-                .find(doc! {"message_id": {"$in": ids}})
-                .await
-                .map_err(transient)?
-                .try_collect()
-                .await
-                .map_err(transient)?;
-            for d in pending {
-                if let (Ok(id), Some(change)) = (d.get_str("message_id"), parse_change(&d)) {
-                    transition_alone(&db, &codec(), id, &change).await?;
-                }
-                if let Some(oid) = d.get("_id") {
-                    early
-                        .delete_one(doc! {"_id": oid.clone()})
-                        .await
-                        .map_err(transient)?;
-                }
-            }
             Ok(inserted)
         }
         .boxed()
@@ -519,22 +457,79 @@ impl DocumentStore for MongoDocumentStore {
         .boxed()
     }
 
-    fn record_early_callback(
+    fn keep_early_callback(
         &self,
-        id: String,
-        change: StatusChange,
-    ) -> BoxFut<Result<(), StoreError>> {
+        message_id: String,
+        callback: Callback,
+        expires_at_ms: i64,
+        max: u64,
+    ) -> BoxFut<Result<bool, StoreError>> {
         let db = self.db.clone();
         async move {
-            // The message may have appeared meanwhile: then apply directly.
-            if let TransitionResult::NotFound =
-                transition_alone(&db, &codec(), &id, &change).await?
-            {
-                db.collection::<Document>("early_callbacks")
-                    .insert_one(change_document(&id, &change))
-                    .await
-                    .map_err(transient)?;
+            let early = db.collection::<Document>("early_callbacks");
+            let kept = early.count_documents(doc! {}).await.map_err(transient)?;
+            if kept >= max {
+                return Ok(false);
             }
+            let json = serde_json::to_string(&callback).map_err(|e| StoreError::BadData {
+                key: message_id.clone(),
+                detail: format!("callback not serialisable: {e}"),
+            })?;
+            early
+                .insert_one(doc! {
+                    "message_id": message_id,
+                    "callback": json,
+                    "expires_at": date(expires_at_ms),
+                })
+                .await
+                .map_err(transient)?;
+            Ok(true)
+        }
+        .boxed()
+    }
+
+    fn early_callbacks(&self, limit: usize) -> BoxFut<Result<Vec<EarlyCallback>, StoreError>> {
+        let db = self.db.clone();
+        async move {
+            let docs: Vec<Document> = db
+                .collection::<Document>("early_callbacks")
+                .find(doc! {})
+                .sort(doc! {"_id": 1})
+                .limit(limit as i64)
+                .await
+                .map_err(transient)?
+                .try_collect()
+                .await
+                .map_err(transient)?;
+            Ok(docs
+                .into_iter()
+                .filter_map(|d| {
+                    let key = d.get_object_id("_id").ok()?.to_hex();
+                    let callback = d
+                        .get_str("callback")
+                        .map_err(|_| "written by an earlier release".to_string())
+                        .and_then(|j| serde_json::from_str(j).map_err(|e| e.to_string()));
+                    Some(EarlyCallback {
+                        key,
+                        callback,
+                        expires_at_ms: get_ms(&d, "expires_at"),
+                    })
+                })
+                .collect())
+        }
+        .boxed()
+    }
+
+    fn drop_early_callback(&self, key: String) -> BoxFut<Result<(), StoreError>> {
+        let db = self.db.clone();
+        async move {
+            let Ok(oid) = mongodb::bson::oid::ObjectId::parse_str(&key) else {
+                return Ok(());
+            };
+            db.collection::<Document>("early_callbacks")
+                .delete_one(doc! {"_id": oid})
+                .await
+                .map_err(transient)?;
             Ok(())
         }
         .boxed()
