@@ -4,9 +4,12 @@
 //! being taken while the store is down. The applier, in every instance, reads the journal in
 //! large groups and applies each callback through the same [`CallbackSink`] the receiver uses
 //! without a journal (so the transitions are grouped into a few store commands), removing
-//! entries once applied. An entry that cannot apply yet (its send is not recorded, the store
-//! is unreachable) stays and is read again after [`RETRY_IDLE_MS`], by any instance; one that
-//! still cannot apply after [`MAX_AGE_MS`] is given up, logged and counted.
+//! entries once applied. The callbacks of one message are applied one after the other, in
+//! journal order (different messages' at once). An entry that cannot apply yet (the store is
+//! unreachable), and every later one of its message in that round, stays and is read again
+//! after [`RETRY_IDLE_MS`] — longer than one application may take, so an entry is never
+//! applied twice at once — by any instance; one that still cannot apply after [`MAX_AGE_MS`]
+//! is given up, logged and counted.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,10 +24,14 @@ use crate::telemetry::Metrics;
 
 /// Entries read per round.
 const READ_MAX: usize = 2_000;
-/// Callbacks applied at once (their transitions are grouped by the document store).
+/// Messages whose callbacks are applied at once (their transitions are grouped by the document
+/// store).
 const APPLY_CONCURRENCY: usize = 1_024;
-/// An entry left unapplied is read again after this long.
-pub const RETRY_IDLE_MS: u64 = 2_000;
+/// An entry left unapplied is read again after this long: past [`APPLY_TIMEOUT`], so an entry
+/// still being applied somewhere is not taken again meanwhile.
+pub const RETRY_IDLE_MS: u64 = 30_000;
+/// How often the journal's backlog is measured (the receiver's `max_pending` check).
+const BACKLOG_EVERY: Duration = Duration::from_secs(1);
 /// An entry still not applicable this long after it was appended is given up.
 pub const MAX_AGE_MS: i64 = 15 * 60 * 1000;
 /// One application that has not finished after this long is left for a later round: a
@@ -125,6 +132,7 @@ impl Journal {
 impl Applier {
     async fn run(self) {
         let mut last_reclaim = std::time::Instant::now();
+        let mut last_backlog = std::time::Instant::now();
         loop {
             match self.journal.read_new(READ_MAX, 500).await {
                 Ok(entries) => self.apply_all(entries).await,
@@ -133,7 +141,7 @@ impl Applier {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
-            if last_reclaim.elapsed() >= Duration::from_millis(RETRY_IDLE_MS / 2) {
+            if last_reclaim.elapsed() >= Duration::from_millis(RETRY_IDLE_MS / 4) {
                 last_reclaim = std::time::Instant::now();
                 match self.journal.reclaim(RETRY_IDLE_MS, READ_MAX).await {
                     Ok(entries) => self.apply_all(entries).await,
@@ -141,6 +149,9 @@ impl Applier {
                         tracing::warn!(error = %e, "reclaiming callback journal entries failed")
                     }
                 }
+            }
+            if last_backlog.elapsed() >= BACKLOG_EVERY {
+                last_backlog = std::time::Instant::now();
                 if let Ok(n) = self.journal.backlog().await {
                     self.pending.store(n, Ordering::Relaxed);
                     self.metrics.callback_journal_pending(n);
@@ -154,13 +165,42 @@ impl Applier {
             return;
         }
         let now = self.clock.now_ms();
-        let done: Vec<String> = futures::stream::iter(entries)
-            .map(|entry| async move {
-                let outcome = self.apply_one(&entry, now).await;
-                matches!(outcome, Applied::Done).then_some(entry.id)
+        // One group per message, in journal order inside each.
+        let mut groups: Vec<Vec<JournalEntry>> = Vec::new();
+        let mut by_message: std::collections::HashMap<String, usize> = Default::default();
+        for entry in entries {
+            let key = match &entry.callback {
+                Ok(cb) => cb.message_id.clone().unwrap_or_else(|| {
+                    format!(
+                        "{}/{}",
+                        cb.provider,
+                        cb.provider_message_id.as_deref().unwrap_or_default()
+                    )
+                }),
+                Err(_) => entry.id.clone(),
+            };
+            match by_message.get(&key) {
+                Some(&g) => groups[g].push(entry),
+                None => {
+                    by_message.insert(key, groups.len());
+                    groups.push(vec![entry]);
+                }
+            }
+        }
+        let done: Vec<String> = futures::stream::iter(groups)
+            .map(|group| async move {
+                let mut done = Vec::with_capacity(group.len());
+                for entry in group {
+                    // A later callback of a message never overtakes one left for later.
+                    match self.apply_one(&entry, now).await {
+                        Applied::Done => done.push(entry.id),
+                        Applied::Later => break,
+                    }
+                }
+                done
             })
             .buffer_unordered(APPLY_CONCURRENCY)
-            .filter_map(|id| async move { id })
+            .flat_map(futures::stream::iter)
             .collect()
             .await;
         if let Err(e) = self.journal.settle(done).await {
@@ -214,5 +254,103 @@ impl Applier {
                 Applied::Later
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ports::{CallbackStatus, SystemClock};
+    use parking_lot::Mutex;
+
+    /// A journal whose entries are given to `apply_all` directly; it records what is settled.
+    #[derive(Default)]
+    struct Settled(Mutex<Vec<String>>);
+
+    impl CallbackJournal for Settled {
+        fn append(&self, _: Vec<Callback>) -> BoxFut<Result<(), StoreError>> {
+            async { Ok(()) }.boxed()
+        }
+        fn read_new(&self, _: usize, _: u64) -> BoxFut<Result<Vec<JournalEntry>, StoreError>> {
+            async { Ok(Vec::new()) }.boxed()
+        }
+        fn reclaim(&self, _: u64, _: usize) -> BoxFut<Result<Vec<JournalEntry>, StoreError>> {
+            async { Ok(Vec::new()) }.boxed()
+        }
+        fn settle(&self, ids: Vec<String>) -> BoxFut<Result<(), StoreError>> {
+            self.0.lock().extend(ids);
+            async { Ok(()) }.boxed()
+        }
+        fn backlog(&self) -> BoxFut<Result<u64, StoreError>> {
+            async { Ok(0) }.boxed()
+        }
+    }
+
+    /// Applies callbacks slowly when their error says "slow", refuses (store down) those
+    /// whose error says "down", and records the order they were applied in.
+    #[derive(Default, Clone)]
+    struct Recording(Arc<Mutex<Vec<String>>>);
+
+    impl CallbackSink for Recording {
+        fn deliver(&self, cb: Callback) -> BoxFut<Result<(), CallbackError>> {
+            let label = cb.error.clone().unwrap_or_default();
+            let applied = format!("{}:{label}", cb.message_id.clone().unwrap_or_default());
+            let log = self.0.clone();
+            async move {
+                if label.contains("slow") {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                if label.contains("down") {
+                    return Err(CallbackError::Store(StoreError::Transient("down".into())));
+                }
+                log.lock().push(applied);
+                Ok(())
+            }
+            .boxed()
+        }
+    }
+
+    fn entry(id: &str, message: &str, label: &str) -> JournalEntry {
+        JournalEntry {
+            id: id.into(),
+            callback: Ok(Callback {
+                provider: "sim".into(),
+                message_id: Some(message.into()),
+                provider_message_id: None,
+                status: CallbackStatus::Delivered,
+                error: Some(label.into()),
+                retryable: false,
+                suppress: None,
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn one_messages_callbacks_apply_in_order_and_wait_behind_one_left_for_later() {
+        let journal = Arc::new(Settled::default());
+        let sink = Recording::default();
+        let applier = Applier {
+            journal: journal.clone(),
+            apply: Arc::new(sink.clone()),
+            clock: Arc::new(SystemClock),
+            metrics: Arc::new(Metrics::new()),
+            pending: Arc::default(),
+        };
+        applier
+            .apply_all(vec![
+                entry("1", "m", "slow first"),
+                entry("2", "other", "x"),
+                entry("3", "m", "second"),
+                entry("4", "n", "down"),
+                entry("5", "n", "after down"),
+            ])
+            .await;
+        let order = sink.0.lock().clone();
+        let m: Vec<&String> = order.iter().filter(|l| l.starts_with("m:")).collect();
+        assert_eq!(m, ["m:slow first", "m:second"], "{order:?}");
+        assert!(!order.iter().any(|l| l.starts_with("n:")), "{order:?}");
+        let mut settled = journal.0.lock().clone();
+        settled.sort();
+        assert_eq!(settled, ["1", "2", "3"], "entries 4 and 5 stay for later");
     }
 }
