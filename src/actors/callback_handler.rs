@@ -21,7 +21,8 @@ use crate::domain::message::{MessageRecord, MessageStatus, StatusChange, StatusE
 use crate::domain::retry::RetryPolicy;
 use crate::domain::suppression::Suppression;
 use crate::ports::{
-    BoxFut, Callback, CallbackError, CallbackSink, CallbackStatus, StoreError, TransitionResult,
+    BoxFut, Callback, CallbackError, CallbackSink, CallbackStatus, EarlyCallback, StoreError,
+    TransitionResult,
 };
 
 use super::dispatcher::{schedule_retry, DispatcherPorts};
@@ -33,6 +34,10 @@ pub struct EarlyCallbacks {
     pub ttl_ms: i64,
     pub max: u64,
 }
+
+/// Kept callbacks read per pass, and messages whose kept callbacks are tried at once.
+const KEPT_PER_PASS: usize = 5_000;
+const KEPT_CONCURRENCY: usize = 256;
 
 /// How often kept callbacks are tried again.
 pub const EARLY_CALLBACKS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -62,9 +67,38 @@ impl CallbackHandler {
     /// Tries the kept callbacks again, each checked as on arrival: applied (or refused, or
     /// expired) ones are forgotten, the others kept. Answers how many were forgotten.
     pub async fn apply_kept(&self) -> Result<usize, StoreError> {
-        let kept = self.ports.docs.early_callbacks(1_000).await?;
-        let mut forgotten = 0;
+        use futures::StreamExt;
+        let kept = self.ports.docs.early_callbacks(KEPT_PER_PASS).await?;
+        // One group per message, oldest first inside each; messages at once (their
+        // transitions are grouped by the store).
+        let mut groups: Vec<Vec<EarlyCallback>> = Vec::new();
+        let mut by_message: std::collections::HashMap<Option<String>, usize> = Default::default();
         for e in kept {
+            let key = e
+                .callback
+                .as_ref()
+                .ok()
+                .and_then(|cb| cb.message_id.clone());
+            match by_message.get(&key) {
+                Some(&g) if key.is_some() => groups[g].push(e),
+                _ => {
+                    by_message.insert(key, groups.len());
+                    groups.push(vec![e]);
+                }
+            }
+        }
+        let results: Vec<Result<usize, StoreError>> = futures::stream::iter(groups)
+            .map(|group| self.apply_kept_group(group))
+            .buffer_unordered(KEPT_CONCURRENCY)
+            .collect()
+            .await;
+        results.into_iter().sum()
+    }
+
+    /// One message's kept callbacks, in order, until one still cannot apply.
+    async fn apply_kept_group(&self, group: Vec<EarlyCallback>) -> Result<usize, StoreError> {
+        let mut forgotten = 0;
+        for e in group {
             let now = self.ports.clock.now_ms();
             let outcome = match e.callback {
                 Err(why) => {
@@ -80,12 +114,11 @@ impl CallbackHandler {
                     "expired"
                 }
                 Ok(cb) => {
-                    let early = self.early;
                     match Self::handle(
                         self.ports.clone(),
                         self.policy,
                         self.rng.clone(),
-                        early,
+                        self.early,
                         cb,
                         false,
                     )
@@ -93,7 +126,7 @@ impl CallbackHandler {
                     {
                         Ok(()) => "applied",
                         Err(CallbackError::NotItsSend(_)) => "refused",
-                        Err(CallbackError::NotReady(_)) => continue,
+                        Err(CallbackError::NotReady(_)) => break,
                         Err(CallbackError::Store(e)) => return Err(e),
                     }
                 }

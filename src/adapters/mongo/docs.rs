@@ -467,7 +467,8 @@ impl DocumentStore for MongoDocumentStore {
         let db = self.db.clone();
         async move {
             let early = db.collection::<Document>("early_callbacks");
-            let kept = early.count_documents(doc! {}).await.map_err(transient)?;
+            // The collection's size from its metadata: no scan per kept callback.
+            let kept = early.estimated_document_count().await.map_err(transient)?;
             if kept >= max {
                 return Ok(false);
             }
