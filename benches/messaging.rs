@@ -425,6 +425,7 @@ fn store_sent(base: &str, n: usize, provider: &str, kind: Kind) -> MongoDocument
                     provider: Some(provider.into()),
                     detail: Some(provider_message_id(kind, i)),
                 }],
+                lookup_at: None,
             })
             .collect();
         for chunk in records.chunks(5000) {
@@ -462,6 +463,7 @@ fn store_rate(base: &str, n: usize, in_flight: usize) -> f64 {
                         provider_message_id: None,
                         attempt: None,
                         expect_provider_message_id: Some(format!("p-{i}")),
+                        look_up_at: None,
                     };
                     docs.transition(format!("bench:{i}"), change).await.unwrap()
                 }

@@ -64,7 +64,7 @@ impl herald::ports::DocumentStore for NoDocs {
         &self,
         m: Vec<herald::domain::message::MessageRecord>,
         token: u64,
-    ) -> BoxFut<Result<Vec<String>, StoreError>> {
+    ) -> BoxFut<Result<herald::ports::InsertedMessages, StoreError>> {
         self.0.insert_messages(m, token)
     }
     fn transition(
@@ -97,6 +97,21 @@ impl herald::ports::DocumentStore for NoDocs {
         id: String,
     ) -> BoxFut<Result<Option<herald::domain::message::MessageRecord>, StoreError>> {
         self.0.get_message(id)
+    }
+    fn lookups_due(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> BoxFut<Result<Vec<herald::domain::message::MessageRecord>, StoreError>> {
+        self.0.lookups_due(now_ms, limit)
+    }
+    fn claim_lookup(
+        &self,
+        id: String,
+        due_ms: i64,
+        next_ms: Option<i64>,
+    ) -> BoxFut<Result<bool, StoreError>> {
+        self.0.claim_lookup(id, due_ms, next_ms)
     }
     fn stalled_messages(
         &self,

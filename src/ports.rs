@@ -207,6 +207,15 @@ pub struct UsersWritten {
     pub refused: Vec<(Arc<str>, String)>,
 }
 
+/// What a `messages` insert did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct InsertedMessages {
+    /// The ids of the documents this flush created.
+    pub created: Vec<String>,
+    /// `(id, why)` of the documents the store refused (a validator, a size limit).
+    pub refused: Vec<(String, String)>,
+}
+
 /// Where a page of waiting messages starts (see [`DocumentStore::stalled_messages`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StalledFrom {
@@ -254,15 +263,15 @@ pub trait DocumentStore: Send + Sync + 'static {
         token: u64,
     ) -> BoxFut<Result<(), StoreError>>;
     /// Inserts messages that do not exist yet (existing ones are left untouched), each marked
-    /// with `token` (one per flush), then applies any callback recorded for them before they
-    /// existed. Returns the ids, among `messages`, of the documents carrying `token`: the ones
-    /// this flush created — also by an earlier call with the same token whose answer was
-    /// lost — and only those may be dispatched (an existing message is someone's already).
+    /// with `token` (one per flush). Answers the ids, among `messages`, of the documents
+    /// carrying `token`: the ones this flush created — also by an earlier call with the same
+    /// token whose answer was lost — and only those may be dispatched (an existing message
+    /// is someone's already); and the documents the store refused (bad data: never written).
     fn insert_messages(
         &self,
         messages: Vec<MessageRecord>,
         token: u64,
-    ) -> BoxFut<Result<Vec<String>, StoreError>>;
+    ) -> BoxFut<Result<InsertedMessages, StoreError>>;
     /// Applies a status change if the status machine allows it.
     fn transition(
         &self,
@@ -284,6 +293,22 @@ pub trait DocumentStore: Send + Sync + 'static {
     /// Forgets a kept callback (applied, refused or expired).
     fn drop_early_callback(&self, key: String) -> BoxFut<Result<(), StoreError>>;
     fn get_message(&self, id: String) -> BoxFut<Result<Option<MessageRecord>, StoreError>>;
+    /// Up to `limit` messages still `sent` whose status lookup is due at `now_ms`
+    /// ([`MessageRecord::lookup_at`]), soonest first.
+    fn lookups_due(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> BoxFut<Result<Vec<MessageRecord>, StoreError>>;
+    /// Takes the lookup of message `id` due at `due_ms` (as read): if the message is still
+    /// `sent` with that lookup due, moves its next lookup to `next_ms` (`None`: no more) and
+    /// answers `true`. Of several instances taking one lookup, one gets `true`.
+    fn claim_lookup(
+        &self,
+        id: String,
+        due_ms: i64,
+        next_ms: Option<i64>,
+    ) -> BoxFut<Result<bool, StoreError>>;
     /// Up to `limit` messages waiting on a send (`queued` or `retrying`) whose last change
     /// was before `idle_before_ms`, from `from` on: in `updated_at` order (straight from an
     /// index), or — for the messages changed in one millisecond, `Tied` — in `_id` order. The
@@ -368,6 +393,31 @@ pub enum UnknownOutcome {
 pub trait Provider: Send + Sync + 'static {
     fn name(&self) -> &str;
     fn send(&self, request: SendRequest) -> BoxFut<SendOutcome>;
+    /// Whether the provider's API can be asked what became of a send (§16 lookups).
+    fn can_look_up(&self) -> bool {
+        false
+    }
+    /// Asks the provider what became of the send it named `provider_message_id`.
+    fn look_up(&self, _provider_message_id: String) -> BoxFut<LookupOutcome> {
+        Box::pin(async { LookupOutcome::Unavailable("this provider offers no lookup".into()) })
+    }
+}
+
+/// What a provider said about one of its sends, asked (a status lookup).
+#[derive(Debug, Clone, PartialEq)]
+pub enum LookupOutcome {
+    /// It ended: what its callback would have said.
+    Final {
+        status: CallbackStatus,
+        error: Option<String>,
+        retryable: bool,
+    },
+    /// Still on its way (queued, sending, sent without a receipt).
+    Pending,
+    /// The provider does not know the send.
+    NotFound,
+    /// No answer worth acting on (a timeout, `5xx`, `429`, an unreadable body).
+    Unavailable(String),
 }
 
 /// A callback kept until the send it is about is recorded.

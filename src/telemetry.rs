@@ -52,6 +52,7 @@ pub struct Metrics {
     callback_journal_pending: Gauge,
     callback_journal_dropped: Family<Labels, Counter>,
     early_callbacks: Family<Labels, Counter>,
+    status_lookups: Family<Labels, Counter>,
     suppressed: Family<Labels, Counter>,
     ingest_requests: Family<Labels, Counter>,
     ingest_messages: Family<Labels, Counter>,
@@ -124,6 +125,7 @@ impl Metrics {
         let callback_journal_pending = Gauge::default();
         let callback_journal_dropped = Family::<Labels, Counter>::default();
         let early_callbacks = Family::<Labels, Counter>::default();
+        let status_lookups = Family::<Labels, Counter>::default();
         let suppressed = Family::<Labels, Counter>::default();
         let ingest_requests = Family::<Labels, Counter>::default();
         let ingest_messages = Family::<Labels, Counter>::default();
@@ -231,6 +233,13 @@ impl Metrics {
             early_callbacks.clone(),
         );
         registry.register(
+            "herald_status_lookups",
+            "Status lookups of messages still sent, by provider and outcome: delivered, failed, \
+             undelivered (applied as their callback), pending, not_found, error, refused, \
+             expired, unsupported",
+            status_lookups.clone(),
+        );
+        registry.register(
             "herald_suppressed",
             "Suppression events by reason: an address newly suppressed by a provider's report, \
              and each triggered message skipped because its address is suppressed",
@@ -278,6 +287,7 @@ impl Metrics {
             callback_journal_pending,
             callback_journal_dropped,
             early_callbacks,
+            status_lookups,
             suppressed,
             ingest_requests,
             ingest_messages,
@@ -544,6 +554,15 @@ impl Metrics {
     pub fn early_callback(&self, outcome: &str) {
         self.early_callbacks
             .get_or_create(&vec![("outcome", outcome.to_string())])
+            .inc();
+    }
+
+    pub fn status_lookup(&self, provider: &str, outcome: &str) {
+        self.status_lookups
+            .get_or_create(&vec![
+                ("provider", provider.to_string()),
+                ("outcome", outcome.to_string()),
+            ])
             .inc();
     }
 

@@ -473,6 +473,7 @@ fn status_change() -> impl Strategy<Value = StatusChange> {
                 provider_message_id,
                 attempt,
                 expect_provider_message_id: expect,
+                look_up_at: None,
             },
         )
 }

@@ -22,7 +22,8 @@ use herald::domain::suppression::{Suppression, SuppressionReason};
 use herald::domain::user::{UserProfile, UserState};
 use herald::embedded::EmbeddedRig;
 use herald::ports::{
-    AssignmentEvent, BoxFut, Callback, DeadLetter, DocumentStore, EarlyCallback, PartitionReader,
+    AssignmentEvent, BoxFut, Callback, DeadLetter, DocumentStore, EarlyCallback, InsertedMessages,
+    PartitionReader,
     Source, SourceError, StateCache, StoreError, StoredUser, TransitionResult, UserSnapshot,
     UsersWritten,
 };
@@ -145,7 +146,7 @@ impl DocumentStore for FaultyDocs {
         &self,
         m: Vec<MessageRecord>,
         token: u64,
-    ) -> BoxFut<Result<Vec<String>, StoreError>> {
+    ) -> BoxFut<Result<InsertedMessages, StoreError>> {
         self.inner.insert_messages(m, token)
     }
     fn transition(
@@ -172,6 +173,21 @@ impl DocumentStore for FaultyDocs {
     }
     fn get_message(&self, id: String) -> BoxFut<Result<Option<MessageRecord>, StoreError>> {
         self.inner.get_message(id)
+    }
+    fn lookups_due(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> BoxFut<Result<Vec<MessageRecord>, StoreError>> {
+        self.inner.lookups_due(now_ms, limit)
+    }
+    fn claim_lookup(
+        &self,
+        id: String,
+        due_ms: i64,
+        next_ms: Option<i64>,
+    ) -> BoxFut<Result<bool, StoreError>> {
+        self.inner.claim_lookup(id, due_ms, next_ms)
     }
     fn stalled_messages(
         &self,
@@ -227,7 +243,7 @@ impl StateCache for CountingState {
 }
 
 /// A document store that refuses (as MongoDB refuses bad data) the document of any user
-/// whose traits hold `poison`, writing the others.
+/// whose traits hold `poison`, and of any message whose body holds it, writing the others.
 struct RefusingDocs {
     inner: Arc<dyn DocumentStore>,
 }
@@ -267,8 +283,18 @@ impl DocumentStore for RefusingDocs {
         &self,
         m: Vec<MessageRecord>,
         token: u64,
-    ) -> BoxFut<Result<Vec<String>, StoreError>> {
-        self.inner.insert_messages(m, token)
+    ) -> BoxFut<Result<InsertedMessages, StoreError>> {
+        let (bad, good): (Vec<_>, Vec<_>) = m.into_iter().partition(|m| m.body.contains("poison"));
+        let insert = self.inner.insert_messages(good, token);
+        async move {
+            let mut inserted = insert.await?;
+            inserted.refused.extend(
+                bad.into_iter()
+                    .map(|m| (m.id, "document failed validation".to_string())),
+            );
+            Ok(inserted)
+        }
+        .boxed()
     }
     fn transition(
         &self,
@@ -294,6 +320,21 @@ impl DocumentStore for RefusingDocs {
     }
     fn get_message(&self, id: String) -> BoxFut<Result<Option<MessageRecord>, StoreError>> {
         self.inner.get_message(id)
+    }
+    fn lookups_due(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> BoxFut<Result<Vec<MessageRecord>, StoreError>> {
+        self.inner.lookups_due(now_ms, limit)
+    }
+    fn claim_lookup(
+        &self,
+        id: String,
+        due_ms: i64,
+        next_ms: Option<i64>,
+    ) -> BoxFut<Result<bool, StoreError>> {
+        self.inner.claim_lookup(id, due_ms, next_ms)
     }
     fn stalled_messages(
         &self,

@@ -393,20 +393,23 @@ fn mongo_messages_follow_the_status_machine() {
             store
                 .insert_messages(vec![record.clone()], 7)
                 .await
-                .unwrap(),
+                .unwrap()
+                .created,
             vec![record.id.clone()]
         );
         assert_eq!(
             store
                 .insert_messages(vec![record.clone()], 7)
                 .await
-                .unwrap(),
+                .unwrap()
+                .created,
             vec![record.id.clone()]
         );
         assert!(store
             .insert_messages(vec![record.clone()], 8)
             .await
             .unwrap()
+            .created
             .is_empty());
         let change = |event, pid: Option<&str>, expect: Option<&str>| StatusChange {
             event,
@@ -416,6 +419,7 @@ fn mongo_messages_follow_the_status_machine() {
             provider_message_id: pid.map(str::to_string),
             attempt: Some(1),
             expect_provider_message_id: expect.map(str::to_string),
+            look_up_at: None,
         };
         // A callback that overtakes its send is not ready yet.
         assert_eq!(
@@ -428,13 +432,32 @@ fn mongo_messages_follow_the_status_machine() {
                 .unwrap(),
             TransitionResult::NotReady
         );
+        let sent = StatusChange {
+            look_up_at: Some(1_000),
+            ..change(StatusEvent::Sent, Some("p-1"), None)
+        };
         assert!(matches!(
-            store
-                .transition(m.id.clone(), change(StatusEvent::Sent, Some("p-1"), None))
-                .await
-                .unwrap(),
+            store.transition(m.id.clone(), sent).await.unwrap(),
             TransitionResult::Applied(_)
         ));
+        // A `sent` message's lookup falls due at its time, and one caller takes it.
+        assert!(store.lookups_due(999, 10).await.unwrap().is_empty());
+        let due = store.lookups_due(1_000, 10).await.unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].lookup_at, Some(1_000));
+        assert!(store
+            .claim_lookup(m.id.clone(), 1_000, Some(5_000))
+            .await
+            .unwrap());
+        assert!(
+            !store
+                .claim_lookup(m.id.clone(), 1_000, Some(6_000))
+                .await
+                .unwrap(),
+            "a lookup is taken once"
+        );
+        assert!(store.lookups_due(4_999, 10).await.unwrap().is_empty());
+        assert_eq!(store.lookups_due(5_000, 10).await.unwrap().len(), 1);
         assert!(matches!(
             store
                 .transition(
@@ -455,6 +478,13 @@ fn mongo_messages_follow_the_status_machine() {
         );
         let stored = store.get_message(m.id.clone()).await.unwrap().unwrap();
         assert_eq!(stored.status, MessageStatus::Delivered);
+        // Delivered: no lookup any more.
+        assert_eq!(stored.lookup_at, None);
+        assert!(store.lookups_due(i64::MAX / 2, 10).await.unwrap().is_empty());
+        assert!(!store
+            .claim_lookup(m.id.clone(), 5_000, None)
+            .await
+            .unwrap());
         assert_eq!(stored.history.len(), 3, "queued, sent, delivered");
         // A callback whose send is not recorded yet is kept (up to a cap), read back, and
         // forgotten once dropped; inserting its message applies nothing by itself.
@@ -548,6 +578,7 @@ fn mongo_lists_stalled_messages_in_pages() {
             provider_message_id: Some(format!("p-{attempt}")),
             attempt: Some(attempt),
             expect_provider_message_id: None,
+            look_up_at: None,
         };
         for (i, event) in [
             (1, StatusEvent::Sent),
@@ -800,6 +831,7 @@ fn grouped_transitions_from_two_writers_apply_each_change_once() {
             provider_message_id: pid.map(str::to_string),
             attempt: Some(1),
             expect_provider_message_id: expect.map(str::to_string),
+            look_up_at: None,
         };
         // Both instances record the same send, then the same delivery, all at once.
         for (event, pid, expect) in [

@@ -9,7 +9,8 @@
 //!    owner's newer write makes the user stale);
 //! 3. remove the messages this flush inserted for users that did not stand;
 //! 4. refresh the state cache, clearing the marks (best effort);
-//! 5. dead-letter what must be (quarantined users, refused documents);
+//! 5. dead-letter what must be (quarantined users, refused documents, the triggers of
+//!    refused messages);
 //!
 //! then lease and dispatch the new messages of the users that stood, and reply with the users
 //! that turned out stale or refused.
@@ -81,8 +82,8 @@ async fn write(shared: Arc<Shared>, shard: usize, batch: WriteBatch) -> WriteOut
     let mut records: Vec<MessageRecord> = batch
         .messages
         .iter()
-        .filter(|(_, m)| ids.insert(&m.id))
-        .map(|(_, m)| MessageRecord::from_triggered(m, now))
+        .filter(|t| ids.insert(&t.message.id))
+        .map(|t| MessageRecord::from_triggered(&t.message, now))
         .collect();
     // Suppressed addresses: the message is stored `skipped`, never sent.
     let asked: Vec<String> = records
@@ -115,19 +116,25 @@ async fn write(shared: Arc<Shared>, shard: usize, batch: WriteBatch) -> WriteOut
     // evicted, a replay after a crash before the user's document was written) finds its
     // message stored — sent, or being sent, by whoever created it.
     let mut created: AHashSet<String> = AHashSet::default();
+    let mut refused_messages: Vec<(String, String)> = Vec::new();
     if !records.is_empty() {
         let inserted = retry(&shared, shard, "messages", || {
             ports.docs.insert_messages(records.clone(), token)
         })
         .await;
-        if inserted.len() < records.len() {
+        let existing = records.len() - inserted.created.len() - inserted.refused.len();
+        if existing > 0 {
             tracing::debug!(
                 shard,
-                existing = records.len() - inserted.len(),
+                existing,
                 "triggered messages already stored; not dispatched again"
             );
         }
-        created.extend(inserted);
+        created.extend(inserted.created);
+        for (id, detail) in &inserted.refused {
+            tracing::error!(shard, message = %id, error = %detail, "MongoDB refused the message's document; dead-lettering its trigger");
+        }
+        refused_messages = inserted.refused;
     }
 
     // 2. Documents, their users marked in flux in the cache first (a cache entry left marked
@@ -216,8 +223,32 @@ async fn write(shared: Arc<Shared>, shard: usize, batch: WriteBatch) -> WriteOut
         }
     }
 
-    // 5. Dead letters: the flush's own, and the records behind refused documents.
+    // 5. Dead letters: the flush's own, the records behind refused documents, and the
+    // triggers of refused messages (their effect on the profile stands; the message, which
+    // can never be stored, goes with its trigger to the dead-letter destination).
     let mut letters: Vec<DeadLetter> = batch.dead;
+    let mut lettered: AHashSet<(u32, u64)> = AHashSet::default();
+    for (id, detail) in &refused_messages {
+        let trigger = batch
+            .messages
+            .iter()
+            .find(|t| &t.message.id == id)
+            // Once per record (it may trigger several campaigns), and not when its user's
+            // document was refused too (its records go below).
+            .filter(|t| !outcome.refused.iter().any(|(u, _)| *u == t.user))
+            .filter(|t| lettered.insert(t.trigger))
+            .and_then(|t| {
+                batch.raw.iter().find(|(user, r)| {
+                    *user == t.user && (r.partition, r.offset) == t.trigger
+                })
+            });
+        let Some((_, record)) = trigger else { continue };
+        ports.metrics.store_refused(record.partition, detail);
+        letters.push(DeadLetter {
+            record: record.clone(),
+            error: format!("store_refused: message {id}: {detail}"),
+        });
+    }
     if !outcome.refused.is_empty() {
         for (user, record) in &batch.raw {
             if let Some((_, detail)) = outcome.refused.iter().find(|(u, _)| u == user) {

@@ -138,6 +138,20 @@ impl CallbackHandler {
         Ok(forgotten)
     }
 
+    /// Applies what a status lookup found, checked as its callback would be; one that
+    /// cannot apply yet is not kept (the next lookup asks again).
+    pub async fn apply_looked_up(&self, callback: Callback) -> Result<(), CallbackError> {
+        Self::handle(
+            self.ports.clone(),
+            self.policy,
+            self.rng.clone(),
+            self.early,
+            callback,
+            false,
+        )
+        .await
+    }
+
     /// A callback that cannot apply yet: kept (when `keep`) to be applied once its send is
     /// recorded, else — or when too many are kept — the provider is asked to call again.
     async fn later(
@@ -228,6 +242,7 @@ impl CallbackHandler {
             provider_message_id: Some(pid.to_string()),
             attempt: Some(entry.attempt),
             expect_provider_message_id: None,
+            look_up_at: None,
         };
         match ports.docs.transition(record.id.clone(), change).await? {
             TransitionResult::Applied(adopted) => {
@@ -275,6 +290,7 @@ impl CallbackHandler {
             provider_message_id: None,
             attempt: None,
             expect_provider_message_id: cb.provider_message_id.clone(),
+            look_up_at: None,
         };
         let Some(record) = Self::find(&ports, &cb).await? else {
             return match (&cb.message_id, &cb.provider_message_id) {

@@ -38,6 +38,7 @@ pub struct Settings {
     pub reconcile_every: Duration,
     pub callback_base_url: String,
     pub early_callbacks: super::callback_handler::EarlyCallbacks,
+    pub lookups: super::status_lookup::LookupSettings,
     pub shutdown_timeout: Duration,
     /// Poison records per minute on one shard beyond which the shard escalates
     /// (`pipeline.max_poison_per_minute`).
@@ -72,6 +73,14 @@ impl Settings {
             early_callbacks: super::callback_handler::EarlyCallbacks {
                 ttl_ms: c.http.early_callback_ttl_ms as i64,
                 max: c.http.early_callbacks_max,
+            },
+            lookups: super::status_lookup::LookupSettings {
+                schedule: crate::domain::status_lookup::LookupSchedule {
+                    after_ms: c.reconcile.status_after_ms as i64,
+                    max_age_ms: c.reconcile.max_age_ms as i64,
+                },
+                per_sec: c.reconcile.lookups_per_sec,
+                every: Duration::from_millis(c.reconcile.lookup_every_ms),
             },
             shutdown_timeout: Duration::from_millis(c.shutdown.timeout_ms),
             max_poison_per_minute: c.pipeline.max_poison_per_minute,

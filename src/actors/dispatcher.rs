@@ -16,6 +16,7 @@ use crate::domain::message::{
     MessageRecord, StatusChange, StatusEvent, FALLING_BACK, SENDING_AGAIN,
 };
 use crate::domain::retry::{RetryDecision, RetryPolicy};
+use crate::domain::status_lookup::LookupSchedule;
 use crate::domain::suppression::Suppression;
 use crate::ports::{
     Clock, DocumentStore, Provider, RetryEntry, RetrySchedule, SendOutcome, SendRequest,
@@ -92,6 +93,8 @@ pub struct DispatcherSettings {
     pub retry: RetryPolicy,
     pub callback_base_url: String,
     pub on_unknown_outcome: UnknownOutcome,
+    /// When a `sent` message of a provider that can be looked up is first looked up.
+    pub lookups: LookupSchedule,
 }
 
 /// What a dispatcher needs besides its provider.
@@ -476,6 +479,7 @@ impl Dispatcher {
             provider_message_id: None,
             attempt: Some(job.attempt),
             expect_provider_message_id: None,
+            look_up_at: None,
         };
         self.record(job, change, ctx);
     }
@@ -531,6 +535,7 @@ impl Dispatcher {
                         provider_message_id: None,
                         attempt: Some(job.attempt),
                         expect_provider_message_id: None,
+                        look_up_at: None,
                     };
                     self.record(job, change, ctx);
                     return;
@@ -546,14 +551,20 @@ impl Dispatcher {
                 metrics.dispatch_outcome(&name, "sent");
                 self.breaker.consecutive_failures = 0;
                 self.breaker.open_until = None;
+                let now = self.ports.clock.now_ms();
                 let change = StatusChange {
                     event: StatusEvent::Sent,
-                    at: self.ports.clock.now_ms(),
+                    at: now,
                     provider: Some(name),
                     detail: None,
                     provider_message_id: Some(provider_message_id),
                     attempt: Some(job.attempt),
                     expect_provider_message_id: None,
+                    look_up_at: if self.provider.can_look_up() {
+                        self.settings.lookups.first(now)
+                    } else {
+                        None
+                    },
                 };
                 self.record(job, change, ctx);
             }
@@ -613,6 +624,7 @@ impl Dispatcher {
                         provider_message_id: None,
                         attempt: Some(job.attempt),
                         expect_provider_message_id: None,
+                        look_up_at: None,
                     };
                     let docs = self.ports.docs.clone();
                     let id = job.record.id.clone();
@@ -650,6 +662,7 @@ impl Dispatcher {
                         provider_message_id: None,
                         attempt: Some(job.attempt),
                         expect_provider_message_id: None,
+                        look_up_at: None,
                     };
                     let docs = self.ports.docs.clone();
                     let retries = self.ports.retries.clone();
@@ -683,6 +696,7 @@ impl Dispatcher {
                         provider_message_id: None,
                         attempt: Some(job.attempt),
                         expect_provider_message_id: None,
+                        look_up_at: None,
                     };
                     self.record(job, change, ctx);
                 }
@@ -747,6 +761,7 @@ pub async fn schedule_retry(
         provider_message_id: None,
         attempt: Some(attempt),
         expect_provider_message_id,
+        look_up_at: None,
     };
     write_with_retry(|| ports.docs.transition(message_id.clone(), change.clone())).await;
     Ok(())
@@ -789,6 +804,7 @@ pub async fn schedule_resend(
         provider_message_id: None,
         attempt: Some(attempt),
         expect_provider_message_id: None,
+        look_up_at: None,
     };
     write_with_retry(|| ports.docs.transition(message_id.clone(), change.clone())).await;
 }

@@ -113,13 +113,22 @@ pub struct Escalate {
 #[rtype(result = "WriteOutcome")]
 pub struct WriteBatch {
     pub snapshots: Vec<Arc<UserSnapshot>>,
-    pub messages: Vec<(Arc<str>, TriggeredMessage)>,
+    pub messages: Vec<Triggered>,
     /// The applied records behind the snapshots, by user (dead-lettered if refused).
     pub raw: Vec<(Arc<str>, Record)>,
     /// Records to dead-letter with this flush (quarantined users, earlier refusals).
     pub dead: Vec<DeadLetter>,
     /// Events applied (for `herald_batch_size`).
     pub events: u64,
+}
+
+/// A message a record triggered, with the record's position (dead-lettered if the store
+/// refuses the message's document).
+#[derive(Debug, Clone)]
+pub struct Triggered {
+    pub user: Arc<str>,
+    pub trigger: (u32, u64),
+    pub message: TriggeredMessage,
 }
 
 /// What became of a flush's users.

@@ -15,6 +15,7 @@ pub mod reconciler;
 pub mod retry;
 pub mod root;
 pub mod source_supervisor;
+pub mod status_lookup;
 pub mod state_loader;
 pub mod supervision;
 pub mod user_shard;
@@ -36,6 +37,7 @@ use messages::{FlushNow, Running};
 use retry::{RetryActor, StopRetries, Wake};
 use root::{Attach, RootSupervisor, Shutdown};
 use source_supervisor::SourceSupervisor;
+use status_lookup::StatusLookups;
 use user_shard::UserShard;
 
 /// A provider with its place in its channel's fallback order.
@@ -96,6 +98,8 @@ impl Pipeline {
         providers.sort_by_key(|p| p.priority);
         let mut by_channel: Vec<(Channel, Vec<Addr<Dispatcher>>)> = Vec::new();
         let mut names: Vec<(Channel, Vec<String>)> = Vec::new();
+        let looked_up: Vec<Arc<dyn Provider>> =
+            providers.iter().map(|p| p.provider.clone()).collect();
         for (i, p) in providers.into_iter().enumerate() {
             match names.iter_mut().find(|(c, _)| *c == p.channel) {
                 Some((_, v)) => v.push(p.provider.name().to_string()),
@@ -110,6 +114,7 @@ impl Pipeline {
                 retry: spec.settings.retry,
                 callback_base_url: spec.settings.callback_base_url.clone(),
                 on_unknown_outcome: p.on_unknown_outcome,
+                lookups: spec.settings.lookups.schedule,
             };
             let addr = Dispatcher::new(
                 p.provider,
@@ -159,6 +164,7 @@ impl Pipeline {
             .collect();
         let _ = shared.shards.set(shards);
 
+        let dispatcher_ports_for_lookups = dispatcher_ports.clone();
         let callbacks = CallbackHandler::new(
             dispatcher_ports,
             spec.settings.retry,
@@ -173,6 +179,21 @@ impl Pipeline {
                 tokio::time::sleep(callback_handler::EARLY_CALLBACKS_EVERY).await;
                 if let Err(e) = kept.apply_kept().await {
                     tracing::warn!(error = %e, "kept callbacks not tried again; the next pass does");
+                }
+            }
+        });
+        // Messages still `sent` long after their send are looked up at their providers.
+        let lookups = StatusLookups::new(
+            dispatcher_ports_for_lookups,
+            looked_up,
+            callbacks.clone(),
+            spec.settings.lookups,
+        );
+        actix::spawn(async move {
+            loop {
+                tokio::time::sleep(lookups.every()).await;
+                if let Err(e) = lookups.pass().await {
+                    tracing::warn!(error = %e, "status lookups not made; the next pass does");
                 }
             }
         });

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use crate::domain::campaign::{evaluate_all, TriggeredMessage};
+use crate::domain::campaign::evaluate_all;
 use crate::domain::event::decode;
 use crate::domain::keys::message_fingerprint;
 use crate::domain::profile::growth_bound;
@@ -30,7 +30,9 @@ use crate::ports::{DeadLetter, LoadedState, Record, UserSnapshot};
 
 use super::batcher::Batcher;
 use super::context::Shared;
-use super::messages::{ApplyBatch, FlushNow, PartitionLink, UserRecord, WriteBatch, WriteOutcome};
+use super::messages::{
+    ApplyBatch, FlushNow, PartitionLink, Triggered, UserRecord, WriteBatch, WriteOutcome,
+};
 use super::state_loader;
 use super::supervision::{contain, contain_async, RestartIntensity};
 
@@ -119,7 +121,7 @@ struct Batch {
     /// The offsets this flush reports durable, per partition incarnation (replays,
     /// duplicates and dead letters included).
     offsets: Vec<(Arc<PartitionLink>, Vec<u64>)>,
-    messages: Vec<(Arc<str>, TriggeredMessage)>,
+    messages: Vec<Triggered>,
     /// The records applied to the dirty users, in order.
     applied: Vec<Held>,
     dead: Vec<DeadLetter>,
@@ -151,7 +153,7 @@ impl Batch {
     /// that is gone).
     fn take_user(&mut self, user: &str) -> Vec<Held> {
         self.dirty.retain(|u| &**u != user);
-        self.messages.retain(|(u, _)| &**u != user);
+        self.messages.retain(|t| &*t.user != user);
         let mut taken = Vec::new();
         let mut kept = Vec::with_capacity(self.applied.len());
         for h in self.applied.drain(..) {
@@ -408,8 +410,12 @@ impl UserShard {
             entity.dirty = true;
             self.acc.dirty.push(key.clone());
         }
-        for m in messages {
-            self.acc.messages.push((key.clone(), m));
+        for message in messages {
+            self.acc.messages.push(Triggered {
+                user: key.clone(),
+                trigger: (record.raw.partition, record.raw.offset),
+                message,
+            });
         }
         self.acc.applied.push(Held {
             user: key.clone(),

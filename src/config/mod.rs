@@ -30,7 +30,8 @@ pub use http::{HttpConfig, IngestConfig};
 pub use mask::mask_url_password;
 pub use messaging::{CampaignConfig, OnUnknownOutcome, ProviderConfig, ProviderKind};
 pub use pipeline::{
-    AggregatorConfig, BatchConfig, DedupConfig, LimitsConfig, PipelineConfig, RetryConfig,
+    AggregatorConfig, BatchConfig, DedupConfig, LimitsConfig, PipelineConfig, ReconcileConfig,
+    RetryConfig,
 };
 pub use runtime::{LogConfig, LogFormat, TimeoutConfig};
 pub use source::{KafkaConfig, RabbitConfig, SourceConfig, SourceKind, KAFKA_FORCED_OPTIONS};
@@ -83,6 +84,8 @@ pub struct Config {
     pub aggregator: AggregatorConfig,
     pub pipeline: PipelineConfig,
     pub retry: RetryConfig,
+    #[serde(default)]
+    pub reconcile: ReconcileConfig,
     pub limits: LimitsConfig,
     pub startup: TimeoutConfig,
     pub shutdown: TimeoutConfig,
@@ -244,6 +247,9 @@ impl Config {
             ("retry.max_attempts", self.retry.max_attempts as u64),
             ("retry.sweep_ms", self.retry.sweep_ms),
             ("retry.reconcile_ms", self.retry.reconcile_ms),
+            ("reconcile.status_after_ms", self.reconcile.status_after_ms),
+            ("reconcile.max_age_ms", self.reconcile.max_age_ms),
+            ("reconcile.lookup_every_ms", self.reconcile.lookup_every_ms),
             (
                 "limits.max_message_bytes",
                 self.limits.max_message_bytes as u64,
@@ -262,6 +268,13 @@ impl Config {
             if v == 0 {
                 return Err(err(key, "must be greater than 0".into()));
             }
+        }
+        let lookups = self.reconcile.lookups_per_sec;
+        if !(lookups.is_finite() && lookups > 0.0) {
+            return Err(err(
+                "reconcile.lookups_per_sec",
+                "must be greater than 0".into(),
+            ));
         }
         if self.dedup.window_ms <= 0 {
             return Err(err("dedup.window_ms", "must be greater than 0".into()));

@@ -75,3 +75,28 @@ pub struct LimitsConfig {
 fn default_max_profile_bytes() -> usize {
     1_048_576
 }
+
+/// Status lookups for messages whose provider never called back (`[reconcile]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReconcileConfig {
+    /// A message still `sent` this long after its send is looked up at its provider.
+    pub status_after_ms: u64,
+    /// Lookups stop this long after the send.
+    pub max_age_ms: u64,
+    /// Lookups per second per provider, at most.
+    pub lookups_per_sec: f64,
+    /// How often due lookups are looked for.
+    pub lookup_every_ms: u64,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        ReconcileConfig {
+            status_after_ms: 600_000,
+            max_age_ms: 3 * 24 * 3_600_000,
+            lookups_per_sec: 10.0,
+            lookup_every_ms: 1_000,
+        }
+    }
+}

@@ -120,6 +120,9 @@ pub struct StatusChange {
     /// not carry it yet (the callback overtook the send's own answer), the change is
     /// [`ApplyResult::NotReady`] and the caller asks the provider to call back again.
     pub expect_provider_message_id: Option<String>,
+    /// For a `sent`: when to look the send up at its provider if no final callback came
+    /// (`None`: its provider offers no lookup).
+    pub look_up_at: Option<i64>,
 }
 
 /// What [`MessageRecord::apply`] did.
@@ -152,6 +155,9 @@ pub struct MessageRecord {
     pub created_at: i64,
     pub updated_at: i64,
     pub history: Vec<HistoryEntry>,
+    /// While `sent`: when its status is next looked up at the provider (`None`: never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lookup_at: Option<i64>,
 }
 
 impl MessageRecord {
@@ -183,6 +189,7 @@ impl MessageRecord {
                 provider: None,
                 detail: m.skipped.clone(),
             }],
+            lookup_at: None,
         }
     }
 
@@ -236,6 +243,11 @@ impl MessageRecord {
         }
         self.status = next;
         self.updated_at = change.at;
+        // Only a `sent` message waits on a lookup.
+        self.lookup_at = match change.event {
+            StatusEvent::Sent => change.look_up_at,
+            _ => None,
+        };
         if let Some(p) = &change.provider {
             self.provider = Some(p.clone());
         }
@@ -391,6 +403,7 @@ mod tests {
             provider_message_id: Some(format!("p{attempt}")),
             attempt: Some(attempt),
             expect_provider_message_id: None,
+            look_up_at: None,
         };
         assert_eq!(r.apply(&change(StatusEvent::Sent, 2)), ApplyResult::Applied);
         assert_eq!(
@@ -426,6 +439,7 @@ mod tests {
             provider_message_id: None,
             attempt: Some(attempt),
             expect_provider_message_id: None,
+            look_up_at: None,
         };
         let unknown = format!("p: timed out{SENDING_AGAIN}");
         r.apply(&change(StatusEvent::Retrying, 1, &unknown));

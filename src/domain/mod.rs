@@ -13,6 +13,7 @@ pub mod retry;
 pub mod segment;
 pub mod sendgrid;
 pub mod signature;
+pub mod status_lookup;
 pub mod stored_state;
 pub mod suppression;
 pub mod twilio;

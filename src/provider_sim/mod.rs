@@ -6,6 +6,8 @@
 //!   configured rates, or scripted per recipient (`POST /v1/script`).
 //! - Accepted sends get a signed callback (`delivered`, `undelivered` or `failed`) POSTed to
 //!   their `callback_url`, retried with backoff until Herald answers 2xx.
+//! - `GET /v1/messages/{provider_message_id}` answers a status lookup: the send's final
+//!   status (its callback's, or a script step's `lookup`), whether or not it called back.
 //! - `GET /v1/messages` lists every send received, `GET /v1/stats` counts them.
 //!
 //! `--kind twilio` and `--kind sendgrid` speak those providers' send APIs instead and call
@@ -97,6 +99,20 @@ pub struct Step {
     /// timeout: the send happened, the sender never heard).
     #[serde(default)]
     pub latency_ms: Option<u64>,
+    /// For a 2xx: what a status lookup of the send answers (the callback's status by
+    /// default, `delivered` when it sends none).
+    #[serde(default)]
+    pub lookup: Option<String>,
+}
+
+impl Step {
+    /// What a status lookup of an accepted send answers.
+    fn lookup_status(&self) -> String {
+        self.lookup
+            .clone()
+            .or_else(|| self.callback.clone().filter(|c| c != "none"))
+            .unwrap_or_else(|| "delivered".into())
+    }
 }
 
 #[derive(Deserialize)]
@@ -127,6 +143,8 @@ pub struct Received {
     pub status: u16,
     pub provider_message_id: Option<String>,
     pub callback: Option<String>,
+    /// What a status lookup answers (accepted sends).
+    pub lookup: Option<String>,
     /// Requests repeated with the same `Idempotency-Key` (answered, not sent again).
     pub repeats: u32,
 }
@@ -137,6 +155,7 @@ struct Stats {
     repeated_keys: u64,
     callbacks_sent: u64,
     callbacks_refused: u64,
+    lookups: u64,
 }
 
 struct Answer {
@@ -156,6 +175,7 @@ struct Sim {
     repeated: AtomicU64,
     callbacks_sent: AtomicU64,
     callbacks_refused: AtomicU64,
+    lookups: AtomicU64,
     http: reqwest::Client,
 }
 
@@ -174,6 +194,7 @@ impl Sim {
                 callback: None,
                 error_code: None,
                 latency_ms: None,
+                lookup: None,
             }
         } else if x < o.reject_rate + o.throttle_rate {
             Step {
@@ -182,6 +203,7 @@ impl Sim {
                 callback: None,
                 error_code: None,
                 latency_ms: None,
+                lookup: None,
             }
         } else if x < o.reject_rate + o.throttle_rate + o.fail_rate {
             Step {
@@ -190,6 +212,7 @@ impl Sim {
                 callback: None,
                 error_code: None,
                 latency_ms: None,
+                lookup: None,
             }
         } else {
             let undelivered = rng.gen_bool(o.undelivered_rate.clamp(0.0, 1.0));
@@ -206,6 +229,7 @@ impl Sim {
                 ),
                 error_code: None,
                 latency_ms: None,
+                lookup: None,
             }
         }
     }
@@ -223,6 +247,16 @@ impl Sim {
         by_key.insert(record.idempotency_key.clone(), received.len());
         received.push(record);
         None
+    }
+
+    /// The send the provider named `provider_message_id`, for a status lookup.
+    fn looked_up(&self, provider_message_id: &str) -> Option<Received> {
+        self.lookups.fetch_add(1, Ordering::Relaxed);
+        self.received
+            .lock()
+            .iter()
+            .find(|r| r.provider_message_id.as_deref() == Some(provider_message_id))
+            .cloned()
     }
 
     fn next_provider_id(&self) -> u64 {
@@ -356,6 +390,7 @@ async fn send(sim: web::Data<Sim>, req: HttpRequest, body: web::Bytes) -> HttpRe
         status: step.status,
         provider_message_id: provider_message_id.clone(),
         callback: callback.clone(),
+        lookup: accepted.then(|| step.lookup_status()),
         repeats: 0,
     };
     {
@@ -420,6 +455,21 @@ async fn call_back_once(sim: &Sim, url: &str, body: String) {
     };
 }
 
+/// `GET /v1/messages/{provider_message_id}`: what became of a send (REFERENCE.md §16).
+async fn look_up(sim: web::Data<Sim>, req: HttpRequest, pid: web::Path<String>) -> HttpResponse {
+    if !bearer_ok(&req, sim.options.token.as_deref()) {
+        return HttpResponse::Unauthorized().json(serde_json::json!({"error": "bad token"}));
+    }
+    let Some(status) = sim.looked_up(&pid).and_then(|r| r.lookup) else {
+        return HttpResponse::NotFound().json(serde_json::json!({"error": "no such message"}));
+    };
+    HttpResponse::Ok().json(serde_json::json!({
+        "status": status,
+        "error": (status != "delivered").then(|| format!("simulated {status}")),
+        "retryable": status == "undelivered",
+    }))
+}
+
 async fn script(sim: web::Data<Sim>, body: web::Json<Script>) -> HttpResponse {
     let Script { to, steps } = body.into_inner();
     sim.scripts.lock().entry(to).or_default().extend(steps);
@@ -437,6 +487,7 @@ async fn stats(sim: web::Data<Sim>) -> HttpResponse {
         repeated_keys: sim.repeated.load(Ordering::Relaxed),
         callbacks_sent: sim.callbacks_sent.load(Ordering::Relaxed),
         callbacks_refused: sim.callbacks_refused.load(Ordering::Relaxed),
+        lookups: sim.lookups.load(Ordering::Relaxed),
     })
 }
 
@@ -453,6 +504,7 @@ pub async fn run(options: SimOptions) -> anyhow::Result<()> {
         repeated: AtomicU64::new(0),
         callbacks_sent: AtomicU64::new(0),
         callbacks_refused: AtomicU64::new(0),
+        lookups: AtomicU64::new(0),
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()?,
@@ -469,11 +521,18 @@ pub async fn run(options: SimOptions) -> anyhow::Result<()> {
             .app_data(sim.clone())
             .app_data(web::PayloadConfig::new(1 << 20));
         let app = match kind {
-            SimKind::Webhook => app.route("/v1/messages", web::post().to(send)),
-            SimKind::Twilio => app.route(
-                "/2010-04-01/Accounts/{sid}/Messages.json",
-                web::post().to(twilio::send),
-            ),
+            SimKind::Webhook => app
+                .route("/v1/messages", web::post().to(send))
+                .route("/v1/messages/{pid}", web::get().to(look_up)),
+            SimKind::Twilio => app
+                .route(
+                    "/2010-04-01/Accounts/{sid}/Messages.json",
+                    web::post().to(twilio::send),
+                )
+                .route(
+                    "/2010-04-01/Accounts/{sid}/Messages/{message}.json",
+                    web::get().to(twilio::fetch),
+                ),
             SimKind::Sendgrid => app
                 .route("/v3/mail/send", web::post().to(sendgrid::send))
                 .route("/mail/send", web::post().to(sendgrid::send))

@@ -117,6 +117,7 @@ pub(super) async fn send(sim: web::Data<Sim>, req: HttpRequest, body: web::Bytes
         status: step.status,
         provider_message_id: x_message_id.clone(),
         callback: event.clone(),
+        lookup: accepted.then(|| step.lookup_status()),
         repeats: 0,
     });
     let latency = step.latency_ms.unwrap_or(sim.options.latency_ms);

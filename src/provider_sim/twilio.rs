@@ -93,6 +93,7 @@ pub(super) async fn send(
         status: step.status,
         provider_message_id: sid.clone(),
         callback: callback.clone(),
+        lookup: accepted.then(|| step.lookup_status()),
         repeats: 0,
     });
     let _ = repeated; // counted; Twilio sends it again all the same
@@ -154,6 +155,41 @@ pub(super) async fn send(
         return created(&sid, &account, &to, &from, &text);
     }
     created(&sid, &account, &to, &from, &text)
+}
+
+/// `GET /2010-04-01/Accounts/{sid}/Messages/{MessageSid}.json`: the Message resource, its
+/// `status` the send's final one (a status lookup).
+pub(super) async fn fetch(
+    sim: web::Data<Sim>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> HttpResponse {
+    let (account, message) = path.into_inner();
+    if !authorised(&req, &account, &sim.options.webhook_secret) {
+        return error(401, "20003", "Authenticate");
+    }
+    let Some(r) = sim.looked_up(&message) else {
+        return error(
+            404,
+            "20404",
+            &format!("The requested resource /2010-04-01/Accounts/{account}/Messages/{message}.json was not found"),
+        );
+    };
+    let status = r.lookup.unwrap_or_else(|| "failed".into());
+    let error_code = matches!(status.as_str(), "undelivered" | "failed").then_some(30003);
+    HttpResponse::Ok().json(json!({
+        "sid": message,
+        "account_sid": account,
+        "to": r.to,
+        "body": r.body,
+        "status": status,
+        "error_code": error_code,
+        "error_message": error_code.map(|_| "Unreachable destination handset"),
+        "num_segments": "1",
+        "direction": "outbound-api",
+        "api_version": "2010-04-01",
+        "uri": format!("/2010-04-01/Accounts/{account}/Messages/{message}.json"),
+    }))
 }
 
 fn created(sid: &str, account: &str, to: &str, from: &str, body: &str) -> HttpResponse {

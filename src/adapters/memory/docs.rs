@@ -13,7 +13,7 @@ use crate::domain::message::{ApplyResult, MessageRecord, MessageStatus, StatusCh
 use crate::domain::suppression::{Suppression, SuppressionReason};
 use crate::domain::user::{UserProfile, UserState};
 use crate::ports::{
-    BoxFut, Callback, DocumentStore, EarlyCallback, StalledFrom, StoreError, StoredUser,
+    BoxFut, Callback, DocumentStore, EarlyCallback, InsertedMessages, StalledFrom, StoreError, StoredUser,
     TransitionResult, UserSnapshot, UsersWritten,
 };
 
@@ -169,11 +169,45 @@ impl DocumentStore for MemoryDocumentStore {
         async { Ok(()) }.boxed()
     }
 
+    fn lookups_due(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> BoxFut<Result<Vec<MessageRecord>, StoreError>> {
+        let mut due: Vec<MessageRecord> = self
+            .messages
+            .lock()
+            .values()
+            .filter(|m| m.status == MessageStatus::Sent)
+            .filter(|m| m.lookup_at.is_some_and(|at| at <= now_ms))
+            .cloned()
+            .collect();
+        due.sort_by_key(|m| m.lookup_at);
+        due.truncate(limit);
+        async move { Ok(due) }.boxed()
+    }
+
+    fn claim_lookup(
+        &self,
+        id: String,
+        due_ms: i64,
+        next_ms: Option<i64>,
+    ) -> BoxFut<Result<bool, StoreError>> {
+        let claimed = match self.messages.lock().get_mut(&id) {
+            Some(m) if m.status == MessageStatus::Sent && m.lookup_at == Some(due_ms) => {
+                m.lookup_at = next_ms;
+                true
+            }
+            _ => false,
+        };
+        async move { Ok(claimed) }.boxed()
+    }
+
     fn insert_messages(
         &self,
         messages: Vec<MessageRecord>,
         token: u64,
-    ) -> BoxFut<Result<Vec<String>, StoreError>> {
+    ) -> BoxFut<Result<InsertedMessages, StoreError>> {
         // In-process the call cannot fail halfway, so what it inserts is what carries the
         // token.
         let mut store = self.messages.lock();
@@ -188,6 +222,10 @@ impl DocumentStore for MemoryDocumentStore {
             by.insert(id.clone(), token);
             inserted.push(id);
         }
+        let inserted = InsertedMessages {
+            created: inserted,
+            refused: Vec::new(),
+        };
         async { Ok(inserted) }.boxed()
     }
 

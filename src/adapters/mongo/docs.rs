@@ -17,7 +17,7 @@ use crate::domain::campaign::Channel;
 use crate::domain::message::{HistoryEntry, MessageRecord, MessageStatus, StatusChange};
 use crate::domain::suppression::{normalise_address, Suppression, SuppressionReason};
 use crate::ports::{
-    BoxFut, Callback, DocumentStore, EarlyCallback, StalledFrom, StoreError, StoredUser,
+    BoxFut, Callback, DocumentStore, EarlyCallback, InsertedMessages, StalledFrom, StoreError, StoredUser,
     TransitionResult, UserSnapshot, UsersWritten,
 };
 
@@ -84,6 +84,12 @@ impl MongoDocumentStore {
                 "messages",
                 doc! {"status": 1, "updated_at": 1},
                 "status_1_updated_at_1",
+            ),
+            // Status lookups read due ones soonest first (only `sent` messages carry one).
+            (
+                "messages",
+                doc! {"status": 1, "lookup_at": 1},
+                "status_1_lookup_at_1",
             ),
             ("early_callbacks", doc! {"message_id": 1}, "message_id_1"),
             // Twilio callbacks name only the provider's id.
@@ -208,7 +214,7 @@ fn message_document(m: &MessageRecord, version: i64) -> Document {
             })
         })
         .collect();
-    doc! {
+    let mut d = doc! {
         "_id": &m.id,
         "user_id": &m.user_id,
         "campaign": &m.campaign,
@@ -225,7 +231,11 @@ fn message_document(m: &MessageRecord, version: i64) -> Document {
         "updated_at": date(m.updated_at),
         "history": history,
         "version": version,
+    };
+    if let Some(at) = m.lookup_at {
+        d.insert("lookup_at", date(at));
     }
+    d
 }
 
 fn get_opt_str(d: &Document, k: &str) -> Option<String> {
@@ -287,6 +297,7 @@ fn parse_message(d: &Document) -> Result<(MessageRecord, i64), StoreError> {
         created_at: get_ms(d, "created_at"),
         updated_at: get_ms(d, "updated_at"),
         history,
+        lookup_at: d.get("lookup_at").map(|_| get_ms(d, "lookup_at")),
     };
     let version = d.get("version").and_then(bson_i64).unwrap_or(0);
     Ok((record, version))
@@ -390,7 +401,7 @@ impl DocumentStore for MongoDocumentStore {
         &self,
         messages: Vec<MessageRecord>,
         token: u64,
-    ) -> BoxFut<Result<Vec<String>, StoreError>> {
+    ) -> BoxFut<Result<InsertedMessages, StoreError>> {
         let db = self.db.clone();
         let write_concern = self.write_concern.clone();
         async move {
@@ -409,16 +420,15 @@ impl DocumentStore for MongoDocumentStore {
                 .collect();
             // A duplicate key here is two inserts racing: the message exists, as wanted.
             let outcome = Self::update_many(&db, "messages", statements, &write_concern).await?;
-            if !outcome.refused.is_empty() {
-                return Err(StoreError::Refused {
-                    refused: outcome.refused,
-                });
-            }
             let mut inserted = outcome.upserted;
-            if inserted.len() < ids.len() {
+            if inserted.len() + outcome.refused.len() < ids.len() {
                 // Existing ones: some may be this flush's own, from an attempt whose answer
                 // was lost. Their token says so (rare: a re-applied trigger, a retried write).
-                let created: AHashSet<&str> = inserted.iter().map(String::as_str).collect();
+                let created: AHashSet<&str> = inserted
+                    .iter()
+                    .chain(outcome.refused.iter().map(|(id, _)| id))
+                    .map(String::as_str)
+                    .collect();
                 let existing: Vec<&str> = ids
                     .iter()
                     .map(String::as_str)
@@ -428,7 +438,10 @@ impl DocumentStore for MongoDocumentStore {
                     ids_with_token(&db, "messages", &existing, INSERTED_BY, token as i64).await?,
                 );
             }
-            Ok(inserted)
+            Ok(InsertedMessages {
+                created: inserted,
+                refused: outcome.refused,
+            })
         }
         .boxed()
     }
@@ -555,6 +568,60 @@ impl DocumentStore for MongoDocumentStore {
                 .await
                 .map_err(transient)?;
             found.map(|d| parse_message(&d).map(|(r, _)| r)).transpose()
+        }
+        .boxed()
+    }
+
+    fn lookups_due(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> BoxFut<Result<Vec<MessageRecord>, StoreError>> {
+        let db = self.db.clone();
+        async move {
+            let docs: Vec<Document> = db
+                .collection::<Document>("messages")
+                .find(doc! {"status": "sent", "lookup_at": {"$lte": date(now_ms)}})
+                .sort(doc! {"lookup_at": 1})
+                .limit(limit as i64)
+                .await
+                .map_err(transient)?
+                .try_collect()
+                .await
+                .map_err(transient)?;
+            docs.iter()
+                .map(|d| parse_message(d).map(|(r, _)| r))
+                .collect()
+        }
+        .boxed()
+    }
+
+    fn claim_lookup(
+        &self,
+        id: String,
+        due_ms: i64,
+        next_ms: Option<i64>,
+    ) -> BoxFut<Result<bool, StoreError>> {
+        let db = self.db.clone();
+        let write_concern = self.write_concern.clone();
+        async move {
+            let update = match next_ms {
+                Some(at) => doc! {"$set": {"lookup_at": date(at)}},
+                None => doc! {"$unset": {"lookup_at": ""}},
+            };
+            // Conditional on the value read: of two instances taking it, one matches.
+            let reply = db
+                .run_command(doc! {
+                    "update": "messages",
+                    "updates": [{
+                        "q": {"_id": &id, "status": "sent", "lookup_at": date(due_ms)},
+                        "u": update,
+                    }],
+                    "writeConcern": write_concern,
+                })
+                .await
+                .map_err(transient)?;
+            Ok(reply.get("nModified").and_then(bson_i64).unwrap_or(0) == 1)
         }
         .boxed()
     }

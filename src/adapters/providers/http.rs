@@ -7,7 +7,7 @@ use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::StatusCode;
 
 use crate::domain::suppression::SuppressionReason;
-use crate::ports::SendOutcome;
+use crate::ports::{LookupOutcome, SendOutcome};
 
 /// Longest detail kept from a provider's error body.
 const DETAIL_CHARS: usize = 200;
@@ -60,6 +60,11 @@ pub fn request_failed(e: reqwest::Error) -> SendOutcome {
             detail: format!("request failed: {e}"),
         }
     }
+}
+
+/// A lookup that got no answer.
+pub fn lookup_failed(e: reqwest::Error) -> LookupOutcome {
+    LookupOutcome::Unavailable(format!("lookup failed: {e}"))
 }
 
 pub fn short(text: &str) -> String {

@@ -1,16 +1,17 @@
 //! A provider over HTTP (REFERENCE.md §5): `POST url` with the message as JSON,
 //! `Idempotency-Key: <message id>:<attempt>` and an optional bearer token. The answer is
 //! classified, not decided on: `2xx` accepted, `429`/`5xx`/timeout/connection error
-//! retryable (with `Retry-After`), other `4xx` rejected.
+//! retryable (with `Retry-After`), other `4xx` rejected. A send is looked up with `GET
+//! <url>/<provider_message_id>`, answered `{"status", "error", "retryable"}`.
 
 use std::time::Duration;
 
 use futures::FutureExt;
 use serde::{Deserialize, Serialize};
 
-use crate::ports::{BoxFut, Provider, SendOutcome, SendRequest};
+use crate::ports::{BoxFut, CallbackStatus, LookupOutcome, Provider, SendOutcome, SendRequest};
 
-use super::http::{client, request_failed, Answer};
+use super::http::{client, lookup_failed, request_failed, Answer};
 
 pub struct HttpProvider {
     name: String,
@@ -31,6 +32,38 @@ struct SendBody<'a> {
 #[derive(Deserialize)]
 struct Accepted {
     provider_message_id: String,
+}
+
+/// The answer to a lookup.
+#[derive(Deserialize)]
+struct Looked {
+    status: String,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    retryable: bool,
+}
+
+/// What a lookup's answer says of the send.
+fn looked_up(answer: Answer) -> LookupOutcome {
+    if answer.status == reqwest::StatusCode::NOT_FOUND {
+        return LookupOutcome::NotFound;
+    }
+    if !answer.status.is_success() {
+        return LookupOutcome::Unavailable(answer.detail());
+    }
+    match serde_json::from_str::<Looked>(&answer.text) {
+        Ok(looked) => match CallbackStatus::parse(&looked.status) {
+            Some(status) => LookupOutcome::Final {
+                status,
+                error: looked.error,
+                retryable: looked.retryable,
+            },
+            // `queued`, `sent`, …: not final yet.
+            None => LookupOutcome::Pending,
+        },
+        Err(e) => LookupOutcome::Unavailable(format!("unreadable lookup answer: {e}")),
+    }
 }
 
 impl HttpProvider {
@@ -89,6 +122,36 @@ impl Provider for HttpProvider {
         }
         .boxed()
     }
+
+    fn can_look_up(&self) -> bool {
+        true
+    }
+
+    fn look_up(&self, provider_message_id: String) -> BoxFut<LookupOutcome> {
+        let url = format!(
+            "{}/{}",
+            self.url.trim_end_matches('/'),
+            urlencoding_path(&provider_message_id)
+        );
+        let mut builder = self.client.get(url);
+        if let Some(token) = &self.token {
+            builder = builder.bearer_auth(token);
+        }
+        async move {
+            match builder.send().await {
+                Ok(response) => looked_up(Answer::read(response).await),
+                Err(e) => lookup_failed(e),
+            }
+        }
+        .boxed()
+    }
+}
+
+/// A provider's id as one path segment (percent-encoded where it must be).
+fn urlencoding_path(id: &str) -> String {
+    form_urlencoded::byte_serialize(id.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
 }
 
 #[cfg(test)]
