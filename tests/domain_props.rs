@@ -1457,3 +1457,33 @@ fn arrays_are_not_objects() {
         Err(RejectReason::BadField)
     );
 }
+
+proptest! {
+    /// Status lookups of one send: the first after `after_ms`, each later than the one
+    /// before, none past `max_age_ms`, the last at it, and few of them (they thin out).
+    #[test]
+    fn status_lookups_thin_out_and_stop_at_the_age_limit(
+        sent_at in 0i64..4_000_000_000_000,
+        after_ms in 1i64..7_200_000,
+        extra_ms in 0i64..30 * 86_400_000,
+    ) {
+        use herald::domain::status_lookup::{LookupSchedule, MAX_WAIT_MS};
+        let s = LookupSchedule { after_ms, max_age_ms: after_ms + extra_ms };
+        let first = s.first(sent_at).unwrap();
+        prop_assert_eq!(first, sent_at + after_ms);
+        let mut at = first;
+        let mut n = 1u64;
+        while let Some(next) = s.next(sent_at, at) {
+            prop_assert!(next > at, "{} then {}", at, next);
+            prop_assert!(next - sent_at <= s.max_age_ms);
+            prop_assert!(!s.is_expired(sent_at, next));
+            at = next;
+            n += 1;
+        }
+        prop_assert_eq!(at, sent_at + s.max_age_ms);
+        // Doubling up to the cap, then at most one per cap interval.
+        let bound = 2 + 64 - (s.max_age_ms / after_ms).leading_zeros() as u64
+            + (s.max_age_ms / MAX_WAIT_MS.max(after_ms)) as u64;
+        prop_assert!(n <= bound, "{} lookups, bound {}", n, bound);
+    }
+}

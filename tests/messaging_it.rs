@@ -1271,3 +1271,119 @@ fn callbacks_that_overtake_their_send_are_kept_and_applied() {
         assert_eq!(sim_stats(port_b).await["callbacks_sent"], 20);
     });
 }
+
+/// 5 % of sends are never called back: their status is looked up at the provider (`GET
+/// <url>/<id>`) once `reconcile.status_after_ms` has passed, and applied as their callbacks
+/// would have been — delivered, failed, or undelivered (then sent again and delivered).
+#[test]
+fn messages_whose_provider_never_calls_back_are_looked_up() {
+    let names = Names::new("lookup", 2);
+    let (port_a, port_b, http) = (free_port(), free_port(), free_port());
+    let _sim_a = spawn_sim(port_a, SECRET, &[], "lookup-a");
+    let _sim_b = spawn_sim(port_b, SECRET, &[], "lookup-b");
+    let config = write_config(&names, &providers_toml(port_a, port_b));
+    // The oracle: each user's message's end, and the keys sim-a receives for it.
+    let users: Vec<(String, &str, String)> = (0..240)
+        .map(|i| {
+            let kind = match i % 40 {
+                0 => "silent-delivered",
+                20 if i % 80 == 20 => "silent-failed",
+                20 => "silent-undelivered",
+                _ => "plain",
+            };
+            (format!("u-lk-{i}"), kind, format!("+1555700{i:04}"))
+        })
+        .collect();
+    block_on(async {
+        for (_, kind, phone) in &users {
+            let steps = match *kind {
+                "silent-delivered" => json!([{"status": 200, "callback": "none"}]),
+                "silent-failed" => {
+                    json!([{"status": 200, "callback": "none", "lookup": "failed"}])
+                }
+                "silent-undelivered" => json!([
+                    {"status": 200, "callback": "none", "lookup": "undelivered"},
+                    {"status": 200}
+                ]),
+                _ => continue,
+            };
+            sim_script(port_a, phone, steps).await;
+        }
+    });
+    let records: Vec<(String, String)> = users
+        .iter()
+        .flat_map(|(u, _, phone)| user_events(u, Some(phone)))
+        .collect();
+    produce_records(&names, &records);
+    let listen = format!("127.0.0.1:{http}");
+    let _herald = spawn_herald_with_config(
+        &names,
+        &config,
+        &[
+            ("HERALD__HTTP__LISTEN", listen.as_str()),
+            ("IT_SIM_SECRET", SECRET),
+            ("HERALD__RECONCILE__STATUS_AFTER_MS", "3000"),
+            ("HERALD__RECONCILE__LOOKUP_EVERY_MS", "250"),
+        ],
+        "lookup",
+    );
+    let expected = |kind: &str| match kind {
+        "silent-failed" => "failed",
+        _ => "delivered",
+    };
+    block_on(async {
+        eventually(
+            "every message at its end",
+            Duration::from_secs(120),
+            || async {
+                let docs = mongo_messages(&names).await;
+                docs.len() == users.len()
+                    && users.iter().all(|(u, kind, _)| {
+                        docs.get(&format!("welcome:su-{u}"))
+                            .is_some_and(|d| status(d) == expected(kind))
+                    })
+            },
+        )
+        .await;
+        let docs = mongo_messages(&names).await;
+        let sends = sim_sends(port_a).await;
+        for (user, kind, _) in &users {
+            let id = format!("welcome:su-{user}");
+            let keys = match *kind {
+                "silent-undelivered" => vec![format!("{id}:1"), format!("{id}:2")],
+                _ => vec![format!("{id}:1")],
+            };
+            assert_eq!(keys_for(&sends, &id), keys, "{id} ({kind})");
+            let looked_up = history(&docs[&id]);
+            match *kind {
+                "silent-failed" => assert_eq!(looked_up, ["queued", "sent", "failed"], "{id}"),
+                "silent-undelivered" => assert_eq!(
+                    looked_up,
+                    ["queued", "sent", "retrying", "sent", "delivered"],
+                    "{id}"
+                ),
+                _ => assert_eq!(looked_up, ["queued", "sent", "delivered"], "{id}"),
+            }
+        }
+        let silent = users.iter().filter(|(_, k, _)| *k != "plain").count() as u64;
+        let stats = sim_stats(port_a).await;
+        assert!(
+            stats["lookups"].as_u64().unwrap() >= silent,
+            "every silent send looked up: {stats}"
+        );
+        assert_eq!(stats["repeated_keys"], 0, "{stats}");
+        assert!(sim_sends(port_b).await.is_empty());
+    });
+    let scrape = scrape(http);
+    let looked = |outcome: &str| {
+        sum(
+            &scrape,
+            "herald_status_lookups_total",
+            &[("provider", "sim-a"), ("outcome", outcome)],
+        )
+    };
+    assert!(looked("delivered") >= 6.0, "{}", looked("delivered"));
+    assert!(looked("failed") >= 3.0);
+    assert!(looked("undelivered") >= 3.0);
+    assert_eq!(looked("refused"), 0.0);
+}

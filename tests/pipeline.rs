@@ -23,9 +23,8 @@ use herald::domain::user::{UserProfile, UserState};
 use herald::embedded::EmbeddedRig;
 use herald::ports::{
     AssignmentEvent, BoxFut, Callback, DeadLetter, DocumentStore, EarlyCallback, InsertedMessages,
-    PartitionReader,
-    Source, SourceError, StateCache, StoreError, StoredUser, TransitionResult, UserSnapshot,
-    UsersWritten,
+    PartitionReader, Source, SourceError, StateCache, StoreError, StoredUser, TransitionResult,
+    UserSnapshot, UsersWritten,
 };
 use herald::workload::{MessageKind, Workload, WorkloadSpec};
 use tokio::sync::mpsc;
@@ -705,6 +704,72 @@ fn the_demo_runs_the_whole_messaging_path_and_verifies() {
     assert!(report.statuses.get("skipped").copied().unwrap_or(0) > 0);
     assert!(report.retries_fired > 0, "retries happened");
     assert!(report.duplicates > 0 && report.invalid > 0);
+}
+
+/// A message document the store refuses (a validator, a size limit) can never be written: its
+/// trigger is dead-lettered, its effect on the profile stands, and the shard goes on.
+#[test]
+fn a_message_the_store_refuses_dead_letters_its_trigger_and_the_shard_goes_on() {
+    let cfg = config(
+        r#"
+[demo]
+partitions = 2
+
+[[campaigns]]
+id = "ping"
+on_event = "ping"
+channel = "sms"
+template = "Note: {{traits.note}}"
+"#,
+    );
+    let rig = EmbeddedRig::new(&cfg, 3);
+    let mut records = Vec::new();
+    let mut push = |user: String, body: String| {
+        let text = format!(
+            r#"{{"messageId":"m-{}","userId":"{user}","timestamp":"2026-11-23T10:00:00Z",{body}}}"#,
+            records.len()
+        );
+        rig.source
+            .append(&user, Bytes::from(text.clone().into_bytes()));
+        records.push(text.into_bytes());
+    };
+    for i in 0..40 {
+        let note = if i == 7 { "poison" } else { "fine" };
+        push(
+            format!("u-{i}"),
+            format!(r#""type":"identify","traits":{{"phone":"+1555{i:07}","note":"{note}"}}"#),
+        );
+        for _ in 0..3 {
+            push(format!("u-{i}"), r#""type":"track","event":"ping""#.into());
+        }
+    }
+    run(async {
+        let docs = Arc::new(RefusingDocs {
+            inner: rig.docs.clone(),
+        });
+        let pipeline = rig.start_with(&cfg, 3, rig.ports_with(None, Some(docs)));
+        rig.source.assign_all();
+        until("all committed", 30, || rig.source.fully_committed()).await;
+        finish(pipeline).await;
+    });
+    let letters = rig.source.dead_letters();
+    assert_eq!(letters.len(), 3, "u-7's three pings: {letters:?}");
+    for l in &letters {
+        assert_eq!(l.record.key.as_deref(), Some(&b"u-7"[..]));
+        assert!(
+            l.error.starts_with("store_refused: message ping:m-"),
+            "{}",
+            l.error
+        );
+    }
+    // The other 117 messages are stored; every record's effect on the profiles stands.
+    let messages = rig.docs.messages();
+    assert_eq!(messages.len(), 117);
+    assert!(messages.iter().all(|m| m.user_id != "u-7"));
+    assert_eq!(
+        rig.docs.users(),
+        oracle::replay(records.iter().map(|r| &r[..]))
+    );
 }
 
 #[test]

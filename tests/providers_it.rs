@@ -543,6 +543,9 @@ from = "noreply@herald.test"
                 ("IT_TWILIO_TOKEN", TWILIO_TOKEN),
                 ("IT_SG_KEY", SENDGRID_KEY),
                 ("IT_SG_PUBLIC_KEY", &public_key),
+                // Sends still `sent` after a second are looked up (Twilio's Message resource).
+                ("HERALD__RECONCILE__STATUS_AFTER_MS", "1000"),
+                ("HERALD__RECONCILE__LOOKUP_EVERY_MS", "200"),
             ],
         ),
         "prism",
@@ -563,6 +566,29 @@ from = "noreply@herald.test"
                 "the provider's API document refused the request: {doc}"
             );
         }
+
+        // Twilio: the send is looked up with a request Twilio's API document takes (the
+        // document's example answers `sent`: still on its way).
+        let lookups = |outcome: &'static str| async move {
+            let text = reqwest::get(format!("http://127.0.0.1:{http}/metrics"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            text.lines()
+                .filter(|l| l.starts_with("herald_status_lookups_total{"))
+                .filter(|l| {
+                    l.contains("provider=\"tw\"") && l.contains(&format!("outcome=\"{outcome}\""))
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>()
+        };
+        eventually("the Twilio send looked up", limit, || async {
+            lookups("pending").await >= 1.0
+        })
+        .await;
+        assert_eq!(lookups("error").await, 0.0, "Prism refused the lookup");
 
         // Twilio: a status callback signed by twilio's RequestValidator.
         let sms = message(&names, "sms:su-p-1").await.unwrap();

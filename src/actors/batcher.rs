@@ -238,9 +238,10 @@ async fn write(shared: Arc<Shared>, shard: usize, batch: WriteBatch) -> WriteOut
             .filter(|t| !outcome.refused.iter().any(|(u, _)| *u == t.user))
             .filter(|t| lettered.insert(t.trigger))
             .and_then(|t| {
-                batch.raw.iter().find(|(user, r)| {
-                    *user == t.user && (r.partition, r.offset) == t.trigger
-                })
+                batch
+                    .raw
+                    .iter()
+                    .find(|(user, r)| *user == t.user && (r.partition, r.offset) == t.trigger)
             });
         let Some((_, record)) = trigger else { continue };
         ports.metrics.store_refused(record.partition, detail);

@@ -15,8 +15,8 @@ pub mod reconciler;
 pub mod retry;
 pub mod root;
 pub mod source_supervisor;
-pub mod status_lookup;
 pub mod state_loader;
+pub mod status_lookup;
 pub mod supervision;
 pub mod user_shard;
 

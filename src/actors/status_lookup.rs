@@ -100,7 +100,11 @@ impl StatusLookups {
                 }
                 continue;
             };
-            if self.settings.schedule.is_expired(message.updated_at, due_at) {
+            if self
+                .settings
+                .schedule
+                .is_expired(message.updated_at, due_at)
+            {
                 if ports.docs.claim_lookup(message.id, due_at, None).await? {
                     ports.metrics.status_lookup(&name, "expired");
                 }

@@ -13,8 +13,8 @@ use crate::domain::message::{ApplyResult, MessageRecord, MessageStatus, StatusCh
 use crate::domain::suppression::{Suppression, SuppressionReason};
 use crate::domain::user::{UserProfile, UserState};
 use crate::ports::{
-    BoxFut, Callback, DocumentStore, EarlyCallback, InsertedMessages, StalledFrom, StoreError, StoredUser,
-    TransitionResult, UserSnapshot, UsersWritten,
+    BoxFut, Callback, DocumentStore, EarlyCallback, InsertedMessages, StalledFrom, StoreError,
+    StoredUser, TransitionResult, UserSnapshot, UsersWritten,
 };
 
 const SHARDS: usize = 64;

@@ -17,8 +17,8 @@ use crate::domain::campaign::Channel;
 use crate::domain::message::{HistoryEntry, MessageRecord, MessageStatus, StatusChange};
 use crate::domain::suppression::{normalise_address, Suppression, SuppressionReason};
 use crate::ports::{
-    BoxFut, Callback, DocumentStore, EarlyCallback, InsertedMessages, StalledFrom, StoreError, StoredUser,
-    TransitionResult, UserSnapshot, UsersWritten,
+    BoxFut, Callback, DocumentStore, EarlyCallback, InsertedMessages, StalledFrom, StoreError,
+    StoredUser, TransitionResult, UserSnapshot, UsersWritten,
 };
 
 use super::transitions::{self, transition_alone, Codec, Job, ReadJob};

@@ -105,9 +105,7 @@ fn looked_up(answer: Answer) -> LookupOutcome {
         Some(StatusEffect::Delivered) => CallbackStatus::Delivered,
         Some(StatusEffect::Retry) => CallbackStatus::Undelivered,
         Some(StatusEffect::Failed) => CallbackStatus::Failed,
-        None => {
-            return LookupOutcome::Unavailable(format!("unknown status {:?}", message.status))
-        }
+        None => return LookupOutcome::Unavailable(format!("unknown status {:?}", message.status)),
     };
     // An opted-out number is not worth another attempt (as with its callback).
     let opted_out = code.as_deref() == Some(OPT_OUT_ERROR_CODE);
