@@ -946,3 +946,95 @@ fn r8_store_stalls_while_sends_wait_and_fly() {
     .record();
     drop((redis, mongo));
 }
+
+/// R9 (G12, the outbox decoupled from ingestion): the only SMS provider is down (nothing
+/// listens) for 5 minutes while 200,000 events flow, about 7,000 of them `signed_up`
+/// triggers. Ingestion goes on at full rate — `users` equals the replay before the provider
+/// is back — memory stays bounded, and once it is back every message is delivered, none
+/// accepted twice. The retry policy spans the outage (30 attempts, at most a minute apart): a
+/// shorter one fails messages by design.
+#[test]
+#[ignore = "fault-injection runner: scripts/chaos.sh"]
+fn r9_provider_down_five_minutes_while_events_flow() {
+    let (events, users, seed) = (200_000, 20_000, 109);
+    let names = Names::new("chaos_r9", 8);
+    let sim = free_port();
+    let config = log_dir().join(format!("{}.toml", names.base));
+    welcome_config(
+        &config,
+        sim,
+        "base_ms = 2000\nmax_delay_ms = 60000\nmax_attempts = 30\nsweep_ms = 500",
+        "",
+    );
+    let outage = Duration::from_secs(300);
+    let outage_ends = Instant::now() + outage;
+    let producing = produce_paced(&names, events, users, seed, Duration::from_secs(200));
+    let want = expected(events, users, seed);
+    let observer = Observer::new(&names, events);
+    let mut herald = spawn_welcome_herald(&names, &config, "r9");
+    std::thread::sleep(Duration::from_secs(10));
+    let before = rss_kib(herald.0.id());
+    producing.join().unwrap();
+    // All input is in while the provider is still down: ingestion must finish without it.
+    let (caught_up_s, got) = recover(
+        &names,
+        &want,
+        Instant::now(),
+        outage_ends.saturating_duration_since(Instant::now()),
+    );
+    let caught_up = got == want.users;
+    let users_differing = compare(&got, &want.users).2;
+    let peak = peak_rss_during(
+        herald.0.id(),
+        outage_ends.saturating_duration_since(Instant::now()),
+    );
+    let committed_in_outage = observer.progress();
+    let _sim = spawn_sim(sim, SIM_SECRET, &[], "r9");
+    let back = Instant::now();
+    // Every message that is to be sent (not skipped: a user without a phone) ends delivered.
+    let (mut to_send, mut delivered) = (0, 0);
+    let deadline = back + Duration::from_secs(900);
+    while Instant::now() < deadline {
+        let docs = block_on(mongo_messages(&names));
+        to_send = docs
+            .values()
+            .filter(|d| d.get_str("status") != Ok("skipped"))
+            .count();
+        delivered = docs
+            .values()
+            .filter(|d| d.get_str("status") == Ok("delivered"))
+            .count();
+        if delivered == to_send {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1000));
+    }
+    let recover_s = back.elapsed().as_secs_f64();
+    let sends = block_on(sim_sends(sim));
+    let mut accepted_per_message: BTreeMap<String, u64> = BTreeMap::new();
+    for s in sends.iter().filter(|s| s["status"] == 200) {
+        *accepted_per_message
+            .entry(s["id"].as_str().unwrap_or_default().to_string())
+            .or_default() += 1 + s["repeats"].as_u64().unwrap_or(0);
+    }
+    let doubled: u64 = accepted_per_message.values().map(|n| n - 1).sum();
+    kill9(&mut herald);
+    let (dead_lettered, stray) = dead(&names, &want);
+    Outcome {
+        scenario: "R9",
+        what: "the only SMS provider down (connection refused) for 5 min, no fallback, while 200,000 events are published over 200 s",
+        events,
+        faults: "5 min provider outage".into(),
+        lost: (to_send - delivered) as i64 + stray as i64 + i64::from(!caught_up),
+        doubled: doubled as i64,
+        users_differing,
+        dead_lettered,
+        dead_expected: want.invalid.len(),
+        recover_s,
+        notes: format!(
+            "users = replay {caught_up_s:.1} s after the last event was published, the provider still down ({committed_in_outage} of {events} offsets committed during the outage); RSS {before} KiB early, peak {peak} KiB in the outage; {delivered} of {to_send} messages delivered {recover_s:.1} s after the provider returned, {} accepted sends",
+            accepted_per_message.len()
+        ),
+    }
+    .record();
+}
