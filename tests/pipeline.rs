@@ -839,3 +839,50 @@ fn documents_the_store_refuses_dead_letter_their_records_and_nothing_else_is_los
         "{text}"
     );
 }
+
+/// A callback whose message never appears is kept for `http.early_callback_ttl_ms`, then
+/// forgotten (counted `expired`); past `http.early_callbacks_max` kept ones, the provider is
+/// asked to call again (503) instead.
+#[test]
+fn early_callbacks_expire_and_are_capped() {
+    use herald::ports::{CallbackError, CallbackSink, CallbackStatus};
+    let cfg = config("[http]\nearly_callback_ttl_ms = 1500\nearly_callbacks_max = 2\n");
+    let rig = EmbeddedRig::new(&cfg, 5);
+    let callback = |id: &str| Callback {
+        provider: "sim".into(),
+        message_id: Some(id.into()),
+        provider_message_id: Some(format!("p-{id}")),
+        status: CallbackStatus::Delivered,
+        error: None,
+        retryable: false,
+        suppress: None,
+    };
+    run(async {
+        let pipeline = rig.start(&cfg, 5);
+        let sink = pipeline.callbacks();
+        sink.deliver(callback("welcome:a")).await.expect("kept");
+        sink.deliver(callback("welcome:b")).await.expect("kept");
+        assert!(matches!(
+            sink.deliver(callback("welcome:c")).await,
+            Err(CallbackError::NotReady(_))
+        ));
+        let docs = rig.docs.clone();
+        until("both kept callbacks expire", 30, || {
+            futures::executor::block_on(docs.early_callbacks(10))
+                .unwrap()
+                .is_empty()
+        })
+        .await;
+        finish(pipeline).await;
+    });
+    let text = rig.metrics.render();
+    for (outcome, n) in [("kept", 2), ("full", 1), ("expired", 2)] {
+        assert!(
+            text.contains(&format!(
+                "herald_early_callbacks_total{{outcome=\"{outcome}\"}} {n}"
+            )),
+            "{outcome}: {text}"
+        );
+    }
+    assert!(rig.docs.messages().is_empty());
+}

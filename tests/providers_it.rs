@@ -623,6 +623,12 @@ from = "noreply@herald.test"
              "sg_event_id": "ev-1", "sg_message_id": format!("{pid}.filter0001"), "herald_message_id": "mail:su-p-1"},
             {"email": "p1@example.test", "timestamp": now_secs(), "event": "delivered",
              "sg_event_id": "ev-2", "sg_message_id": format!("{pid}.filter0001"), "herald_message_id": "mail:su-p-1"},
+            // Unmatched events do not hold the others back: one about a message not stored
+            // (kept for later), one about a message another provider sent (skipped).
+            {"email": "x@example.test", "timestamp": now_secs(), "event": "delivered",
+             "sg_event_id": "ev-3", "sg_message_id": "unknown.filter0001", "herald_message_id": "mail:not-stored"},
+            {"email": "p1@example.test", "timestamp": now_secs(), "event": "bounce",
+             "sg_event_id": "ev-4", "sg_message_id": format!("{sid}.filter0001"), "herald_message_id": "sms:su-p-1"},
         ])
         .to_string();
         let payload = keys.join("events.json");
@@ -673,6 +679,12 @@ from = "noreply@herald.test"
         );
         wait_status(&names, "mail:su-p-1", "delivered", limit).await;
         assert!(suppression(&names, "email:p1@example.test").await.is_none());
+        let sms = message(&names, "sms:su-p-1").await.unwrap();
+        assert_eq!(
+            status(&sms),
+            "delivered",
+            "SendGrid's event about Twilio's send changed it"
+        );
     });
 }
 
