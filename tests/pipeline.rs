@@ -845,7 +845,7 @@ fn documents_the_store_refuses_dead_letter_their_records_and_nothing_else_is_los
 /// asked to call again (503) instead.
 #[test]
 fn early_callbacks_expire_and_are_capped() {
-    use herald::ports::{CallbackError, CallbackSink, CallbackStatus};
+    use herald::ports::{CallbackError, CallbackStatus};
     let cfg = config("[http]\nearly_callback_ttl_ms = 1500\nearly_callbacks_max = 2\n");
     let rig = EmbeddedRig::new(&cfg, 5);
     let callback = |id: &str| Callback {
