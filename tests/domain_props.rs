@@ -1487,3 +1487,133 @@ proptest! {
         prop_assert!(n <= bound, "{} lookups, bound {}", n, bound);
     }
 }
+
+/// A profile built the way Herald builds them — by applying events — from a small alphabet
+/// of trait keys, tags, event names and groups, so two profiles share some of each.
+fn small_profile() -> impl Strategy<Value = herald::domain::profile::Profile> {
+    let kind = prop_oneof![
+        (
+            vec((select(vec!["a", "b", "c"]), 0i64..3), 0..3),
+            vec(select(vec!["x", "y", "z"]), 0..2),
+            vec(select(vec!["x", "y"]), 0..2),
+        )
+            .prop_map(|(traits, add, remove)| EventKind::Identify {
+                traits: traits
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), (v > 0).then(|| Value::from(v))))
+                    .collect(),
+                tags_add: add.into_iter().map(String::from).collect(),
+                tags_remove: remove.into_iter().map(String::from).collect(),
+            }),
+        select(vec!["p", "q", "r"]).prop_map(|e| EventKind::Track {
+            event: e.to_string()
+        }),
+        (select(vec!["g", "h"]), select(vec!["a", "b"]), 0i64..3).prop_map(|(g, k, v)| {
+            EventKind::Group {
+                group_id: g.to_string(),
+                traits: vec![(k.to_string(), (v > 0).then(|| Value::from(v)))],
+            }
+        }),
+    ];
+    vec((kind, 0i64..1_000_000), 0..12).prop_map(|events| {
+        let mut p = herald::domain::profile::Profile::default();
+        for (i, (kind, ts)) in events.into_iter().enumerate() {
+            p.apply(&Event {
+                message_id: format!("m{i}"),
+                user_id: "u".into(),
+                timestamp_ms: ts,
+                kind,
+            });
+        }
+        p
+    })
+}
+
+proptest! {
+    /// §11's merge: counts add up; a profile merged with nothing is unchanged and nothing
+    /// merged with a profile is that profile; the target's traits win; merging the same
+    /// source again changes no trait, tag or time (only counts, which the protocol's record of
+    /// absorbed ids keeps from being added twice).
+    #[test]
+    fn a_merge_sums_counts_keeps_the_targets_traits_and_is_neutral_with_nothing(
+        target in small_profile(),
+        source in small_profile(),
+    ) {
+        use herald::domain::merge::merge_into;
+        use herald::domain::profile::Profile;
+        let mut merged = target.clone();
+        merge_into(&mut merged, &source);
+        prop_assert_eq!(merged.event_count, target.event_count + source.event_count);
+        for (name, stats) in merged.events.iter() {
+            let t = target.events.get(name);
+            let s = source.events.get(name);
+            prop_assert_eq!(
+                stats.count,
+                t.map_or(0, |x| x.count) + s.map_or(0, |x| x.count)
+            );
+            let firsts = t.map(|x| x.first_at).into_iter().chain(s.map(|x| x.first_at));
+            prop_assert_eq!(Some(stats.first_at), firsts.min());
+        }
+        for (key, value) in merged.traits.iter() {
+            prop_assert_eq!(Some(value), target.traits.get(key).or(source.traits.get(key)));
+        }
+        for (key, _) in target.traits.iter().chain(source.traits.iter()) {
+            prop_assert!(merged.traits.get(key).is_some());
+        }
+        for tag in target.tags.iter().chain(source.tags.iter()) {
+            prop_assert!(merged.tags.contains(tag));
+        }
+        prop_assert_eq!(merged.tags.len() <= target.tags.len() + source.tags.len(), true);
+
+        let mut alone = target.clone();
+        merge_into(&mut alone, &Profile::default());
+        prop_assert_eq!(&alone, &target);
+        let mut into_nothing = Profile::default();
+        merge_into(&mut into_nothing, &source);
+        prop_assert_eq!(&into_nothing, &source);
+
+        let mut twice = merged.clone();
+        merge_into(&mut twice, &source);
+        prop_assert_eq!(twice.traits, merged.traits);
+        prop_assert_eq!(twice.tags, merged.tags);
+        prop_assert_eq!(twice.groups, merged.groups);
+        prop_assert_eq!((twice.first_seen, twice.last_seen), (merged.first_seen, merged.last_seen));
+    }
+
+    /// Independent merges into one target commute in everything §11 fixes — counts, tags,
+    /// times, and the traits the target already has; two sources' traits that the target
+    /// lacks go to the source merged first.
+    #[test]
+    fn independent_merges_commute_where_the_rule_fixes_the_result(
+        target in small_profile(),
+        a in small_profile(),
+        b in small_profile(),
+    ) {
+        use herald::domain::merge::merge_into;
+        let mut ab = target.clone();
+        merge_into(&mut ab, &a);
+        merge_into(&mut ab, &b);
+        let mut ba = target.clone();
+        merge_into(&mut ba, &b);
+        merge_into(&mut ba, &a);
+        prop_assert_eq!(ab.event_count, ba.event_count);
+        prop_assert_eq!(&ab.events, &ba.events);
+        prop_assert_eq!(&ab.tags, &ba.tags);
+        prop_assert_eq!((ab.first_seen, ab.last_seen), (ba.first_seen, ba.last_seen));
+        for (key, value) in target.traits.iter() {
+            prop_assert_eq!(ab.traits.get(key), Some(value));
+            prop_assert_eq!(ba.traits.get(key), Some(value));
+        }
+        for (key, _) in ab.traits.iter() {
+            let contested = target.traits.get(key).is_none()
+                && a.traits.get(key).is_some()
+                && b.traits.get(key).is_some();
+            if !contested {
+                prop_assert_eq!(ab.traits.get(key), ba.traits.get(key));
+            } else {
+                prop_assert_eq!(ab.traits.get(key), a.traits.get(key));
+                prop_assert_eq!(ba.traits.get(key), b.traits.get(key));
+            }
+        }
+    }
+}

@@ -5,6 +5,7 @@ pub mod campaign;
 pub mod dedup;
 pub mod event;
 pub mod keys;
+pub mod merge;
 pub mod message;
 pub mod names;
 pub mod profile;
