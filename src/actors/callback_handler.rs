@@ -113,23 +113,12 @@ impl CallbackHandler {
                     tracing::info!(provider = %cb.provider, message = ?cb.message_id, "a kept callback expired before its send was recorded");
                     "expired"
                 }
-                Ok(cb) => {
-                    match Self::handle(
-                        self.ports.clone(),
-                        self.policy,
-                        self.rng.clone(),
-                        self.early,
-                        cb,
-                        false,
-                    )
-                    .await
-                    {
-                        Ok(()) => "applied",
-                        Err(CallbackError::NotItsSend(_)) => "refused",
-                        Err(CallbackError::NotReady(_)) => break,
-                        Err(CallbackError::Store(e)) => return Err(e),
-                    }
-                }
+                Ok(cb) => match self.apply(cb, false).await {
+                    Ok(()) => "applied",
+                    Err(CallbackError::NotItsSend(_)) => "refused",
+                    Err(CallbackError::NotReady(_)) => break,
+                    Err(CallbackError::Store(e)) => return Err(e),
+                },
             };
             self.ports.metrics.early_callback(outcome);
             self.ports.docs.drop_early_callback(e.key).await?;
@@ -141,15 +130,20 @@ impl CallbackHandler {
     /// Applies what a status lookup found, checked as its callback would be; one that
     /// cannot apply yet is not kept (the next lookup asks again).
     pub async fn apply_looked_up(&self, callback: Callback) -> Result<(), CallbackError> {
+        self.apply(callback, false).await
+    }
+
+    /// [`Self::handle`] with this handler's ports and policy.
+    fn apply(&self, callback: Callback, keep: bool) -> BoxFut<Result<(), CallbackError>> {
         Self::handle(
             self.ports.clone(),
             self.policy,
             self.rng.clone(),
             self.early,
             callback,
-            false,
+            keep,
         )
-        .await
+        .boxed()
     }
 
     /// A callback that cannot apply yet: kept (when `keep`) to be applied once its send is
@@ -379,14 +373,6 @@ impl CallbackHandler {
 
 impl CallbackSink for CallbackHandler {
     fn deliver(&self, callback: Callback) -> BoxFut<Result<(), CallbackError>> {
-        Self::handle(
-            self.ports.clone(),
-            self.policy,
-            self.rng.clone(),
-            self.early,
-            callback,
-            true,
-        )
-        .boxed()
+        self.apply(callback, true)
     }
 }

@@ -238,6 +238,28 @@ fn message_document(m: &MessageRecord, version: i64) -> Document {
     d
 }
 
+/// Up to `limit` `messages` matching `filter`, in `sort` order.
+async fn find_messages(
+    db: Database,
+    filter: Document,
+    sort: Document,
+    limit: usize,
+) -> Result<Vec<MessageRecord>, StoreError> {
+    let docs: Vec<Document> = db
+        .collection::<Document>("messages")
+        .find(filter)
+        .sort(sort)
+        .limit(limit as i64)
+        .await
+        .map_err(transient)?
+        .try_collect()
+        .await
+        .map_err(transient)?;
+    docs.iter()
+        .map(|d| parse_message(d).map(|(r, _)| r))
+        .collect()
+}
+
 fn get_opt_str(d: &Document, k: &str) -> Option<String> {
     d.get_str(k).ok().map(str::to_string)
 }
@@ -577,22 +599,12 @@ impl DocumentStore for MongoDocumentStore {
         now_ms: i64,
         limit: usize,
     ) -> BoxFut<Result<Vec<MessageRecord>, StoreError>> {
-        let db = self.db.clone();
-        async move {
-            let docs: Vec<Document> = db
-                .collection::<Document>("messages")
-                .find(doc! {"status": "sent", "lookup_at": {"$lte": date(now_ms)}})
-                .sort(doc! {"lookup_at": 1})
-                .limit(limit as i64)
-                .await
-                .map_err(transient)?
-                .try_collect()
-                .await
-                .map_err(transient)?;
-            docs.iter()
-                .map(|d| parse_message(d).map(|(r, _)| r))
-                .collect()
-        }
+        find_messages(
+            self.db.clone(),
+            doc! {"status": "sent", "lookup_at": {"$lte": date(now_ms)}},
+            doc! {"lookup_at": 1},
+            limit,
+        )
         .boxed()
     }
 
@@ -649,19 +661,7 @@ impl DocumentStore for MongoDocumentStore {
                     doc! {"_id": 1},
                 ),
             };
-            let docs: Vec<Document> = db
-                .collection::<Document>("messages")
-                .find(filter)
-                .sort(sort)
-                .limit(limit as i64)
-                .await
-                .map_err(transient)?
-                .try_collect()
-                .await
-                .map_err(transient)?;
-            docs.iter()
-                .map(|d| parse_message(d).map(|(r, _)| r))
-                .collect()
+            find_messages(db, filter, sort, limit).await
         }
         .boxed()
     }
