@@ -1038,3 +1038,80 @@ fn r9_provider_down_five_minutes_while_events_flow() {
     }
     .record();
 }
+
+/// R10 (G12 with two instances): both instances send the welcome messages of 6,000 users
+/// behind a rate limit of 40/s each while Redis — their shared retry schedule and liveness —
+/// is SIGSTOPped for 15 s, twice. A stall shorter than a holder's liveness (30 s) must not
+/// let the other instance claim sends marked started: no accepted send repeated, every
+/// message delivered.
+#[test]
+#[ignore = "fault-injection runner: scripts/chaos.sh"]
+fn r10_redis_stalls_under_two_sending_instances() {
+    const N: usize = 6_000;
+    let mut names = Names::new("chaos_r10", 4);
+    let dir = log_dir().join(&names.base);
+    let redis_port = free_port();
+    let redis = durable_redis(redis_port, &dir.join("redis"));
+    names.redis = format!("redis://127.0.0.1:{redis_port}/0");
+    let sim = free_port();
+    let _sim = spawn_sim(sim, SIM_SECRET, &[], "r10");
+    let config = log_dir().join(format!("{}.toml", names.base));
+    welcome_config(&config, sim, "sweep_ms = 500", "");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("rate_per_sec = 5000", "rate_per_sec = 40");
+    std::fs::write(&config, text).unwrap();
+    produce_records(
+        &names,
+        &welcome_records("r10", N, |i| format!("+1666{i:06}")),
+    );
+    let mut first = spawn_welcome_herald(&names, &config, "r10-a");
+    let mut second = spawn_welcome_herald(&names, &config, "r10-b");
+    let stall = |secs: u64| {
+        signal(redis.0.id(), "-STOP");
+        std::thread::sleep(Duration::from_secs(secs));
+        signal(redis.0.id(), "-CONT");
+    };
+    wait_sends(sim, 1_000, Duration::from_secs(180));
+    stall(15);
+    wait_sends(sim, 3_500, Duration::from_secs(300));
+    stall(15);
+    let last_fault = Instant::now();
+    let delivered = wait_delivered(&names, N, Duration::from_secs(600));
+    let recover_s = last_fault.elapsed().as_secs_f64();
+    let sends = block_on(sim_sends(sim));
+    let mut per_key: BTreeMap<String, u64> = BTreeMap::new();
+    for s in &sends {
+        let key = s["idempotency_key"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        *per_key.entry(key).or_default() += 1 + s["repeats"].as_u64().unwrap_or(0);
+    }
+    let repeated: u64 = per_key.values().map(|n| n - 1).sum();
+    let messages = block_on(mongo_messages(&names));
+    let wrong = messages
+        .values()
+        .filter(|d| d.get_str("status") != Ok("delivered"))
+        .count();
+    kill9(&mut first);
+    kill9(&mut second);
+    Outcome {
+        scenario: "R10",
+        what: "Redis SIGSTOPped 15 s, twice, while two instances send 6,000 messages behind a rate limit of 40/s each",
+        events: (2 * N) as u64,
+        faults: "2 Redis stalls".into(),
+        lost: (N - messages.len().min(N) + wrong) as i64,
+        doubled: repeated as i64,
+        users_differing: 0,
+        dead_lettered: 0,
+        dead_expected: 0,
+        recover_s,
+        notes: format!(
+            "{} keys sent, {repeated} sends repeated (no crash: none allowed); {delivered} of {N} delivered",
+            per_key.len()
+        ),
+    }
+    .record();
+    drop(redis);
+}
