@@ -865,6 +865,30 @@ fn wait_sends(sim: u16, n: usize, limit: Duration) {
     }
 }
 
+/// The welcome campaign's configuration with its provider limited to `rate` sends a second.
+fn rate_limited_welcome_config(path: &std::path::Path, sim: u16, rate: u32) {
+    welcome_config(path, sim, "sweep_ms = 500", "");
+    let text = std::fs::read_to_string(path)
+        .unwrap()
+        .replace("rate_per_sec = 5000", &format!("rate_per_sec = {rate}"));
+    std::fs::write(path, text).unwrap();
+}
+
+/// How many `Idempotency-Key`s the provider simulator received, and how many requests
+/// repeated one.
+fn repeated_sends(sim: u16) -> (usize, u64) {
+    let sends = block_on(sim_sends(sim));
+    let mut per_key: BTreeMap<String, u64> = BTreeMap::new();
+    for s in &sends {
+        let key = s["idempotency_key"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        *per_key.entry(key).or_default() += 1 + s["repeats"].as_u64().unwrap_or(0);
+    }
+    (per_key.len(), per_key.values().map(|n| n - 1).sum())
+}
+
 /// R8 (G12): no crash, only stalls of the stores while sends are in flight and thousands of
 /// jobs wait behind the provider's rate limit: MongoDB SIGSTOPped 30 s, Redis 15 s, MongoDB
 /// 90 s (longer than every lease). No accepted send may be repeated, every message ends right.
@@ -883,11 +907,7 @@ fn r8_store_stalls_while_sends_wait_and_fly() {
     let _sim = spawn_sim(sim, SIM_SECRET, &[], "r8");
     let config = log_dir().join(format!("{}.toml", names.base));
     // 40 sends a second: the 6,000 messages wait behind the rate limit for 150 s.
-    welcome_config(&config, sim, "sweep_ms = 500", "");
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("rate_per_sec = 5000", "rate_per_sec = 40");
-    std::fs::write(&config, text).unwrap();
+    rate_limited_welcome_config(&config, sim, 40);
     produce_records(
         &names,
         &welcome_records("r8", N, |i| format!("+1777{i:06}")),
@@ -907,16 +927,7 @@ fn r8_store_stalls_while_sends_wait_and_fly() {
     let last_fault = Instant::now();
     let delivered = wait_delivered(&names, N, Duration::from_secs(600));
     let recover_s = last_fault.elapsed().as_secs_f64();
-    let sends = block_on(sim_sends(sim));
-    let mut per_key: BTreeMap<String, u64> = BTreeMap::new();
-    for s in &sends {
-        let key = s["idempotency_key"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        *per_key.entry(key).or_default() += 1 + s["repeats"].as_u64().unwrap_or(0);
-    }
-    let repeated: u64 = per_key.values().map(|n| n - 1).sum();
+    let (keys, repeated) = repeated_sends(sim);
     let messages = block_on(mongo_messages(&names));
     let wrong = messages
         .values()
@@ -939,8 +950,7 @@ fn r8_store_stalls_while_sends_wait_and_fly() {
         dead_expected: 0,
         recover_s,
         notes: format!(
-            "{} keys sent, {repeated} sends repeated (no crash: none allowed); {delivered} of {N} delivered, {sent_only} still `sent` (a callback lost in a stall)",
-            per_key.len()
+            "{keys} keys sent, {repeated} sends repeated (no crash: none allowed); {delivered} of {N} delivered, {sent_only} still `sent` (a callback lost in a stall)"
         ),
     }
     .record();
@@ -1056,11 +1066,7 @@ fn r10_redis_stalls_under_two_sending_instances() {
     let sim = free_port();
     let _sim = spawn_sim(sim, SIM_SECRET, &[], "r10");
     let config = log_dir().join(format!("{}.toml", names.base));
-    welcome_config(&config, sim, "sweep_ms = 500", "");
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("rate_per_sec = 5000", "rate_per_sec = 40");
-    std::fs::write(&config, text).unwrap();
+    rate_limited_welcome_config(&config, sim, 40);
     produce_records(
         &names,
         &welcome_records("r10", N, |i| format!("+1666{i:06}")),
@@ -1079,16 +1085,7 @@ fn r10_redis_stalls_under_two_sending_instances() {
     let last_fault = Instant::now();
     let delivered = wait_delivered(&names, N, Duration::from_secs(600));
     let recover_s = last_fault.elapsed().as_secs_f64();
-    let sends = block_on(sim_sends(sim));
-    let mut per_key: BTreeMap<String, u64> = BTreeMap::new();
-    for s in &sends {
-        let key = s["idempotency_key"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        *per_key.entry(key).or_default() += 1 + s["repeats"].as_u64().unwrap_or(0);
-    }
-    let repeated: u64 = per_key.values().map(|n| n - 1).sum();
+    let (keys, repeated) = repeated_sends(sim);
     let messages = block_on(mongo_messages(&names));
     let wrong = messages
         .values()
@@ -1108,8 +1105,7 @@ fn r10_redis_stalls_under_two_sending_instances() {
         dead_expected: 0,
         recover_s,
         notes: format!(
-            "{} keys sent, {repeated} sends repeated (no crash: none allowed); {delivered} of {N} delivered",
-            per_key.len()
+            "{keys} keys sent, {repeated} sends repeated (no crash: none allowed); {delivered} of {N} delivered"
         ),
     }
     .record();
