@@ -134,6 +134,8 @@ pub struct UserSnapshot {
     pub positions: Vec<(u32, u64)>,
     /// The whole dedup window, oldest first (what is older than `dedup.window_ms` left out).
     pub seen: Vec<(u64, i64)>,
+    /// Its part in identity merges.
+    pub identity: Option<Box<crate::domain::identity::Identity>>,
 }
 
 impl UserSnapshot {
@@ -145,6 +147,7 @@ impl UserSnapshot {
             profile: state.profile.clone(),
             positions: state.positions.clone(),
             seen: state.seen.entries().collect(),
+            identity: state.identity.clone(),
         }
     }
 }

@@ -53,6 +53,8 @@ pub struct Metrics {
     callback_journal_dropped: Family<Labels, Counter>,
     early_callbacks: Family<Labels, Counter>,
     status_lookups: Family<Labels, Counter>,
+    merges: Family<Labels, Counter>,
+    pub messages_forwarded: Counter,
     suppressed: Family<Labels, Counter>,
     ingest_requests: Family<Labels, Counter>,
     ingest_messages: Family<Labels, Counter>,
@@ -126,6 +128,8 @@ impl Metrics {
         let callback_journal_dropped = Family::<Labels, Counter>::default();
         let early_callbacks = Family::<Labels, Counter>::default();
         let status_lookups = Family::<Labels, Counter>::default();
+        let merges = Family::<Labels, Counter>::default();
+        let messages_forwarded = Counter::default();
         let suppressed = Family::<Labels, Counter>::default();
         let ingest_requests = Family::<Labels, Counter>::default();
         let ingest_messages = Family::<Labels, Counter>::default();
@@ -240,6 +244,18 @@ impl Metrics {
             status_lookups.clone(),
         );
         registry.register(
+            "herald_merges",
+            "Aliases by outcome: merged, same_id and already_merged (nothing to do), \
+             blocked_id and merge_limit (dead-lettered), retargeted (the source had been merged \
+             into another id), gave_way (a merge waiting on this one went first)",
+            merges.clone(),
+        );
+        registry.register(
+            "herald_messages_forwarded",
+            "Records of merged ids forwarded to the profile they were merged into",
+            messages_forwarded.clone(),
+        );
+        registry.register(
             "herald_suppressed",
             "Suppression events by reason: an address newly suppressed by a provider's report, \
              and each triggered message skipped because its address is suppressed",
@@ -288,6 +304,8 @@ impl Metrics {
             callback_journal_dropped,
             early_callbacks,
             status_lookups,
+            merges,
+            messages_forwarded,
             suppressed,
             ingest_requests,
             ingest_messages,
@@ -564,6 +582,21 @@ impl Metrics {
                 ("outcome", outcome.to_string()),
             ])
             .inc();
+    }
+
+    pub fn merge(&self, outcome: &str) {
+        self.merges
+            .get_or_create(&vec![("outcome", outcome.to_string())])
+            .inc();
+    }
+
+    /// A record dead-lettered by the merge rules (`blocked_id`, `merge_limit`).
+    pub fn merge_refused(&self, reason: &'static str) {
+        self.merge(reason);
+        self.invalid
+            .get_or_create(&vec![("reason", reason.to_string())])
+            .inc();
+        self.invalid_total.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn suppressed(&self, reason: &str) {

@@ -105,7 +105,7 @@ fn every_rule_of_the_tracking_api() {
                 {"type": "group", "userId": "u-1", "groupId": "g-1", "messageId": "m-5",
                  "timestamp": "2026-11-23T09:00:03.000Z", "traits": {"name": "Acme"}},
                 track("u-1", "m-6", "bad/name"),
-                {"type": "alias", "userId": "u-1", "previousId": "anon-1", "messageId": "m-7",
+                {"type": "alias", "userId": "u-1", "messageId": "m-7",
                  "timestamp": "2026-11-23T09:00:04.000Z"},
                 // No messageId, no timestamp: both filled, the time corrected by the device's
                 // clock (sent 10 s after the event).
@@ -137,7 +137,10 @@ fn every_rule_of_the_tracking_api() {
         assert_eq!(rejected.len(), 2, "{answer}");
         assert_eq!(rejected[0].0, 5);
         assert!(rejected[0].1.starts_with("bad_event_name"), "{rejected:?}");
-        assert_eq!(rejected[1], (6, "unsupported_type: alias".to_string()));
+        assert_eq!(
+            rejected[1],
+            (6, "missing_field: `previousId` is required".to_string())
+        );
 
         // The key in the body instead of the header; a single-message route; gzip.
         let single = json!({"writeKey": "key-two", "userId": "u-3", "messageId": "m-8",
@@ -305,7 +308,7 @@ fn every_rule_of_the_tracking_api() {
         assert_eq!(dead.len(), 2, "{dead:?}");
         assert_eq!(
             reasons,
-            BTreeSet::from(["bad_event_name".to_string(), "unsupported_type".to_string()])
+            BTreeSet::from(["bad_event_name".to_string(), "missing_field".to_string()])
         );
 
         // `users`: the oracle's replay of what was published.

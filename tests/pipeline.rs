@@ -633,7 +633,6 @@ fn every_rejection_reason_is_dead_lettered_and_the_partition_goes_on() {
         (RejectReason::UnknownType, br#"{"messageId":"x","type":"pageview","userId":"u-1","timestamp":"2026-11-23T10:00:00Z"}"#.to_vec()),
         (RejectReason::BadTimestamp, br#"{"messageId":"x","type":"track","userId":"u-1","timestamp":"soon","event":"e"}"#.to_vec()),
         (RejectReason::BadEventName, br#"{"messageId":"x","type":"track","userId":"u-1","timestamp":"2026-11-23T10:00:00Z","event":"a/b"}"#.to_vec()),
-        (RejectReason::UnsupportedType, br#"{"messageId":"x","type":"alias","userId":"u-1","previousId":"a-1","timestamp":"2026-11-23T10:00:00Z"}"#.to_vec()),
     ];
     assert_eq!(bad.len(), RejectReason::ALL.len(), "every reason covered");
     let mut valid = Vec::new();

@@ -28,6 +28,7 @@ fn snapshot(user: &str, s: &UserState) -> Arc<UserSnapshot> {
         profile: s.profile.clone(),
         positions: s.positions.clone(),
         seen: s.seen.entries().collect(),
+        identity: s.identity.clone(),
     })
 }
 

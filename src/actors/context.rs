@@ -14,7 +14,7 @@ use crate::ports::{Clock, DocumentStore, RetrySchedule, Source, StateCache};
 use crate::telemetry::Metrics;
 
 use super::dispatcher::Dispatcher;
-use super::messages::{ApplyBatch, Escalate, FlushNow};
+use super::messages::{ApplyBatch, Escalate, FlushNow, MergeStep};
 
 /// The numbers the actors run by (from [`Config`]).
 #[derive(Debug, Clone)]
@@ -39,6 +39,7 @@ pub struct Settings {
     pub callback_base_url: String,
     pub early_callbacks: super::callback_handler::EarlyCallbacks,
     pub lookups: super::status_lookup::LookupSettings,
+    pub merge: MergeSettings,
     pub shutdown_timeout: Duration,
     /// Poison records per minute on one shard beyond which the shard escalates
     /// (`pipeline.max_poison_per_minute`).
@@ -46,6 +47,14 @@ pub struct Settings {
     /// Fault injection for tests (`HERALD_FAULT_PANIC_ON`, comma-separated messageIds): the
     /// application of a record with one of these ids panics.
     pub fault_panic_on: Vec<String>,
+}
+
+/// Identity merge (`[merge]`).
+#[derive(Debug, Clone)]
+pub struct MergeSettings {
+    pub max_ids: usize,
+    pub blocked: crate::domain::merge::BlockedIds,
+    pub mark_ttl_ms: i64,
 }
 
 /// The environment variable that names messageIds whose application panics (tests of poison
@@ -81,6 +90,13 @@ impl Settings {
                 },
                 per_sec: c.reconcile.lookups_per_sec,
                 every: Duration::from_millis(c.reconcile.lookup_every_ms),
+            },
+            merge: MergeSettings {
+                max_ids: c.merge.max_ids,
+                // Checked by `Config::load`.
+                blocked: crate::domain::merge::BlockedIds::new(&c.merge.blocked_ids)
+                    .unwrap_or_default(),
+                mark_ttl_ms: c.merge.mark_ttl_ms as i64,
             },
             shutdown_timeout: Duration::from_millis(c.shutdown.timeout_ms),
             max_poison_per_minute: c.pipeline.max_poison_per_minute,
@@ -177,4 +193,5 @@ impl Shared {
 pub struct Shard {
     pub apply: Recipient<ApplyBatch>,
     pub flush: Recipient<FlushNow>,
+    pub merge: Recipient<MergeStep>,
 }

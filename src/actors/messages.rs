@@ -10,6 +10,7 @@ use tokio::sync::oneshot;
 
 use crate::domain::campaign::TriggeredMessage;
 use crate::domain::event::Event;
+use crate::domain::identity::Handover;
 use crate::ports::{DeadLetter, Record, UserSnapshot};
 
 /// One decoded record, with the raw record kept so a store refusal can dead-letter it.
@@ -18,6 +19,28 @@ pub struct UserRecord {
     /// Record time (ms), for end-to-end latency.
     pub ts: i64,
     pub raw: Record,
+    /// The user it applies to when that is not its own (`event.user_id`): its user was merged
+    /// into this one, and the record forwarded.
+    pub target: Option<Arc<str>>,
+    /// How often it was forwarded.
+    pub hops: u8,
+}
+
+impl UserRecord {
+    pub fn new(event: Event, ts: i64, raw: Record) -> Self {
+        UserRecord {
+            event,
+            ts,
+            raw,
+            target: None,
+            hops: 0,
+        }
+    }
+
+    /// The user this record applies to.
+    pub fn key(&self) -> &str {
+        self.target.as_deref().unwrap_or(&self.event.user_id)
+    }
 }
 
 /// A partition incarnation as its user shards see it: where durability is reported, and
@@ -139,6 +162,40 @@ pub struct WriteOutcome {
     pub stale: Vec<Arc<str>>,
     /// The store refused the document (bad data): its records were dead-lettered.
     pub refused: Vec<(Arc<str>, String)>,
+}
+
+/// Between user shards: the steps of an identity merge (ARCHITECTURE.md, "Identity merge").
+#[derive(Message)]
+#[rtype(result = "()")]
+pub enum MergeStep {
+    /// Seal `source` into `into` (the alias's `userId`; to the shard owning `source`), and
+    /// answer `target` (the live id `into` resolves to, where the merge happens) at shard
+    /// `reply_to`.
+    Seal {
+        source: Arc<str>,
+        into: Arc<str>,
+        target: Arc<str>,
+        reply_to: usize,
+    },
+    /// What the seal of `source` into `target` found (to the shard owning `target`).
+    Answer {
+        target: Arc<str>,
+        source: Arc<str>,
+        answer: SealAnswer,
+    },
+}
+
+/// A seal's answer.
+#[derive(Debug, Clone)]
+pub enum SealAnswer {
+    /// Sealed (durably): its profile and absorbed ids, to merge.
+    Sealed(Handover),
+    /// It was merged into this other id.
+    Elsewhere(Arc<str>),
+    /// A merge into it is under way.
+    Busy,
+    /// Its stored state cannot be read (the user is quarantined).
+    Unreadable(String),
 }
 
 /// Flush whatever is pending now (used on shutdown and by tests).

@@ -158,7 +158,8 @@ impl Pipeline {
                 });
                 Shard {
                     apply: addr.clone().recipient(),
-                    flush: addr.recipient(),
+                    flush: addr.clone().recipient(),
+                    merge: addr.recipient(),
                 }
             })
             .collect();

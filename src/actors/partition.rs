@@ -188,11 +188,7 @@ impl PartitionActor {
                 Ok(event) => {
                     let ts = record.timestamp_ms.unwrap_or(event.timestamp_ms);
                     let shard = shared.shard_index(&event.user_id);
-                    per_shard[shard].push(UserRecord {
-                        event,
-                        ts,
-                        raw: record,
-                    });
+                    per_shard[shard].push(UserRecord::new(event, ts, record));
                 }
                 Err(rejection) => {
                     ports.metrics.invalid_record(

@@ -31,6 +31,7 @@ pub use mask::mask_url_password;
 pub use messaging::{CampaignConfig, OnUnknownOutcome, ProviderConfig, ProviderKind};
 pub use pipeline::{
     AggregatorConfig, BatchConfig, DedupConfig, LimitsConfig, PipelineConfig, ReconcileConfig,
+    MergeConfig,
     RetryConfig,
 };
 pub use runtime::{LogConfig, LogFormat, TimeoutConfig};
@@ -86,6 +87,8 @@ pub struct Config {
     pub retry: RetryConfig,
     #[serde(default)]
     pub reconcile: ReconcileConfig,
+    #[serde(default)]
+    pub merge: MergeConfig,
     pub limits: LimitsConfig,
     pub startup: TimeoutConfig,
     pub shutdown: TimeoutConfig,
@@ -250,6 +253,8 @@ impl Config {
             ("reconcile.status_after_ms", self.reconcile.status_after_ms),
             ("reconcile.max_age_ms", self.reconcile.max_age_ms),
             ("reconcile.lookup_every_ms", self.reconcile.lookup_every_ms),
+            ("merge.max_ids", self.merge.max_ids as u64),
+            ("merge.mark_ttl_ms", self.merge.mark_ttl_ms),
             (
                 "limits.max_message_bytes",
                 self.limits.max_message_bytes as u64,
@@ -275,6 +280,9 @@ impl Config {
                 "reconcile.lookups_per_sec",
                 "must be greater than 0".into(),
             ));
+        }
+        if let Err(e) = crate::domain::merge::BlockedIds::new(&self.merge.blocked_ids) {
+            return Err(err("merge.blocked_ids", e));
         }
         if self.dedup.window_ms <= 0 {
             return Err(err("dedup.window_ms", "must be greater than 0".into()));

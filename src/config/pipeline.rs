@@ -100,3 +100,26 @@ impl Default for ReconcileConfig {
         }
     }
 }
+
+/// Identity merge (`alias`, `[merge]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MergeConfig {
+    /// A profile that absorbed this many ids takes no more (`merge_limit`).
+    pub max_ids: usize,
+    /// Ids no alias may name besides the built-in placeholders: regular expressions, each
+    /// matching a whole id (`blocked_id`).
+    pub blocked_ids: Vec<String>,
+    /// A merge's mark on its target older than this is one left behind, and not honoured.
+    pub mark_ttl_ms: u64,
+}
+
+impl Default for MergeConfig {
+    fn default() -> Self {
+        MergeConfig {
+            max_ids: 100,
+            blocked_ids: Vec::new(),
+            mark_ttl_ms: 600_000,
+        }
+    }
+}

@@ -42,6 +42,9 @@ pub enum EventKind {
         /// `Some(v)` sets the group trait, `None` (JSON null) removes it.
         traits: Vec<(String, Option<Value>)>,
     },
+    /// `alias`: the profile of `previous_id` is merged into this user's (ARCHITECTURE.md,
+    /// "Identity merge"); it changes no profile by itself.
+    Alias { previous_id: String },
 }
 
 /// The event a `page` message counts as.
@@ -62,12 +65,10 @@ pub enum RejectReason {
     UnknownType,
     BadTimestamp,
     BadEventName,
-    /// A Segment type Herald does not apply yet (`alias`).
-    UnsupportedType,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 10] = [
+    pub const ALL: [RejectReason; 9] = [
         RejectReason::TooLarge,
         RejectReason::NotUtf8,
         RejectReason::NotJson,
@@ -77,7 +78,6 @@ impl RejectReason {
         RejectReason::UnknownType,
         RejectReason::BadTimestamp,
         RejectReason::BadEventName,
-        RejectReason::UnsupportedType,
     ];
 
     pub fn code(self) -> &'static str {
@@ -91,7 +91,6 @@ impl RejectReason {
             RejectReason::UnknownType => "unknown_type",
             RejectReason::BadTimestamp => "bad_timestamp",
             RejectReason::BadEventName => "bad_event_name",
-            RejectReason::UnsupportedType => "unsupported_type",
         }
     }
 }
@@ -125,6 +124,8 @@ struct RawEvent<'a> {
     anonymous_id: Option<Cow<'a, str>>,
     #[serde(rename = "groupId", default, borrow)]
     group_id: Option<Cow<'a, str>>,
+    #[serde(rename = "previousId", default, borrow)]
+    previous_id: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     timestamp: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
@@ -411,12 +412,14 @@ fn validate(raw: RawEvent<'_>) -> Result<Event, Rejection> {
             group_id: check_id("groupId", required("groupId", raw.group_id)?)?,
             traits: trait_changes(raw.traits),
         },
-        "alias" => return Err(Rejection::new(RejectReason::UnsupportedType, "alias")),
+        "alias" => EventKind::Alias {
+            previous_id: check_id("previousId", required("previousId", raw.previous_id)?)?,
+        },
         other => {
             return Err(Rejection::new(
                 RejectReason::UnknownType,
                 format!(
-                    "`type` must be identify, track, page, screen or group, got {:?}",
+                    "`type` must be identify, track, page, screen, group or alias, got {:?}",
                     truncate(other, 64)
                 ),
             ))
@@ -606,8 +609,12 @@ mod tests {
             RejectReason::UnknownType
         );
         assert_eq!(
-            reason(format!(r#"{{{base},"type":"alias","previousId":"a"}}"#).as_bytes()),
-            RejectReason::UnsupportedType
+            reason(format!(r#"{{{base},"type":"alias"}}"#).as_bytes()),
+            RejectReason::MissingField
+        );
+        assert_eq!(
+            reason(format!(r#"{{{base},"type":"alias","previousId":""}}"#).as_bytes()),
+            RejectReason::BadField
         );
         assert_eq!(
             reason(br#"{"messageId":"m","type":"track","userId":"u","timestamp":"yesterday","event":"x"}"#),
@@ -681,8 +688,14 @@ mod tests {
             format!(r#"{{{at},"type":"alias","userId":"u","previousId":"a-1"}}"#).as_bytes(),
             MAX,
         )
-        .unwrap_err();
-        assert_eq!(alias.to_string(), "unsupported_type: alias");
+        .unwrap();
+        assert_eq!(alias.user_id, "u");
+        assert_eq!(
+            alias.kind,
+            EventKind::Alias {
+                previous_id: "a-1".into()
+            }
+        );
         let bad_anonymous = decode(
             format!(r#"{{{at},"type":"page","anonymousId":7}}"#).as_bytes(),
             MAX,

@@ -72,9 +72,32 @@ fn latest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
 /// `-1`.
 const BLOCKED: [&str; 5] = ["null", "undefined", "anonymous", "0", "-1"];
 
-/// Why an id may not take part in a merge, if it may not: built in ([`BLOCKED`]) or one of
-/// `also` (`merge.blocked_ids`, compared exactly).
-pub fn blocked(id: &str, also: &[String]) -> Option<&'static str> {
+/// The operator's blocked ids (`merge.blocked_ids`): regular expressions, each matching a
+/// whole id.
+#[derive(Debug, Clone, Default)]
+pub struct BlockedIds(Vec<regex::Regex>);
+
+impl BlockedIds {
+    /// Compiles the patterns; the error names the one that does not compile.
+    pub fn new(patterns: &[String]) -> Result<BlockedIds, String> {
+        patterns
+            .iter()
+            .map(|p| {
+                regex::Regex::new(&format!("^(?:{p})$"))
+                    .map_err(|e| format!("{p:?} is not a regular expression: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(BlockedIds)
+    }
+
+    fn matches(&self, id: &str) -> bool {
+        self.0.iter().any(|r| r.is_match(id))
+    }
+}
+
+/// Why an id may not take part in a merge, if it may not: built in ([`BLOCKED`]) or matching
+/// one of `also` (`merge.blocked_ids`).
+pub fn blocked(id: &str, also: &BlockedIds) -> Option<&'static str> {
     let trimmed = id.trim();
     if trimmed.is_empty() {
         return Some("blank id");
@@ -82,8 +105,8 @@ pub fn blocked(id: &str, also: &[String]) -> Option<&'static str> {
     if BLOCKED.iter().any(|b| trimmed.eq_ignore_ascii_case(b)) {
         return Some("placeholder id");
     }
-    if also.iter().any(|b| b == id) {
-        return Some("listed in merge.blocked_ids");
+    if also.matches(id) {
+        return Some("matches merge.blocked_ids");
     }
     None
 }
@@ -104,11 +127,12 @@ mod tests {
             "0",
             "-1",
         ] {
-            assert!(blocked(id, &[]).is_some(), "{id:?}");
+            assert!(blocked(id, &BlockedIds::default()).is_some(), "{id:?}");
         }
-        let also = vec!["guest".to_string()];
-        assert_eq!(blocked("guest", &also), Some("listed in merge.blocked_ids"));
-        for id in ["u-1", "anon-42", "00", "user@example.com", "Guest"] {
+        let also = BlockedIds::new(&["guest".to_string(), "[0-]+".to_string()]).unwrap();
+        assert_eq!(blocked("guest", &also), Some("matches merge.blocked_ids"));
+        assert_eq!(blocked("00-0", &also), Some("matches merge.blocked_ids"));
+        for id in ["u-1", "anon-42", "user@example.com", "Guest", "guests", "0x"] {
             assert_eq!(blocked(id, &also), None, "{id:?}");
         }
     }

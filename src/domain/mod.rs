@@ -4,6 +4,7 @@
 pub mod campaign;
 pub mod dedup;
 pub mod event;
+pub mod identity;
 pub mod keys;
 pub mod merge;
 pub mod message;

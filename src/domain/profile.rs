@@ -226,6 +226,10 @@ impl Profile {
     /// Applies one event's effect (no dedup: see `UserState::apply`). Same semantics as
     /// [`UserProfile::apply`], which the property tests hold it to.
     pub fn apply(&mut self, event: &Event) {
+        if matches!(event.kind, EventKind::Alias { .. }) {
+            // A merge, not a change of this profile (see `domain::merge`).
+            return;
+        }
         let t = event.timestamp_ms;
         self.first_seen = Some(self.first_seen.map_or(t, |f| f.min(t)));
         self.last_seen = Some(self.last_seen.map_or(t, |l| l.max(t)));
@@ -267,6 +271,7 @@ impl Profile {
                     ),
                 }
             }
+            EventKind::Alias { .. } => {}
             EventKind::Group { group_id, traits } => {
                 if self.groups.get(group_id).is_none() {
                     self.groups.insert(group_id, NameMap::default());

@@ -469,7 +469,7 @@ mod tests {
                 None,
                 None,
                 Some(RejectReason::MissingField),
-                Some(RejectReason::UnsupportedType),
+                None,
                 Some(RejectReason::UnknownType),
                 Some(RejectReason::NotObject),
             ]

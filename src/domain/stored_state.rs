@@ -1,10 +1,11 @@
 //! The stored forms of a user's state, with their schema versions.
 //!
-//! - The **cache entry** (Redis `state:{<id>}`, schema 3): one binary value holding the whole
-//!   state — version, positions, dedup window and the profile — so a cache hit is one read:
-//!   `"HS"`, schema (u8), version (u64), position count (u32) and `(partition u32, offset
-//!   u64)` pairs, window length (u32) and `(fingerprint u64, seen at i64)` pairs, then the
-//!   profile as JSON. Integers big-endian.
+//! - The **cache entry** (Redis `state:{<id>}`, schema 4): one binary value holding the whole
+//!   state — version, positions, dedup window, merge part and the profile — so a cache hit is
+//!   one read: `"HS"`, schema (u8), version (u64), position count (u32) and `(partition u32,
+//!   offset u64)` pairs, window length (u32) and `(fingerprint u64, seen at i64)` pairs, the
+//!   merge part's length (u32, 0 for none) and the part as JSON, then the profile as JSON.
+//!   Integers big-endian. Schema 3 (the same without the merge part) still loads.
 //! - The **dedup window** in the `users` document's `_herald.seen`: 16 bytes per entry,
 //!   `(fingerprint u64, seen at i64)` big-endian, oldest first.
 //! - **Legacy** states, as releases before MongoDB held the bookkeeping wrote them in Redis:
@@ -18,12 +19,15 @@
 use serde::{Deserialize, Serialize};
 
 use super::dedup::DedupWindow;
+use super::identity::Identity;
 use super::keys::message_fingerprint;
 use super::profile::Profile;
 use super::user::UserState;
 
 /// The cache-entry schema this release writes.
-pub const SCHEMA: u8 = 3;
+pub const SCHEMA: u8 = 4;
+/// The cache-entry schema before the merge part, still read.
+const SCHEMA_WITHOUT_MERGES: u8 = 3;
 /// The newest legacy (JSON) schema.
 const LEGACY_SCHEMA: u32 = 2;
 const MAGIC: &[u8; 2] = b"HS";
@@ -68,10 +72,15 @@ pub fn encode_cached(
     profile: &Profile,
     positions: &[(u32, u64)],
     seen: &[(u64, i64)],
+    identity: Option<&Identity>,
 ) -> Vec<u8> {
     let json = serde_json::to_vec(profile).unwrap_or_else(|_| b"{}".to_vec());
-    let mut out =
-        Vec::with_capacity(2 + 1 + 8 + 4 + positions.len() * 12 + 4 + seen.len() * 16 + json.len());
+    let identity = identity
+        .and_then(|i| serde_json::to_vec(i).ok())
+        .unwrap_or_default();
+    let mut out = Vec::with_capacity(
+        2 + 1 + 8 + 4 + positions.len() * 12 + 4 + seen.len() * 16 + 4 + identity.len() + json.len(),
+    );
     out.extend_from_slice(MAGIC);
     out.push(SCHEMA);
     out.extend_from_slice(&version.to_be_bytes());
@@ -82,6 +91,8 @@ pub fn encode_cached(
     }
     out.extend_from_slice(&(seen.len() as u32).to_be_bytes());
     out.extend_from_slice(&encode_seen(seen));
+    out.extend_from_slice(&(identity.len() as u32).to_be_bytes());
+    out.extend_from_slice(&identity);
     out.extend_from_slice(&json);
     out
 }
@@ -95,7 +106,7 @@ pub fn decode_cached(bytes: &[u8]) -> Result<UserState, Unreadable> {
         ));
     }
     let schema = r.take(1)?[0];
-    if schema != SCHEMA {
+    if schema != SCHEMA && schema != SCHEMA_WITHOUT_MERGES {
         return Err(Unreadable(format!(
             "the cached state has schema {schema}; this release reads {SCHEMA}"
         )));
@@ -109,6 +120,20 @@ pub fn decode_cached(bytes: &[u8]) -> Result<UserState, Unreadable> {
     positions.sort_unstable();
     let n = r.u32()? as usize;
     let seen = decode_seen(r.take(n.checked_mul(16).ok_or_else(truncated)?)?)?;
+    let identity = if schema == SCHEMA {
+        let n = r.u32()? as usize;
+        let bytes = r.take(n)?;
+        if n == 0 {
+            None
+        } else {
+            let identity: Identity = serde_json::from_slice(bytes).map_err(|e| {
+                Unreadable(format!("the cached merge part does not parse: {e}"))
+            })?;
+            Some(Box::new(identity))
+        }
+    } else {
+        None
+    };
     let profile: Profile = serde_json::from_slice(r.0)
         .map_err(|e| Unreadable(format!("the cached profile does not parse: {e}")))?;
     Ok(UserState {
@@ -116,6 +141,7 @@ pub fn decode_cached(bytes: &[u8]) -> Result<UserState, Unreadable> {
         profile,
         positions,
         seen: DedupWindow::from_entries(seen),
+        identity,
     })
 }
 
@@ -194,6 +220,7 @@ pub fn decode_legacy(blob: &[u8], seen: Vec<(u64, i64)>) -> Result<UserState, Un
         profile: stored.profile,
         positions,
         seen: DedupWindow::from_entries(entries),
+        identity: None,
     })
 }
 
@@ -229,17 +256,30 @@ mod tests {
     #[test]
     fn cache_entries_round_trip() {
         let p = profile();
-        let blob = encode_cached(4, &p, &[(1, 9), (0, 7)], &[(9, 1), (10, 2)]);
+        let blob = encode_cached(4, &p, &[(1, 9), (0, 7)], &[(9, 1), (10, 2)], None);
         let s = decode_cached(&blob).unwrap();
         assert_eq!(s.version, 4);
         assert_eq!(s.profile, p);
         assert_eq!(s.positions, vec![(0, 7), (1, 9)]);
         assert_eq!(s.seen.entries().collect::<Vec<_>>(), vec![(9, 1), (10, 2)]);
+        assert_eq!(s.identity, None);
+        let mut sealed = s.clone();
+        sealed.seal("b");
+        let blob = encode_cached(
+            5,
+            &sealed.profile,
+            &[],
+            &[],
+            sealed.identity.as_deref(),
+        );
+        let back = decode_cached(&blob).unwrap();
+        assert_eq!(back.merged_into(), Some("b"));
+        assert_eq!(back.handed_over().profile, p);
     }
 
     #[test]
     fn broken_or_foreign_cache_entries_are_unreadable() {
-        let blob = encode_cached(4, &profile(), &[(0, 7)], &[(9, 1)]);
+        let blob = encode_cached(4, &profile(), &[(0, 7)], &[(9, 1)], None);
         for cut in [0, 1, 3, 10, 20, 30] {
             assert!(decode_cached(&blob[..cut]).is_err(), "cut at {cut}");
         }
@@ -247,6 +287,12 @@ mod tests {
         newer[2] = SCHEMA + 1;
         assert!(decode_cached(&newer).unwrap_err().0.contains("schema"));
         assert!(decode_cached(br#"{"schema":2}"#).is_err());
+        // Schema 3 (no merge part) still loads.
+        let mut v3 = blob[..3 + 8 + 4 + 12 + 4 + 16].to_vec();
+        v3[2] = 3;
+        v3.extend_from_slice(&blob[3 + 8 + 4 + 12 + 4 + 16 + 4..]);
+        let s = decode_cached(&v3).unwrap();
+        assert_eq!(s.profile, profile());
     }
 
     #[test]

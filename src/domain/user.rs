@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::dedup::DedupWindow;
 use super::event::Event;
+use super::identity::Identity;
 use super::keys::message_fingerprint;
 use super::profile::Profile;
 pub use super::user_profile::{EventStats, TraitLookup, UserProfile};
@@ -57,6 +58,8 @@ pub struct UserState {
     /// Last applied offset per partition, sorted by partition (few entries).
     pub positions: Vec<(u32, u64)>,
     pub seen: DedupWindow,
+    /// Its part in identity merges (boxed: most users have none).
+    pub identity: Option<Box<Identity>>,
 }
 
 impl UserState {
@@ -111,9 +114,25 @@ impl UserState {
         ApplyOutcome::Applied
     }
 
+    /// Whether a record at `position` with this messageId was applied already (without
+    /// applying it): how a sealed user tells its own replays from records to forward.
+    pub fn is_replay(&self, position: Option<Position>, message_id: &str) -> bool {
+        position.is_some_and(|pos| {
+            self.last_position(pos.partition)
+                .is_some_and(|last| pos.offset <= last)
+        }) || self.seen.contains(message_fingerprint(message_id))
+    }
+
     /// Bytes this state holds on the heap (names are shared and not counted).
     pub fn heap_bytes(&self) -> usize {
-        self.profile.heap_bytes() + self.positions.capacity() * 16 + self.seen.heap_bytes()
+        self.profile.heap_bytes()
+            + self.positions.capacity() * 16
+            + self.seen.heap_bytes()
+            + self.identity.as_ref().map_or(0, |i| {
+                std::mem::size_of::<Identity>()
+                    + i.absorbed.iter().map(|a| a.capacity() + 24).sum::<usize>()
+                    + i.handed.as_ref().map_or(0, Profile::heap_bytes)
+            })
     }
 }
 

@@ -38,6 +38,10 @@ impl UserProfile {
     /// Applies one event's effect on the profile (no dedup: see
     /// [`UserState::apply`](super::user::UserState::apply)).
     pub fn apply(&mut self, event: &Event) {
+        if matches!(event.kind, EventKind::Alias { .. }) {
+            // A merge, not a change of this profile (see `domain::merge`).
+            return;
+        }
         let t = event.timestamp_ms;
         self.first_seen = Some(self.first_seen.map_or(t, |f| f.min(t)));
         self.last_seen = Some(self.last_seen.map_or(t, |l| l.max(t)));
@@ -87,6 +91,7 @@ impl UserProfile {
                     }
                 }
             }
+            EventKind::Alias { .. } => {}
             EventKind::Group { group_id, traits } => {
                 let group = self.groups.entry(group_id.clone()).or_default();
                 for (key, value) in traits {

@@ -54,12 +54,29 @@ impl MemoryDocumentStore {
         Arc::new(Self::default())
     }
 
-    /// Every user document's aggregated profile, by user id.
+    /// Every live user document's aggregated profile, by user id (merged ids left out: see
+    /// [`Self::merged`]).
     pub fn users(&self) -> BTreeMap<String, UserProfile> {
         let mut out = BTreeMap::new();
         for shard in &self.users {
             for (id, (snapshot, _, _)) in shard.lock().iter() {
+                if snapshot.identity.as_ref().is_some_and(|i| i.merged_into.is_some()) {
+                    continue;
+                }
                 out.insert(id.to_string(), snapshot.profile.to_view());
+            }
+        }
+        out
+    }
+
+    /// Every merged id, with the id it was merged into (`merged_into`).
+    pub fn merged(&self) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for shard in &self.users {
+            for (id, (snapshot, _, _)) in shard.lock().iter() {
+                if let Some(into) = snapshot.identity.as_ref().and_then(|i| i.merged_into.clone()) {
+                    out.insert(id.to_string(), into);
+                }
             }
         }
         out
@@ -74,6 +91,7 @@ impl MemoryDocumentStore {
             profile: s.profile.clone(),
             positions: s.positions.clone(),
             seen: DedupWindow::from_entries(s.seen.clone()),
+            identity: s.identity.clone(),
         })
     }
 
@@ -122,6 +140,7 @@ impl DocumentStore for MemoryDocumentStore {
                         profile: snapshot.profile.clone(),
                         positions: snapshot.positions.clone(),
                         seen: DedupWindow::from_entries(snapshot.seen.clone()),
+                        identity: snapshot.identity.clone(),
                     }),
                     None => StoredUser::Absent,
                 },

@@ -48,6 +48,7 @@ fn state_of(s: &UserSnapshot) -> UserState {
         profile: s.profile.clone(),
         positions: s.positions.clone(),
         seen: DedupWindow::from_entries(s.seen.clone()),
+        identity: s.identity.clone(),
     }
 }
 

@@ -2,8 +2,11 @@
 //! Herald's bookkeeping under `_herald` — `v` the version, `w` the token of the flush that
 //! wrote it, `s` the schema, `pos` the last applied offset per source partition, `seen` the
 //! dedup window (16 bytes per entry, base64: a string, which every MongoDB-protocol server
-//! stores, where BSON binary is not always supported) — written together in one
-//! version-filtered replacement: MongoDB is the system of record, and the fence.
+//! stores, where BSON binary is not always supported), and for a user an alias named (schema
+//! 4) `m` the ids it absorbed, `a` the merge under way into it, `h` the profile it handed
+//! over when it was merged — written together in one version-filtered replacement: MongoDB is
+//! the system of record, and the fence. A merged id's document is `{_id, merged_into}` and its
+//! `_herald`, without profile fields.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -14,6 +17,7 @@ use mongodb::bson::{doc, Bson, DateTime, Document};
 use mongodb::Database;
 
 use crate::domain::dedup::DedupWindow;
+use crate::domain::identity::{Absorbing, Identity};
 use crate::domain::profile::{NameMap, Profile};
 use crate::domain::stored_state::{decode_seen, encode_seen};
 use crate::domain::user::{EventStats, UserProfile, UserState};
@@ -21,8 +25,11 @@ use crate::ports::{StoreError, StoredUser, UserSnapshot};
 
 use super::{bson_i64, transient};
 
-/// The `_herald` schema this release writes.
-pub const BOOKKEEPING_SCHEMA: i32 = 3;
+/// The `_herald` schema this release writes for a user with a part in merges (the newest it
+/// reads).
+pub const BOOKKEEPING_SCHEMA: i32 = 4;
+/// The `_herald` schema of a user no alias named (the releases before merges read it).
+const SCHEMA_WITHOUT_MERGES: i32 = 3;
 
 fn date(ms: i64) -> Bson {
     Bson::DateTime(DateTime::from_millis(ms))
@@ -81,23 +88,75 @@ pub fn user_document(u: &UserSnapshot, token: u64, updated_at: i64) -> Document 
     // `_id` in the replacement too: some servers (nx-27017) otherwise give an upserted
     // document a fresh ObjectId instead of the query's `_id`.
     let mut d = doc! {"_id": &*u.user_id};
-    d.extend(profile_document(&u.profile, updated_at));
+    let identity = u.identity.as_deref();
+    match identity.and_then(|i| i.merged_into.as_deref()) {
+        Some(into) => {
+            d.insert("merged_into", into);
+        }
+        None => d.extend(profile_document(&u.profile, updated_at)),
+    }
     let positions: Document = u
         .positions
         .iter()
         .map(|(p, o)| (p.to_string(), Bson::Int64(*o as i64)))
         .collect();
-    d.insert(
-        "_herald",
-        doc! {
-            "v": u.version as i64,
-            "w": token as i64,
-            "s": BOOKKEEPING_SCHEMA,
-            "pos": positions,
-            "seen": base64::engine::general_purpose::STANDARD.encode(encode_seen(&u.seen)),
-        },
-    );
+    let mut herald = doc! {
+        "v": u.version as i64,
+        "w": token as i64,
+        "s": if identity.is_some() { BOOKKEEPING_SCHEMA } else { SCHEMA_WITHOUT_MERGES },
+        "pos": positions,
+        "seen": base64::engine::general_purpose::STANDARD.encode(encode_seen(&u.seen)),
+    };
+    if let Some(i) = identity {
+        if !i.absorbed.is_empty() {
+            herald.insert("m", i.absorbed.clone());
+        }
+        if let Some(a) = &i.absorbing {
+            herald.insert("a", doc! {"id": &a.id, "since": a.since_ms});
+        }
+        if let Some(h) = &i.handed {
+            // The profile as JSON text: read back only by Herald, exactly as it was.
+            herald.insert("h", serde_json::to_string(h).unwrap_or_default());
+        }
+    }
+    d.insert("_herald", herald);
     d
+}
+
+/// The merge part `_herald` holds (schema 4), if any.
+fn parse_identity(d: &Document, herald: &Document) -> Result<Option<Identity>, String> {
+    let mut identity = Identity {
+        merged_into: d.get_str("merged_into").ok().map(str::to_string),
+        ..Identity::default()
+    };
+    if let Ok(m) = herald.get_array("m") {
+        let mut ids = Vec::with_capacity(m.len());
+        for id in m {
+            match id.as_str() {
+                Some(id) => ids.push(id.to_string()),
+                None => return Err("the document's _herald.m holds a non-string".into()),
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        identity.absorbed = ids;
+    }
+    if let Ok(a) = herald.get_document("a") {
+        let (Ok(id), Some(since_ms)) = (a.get_str("id"), a.get("since").and_then(bson_i64)) else {
+            return Err("the document's _herald.a is not {id, since}".into());
+        };
+        identity.absorbing = Some(Absorbing {
+            id: id.to_string(),
+            since_ms,
+        });
+    }
+    if let Ok(h) = herald.get_str("h") {
+        identity.handed = Some(
+            serde_json::from_str(h)
+                .map_err(|e| format!("the document's _herald.h does not parse: {e}"))?,
+        );
+    }
+    Ok((!identity.is_empty()).then_some(identity))
 }
 
 /// The filter a snapshot's write replaces: the user's document at the version the snapshot
@@ -221,11 +280,21 @@ pub fn parse_user(d: &Document) -> StoredUser {
             return StoredUser::Unreadable("the document's _herald.seen is not a string".into())
         }
     };
+    let identity = match parse_identity(d, herald) {
+        Ok(i) => i.map(Box::new),
+        Err(e) => return StoredUser::Unreadable(e),
+    };
+    let profile = if identity.as_ref().is_some_and(|i| i.merged_into.is_some()) {
+        Profile::default()
+    } else {
+        parse_profile(d)
+    };
     StoredUser::Found(UserState {
         version: version as u64,
-        profile: parse_profile(d),
+        profile,
         positions,
         seen: DedupWindow::from_entries(seen),
+        identity,
     })
 }
 

@@ -11,6 +11,9 @@
 //! beyond it, and after `aggregator.idle_ms` without records, durable users are passivated,
 //! the least valuable first (a CLOCK sweep whose second chances count recent use).
 //!
+//! An alias merges one user into another through messages between shards
+//! ([`merge`]); a merged user's records are forwarded to the user it was merged into.
+//!
 //! A user whose write turns out stale (another instance moved it on), or whose application
 //! panicked, is dropped and its records since its last durable write are applied again to a
 //! reloaded state (ARCHITECTURE.md, "Ownership across instances"): no partition restarts.
@@ -22,19 +25,24 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use crate::domain::campaign::evaluate_all;
-use crate::domain::event::decode;
+use crate::domain::event::{decode, EventKind};
 use crate::domain::keys::message_fingerprint;
 use crate::domain::profile::growth_bound;
-use crate::domain::user::{ApplyOutcome, Position, UserState};
+use crate::domain::user::{ApplyOutcome, UserState};
 use crate::ports::{DeadLetter, LoadedState, Record, UserSnapshot};
 
 use super::batcher::Batcher;
 use super::context::Shared;
 use super::messages::{
-    ApplyBatch, FlushNow, PartitionLink, Triggered, UserRecord, WriteBatch, WriteOutcome,
+    ApplyBatch, FlushNow, MergeStep, PartitionLink, Triggered, UserRecord, WriteBatch,
+    WriteOutcome,
 };
 use super::state_loader;
 use super::supervision::{contain, contain_async, RestartIntensity};
+
+mod merge;
+
+use merge::{MergeJob, Reply, SealRequest};
 
 /// Users per load.
 const LOAD_CHUNK: usize = 1000;
@@ -66,6 +74,8 @@ struct Entity {
     /// applied record's [`growth_bound`]. Only when it nears `limits.max_profile_bytes` is the
     /// profile measured again, so the limit costs nothing for profiles far below it.
     size_bound: usize,
+    /// A merge into this user under way (its records wait behind it).
+    job: Option<Box<MergeJob>>,
 }
 
 impl Entity {
@@ -78,11 +88,13 @@ impl Entity {
             in_flight: false,
             hits: 0,
             last_active: 0,
+            job: None,
         }
     }
 
+    /// Nothing of it waits to be written (it may be passivated).
     fn durable(&self) -> bool {
-        !self.dirty && !self.in_flight
+        !self.dirty && !self.in_flight && self.job.is_none()
     }
 }
 
@@ -101,6 +113,10 @@ enum Applied {
     DeadLettered,
     /// The domain panicked: the user was dropped and its records queued for a reload.
     Failed,
+    /// Its user was merged into another: sent on to that one's shard.
+    Forwarded,
+    /// An alias whose merge is under way: reported when the merge is durable.
+    Pending,
 }
 
 /// Records of a user waiting for its state to load, in order.
@@ -129,9 +145,18 @@ struct Batch {
     records: usize,
     latency: Vec<(i64, u64)>,
     since: Option<Instant>,
+    /// Users whose merge marks this flush writes: their seals are asked once it is durable.
+    marks: Vec<Arc<str>>,
+    /// Seal answers sent once this flush is durable.
+    replies: Vec<Reply>,
 }
 
 impl Batch {
+    /// Something was added that needs a write (the flush timer starts).
+    fn touch(&mut self) {
+        self.since.get_or_insert_with(Instant::now);
+    }
+
     fn offset(&mut self, link: &Arc<PartitionLink>, offset: u64) {
         self.records += 1;
         self.since.get_or_insert_with(Instant::now);
@@ -145,7 +170,7 @@ impl Batch {
     }
 
     fn is_empty(&self) -> bool {
-        self.records == 0 && self.dead.is_empty()
+        self.records == 0 && self.dead.is_empty() && self.dirty.is_empty() && self.replies.is_empty()
     }
 
     /// Takes a user's applied records out, with their offsets (they are applied again to a
@@ -198,6 +223,10 @@ pub struct UserShard {
     hand: usize,
     cap: usize,
     loading: HashMap<Arc<str>, Waiting, ahash::RandomState>,
+    /// Records of resident users waiting behind a merge into them, or their own seal.
+    paused: HashMap<Arc<str>, Waiting, ahash::RandomState>,
+    /// Seals of users waiting for them to load.
+    seals: HashMap<Arc<str>, Vec<SealRequest>, ahash::RandomState>,
     /// Users to load from the cache first.
     load_queue: Vec<Arc<str>>,
     /// Users to load from the system of record only (their cached state was found stale).
@@ -230,6 +259,8 @@ impl UserShard {
             hand: 0,
             cap,
             loading: HashMap::default(),
+            paused: HashMap::default(),
+            seals: HashMap::default(),
             load_queue: Vec::new(),
             fresh_queue: Vec::new(),
             loads_in_flight: 0,
@@ -278,7 +309,11 @@ impl UserShard {
         tick: u32,
         counts: &mut Counts,
     ) {
-        let key = record.event.user_id.as_str();
+        let key = record.key();
+        if let Some(waiting) = self.paused.get_mut(key) {
+            waiting.push((link.clone(), record));
+            return;
+        }
         if let Some(waiting) = self.loading.get_mut(key) {
             waiting.push((link.clone(), record));
             return;
@@ -294,7 +329,7 @@ impl UserShard {
         match self.apply_one(slot as usize, link, record, now_ms, tick) {
             Applied::Changed => counts.applied += 1,
             Applied::Skipped => counts.skipped += 1,
-            Applied::DeadLettered | Applied::Failed => {}
+            Applied::DeadLettered | Applied::Failed | Applied::Forwarded | Applied::Pending => {}
         }
     }
 
@@ -308,6 +343,17 @@ impl UserShard {
         }
     }
 
+    /// The user in `slot` changed outside a record's application (a merge step): written
+    /// with the next flush.
+    fn mark_dirty(&mut self, slot: usize) {
+        let Slot { key, entity } = &mut self.slots[slot];
+        if !entity.dirty {
+            entity.dirty = true;
+            self.acc.dirty.push(key.clone());
+        }
+        self.acc.touch();
+    }
+
     /// Applies one record to a resident user.
     fn apply_one(
         &mut self,
@@ -317,8 +363,9 @@ impl UserShard {
         now_ms: i64,
         tick: u32,
     ) -> Applied {
+        let position = self.position_of(&record);
         let shared = &self.shared;
-        let Slot { key, entity } = &mut self.slots[slot];
+        let Slot { entity, .. } = &mut self.slots[slot];
         entity.last_active = tick;
         entity.hits = (entity.hits + 1).min(MAX_HITS);
         let offset = record.raw.offset;
@@ -334,12 +381,21 @@ impl UserShard {
             self.acc.offset(link, offset);
             return Applied::DeadLettered;
         }
-        // Only offsets that mean the same message forever protect against replays; a
-        // RabbitMQ delivery's position is per session, so there the messageId alone does.
-        let position = shared.ports.source.durable_positions().then_some(Position {
-            partition: record.raw.partition,
-            offset,
-        });
+        if let Some(into) = entity.state.merged_into() {
+            // Merged: its own replays are skipped, anything else goes where it was merged.
+            if entity.state.is_replay(position, &record.event.message_id) {
+                self.acc.offset(link, offset);
+                return Applied::Skipped;
+            }
+            let into: Arc<str> = Arc::from(into);
+            return self.forward(link, record, into);
+        }
+        if let EventKind::Alias { previous_id } = &record.event.kind {
+            let previous: Arc<str> = Arc::from(previous_id.as_str());
+            return self.alias(slot, link, record, previous, now_ms);
+        }
+        let shared = &self.shared;
+        let Slot { key, entity } = &mut self.slots[slot];
         let limit = shared.settings.max_profile_bytes;
         let growth = growth_bound(record.raw.payload.len());
         let near_limit = entity.size_bound.saturating_add(growth) > limit;
@@ -383,7 +439,7 @@ impl UserShard {
             Ok(v) => v,
             Err(cause) => {
                 let key = key.clone();
-                self.failed(slot, key, link, record, cause);
+                self.failed(key, link, record, cause);
                 return Applied::Failed;
             }
         };
@@ -432,7 +488,6 @@ impl UserShard {
     /// and to the dead-letter destination the second.
     fn failed(
         &mut self,
-        slot: usize,
         key: Arc<str>,
         link: &Arc<PartitionLink>,
         record: UserRecord,
@@ -440,8 +495,8 @@ impl UserShard {
     ) {
         let metrics = self.shared.ports.metrics.clone();
         metrics.actor_restarted("aggregator", &format!("user {key}: {cause}"));
-        self.evict(slot);
         let mut held = self.acc.take_user(&key);
+        held.extend(self.unload(&key));
         let id = (
             record.raw.partition,
             record.raw.offset,
@@ -501,14 +556,12 @@ impl UserShard {
             match decode(&h.record.payload, max_bytes) {
                 Ok(event) => {
                     let ts = h.record.timestamp_ms.unwrap_or(event.timestamp_ms);
-                    records.push((
-                        h.link,
-                        UserRecord {
-                            event,
-                            ts,
-                            raw: h.record,
-                        },
-                    ));
+                    let mut record = UserRecord::new(event, ts, h.record);
+                    if record.event.user_id != *key {
+                        // Forwarded to it from a merged id.
+                        record.target = Some(key.clone());
+                    }
+                    records.push((h.link, record));
                 }
                 // It decoded when it was read; the same bytes decode the same way.
                 Err(e) => {
@@ -618,13 +671,14 @@ impl UserShard {
                 key: key.clone(),
                 entity,
             });
-            self.users.insert(key, slot as u32);
+            self.users.insert(key.clone(), slot as u32);
             self.shared.ports.metrics.aggregators_changed(1);
             for (link, record) in waiting {
                 if link.is_alive() {
                     self.route(&link, record, now_ms, tick, &mut counts);
                 }
             }
+            self.seals_after_load(&key, now_ms);
         }
         self.count(counts);
     }
@@ -725,6 +779,7 @@ impl UserShard {
                     .entries()
                     .filter(|(_, at)| *at >= seen_since)
                     .collect(),
+                identity: e.state.identity.clone(),
             }));
         }
         if snapshots.is_empty() && batch.dead.is_empty() {
@@ -749,6 +804,8 @@ impl UserShard {
             applied: batch.applied,
             latency: batch.latency,
             events: batch.events,
+            marks: batch.marks,
+            replies: batch.replies,
             ..Batch::default()
         };
         let send = self.batcher.send(write);
@@ -780,10 +837,8 @@ impl UserShard {
             // last durable write is applied again, in order, to the state MongoDB holds.
             metrics.stale_write();
             let mut held = batch.take_user(key);
-            if let Some(&slot) = self.users.get(key) {
-                self.evict(slot as usize);
-            }
             held.extend(self.acc.take_user(key));
+            held.extend(self.unload(key));
             tracing::debug!(
                 shard = self.index,
                 user_id = %key,
@@ -795,10 +850,9 @@ impl UserShard {
         for (key, detail) in &outcome.refused {
             // The batcher dead-lettered this flush's records of the user; later ones were
             // applied on top of the refused state, so they follow them.
-            if let Some(&slot) = self.users.get(key) {
-                self.evict(slot as usize);
-            }
-            for h in self.acc.take_user(key) {
+            let mut later = self.acc.take_user(key);
+            later.extend(self.unload(key));
+            for h in later {
                 metrics.store_refused(h.record.partition, detail);
                 self.acc.offset(&h.link, h.record.offset);
                 self.acc.dead.push(DeadLetter {
@@ -826,6 +880,8 @@ impl UserShard {
         for (link, offsets) in batch.offsets {
             link.durable(offsets);
         }
+        self.answer_seals(batch.replies, &outcome.stale, &outcome.refused);
+        self.ask_seals(batch.marks);
         self.start_loads(ctx);
         self.passivate_to_cap();
         self.maybe_flush(ctx);
@@ -882,5 +938,34 @@ impl Handler<FlushNow> for UserShard {
         if !self.flushing && !self.acc.is_empty() {
             self.flush(ctx);
         }
+    }
+}
+
+impl Handler<MergeStep> for UserShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: MergeStep, ctx: &mut Context<Self>) {
+        match msg {
+            MergeStep::Seal {
+                source,
+                into,
+                target,
+                reply_to,
+            } => self.handle_seal(
+                source,
+                SealRequest {
+                    into,
+                    target,
+                    reply_to,
+                },
+            ),
+            MergeStep::Answer {
+                target,
+                source,
+                answer,
+            } => self.handle_answer(target, source, answer, ctx),
+        }
+        self.start_loads(ctx);
+        self.maybe_flush(ctx);
     }
 }
