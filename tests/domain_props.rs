@@ -1121,6 +1121,10 @@ fn event_to_json(e: &Event, offset_minutes: i32) -> Value {
                 .collect();
             m.insert("traits".into(), Value::Object(t));
         }
+        EventKind::Alias { previous_id } => {
+            m.insert("type".into(), "alias".into());
+            m.insert("previousId".into(), previous_id.clone().into());
+        }
     }
     Value::Object(m)
 }
@@ -1141,6 +1145,7 @@ fn valid_event() -> impl Strategy<Value = Event> {
                 tags_remove,
             }),
         "[A-Za-z0-9_ -]{1,64}".prop_map(|event| EventKind::Track { event }),
+        "(?s).{1,128}".prop_map(|previous_id| EventKind::Alias { previous_id }),
     ];
     (
         "[^\\p{Cc}]{1,128}",
