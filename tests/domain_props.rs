@@ -286,14 +286,13 @@ fn stream_strategy() -> impl Strategy<Value = Stream> {
 /// A state written in its stored (cache-entry) form and read back.
 fn persisted(s: &UserState) -> Result<UserState, herald::domain::stored_state::Unreadable> {
     let seen: Vec<(u64, i64)> = s.seen.entries().collect();
-    let blob =
-        herald::domain::stored_state::encode_cached(
-            s.version,
-            &s.profile,
-            &s.positions,
-            &seen,
-            s.identity.as_deref(),
-        );
+    let blob = herald::domain::stored_state::encode_cached(
+        s.version,
+        &s.profile,
+        &s.positions,
+        &seen,
+        s.identity.as_deref(),
+    );
     herald::domain::stored_state::decode_cached(&blob)
 }
 

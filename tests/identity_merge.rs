@@ -61,14 +61,22 @@ fn check(rig: &EmbeddedRig, stream: &AliasStream, phases: usize) {
     let want = stream.expected(phases);
     let users = rig.docs.users();
     for (id, profile) in &want.users {
-        assert_eq!(users.get(id), Some(profile), "after phase {phases}: user {id}");
+        assert_eq!(
+            users.get(id),
+            Some(profile),
+            "after phase {phases}: user {id}"
+        );
     }
     assert_eq!(
         users.len(),
         want.users.len(),
         "after phase {phases}: live users"
     );
-    assert_eq!(rig.docs.merged(), want.merged, "after phase {phases}: merged ids");
+    assert_eq!(
+        rig.docs.merged(),
+        want.merged,
+        "after phase {phases}: merged ids"
+    );
 }
 
 #[test]
@@ -78,7 +86,11 @@ fn aliases_merge_once_transitively_through_a_rebalance_and_a_lost_cache() {
         let rig = EmbeddedRig::new(&cfg, seed);
         let stream = AliasStream::new(seed, 60, 40, 1500);
         let want = stream.expected(4);
-        assert!(want.merged.len() >= 40, "a stream rich in merges: {:?}", want.merged);
+        assert!(
+            want.merged.len() >= 40,
+            "a stream rich in merges: {:?}",
+            want.merged
+        );
         run(async {
             let pipeline = rig.start(&cfg, seed);
             rig.source.assign_all();
@@ -111,13 +123,22 @@ fn aliases_merge_once_transitively_through_a_rebalance_and_a_lost_cache() {
         );
         assert_eq!(dead.len(), blocked, "nothing else dead-lettered");
         let merges = rig.metrics.render();
-        for outcome in ["merged", "retargeted", "same_id", "already_merged", "blocked_id"] {
+        for outcome in [
+            "merged",
+            "retargeted",
+            "same_id",
+            "already_merged",
+            "blocked_id",
+        ] {
             assert!(
                 merges.contains(&format!("herald_merges_total{{outcome=\"{outcome}\"}}")),
                 "{outcome}: {merges}"
             );
         }
-        assert!(merges.contains("herald_messages_forwarded_total"), "{merges}");
+        assert!(
+            merges.contains("herald_messages_forwarded_total"),
+            "{merges}"
+        );
     }
 }
 
@@ -153,5 +174,9 @@ fn a_profile_takes_no_more_than_merge_max_ids() {
     assert!(users.contains_key("v3"));
     let dead = rig.source.dead_letters();
     assert_eq!(dead.len(), 1, "{dead:?}");
-    assert!(dead[0].error.starts_with("merge_limit: "), "{}", dead[0].error);
+    assert!(
+        dead[0].error.starts_with("merge_limit: "),
+        "{}",
+        dead[0].error
+    );
 }

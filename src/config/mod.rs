@@ -30,9 +30,8 @@ pub use http::{HttpConfig, IngestConfig};
 pub use mask::mask_url_password;
 pub use messaging::{CampaignConfig, OnUnknownOutcome, ProviderConfig, ProviderKind};
 pub use pipeline::{
-    AggregatorConfig, BatchConfig, DedupConfig, LimitsConfig, PipelineConfig, ReconcileConfig,
-    MergeConfig,
-    RetryConfig,
+    AggregatorConfig, BatchConfig, DedupConfig, LimitsConfig, MergeConfig, PipelineConfig,
+    ReconcileConfig, RetryConfig,
 };
 pub use runtime::{LogConfig, LogFormat, TimeoutConfig};
 pub use source::{KafkaConfig, RabbitConfig, SourceConfig, SourceKind, KAFKA_FORCED_OPTIONS};

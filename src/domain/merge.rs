@@ -132,7 +132,14 @@ mod tests {
         let also = BlockedIds::new(&["guest".to_string(), "[0-]+".to_string()]).unwrap();
         assert_eq!(blocked("guest", &also), Some("matches merge.blocked_ids"));
         assert_eq!(blocked("00-0", &also), Some("matches merge.blocked_ids"));
-        for id in ["u-1", "anon-42", "user@example.com", "Guest", "guests", "0x"] {
+        for id in [
+            "u-1",
+            "anon-42",
+            "user@example.com",
+            "Guest",
+            "guests",
+            "0x",
+        ] {
             assert_eq!(blocked(id, &also), None, "{id:?}");
         }
     }

@@ -79,7 +79,15 @@ pub fn encode_cached(
         .and_then(|i| serde_json::to_vec(i).ok())
         .unwrap_or_default();
     let mut out = Vec::with_capacity(
-        2 + 1 + 8 + 4 + positions.len() * 12 + 4 + seen.len() * 16 + 4 + identity.len() + json.len(),
+        2 + 1
+            + 8
+            + 4
+            + positions.len() * 12
+            + 4
+            + seen.len() * 16
+            + 4
+            + identity.len()
+            + json.len(),
     );
     out.extend_from_slice(MAGIC);
     out.push(SCHEMA);
@@ -126,9 +134,8 @@ pub fn decode_cached(bytes: &[u8]) -> Result<UserState, Unreadable> {
         if n == 0 {
             None
         } else {
-            let identity: Identity = serde_json::from_slice(bytes).map_err(|e| {
-                Unreadable(format!("the cached merge part does not parse: {e}"))
-            })?;
+            let identity: Identity = serde_json::from_slice(bytes)
+                .map_err(|e| Unreadable(format!("the cached merge part does not parse: {e}")))?;
             Some(Box::new(identity))
         }
     } else {
@@ -265,13 +272,7 @@ mod tests {
         assert_eq!(s.identity, None);
         let mut sealed = s.clone();
         sealed.seal("b");
-        let blob = encode_cached(
-            5,
-            &sealed.profile,
-            &[],
-            &[],
-            sealed.identity.as_deref(),
-        );
+        let blob = encode_cached(5, &sealed.profile, &[], &[], sealed.identity.as_deref());
         let back = decode_cached(&blob).unwrap();
         assert_eq!(back.merged_into(), Some("b"));
         assert_eq!(back.handed_over().profile, p);

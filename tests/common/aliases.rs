@@ -41,7 +41,10 @@ impl AliasStream {
         };
         let visitor = |i: usize| format!("anon-{seed}-{i}");
         let user = |j: usize| format!("user-{seed}-{j}");
-        let ids: Vec<String> = (0..visitors).map(visitor).chain((0..users).map(user)).collect();
+        let ids: Vec<String> = (0..visitors)
+            .map(visitor)
+            .chain((0..users).map(user))
+            .collect();
 
         let mut profiles = Vec::new();
         for _ in 0..events {

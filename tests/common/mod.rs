@@ -3,6 +3,7 @@
 //! and the dead-letter topic.
 #![allow(dead_code)]
 
+pub mod aliases;
 pub mod oracle;
 pub mod proxy;
 pub mod rabbit;
@@ -576,10 +577,9 @@ pub fn int(b: Option<&Bson>) -> i64 {
     }
 }
 
-/// Reads the `users` collection back into profiles.
-pub async fn mongo_users(names: &Names) -> BTreeMap<String, UserProfile> {
+async fn user_documents(names: &Names) -> Vec<Document> {
     let client = mongodb::Client::with_uri_str(&names.mongo).await.unwrap();
-    let docs: Vec<Document> = client
+    client
         .database(&names.base)
         .collection::<Document>("users")
         .find(mongodb::bson::doc! {})
@@ -587,8 +587,38 @@ pub async fn mongo_users(names: &Names) -> BTreeMap<String, UserProfile> {
         .unwrap()
         .try_collect()
         .await
-        .unwrap();
-    docs.into_iter()
+        .unwrap()
+}
+
+/// The merged ids of the `users` collection (`{_id, merged_into}`), with their `merged_into`.
+pub async fn mongo_merged(names: &Names) -> BTreeMap<String, String> {
+    user_documents(names)
+        .await
+        .into_iter()
+        .filter_map(|d| {
+            let into = d.get_str("merged_into").ok()?.to_string();
+            let fields: BTreeSet<&str> = d
+                .keys()
+                .map(String::as_str)
+                .filter(|k| !k.starts_with('_'))
+                .collect();
+            assert_eq!(
+                fields,
+                BTreeSet::from(["merged_into"]),
+                "a merged id's document is {{_id, merged_into}}: {d}"
+            );
+            Some((d.get_str("_id").unwrap().to_string(), into))
+        })
+        .collect()
+}
+
+/// Reads the `users` collection back into profiles (merged ids left out: see
+/// [`mongo_merged`]).
+pub async fn mongo_users(names: &Names) -> BTreeMap<String, UserProfile> {
+    user_documents(names)
+        .await
+        .into_iter()
+        .filter(|d| !d.contains_key("merged_into"))
         .map(|d| {
             let id = d.get_str("_id").unwrap().to_string();
             let traits = d

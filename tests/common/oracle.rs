@@ -72,7 +72,10 @@ pub fn replay_merging<'a>(
                 continue;
             }
             let count = absorbed.get(&into).map_or(0, BTreeSet::len);
-            if previous != user && !absorbed.get(&into).is_some_and(|a| a.contains(&previous)) && count >= max_ids {
+            if previous != user
+                && !absorbed.get(&into).is_some_and(|a| a.contains(&previous))
+                && count >= max_ids
+            {
                 refused.insert(id, "merge_limit");
                 continue;
             }

@@ -228,10 +228,7 @@ impl UserShard {
     /// resident.
     pub(super) fn handle_seal(&mut self, source: Arc<str>, request: SealRequest) {
         if self.loading.contains_key(&source) || !self.users.contains_key(&source) {
-            self.seals
-                .entry(source.clone())
-                .or_default()
-                .push(request);
+            self.seals.entry(source.clone()).or_default().push(request);
             if !self.loading.contains_key(&source) {
                 self.loading.insert(source.clone(), Vec::new());
                 self.load_queue.push(source);

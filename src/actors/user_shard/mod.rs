@@ -34,8 +34,7 @@ use crate::ports::{DeadLetter, LoadedState, Record, UserSnapshot};
 use super::batcher::Batcher;
 use super::context::Shared;
 use super::messages::{
-    ApplyBatch, FlushNow, MergeStep, PartitionLink, Triggered, UserRecord, WriteBatch,
-    WriteOutcome,
+    ApplyBatch, FlushNow, MergeStep, PartitionLink, Triggered, UserRecord, WriteBatch, WriteOutcome,
 };
 use super::state_loader;
 use super::supervision::{contain, contain_async, RestartIntensity};
@@ -170,7 +169,10 @@ impl Batch {
     }
 
     fn is_empty(&self) -> bool {
-        self.records == 0 && self.dead.is_empty() && self.dirty.is_empty() && self.replies.is_empty()
+        self.records == 0
+            && self.dead.is_empty()
+            && self.dirty.is_empty()
+            && self.replies.is_empty()
     }
 
     /// Takes a user's applied records out, with their offsets (they are applied again to a

@@ -60,7 +60,11 @@ impl MemoryDocumentStore {
         let mut out = BTreeMap::new();
         for shard in &self.users {
             for (id, (snapshot, _, _)) in shard.lock().iter() {
-                if snapshot.identity.as_ref().is_some_and(|i| i.merged_into.is_some()) {
+                if snapshot
+                    .identity
+                    .as_ref()
+                    .is_some_and(|i| i.merged_into.is_some())
+                {
                     continue;
                 }
                 out.insert(id.to_string(), snapshot.profile.to_view());
@@ -74,7 +78,11 @@ impl MemoryDocumentStore {
         let mut out = BTreeMap::new();
         for shard in &self.users {
             for (id, (snapshot, _, _)) in shard.lock().iter() {
-                if let Some(into) = snapshot.identity.as_ref().and_then(|i| i.merged_into.clone()) {
+                if let Some(into) = snapshot
+                    .identity
+                    .as_ref()
+                    .and_then(|i| i.merged_into.clone())
+                {
                     out.insert(id.to_string(), into);
                 }
             }

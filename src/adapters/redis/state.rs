@@ -248,14 +248,13 @@ impl StateCache for RedisStateCache {
             }
             let mut cmds = Vec::with_capacity(2 * users.len());
             for u in &users {
-                let blob =
-                    stored_state::encode_cached(
-                        u.version,
-                        &u.profile,
-                        &u.positions,
-                        &u.seen,
-                        u.identity.as_deref(),
-                    );
+                let blob = stored_state::encode_cached(
+                    u.version,
+                    &u.profile,
+                    &u.positions,
+                    &u.seen,
+                    u.identity.as_deref(),
+                );
                 let mut set = redis::cmd("SET");
                 set.arg(me.key(&u.user_id))
                     .arg(blob)
