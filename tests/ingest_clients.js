@@ -24,6 +24,7 @@ async function main() {
       case 'page': analytics.page({ ...common, name: c.name, properties: c.properties || {} }); break;
       case 'screen': analytics.screen({ ...common, name: c.name, properties: c.properties || {} }); break;
       case 'group': analytics.group({ ...common, groupId: c.groupId, traits: c.traits || {} }); break;
+      case 'alias': analytics.alias({ ...common, previousId: c.previousId }); break;
       default: throw new Error(`unknown call type ${c.type}`);
     }
   }

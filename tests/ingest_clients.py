@@ -3,8 +3,8 @@
     ingest_clients.py segment|rudder HOST WRITE_KEY CALLS.json
 
 CALLS.json is a list of {"type", "userId"?, "anonymousId"?, "messageId", "timestamp",
-"event"?, "properties"?, "traits"?, "name"?, "groupId"?}. Each is made with the library's own
-call (identify, track, page, screen, group) and the library batches, compresses, authenticates
+"event"?, "properties"?, "traits"?, "name"?, "groupId"?, "previousId"?}. Each is made with the
+library's own call (identify, track, page, screen, group, alias) and the library batches, compresses, authenticates
 and retries them its way. Exit 0 once flushed with no error the library gave up on; 1 otherwise.
 INGEST_PACE_MS (optional) waits that long between calls, so a test can act while it sends.
 """
@@ -55,6 +55,13 @@ def main():
             client.screen(name=c.get("name"), properties=c.get("properties") or {}, **common)
         elif kind == "group":
             client.group(group_id=c["groupId"], traits=c.get("traits") or {}, **common)
+        elif kind == "alias":
+            client.alias(
+                previous_id=c["previousId"],
+                user_id=c["userId"],
+                message_id=c["messageId"],
+                timestamp=common["timestamp"],
+            )
         else:
             raise SystemExit(f"unknown call type {kind}")
     client.flush()

@@ -496,6 +496,13 @@ fn calls(lib: &str, users: usize) -> (Vec<Value>, Value) {
             &mut calls,
             json!({"type": "group", "userId": user, "groupId": format!("g{}", u % 3), "traits": {"size": u}}),
         );
+        if u % 2 == 0 {
+            // The visitor signs up: its screen view merges into the user's profile.
+            next(
+                &mut calls,
+                json!({"type": "alias", "userId": user, "previousId": format!("{lib}-anon-{u}")}),
+            );
+        }
     }
     let mut invalid =
         json!({"type": "track", "userId": format!("{lib}-user-0"), "event": "not/valid"});
@@ -532,6 +539,18 @@ fn the_official_segment_and_rudderstack_clients_land_every_message_once() {
         run_client(lib, port, key, &sent);
     }
     block_on(users_become(&names, &expected, Duration::from_secs(90)));
+    // Each library's `alias` calls landed as merges.
+    let merged = block_on(mongo_merged(&names));
+    for lib in ["segment", "rudder", "node"] {
+        for u in (0..20).step_by(2) {
+            assert_eq!(
+                merged.get(&format!("{lib}-anon-{u}")),
+                Some(&format!("{lib}-user-{u}")),
+                "{merged:?}"
+            );
+        }
+    }
+    assert_eq!(merged.len(), 30);
     let dead: BTreeSet<String> = dead_letters(&names)
         .iter()
         .map(|(p, _)| {
