@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::Config;
 use crate::domain::campaign::evaluate_all;
-use crate::domain::event::decode;
+use crate::domain::event::{decode, EventKind};
 use crate::domain::keys::{message_fingerprint, user_hash};
 use crate::domain::user::UserProfile;
 use crate::embedded::EmbeddedRig;
@@ -32,6 +32,9 @@ pub struct DemoReport {
     pub latency_p50_ms: u64,
     pub latency_p99_ms: u64,
     pub users_written: usize,
+    /// Ids merged into another profile by an alias.
+    pub merged: usize,
+    pub forwarded: u64,
     pub applied: u64,
     pub duplicates: u64,
     pub invalid: u64,
@@ -49,8 +52,11 @@ impl DemoReport {
     }
 }
 
+/// The demo's share of anonymous visitors (page views, tracks, and each one's alias).
+const VISITOR_RATE: f64 = 0.05;
+
 pub fn run(config: Config, args: DemoArgs) -> anyhow::Result<DemoReport> {
-    let spec = WorkloadSpec::new(args.events, args.users, args.seed);
+    let spec = WorkloadSpec::new(args.events, args.users, args.seed).with_visitors(VISITOR_RATE);
     eprintln!(
         "herald demo: generating {} events over {} users (seed {})…",
         args.events, args.users, args.seed
@@ -105,6 +111,8 @@ pub fn run(config: Config, args: DemoArgs) -> anyhow::Result<DemoReport> {
         latency_p50_ms: p50,
         latency_p99_ms: p99,
         users_written: rig.docs.user_count(),
+        merged: rig.docs.merged().len(),
+        forwarded: rig.metrics.messages_forwarded.get(),
         applied: rig.metrics.applied.get(),
         duplicates: rig.metrics.duplicates.get(),
         invalid: rig.metrics.invalid_total(),
@@ -141,7 +149,15 @@ fn verify(
     // compact state or its bounded dedup window.
     let mut seen: HashSet<(u64, u64), ahash::RandomState> = HashSet::default();
     let mut expected: BTreeMap<String, UserProfile> = BTreeMap::new();
+    let mut merged: BTreeMap<String, String> = BTreeMap::new();
     let mut expected_messages = BTreeSet::new();
+    let live = |merged: &BTreeMap<String, String>, id: &str| {
+        let mut id = id.to_string();
+        while let Some(next) = merged.get(&id) {
+            id = next.clone();
+        }
+        id
+    };
     for m in messages {
         let Ok(event) = decode(&m.payload, config.limits.max_message_bytes) else {
             continue;
@@ -153,7 +169,18 @@ fn verify(
         if !seen.insert(pair) {
             continue;
         }
-        let profile = expected.entry(event.user_id.clone()).or_default();
+        if let EventKind::Alias { previous_id } = &event.kind {
+            // The workload's visitors are aliased once each, never into one another.
+            let (from, into) = (live(&merged, previous_id), live(&merged, &event.user_id));
+            if from != into {
+                let source = expected.remove(&from).unwrap_or_default();
+                expected.entry(into).or_default().absorb(&source);
+                merged.insert(from, event.user_id.clone());
+            }
+            continue;
+        }
+        let owner = live(&merged, &event.user_id);
+        let profile = expected.entry(owner).or_default();
         profile.apply(&event);
         for msg in evaluate_all(&config.parsed_campaigns, &event, profile) {
             expected_messages.insert(msg.id);
@@ -178,6 +205,14 @@ fn verify(
         if mismatches.len() >= 10 {
             break;
         }
+    }
+    let stored_merged = rig.docs.merged();
+    if stored_merged != merged {
+        mismatches.push(format!(
+            "merged ids: replay has {}, pipeline wrote {}",
+            merged.len(),
+            stored_merged.len()
+        ));
     }
     let stored: BTreeSet<String> = rig.docs.messages().into_iter().map(|m| m.id).collect();
     if stored != expected_messages {
@@ -227,6 +262,10 @@ pub fn print_summary(r: &DemoReport) -> anyhow::Result<()> {
         r.latency_p50_ms, r.latency_p99_ms
     );
     println!("  users written     {:>12}", r.users_written);
+    println!(
+        "  merged ids        {:>12} (aliases; {} records forwarded to where they merged)",
+        r.merged, r.forwarded
+    );
     println!("  events applied    {:>12}", r.applied);
     println!("  duplicates seen   {:>12}", r.duplicates);
     println!("  invalid (DLQ)     {:>12}", r.invalid);

@@ -60,6 +60,10 @@ enum Command {
         seed: u64,
         #[arg(long)]
         rate: Option<u64>,
+        /// Share of messages from anonymous visitors (page views, tracks) and their aliases,
+        /// each visitor later aliased into a user once.
+        #[arg(long, default_value_t = 0.0)]
+        visitors: f64,
         /// `broker`: straight to the configured source; `http`: through the HTTP ingest.
         #[arg(long, value_enum, default_value = "broker")]
         via: Via,
@@ -207,6 +211,7 @@ fn main() -> ExitCode {
             users,
             seed,
             rate,
+            visitors,
             via,
             url,
         } => {
@@ -218,7 +223,13 @@ fn main() -> ExitCode {
             if users == 0 {
                 return fail("--users must be at least 1");
             }
-            let spec = herald::workload::WorkloadSpec::new(events, users, seed);
+            if !(0.0..=1.0).contains(&visitors) {
+                return fail(format!(
+                    "--visitors must be between 0 and 1, got {visitors}"
+                ));
+            }
+            let spec =
+                herald::workload::WorkloadSpec::new(events, users, seed).with_visitors(visitors);
             let produced = actix::System::new().block_on(async move {
                 match via {
                     Via::Broker => herald::produce::produce(cfg, spec, rate).await,

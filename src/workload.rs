@@ -2,7 +2,11 @@
 //! benchmarks: the same `(events, users, seed)` always yields the same bytes.
 //!
 //! A workload mixes identify and track calls, re-published duplicates (same bytes, same
-//! `messageId`) and invalid messages of every kind the generator can build.
+//! `messageId`) and invalid messages of every kind the generator can build; with
+//! `visitor_rate`, anonymous visitors too (`anonymousId` page views and tracks), each later
+//! aliased into a user once — a visitor who signs up. Visitors set no traits or tags, so where
+//! their records land relative to the alias changes no profile: a sequential replay predicts
+//! the result whatever order partitions are read in.
 
 use std::fmt::Write as _;
 
@@ -22,6 +26,8 @@ pub struct WorkloadSpec {
     pub invalid_rate: f64,
     /// Event time of the first message (ms since epoch).
     pub start_ms: i64,
+    /// Share of messages from anonymous visitors and their aliases.
+    pub visitor_rate: f64,
 }
 
 impl WorkloadSpec {
@@ -34,7 +40,14 @@ impl WorkloadSpec {
             invalid_rate: 0.01,
             // 2026-11-23T00:00:00Z
             start_ms: 1_795_392_000_000,
+            visitor_rate: 0.0,
         }
+    }
+
+    /// With anonymous visitors and their aliases (`visitor_rate` of the messages).
+    pub fn with_visitors(mut self, rate: f64) -> Self {
+        self.visitor_rate = rate;
+        self
     }
 }
 
@@ -76,6 +89,9 @@ pub struct Workload {
     next: u64,
     recent_valid: Vec<(String, Bytes)>,
     buf: String,
+    /// Visitors so far, and how many of them (the oldest) were aliased.
+    visitors: u64,
+    aliased: u64,
 }
 
 impl Workload {
@@ -86,7 +102,43 @@ impl Workload {
             next: 0,
             recent_valid: Vec::with_capacity(1024),
             buf: String::with_capacity(512),
+            visitors: 0,
+            aliased: 0,
         }
+    }
+
+    /// A visitor's page view or track, or the alias of the oldest visitor not aliased yet
+    /// into a user.
+    fn visitor(&mut self, i: u64) -> (String, Bytes) {
+        let ts = self.timestamp(i);
+        let id = format!("m-{}-{i}", self.spec.seed);
+        let seed = self.spec.seed;
+        if self.aliased < self.visitors && self.rng.gen_bool(0.25) {
+            let visitor = format!("anon-{seed}-{}", self.aliased);
+            self.aliased += 1;
+            let user = format!("u-{}", self.rng.gen_range(0..self.spec.users));
+            let body = format!(
+                r#"{{"messageId":"{id}","type":"alias","previousId":"{visitor}","userId":"{user}","timestamp":"{ts}"}}"#
+            );
+            return (user, Bytes::from(body.into_bytes()));
+        }
+        if self.visitors == 0 || self.rng.gen_bool(0.3) {
+            self.visitors += 1;
+        }
+        // One of the last 100 visitors, aliased or not (an aliased one's records follow it).
+        let k = self.visitors - 1 - self.rng.gen_range(0..self.visitors.min(100));
+        let visitor = format!("anon-{seed}-{k}");
+        let body = if self.rng.gen_bool(0.6) {
+            format!(
+                r#"{{"messageId":"{id}","type":"page","anonymousId":"{visitor}","timestamp":"{ts}","name":"Home"}}"#
+            )
+        } else {
+            let event = ["app_opened", "added_to_cart"][self.rng.gen_range(0..2)];
+            format!(
+                r#"{{"messageId":"{id}","type":"track","anonymousId":"{visitor}","timestamp":"{ts}","event":"{event}"}}"#
+            )
+        };
+        (visitor, Bytes::from(body.into_bytes()))
     }
 
     fn timestamp(&mut self, i: u64) -> String {
@@ -229,7 +281,12 @@ impl Iterator for Workload {
                 kind: MessageKind::Duplicate,
             });
         }
-        let (key, payload) = self.valid(i);
+        let (key, payload) =
+            if self.spec.visitor_rate > 0.0 && self.rng.gen_bool(self.spec.visitor_rate.min(1.0)) {
+                self.visitor(i)
+            } else {
+                self.valid(i)
+            };
         if self.recent_valid.len() < 1024 {
             self.recent_valid.push((key.clone(), payload.clone()));
         } else {
@@ -267,5 +324,28 @@ mod tests {
             *kinds.entry(m.kind as u8).or_insert(0) += 1;
         }
         assert_eq!(kinds.len(), 3, "valid, duplicate and invalid all present");
+    }
+
+    #[test]
+    fn visitors_are_aliased_once_each() {
+        let spec = WorkloadSpec::new(20_000, 100, 3).with_visitors(0.2);
+        let mut aliased = std::collections::HashSet::new();
+        let mut visitors = 0;
+        for m in Workload::new(spec).filter(|m| m.kind == MessageKind::Valid) {
+            let e = decode(&m.payload, 1 << 20).unwrap();
+            match e.kind {
+                crate::domain::event::EventKind::Alias { previous_id } => {
+                    assert!(aliased.insert(previous_id), "aliased twice");
+                    assert_eq!(m.key, e.user_id);
+                }
+                _ if e.user_id.starts_with("anon-") => visitors += 1,
+                _ => {}
+            }
+        }
+        assert!(
+            aliased.len() > 500 && visitors > 2_000,
+            "{} {visitors}",
+            aliased.len()
+        );
     }
 }

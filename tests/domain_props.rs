@@ -1626,4 +1626,70 @@ proptest! {
             }
         }
     }
+
+    /// The plain-map merge the demo's replay uses is the compact one.
+    #[test]
+    fn the_plain_merge_equals_the_compact_merge(
+        target in small_profile(),
+        source in small_profile(),
+    ) {
+        use herald::domain::merge::merge_into;
+        let mut compact = target.clone();
+        merge_into(&mut compact, &source);
+        let mut plain = target.to_view();
+        plain.absorb(&source.to_view());
+        prop_assert_eq!(compact.to_view(), plain);
+    }
+
+    /// The protocol's steps are idempotent: an alias already merged changes nothing however
+    /// often it comes again, a repeated seal hands over the same profile, and a chain's end
+    /// absorbs every id along it (so an alias of any of them into it changes nothing).
+    #[test]
+    fn merging_again_changes_nothing_and_chains_absorb_transitively(
+        a in small_profile(),
+        b in small_profile(),
+        c in small_profile(),
+    ) {
+        use herald::domain::identity::{alias_step, seal_step, AliasStep, NoChange, SealStep};
+        use herald::domain::merge::BlockedIds;
+        use herald::domain::user::UserState;
+        let none = BlockedIds::default();
+        let state = |p: &herald::domain::profile::Profile| UserState {
+            profile: p.clone(),
+            ..UserState::default()
+        };
+        let (mut sa, mut sb, mut sc) = (state(&a), state(&b), state(&c));
+        // a -> b
+        prop_assert_eq!(alias_step("a", "b", "b", &sb, 100, &none), AliasStep::Merge);
+        sb.mark_absorbing("a", 0);
+        prop_assert_eq!(seal_step(&sa, "b", false, 0, 1_000), SealStep::Seal);
+        sa.seal("b");
+        let SealStep::AlreadySealed(handover) = seal_step(&sa, "b", false, 0, 1_000) else {
+            panic!("a repeated seal finds it sealed");
+        };
+        prop_assert_eq!(&handover.profile, &a);
+        sb.absorb("a", &handover);
+        let once = sb.clone();
+        prop_assert_eq!(
+            alias_step("a", "b", "b", &sb, 100, &none),
+            AliasStep::Nothing(NoChange::AlreadyMerged)
+        );
+        prop_assert_eq!(&sb, &once);
+        // b -> c: c absorbs b with a in it.
+        sc.mark_absorbing("b", 0);
+        prop_assert_eq!(seal_step(&sb, "c", false, 0, 1_000), SealStep::Seal);
+        sb.seal("c");
+        sc.absorb("b", &sb.handed_over());
+        for id in ["a", "b"] {
+            prop_assert_eq!(
+                alias_step(id, "c", "c", &sc, 100, &none),
+                AliasStep::Nothing(NoChange::AlreadyMerged)
+            );
+        }
+        prop_assert_eq!(sc.profile.event_count, a.event_count + b.event_count + c.event_count);
+        prop_assert_eq!(
+            seal_step(&sa, "c", false, 0, 1_000),
+            SealStep::Elsewhere("b".to_string())
+        );
+    }
 }

@@ -35,6 +35,42 @@ pub struct UserProfile {
 }
 
 impl UserProfile {
+    /// Merges `other` into this profile by the identity-merge rule, on plain maps (the same
+    /// rule as [`merge_into`](super::merge::merge_into), which the property tests hold it
+    /// to): this profile's traits and group traits win where both are set, tags union, event
+    /// counts summed with the earliest first and latest last times, seen times min and max.
+    pub fn absorb(&mut self, other: &UserProfile) {
+        for (k, v) in &other.traits {
+            self.traits.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        self.tags.extend(other.tags.iter().cloned());
+        self.event_count += other.event_count;
+        for (name, theirs) in &other.events {
+            let ours = self.events.entry(name.clone()).or_insert(EventStats {
+                count: 0,
+                first_at: theirs.first_at,
+                last_at: theirs.last_at,
+            });
+            ours.count += theirs.count;
+            ours.first_at = ours.first_at.min(theirs.first_at);
+            ours.last_at = ours.last_at.max(theirs.last_at);
+        }
+        self.first_seen = match (self.first_seen, other.first_seen) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.last_seen = match (self.last_seen, other.last_seen) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        for (group, traits) in &other.groups {
+            let ours = self.groups.entry(group.clone()).or_default();
+            for (k, v) in traits {
+                ours.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
+    }
+
     /// Applies one event's effect on the profile (no dedup: see
     /// [`UserState::apply`](super::user::UserState::apply)).
     pub fn apply(&mut self, event: &Event) {
