@@ -3,7 +3,9 @@
 //! simulated providers and self-verification); prints events/s for both and their ratio, and
 //! writes them to `target/bench/pipeline.json`.
 //!
-//! Size: HERALD_BENCH_EVENTS (default 1,000,000) and HERALD_BENCH_USERS (default 100,000).
+//! Size: HERALD_BENCH_EVENTS (default 1,000,000) and HERALD_BENCH_USERS (default 100,000);
+//! HERALD_BENCH_VISITORS, the share of anonymous visitors' messages and their aliases (default
+//! 0: the identify/track workload; `herald demo` runs 0.05): with it, merges per second too.
 
 use std::time::Instant;
 
@@ -25,10 +27,13 @@ fn env_u64(name: &str, default: u64) -> u64 {
 fn main() {
     let events = env_u64("HERALD_BENCH_EVENTS", 1_000_000);
     let users = env_u64("HERALD_BENCH_USERS", 100_000);
+    let visitors: f64 = std::env::var("HERALD_BENCH_VISITORS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
     let seed = 42;
-    let payloads: Vec<bytes::Bytes> = Workload::new(WorkloadSpec::new(events, users, seed))
-        .map(|m| m.payload)
-        .collect();
+    let spec = WorkloadSpec::new(events, users, seed).with_visitors(visitors);
+    let payloads: Vec<bytes::Bytes> = Workload::new(spec).map(|m| m.payload).collect();
     let bytes: usize = payloads.iter().map(|p| p.len()).sum();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
 
@@ -56,6 +61,7 @@ fn main() {
             events,
             users,
             seed,
+            visitors,
         },
     )
     .expect("pipeline run");
@@ -75,9 +81,14 @@ fn main() {
         report.ingest_seconds, report.latency_p50_ms, report.latency_p99_ms
     );
     println!("pipeline / decode-only:       {:>12.1} %", ratio * 100.0);
+    let merges_per_sec = report.merged as f64 / report.ingest_seconds.max(1e-9);
+    println!(
+        "merges (visitors {visitors}):      {:>12} ids merged, {merges_per_sec:.0}/s alongside; {} records forwarded",
+        report.merged, report.forwarded
+    );
     let json = format!(
-        "{{\"events\":{events},\"users\":{users},\"cores\":{cores},\"decode_events_per_sec\":{decode_rate:.0},\"pipeline_events_per_sec\":{pipeline_rate:.0},\"ratio\":{ratio:.4},\"latency_p50_ms\":{},\"latency_p99_ms\":{}}}\n",
-        report.latency_p50_ms, report.latency_p99_ms
+        "{{\"events\":{events},\"users\":{users},\"cores\":{cores},\"decode_events_per_sec\":{decode_rate:.0},\"pipeline_events_per_sec\":{pipeline_rate:.0},\"ratio\":{ratio:.4},\"latency_p50_ms\":{},\"latency_p99_ms\":{},\"visitors\":{visitors},\"merged\":{},\"forwarded\":{}}}\n",
+        report.latency_p50_ms, report.latency_p99_ms, report.merged, report.forwarded
     );
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     if std::fs::create_dir_all(&dir).is_ok() {

@@ -21,6 +21,9 @@ pub struct DemoArgs {
     pub events: u64,
     pub users: u64,
     pub seed: u64,
+    /// Share of anonymous visitors' messages and their aliases ([`VISITOR_RATE`] for
+    /// `herald demo`).
+    pub visitors: f64,
 }
 
 /// What a demo run measured.
@@ -53,10 +56,10 @@ impl DemoReport {
 }
 
 /// The demo's share of anonymous visitors (page views, tracks, and each one's alias).
-const VISITOR_RATE: f64 = 0.05;
+pub const VISITOR_RATE: f64 = 0.05;
 
 pub fn run(config: Config, args: DemoArgs) -> anyhow::Result<DemoReport> {
-    let spec = WorkloadSpec::new(args.events, args.users, args.seed).with_visitors(VISITOR_RATE);
+    let spec = WorkloadSpec::new(args.events, args.users, args.seed).with_visitors(args.visitors);
     eprintln!(
         "herald demo: generating {} events over {} users (seed {})…",
         args.events, args.users, args.seed

@@ -180,6 +180,7 @@ fn main() -> ExitCode {
                 events,
                 users,
                 seed,
+                visitors: herald::demo::VISITOR_RATE,
             };
             match herald::demo::run(cfg, args).and_then(|r| herald::demo::print_summary(&r)) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -695,6 +695,7 @@ fn the_demo_runs_the_whole_messaging_path_and_verifies() {
             events: 30_000,
             users: 3_000,
             seed: 9,
+            visitors: herald::demo::VISITOR_RATE,
         },
     )
     .expect("demo runs");
