@@ -4,9 +4,13 @@
 #[path = "common/oracle.rs"]
 mod oracle;
 
+#[allow(dead_code)]
+#[path = "common/aliases.rs"]
+mod aliases;
+
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -90,6 +94,11 @@ struct FaultyDocs {
     open: Arc<AtomicBool>,
     panics_left: AtomicU32,
     blocked_writes: Arc<AtomicUsize>,
+    /// `users` writes that may still complete; every later one hangs (a process about to
+    /// crash: nothing after it becomes durable).
+    writes_left: Arc<AtomicI64>,
+    /// `users` writes that completed.
+    writes_done: Arc<AtomicUsize>,
 }
 
 impl FaultyDocs {
@@ -99,6 +108,8 @@ impl FaultyDocs {
             open: Arc::new(AtomicBool::new(true)),
             panics_left: AtomicU32::new(0),
             blocked_writes: Arc::new(AtomicUsize::new(0)),
+            writes_left: Arc::new(AtomicI64::new(i64::MAX)),
+            writes_done: Arc::new(AtomicUsize::new(0)),
         })
     }
 }
@@ -130,14 +141,21 @@ impl DocumentStore for FaultyDocs {
         let open = self.open.clone();
         let blocked = self.blocked_writes.clone();
         let inner = self.inner.clone();
+        let hang = self.writes_left.fetch_sub(1, Ordering::SeqCst) <= 0;
+        let done = self.writes_done.clone();
         async move {
+            if hang {
+                return futures::future::pending().await;
+            }
             if !open.load(Ordering::SeqCst) {
                 blocked.fetch_add(1, Ordering::SeqCst);
                 while !open.load(Ordering::SeqCst) {
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
             }
-            inner.upsert_users(users, token, now_ms).await
+            let written = inner.upsert_users(users, token, now_ms).await;
+            done.fetch_add(1, Ordering::SeqCst);
+            written
         }
         .boxed()
     }
@@ -885,4 +903,104 @@ fn early_callbacks_expire_and_are_capped() {
         );
     }
     assert!(rig.docs.messages().is_empty());
+}
+
+/// Identity merge, a crash at each step: each alias phase of a random stream (visitors into
+/// users, chains, cycles and retargets) runs until the k-th `users` write, for every k, and the
+/// process "crashes" there (later writes never land, nothing after them is committed); a
+/// restart on the same stores and log finishes it, and users and merged ids equal the
+/// reference model's (ARCHITECTURE.md, "Identity merge": what a crash at each step leaves).
+#[test]
+fn a_crash_after_any_write_of_the_merges_is_finished_by_the_restart() {
+    let cfg = config("[shutdown]\ntimeout_ms = 300\n");
+    let stream = aliases::AliasStream::new(5, 12, 8, 150);
+    // Runs `source` until every record is committed, or — with `crash_after` — until that many
+    // users writes completed, then stops as a crash would (the shutdown times out on the
+    // hanging writes; nothing after them is durable or committed). Returns the writes done.
+    let run_on = |rig: &EmbeddedRig, source: Arc<EmbeddedSource>, crash_after: Option<i64>| {
+        let docs = FaultyDocs::new(rig.docs.clone());
+        if let Some(k) = crash_after {
+            docs.writes_left.store(k, Ordering::SeqCst);
+        }
+        let done = docs.writes_done.clone();
+        run(async {
+            let mut ports = rig.ports_with(None, Some(docs.clone()));
+            ports.source = source.clone();
+            let pipeline = rig.start_with(&cfg, 5, ports);
+            source.assign_all();
+            match crash_after {
+                None => {
+                    until("all committed", 60, || source.fully_committed()).await;
+                    finish(pipeline).await;
+                }
+                Some(k) => {
+                    until("the writes before the crash", 60, || {
+                        done.load(Ordering::SeqCst) as i64 >= k || source.fully_committed()
+                    })
+                    .await;
+                    let _ = pipeline.shutdown().await;
+                }
+            }
+        });
+        done.load(Ordering::SeqCst) as i64
+    };
+    let publish = |source: &EmbeddedSource, phase: usize| {
+        for (key, payload) in &stream.phases[phase] {
+            source.append(key, Bytes::from(payload.clone()));
+        }
+    };
+    // The phases before `phase` done, `phase` published and not read yet.
+    let before = |phase: usize| {
+        let rig = EmbeddedRig::new(&cfg, 5);
+        let mut source = rig.source.clone();
+        for p in 0..phase {
+            publish(&source, p);
+            run_on(&rig, source.clone(), None);
+            source = source.reopen();
+        }
+        publish(&source, phase);
+        (rig, source)
+    };
+    let mut crashes = 0;
+    for phase in 1..=3 {
+        let want = stream.expected(phase + 1);
+        let (rig, source) = before(phase);
+        let writes = run_on(&rig, source, None);
+        for k in 0..writes {
+            let (rig, source) = before(phase);
+            run_on(&rig, source.clone(), Some(k));
+            let source = source.reopen();
+            run_on(&rig, source.clone(), None);
+            assert!(source.fully_committed());
+            let users = rig.docs.users();
+            let differ: Vec<String> = want
+                .users
+                .iter()
+                .filter(|(id, p)| users.get(*id) != Some(p))
+                .map(|(id, p)| format!("{id}:\n  want {p:?}\n  got  {:?}", users.get(id)))
+                .chain(
+                    users
+                        .keys()
+                        .filter(|id| !want.users.contains_key(*id))
+                        .map(|id| format!("{id}: not in the model")),
+                )
+                .collect();
+            assert!(
+                differ.is_empty(),
+                "phase {phase}, crash after write {k}: {differ:#?}"
+            );
+            assert_eq!(
+                rig.docs.merged(),
+                want.merged,
+                "phase {phase}, crash after write {k}"
+            );
+            crashes += 1;
+        }
+    }
+    let merged = stream.expected(4).merged.len();
+    assert!(
+        crashes >= 15 && merged >= 8,
+        "{crashes} crashes, {merged} merged"
+    );
+    eprintln!("{merged} merged ids; a crash after each of {crashes} users writes");
 }

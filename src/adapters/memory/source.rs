@@ -53,6 +53,18 @@ impl EmbeddedSource {
         self.logs.len() as u32
     }
 
+    /// The same logs, commits and dead letters for a new consumer (a restarted process): what
+    /// the old one had not committed is read again.
+    pub fn reopen(&self) -> Arc<Self> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Arc::new(EmbeddedSource {
+            logs: self.logs.clone(),
+            tx,
+            rx: Mutex::new(Some(rx)),
+            dead_letters: Mutex::new(self.dead_letters.lock().clone()),
+        })
+    }
+
     /// The partition a key lands in (stable across runs).
     pub fn partition_for(&self, key: &str) -> u32 {
         (user_hash(key) % self.logs.len() as u64) as u32
