@@ -8,6 +8,10 @@
 //! On a 2-core machine the instances and the servers share the same cores: the per-event
 //! costs are the numbers to scale with, the rates show the contention.
 //!
+//! `HERALD_BENCH_VISITORS` (default 0) adds that share of anonymous visitors' messages and
+//! their aliases (each visitor merged into a user once); `HERALD_BENCH_INSTANCES` (default
+//! `1,2,3`) picks the instance counts.
+//!
 //! Writes `target/bench/capacity.json`.
 
 use std::process::{Child, Command, Stdio};
@@ -120,7 +124,25 @@ fn main() {
             "{name} is not running: scripts/backends.sh up"
         );
     }
-    let msgs: Vec<_> = Workload::new(WorkloadSpec::new(events, users, 42)).collect();
+    let visitors: f64 = std::env::var("HERALD_BENCH_VISITORS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    let instances: Vec<usize> = std::env::var("HERALD_BENCH_INSTANCES")
+        .unwrap_or_else(|_| "1,2,3".into())
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .collect();
+    let spec = WorkloadSpec::new(events, users, 42).with_visitors(visitors);
+    let msgs: Vec<_> = Workload::new(spec).collect();
+    let aliases = msgs
+        .iter()
+        .filter(|m| {
+            let alias = br#""type":"alias""#;
+            m.payload.windows(alias.len()).any(|w| w == alias)
+        })
+        .count();
+    println!("workload: {events} events, {users} users, {aliases} aliases (visitors {visitors})");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -131,7 +153,7 @@ fn main() {
         .as_nanos()
         % 1_000_000_000;
     let mut runs = Vec::new();
-    for n in [1usize, 2, 3] {
+    for n in instances {
         let base = format!("cap_{n}_{}_{nanos}", std::process::id());
         rt.block_on(ensure_topics(
             BROKERS,

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The fault-injection runner: runs the named scenarios of tests/chaos.rs (all of them by
-# default: r1 … r10) one at a time against a release `herald run` on the real servers, checks
+# default: r1 … r11) one at a time against a release `herald run` on the real servers, checks
 # each against the reference model, and writes the table of results into RELIABILITY.md
 # (between the chaos markers) from target/chaos/results.jsonl.
 #
@@ -19,7 +19,7 @@ out=target/chaos
 mkdir -p "$out"
 filters=("$@")
 if [ ${#filters[@]} -eq 0 ]; then
-  filters=(r1_ r2_ r3_ r4_ r5_ r6_ r7_ r8_ r9_ r10_)
+  filters=(r1_ r2_ r3_ r4_ r5_ r6_ r7_ r8_ r9_ r10_ r11_)
   rm -f "$out/results.jsonl"   # a full run starts a new table; a partial one replaces its rows
 fi
 status=0

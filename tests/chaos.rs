@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use common::proxy::{Fault, FaultProxy};
 use common::*;
 use herald::domain::user::UserProfile;
-use herald::workload::{Workload, WorkloadSpec};
+use herald::workload::{MessageKind, Workload, WorkloadSpec};
 use serde_json::json;
 
 fn now_ms() -> i64 {
@@ -198,13 +198,22 @@ fn produce_paced(
     seed: u64,
     over: Duration,
 ) -> std::thread::JoinHandle<()> {
+    produce_paced_spec(names, WorkloadSpec::new(events, users, seed), over)
+}
+
+/// [`produce_paced`] of any workload spec.
+fn produce_paced_spec(
+    names: &Names,
+    spec: WorkloadSpec,
+    over: Duration,
+) -> std::thread::JoinHandle<()> {
     let names = names.clone();
+    let events = spec.events;
     std::thread::spawn(move || {
         const PARTS: u64 = 60;
-        let messages: Vec<(String, bytes::Bytes)> =
-            Workload::new(WorkloadSpec::new(events, users, seed))
-                .map(|m| (m.key, m.payload))
-                .collect();
+        let messages: Vec<(String, bytes::Bytes)> = Workload::new(spec)
+            .map(|m| (m.key, m.payload))
+            .collect();
         let started = Instant::now();
         for i in 0..PARTS {
             let (from, to) = (events * i / PARTS, events * (i + 1) / PARTS);
@@ -1110,4 +1119,62 @@ fn r10_redis_stalls_under_two_sending_instances() {
     }
     .record();
     drop(redis);
+}
+
+/// R11: identity merges under crashes — R1's kills while a workload with 10 % anonymous
+/// visitors, each aliased into a user once, is published: every merge applied once (users and
+/// merged ids equal the model), the visitors' records before and after their alias counted
+/// once.
+#[test]
+#[ignore = "fault-injection runner: scripts/chaos.sh"]
+fn r11_sigkills_while_visitors_merge() {
+    let (events, users, seed) = (500_000, 20_000, 111);
+    let spec = WorkloadSpec::new(events, users, seed).with_visitors(0.1);
+    let names = Names::new("chaos_r11", 8);
+    let producing = produce_paced_spec(&names, spec, Duration::from_secs(60));
+    let want = expected_of(spec);
+    let merged_want = {
+        let msgs: Vec<_> = Workload::new(spec)
+            .filter(|m| m.kind != MessageKind::Invalid)
+            .map(|m| m.payload)
+            .collect();
+        oracle::replay_merging(msgs.iter().map(|p| &p[..]), 100).merged
+    };
+    let observer = Observer::new(&names, events);
+    let mut rng = Rng(0x5eed_0011);
+    let mut herald = start(&names, "r11", &[], "0");
+    let mut kills = 0;
+    while kills < 10 {
+        std::thread::sleep(rng.millis(2_000, 6_000));
+        kill9(&mut herald);
+        kills += 1;
+        herald = start(&names, "r11", &[], &kills.to_string());
+    }
+    let last_fault = Instant::now();
+    producing.join().unwrap();
+    observer.wait_done(Duration::from_secs(900));
+    let merged = block_on(mongo_merged(&names));
+    kill9(&mut herald);
+    let wrong = merged_want
+        .iter()
+        .filter(|(id, into)| merged.get(*id) != Some(into))
+        .count()
+        + merged.keys().filter(|id| !merged_want.contains_key(*id)).count();
+    assert_eq!(wrong, 0, "merged ids differ from the model");
+    finish(
+        (
+            "R11",
+            "10 SIGKILLs at random points while 500,000 events with 10 % anonymous visitors (each aliased into a user once) are published over 60 s",
+        ),
+        &names,
+        events,
+        &want,
+        format!("{kills} SIGKILL"),
+        last_fault,
+        format!(
+            "merged ids: {} of {} as the model says, 0 differing",
+            merged.len(),
+            merged_want.len()
+        ),
+    );
 }

@@ -544,7 +544,12 @@ pub struct Expected {
 }
 
 pub fn expected(events: u64, users: u64, seed: u64) -> Expected {
-    let msgs: Vec<_> = Workload::new(WorkloadSpec::new(events, users, seed)).collect();
+    expected_of(WorkloadSpec::new(events, users, seed))
+}
+
+/// [`expected`] of any workload spec (with visitors: merged ids left out of `users`).
+pub fn expected_of(spec: WorkloadSpec) -> Expected {
+    let msgs: Vec<_> = Workload::new(spec).collect();
     // The workload generator knows which messages it made invalid; the reference model
     // (tests/common/oracle.rs) replays the others without Herald's decoder or state machine.
     Expected {
