@@ -211,9 +211,8 @@ fn produce_paced_spec(
     let events = spec.events;
     std::thread::spawn(move || {
         const PARTS: u64 = 60;
-        let messages: Vec<(String, bytes::Bytes)> = Workload::new(spec)
-            .map(|m| (m.key, m.payload))
-            .collect();
+        let messages: Vec<(String, bytes::Bytes)> =
+            Workload::new(spec).map(|m| (m.key, m.payload)).collect();
         let started = Instant::now();
         for i in 0..PARTS {
             let (from, to) = (events * i / PARTS, events * (i + 1) / PARTS);
@@ -1159,7 +1158,10 @@ fn r11_sigkills_while_visitors_merge() {
         .iter()
         .filter(|(id, into)| merged.get(*id) != Some(into))
         .count()
-        + merged.keys().filter(|id| !merged_want.contains_key(*id)).count();
+        + merged
+            .keys()
+            .filter(|id| !merged_want.contains_key(*id))
+            .count();
     assert_eq!(wrong, 0, "merged ids differ from the model");
     finish(
         (

@@ -9,7 +9,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::aliases::AliasStream;
 use common::*;
@@ -27,21 +27,6 @@ fn flush_redis(port: u16) {
         .get_connection()
         .unwrap();
     let _: () = redis::cmd("FLUSHALL").query(&mut conn).unwrap();
-}
-
-fn started(names: &Names, tag: &str) {
-    let log = log_dir().join(format!("{}-{tag}.log", names.base));
-    let since = Instant::now();
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("herald running")
-    {
-        assert!(
-            since.elapsed() < Duration::from_secs(90),
-            "{tag} never started"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn aliases_merge_once_under_kills_a_second_instance_and_a_lost_redis(bus: Bus) {
@@ -74,7 +59,7 @@ fn aliases_merge_once_under_kills_a_second_instance_and_a_lost_redis(bus: Bus) {
                     // A second instance joins while the cycles and retargets merge, and
                     // leaves (on RabbitMQ it waits as a standby).
                     let mut b = spawn_herald(&names, &[], "b");
-                    started(&names, "b");
+                    wait_running(&names, "b");
                     obs.wait_progress(obs.progress(), Duration::from_secs(60));
                     std::thread::sleep(Duration::from_secs(3));
                     let (status, _) = sigterm(&mut b, Duration::from_secs(40));
@@ -156,8 +141,8 @@ fn two_instances_merge_ids_that_the_other_one_applies() {
     };
     let mut a = spawn("m2a", "a");
     let mut b = spawn("m2b", "b");
-    started(&names, "a");
-    started(&names, "b");
+    wait_running(&names, "a");
+    wait_running(&names, "b");
     let mut obs = Observer::new(&names, 0);
     let mut c = None;
     let mut published = 0i64;

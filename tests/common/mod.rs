@@ -436,6 +436,22 @@ pub fn spawn_herald(names: &Names, extra: &[(&str, &str)], tag: &str) -> Herald 
         .expect("spawn herald run")
 }
 
+/// Waits until the log of the `herald` started with `tag` says it is running.
+pub fn wait_running(names: &Names, tag: &str) {
+    let log = log_dir().join(format!("{}-{tag}.log", names.base));
+    let since = Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("herald running")
+    {
+        assert!(
+            since.elapsed() < Duration::from_secs(90),
+            "{tag} never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 pub fn kill9(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
