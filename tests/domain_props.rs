@@ -1692,4 +1692,102 @@ proptest! {
             SealStep::Elsewhere("b".to_string())
         );
     }
+
+    /// Quiet hours in local time, on any day of 2026 — the spring-forward and fall-back days
+    /// of New York and London, Lord Howe's 30-minute shift, Samoa and Kolkata: a message inside
+    /// a window is held until an instant not before it, every instant from it to the end is
+    /// inside the window, and the end itself is outside it (or the window starts again there).
+    #[test]
+    fn quiet_hours_hold_exactly_until_the_local_end(
+        zone in select(vec!["America/New_York", "Europe/London", "Australia/Lord_Howe",
+                            "Pacific/Apia", "Asia/Kolkata", "UTC"]),
+        start in 0u32..24 * 60,
+        end in 0u32..24 * 60,
+        at in 1_767_225_600_000i64..1_798_761_600_000,
+    ) {
+        use chrono::NaiveTime;
+        use herald::domain::policy::{QuietHours, QuietPolicy};
+        let tz: chrono_tz::Tz = zone.parse().unwrap();
+        let time = |m: u32| NaiveTime::from_hms_opt(m / 60, m % 60, 0).unwrap();
+        let q = QuietHours { start: time(start), end: time(end), policy: QuietPolicy::Hold };
+        if q.contains(at, tz) {
+            let until = q.window_end(at, tz);
+            prop_assert!(until > at, "ends after it starts");
+            prop_assert!(until - at <= 26 * 3_600_000, "within a day and a gap");
+            let mut t = at;
+            while t < until {
+                prop_assert!(q.contains(t, tz), "{} inside until {}", t, until);
+                t += 60_000;
+            }
+            prop_assert!(q.contains(until - 1, tz));
+        }
+    }
+
+    /// A frequency cap over any sequence of dispatches, repeats and retries included: in no
+    /// window of `per_ms` are more than `max` messages counted, a message is counted at most
+    /// once per window, and a message is refused only when `max` were counted in the `per_ms`
+    /// before it.
+    #[test]
+    fn caps_are_never_exceeded_and_count_each_message_once(
+        steps in vec((0u8..12, 0i64..400), 1..80),
+        max in 1usize..5,
+        per in 50i64..1_000,
+    ) {
+        use herald::domain::policy::{CapWindow, Slot};
+        let mut w = CapWindow::default();
+        let mut now = 0i64;
+        let mut counted: Vec<(String, i64)> = Vec::new();
+        for (id, gap) in steps {
+            now += gap;
+            let id = format!("m{id}");
+            let in_window = counted.iter().filter(|(_, at)| now - at < per).count();
+            match w.take_slot(&id, now, max, per) {
+                Slot::Taken => {
+                    prop_assert!(!counted.iter().any(|(c, at)| *c == id && now - at < per));
+                    prop_assert!(in_window < max);
+                    counted.push((id, now));
+                }
+                Slot::AlreadyCounted => {
+                    prop_assert!(counted.iter().any(|(c, at)| *c == id && now - at < per));
+                }
+                Slot::Full => prop_assert!(in_window >= max),
+            }
+        }
+        for (_, at) in &counted {
+            let within = counted.iter().filter(|(_, b)| *b >= *at && b - at < per).count();
+            prop_assert!(within <= max);
+        }
+    }
+
+    /// Preferences: a channel or category set to `false` skips the message with its name,
+    /// unless the campaign is critical; anything else (true, absent, not a boolean) sends.
+    #[test]
+    fn opt_outs_skip_unless_critical(
+        channel_pref in prop_oneof![Just(serde_json::json!(false)), Just(serde_json::json!(true)), Just(serde_json::json!("no")), Just(Value::Null)],
+        category_pref in prop_oneof![Just(serde_json::json!(false)), Just(serde_json::json!(true)), Just(Value::Null)],
+        critical in any::<bool>(),
+    ) {
+        use herald::domain::policy::{decide, CampaignPolicy, Decision, SkipReason};
+        let mut profile = herald::domain::user::UserProfile::default();
+        profile.traits.insert(
+            "preferences".into(),
+            serde_json::json!({"sms": channel_pref.clone(), "categories": {"marketing": category_pref.clone()}}),
+        );
+        let policy = CampaignPolicy {
+            channel: "sms",
+            category: Some("marketing"),
+            critical,
+            quiet_hours: None,
+        };
+        let want = if critical {
+            Decision::Send
+        } else if channel_pref == serde_json::json!(false) {
+            Decision::Skip(SkipReason::OptedOut("sms".into()))
+        } else if category_pref == serde_json::json!(false) {
+            Decision::Skip(SkipReason::OptedOut("marketing".into()))
+        } else {
+            Decision::Send
+        };
+        prop_assert_eq!(decide(&policy, &profile, 0, chrono_tz::Tz::UTC), want);
+    }
 }

@@ -121,6 +121,7 @@ fn exported_series() -> BTreeSet<String> {
     m.committed(0, 1, Some(1));
     m.dispatch_outcome("p", "sent");
     m.webhook_request("p", 204);
+    m.merge("merged");
     let text = m.render();
     let mut out = BTreeSet::new();
     for line in text.lines() {

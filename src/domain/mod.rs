@@ -9,6 +9,7 @@ pub mod keys;
 pub mod merge;
 pub mod message;
 pub mod names;
+pub mod policy;
 pub mod profile;
 pub mod rate_limit;
 pub mod retry;
