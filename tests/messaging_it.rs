@@ -493,7 +493,7 @@ fn a_thousand_retries_fire_once_across_a_sigkill_and_two_instances() {
     let config = write_config(
         &names,
         &format!(
-            "[retry]\nbase_ms = 500\nmax_delay_ms = 2000\nmax_attempts = 3\nsweep_ms = 500\n{}",
+            "[retry]\nbase_ms = 500\nmax_delay_ms = 20000\nmax_attempts = 3\nsweep_ms = 500\n{}",
             // 1,000 scripted 503s in a row would open sim-a's circuit (and fall back to
             // sim-b): here they are per-message answers, not an outage.
             providers_toml(port_a, port_b).replace(
@@ -504,14 +504,16 @@ fn a_thousand_retries_fire_once_across_a_sigkill_and_two_instances() {
     );
     const N: usize = 1000;
     let phone = |i: usize| format!("+1777{i:06}");
-    // The first send of each answers 503 with Retry-After: 8, so all 1,000 retries are
-    // scheduled (and none due) when the first instance is killed.
+    // The first send of each answers 503 with Retry-After: 20 (under the 20 s maximum
+    // delay), so all 1,000 retries are scheduled (and none due) when the first instance is
+    // killed, even when the first sends are spread over many seconds on a busy machine (with
+    // a 2 s maximum delay, CI saw the earliest retries fire before the last were scheduled).
     block_on(async {
         for i in 0..N {
             sim_script(
                 port_a,
                 &phone(i),
-                json!([{"status": 503, "retry_after": 8}, {"status": 200}]),
+                json!([{"status": 503, "retry_after": 20}, {"status": 200}]),
             )
             .await;
         }

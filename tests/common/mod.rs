@@ -1155,17 +1155,26 @@ pub fn retry_entries(names: &Names) -> Vec<(String, String, i64)> {
 
 /// Waits until the retry schedule holds exactly `n` entries, each for attempt 2: every first
 /// send was answered retryable and its retry is scheduled.
+/// On a timeout it says how far the schedule got.
 pub async fn wait_retries_scheduled(names: &Names, n: usize, limit: Duration) {
-    eventually(&format!("{n} retries scheduled"), limit, || {
+    let started = Instant::now();
+    loop {
         let names = names.clone();
-        async move {
-            let entries = tokio::task::spawn_blocking(move || retry_entries(&names))
-                .await
-                .unwrap();
-            entries.len() == n && entries.iter().all(|(_, a, _)| a == "2")
+        let entries = tokio::task::spawn_blocking(move || retry_entries(&names))
+            .await
+            .unwrap();
+        let second = entries.iter().filter(|(_, a, _)| a == "2").count();
+        if entries.len() == n && second == n {
+            eprintln!("{n} retries scheduled after {:?}", started.elapsed());
+            return;
         }
-    })
-    .await;
+        assert!(
+            started.elapsed() < limit,
+            "timed out waiting for {n} retries scheduled: {} entries, {second} for attempt 2",
+            entries.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Polls `cond` (async) until it holds, failing with `what` after `limit`.
