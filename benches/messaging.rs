@@ -426,6 +426,7 @@ fn store_sent(base: &str, n: usize, provider: &str, kind: Kind) -> MongoDocument
                     detail: Some(provider_message_id(kind, i)),
                 }],
                 lookup_at: None,
+                held_until: None,
             })
             .collect();
         for chunk in records.chunks(5000) {

@@ -98,6 +98,12 @@ impl herald::ports::DocumentStore for NoDocs {
     ) -> BoxFut<Result<Option<herald::domain::message::MessageRecord>, StoreError>> {
         self.0.get_message(id)
     }
+    fn count_status(
+        &self,
+        status: herald::domain::message::MessageStatus,
+    ) -> BoxFut<Result<u64, StoreError>> {
+        self.0.count_status(status)
+    }
     fn lookups_due(
         &self,
         now_ms: i64,

@@ -185,7 +185,8 @@ fn verify(
         let owner = live(&merged, &event.user_id);
         let profile = expected.entry(owner).or_default();
         profile.apply(&event);
-        for msg in evaluate_all(&config.parsed_campaigns, &event, profile) {
+        let ctx = config.trigger_context(0);
+        for msg in evaluate_all(&config.parsed_campaigns, &event, profile, &ctx) {
             expected_messages.insert(msg.id);
         }
     }

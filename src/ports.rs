@@ -296,6 +296,8 @@ pub trait DocumentStore: Send + Sync + 'static {
     /// Forgets a kept callback (applied, refused or expired).
     fn drop_early_callback(&self, key: String) -> BoxFut<Result<(), StoreError>>;
     fn get_message(&self, id: String) -> BoxFut<Result<Option<MessageRecord>, StoreError>>;
+    /// How many messages read `status` (the `herald_messages_held` gauge).
+    fn count_status(&self, status: MessageStatus) -> BoxFut<Result<u64, StoreError>>;
     /// Up to `limit` messages still `sent` whose status lookup is due at `now_ms`
     /// ([`MessageRecord::lookup_at`]), soonest first.
     fn lookups_due(

@@ -56,6 +56,8 @@ pub struct Metrics {
     merges: Family<Labels, Counter>,
     pub messages_forwarded: Counter,
     suppressed: Family<Labels, Counter>,
+    policy_skipped: Family<Labels, Counter>,
+    pub messages_held: Gauge,
     ingest_requests: Family<Labels, Counter>,
     ingest_messages: Family<Labels, Counter>,
     actor_restarts: Family<Labels, Counter>,
@@ -131,6 +133,8 @@ impl Metrics {
         let merges = Family::<Labels, Counter>::default();
         let messages_forwarded = Counter::default();
         let suppressed = Family::<Labels, Counter>::default();
+        let policy_skipped = Family::<Labels, Counter>::default();
+        let messages_held = Gauge::default();
         let ingest_requests = Family::<Labels, Counter>::default();
         let ingest_messages = Family::<Labels, Counter>::default();
         let actor_restarts = Family::<Labels, Counter>::default();
@@ -214,6 +218,17 @@ impl Metrics {
             "Messages found waiting on a send nobody held (a crash between storing and \
              leasing it, a lost retry schedule) and adopted by the reconciler",
             messages_reconciled.clone(),
+        );
+        registry.register(
+            "herald_policy_skipped",
+            "Triggered messages the messaging policy skipped, by reason (opted_out, \
+             quiet_hours, frequency_capped)",
+            policy_skipped.clone(),
+        );
+        registry.register(
+            "herald_messages_held",
+            "Messages held through their campaign's quiet hours, as last counted in messages",
+            messages_held.clone(),
         );
         registry.register(
             "herald_webhook_requests",
@@ -307,6 +322,8 @@ impl Metrics {
             merges,
             messages_forwarded,
             suppressed,
+            policy_skipped,
+            messages_held,
             ingest_requests,
             ingest_messages,
             actor_restarts,
@@ -352,6 +369,9 @@ impl Metrics {
         }
         for reason in SuppressionReason::ALL {
             one(&self.suppressed, "reason", reason.as_str());
+        }
+        for reason in ["opted_out", "quiet_hours", "frequency_capped"] {
+            one(&self.policy_skipped, "reason", reason);
         }
         for code in INGEST_CODES {
             one(&self.ingest_requests, "code", &code.to_string());
@@ -597,6 +617,13 @@ impl Metrics {
             .get_or_create(&vec![("reason", reason.to_string())])
             .inc();
         self.invalid_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A message the policy skipped (`herald_policy_skipped_total{reason}`).
+    pub fn policy_skipped(&self, reason: &str) {
+        self.policy_skipped
+            .get_or_create(&vec![("reason", reason.to_string())])
+            .inc();
     }
 
     pub fn suppressed(&self, reason: &str) {

@@ -6,7 +6,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use herald::domain::campaign::{Channel, Template, TemplateError, TriggeredMessage};
+use herald::domain::campaign::{Channel, TriggeredMessage};
+use herald::domain::template::Template;
 use herald::domain::event::{decode, Event, EventKind, RejectReason};
 use herald::domain::message::{
     transition, ApplyResult, MessageRecord, MessageStatus, StatusChange, StatusEvent,
@@ -153,6 +154,7 @@ fn kind_strategy() -> impl Strategy<Value = EventKind> {
                 tags_remove,
             }),
         select(&EVENT_NAMES[..]).prop_map(|n| EventKind::Track {
+            properties: None,
             event: n.to_string()
         }),
         (
@@ -498,6 +500,9 @@ fn initial_record() -> impl Strategy<Value = MessageRecord> {
                 body: "Hi".into(),
                 subject: None,
                 skipped,
+                policy_skip: None,
+                failed: None,
+                held_until: None,
                 trigger_at: 1,
             };
             let mut record = MessageRecord::from_triggered(&triggered, 0);
@@ -623,7 +628,30 @@ fn trait_profile(keys: &'static [&'static str]) -> impl Strategy<Value = UserPro
     })
 }
 
-const TEMPLATE_TRAITS: [&str; 6] = ["", "first_name", "a", "b.c", "x_1", "日本"];
+const TEMPLATE_TRAITS: [&str; 6] = ["", "first_name", "a", "first name", "x_1", "日本"];
+
+/// Trait values whose text is the same in Liquid as in the templates before it: null, booleans,
+/// 64-bit integers and strings (arrays, objects and floats render in Liquid's own way).
+fn template_value() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        "(?s).{0,12}".prop_map(Value::String),
+    ]
+}
+
+fn template_profile() -> impl Strategy<Value = UserProfile> {
+    btree_map(
+        select(&TEMPLATE_TRAITS[..]).prop_map(str::to_string),
+        template_value(),
+        0..TEMPLATE_TRAITS.len(),
+    )
+    .prop_map(|traits| UserProfile {
+        traits,
+        ..UserProfile::default()
+    })
+}
 
 #[derive(Debug, Clone)]
 enum Seg {
@@ -657,40 +685,29 @@ fn rendered(v: &Value) -> String {
 proptest! {
     #![proptest_config(config(256))]
 
-    /// Property 5a: parsing never panics; errors point at a real unclosed `{{`; text without
-    /// `{{` is a pure literal; parsed templates render against any traits without panicking.
+    /// Property 5a: compiling any text never panics, and neither does rendering what compiled
+    /// against any profile; text without `{{` or `{%` renders as itself.
     #[test]
     fn template_parse_and_render_never_panic(
         text in template_soup(),
         user_id in "(?s).{0,8}",
         profile in trait_profile(&TEMPLATE_TRAITS),
     ) {
-        match Template::parse(&text) {
-            Ok(t) => {
-                let out = t.render(&user_id, &profile);
-                if !text.contains("{{") {
-                    prop_assert_eq!(out, text);
-                }
-            }
-            Err(TemplateError::Unclosed(at)) => {
-                prop_assert!(text.is_char_boundary(at));
-                prop_assert!(text[at..].starts_with("{{"), "{:?} at {}", text, at);
-                prop_assert!(!text[at + 2..].contains("}}"));
-            }
-            Err(TemplateError::UnknownPlaceholder(name)) => {
-                prop_assert!(text.contains("{{"));
-                prop_assert_ne!(name.as_str(), "userId");
+        if let Ok(t) = Template::parse(&text) {
+            let out = t.render(&user_id, &profile, None, 4096);
+            if !text.contains("{{") && !text.contains("{%") && text.len() <= 4096 {
+                prop_assert_eq!(out.unwrap(), text);
             }
         }
     }
 
-    /// Property 5b: a well-formed template renders literals, traits (strings raw, other JSON as
-    /// JSON, missing or null as empty) and `userId`.
+    /// Property 5b: the templates written before Liquid render as they did: literals, traits
+    /// (strings raw, numbers and booleans as JSON, missing or null as empty) and `userId`.
     #[test]
     fn template_renders_model(
         segs in vec(segment(), 0..8),
         user_id in "(?s).{0,8}",
-        profile in trait_profile(&TEMPLATE_TRAITS),
+        profile in template_profile(),
     ) {
         let mut text = String::new();
         let mut expected = String::new();
@@ -714,7 +731,7 @@ proptest! {
         }
         let t = Template::parse(&text);
         prop_assert!(t.is_ok(), "{:?} -> {:?}", text, t);
-        prop_assert_eq!(t.unwrap().render(&user_id, &profile), expected);
+        prop_assert_eq!(t.unwrap().render(&user_id, &profile, None, 1 << 20).unwrap(), expected);
     }
 }
 
@@ -745,7 +762,7 @@ fn check_contract(e: &Event) -> Result<(), TestCaseError> {
         e.message_id
     );
     prop_assert!(valid_id_model(&e.user_id), "userId {:?}", e.user_id);
-    if let EventKind::Track { event } = &e.kind {
+    if let EventKind::Track { event, .. } = &e.kind {
         prop_assert!(valid_name_model(event), "event {:?}", event);
     }
     Ok(())
@@ -1054,7 +1071,13 @@ fn expected_event(m: &Map<String, Value>) -> Event {
     let s = |k: &str| m[k].as_str().unwrap().to_string();
     let ts = chrono::DateTime::parse_from_rfc3339(&s("timestamp")).unwrap();
     let kind = if s("type") == "track" {
-        EventKind::Track { event: s("event") }
+        EventKind::Track {
+            event: s("event"),
+            properties: match m.get("properties") {
+                Some(Value::Object(p)) if !p.is_empty() => Some(Box::new(p.clone())),
+                _ => None,
+            },
+        }
     } else {
         let traits = match non_null(m, "traits") {
             Some(Value::Object(t)) => t
@@ -1106,10 +1129,12 @@ fn event_to_json(e: &Event, offset_minutes: i32) -> Value {
                 serde_json::json!({"add": tags_add, "remove": tags_remove}),
             );
         }
-        EventKind::Track { event } => {
+        EventKind::Track { event, properties } => {
             m.insert("type".into(), "track".into());
             m.insert("event".into(), event.clone().into());
-            m.insert("properties".into(), serde_json::json!({"source": "web"}));
+            if let Some(p) = properties {
+                m.insert("properties".into(), Value::Object((**p).clone()));
+            }
         }
         EventKind::Group { group_id, traits } => {
             m.insert("type".into(), "group".into());
@@ -1143,7 +1168,10 @@ fn valid_event() -> impl Strategy<Value = Event> {
                 tags_add,
                 tags_remove,
             }),
-        "[A-Za-z0-9_ -]{1,64}".prop_map(|event| EventKind::Track { event }),
+        "[A-Za-z0-9_ -]{1,64}".prop_map(|event| EventKind::Track {
+            event,
+            properties: None
+        }),
         "(?s).{1,128}".prop_map(|previous_id| EventKind::Alias { previous_id }),
     ];
     (
@@ -1516,6 +1544,7 @@ fn small_profile() -> impl Strategy<Value = herald::domain::profile::Profile> {
                 tags_remove: remove.into_iter().map(String::from).collect(),
             }),
         select(vec!["p", "q", "r"]).prop_map(|e| EventKind::Track {
+            properties: None,
             event: e.to_string()
         }),
         (select(vec!["g", "h"]), select(vec!["a", "b"]), 0i64..3).prop_map(|(g, k, v)| {

@@ -191,6 +191,12 @@ impl DocumentStore for FaultyDocs {
     fn get_message(&self, id: String) -> BoxFut<Result<Option<MessageRecord>, StoreError>> {
         self.inner.get_message(id)
     }
+    fn count_status(
+        &self,
+        status: herald::domain::message::MessageStatus,
+    ) -> BoxFut<Result<u64, StoreError>> {
+        self.inner.count_status(status)
+    }
     fn lookups_due(
         &self,
         now_ms: i64,
@@ -337,6 +343,12 @@ impl DocumentStore for RefusingDocs {
     }
     fn get_message(&self, id: String) -> BoxFut<Result<Option<MessageRecord>, StoreError>> {
         self.inner.get_message(id)
+    }
+    fn count_status(
+        &self,
+        status: herald::domain::message::MessageStatus,
+    ) -> BoxFut<Result<u64, StoreError>> {
+        self.inner.count_status(status)
     }
     fn lookups_due(
         &self,

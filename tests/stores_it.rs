@@ -385,6 +385,9 @@ fn mongo_messages_follow_the_status_machine() {
             body: "Hi".into(),
             subject: None,
             skipped: None,
+            policy_skip: None,
+            failed: None,
+            held_until: None,
             trigger_at: 5,
         };
         let record = MessageRecord::from_triggered(&m, 10);
@@ -564,6 +567,9 @@ fn mongo_lists_stalled_messages_in_pages() {
                 body: "Hi".into(),
                 subject: None,
                 skipped: None,
+                policy_skip: None,
+                failed: None,
+                held_until: None,
                 trigger_at: at,
             };
             MessageRecord::from_triggered(&m, at)
@@ -818,6 +824,9 @@ fn grouped_transitions_from_two_writers_apply_each_change_once() {
                         body: "Hi".into(),
                         subject: None,
                         skipped: None,
+                        policy_skip: None,
+                        failed: None,
+                        held_until: None,
                         trigger_at: 1,
                     },
                     2,

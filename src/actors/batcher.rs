@@ -88,7 +88,7 @@ async fn write(shared: Arc<Shared>, shard: usize, batch: WriteBatch) -> WriteOut
     // Suppressed addresses: the message is stored `skipped`, never sent.
     let asked: Vec<String> = records
         .iter()
-        .filter(|r| r.status == MessageStatus::Queued)
+        .filter(|r| matches!(r.status, MessageStatus::Queued | MessageStatus::Held))
         .filter_map(|r| Some(suppression_id(r.channel, r.to.as_deref()?)))
         .collect();
     let mut suppressed_ids: AHashSet<String> = AHashSet::default();
@@ -104,7 +104,7 @@ async fn write(shared: Arc<Shared>, shard: usize, batch: WriteBatch) -> WriteOut
             for r in &mut records {
                 let Some(to) = r.to.as_deref() else { continue };
                 if let Some(reason) = suppressed.get(&suppression_id(r.channel, to)) {
-                    if r.status == MessageStatus::Queued {
+                    if matches!(r.status, MessageStatus::Queued | MessageStatus::Held) {
                         r.skip(reason.skip_reason());
                         suppressed_ids.insert(r.id.clone());
                     }
@@ -131,6 +131,14 @@ async fn write(shared: Arc<Shared>, shard: usize, batch: WriteBatch) -> WriteOut
             );
         }
         created.extend(inserted.created);
+        // Counted when the document is created, so a replayed trigger is not counted again.
+        for t in &batch.messages {
+            if let Some(reason) = t.message.policy_skip {
+                if created.contains(&t.message.id) {
+                    ports.metrics.policy_skipped(reason);
+                }
+            }
+        }
         for (id, detail) in &inserted.refused {
             tracing::error!(shard, message = %id, error = %detail, "MongoDB refused the message's document; dead-lettering its trigger");
         }
@@ -287,11 +295,30 @@ async fn write(shared: Arc<Shared>, shard: usize, batch: WriteBatch) -> WriteOut
     // it). A dispatcher whose queue is full parks the job (left to its lease, fired by the
     // sweep later): a slow or down provider never slows the flushes (G7 holds by the queue's
     // bound, the rest waits in the schedule).
-    let due: Vec<MessageRecord> = records
+    let (held, due): (Vec<MessageRecord>, Vec<MessageRecord>) = records
         .into_iter()
         .filter(|r| !r.status.is_terminal() && created.contains(&r.id))
         .filter(|r| !shared.dispatchers_for(r.channel).is_empty())
+        .partition(|r| r.status == MessageStatus::Held);
+    // A held message goes on the schedule for its window's end, not leased: nobody sends it
+    // until then, and whichever instance claims it then checks its policy again. If this
+    // write is lost, the reconciler puts it there from `messages`.
+    let held: Vec<RetryEntry> = held
+        .iter()
+        .map(|r| RetryEntry {
+            message_id: r.id.clone(),
+            attempt: r.attempts + 1,
+            resend: 0,
+            due_ms: r.held_until.unwrap_or(now),
+            lapsed: false,
+        })
         .collect();
+    if !held.is_empty() {
+        retry(&shared, shard, "held messages", || {
+            ports.retries.hold(held.clone(), false)
+        })
+        .await;
+    }
     if due.is_empty() {
         return outcome;
     }

@@ -40,6 +40,10 @@ pub struct Settings {
     pub early_callbacks: super::callback_handler::EarlyCallbacks,
     pub lookups: super::status_lookup::LookupSettings,
     pub merge: MergeSettings,
+    /// What campaigns evaluate triggers with (its `now_ms` is set per trigger).
+    pub trigger: crate::domain::campaign::TriggerContext,
+    /// `[[frequency_caps]]`.
+    pub caps: Vec<crate::domain::policy::FrequencyCap>,
     pub shutdown_timeout: Duration,
     /// Poison records per minute on one shard beyond which the shard escalates
     /// (`pipeline.max_poison_per_minute`).
@@ -64,6 +68,8 @@ pub const FAULT_PANIC_ON: &str = "HERALD_FAULT_PANIC_ON";
 impl Settings {
     pub fn from_config(c: &Config) -> Settings {
         Settings {
+            trigger: c.trigger_context(0),
+            caps: c.parsed_caps.clone(),
             max_message_bytes: c.limits.max_message_bytes,
             max_profile_bytes: c.limits.max_profile_bytes,
             dedup: c.dedup_limits(),

@@ -9,6 +9,7 @@ pub mod callback_handler;
 pub mod callback_journal;
 pub mod context;
 pub mod dispatcher;
+pub mod held;
 pub mod messages;
 pub mod partition;
 pub mod reconciler;

@@ -12,7 +12,7 @@
 //! about to lease its send finds the entry and leaves the send to the sweep, so whichever
 //! comes first owns it and the send fires once.
 
-use crate::domain::message::MessageRecord;
+use crate::domain::message::{MessageRecord, MessageStatus};
 use crate::ports::{RetryEntry, StalledFrom};
 
 use super::context::Shared;
@@ -27,6 +27,9 @@ const PAGE: usize = 1_000;
 /// so no message is skipped and none is read twice.
 pub async fn reconcile(shared: &Shared, idle_before_ms: i64) -> Result<usize, String> {
     let ports = &shared.ports;
+    if let Ok(held) = ports.docs.count_status(MessageStatus::Held).await {
+        ports.metrics.messages_held.set(held as i64);
+    }
     let mut adopted = 0;
     let mut from = StalledFrom::Start;
     loop {
@@ -80,7 +83,8 @@ async fn adopt(shared: &Shared, page: &[MessageRecord]) -> Result<usize, String>
                 message_id: r.id.clone(),
                 attempt,
                 resend,
-                due_ms: due,
+                // A held message waits out its window first.
+                due_ms: r.held_until.map_or(due, |until| until.max(due)),
                 lapsed: false,
             })
         })

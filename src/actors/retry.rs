@@ -10,6 +10,7 @@ use actix::prelude::*;
 use crate::domain::message::MessageStatus;
 
 use super::context::Shared;
+use super::held::{fire as fire_held, Fired};
 use super::reconciler::reconcile;
 // A claimed retry fires again after LEASE_MS unless its outcome was recorded (a crash between
 // claim and send loses nothing) or the dispatcher holding it extended it.
@@ -129,6 +130,19 @@ impl RetryActor {
                         let _ = ports.retries.complete(entry).await;
                         continue;
                     }
+                    // A held message's window ended: its policy decides again first.
+                    let record = if record.status == MessageStatus::Held {
+                        match fire_held(&shared, record, &entry).await {
+                            Ok(Fired::Send(record)) => *record,
+                            Ok(Fired::Settled) => continue,
+                            Err(e) => {
+                                tracing::warn!(error = %e, id = entry.message_id, "a held message could not be released; it fires again after its lease");
+                                continue;
+                            }
+                        }
+                    } else {
+                        record
+                    };
                     // A fallback whose hand-off was lost continues at the next provider.
                     let chain = shared.dispatchers_for(record.channel);
                     let index = record

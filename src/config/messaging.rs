@@ -20,6 +20,57 @@ pub struct CampaignConfig {
     pub subject: Option<String>,
     #[serde(default)]
     pub when_traits: BTreeMap<String, serde_json::Value>,
+    /// What `traits.preferences.categories.<category> = false` opts a user out of.
+    #[serde(default)]
+    pub category: Option<String>,
+    /// Sent despite opt-outs and frequency caps (one-time codes, receipts).
+    #[serde(default)]
+    pub critical: bool,
+    #[serde(default)]
+    pub quiet_hours: Option<QuietHoursConfig>,
+    /// `high`, `normal` or `low`: the provider queue its messages wait in.
+    #[serde(default)]
+    pub priority: Option<String>,
+}
+
+/// `quiet_hours = { start = "21:00", end = "08:00", policy = "hold" }`, in the user's time zone.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuietHoursConfig {
+    pub start: String,
+    pub end: String,
+    /// `hold` (send at the window's end) or `drop` (skip).
+    #[serde(default = "default_quiet_policy")]
+    pub policy: String,
+}
+
+fn default_quiet_policy() -> String {
+    "hold".into()
+}
+
+/// `[[frequency_caps]]`: at most `max` messages per user on `channel` in any `per_ms`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrequencyCapConfig {
+    pub channel: String,
+    pub max: u32,
+    pub per_ms: u64,
+}
+
+/// `[policy]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// The time zone of users without a valid `traits.timezone` (an IANA name).
+    pub default_timezone: String,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            default_timezone: "UTC".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -11,8 +11,10 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use toml::Value;
 
-use crate::domain::campaign::{Campaign, Channel, Template};
+use crate::domain::campaign::{Campaign, Channel, Priority, TriggerContext};
+use crate::domain::policy::{FrequencyCap, QuietHours, QuietPolicy};
 use crate::domain::retry::RetryPolicy;
+use crate::domain::template::Template;
 use crate::domain::user::DedupLimits;
 
 mod demo;
@@ -28,7 +30,10 @@ mod stores;
 pub use demo::{DemoConfig, SimulatorConfig};
 pub use http::{HttpConfig, IngestConfig};
 pub use mask::mask_url_password;
-pub use messaging::{CampaignConfig, OnUnknownOutcome, ProviderConfig, ProviderKind};
+pub use messaging::{
+    CampaignConfig, FrequencyCapConfig, OnUnknownOutcome, PolicyConfig, ProviderConfig,
+    ProviderKind, QuietHoursConfig,
+};
 pub use pipeline::{
     AggregatorConfig, BatchConfig, DedupConfig, LimitsConfig, MergeConfig, PipelineConfig,
     ReconcileConfig, RetryConfig,
@@ -95,12 +100,22 @@ pub struct Config {
     pub log: LogConfig,
     pub demo: DemoConfig,
     #[serde(default)]
+    pub policy: PolicyConfig,
+    #[serde(default)]
     pub campaigns: Vec<CampaignConfig>,
+    #[serde(default)]
+    pub frequency_caps: Vec<FrequencyCapConfig>,
     #[serde(default)]
     pub providers: Vec<ProviderConfig>,
     /// Validated campaigns, built by [`Config::load`].
     #[serde(skip)]
     pub parsed_campaigns: Vec<Campaign>,
+    /// Validated frequency caps, built by [`Config::load`].
+    #[serde(skip)]
+    pub parsed_caps: Vec<FrequencyCap>,
+    /// `policy.default_timezone`, validated.
+    #[serde(skip)]
+    pub default_tz: Option<chrono_tz::Tz>,
     /// The effective merged TOML with its provenance, for `check-config`.
     #[serde(skip)]
     pub effective: Option<Value>,
@@ -111,6 +126,15 @@ impl Config {
         DedupLimits {
             window_ms: self.dedup.window_ms,
             max_ids: self.dedup.max_ids_per_user,
+        }
+    }
+
+    /// What campaigns evaluate a trigger with, at `now_ms`.
+    pub fn trigger_context(&self, now_ms: i64) -> TriggerContext {
+        TriggerContext {
+            now_ms,
+            default_tz: self.default_tz.unwrap_or(chrono_tz::Tz::UTC),
+            max_body_bytes: self.limits.max_message_body_bytes,
         }
     }
 
@@ -451,14 +475,56 @@ impl Config {
                     ),
                 )
             })?;
-            let template = Template::parse(&c.template)
-                .map_err(|e| err("campaigns", format!("{}: {e}", key("template"))))?;
+            let template = Template::parse(&c.template).map_err(|e| {
+                err(
+                    "campaigns",
+                    format!("{}: campaign {:?}: {e}", key("template"), c.id),
+                )
+            })?;
             let subject = c
                 .subject
                 .as_deref()
                 .map(Template::parse)
                 .transpose()
-                .map_err(|e| err("campaigns", format!("{}: {e}", key("subject"))))?;
+                .map_err(|e| {
+                    err(
+                        "campaigns",
+                        format!("{}: campaign {:?}: {e}", key("subject"), c.id),
+                    )
+                })?;
+            let quiet_hours = c
+                .quiet_hours
+                .as_ref()
+                .map(|q| {
+                    let policy = match q.policy.as_str() {
+                        "hold" => QuietPolicy::Hold,
+                        "drop" => QuietPolicy::Drop,
+                        other => {
+                            return Err(format!("policy must be hold or drop, got {other:?}"));
+                        }
+                    };
+                    QuietHours::new(&q.start, &q.end, policy)
+                })
+                .transpose()
+                .map_err(|e| err("campaigns", format!("{}: {e}", key("quiet_hours"))))?;
+            let priority = match c.priority.as_deref() {
+                None => Priority::Normal,
+                Some(p) => Priority::parse(p).ok_or_else(|| {
+                    err(
+                        "campaigns",
+                        format!(
+                            "{}: must be high, normal or low, got {p:?}",
+                            key("priority")
+                        ),
+                    )
+                })?,
+            };
+            if c.category.as_deref().is_some_and(str::is_empty) {
+                return Err(err(
+                    "campaigns",
+                    format!("{}: must not be empty", key("category")),
+                ));
+            }
             if self.source.kind != SourceKind::Embedded && self.providers_for(channel).is_empty() {
                 return Err(err(
                     "campaigns",
@@ -479,9 +545,65 @@ impl Config {
                     .iter()
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
+                category: c.category.clone(),
+                critical: c.critical,
+                quiet_hours,
+                priority,
             });
         }
         self.parsed_campaigns = parsed;
+        let mut caps = Vec::new();
+        for (i, c) in self.frequency_caps.iter().enumerate() {
+            let key = |k: &str| format!("frequency_caps[{i}].{k}");
+            let channel = Channel::parse(&c.channel).ok_or_else(|| {
+                err(
+                    "frequency_caps",
+                    format!(
+                        "{}: must be sms, email or push, got {:?}",
+                        key("channel"),
+                        c.channel
+                    ),
+                )
+            })?;
+            if c.max == 0 || c.per_ms == 0 || c.per_ms > i64::MAX as u64 {
+                return Err(err(
+                    "frequency_caps",
+                    format!("{}: max and per_ms must be greater than 0", key("*")),
+                ));
+            }
+            if caps.iter().any(|x: &FrequencyCap| x.channel == channel) {
+                return Err(err(
+                    "frequency_caps",
+                    format!("{}: channel {channel} has a cap already", key("channel")),
+                ));
+            }
+            caps.push(FrequencyCap {
+                channel,
+                max: c.max as usize,
+                per_ms: c.per_ms as i64,
+            });
+        }
+        self.parsed_caps = caps;
+        let tz = self
+            .policy
+            .default_timezone
+            .parse::<chrono_tz::Tz>()
+            .map_err(|_| {
+                err(
+                    "policy.default_timezone",
+                    format!(
+                        "not an IANA time zone name: {:?}",
+                        self.policy.default_timezone
+                    ),
+                )
+            })?;
+        self.default_tz = Some(tz);
+        if self.limits.max_message_body_bytes == 0 {
+            return Err(err(
+                "limits.max_message_body_bytes",
+                "must be greater than 0".to_string(),
+            ));
+        }
         Ok(())
     }
 

@@ -70,10 +70,17 @@ pub struct LimitsConfig {
     /// grow one past it is dead-lettered as `profile_too_large`.
     #[serde(default = "default_max_profile_bytes")]
     pub max_profile_bytes: usize,
+    /// The longest rendered message body or subject; a longer one makes the message `failed`.
+    #[serde(default = "default_max_message_body_bytes")]
+    pub max_message_body_bytes: usize,
 }
 
 fn default_max_profile_bytes() -> usize {
     1_048_576
+}
+
+fn default_max_message_body_bytes() -> usize {
+    65_536
 }
 
 /// Status lookups for messages whose provider never called back (`[reconcile]`).

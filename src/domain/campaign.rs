@@ -1,14 +1,76 @@
-//! Campaign rules and templating (REFERENCE.md §4): a track event triggers a message whose
-//! recipient and body come from the user's state right after the trigger is applied.
+//! Campaign rules (REFERENCE.md §4, §12): a track event triggers a message whose recipient and
+//! body come from the user's state right after the trigger is applied, and whose first status
+//! the campaign's policy decides (preferences, quiet hours).
 
 use std::fmt;
 
 use serde_json::Value;
 
+use chrono_tz::Tz;
+
 use super::event::{Event, EventKind};
+use super::policy::{decide, CampaignPolicy, Decision, QuietHours, SkipReason};
+use super::template::{Template, TriggerEvent};
 use super::user::TraitLookup;
 #[cfg(test)]
 use super::user::UserProfile;
+
+/// A campaign's dispatch lane (REFERENCE.md §12): a provider sends every waiting `high`
+/// message before any `normal` one, and every `normal` before any `low`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Priority {
+    High,
+    #[default]
+    Normal,
+    Low,
+}
+
+impl Priority {
+    pub const ALL: [Priority; 3] = [Priority::High, Priority::Normal, Priority::Low];
+
+    pub fn parse(s: &str) -> Option<Priority> {
+        match s {
+            "high" => Some(Priority::High),
+            "normal" => Some(Priority::Normal),
+            "low" => Some(Priority::Low),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::High => "high",
+            Priority::Normal => "normal",
+            Priority::Low => "low",
+        }
+    }
+
+    /// Its queue's index, `high` first.
+    pub fn lane(self) -> usize {
+        self as usize
+    }
+}
+
+/// What evaluating a trigger needs besides the event and the profile.
+#[derive(Debug, Clone, Copy)]
+pub struct TriggerContext {
+    /// The wall clock at the trigger (quiet hours are about when a message would go out).
+    pub now_ms: i64,
+    /// `policy.default_timezone`.
+    pub default_tz: Tz,
+    /// `limits.max_message_body_bytes`.
+    pub max_body_bytes: usize,
+}
+
+impl Default for TriggerContext {
+    fn default() -> Self {
+        TriggerContext {
+            now_ms: 0,
+            default_tz: Tz::UTC,
+            max_body_bytes: 65_536,
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -52,85 +114,6 @@ impl fmt::Display for Channel {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
-enum Segment {
-    Literal(String),
-    Trait(String),
-    UserId,
-}
-
-/// A parsed template: literal text with `{{traits.<name>}}` and `{{userId}}` placeholders.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Template {
-    segments: Vec<Segment>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TemplateError {
-    #[error("unclosed `{{{{` at byte {0}")]
-    Unclosed(usize),
-    #[error("unknown placeholder `{{{{{0}}}}}`: only `traits.<name>` and `userId` are allowed")]
-    UnknownPlaceholder(String),
-}
-
-impl Template {
-    pub fn parse(text: &str) -> Result<Template, TemplateError> {
-        let mut segments = Vec::new();
-        let mut rest = text;
-        let mut consumed = 0;
-        while let Some(start) = rest.find("{{") {
-            if start > 0 {
-                segments.push(Segment::Literal(rest[..start].to_string()));
-            }
-            let after = &rest[start + 2..];
-            let end = after
-                .find("}}")
-                .ok_or(TemplateError::Unclosed(consumed + start))?;
-            let name = after[..end].trim();
-            let seg = if name == "userId" {
-                Segment::UserId
-            } else if let Some(t) = name.strip_prefix("traits.").filter(|t| !t.is_empty()) {
-                Segment::Trait(t.to_string())
-            } else {
-                return Err(TemplateError::UnknownPlaceholder(name.to_string()));
-            };
-            segments.push(seg);
-            let advance = start + 2 + end + 2;
-            consumed += advance;
-            rest = &rest[advance..];
-        }
-        if !rest.is_empty() {
-            segments.push(Segment::Literal(rest.to_string()));
-        }
-        Ok(Template { segments })
-    }
-
-    /// Renders against a user; a missing trait renders as an empty string.
-    pub fn render(&self, user_id: &str, profile: &impl TraitLookup) -> String {
-        let mut out = String::new();
-        for seg in &self.segments {
-            match seg {
-                Segment::Literal(s) => out.push_str(s),
-                Segment::UserId => out.push_str(user_id),
-                Segment::Trait(name) => {
-                    if let Some(v) = profile.trait_value(name) {
-                        push_value(&mut out, v);
-                    }
-                }
-            }
-        }
-        out
-    }
-}
-
-fn push_value(out: &mut String, v: &Value) {
-    match v {
-        Value::Null => {}
-        Value::String(s) => out.push_str(s),
-        other => out.push_str(&other.to_string()),
-    }
-}
-
 /// A configured campaign (validated).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Campaign {
@@ -141,6 +124,24 @@ pub struct Campaign {
     /// Email subject template (`subject`), rendered like `template`.
     pub subject: Option<Template>,
     pub when_traits: Vec<(String, Value)>,
+    /// The category a user's `traits.preferences.categories` can opt out of.
+    pub category: Option<String>,
+    /// Sent even to users who opted out, and not counted against frequency caps.
+    pub critical: bool,
+    pub quiet_hours: Option<QuietHours>,
+    pub priority: Priority,
+}
+
+impl Campaign {
+    /// The rules of this campaign the policy module decides on.
+    pub fn policy(&self) -> CampaignPolicy<'_> {
+        CampaignPolicy {
+            channel: self.channel.as_str(),
+            category: self.category.as_deref(),
+            critical: self.critical,
+            quiet_hours: self.quiet_hours,
+        }
+    }
 }
 
 /// A message a campaign produced, before any provider has seen it.
@@ -157,6 +158,15 @@ pub struct TriggeredMessage {
     pub subject: Option<String>,
     /// `None` when the message is to be sent; `Some(reason)` when it is `skipped`.
     pub skipped: Option<String>,
+    /// Set when the policy skipped it (the `reason` of `herald_policy_skipped_total`).
+    #[serde(skip)]
+    pub policy_skip: Option<&'static str>,
+    /// `Some(error)` when its template did not render: the message is `failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
+    /// `Some(ms)` when quiet hours hold it until then: the message is `held`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_until: Option<i64>,
     /// Event time of the trigger (ms).
     pub trigger_at: i64,
 }
@@ -170,9 +180,20 @@ pub fn message_id(campaign: &str, trigger_message_id: &str) -> String {
 }
 
 impl Campaign {
-    /// Evaluates this campaign for an event already applied to `profile`.
-    pub fn evaluate(&self, event: &Event, profile: &impl TraitLookup) -> Option<TriggeredMessage> {
-        let EventKind::Track { event: name } = &event.kind else {
+    /// Evaluates this campaign for an event already applied to `profile`: the recipient and
+    /// `when_traits` first, then preferences and quiet hours (REFERENCE.md §12's order; caps
+    /// are counted at dispatch), then the templates.
+    pub fn evaluate(
+        &self,
+        event: &Event,
+        profile: &impl TraitLookup,
+        ctx: &TriggerContext,
+    ) -> Option<TriggeredMessage> {
+        let EventKind::Track {
+            event: name,
+            properties,
+        } = &event.kind
+        else {
             return None;
         };
         if name != &self.on_event {
@@ -181,40 +202,78 @@ impl Campaign {
         let address = profile
             .trait_value(self.channel.address_trait())
             .and_then(address_text);
-        let unmet = self
-            .when_traits
-            .iter()
-            .find(|(k, want)| profile.trait_value(k) != Some(want));
-        let skipped = if let Some((k, want)) = unmet {
-            Some(format!("when_traits not met: traits.{k} is not {want}"))
-        } else if address.is_none() {
-            Some(format!(
-                "no address: traits.{} is missing",
-                self.channel.address_trait()
-            ))
-        } else {
-            None
-        };
-        let body = if skipped.is_none() {
-            self.template.render(&event.user_id, profile)
-        } else {
-            String::new()
-        };
-        let subject = match (&self.subject, &skipped) {
-            (Some(t), None) => Some(t.render(&event.user_id, profile)),
-            _ => None,
-        };
-        Some(TriggeredMessage {
+        let mut m = TriggeredMessage {
             id: message_id(&self.id, &event.message_id),
             user_id: event.user_id.clone(),
             campaign: self.id.clone(),
             channel: self.channel,
             to: address,
-            body,
-            subject,
-            skipped,
+            body: String::new(),
+            subject: None,
+            skipped: None,
+            policy_skip: None,
+            failed: None,
+            held_until: None,
             trigger_at: event.timestamp_ms,
-        })
+        };
+        let unmet = self
+            .when_traits
+            .iter()
+            .find(|(k, want)| profile.trait_value(k) != Some(want));
+        if let Some((k, want)) = unmet {
+            m.skipped = Some(format!("when_traits not met: traits.{k} is not {want}"));
+            return Some(m);
+        }
+        if m.to.is_none() {
+            m.skipped = Some(format!(
+                "no address: traits.{} is missing",
+                self.channel.address_trait()
+            ));
+            return Some(m);
+        }
+        match decide(&self.policy(), profile, ctx.now_ms, ctx.default_tz) {
+            Decision::Send => {}
+            Decision::Hold(until) => m.held_until = Some(until),
+            Decision::Skip(reason) => {
+                m.policy_skip = Some(reason.code());
+                m.skipped = Some(skip_text(&reason));
+                return Some(m);
+            }
+        }
+        let trigger = TriggerEvent {
+            name,
+            properties: properties.as_deref(),
+        };
+        let rendered = self
+            .template
+            .render(&event.user_id, profile, Some(trigger), ctx.max_body_bytes)
+            .and_then(|body| {
+                let subject = self
+                    .subject
+                    .as_ref()
+                    .map(|t| t.render(&event.user_id, profile, Some(trigger), ctx.max_body_bytes))
+                    .transpose()?;
+                Ok((body, subject))
+            });
+        match rendered {
+            Ok((body, subject)) => {
+                m.body = body;
+                m.subject = subject;
+            }
+            Err(e) => {
+                m.held_until = None;
+                m.failed = Some(format!("campaign {}: {e}", self.id));
+            }
+        }
+        Some(m)
+    }
+}
+
+/// The `error` of a message the policy skipped.
+pub fn skip_text(reason: &SkipReason) -> String {
+    match reason {
+        SkipReason::OptedOut(what) => format!("opted_out: {what}"),
+        other => other.code().to_string(),
     }
 }
 
@@ -231,13 +290,14 @@ pub fn evaluate_all(
     campaigns: &[Campaign],
     event: &Event,
     profile: &impl TraitLookup,
+    ctx: &TriggerContext,
 ) -> Vec<TriggeredMessage> {
     if !matches!(event.kind, EventKind::Track { .. }) {
         return Vec::new();
     }
     campaigns
         .iter()
-        .filter_map(|c| c.evaluate(event, profile))
+        .filter_map(|c| c.evaluate(event, profile, ctx))
         .collect()
 }
 
@@ -254,7 +314,15 @@ mod tests {
             template: Template::parse(template).unwrap(),
             subject: None,
             when_traits: when.into_iter().map(|(k, v)| (k.into(), v)).collect(),
+            category: Some("marketing".into()),
+            critical: false,
+            quiet_hours: None,
+            priority: Priority::Normal,
         }
+    }
+
+    fn ctx() -> TriggerContext {
+        TriggerContext::default()
     }
 
     fn signed_up() -> Event {
@@ -264,6 +332,7 @@ mod tests {
             timestamp_ms: 7,
             kind: EventKind::Track {
                 event: "signed_up".into(),
+                properties: None,
             },
         }
     }
@@ -277,28 +346,6 @@ mod tests {
     }
 
     #[test]
-    fn renders_traits_and_user_id_missing_as_empty() {
-        let t =
-            Template::parse("Hi {{traits.first_name}}{{ traits.last }} ({{userId}}) {{traits.n}}")
-                .unwrap();
-        let p = profile(json!({"first_name":"Ada","n":3}));
-        assert_eq!(t.render("u-1", &p), "Hi Ada (u-1) 3");
-    }
-
-    #[test]
-    fn template_errors() {
-        assert_eq!(
-            Template::parse("Hi {{traits.x"),
-            Err(TemplateError::Unclosed(3))
-        );
-        assert!(matches!(
-            Template::parse("{{event}}"),
-            Err(TemplateError::UnknownPlaceholder(_))
-        ));
-        assert!(Template::parse("{{traits.}}").is_err());
-    }
-
-    #[test]
     fn triggers_with_deterministic_id() {
         let c = campaign(
             "Hi {{traits.first_name}}",
@@ -308,6 +355,7 @@ mod tests {
             .evaluate(
                 &signed_up(),
                 &profile(json!({"phone":"+1555","first_name":"Ada","subscribed":true})),
+                &ctx(),
             )
             .unwrap();
         assert_eq!(m.id, "welcome:m-2");
@@ -320,13 +368,14 @@ mod tests {
     fn skipped_without_address_or_unmet_condition() {
         let c = campaign("x", vec![("subscribed", json!(true))]);
         let m = c
-            .evaluate(&signed_up(), &profile(json!({"subscribed":true})))
+            .evaluate(&signed_up(), &profile(json!({"subscribed":true})), &ctx())
             .unwrap();
         assert!(m.skipped.unwrap().contains("no address"));
         let m = c
             .evaluate(
                 &signed_up(),
                 &profile(json!({"phone":"+1","subscribed":false})),
+                &ctx(),
             )
             .unwrap();
         assert!(m.skipped.unwrap().contains("when_traits"));
@@ -338,7 +387,38 @@ mod tests {
         let mut e = signed_up();
         e.kind = EventKind::Track {
             event: "other".into(),
+            properties: None,
         };
-        assert!(c.evaluate(&e, &UserProfile::default()).is_none());
+        assert!(c.evaluate(&e, &UserProfile::default(), &ctx()).is_none());
+    }
+
+    #[test]
+    fn opted_out_quiet_hours_and_render_errors_decide_the_first_status() {
+        let mut c = campaign("Hi {{ traits.first_name | default: \"there\" }}", vec![]);
+        let opted =
+            profile(json!({"phone": "+1", "preferences": {"categories": {"marketing": false}}}));
+        let m = c.evaluate(&signed_up(), &opted, &ctx()).unwrap();
+        assert_eq!(m.skipped.as_deref(), Some("opted_out: marketing"));
+        assert_eq!(m.policy_skip, Some("opted_out"));
+        c.critical = true;
+        let m = c.evaluate(&signed_up(), &opted, &ctx()).unwrap();
+        assert_eq!((m.skipped, m.body.as_str()), (None, "Hi there"));
+        c.critical = false;
+        c.category = None;
+        // 23:00 UTC on 1970-01-01 is inside 21:00-08:00: held until 08:00 the next day.
+        c.quiet_hours = Some(
+            QuietHours::new("21:00", "08:00", super::super::policy::QuietPolicy::Hold).unwrap(),
+        );
+        let late = TriggerContext {
+            now_ms: 23 * 3_600_000,
+            ..ctx()
+        };
+        let m = c.evaluate(&signed_up(), &opted, &late).unwrap();
+        assert_eq!(m.held_until, Some(32 * 3_600_000));
+        assert_eq!(m.body, "Hi there", "rendered at the trigger");
+        c.template = Template::parse("{{ traits.phone | divided_by: 0 }}").unwrap();
+        let m = c.evaluate(&signed_up(), &opted, &late).unwrap();
+        assert!(m.failed.unwrap().starts_with("campaign welcome: "));
+        assert_eq!(m.held_until, None);
     }
 }

@@ -35,7 +35,12 @@ pub enum EventKind {
         tags_remove: Vec<String>,
     },
     /// `track`, and `page` / `screen` as the events [`PAGE_VIEWED`] / [`SCREEN_VIEWED`].
-    Track { event: String },
+    Track {
+        event: String,
+        /// The event's `properties` (templates read them as `event.properties`), when it has
+        /// any; not aggregated.
+        properties: Option<Box<Map<String, Value>>>,
+    },
     /// `group`: the traits of one group the user belongs to (`users.groups.<group_id>`).
     Group {
         group_id: String,
@@ -395,18 +400,19 @@ fn validate(raw: RawEvent<'_>) -> Result<Event, Rejection> {
                     ),
                 ));
             }
-            // Properties are validated (must be an object) but not aggregated.
-            let _ = raw.properties;
             EventKind::Track {
                 event: event.into_owned(),
+                properties: raw.properties.filter(|p| !p.is_empty()).map(Box::new),
             }
         }
         // `name` and `properties` are validated by type only: the view counts, not what.
         "page" => EventKind::Track {
             event: PAGE_VIEWED.to_string(),
+            properties: None,
         },
         "screen" => EventKind::Track {
             event: SCREEN_VIEWED.to_string(),
+            properties: None,
         },
         "group" => EventKind::Group {
             group_id: check_id("groupId", required("groupId", raw.group_id)?)?,
@@ -571,7 +577,10 @@ mod tests {
         assert_eq!(
             e.kind,
             EventKind::Track {
-                event: "signed_up".into()
+                event: "signed_up".into(),
+                properties: Some(Box::new(
+                    serde_json::json!({"source": "web"}).as_object().unwrap().clone()
+                )),
             }
         );
     }
@@ -639,7 +648,8 @@ mod tests {
         assert_eq!(
             page.kind,
             EventKind::Track {
-                event: PAGE_VIEWED.into()
+                event: PAGE_VIEWED.into(),
+                properties: None,
             }
         );
         let screen = decode(
@@ -651,7 +661,8 @@ mod tests {
         assert_eq!(
             screen.kind,
             EventKind::Track {
-                event: SCREEN_VIEWED.into()
+                event: SCREEN_VIEWED.into(),
+                properties: None,
             }
         );
         let group = decode(

@@ -273,6 +273,7 @@ mod tests {
                     timestamp_ms: *t,
                     kind: EventKind::Track {
                         event: name.to_string(),
+                        properties: None,
                     },
                 },
                 0,

@@ -11,6 +11,8 @@ use super::campaign::{Channel, TriggeredMessage};
 #[serde(rename_all = "lowercase")]
 pub enum MessageStatus {
     Queued,
+    /// Waiting out the campaign's quiet hours until `held_until` (REFERENCE.md §12).
+    Held,
     Sent,
     Retrying,
     Delivered,
@@ -19,8 +21,9 @@ pub enum MessageStatus {
 }
 
 impl MessageStatus {
-    pub const ALL: [MessageStatus; 6] = [
+    pub const ALL: [MessageStatus; 7] = [
         MessageStatus::Queued,
+        MessageStatus::Held,
         MessageStatus::Sent,
         MessageStatus::Retrying,
         MessageStatus::Delivered,
@@ -38,6 +41,7 @@ impl MessageStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             MessageStatus::Queued => "queued",
+            MessageStatus::Held => "held",
             MessageStatus::Sent => "sent",
             MessageStatus::Retrying => "retrying",
             MessageStatus::Delivered => "delivered",
@@ -62,14 +66,25 @@ pub enum StatusEvent {
     Delivered,
     /// Terminal failure (non-retryable, or attempts exhausted).
     Failed,
+    /// A held message's window ended and its policy still lets it go: it is sent now.
+    Released,
+    /// A held message fell in a window again (its user's time zone changed): held anew until
+    /// the change's `held_until`.
+    HeldAgain,
+    /// Policy stopped a message before its first attempt (opted out while held, frequency
+    /// capped): terminal, with the reason as its error.
+    Skipped,
 }
 
 impl StatusEvent {
-    pub const ALL: [StatusEvent; 4] = [
+    pub const ALL: [StatusEvent; 7] = [
         StatusEvent::Sent,
         StatusEvent::Retrying,
         StatusEvent::Delivered,
         StatusEvent::Failed,
+        StatusEvent::Released,
+        StatusEvent::HeldAgain,
+        StatusEvent::Skipped,
     ];
 
     /// The statuses from which this event is accepted; from any other it is ignored.
@@ -80,6 +95,8 @@ impl StatusEvent {
             StatusEvent::Retrying => &[Queued, Sent, Retrying],
             StatusEvent::Delivered => &[Queued, Sent, Retrying],
             StatusEvent::Failed => &[Queued, Sent, Retrying],
+            StatusEvent::Released | StatusEvent::HeldAgain => &[Held],
+            StatusEvent::Skipped => &[Queued, Held],
         }
     }
 
@@ -89,6 +106,9 @@ impl StatusEvent {
             StatusEvent::Retrying => MessageStatus::Retrying,
             StatusEvent::Delivered => MessageStatus::Delivered,
             StatusEvent::Failed => MessageStatus::Failed,
+            StatusEvent::Released => MessageStatus::Queued,
+            StatusEvent::HeldAgain => MessageStatus::Held,
+            StatusEvent::Skipped => MessageStatus::Skipped,
         }
     }
 }
@@ -158,15 +178,23 @@ pub struct MessageRecord {
     /// While `sent`: when its status is next looked up at the provider (`None`: never).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lookup_at: Option<i64>,
+    /// While `held`: when its quiet hours end (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_until: Option<i64>,
 }
 
 impl MessageRecord {
-    /// The initial document of a triggered message: `queued`, or `skipped` with its reason.
+    /// The initial document of a triggered message: `queued`; `held` until its quiet hours
+    /// end; `skipped` or `failed` (its template did not render) with the reason.
     pub fn from_triggered(m: &TriggeredMessage, now_ms: i64) -> MessageRecord {
-        let status = if m.skipped.is_some() {
-            MessageStatus::Skipped
+        let (status, error) = if m.skipped.is_some() {
+            (MessageStatus::Skipped, m.skipped.clone())
+        } else if m.failed.is_some() {
+            (MessageStatus::Failed, m.failed.clone())
+        } else if m.held_until.is_some() {
+            (MessageStatus::Held, None)
         } else {
-            MessageStatus::Queued
+            (MessageStatus::Queued, None)
         };
         MessageRecord {
             id: m.id.clone(),
@@ -180,22 +208,28 @@ impl MessageRecord {
             status,
             attempts: 0,
             provider_message_id: None,
-            error: m.skipped.clone(),
+            error: error.clone(),
             created_at: now_ms,
             updated_at: now_ms,
             history: vec![HistoryEntry {
                 status,
                 at: now_ms,
                 provider: None,
-                detail: m.skipped.clone(),
+                detail: error,
             }],
             lookup_at: None,
+            held_until: if status == MessageStatus::Held {
+                m.held_until
+            } else {
+                None
+            },
         }
     }
 
     /// Makes a message that was never sent `skipped` (its address turned out suppressed).
     pub fn skip(&mut self, reason: String) {
-        if self.status != MessageStatus::Queued || self.attempts > 0 {
+        if !matches!(self.status, MessageStatus::Queued | MessageStatus::Held) || self.attempts > 0
+        {
             return;
         }
         self.status = MessageStatus::Skipped;
@@ -243,9 +277,14 @@ impl MessageRecord {
         }
         self.status = next;
         self.updated_at = change.at;
-        // Only a `sent` message waits on a lookup.
+        // Only a `sent` message waits on a lookup, only a `held` one on its window's end
+        // (carried in `look_up_at` by a `HeldAgain`).
         self.lookup_at = match change.event {
             StatusEvent::Sent => change.look_up_at,
+            _ => None,
+        };
+        self.held_until = match change.event {
+            StatusEvent::HeldAgain => change.look_up_at,
             _ => None,
         };
         if let Some(p) = &change.provider {
@@ -258,8 +297,13 @@ impl MessageRecord {
             self.attempts = self.attempts.max(a);
         }
         match change.event {
-            StatusEvent::Sent | StatusEvent::Delivered => {}
-            StatusEvent::Retrying | StatusEvent::Failed => self.error = change.detail.clone(),
+            StatusEvent::Sent
+            | StatusEvent::Delivered
+            | StatusEvent::Released
+            | StatusEvent::HeldAgain => {}
+            StatusEvent::Retrying | StatusEvent::Failed | StatusEvent::Skipped => {
+                self.error = change.detail.clone()
+            }
         }
         // A `sent` entry's detail is the provider message id, so late callbacks about an
         // older send can be told from callbacks that overtook their send.
@@ -306,7 +350,9 @@ impl MessageRecord {
     /// message that waits on no send of Herald's (`sent`, or terminal).
     pub fn due_send(&self) -> Option<(u32, u32)> {
         match self.status {
-            MessageStatus::Queued => Some((self.attempts + 1, 0)),
+            // A held message's first send is due at the window's end (the schedule entry
+            // fires then, and the sweep checks its policy again before sending).
+            MessageStatus::Queued | MessageStatus::Held => Some((self.attempts + 1, 0)),
             MessageStatus::Retrying => {
                 let resends = self
                     .history
@@ -370,6 +416,9 @@ mod tests {
             body: "b".into(),
             subject: None,
             skipped: None,
+            policy_skip: None,
+            failed: None,
+            held_until: None,
             trigger_at: 0,
         };
         MessageRecord::from_triggered(&m, 0)

@@ -19,6 +19,7 @@ pub mod signature;
 pub mod status_lookup;
 pub mod stored_state;
 pub mod suppression;
+pub mod template;
 pub mod twilio;
 pub mod user;
 pub mod user_profile;

@@ -188,6 +188,14 @@ pub fn decide(
     Decision::Send
 }
 
+/// `[[frequency_caps]]`: at most `max` messages per user on `channel` in any `per_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrequencyCap {
+    pub channel: super::campaign::Channel,
+    pub max: usize,
+    pub per_ms: i64,
+}
+
 /// A frequency cap's count for one user and channel: the messages dispatched in the last
 /// `per_ms`, by id, oldest first.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -244,6 +252,12 @@ mod tests {
         fn trait_value(&self, key: &str) -> Option<&Value> {
             self.0.get(key)
         }
+        fn each_trait(&self, f: &mut dyn FnMut(&str, &Value)) {
+            for (k, v) in &self.0 {
+                f(k, v);
+            }
+        }
+        fn each_event(&self, _: &mut dyn FnMut(&str, &crate::domain::user_profile::EventStats)) {}
     }
 
     fn ms(tz: Tz, y: i32, mo: u32, d: u32, h: u32, mi: u32) -> i64 {

@@ -253,7 +253,7 @@ impl Profile {
                     self.tags.remove(tag);
                 }
             }
-            EventKind::Track { event: name } => {
+            EventKind::Track { event: name, .. } => {
                 self.event_count += 1;
                 match self.events.get_mut(name) {
                     Some(stats) => {
@@ -366,6 +366,18 @@ impl Profile {
 impl TraitLookup for Profile {
     fn trait_value(&self, key: &str) -> Option<&Value> {
         self.traits.get(key)
+    }
+
+    fn each_trait(&self, f: &mut dyn FnMut(&str, &Value)) {
+        for (k, v) in self.traits.iter() {
+            f(k, v);
+        }
+    }
+
+    fn each_event(&self, f: &mut dyn FnMut(&str, &EventStats)) {
+        for (k, v) in self.events.iter() {
+            f(k, v);
+        }
     }
 }
 

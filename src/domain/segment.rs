@@ -438,7 +438,8 @@ mod tests {
         assert_eq!(
             event.kind,
             EventKind::Track {
-                event: "page_viewed".into()
+                event: "page_viewed".into(),
+                properties: None,
             }
         );
         assert!(Route::parse("bogus").is_none());

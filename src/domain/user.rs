@@ -178,7 +178,10 @@ mod tests {
             message_id: id.into(),
             user_id: "u".into(),
             timestamp_ms: t,
-            kind: EventKind::Track { event: name.into() },
+            kind: EventKind::Track {
+                event: name.into(),
+                properties: None,
+            },
         }
     }
 

@@ -107,7 +107,7 @@ impl UserProfile {
                     self.tags.remove(tag);
                 }
             }
-            EventKind::Track { event: name } => {
+            EventKind::Track { event: name, .. } => {
                 self.event_count += 1;
                 match self.events.get_mut(name) {
                     Some(stats) => {
@@ -148,10 +148,26 @@ impl UserProfile {
 /// Reads a trait by name (the campaigns evaluate against either profile form).
 pub trait TraitLookup {
     fn trait_value(&self, key: &str) -> Option<&Value>;
+    /// Every trait, in name order (templates see them all).
+    fn each_trait(&self, f: &mut dyn FnMut(&str, &Value));
+    /// Every event's statistics, in name order.
+    fn each_event(&self, f: &mut dyn FnMut(&str, &EventStats));
 }
 
 impl TraitLookup for UserProfile {
     fn trait_value(&self, key: &str) -> Option<&Value> {
         self.traits.get(key)
+    }
+
+    fn each_trait(&self, f: &mut dyn FnMut(&str, &Value)) {
+        for (k, v) in &self.traits {
+            f(k, v);
+        }
+    }
+
+    fn each_event(&self, f: &mut dyn FnMut(&str, &EventStats)) {
+        for (k, v) in &self.events {
+            f(k, v);
+        }
     }
 }

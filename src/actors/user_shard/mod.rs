@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use crate::domain::campaign::evaluate_all;
+use crate::domain::campaign::{evaluate_all, TriggerContext};
 use crate::domain::event::{decode, EventKind};
 use crate::domain::keys::message_fingerprint;
 use crate::domain::profile::growth_bound;
@@ -431,7 +431,16 @@ impl UserShard {
                 && too_large.is_none()
                 && !shared.campaigns.is_empty()
             {
-                evaluate_all(&shared.campaigns, &record.event, &entity.state.profile)
+                let ctx = TriggerContext {
+                    now_ms,
+                    ..shared.settings.trigger
+                };
+                evaluate_all(
+                    &shared.campaigns,
+                    &record.event,
+                    &entity.state.profile,
+                    &ctx,
+                )
             } else {
                 Vec::new()
             };

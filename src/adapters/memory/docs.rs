@@ -317,6 +317,16 @@ impl DocumentStore for MemoryDocumentStore {
         async move { Ok(m) }.boxed()
     }
 
+    fn count_status(&self, status: MessageStatus) -> BoxFut<Result<u64, StoreError>> {
+        let n = self
+            .messages
+            .lock()
+            .values()
+            .filter(|m| m.status == status)
+            .count() as u64;
+        Box::pin(async move { Ok(n) })
+    }
+
     fn stalled_messages(
         &self,
         idle_before_ms: i64,
@@ -328,8 +338,10 @@ impl DocumentStore for MemoryDocumentStore {
             .lock()
             .values()
             .filter(|m| {
-                matches!(m.status, MessageStatus::Queued | MessageStatus::Retrying)
-                    && m.updated_at < idle_before_ms
+                matches!(
+                    m.status,
+                    MessageStatus::Queued | MessageStatus::Held | MessageStatus::Retrying
+                ) && m.updated_at < idle_before_ms
                     && match &from {
                         StalledFrom::Start => true,
                         StalledFrom::After(at) => m.updated_at > *at,

@@ -232,6 +232,9 @@ fn message_document(m: &MessageRecord, version: i64) -> Document {
         "history": history,
         "version": version,
     };
+    if let Some(at) = m.held_until {
+        d.insert("held_until", date(at));
+    }
     if let Some(at) = m.lookup_at {
         d.insert("lookup_at", date(at));
     }
@@ -320,6 +323,7 @@ fn parse_message(d: &Document) -> Result<(MessageRecord, i64), StoreError> {
         updated_at: get_ms(d, "updated_at"),
         history,
         lookup_at: d.get("lookup_at").map(|_| get_ms(d, "lookup_at")),
+        held_until: d.get("held_until").map(|_| get_ms(d, "held_until")),
     };
     let version = d.get("version").and_then(bson_i64).unwrap_or(0);
     Ok((record, version))
@@ -638,6 +642,17 @@ impl DocumentStore for MongoDocumentStore {
         .boxed()
     }
 
+    fn count_status(&self, status: MessageStatus) -> BoxFut<Result<u64, StoreError>> {
+        let db = self.db.clone();
+        async move {
+            db.collection::<Document>("messages")
+                .count_documents(doc! {"status": status.as_str()})
+                .await
+                .map_err(transient)
+        }
+        .boxed()
+    }
+
     fn stalled_messages(
         &self,
         idle_before_ms: i64,
@@ -646,7 +661,7 @@ impl DocumentStore for MongoDocumentStore {
     ) -> BoxFut<Result<Vec<MessageRecord>, StoreError>> {
         let db = self.db.clone();
         async move {
-            let waiting = doc! {"$in": ["queued", "retrying"]};
+            let waiting = doc! {"$in": ["queued", "held", "retrying"]};
             let (filter, sort) = match from {
                 StalledFrom::Start => (
                     doc! {"status": waiting, "updated_at": {"$lt": date(idle_before_ms)}},

@@ -1,0 +1,462 @@
+//! Message templates in Liquid (the language Braze, Knock and Customer.io templates are written
+//! in), through the `liquid` crate family: compiled once when the configuration loads, rendered
+//! per message against the user's profile and the triggering event.
+//!
+//! Sandboxed: the language has no `include` or `render` (no partials, no file access), the
+//! output is capped, and a variable that is not there renders as nothing (as Liquid's own lax
+//! mode does) so `{{traits.first_name}}` and `{{ traits.x | default: "there" }}` behave as the
+//! templates before Liquid did.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::io::Write;
+use std::sync::{Arc, LazyLock};
+
+use liquid_core::model::{KString, KStringCow, KStringRef, Object, ScalarCow, Value, ValueCow};
+use liquid_core::parser::{Language, ParseBlock, ParseFilter, ParseTag};
+use liquid_core::runtime::{PartialStore, Registers, Renderable, Runtime, RuntimeBuilder};
+use liquid_lib::stdlib;
+use serde_json::Map;
+
+use super::user_profile::TraitLookup;
+
+/// The tags, blocks and filters of Liquid's standard library, without `include` and `render`.
+static LANGUAGE: LazyLock<Language> = LazyLock::new(|| {
+    let mut l = Language::empty();
+    let tags: Vec<Box<dyn ParseTag>> = vec![
+        Box::new(stdlib::AssignTag),
+        Box::new(stdlib::BreakTag),
+        Box::new(stdlib::ContinueTag),
+        Box::new(stdlib::CycleTag),
+        Box::new(stdlib::IncrementTag),
+        Box::new(stdlib::DecrementTag),
+    ];
+    for t in tags {
+        l.tags.register(t.reflection().tag().to_owned(), t);
+    }
+    let blocks: Vec<Box<dyn ParseBlock>> = vec![
+        Box::new(stdlib::RawBlock),
+        Box::new(stdlib::IfBlock),
+        Box::new(stdlib::UnlessBlock),
+        Box::new(stdlib::IfChangedBlock),
+        Box::new(stdlib::ForBlock),
+        Box::new(stdlib::TableRowBlock),
+        Box::new(stdlib::CommentBlock),
+        Box::new(stdlib::CaptureBlock),
+        Box::new(stdlib::CaseBlock),
+    ];
+    for b in blocks {
+        l.blocks.register(b.reflection().start_tag().to_owned(), b);
+    }
+    let filters: Vec<Box<dyn ParseFilter>> = vec![
+        Box::new(stdlib::Abs),
+        Box::new(stdlib::Append),
+        Box::new(stdlib::AtLeast),
+        Box::new(stdlib::AtMost),
+        Box::new(stdlib::Capitalize),
+        Box::new(stdlib::Ceil),
+        Box::new(stdlib::Compact),
+        Box::new(stdlib::Concat),
+        Box::new(stdlib::Date),
+        Box::new(stdlib::Default),
+        Box::new(stdlib::DividedBy),
+        Box::new(stdlib::Downcase),
+        Box::new(stdlib::Escape),
+        Box::new(stdlib::EscapeOnce),
+        Box::new(stdlib::First),
+        Box::new(stdlib::Floor),
+        Box::new(stdlib::Join),
+        Box::new(stdlib::Last),
+        Box::new(stdlib::Lstrip),
+        Box::new(stdlib::Map),
+        Box::new(stdlib::Minus),
+        Box::new(stdlib::Modulo),
+        Box::new(stdlib::NewlineToBr),
+        Box::new(stdlib::Plus),
+        Box::new(stdlib::Prepend),
+        Box::new(stdlib::Remove),
+        Box::new(stdlib::RemoveFirst),
+        Box::new(stdlib::Replace),
+        Box::new(stdlib::ReplaceFirst),
+        Box::new(stdlib::Reverse),
+        Box::new(stdlib::Round),
+        Box::new(stdlib::Rstrip),
+        Box::new(stdlib::Size),
+        Box::new(stdlib::Slice),
+        Box::new(stdlib::Sort),
+        Box::new(stdlib::SortNatural),
+        Box::new(stdlib::Split),
+        Box::new(stdlib::Strip),
+        Box::new(stdlib::StripHtml),
+        Box::new(stdlib::StripNewlines),
+        Box::new(stdlib::Times),
+        Box::new(stdlib::Truncate),
+        Box::new(stdlib::TruncateWords),
+        Box::new(stdlib::Uniq),
+        Box::new(stdlib::Upcase),
+        Box::new(stdlib::UrlDecode),
+        Box::new(stdlib::UrlEncode),
+        Box::new(stdlib::Where),
+    ];
+    for f in filters {
+        l.filters.register(f.reflection().name().to_owned(), f);
+    }
+    l
+});
+
+/// A compiled template. Cheap to clone (the compiled form is shared).
+#[derive(Clone)]
+pub struct Template {
+    source: Arc<str>,
+    compiled: Arc<liquid_core::runtime::Template>,
+    /// Which of the (costlier) globals the source can reach: a root variable is named
+    /// literally in the source, or it cannot be read.
+    needs_traits: bool,
+    needs_events: bool,
+    needs_event: bool,
+}
+
+impl fmt::Debug for Template {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Template({:?})", self.source)
+    }
+}
+
+impl PartialEq for Template {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+/// A template that does not compile: Liquid's message, with the line and column.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TemplateError(pub String);
+
+/// Why a message's template did not render (the message is `failed` with it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RenderError {
+    #[error("the rendered text exceeds limits.max_message_body_bytes ({0} bytes)")]
+    TooLong(usize),
+    #[error("the template did not render: {0}")]
+    Liquid(String),
+}
+
+/// The triggering event as a template sees it (`event.name`, `event.properties`).
+#[derive(Debug, Clone, Copy)]
+pub struct TriggerEvent<'a> {
+    pub name: &'a str,
+    pub properties: Option<&'a Map<String, serde_json::Value>>,
+}
+
+impl Template {
+    pub fn parse(text: &str) -> Result<Template, TemplateError> {
+        let liquid = quote_trait_names(text);
+        let elements = liquid_core::parser::parse(&liquid, &LANGUAGE)
+            .map_err(|e| TemplateError(e.to_string().trim().to_string()))?;
+        Ok(Template {
+            source: Arc::from(text),
+            compiled: Arc::new(liquid_core::runtime::Template::new(elements)),
+            needs_traits: text.contains("traits"),
+            needs_events: text.contains("events"),
+            needs_event: text.contains("event"),
+        })
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Renders for `user_id` with `profile` (as it stands right after the trigger) and the
+    /// triggering event; at most `max_bytes` of output.
+    pub fn render(
+        &self,
+        user_id: &str,
+        profile: &impl TraitLookup,
+        event: Option<TriggerEvent<'_>>,
+        max_bytes: usize,
+    ) -> Result<String, RenderError> {
+        let mut globals = Object::new();
+        globals.insert("userId".into(), Value::scalar(user_id.to_string()));
+        if self.needs_traits {
+            let mut traits = Object::new();
+            profile.each_trait(&mut |k, v| {
+                traits.insert(KString::from_ref(k), json_value(v));
+            });
+            globals.insert("traits".into(), Value::Object(traits));
+        }
+        if self.needs_events {
+            let mut events = Object::new();
+            profile.each_event(&mut |name, stats| {
+                let mut o = Object::new();
+                o.insert("count".into(), Value::scalar(stats.count));
+                o.insert("first_at".into(), Value::scalar(rfc3339(stats.first_at)));
+                o.insert("last_at".into(), Value::scalar(rfc3339(stats.last_at)));
+                events.insert(KString::from_ref(name), Value::Object(o));
+            });
+            globals.insert("events".into(), Value::Object(events));
+        }
+        if let (true, Some(e)) = (self.needs_event, event) {
+            let mut o = Object::new();
+            o.insert("name".into(), Value::scalar(e.name.to_string()));
+            let properties = e
+                .properties
+                .map(|p| {
+                    p.iter()
+                        .map(|(k, v)| (KString::from_ref(k), json_value(v)))
+                        .collect::<Object>()
+                })
+                .unwrap_or_default();
+            o.insert("properties".into(), Value::Object(properties));
+            globals.insert("event".into(), Value::Object(o));
+        }
+        let runtime = Lax(RuntimeBuilder::new().set_globals(&globals).build());
+        let mut out = Capped {
+            buf: Vec::new(),
+            max: max_bytes,
+            over: false,
+        };
+        match self.compiled.render_to(&mut out, &runtime) {
+            Ok(()) => {}
+            Err(_) if out.over => return Err(RenderError::TooLong(max_bytes)),
+            Err(e) => return Err(RenderError::Liquid(e.to_string().trim().to_string())),
+        }
+        // Liquid writes only what it was given and its own text, all UTF-8; a cut never
+        // happens (the cap refuses a write whole).
+        String::from_utf8(out.buf).map_err(|e| RenderError::Liquid(e.to_string()))
+    }
+}
+
+/// The placeholders of the templates before Liquid named any trait: `{{traits.<name>}}` with a
+/// name Liquid cannot write after a dot (`日本`, `first name`) is rewritten to Liquid's
+/// `{{traits["<name>"]}}`, so it renders as it did. Names Liquid reads (`first_name`,
+/// `address.city`: nested) are left as they are.
+fn quote_trait_names(text: &str) -> std::borrow::Cow<'_, str> {
+    let mut out = String::new();
+    let mut rest = text;
+    let mut changed = false;
+    while let Some(open) = rest.find("{{") {
+        let after = &rest[open + 2..];
+        let Some(close) = after.find("}}") else {
+            break;
+        };
+        let inner = after[..close].trim();
+        let trait_name = inner
+            .strip_prefix("traits.")
+            .filter(|n| !n.is_empty() && !n.contains(['"', '|', '[', ']', '{', '}']));
+        out.push_str(&rest[..open]);
+        // Rewritten only where the text differs from Liquid's (a tab inside the braces, a
+        // name Liquid cannot write after a dot); everything else is copied as it is.
+        let rewritten = match trait_name {
+            Some(n) if !n.split('.').all(is_liquid_identifier) => {
+                Some(format!("{{{{ traits[\"{n}\"] }}}}"))
+            }
+            Some(n) => Some(format!("{{{{ traits.{n} }}}}")),
+            None if inner == "userId" => Some("{{ userId }}".to_string()),
+            None => None,
+        };
+        match rewritten {
+            Some(r) => {
+                changed = true;
+                out.push_str(&r);
+            }
+            None => out.push_str(&rest[open..open + 2 + close + 2]),
+        }
+        rest = &after[close + 2..];
+    }
+    if !changed {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    out.push_str(rest);
+    std::borrow::Cow::Owned(out)
+}
+
+fn is_liquid_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+fn json_value(v: &serde_json::Value) -> Value {
+    match v {
+        serde_json::Value::Null => Value::Nil,
+        serde_json::Value::Bool(b) => Value::scalar(*b),
+        serde_json::Value::Number(n) => match n.as_i64() {
+            Some(i) => Value::scalar(i),
+            None => Value::scalar(n.as_f64().unwrap_or(0.0)),
+        },
+        serde_json::Value::String(s) => Value::scalar(s.clone()),
+        serde_json::Value::Array(a) => Value::Array(a.iter().map(json_value).collect()),
+        serde_json::Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, v)| (KString::from_ref(k), json_value(v)))
+                .collect(),
+        ),
+    }
+}
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+/// A writer that refuses to grow past `max` bytes.
+struct Capped {
+    buf: Vec<u8>,
+    max: usize,
+    over: bool,
+}
+
+impl Write for Capped {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + data.len() > self.max {
+            self.over = true;
+            return Err(std::io::Error::other("output limit"));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Liquid's lax mode: a variable or index that is not there is nil rather than an error.
+struct Lax<R>(R);
+
+impl<R: Runtime> Runtime for Lax<R> {
+    fn partials(&self) -> &dyn PartialStore {
+        self.0.partials()
+    }
+
+    fn name(&self) -> Option<KStringRef<'_>> {
+        self.0.name()
+    }
+
+    fn roots(&self) -> BTreeSet<KStringCow<'_>> {
+        self.0.roots()
+    }
+
+    fn try_get(&self, path: &[ScalarCow<'_>]) -> Option<ValueCow<'_>> {
+        self.0.try_get(path)
+    }
+
+    fn get(&self, path: &[ScalarCow<'_>]) -> liquid_core::Result<ValueCow<'_>> {
+        Ok(self.0.try_get(path).unwrap_or(ValueCow::Owned(Value::Nil)))
+    }
+
+    fn set_global(&self, name: KString, val: Value) -> Option<Value> {
+        self.0.set_global(name, val)
+    }
+
+    fn set_index(&self, name: KString, val: Value) -> Option<Value> {
+        self.0.set_index(name, val)
+    }
+
+    fn get_index<'a>(&'a self, name: &str) -> Option<ValueCow<'a>> {
+        self.0.get_index(name)
+    }
+
+    fn registers(&self) -> &Registers {
+        self.0.registers()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::user_profile::{EventStats, UserProfile};
+    use serde_json::json;
+
+    fn profile(traits: serde_json::Value) -> UserProfile {
+        let mut p = UserProfile::default();
+        for (k, v) in traits.as_object().unwrap() {
+            p.traits.insert(k.clone(), v.clone());
+        }
+        p
+    }
+
+    fn render(t: &str, p: &UserProfile) -> Result<String, RenderError> {
+        Template::parse(t).unwrap().render("u-1", p, None, 1000)
+    }
+
+    #[test]
+    fn the_placeholders_before_liquid_render_as_before() {
+        let p = profile(json!({"first_name": "Ada", "n": 3}));
+        assert_eq!(
+            render(
+                "Hi {{traits.first_name}}{{ traits.last }} ({{userId}}) {{traits.n}}",
+                &p
+            )
+            .unwrap(),
+            "Hi Ada (u-1) 3"
+        );
+    }
+
+    #[test]
+    fn trait_names_liquid_cannot_write_after_a_dot_still_render() {
+        let p = profile(json!({"日本": "x", "first name": "Ada", "n": 12.5}));
+        assert_eq!(
+            render("{{traits.日本}}-{{ traits.first name }}-{{traits.n}}", &p).unwrap(),
+            "x-Ada-12.5"
+        );
+    }
+
+    #[test]
+    fn filters_defaults_conditionals_and_the_event() {
+        let mut p = profile(json!({"plan": "pro", "name": "ada lovelace"}));
+        p.events.insert(
+            "bought".into(),
+            EventStats {
+                count: 2,
+                first_at: 0,
+                last_at: 1_000,
+            },
+        );
+        assert_eq!(
+            render("{{ traits.first_name | default: \"there\" }}", &p).unwrap(),
+            "there"
+        );
+        assert_eq!(
+            render(
+                "{% if traits.plan == \"pro\" %}Pro{% else %}Free{% endif %} {{ traits.name | capitalize }} {{ events.bought.count }}",
+                &p
+            )
+            .unwrap(),
+            "Pro Ada lovelace 2"
+        );
+        let props = json!({"amount": 12.5, "items": ["a", "b"]});
+        let t = Template::parse(
+            "{{ event.name }}: {{ event.properties.amount }} for {{ event.properties.items | join: \", \" }}{{ event.properties.none.deeper }}",
+        )
+        .unwrap();
+        let event = TriggerEvent {
+            name: "bought",
+            properties: props.as_object(),
+        };
+        assert_eq!(
+            t.render("u", &p, Some(event), 1000).unwrap(),
+            "bought: 12.5 for a, b"
+        );
+    }
+
+    #[test]
+    fn errors_are_named_and_output_is_capped() {
+        let e = Template::parse("Hi {% if traits.x %}").unwrap_err();
+        assert!(!e.0.is_empty());
+        assert!(Template::parse("{% include 'x' %}").is_err(), "no partials");
+        assert!(Template::parse("{{ traits.x | no_such_filter }}").is_err());
+        let p = profile(json!({"s": "x".repeat(600)}));
+        assert_eq!(
+            render("{{traits.s}}{{traits.s}}", &p),
+            Err(RenderError::TooLong(1000))
+        );
+        // A filter given the wrong type fails at render time, as an error, not a panic.
+        let r = render("{{ traits.s | divided_by: 0 }}", &p);
+        assert!(matches!(r, Err(RenderError::Liquid(_))), "{r:?}");
+    }
+}
