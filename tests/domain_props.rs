@@ -7,12 +7,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use herald::domain::campaign::{Channel, TriggeredMessage};
-use herald::domain::template::Template;
 use herald::domain::event::{decode, Event, EventKind, RejectReason};
 use herald::domain::message::{
     transition, ApplyResult, MessageRecord, MessageStatus, StatusChange, StatusEvent,
 };
 use herald::domain::retry::{RetryDecision, RetryPolicy};
+use herald::domain::template::Template;
 use herald::domain::user::{
     sequential_replay, ApplyOutcome, DedupLimits, Position, UserProfile, UserState,
 };

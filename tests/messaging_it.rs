@@ -1389,3 +1389,144 @@ fn messages_whose_provider_never_calls_back_are_looked_up() {
     assert!(looked("undelivered") >= 3.0);
     assert_eq!(looked("refused"), 0.0);
 }
+
+/// §12 on the real servers: a campaign with quiet hours holds its messages until the window's
+/// end and sends each once then — with two instances, one of them SIGKILLed and restarted while
+/// they wait — never before the end, late by at most the sweep interval (and a send); a user
+/// whose `traits.timezone` puts the trigger outside the window is sent at once; a second
+/// campaign's opted-out users are `skipped` with `opted_out: marketing`, the others (inside its
+/// `drop` window) with `quiet_hours`. The expected outcome of each message is worked out here
+/// from §12's rules, not read from Herald.
+#[test]
+fn held_messages_go_out_at_their_window_end_once_across_a_sigkill() {
+    let names = Names::new("held", 2);
+    let (port_a, port_b) = (free_port(), free_port());
+    let (http_1, http_2) = (free_port(), free_port());
+    let _sim_a = spawn_sim(port_a, SECRET, &[], "a");
+    let _sim_b = spawn_sim(port_b, SECRET, &[], "b");
+    // A window of UTC wall-clock minutes that holds now and ends 30–90 s from now.
+    let now_ms = now_secs() * 1000;
+    let end_ms = ((now_ms + 30_000) / 60_000 + 1) * 60_000;
+    let hhmm = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .unwrap()
+            .format("%H:%M")
+            .to_string()
+    };
+    let (start, end) = (hhmm(end_ms - 10 * 60_000), hhmm(end_ms));
+    let config = write_config(
+        &names,
+        &format!(
+            "[retry]\nsweep_ms = 500\n{}\n[[campaigns]]\nid = \"promo\"\non_event = \"signed_up\"\nchannel = \"sms\"\ncategory = \"marketing\"\ntemplate = \"{{{{ traits.first_name | upcase }}}}: 20% off\"\nquiet_hours = {{ start = \"{start}\", end = \"{end}\", policy = \"drop\" }}\n",
+            providers_toml(port_a, port_b).replace(
+                "template = \"Hi {{traits.first_name}}, welcome aboard!\"\n",
+                &format!("template = \"Hi {{{{traits.first_name}}}}, welcome aboard!\"\nquiet_hours = {{ start = \"{start}\", end = \"{end}\", policy = \"hold\" }}\n"),
+            )
+        ),
+    );
+    const N: usize = 20;
+    let user = |i: usize| format!("h-{i}");
+    // Users 0–4 opted out of marketing; user 5 lives 5 h 30 min ahead of UTC (outside the
+    // 10-minute window); the rest are held.
+    let mut records = Vec::new();
+    for i in 0..N {
+        let mut traits = json!({"phone": format!("+1666{i:06}"), "first_name": user(i)});
+        if i < 5 {
+            traits["preferences"] = json!({"categories": {"marketing": false}});
+        }
+        if i == 5 {
+            traits["timezone"] = json!("Asia/Kolkata");
+        }
+        let identify = json!({"messageId": format!("id-{i}"), "type": "identify", "userId": user(i),
+            "timestamp": "2026-11-23T10:00:00Z", "traits": traits});
+        let track = json!({"messageId": format!("su-{i}"), "type": "track", "userId": user(i),
+            "timestamp": "2026-11-23T10:00:01Z", "event": "signed_up"});
+        records.push((user(i), identify.to_string()));
+        records.push((user(i), track.to_string()));
+    }
+    produce_records(&names, &records);
+    let spawn =
+        |http: u16, instance: &str, tag: &str| spawn_instance(&names, &config, http, instance, tag);
+    let mut first = spawn(http_1, "one", "one-a");
+    let _second = spawn(http_2, "two", "two");
+    block_on(async {
+        eventually("every trigger stored", Duration::from_secs(60), || async {
+            mongo_messages(&names).await.len() == 2 * N
+        })
+        .await;
+        let docs = mongo_messages(&names).await;
+        for i in 0..N {
+            let promo = &docs[&format!("promo:su-{i}")];
+            let want = match i {
+                0..5 => "opted_out: marketing",
+                // Asia/Kolkata is outside the window.
+                5 => "",
+                _ => "quiet_hours",
+            };
+            if i == 5 {
+                assert_ne!(
+                    status(promo),
+                    "skipped",
+                    "promo for the user outside the window"
+                );
+            } else {
+                assert_eq!(status(promo), "skipped");
+                assert_eq!(promo.get_str("error").unwrap(), want);
+            }
+            if i != 5 {
+                let welcome = &docs[&format!("welcome:su-{i}")];
+                assert_eq!(status(welcome), "held", "welcome for user {i}");
+                let until = welcome
+                    .get_datetime("held_until")
+                    .unwrap()
+                    .timestamp_millis();
+                assert_eq!(until, end_ms, "held until the window's end");
+            }
+        }
+    });
+    assert!(
+        now_secs() * 1000 < end_ms,
+        "the window ended before the kill: the machine was too slow for this test"
+    );
+    kill9(&mut first);
+    let _first_again = spawn(http_1, "one", "one-b");
+    block_on(async {
+        eventually(
+            "every welcome delivered",
+            Duration::from_secs(180),
+            || async {
+                let docs = mongo_messages(&names).await;
+                (0..N).all(|i| status(&docs[&format!("welcome:su-{i}")]) == "delivered")
+            },
+        )
+        .await;
+        let sends = sim_sends(port_a).await;
+        for i in 0..N {
+            let id = format!("welcome:su-{i}");
+            let mine: Vec<_> = sends.iter().filter(|s| s["id"] == id.as_str()).collect();
+            assert_eq!(mine.len(), 1, "{id} sent once: {mine:?}");
+            assert_eq!(mine[0]["repeats"].as_u64(), Some(0), "{id} repeated");
+            let at = mine[0]["received_at_ms"].as_i64().unwrap();
+            if i == 5 {
+                assert!(at < end_ms, "the user outside the window is not held");
+            } else {
+                assert!(
+                    at >= end_ms,
+                    "{id} sent {} ms before its window ended",
+                    end_ms - at
+                );
+                assert!(
+                    at <= end_ms + 500 + 2_500,
+                    "{id} sent {} ms after its window ended",
+                    at - end_ms
+                );
+            }
+        }
+        let promos = sends
+            .iter()
+            .filter(|s| s["id"].as_str().unwrap().starts_with("promo:"))
+            .count();
+        assert_eq!(promos, 1, "only the user outside the window gets the promo");
+        assert!(sim_sends(port_b).await.is_empty(), "no fallback was needed");
+    });
+}

@@ -579,7 +579,10 @@ mod tests {
             EventKind::Track {
                 event: "signed_up".into(),
                 properties: Some(Box::new(
-                    serde_json::json!({"source": "web"}).as_object().unwrap().clone()
+                    serde_json::json!({"source": "web"})
+                        .as_object()
+                        .unwrap()
+                        .clone()
                 )),
             }
         );
