@@ -98,6 +98,16 @@ impl herald::ports::DocumentStore for NoDocs {
     ) -> BoxFut<Result<Option<herald::domain::message::MessageRecord>, StoreError>> {
         self.0.get_message(id)
     }
+    fn take_cap_slot(
+        &self,
+        key: String,
+        message_id: String,
+        now_ms: i64,
+        max: usize,
+        per_ms: i64,
+    ) -> BoxFut<Result<herald::domain::policy::Slot, StoreError>> {
+        self.0.take_cap_slot(key, message_id, now_ms, max, per_ms)
+    }
     fn count_status(
         &self,
         status: herald::domain::message::MessageStatus,

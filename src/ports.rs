@@ -296,6 +296,18 @@ pub trait DocumentStore: Send + Sync + 'static {
     /// Forgets a kept callback (applied, refused or expired).
     fn drop_early_callback(&self, key: String) -> BoxFut<Result<(), StoreError>>;
     fn get_message(&self, id: String) -> BoxFut<Result<Option<MessageRecord>, StoreError>>;
+    /// Counts message `message_id` against the frequency cap `key` (`<channel>:<user>`) at
+    /// `now_ms`: [`Slot::Taken`] if fewer than `max` messages were counted in the `per_ms`
+    /// before, [`Slot::AlreadyCounted`] if this message was, else [`Slot::Full`]. Exact with
+    /// several writers; asking again after a lost answer finds the message counted.
+    fn take_cap_slot(
+        &self,
+        key: String,
+        message_id: String,
+        now_ms: i64,
+        max: usize,
+        per_ms: i64,
+    ) -> BoxFut<Result<crate::domain::policy::Slot, StoreError>>;
     /// How many messages read `status` (the `herald_messages_held` gauge).
     fn count_status(&self, status: MessageStatus) -> BoxFut<Result<u64, StoreError>>;
     /// Up to `limit` messages still `sent` whose status lookup is due at `now_ms`

@@ -173,19 +173,6 @@ fn redis_name(target: &RedisTarget) -> String {
 
 /// Runs the service until SIGINT/SIGTERM, then drains and commits (G6).
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    if !config.parsed_caps.is_empty() {
-        tracing::warn!(
-            caps = config.parsed_caps.len(),
-            "[[frequency_caps]] are read but not enforced by this release: capped messages are sent"
-        );
-    }
-    if config
-        .parsed_campaigns
-        .iter()
-        .any(|c| c.priority != crate::domain::campaign::Priority::Normal)
-    {
-        tracing::warn!("campaign priorities are read but every provider has one queue in this release: high and low messages wait with normal ones");
-    }
     // The port first: a taken port is a one-line error before anything else starts.
     let listeners = Listeners::bind(config.http.listen, config.http.metrics_listen)?;
     let ingest_listener = config

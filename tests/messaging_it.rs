@@ -1530,3 +1530,103 @@ fn held_messages_go_out_at_their_window_end_once_across_a_sigkill() {
         assert!(sim_sends(port_b).await.is_empty(), "no fallback was needed");
     });
 }
+
+/// §12's frequency caps on the real servers: 3 messages per user per hour on sms, with two
+/// instances, one SIGKILLed while the sends are going out and restarted. For each user, of
+/// its 6 capped triggers exactly 3 reach the provider and 3 are `skipped` with
+/// `frequency_capped` — never one more, however the kill fell between counting and sending —
+/// and its 2 critical ones are sent regardless. The counts come from the cap's definition here,
+/// not from Herald.
+#[test]
+fn frequency_caps_hold_exactly_across_a_sigkill() {
+    let names = Names::new("caps", 2);
+    let (port_a, port_b) = (free_port(), free_port());
+    let (http_1, http_2) = (free_port(), free_port());
+    let _sim_a = spawn_sim(port_a, SECRET, &[], "a");
+    let _sim_b = spawn_sim(port_b, SECRET, &[], "b");
+    const MAX: usize = 3;
+    let config = write_config(
+        &names,
+        &format!(
+            "[[frequency_caps]]\nchannel = \"sms\"\nmax = {MAX}\nper_ms = 3600000\n{}\n[[campaigns]]\nid = \"ping\"\non_event = \"pinged\"\nchannel = \"sms\"\ntemplate = \"ping {{{{ event.properties.n }}}}\"\n\n[[campaigns]]\nid = \"otp\"\non_event = \"otp_requested\"\nchannel = \"sms\"\ncritical = true\npriority = \"high\"\ntemplate = \"code {{{{ event.properties.code }}}}\"\n",
+            // Slow enough that the kill falls among the sends.
+            providers_toml(port_a, port_b).replace("priority = 1\n", "priority = 1\nrate_per_sec = 60\n")
+        ),
+    );
+    const USERS: usize = 30;
+    const PINGS: usize = 6;
+    const OTPS: usize = 2;
+    let user = |i: usize| format!("c-{i}");
+    let mut records = Vec::new();
+    for i in 0..USERS {
+        let identify = json!({"messageId": format!("id-{i}"), "type": "identify", "userId": user(i),
+            "timestamp": "2026-11-23T10:00:00Z", "traits": {"phone": format!("+1555{i:06}")}});
+        records.push((user(i), identify.to_string()));
+        for k in 0..PINGS {
+            let ping = json!({"messageId": format!("p-{i}-{k}"), "type": "track", "userId": user(i),
+                "timestamp": "2026-11-23T10:00:01Z", "event": "pinged", "properties": {"n": k}});
+            records.push((user(i), ping.to_string()));
+        }
+        for k in 0..OTPS {
+            let otp = json!({"messageId": format!("o-{i}-{k}"), "type": "track", "userId": user(i),
+                "timestamp": "2026-11-23T10:00:02Z", "event": "otp_requested", "properties": {"code": 1000 + k}});
+            records.push((user(i), otp.to_string()));
+        }
+    }
+    produce_records(&names, &records);
+    let spawn =
+        |http: u16, instance: &str, tag: &str| spawn_instance(&names, &config, http, instance, tag);
+    let mut first = spawn(http_1, "one", "one-a");
+    let _second = spawn(http_2, "two", "two");
+    block_on(eventually(
+        "some sends under way",
+        Duration::from_secs(60),
+        || async { sim_sends(port_a).await.len() >= 40 },
+    ));
+    kill9(&mut first);
+    let _first_again = spawn(http_1, "one", "one-b");
+    let total = USERS * (PINGS + OTPS);
+    block_on(async {
+        eventually(
+            "every message settled",
+            Duration::from_secs(120),
+            || async {
+                let docs = mongo_messages(&names).await;
+                docs.len() == total
+                    && docs
+                        .values()
+                        .all(|d| matches!(status(d), "delivered" | "skipped"))
+            },
+        )
+        .await;
+        let docs = mongo_messages(&names).await;
+        let sends = sim_sends(port_a).await;
+        let sent: BTreeSet<String> = sends
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect();
+        for i in 0..USERS {
+            let pings: Vec<String> = (0..PINGS).map(|k| format!("ping:p-{i}-{k}")).collect();
+            let went = pings.iter().filter(|id| sent.contains(*id)).count();
+            assert_eq!(
+                went, MAX,
+                "user {i}: capped sends that reached the provider"
+            );
+            for id in &pings {
+                let d = &docs[id];
+                if sent.contains(id) {
+                    assert_eq!(status(d), "delivered", "{id}");
+                } else {
+                    assert_eq!(status(d), "skipped", "{id}");
+                    assert_eq!(d.get_str("error").unwrap(), "frequency_capped", "{id}");
+                }
+            }
+            for k in 0..OTPS {
+                let id = format!("otp:o-{i}-{k}");
+                assert!(sent.contains(&id), "{id}: critical, never capped");
+                assert_eq!(status(&docs[&id]), "delivered");
+            }
+        }
+        assert!(sim_sends(port_b).await.is_empty(), "no fallback was needed");
+    });
+}

@@ -191,6 +191,17 @@ impl DocumentStore for FaultyDocs {
     fn get_message(&self, id: String) -> BoxFut<Result<Option<MessageRecord>, StoreError>> {
         self.inner.get_message(id)
     }
+    fn take_cap_slot(
+        &self,
+        key: String,
+        message_id: String,
+        now_ms: i64,
+        max: usize,
+        per_ms: i64,
+    ) -> BoxFut<Result<herald::domain::policy::Slot, StoreError>> {
+        self.inner
+            .take_cap_slot(key, message_id, now_ms, max, per_ms)
+    }
     fn count_status(
         &self,
         status: herald::domain::message::MessageStatus,
@@ -343,6 +354,17 @@ impl DocumentStore for RefusingDocs {
     }
     fn get_message(&self, id: String) -> BoxFut<Result<Option<MessageRecord>, StoreError>> {
         self.inner.get_message(id)
+    }
+    fn take_cap_slot(
+        &self,
+        key: String,
+        message_id: String,
+        now_ms: i64,
+        max: usize,
+        per_ms: i64,
+    ) -> BoxFut<Result<herald::domain::policy::Slot, StoreError>> {
+        self.inner
+            .take_cap_slot(key, message_id, now_ms, max, per_ms)
     }
     fn count_status(
         &self,

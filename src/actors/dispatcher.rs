@@ -2,7 +2,6 @@
 //! breaker, and the outcome of each send recorded through the message status machine —
 //! `sent`, a durable retry, or a fallback to the next provider of the channel.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,9 +11,11 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::oneshot;
 
+use crate::domain::campaign::Priority;
 use crate::domain::message::{
-    MessageRecord, StatusChange, StatusEvent, FALLING_BACK, SENDING_AGAIN,
+    MessageRecord, MessageStatus, StatusChange, StatusEvent, FALLING_BACK, SENDING_AGAIN,
 };
+use crate::domain::policy::{FrequencyCap, Slot};
 use crate::domain::retry::{RetryDecision, RetryPolicy};
 use crate::domain::status_lookup::LookupSchedule;
 use crate::domain::suppression::Suppression;
@@ -24,10 +25,11 @@ use crate::ports::{
 };
 use crate::telemetry::Metrics;
 
+use super::lanes::Lanes;
 use super::supervision::contain_async;
 
-/// Above this many queued jobs, a `Dispatch` that may be parked is (left to its lease), and
-/// one that may not answers only once the queue has room.
+/// Above this many queued jobs in its lane, a `Dispatch` that may be parked is (left to its
+/// lease), and one that may not answers only once the lanes have room.
 const QUEUE_LIMIT: usize = 10_000;
 
 /// One attempt a dispatcher holds: message id, attempt, resend.
@@ -95,6 +97,32 @@ pub struct DispatcherSettings {
     pub on_unknown_outcome: UnknownOutcome,
     /// When a `sent` message of a provider that can be looked up is first looked up.
     pub lookups: LookupSchedule,
+    /// What the dispatcher needs of each campaign; one not listed is `normal`, not critical.
+    pub campaigns: Arc<std::collections::HashMap<String, CampaignRules>>,
+    /// The frequency cap of this provider's channel (`[[frequency_caps]]`).
+    pub cap: Option<FrequencyCap>,
+}
+
+/// A campaign's rules the dispatcher applies (REFERENCE.md §12).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CampaignRules {
+    /// The lane its messages wait in.
+    pub priority: Priority,
+    /// Exempt from frequency caps.
+    pub critical: bool,
+}
+
+/// A frequency-cap slot to take before a first send: (key, max, per_ms).
+type CapAsk = (String, usize, i64);
+
+/// What became of a send slot.
+enum Attempt {
+    /// The provider was asked: its answer.
+    Sent(SendOutcome),
+    /// The user's frequency cap for the channel is full: `skipped`, never sent.
+    Capped,
+    /// The cap could not be read or written: the job waits and asks again.
+    CapUnknown(String),
 }
 
 /// What a dispatcher needs besides its provider.
@@ -123,7 +151,7 @@ pub struct Dispatcher {
     ports: DispatcherPorts,
     chain: Vec<Addr<Dispatcher>>,
     index: usize,
-    queue: VecDeque<Dispatch>,
+    queue: Lanes<Dispatch>,
     waiting: Vec<oneshot::Sender<()>>,
     in_flight: usize,
     tokens: f64,
@@ -155,7 +183,7 @@ impl Dispatcher {
             ports,
             chain: Vec::new(),
             index: 0,
-            queue: VecDeque::new(),
+            queue: Lanes::default(),
             waiting: Vec::new(),
             in_flight: 0,
             refilled: Instant::now(),
@@ -170,6 +198,34 @@ impl Dispatcher {
             held: std::collections::HashSet::new(),
             drains: Vec::new(),
         }
+    }
+
+    fn rules_of(&self, job: &Dispatch) -> CampaignRules {
+        self.settings
+            .campaigns
+            .get(&job.record.campaign)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// The lane a job waits in: its campaign's priority.
+    fn lane_of(&self, job: &Dispatch) -> Priority {
+        self.rules_of(job).priority
+    }
+
+    /// The cap slot a job must take before it goes: only a message never sent before (its
+    /// first attempt at its first provider; a fallback or a retry was counted then), of a
+    /// campaign that is not critical, on a capped channel.
+    fn cap_ask(&self, job: &Dispatch) -> Option<CapAsk> {
+        let cap = self.settings.cap?;
+        let first = job.record.attempts == 0 && job.record.status == MessageStatus::Queued;
+        (first && !self.rules_of(job).critical).then(|| {
+            (
+                format!("{}:{}", job.record.channel, job.record.user_id),
+                cap.max,
+                cap.per_ms,
+            )
+        })
     }
 
     fn is_idle(&self) -> bool {
@@ -311,7 +367,8 @@ impl Dispatcher {
                             // Nothing was sent: the jobs wait at the front of the queue.
                             tracing::warn!(provider = act.provider.name(), error = %e, "could not mark sends started; they wait");
                             for job in jobs.into_iter().rev() {
-                                act.queue.push_front(job);
+                                let lane = act.lane_of(&job);
+                                act.queue.push_front(lane, job);
                             }
                             act.schedule_pump(ctx, Duration::from_millis(500));
                         }
@@ -322,7 +379,7 @@ impl Dispatcher {
     }
 
     fn release_waiters(&mut self) {
-        if self.queue.len() < QUEUE_LIMIT / 2 {
+        if self.queue.longest() < QUEUE_LIMIT / 2 {
             for w in self.waiting.drain(..) {
                 let _ = w.send(());
             }
@@ -424,23 +481,49 @@ impl Dispatcher {
         };
         let provider = self.provider.clone();
         let timeout = self.settings.timeout;
+        let cap = self.cap_ask(&job);
+        let docs = self.ports.docs.clone();
+        let now_ms = self.ports.clock.now_ms();
+        let message_id = job.record.id.clone();
         let fut = async move {
-            let send = async move { provider.send(request).await };
-            match tokio::time::timeout(timeout, contain_async(send)).await {
-                Ok(Ok(outcome)) => outcome,
-                Ok(Err(panic)) => SendOutcome::Retryable {
-                    retry_after_ms: None,
-                    detail: format!("provider adapter panicked: {panic}"),
-                },
-                // The request may have reached the provider: its outcome is unknown.
-                Err(_) => SendOutcome::Unknown {
-                    detail: format!("no answer within {} ms", timeout.as_millis()),
-                },
+            // Counted when dispatched, once per message (REFERENCE.md §12).
+            if let Some((key, max, per_ms)) = cap {
+                match docs
+                    .take_cap_slot(key, message_id, now_ms, max, per_ms)
+                    .await
+                {
+                    Ok(Slot::Full) => return Attempt::Capped,
+                    Ok(Slot::Taken | Slot::AlreadyCounted) => {}
+                    Err(e) => return Attempt::CapUnknown(e.to_string()),
+                }
             }
+            let send = async move { provider.send(request).await };
+            Attempt::Sent(
+                match tokio::time::timeout(timeout, contain_async(send)).await {
+                    Ok(Ok(outcome)) => outcome,
+                    Ok(Err(panic)) => SendOutcome::Retryable {
+                        retry_after_ms: None,
+                        detail: format!("provider adapter panicked: {panic}"),
+                    },
+                    // The request may have reached the provider: its outcome is unknown.
+                    Err(_) => SendOutcome::Unknown {
+                        detail: format!("no answer within {} ms", timeout.as_millis()),
+                    },
+                },
+            )
         };
-        ctx.spawn(fut.into_actor(self).map(move |outcome, act, ctx| {
+        ctx.spawn(fut.into_actor(self).map(move |attempt, act, ctx| {
             act.in_flight -= 1;
-            act.on_outcome(job, outcome, ctx);
+            match attempt {
+                Attempt::Sent(outcome) => act.on_outcome(job, outcome, ctx),
+                Attempt::Capped => act.skip_capped(job, ctx),
+                Attempt::CapUnknown(e) => {
+                    tracing::warn!(provider = act.provider.name(), message = %job.record.id, error = %e, "could not count the message against its frequency cap; it waits");
+                    let lane = act.lane_of(&job);
+                    act.queue.push_front(lane, job);
+                    act.schedule_pump(ctx, Duration::from_millis(500));
+                }
+            }
             act.pump(ctx);
             act.settle_drains();
         }));
@@ -459,6 +542,23 @@ impl Dispatcher {
             complete_lease(retries, lease).await;
         };
         self.spawn_write(key, write, |_| {}, ctx);
+    }
+
+    /// The user's frequency cap for the channel is full: the message is `skipped`
+    /// (`frequency_capped`) and never sent; its lease settles once that is durable.
+    fn skip_capped(&mut self, job: Dispatch, ctx: &mut Context<Self>) {
+        self.ports.metrics.policy_skipped("frequency_capped");
+        let change = StatusChange {
+            event: StatusEvent::Skipped,
+            at: self.ports.clock.now_ms(),
+            provider: None,
+            detail: Some("frequency_capped".to_string()),
+            provider_message_id: None,
+            attempt: None,
+            expect_provider_message_id: None,
+            look_up_at: None,
+        };
+        self.record(job, change, ctx);
     }
 
     /// A lease that ran out while its holder was sending (it died or stalled): the send
@@ -859,7 +959,7 @@ impl Handler<DrainSends> for Dispatcher {
                     left = self.queue.len(),
                     "circuit open at shutdown; queued sends fire again when their leases run out"
                 );
-                for job in std::mem::take(&mut self.queue) {
+                for job in self.queue.take_all() {
                     self.held.remove(&held_key(&job));
                 }
                 self.release_waiters();
@@ -897,7 +997,8 @@ impl Handler<Dispatch> for Dispatcher {
             self.fail_in_doubt(msg, ctx);
             return Box::pin(async { true });
         }
-        if self.queue.len() >= QUEUE_LIMIT && msg.park_if_full && msg.lease.is_some() {
+        let lane = self.lane_of(&msg);
+        if self.queue.len_of(lane) >= QUEUE_LIMIT && msg.park_if_full && msg.lease.is_some() {
             // Left to its lease: the sweep claims it again once that runs out.
             self.ports
                 .metrics
@@ -905,9 +1006,9 @@ impl Handler<Dispatch> for Dispatcher {
             return Box::pin(async { false });
         }
         self.held.insert(key);
-        self.queue.push_back(msg);
+        self.queue.push_back(lane, msg);
         self.pump(ctx);
-        if self.queue.len() < QUEUE_LIMIT {
+        if self.queue.len_of(lane) < QUEUE_LIMIT {
             return Box::pin(async { true });
         }
         let (tx, rx) = oneshot::channel();

@@ -10,6 +10,7 @@ pub mod callback_journal;
 pub mod context;
 pub mod dispatcher;
 pub mod held;
+pub mod lanes;
 pub mod messages;
 pub mod partition;
 pub mod reconciler;
@@ -33,7 +34,9 @@ use crate::ports::{CallbackSink, Provider, UnknownOutcome};
 use batcher::Batcher;
 use callback_handler::CallbackHandler;
 use context::{Ports, Settings, Shard, Shared};
-use dispatcher::{Dispatcher, DispatcherPorts, DispatcherSettings, DrainSends, SetChain};
+use dispatcher::{
+    CampaignRules, Dispatcher, DispatcherPorts, DispatcherSettings, DrainSends, SetChain,
+};
 use messages::{FlushNow, Running};
 use retry::{RetryActor, StopRetries, Wake};
 use root::{Attach, RootSupervisor, Shutdown};
@@ -97,6 +100,18 @@ impl Pipeline {
         };
         let mut providers = spec.providers;
         providers.sort_by_key(|p| p.priority);
+        let campaigns: Arc<std::collections::HashMap<String, CampaignRules>> = Arc::new(
+            spec.campaigns
+                .iter()
+                .map(|c| {
+                    let rules = CampaignRules {
+                        priority: c.priority,
+                        critical: c.critical,
+                    };
+                    (c.id.clone(), rules)
+                })
+                .collect(),
+        );
         let mut by_channel: Vec<(Channel, Vec<Addr<Dispatcher>>)> = Vec::new();
         let mut names: Vec<(Channel, Vec<String>)> = Vec::new();
         let looked_up: Vec<Arc<dyn Provider>> =
@@ -116,6 +131,13 @@ impl Pipeline {
                 callback_base_url: spec.settings.callback_base_url.clone(),
                 on_unknown_outcome: p.on_unknown_outcome,
                 lookups: spec.settings.lookups.schedule,
+                campaigns: campaigns.clone(),
+                cap: spec
+                    .settings
+                    .caps
+                    .iter()
+                    .find(|c| c.channel == p.channel)
+                    .copied(),
             };
             let addr = Dispatcher::new(
                 p.provider,

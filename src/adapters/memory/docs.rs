@@ -32,6 +32,8 @@ pub struct MemoryDocumentStore {
     early_callbacks: Mutex<BTreeMap<u64, (String, Callback, i64)>>,
     early_next: std::sync::atomic::AtomicU64,
     suppressions: Mutex<HashMap<String, Suppression>>,
+    /// Frequency-cap windows by `<channel>:<user>`.
+    caps: Mutex<HashMap<String, crate::domain::policy::CapWindow>>,
 }
 
 impl Default for MemoryDocumentStore {
@@ -45,6 +47,7 @@ impl Default for MemoryDocumentStore {
             early_callbacks: Mutex::default(),
             early_next: Default::default(),
             suppressions: Mutex::new(HashMap::new()),
+            caps: Mutex::default(),
         }
     }
 }
@@ -315,6 +318,23 @@ impl DocumentStore for MemoryDocumentStore {
     fn get_message(&self, id: String) -> BoxFut<Result<Option<MessageRecord>, StoreError>> {
         let m = self.messages.lock().get(&id).cloned();
         async move { Ok(m) }.boxed()
+    }
+
+    fn take_cap_slot(
+        &self,
+        key: String,
+        message_id: String,
+        now_ms: i64,
+        max: usize,
+        per_ms: i64,
+    ) -> BoxFut<Result<crate::domain::policy::Slot, StoreError>> {
+        let slot =
+            self.caps
+                .lock()
+                .entry(key)
+                .or_default()
+                .take_slot(&message_id, now_ms, max, per_ms);
+        Box::pin(async move { Ok(slot) })
     }
 
     fn count_status(&self, status: MessageStatus) -> BoxFut<Result<u64, StoreError>> {

@@ -642,6 +642,23 @@ impl DocumentStore for MongoDocumentStore {
         .boxed()
     }
 
+    fn take_cap_slot(
+        &self,
+        key: String,
+        message_id: String,
+        now_ms: i64,
+        max: usize,
+        per_ms: i64,
+    ) -> BoxFut<Result<crate::domain::policy::Slot, StoreError>> {
+        let db = self.db.clone();
+        let write_concern = self.write_concern.clone();
+        async move {
+            super::caps::take_slot(&db, &write_concern, &key, &message_id, now_ms, max, per_ms)
+                .await
+        }
+        .boxed()
+    }
+
     fn count_status(&self, status: MessageStatus) -> BoxFut<Result<u64, StoreError>> {
         let db = self.db.clone();
         async move {

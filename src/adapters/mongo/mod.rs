@@ -8,6 +8,7 @@ use mongodb::Database;
 
 use crate::ports::StoreError;
 
+pub mod caps;
 pub mod docs;
 pub mod transitions;
 pub mod users;
