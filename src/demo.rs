@@ -42,6 +42,8 @@ pub struct DemoReport {
     pub duplicates: u64,
     pub invalid: u64,
     pub statuses: BTreeMap<&'static str, usize>,
+    /// `skipped` messages by the first word of their reason.
+    pub skip_reasons: BTreeMap<String, usize>,
     pub sends: u64,
     pub retries_scheduled: u64,
     pub retries_fired: u64,
@@ -120,6 +122,7 @@ pub fn run(config: Config, args: DemoArgs) -> anyhow::Result<DemoReport> {
         duplicates: rig.metrics.duplicates.get(),
         invalid: rig.metrics.invalid_total(),
         statuses: rig.docs.status_counts(),
+        skip_reasons: rig.docs.skip_reasons(),
         sends: rig.providers.iter().map(|p| p.sends()).sum(),
         retries_scheduled: rig.metrics.retries_scheduled.get(),
         retries_fired: rig.metrics.retries_fired.get(),
@@ -280,6 +283,14 @@ pub fn print_summary(r: &DemoReport) -> anyhow::Result<()> {
         count("delivered"),
         count("failed"),
         count("skipped")
+    );
+    let reason = |s: &str| r.skip_reasons.get(s).copied().unwrap_or(0);
+    println!(
+        "  policy            {:>12} held (until their quiet hours end), skipped: {} opted out, {} quiet hours, {} frequency capped",
+        count("held"),
+        reason("opted_out"),
+        reason("quiet_hours"),
+        reason("frequency_capped")
     );
     println!("  provider sends    {:>12}", r.sends);
     println!(

@@ -124,11 +124,13 @@ impl EmbeddedRig {
         self.start_with(config, seed, self.ports_with(None, None))
     }
 
-    /// Records fully committed, no message left in flight, no retry pending.
+    /// Records fully committed, no message left in flight, no retry pending (the schedule
+    /// holds only the entries of `held` messages, due when their quiet hours end).
     pub fn quiescent(&self) -> bool {
         use crate::ports::RetrySchedule;
+        let held = self.docs.status_counts().get("held").copied().unwrap_or(0);
         self.source.fully_committed()
             && self.docs.unfinished() == 0
-            && futures::executor::block_on(self.retries.pending()).unwrap_or(1) == 0
+            && futures::executor::block_on(self.retries.pending()).unwrap_or(usize::MAX) <= held
     }
 }

@@ -80,6 +80,15 @@ const FIRST_NAMES: [&str; 8] = [
     "Ada", "Grace", "Alan", "Edsger", "Barbara", "Ken", "Frances", "Zoë",
 ];
 const PLANS: [&str; 3] = ["free", "pro", "team"];
+/// `traits.timezone` values: quiet hours (REFERENCE.md §12) fall at different instants.
+const TIME_ZONES: [&str; 6] = [
+    "America/New_York",
+    "Europe/Zurich",
+    "Asia/Kolkata",
+    "Australia/Lord_Howe",
+    "Pacific/Auckland",
+    "Not/A_Zone",
+];
 const TAGS: [&str; 5] = ["vip", "trial", "beta", "churn_risk", "newsletter"];
 
 /// An iterator over the workload's messages, in publication order.
@@ -192,6 +201,18 @@ impl Workload {
             }
             if self.rng.gen_bool(0.2) {
                 field(b, "score", self.rng.gen_range(0..1000).to_string());
+            }
+            if self.rng.gen_bool(0.2) {
+                let zone = TIME_ZONES[self.rng.gen_range(0..TIME_ZONES.len())];
+                field(b, "timezone", format!("\"{zone}\""));
+            }
+            if self.rng.gen_bool(0.05) {
+                let preferences = if self.rng.gen_bool(0.5) {
+                    r#"{"categories":{"marketing":false}}"#
+                } else {
+                    r#"{"sms":false}"#
+                };
+                field(b, "preferences", preferences.to_string());
             }
             if self.rng.gen_bool(0.1) {
                 field(

@@ -130,13 +130,32 @@ impl MemoryDocumentStore {
         self.suppressions.lock().values().cloned().collect()
     }
 
-    /// Messages not yet in a terminal status.
+    /// Messages still waiting on a send: not in a terminal status, and not `held` (those wait
+    /// for their quiet hours to end, not for the pipeline).
     pub fn unfinished(&self) -> usize {
         self.messages
             .lock()
             .values()
-            .filter(|m| !m.status.is_terminal())
+            .filter(|m| !m.status.is_terminal() && m.status != MessageStatus::Held)
             .count()
+    }
+
+    /// `skipped` messages by their reason's first word (`opted_out`, `quiet_hours`,
+    /// `frequency_capped`, `no`, `when_traits`, …).
+    pub fn skip_reasons(&self) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        for m in self.messages.lock().values() {
+            if m.status == MessageStatus::Skipped {
+                let reason = m.error.as_deref().unwrap_or("");
+                let word = reason
+                    .split([':', ' '])
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                *out.entry(word).or_insert(0) += 1;
+            }
+        }
+        out
     }
 }
 
