@@ -751,6 +751,47 @@ mod tests {
     }
 
     #[test]
+    fn policy_keys_are_validated_and_template_errors_name_the_campaign() {
+        let base = "[source]\nkind='embedded'\n[[campaigns]]\nid='promo'\non_event='signed_up'\nchannel='sms'\n";
+        let with = |extra: &str| load(&[("c.toml", &format!("{base}{extra}"))], &[]);
+        let e = with("template='Hi {% if traits.x %}'").unwrap_err();
+        assert!(
+            e.problem
+                .contains("campaigns[0].template: campaign \"promo\""),
+            "{e}"
+        );
+        assert!(e.problem.contains("1:"), "the line and column: {e}");
+        let e = with("template='x'\nquiet_hours={start='25:00', end='08:00'}").unwrap_err();
+        assert!(e.problem.contains("campaigns[0].quiet_hours"), "{e}");
+        let e = with("template='x'\nquiet_hours={start='21:00', end='08:00', policy='later'}")
+            .unwrap_err();
+        assert!(e.problem.contains("hold or drop"), "{e}");
+        let e = with("template='x'\npriority='urgent'").unwrap_err();
+        assert!(e.problem.contains("campaigns[0].priority"), "{e}");
+        let e = with("template='x'\n[policy]\ndefault_timezone='Mars/Olympus'").unwrap_err();
+        assert_eq!(e.key, "policy.default_timezone", "{e}");
+        let e =
+            with("template='x'\n[[frequency_caps]]\nchannel='sms'\nmax=0\nper_ms=1").unwrap_err();
+        assert!(e.problem.contains("frequency_caps[0]"), "{e}");
+        let c = with(
+            "template='x'\ncategory='marketing'\ncritical=true\npriority='low'\nquiet_hours={start='21:00', end='08:00'}\n[policy]\ndefault_timezone='Europe/Zurich'\n[[frequency_caps]]\nchannel='sms'\nmax=3\nper_ms=86400000",
+        )
+        .unwrap();
+        let p = &c.parsed_campaigns[0];
+        assert_eq!(
+            (p.category.as_deref(), p.critical, p.priority),
+            (Some("marketing"), true, Priority::Low)
+        );
+        assert_eq!(
+            p.quiet_hours.unwrap().policy,
+            QuietPolicy::Hold,
+            "hold by default"
+        );
+        assert_eq!(c.parsed_caps[0].max, 3);
+        assert_eq!(c.default_tz, Some(chrono_tz::Europe::Zurich));
+    }
+
+    #[test]
     fn masks_url_passwords() {
         assert_eq!(
             mask_url_password("amqp://guest:guest@127.0.0.1:5672/%2f"),
