@@ -233,6 +233,7 @@ impl MessageRecord {
             return;
         }
         self.status = MessageStatus::Skipped;
+        self.held_until = None;
         self.error = Some(reason.clone());
         self.body.clear();
         self.subject = None;
