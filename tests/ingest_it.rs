@@ -377,10 +377,33 @@ fn the_edge_resends_keep_their_ids_body_keys_are_limited_per_peer_and_slow_bodie
         &names,
         &[
             ("HERALD__INGEST__RATE_PER_SEC_PER_PEER", "2"),
-            ("HERALD__INGEST__TIMEOUT_MS", "1000"),
+            // The broker's ack wait as well as the body's: long enough for a busy machine's
+            // first produce (metadata, a new topic's leader), which a 503 would not prove.
+            ("HERALD__INGEST__TIMEOUT_MS", "5000"),
         ],
     );
     block_on(async {
+        // The producer's first request learns the topic's leader: until it has, a 503 is the
+        // right answer, and not what this test is about.
+        let warm = json!({"batch": [track("warm", "warm-up", "e")]}).to_string();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let (code, _, a) = post(
+                port,
+                "/v1/batch",
+                Some("key-two"),
+                warm.clone().into(),
+                false,
+            )
+            .await;
+            if code == 200 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no 200 within 60 s: {code} {a}"
+            );
+        }
         // A client that sends a request again (after a 503, say) sends the same messages:
         // without `messageId` they get the same ids, so the pipeline's dedup absorbs them.
         let body = json!({"batch": [
