@@ -78,6 +78,8 @@ impl EmbeddedRig {
             retries: self.retries.clone(),
             clock: self.clock.clone(),
             metrics: self.metrics.clone(),
+            changelog: Vec::new(),
+            message_observer: None,
         }
     }
 

@@ -7,6 +7,7 @@ pub mod config;
 pub mod demo;
 pub mod domain;
 pub mod embedded;
+pub mod feed_setup;
 pub mod ports;
 pub mod produce;
 pub mod produce_http;

@@ -243,6 +243,61 @@ pub enum TransitionResult {
     NotFound,
 }
 
+/// A keyed record of a downstream feed (the changelog, the messages topic).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedRecord {
+    pub key: String,
+    pub value: Vec<u8>,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("changelog: {0}")]
+pub struct FeedError(pub String);
+
+/// One batcher's writer of the users' changelog: one transaction at a time, staged before
+/// the flush's fenced write and committed only if every user of it stood, so a reader
+/// (`read_committed`) never sees a state MongoDB did not accept, and a key's versions keep
+/// MongoDB's order (ARCHITECTURE.md, "The changelog").
+pub trait ChangelogWriter: Send + Sync + 'static {
+    /// Opens a transaction (aborting one left open) and sends the records into it; answers
+    /// once the broker has acknowledged them all.
+    fn stage(&self, records: Vec<FeedRecord>) -> BoxFut<Result<(), FeedError>>;
+    /// Commits the staged records.
+    fn commit(&self) -> BoxFut<Result<(), FeedError>>;
+    /// Aborts the staged records (best effort: a transaction left open times out).
+    fn abort(&self) -> BoxFut<()>;
+}
+
+/// Told of each durable change of a message — created, or a status transition — in the
+/// order this instance made them (the messages topic). Never blocks: it enqueues.
+pub trait MessageObserver: Send + Sync + 'static {
+    fn changed(&self, record: &MessageRecord);
+}
+
+/// Where the read API's next page of a user's messages starts: after this message (its
+/// creation time and id), newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessagesAfter {
+    pub created_at: i64,
+    pub id: String,
+}
+
+/// The queries of the read API (MongoDB in production).
+pub trait ReadStore: Send + Sync + 'static {
+    /// A user as its document reads, without `_herald` (`{_id, merged_into}` for an id an
+    /// `alias` merged), or `None` if there is no such user.
+    fn user(&self, id: String) -> BoxFut<Result<Option<serde_json::Value>, StoreError>>;
+    fn message(&self, id: String) -> BoxFut<Result<Option<MessageRecord>, StoreError>>;
+    /// Up to `limit` of a user's messages, newest first (creation time, then id), after
+    /// `after` if given.
+    fn user_messages(
+        &self,
+        user: String,
+        limit: usize,
+        after: Option<MessagesAfter>,
+    ) -> BoxFut<Result<Vec<MessageRecord>, StoreError>>;
+}
+
 /// The `users` and `messages` collections (MongoDB in production).
 pub trait DocumentStore: Send + Sync + 'static {
     /// The users' documents, read by `_id`, one entry per requested user, in order.

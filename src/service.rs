@@ -196,6 +196,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         None => Default::default(),
     };
+    let api_listener = config
+        .http
+        .api_listen
+        .map(|addr| {
+            std::net::TcpListener::bind(addr)
+                .map_err(|e| anyhow!("read API: cannot listen on {addr}: {e}"))
+        })
+        .transpose()?;
+    let api_keys = match &api_listener {
+        Some(_) => {
+            let var = &config.http.api_keys_env;
+            let keys = std::env::var(var)
+                .map_err(|_| anyhow!("http.api_keys_env names ${var}, which is not set"))?;
+            let keys = http::api::keys_from(&keys);
+            if keys.is_empty() {
+                bail!("http.api_keys_env names ${var}, which holds no key");
+            }
+            keys
+        }
+        None => Default::default(),
+    };
     let providers = provider_setup::providers(&config)?;
     let receivers = provider_setup::receivers(&config, &config.http.public_url())?;
     let startup = Duration::from_millis(config.startup.timeout_ms);
@@ -236,6 +257,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let source = RunningSource::start(&config, startup).await?;
 
     let metrics = Metrics::shared();
+    let feeds = crate::feed_setup::start(&config, startup, metrics.clone()).await?;
+    let docs = match &feeds.messages {
+        Some(observer) => docs.observed(observer.clone()),
+        None => docs,
+    };
     metrics.declare_providers(config.providers.iter().map(|p| p.name.as_str()));
     let cache = Arc::new(cache);
     let docs = Arc::new(docs);
@@ -247,6 +273,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         retries: Arc::new(retries),
         clock: clock.clone(),
         metrics: metrics.clone(),
+        changelog: feeds.changelog,
+        message_observer: feeds.messages,
     };
     let spec = PipelineSpec {
         settings: Settings::from_config(&config),
@@ -267,7 +295,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut probes: Vec<Arc<dyn Probe>> = vec![
         source.probe(),
         Arc::new(RedisProbe(cache)),
-        Arc::new(MongoProbe(docs)),
+        Arc::new(MongoProbe(docs.clone())),
     ];
     let ingest = match ingest_listener {
         Some(listener) => {
@@ -313,6 +341,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     } else {
         pipeline.callbacks()
     };
+    let api = match api_listener {
+        Some(listener) => {
+            let bound = listener
+                .local_addr()
+                .map_or_else(|_| "?".to_string(), |a| a.to_string());
+            let state = http::api::ApiState {
+                reads: docs.clone(),
+                keys: api_keys,
+            };
+            let server = http::api::start(state, listener, 2)?;
+            tracing::info!(listen = %bound, "read API listening");
+            Some(server)
+        }
+        None => None,
+    };
     let readiness = http::server::Readiness::new(probes);
     actix_web::rt::spawn(readiness.clone().run());
     let http_state = HttpState {
@@ -339,6 +382,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     // The ingest first: what it answered 200 for is in the broker already.
     if let Some(server) = ingest {
+        server.stop(true).await;
+    }
+    if let Some(server) = api {
         server.stop(true).await;
     }
     let result = pipeline.shutdown().await;

@@ -57,6 +57,10 @@ pub struct Metrics {
     pub messages_forwarded: Counter,
     suppressed: Family<Labels, Counter>,
     policy_skipped: Family<Labels, Counter>,
+    feed_records: Family<Labels, Counter>,
+    feed_dropped: Family<Labels, Counter>,
+    changelog_aborted: Counter,
+    feedback: Family<Labels, Counter>,
     pub messages_held: Gauge,
     ingest_requests: Family<Labels, Counter>,
     ingest_messages: Family<Labels, Counter>,
@@ -134,6 +138,30 @@ impl Metrics {
         let messages_forwarded = Counter::default();
         let suppressed = Family::<Labels, Counter>::default();
         let policy_skipped = Family::<Labels, Counter>::default();
+        let feed_records = Family::<Labels, Counter>::default();
+        let feed_dropped = Family::<Labels, Counter>::default();
+        registry.register(
+            "herald_feed_dropped",
+            "Records a feed could not publish (its producer's queue full, or refused by the broker)",
+            feed_dropped.clone(),
+        );
+        let changelog_aborted = Counter::default();
+        let feedback = Family::<Labels, Counter>::default();
+        registry.register(
+            "herald_feed_records",
+            "Records acknowledged by the downstream feeds' topics (feed = changelog | messages)",
+            feed_records.clone(),
+        );
+        registry.register(
+            "herald_changelog_aborted",
+            "Changelog transactions aborted (a user of the flush did not stand, or the commit failed): their users are written and published again",
+            changelog_aborted.clone(),
+        );
+        registry.register(
+            "herald_feedback",
+            "Feedback webhook calls by outcome (delivered, retried, refused)",
+            feedback.clone(),
+        );
         let messages_held = Gauge::default();
         let ingest_requests = Family::<Labels, Counter>::default();
         let ingest_messages = Family::<Labels, Counter>::default();
@@ -323,6 +351,10 @@ impl Metrics {
             messages_forwarded,
             suppressed,
             policy_skipped,
+            feed_records,
+            feed_dropped,
+            changelog_aborted,
+            feedback,
             messages_held,
             ingest_requests,
             ingest_messages,
@@ -372,6 +404,13 @@ impl Metrics {
         }
         for reason in ["opted_out", "quiet_hours", "frequency_capped"] {
             one(&self.policy_skipped, "reason", reason);
+        }
+        for feed in ["changelog", "messages"] {
+            one(&self.feed_records, "feed", feed);
+            one(&self.feed_dropped, "feed", feed);
+        }
+        for outcome in ["delivered", "retried", "refused"] {
+            one(&self.feedback, "outcome", outcome);
         }
         for code in INGEST_CODES {
             one(&self.ingest_requests, "code", &code.to_string());
@@ -617,6 +656,37 @@ impl Metrics {
             .get_or_create(&vec![("reason", reason.to_string())])
             .inc();
         self.invalid_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Changelog records committed (`herald_feed_records_total{feed="changelog"}`).
+    pub fn changelog_records(&self, n: u64) {
+        self.feed_records("changelog", n);
+    }
+
+    /// Records a feed's topic acknowledged.
+    pub fn feed_records(&self, feed: &'static str, n: u64) {
+        self.feed_records
+            .get_or_create(&vec![("feed", feed.to_string())])
+            .inc_by(n);
+    }
+
+    /// A record a feed could not publish.
+    pub fn feed_dropped(&self, feed: &'static str) {
+        self.feed_dropped
+            .get_or_create(&vec![("feed", feed.to_string())])
+            .inc();
+    }
+
+    /// A changelog transaction aborted (`herald_changelog_aborted_total`).
+    pub fn changelog_aborted(&self) {
+        self.changelog_aborted.inc();
+    }
+
+    /// A feedback webhook call (`herald_feedback_total{outcome}`).
+    pub fn feedback(&self, outcome: &'static str) {
+        self.feedback
+            .get_or_create(&vec![("outcome", outcome.to_string())])
+            .inc();
     }
 
     /// A message the policy skipped (`herald_policy_skipped_total{reason}`).

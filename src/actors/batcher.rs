@@ -22,9 +22,10 @@ use actix::prelude::*;
 use futures::future::join_all;
 use tracing::Instrument;
 
+use crate::domain::feed::user_json;
 use crate::domain::message::{MessageRecord, MessageStatus};
 use crate::domain::suppression::{suppression_id, SuppressionReason};
-use crate::ports::{DeadLetter, RetryEntry, StoreError, UsersWritten};
+use crate::ports::{DeadLetter, FeedRecord, RetryEntry, StoreError, UsersWritten};
 
 use super::context::Shared;
 use super::dispatcher::{Dispatch, LEASE_MS};
@@ -160,6 +161,25 @@ async fn write(shared: Arc<Shared>, shard: usize, batch: WriteBatch) -> WriteOut
                 .actor_restarted("batcher", &format!("state cache write panicked: {panic}")),
         }
         let now = ports.clock.now_ms();
+        // The changelog's records go into a transaction before the documents are written:
+        // acknowledged first, they precede in the topic any later version of their users
+        // (which another owner can write only after loading this one), and committed only if
+        // every user stood, so a reader never sees a state MongoDB refused.
+        let changelog = ports.changelog.get(shard).cloned();
+        if let Some(changelog) = &changelog {
+            let records = changelog_records(&users, now);
+            retry(&shared, shard, "changelog", || {
+                let changelog = changelog.clone();
+                let records = records.clone();
+                async move {
+                    changelog
+                        .stage(records)
+                        .await
+                        .map_err(|e| StoreError::Transient(e.to_string()))
+                }
+            })
+            .await;
+        }
         let written = retry(&shared, shard, "users", || {
             ports.docs.upsert_users(users.clone(), token, now)
         })
@@ -174,7 +194,8 @@ async fn write(shared: Arc<Shared>, shard: usize, batch: WriteBatch) -> WriteOut
             .map(|s| &**s)
             .chain(refused.iter().map(|(s, _)| &**s))
             .collect();
-        if !out.is_empty() {
+        let all_stood = out.is_empty();
+        if !all_stood {
             users.retain(|u| !out.contains(&*u.user_id));
         }
         ports.metrics.documents_written("users", users.len() as u64);
@@ -183,6 +204,28 @@ async fn write(shared: Arc<Shared>, shard: usize, batch: WriteBatch) -> WriteOut
         }
         outcome.stale.extend(stale);
         outcome.refused.extend(refused);
+        if let Some(changelog) = &changelog {
+            let committed = if all_stood {
+                match changelog.commit().await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(shard, error = %e, "changelog transaction not committed; its users are written again");
+                        false
+                    }
+                }
+            } else {
+                changelog.abort().await;
+                false
+            };
+            if committed {
+                ports.metrics.changelog_records(users.len() as u64);
+            } else {
+                ports.metrics.changelog_aborted();
+                outcome
+                    .republish
+                    .extend(users.iter().map(|u| u.user_id.clone()));
+            }
+        }
     }
 
     // 3. The messages of users that did not stand were triggered by a state that is gone.
@@ -211,6 +254,11 @@ async fn write(shared: Arc<Shared>, shard: usize, batch: WriteBatch) -> WriteOut
     ports
         .metrics
         .documents_written("messages", created.len() as u64);
+    if let Some(observer) = &ports.message_observer {
+        for r in records.iter().filter(|r| created.contains(&r.id)) {
+            observer.changed(r);
+        }
+    }
     for id in created.iter().filter(|id| suppressed_ids.contains(*id)) {
         if let Some(r) = records.iter().find(|r| &r.id == id) {
             let reason = r.error.as_deref().unwrap_or_default();
@@ -358,6 +406,25 @@ async fn write(shared: Arc<Shared>, shard: usize, batch: WriteBatch) -> WriteOut
         .collect();
     join_all(sends).await;
     outcome
+}
+
+/// The flush's changelog records: each user's state as its document now reads, with the
+/// version this write gives it.
+fn changelog_records(
+    users: &[std::sync::Arc<crate::ports::UserSnapshot>],
+    now: i64,
+) -> Vec<FeedRecord> {
+    users
+        .iter()
+        .map(|u| {
+            let merged_into = u.identity.as_deref().and_then(|i| i.merged_into.as_deref());
+            let value = user_json(&u.user_id, &u.profile, merged_into, now, Some(u.version));
+            FeedRecord {
+                key: u.user_id.to_string(),
+                value: serde_json::to_vec(&value).unwrap_or_default(),
+            }
+        })
+        .collect()
 }
 
 /// Retries a write with backoff until it succeeds. A panic inside the adapter is contained

@@ -162,6 +162,10 @@ pub struct WriteOutcome {
     pub stale: Vec<Arc<str>>,
     /// The store refused the document (bad data): its records were dead-lettered.
     pub refused: Vec<(Arc<str>, String)>,
+    /// Written, but their changelog records were not committed (another user of the flush
+    /// did not stand, or the commit failed): the shard reloads them and writes them again at
+    /// the next version, whose records carry the same state.
+    pub republish: Vec<Arc<str>>,
 }
 
 /// Between user shards: the steps of an identity merge (ARCHITECTURE.md, "Identity merge").

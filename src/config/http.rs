@@ -25,6 +25,16 @@ pub struct HttpConfig {
     /// Most such callbacks kept at once; past it, they are answered 503.
     #[serde(default = "default_early_callbacks_max")]
     pub early_callbacks_max: u64,
+    /// The read API's address (unset: off).
+    #[serde(default)]
+    pub api_listen: Option<SocketAddr>,
+    /// The environment variable holding the read API's comma-separated bearer keys.
+    #[serde(default = "default_api_keys_env")]
+    pub api_keys_env: String,
+}
+
+fn default_api_keys_env() -> String {
+    "HERALD_API_KEYS".into()
 }
 
 /// The Segment-compatible HTTP ingest (`[ingest]`, off unless `listen` is set).

@@ -18,6 +18,7 @@ use crate::domain::template::Template;
 use crate::domain::user::DedupLimits;
 
 mod demo;
+mod feeds;
 mod http;
 mod layers;
 mod mask;
@@ -28,6 +29,7 @@ mod source;
 mod stores;
 
 pub use demo::{DemoConfig, SimulatorConfig};
+pub use feeds::ChangelogConfig;
 pub use http::{HttpConfig, IngestConfig};
 pub use mask::mask_url_password;
 pub use messaging::{
@@ -84,6 +86,8 @@ pub struct Config {
     pub http: HttpConfig,
     #[serde(default)]
     pub ingest: IngestConfig,
+    #[serde(default)]
+    pub changelog: ChangelogConfig,
     pub batch: BatchConfig,
     pub dedup: DedupConfig,
     pub aggregator: AggregatorConfig,
@@ -289,6 +293,10 @@ impl Config {
             ("startup.timeout_ms", self.startup.timeout_ms),
             ("shutdown.timeout_ms", self.shutdown.timeout_ms),
             ("ingest.timeout_ms", self.ingest.timeout_ms),
+            (
+                "changelog.transaction_timeout_ms",
+                self.changelog.transaction_timeout_ms,
+            ),
             ("rabbitmq.queues", self.rabbitmq.queues as u64),
             ("demo.partitions", self.demo.partitions as u64),
         ];

@@ -4,6 +4,7 @@
 pub mod campaign;
 pub mod dedup;
 pub mod event;
+pub mod feed;
 pub mod identity;
 pub mod keys;
 pub mod merge;

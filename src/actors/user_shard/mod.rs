@@ -234,6 +234,8 @@ pub struct UserShard {
     /// Users to load from the system of record only (their cached state was found stale).
     fresh_queue: Vec<Arc<str>>,
     loads_in_flight: usize,
+    /// Users whose changelog record was not committed: written again once reloaded.
+    republish: std::collections::HashSet<Arc<str>, ahash::RandomState>,
     acc: Batch,
     flushing: bool,
     timer: Option<SpawnHandle>,
@@ -266,6 +268,7 @@ impl UserShard {
             load_queue: Vec::new(),
             fresh_queue: Vec::new(),
             loads_in_flight: 0,
+            republish: Default::default(),
             acc: Batch::default(),
             flushing: false,
             timer: None,
@@ -470,6 +473,20 @@ impl UserShard {
             return Applied::DeadLettered;
         }
         if outcome != ApplyOutcome::Applied {
+            if outcome == ApplyOutcome::ReplayedPosition && !shared.ports.changelog.is_empty() {
+                // A replay: the state holding it may be one whose changelog transaction a
+                // crash left uncommitted. Written again at the next version, it is published;
+                // held like an applied record, its offset waits for that write.
+                if !entity.dirty {
+                    entity.dirty = true;
+                    self.acc.dirty.push(key.clone());
+                }
+                self.acc.applied.push(Held {
+                    user: key.clone(),
+                    link: link.clone(),
+                    record: record.raw,
+                });
+            }
             self.acc.offset(link, offset);
             return Applied::Skipped;
         }
@@ -689,6 +706,11 @@ impl UserShard {
                     self.route(&link, record, now_ms, tick, &mut counts);
                 }
             }
+            if self.republish.remove(&key) {
+                if let Some(&slot) = self.users.get(&key) {
+                    self.mark_dirty(slot as usize);
+                }
+            }
             self.seals_after_load(&key, now_ms);
         }
         self.count(counts);
@@ -857,6 +879,16 @@ impl UserShard {
                 "a newer state of this user was written elsewhere; applying its records again to it"
             );
             self.requeue(key.clone(), held, true);
+        }
+        for key in &outcome.republish {
+            // Written, but its changelog record was not committed: reloaded, its records
+            // are replays, which make it dirty again (and so do the marks below for a user
+            // with none), and the next flush publishes it at the next version.
+            let mut held = batch.take_user(key);
+            held.extend(self.acc.take_user(key));
+            held.extend(self.unload(key));
+            self.requeue(key.clone(), held, true);
+            self.republish.insert(key.clone());
         }
         for (key, detail) in &outcome.refused {
             // The batcher dead-lettered this flush's records of the user; later ones were

@@ -1,5 +1,6 @@
 //! Herald's HTTP listeners: the webhook receiver with `/metrics`, `/healthz` and `/readyz`,
-//! and the Segment-compatible ingest.
+//! the Segment-compatible ingest, and the read API.
 
+pub mod api;
 pub mod ingest;
 pub mod server;

@@ -17,8 +17,8 @@ use crate::domain::campaign::Channel;
 use crate::domain::message::{HistoryEntry, MessageRecord, MessageStatus, StatusChange};
 use crate::domain::suppression::{normalise_address, Suppression, SuppressionReason};
 use crate::ports::{
-    BoxFut, Callback, DocumentStore, EarlyCallback, InsertedMessages, StalledFrom, StoreError,
-    StoredUser, TransitionResult, UserSnapshot, UsersWritten,
+    BoxFut, Callback, DocumentStore, EarlyCallback, InsertedMessages, MessageObserver, StalledFrom,
+    StoreError, StoredUser, TransitionResult, UserSnapshot, UsersWritten,
 };
 
 use super::transitions::{self, transition_alone, Codec, Job, ReadJob};
@@ -38,9 +38,17 @@ pub struct MongoDocumentStore {
     transitions: mpsc::UnboundedSender<Job>,
     /// The grouped reader of single messages.
     reads: mpsc::UnboundedSender<ReadJob>,
+    observer: Option<Arc<dyn MessageObserver>>,
 }
 
 impl MongoDocumentStore {
+    /// Tells `observer` of every status transition once it is written (the messages topic).
+    pub fn observed(mut self, observer: Arc<dyn MessageObserver>) -> Self {
+        self.transitions = transitions::spawn(self.db.clone(), codec(), Some(observer.clone()));
+        self.observer = Some(observer);
+        self
+    }
+
     /// Connects; `write_concern` is `mongo.write_concern` (`majority`, or a number of nodes).
     pub async fn connect(
         url: &str,
@@ -59,10 +67,11 @@ impl MongoDocumentStore {
         let client = Client::with_options(options).map_err(transient)?;
         let db = client.database(database);
         Ok(MongoDocumentStore {
-            transitions: transitions::spawn(db.clone(), codec()),
+            transitions: transitions::spawn(db.clone(), codec(), None),
             reads: transitions::spawn_reader(db.clone(), codec()),
             write_concern: write_concern_document(write_concern),
             db,
+            observer: None,
         })
     }
 
@@ -92,6 +101,12 @@ impl MongoDocumentStore {
                 "status_1_lookup_at_1",
             ),
             ("early_callbacks", doc! {"message_id": 1}, "message_id_1"),
+            // The read API: a user's messages, newest first.
+            (
+                "messages",
+                doc! {"user_id": 1, "created_at": -1},
+                "user_id_1_created_at_-1",
+            ),
             // Twilio callbacks name only the provider's id.
             (
                 "messages",
@@ -189,7 +204,7 @@ struct ChunkOutcome {
     refused: Vec<(String, String)>,
 }
 
-fn date(ms: i64) -> Bson {
+pub(super) fn date(ms: i64) -> Bson {
     Bson::DateTime(DateTime::from_millis(ms))
 }
 
@@ -275,7 +290,7 @@ fn get_ms(d: &Document, k: &str) -> i64 {
     }
 }
 
-fn parse_message(d: &Document) -> Result<(MessageRecord, i64), StoreError> {
+pub(super) fn parse_message(d: &Document) -> Result<(MessageRecord, i64), StoreError> {
     let bad = |what: &str| StoreError::BadData {
         key: format!("messages/{}", d.get_str("_id").unwrap_or("?")),
         detail: format!("unreadable field {what}"),
@@ -484,6 +499,7 @@ impl DocumentStore for MongoDocumentStore {
             reply,
         });
         let db = self.db.clone();
+        let observer = self.observer.clone();
         async move {
             if queued.is_ok() {
                 if let Ok(result) = answer.await {
@@ -491,7 +507,11 @@ impl DocumentStore for MongoDocumentStore {
                 }
             }
             // The writer's runtime is gone (a store used across runtimes): apply it alone.
-            transition_alone(&db, &codec(), &id, &change).await
+            let result = transition_alone(&db, &codec(), &id, &change).await;
+            if let (Some(observer), Ok(TransitionResult::Applied(record))) = (&observer, &result) {
+                observer.changed(record);
+            }
+            result
         }
         .boxed()
     }

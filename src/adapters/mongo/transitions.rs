@@ -8,6 +8,7 @@
 //! alone, through the same read-check-replace loop.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
@@ -16,7 +17,7 @@ use rand::Rng;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::domain::message::{ApplyResult, MessageRecord, StatusChange};
-use crate::ports::{StoreError, TransitionResult};
+use crate::ports::{MessageObserver, StoreError, TransitionResult};
 
 use super::{bson_i64, ids_with_token, transient};
 
@@ -35,10 +36,15 @@ pub struct Codec {
     pub render: fn(&MessageRecord, i64) -> Document,
 }
 
-/// Starts the writer on the current runtime; it ends when every sender is dropped.
-pub fn spawn(db: Database, codec: Codec) -> mpsc::UnboundedSender<Job> {
+/// Starts the writer on the current runtime; it ends when every sender is dropped. The
+/// observer is told of each applied change once it is written, in the order applied.
+pub fn spawn(
+    db: Database,
+    codec: Codec,
+    observer: Option<Arc<dyn MessageObserver>>,
+) -> mpsc::UnboundedSender<Job> {
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(writer(db, codec, rx));
+    tokio::spawn(writer(db, codec, observer, rx));
     tx
 }
 
@@ -55,12 +61,24 @@ async fn next_group<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> Option<Vec<T>> {
     Some(group)
 }
 
-async fn writer(db: Database, codec: Codec, mut rx: mpsc::UnboundedReceiver<Job>) {
+async fn writer(
+    db: Database,
+    codec: Codec,
+    observer: Option<Arc<dyn MessageObserver>>,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+) {
     while let Some(jobs) = next_group(&mut rx).await {
         let results = match apply_group(&db, &codec, &jobs).await {
             Ok(results) => results,
             Err(e) => jobs.iter().map(|_| Err(e.clone())).collect(),
         };
+        if let Some(observer) = &observer {
+            for result in &results {
+                if let Ok(TransitionResult::Applied(record)) = result {
+                    observer.changed(record);
+                }
+            }
+        }
         for (job, result) in jobs.into_iter().zip(results) {
             let _ = job.reply.send(result);
         }

@@ -172,7 +172,7 @@ pub fn fence(u: &UserSnapshot) -> Document {
     doc! {"_id": &*u.user_id, "_herald.v": v}
 }
 
-fn ms(b: Option<&Bson>) -> Option<i64> {
+pub(super) fn ms(b: Option<&Bson>) -> Option<i64> {
     match b? {
         Bson::DateTime(t) => Some(t.timestamp_millis()),
         other => bson_i64(other),

@@ -1,0 +1,163 @@
+//! The JSON forms in which users and messages leave Herald: the changelog topic, the
+//! messages topic, feedback webhooks and the read API. The fields are those of the `users`
+//! and `messages` documents; dates are RFC 3339 UTC strings with milliseconds.
+
+use serde_json::{json, Map, Value};
+
+use super::message::MessageRecord;
+use super::profile::Profile;
+use super::segment::rfc3339_ms;
+
+fn date(ms: Option<i64>) -> Value {
+    ms.map_or(Value::Null, |ms| Value::String(rfc3339_ms(ms)))
+}
+
+/// A user as its `users` document reads (without `_herald`): the profile, or only
+/// `merged_into` for an id an `alias` merged. `version` (the fencing version) is added when
+/// given — the changelog's records carry it.
+pub fn user_json(
+    id: &str,
+    profile: &Profile,
+    merged_into: Option<&str>,
+    updated_at: i64,
+    version: Option<u64>,
+) -> Value {
+    let mut o = Map::new();
+    o.insert("_id".into(), json!(id));
+    match merged_into {
+        Some(into) => {
+            o.insert("merged_into".into(), json!(into));
+        }
+        None => {
+            let traits = |t: &super::profile::NameMap<Value>| -> Value {
+                Value::Object(t.iter().map(|(k, v)| (k.to_string(), v.clone())).collect())
+            };
+            let events: Map<String, Value> = profile
+                .events
+                .iter()
+                .map(|(name, s)| {
+                    (
+                        name.to_string(),
+                        json!({
+                            "count": s.count,
+                            "first_at": rfc3339_ms(s.first_at),
+                            "last_at": rfc3339_ms(s.last_at),
+                        }),
+                    )
+                })
+                .collect();
+            o.insert("traits".into(), traits(&profile.traits));
+            o.insert(
+                "tags".into(),
+                Value::Array(profile.tags.iter().map(|t| json!(t)).collect()),
+            );
+            o.insert("event_count".into(), json!(profile.event_count));
+            o.insert("events".into(), Value::Object(events));
+            o.insert("first_seen".into(), date(profile.first_seen));
+            o.insert("last_seen".into(), date(profile.last_seen));
+            o.insert("updated_at".into(), date(Some(updated_at)));
+            if !profile.groups.is_empty() {
+                let groups: Map<String, Value> = profile
+                    .groups
+                    .iter()
+                    .map(|(id, t)| (id.to_string(), traits(t)))
+                    .collect();
+                o.insert("groups".into(), Value::Object(groups));
+            }
+        }
+    }
+    if let Some(v) = version {
+        o.insert("version".into(), json!(v));
+    }
+    Value::Object(o)
+}
+
+/// A message's state after a transition: the value of a messages-topic record and the
+/// `message` of a feedback webhook.
+pub fn message_event_json(m: &MessageRecord) -> Value {
+    json!({
+        "_id": m.id,
+        "user_id": m.user_id,
+        "campaign": m.campaign,
+        "channel": m.channel.as_str(),
+        "status": m.status.as_str(),
+        "attempts": m.attempts,
+        "provider": m.provider,
+        "provider_message_id": m.provider_message_id,
+        "error": m.error,
+        "updated_at": rfc3339_ms(m.updated_at),
+    })
+}
+
+/// A message as its `messages` document reads (the read API).
+pub fn message_json(m: &MessageRecord) -> Value {
+    let history: Vec<Value> = m
+        .history
+        .iter()
+        .map(|h| {
+            json!({
+                "status": h.status.as_str(),
+                "at": rfc3339_ms(h.at),
+                "provider": h.provider,
+                "detail": h.detail,
+            })
+        })
+        .collect();
+    json!({
+        "_id": m.id,
+        "user_id": m.user_id,
+        "campaign": m.campaign,
+        "channel": m.channel.as_str(),
+        "to": m.to,
+        "body": m.body,
+        "provider": m.provider,
+        "status": m.status.as_str(),
+        "attempts": m.attempts,
+        "provider_message_id": m.provider_message_id,
+        "error": m.error,
+        "created_at": rfc3339_ms(m.created_at),
+        "updated_at": rfc3339_ms(m.updated_at),
+        "history": history,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::user_profile::EventStats;
+
+    #[test]
+    fn a_user_reads_as_its_document_with_dates_in_rfc3339_and_its_version() {
+        let mut p = Profile::default();
+        p.traits.insert("plan", json!("pro"));
+        p.tags.insert("vip");
+        p.event_count = 2;
+        p.events.insert(
+            "signup",
+            EventStats {
+                count: 2,
+                first_at: 0,
+                last_at: 1_500,
+            },
+        );
+        p.first_seen = Some(0);
+        p.last_seen = Some(1_500);
+        let v = user_json("u1", &p, None, 2_000, Some(7));
+        assert_eq!(
+            v,
+            json!({"_id": "u1", "traits": {"plan": "pro"}, "tags": ["vip"], "event_count": 2,
+                "events": {"signup": {"count": 2, "first_at": "1970-01-01T00:00:00.000Z",
+                    "last_at": "1970-01-01T00:00:01.500Z"}},
+                "first_seen": "1970-01-01T00:00:00.000Z", "last_seen": "1970-01-01T00:00:01.500Z",
+                "updated_at": "1970-01-01T00:00:02.000Z", "version": 7})
+        );
+        let merged = user_json("u0", &p, Some("u1"), 2_000, Some(3));
+        assert_eq!(
+            merged,
+            json!({"_id": "u0", "merged_into": "u1", "version": 3})
+        );
+        let read = user_json("u0", &Profile::default(), None, 0, None);
+        assert_eq!(read["first_seen"], Value::Null);
+        assert!(read.get("version").is_none());
+    }
+}

@@ -1,0 +1,402 @@
+//! The downstream feeds on real servers, `herald` run as child processes:
+//! - the users' changelog, with two instances sharing users, one of them SIGSTOPped past its
+//!   session (a fenced owner that wakes up mid-flush) and the other SIGKILLed: read from the
+//!   start with `read_committed`, each key's last record is the reference model's user at the
+//!   version MongoDB holds, and no key's version ever goes back; the topic is compacted;
+//! - the messages topic: every transition of every message, in order per message (the
+//!   statuses of its `history`), with a provider that fails a fifth of its sends.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::*;
+use herald::domain::user::{EventStats, UserProfile};
+use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::{json, Value};
+
+const SECRET: &str = "it-feeds-secret";
+
+/// Every record of `topic` from the start, as a `read_committed` reader sees them: (partition,
+/// key, value) in each partition's order. Reads until every partition's position reaches its
+/// end (an open transaction of a killed instance holds readers back until the broker aborts
+/// it).
+fn read_topic(topic: &str, partitions: i32, group: &str) -> Vec<(i32, String, Value)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", BROKERS)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let ends: Vec<i64> = (0..partitions)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap()
+                .1
+        })
+        .collect();
+    let mut out = Vec::new();
+    let started = Instant::now();
+    loop {
+        let position = consumer.position().unwrap();
+        let done = (0..partitions).all(|p| {
+            ends[p as usize] == 0
+                || matches!(
+                    position.find_partition(topic, p).map(|e| e.offset()),
+                    Some(Offset::Offset(o)) if o >= ends[p as usize]
+                )
+        });
+        if done {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "{topic}: not read to its end {ends:?} within 90 s (at {position:?})"
+        );
+        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+            let m = m.unwrap();
+            let key = String::from_utf8_lossy(m.key().unwrap_or_default()).to_string();
+            let value: Value = serde_json::from_slice(m.payload().unwrap_or_default()).unwrap();
+            out.push((m.partition(), key, value));
+        }
+    }
+    out
+}
+
+fn millis(v: &Value) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(v.as_str()?)
+        .ok()
+        .map(|t| t.timestamp_millis())
+}
+
+/// A changelog value as the reference model's profile.
+fn profile_of(v: &Value) -> UserProfile {
+    let map = |v: &Value| -> BTreeMap<String, Value> {
+        v.as_object()
+            .map(|o| o.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default()
+    };
+    UserProfile {
+        traits: map(&v["traits"]),
+        tags: v["tags"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|t| Some(t.as_str()?.to_string()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        event_count: v["event_count"].as_i64().unwrap_or(0),
+        events: v["events"]
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .map(|(k, s)| {
+                        let stats = EventStats {
+                            count: s["count"].as_i64().unwrap(),
+                            first_at: millis(&s["first_at"]).unwrap(),
+                            last_at: millis(&s["last_at"]).unwrap(),
+                        };
+                        (k.clone(), stats)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        first_seen: millis(&v["first_seen"]),
+        last_seen: millis(&v["last_seen"]),
+        groups: v["groups"]
+            .as_object()
+            .map(|o| o.iter().map(|(k, t)| (k.clone(), map(t))).collect())
+            .unwrap_or_default(),
+    }
+}
+
+fn topic_config(topic: &str, key: &str) -> Option<String> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", BROKERS)
+        .create()
+        .unwrap();
+    let described = block_on(admin.describe_configs(
+        [&ResourceSpecifier::Topic(topic)],
+        &AdminOptions::new().request_timeout(Some(Duration::from_secs(10))),
+    ))
+    .unwrap();
+    let resource = described.into_iter().next()?.ok()?;
+    resource.get(key).and_then(|e| e.value.clone())
+}
+
+#[test]
+fn the_changelog_ends_at_every_users_state_across_a_fenced_owner_and_a_sigkill() {
+    let names = Names::new("changelog", 4);
+    let changelog = format!("{}.changelog", names.base);
+    let records = split_users(400, 24, names.partitions);
+    let want = oracle::replay(records.iter().map(|(_, _, p)| p.as_bytes()));
+    let parts: Vec<&[(i32, String, String)]> = records.chunks(records.len() / 6 + 1).collect();
+    let (port_a, port_b) = (free_port(), free_port());
+    let (listen_a, listen_b) = (format!("127.0.0.1:{port_a}"), format!("127.0.0.1:{port_b}"));
+    let extra = |id: &'static str| {
+        vec![
+            ("HERALD__KAFKA__GROUP_INSTANCE_ID", id),
+            (
+                "HERALD__HTTP__LISTEN",
+                if id == "fa" {
+                    listen_a.as_str()
+                } else {
+                    listen_b.as_str()
+                },
+            ),
+            ("HERALD__KAFKA__OPTIONS__session.timeout.ms", "6000"),
+            ("HERALD__CHANGELOG__TOPIC", changelog.as_str()),
+            ("HERALD__CHANGELOG__TRANSACTION_TIMEOUT_MS", "8000"),
+            ("HERALD__BATCH__MAX_WAIT_MS", "20"),
+        ]
+    };
+    let mut obs = Observer::new(&names, 0);
+    produce_to_partitions(&names, parts[0]);
+    obs.published(parts[0].len() as u64);
+    let mut a = spawn_herald(&names, &extra("fa"), "a");
+    let mut b = spawn_herald(&names, &extra("fb"), "b");
+    let joined = |tag: &str| {
+        let log = log_dir().join(format!("{}-{tag}.log", names.base));
+        let started = Instant::now();
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("kafka partitions assigned")
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(90),
+                "{tag} never joined"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    joined("a");
+    joined("b");
+    let mut published = parts[0].len();
+    for (i, part) in parts.iter().enumerate().skip(1) {
+        produce_to_partitions(&names, part);
+        published += part.len();
+        obs.published(part.len() as u64);
+        match i {
+            1 => {
+                // A stops mid-traffic, its flushes staged or written, and stays stopped past
+                // its session: B takes its partitions and moves its users on. Woken, A's
+                // writes are fenced and its open transactions must never show.
+                obs.wait_progress((published - part.len() / 2) as i64, Duration::from_secs(60));
+                signal(a.0.id(), "-STOP");
+                std::thread::sleep(Duration::from_secs(12));
+                signal(a.0.id(), "-CONT");
+            }
+            3 => {
+                obs.wait_progress((published - part.len() / 2) as i64, Duration::from_secs(60));
+                kill9(&mut b.0);
+                b = spawn_herald(&names, &extra("fb"), "b2");
+            }
+            _ => obs.wait_progress((published - part.len()) as i64, Duration::from_secs(60)),
+        }
+    }
+    obs.wait_done(Duration::from_secs(300));
+    // The two shared users, so some flushes had a user another owner moved on: their
+    // transactions were aborted (A's after its stop among them).
+    let aborted: f64 = [port_a, port_b]
+        .iter()
+        .map(|p| sum(&scrape(*p), "herald_changelog_aborted_total", &[]))
+        .sum();
+    eprintln!("changelog transactions aborted on A and B: {aborted}");
+    assert!(aborted > 0.0, "no flush of a contended user");
+    for child in [&mut a, &mut b] {
+        let (status, _) = sigterm(&mut child.0, Duration::from_secs(40));
+        assert!(status.success());
+    }
+    assert_users_equal(&block_on(mongo_users(&names)), &want);
+
+    let read = read_topic(&changelog, names.partitions, &format!("{}_cl", names.base));
+    let mut last: BTreeMap<String, (i32, Value)> = BTreeMap::new();
+    let mut back = Vec::new();
+    for (partition, key, value) in read {
+        let version = value["version"].as_u64().expect("a version");
+        assert_eq!(value["_id"], json!(key));
+        assert!(value.get("_herald").is_none());
+        if let Some((p, before)) = last.get(&key) {
+            assert_eq!(*p, partition, "{key}: records in two partitions");
+            let was = before["version"].as_u64().unwrap();
+            if version < was {
+                back.push(format!("{key}: version {version} after {was}"));
+            }
+        }
+        last.insert(key, (partition, value));
+    }
+    assert!(
+        back.is_empty(),
+        "versions went back: {:?}",
+        &back[..back.len().min(5)]
+    );
+    let finals: BTreeMap<String, UserProfile> = last
+        .iter()
+        .map(|(k, (_, v))| (k.clone(), profile_of(v)))
+        .collect();
+    assert_users_equal(&finals, &want);
+    let stored = block_on(stored_states(&names));
+    for (key, (_, v)) in &last {
+        assert_eq!(
+            v["version"].as_i64(),
+            Some(stored[key].version),
+            "{key}: the last record is not MongoDB's version"
+        );
+    }
+    assert_eq!(
+        topic_config(&changelog, "cleanup.policy").as_deref(),
+        Some("compact")
+    );
+}
+
+#[test]
+fn the_messages_topic_has_every_transition_of_every_message_in_order() {
+    let names = Names::new("msgfeed", 2);
+    let topic = format!("{}.messages", names.base);
+    let sim_port = free_port();
+    let _sim = spawn_sim(
+        sim_port,
+        SECRET,
+        &[
+            "--fail-rate",
+            "0.2",
+            "--undelivered-rate",
+            "0.1",
+            "--latency-ms",
+            "5",
+        ],
+        &names.base,
+    );
+    let config = log_dir().join(format!("{}.toml", names.base));
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[retry]
+base_ms = 200
+max_delay_ms = 1000
+max_attempts = 12
+sweep_ms = 200
+
+[[campaigns]]
+id = "welcome"
+on_event = "signed_up"
+channel = "sms"
+template = "Hi {{{{traits.first_name}}}}!"
+
+[[providers]]
+name = "sim"
+channel = "sms"
+url = "http://127.0.0.1:{sim_port}/v1/messages"
+webhook_secret_env = "IT_SIM_SECRET"
+circuit_failures = 1000000
+"#
+        ),
+    )
+    .unwrap();
+    let mut records = Vec::new();
+    for u in 0..150 {
+        let user = format!("m-{u}");
+        records.push((
+            u % names.partitions,
+            user.clone(),
+            json!({"messageId": format!("{user}-0"),
+            "type": "identify", "userId": user, "timestamp": "2026-11-23T10:00:00Z",
+            "traits": {"phone": format!("+1555{u:06}"), "first_name": user}})
+            .to_string(),
+        ));
+        records.push((
+            u % names.partitions,
+            user.clone(),
+            json!({"messageId": format!("{user}-1"),
+            "type": "track", "userId": user, "timestamp": "2026-11-23T10:00:01Z",
+            "event": "signed_up"})
+            .to_string(),
+        ));
+    }
+    produce_to_partitions(&names, &records);
+    // The provider calls back to the listener it is given.
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut herald = spawn_herald_with_config(
+        &names,
+        &config,
+        &[
+            ("HERALD__HTTP__LISTEN", listen.as_str()),
+            ("HERALD__CHANGELOG__MESSAGES_TOPIC", topic.as_str()),
+            ("IT_SIM_SECRET", SECRET),
+        ],
+        "a",
+    );
+    // Every message settles: delivered, or failed for good (undelivered).
+    block_on(eventually(
+        "150 messages settled",
+        Duration::from_secs(120),
+        || async {
+            let docs = mongo_messages(&names).await;
+            docs.len() == 150
+                && docs
+                    .values()
+                    .all(|d| matches!(d.get_str("status"), Ok("delivered" | "failed")))
+        },
+    ));
+    let docs = block_on(mongo_messages(&names));
+    let want: BTreeMap<String, Vec<String>> = docs
+        .iter()
+        .map(|(id, d)| {
+            let statuses = d
+                .get_array("history")
+                .unwrap()
+                .iter()
+                .map(|h| {
+                    h.as_document()
+                        .unwrap()
+                        .get_str("status")
+                        .unwrap()
+                        .to_string()
+                })
+                .collect();
+            (id.clone(), statuses)
+        })
+        .collect();
+    // The topic catches up with the last transitions (published once written).
+    let started = Instant::now();
+    let got = loop {
+        let mut got: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (_, key, value) in read_topic(&topic, names.partitions, &format!("{}_m", names.base)) {
+            assert_eq!(value["_id"], json!(key));
+            assert_eq!(value["campaign"], json!("welcome"));
+            got.entry(key)
+                .or_default()
+                .push(value["status"].as_str().unwrap().to_string());
+        }
+        if got == want || started.elapsed() > Duration::from_secs(30) {
+            break got;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let differ: Vec<_> = want
+        .iter()
+        .filter(|(id, w)| got.get(*id) != Some(w))
+        .take(3)
+        .map(|(id, w)| format!("{id}: history {w:?}, topic {:?}", got.get(id)))
+        .collect();
+    assert!(differ.is_empty(), "{differ:?}");
+    assert_eq!(got.len(), want.len());
+    let (status, _) = sigterm(&mut herald.0, Duration::from_secs(40));
+    assert!(status.success());
+}
