@@ -235,12 +235,12 @@ provider_tools_up() {
     npm install --silent --no-audit --no-fund --prefix "$TOOLS" @stoplight/prism-cli@5 >"$CACHE/prism-install.log" 2>&1 \
       || { tail -20 "$CACHE/prism-install.log" >&2; return 1; }
   fi
-  if [ ! -f "$TOOLS/venv/.complete-3" ]; then
-    log "installing the twilio, sendgrid, Segment and RudderStack Python libraries into $TOOLS/venv (PyPI)"
+  if [ ! -f "$TOOLS/venv/.complete-4" ]; then
+    log "installing the twilio, sendgrid, Segment and RudderStack Python libraries, confluent-kafka and schemathesis into $TOOLS/venv (PyPI)"
     python3 -m venv "$TOOLS/venv"
     "$TOOLS/venv/bin/pip" install -q twilio sendgrid cryptography aiosmtpd google-auth \
-      segment-analytics-python rudder-sdk-python
-    touch "$TOOLS/venv/.complete" "$TOOLS/venv/.complete-2" "$TOOLS/venv/.complete-3"
+      segment-analytics-python rudder-sdk-python confluent-kafka schemathesis
+    touch "$TOOLS/venv/.complete" "$TOOLS/venv/.complete-2" "$TOOLS/venv/.complete-3" "$TOOLS/venv/.complete-4"
   fi
   # Segment's Node.js library, for the HTTP ingest tests (tests/ingest_clients.js).
   if [ ! -d "$TOOLS/node_modules/@segment/analytics-node" ]; then

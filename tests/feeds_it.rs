@@ -400,3 +400,206 @@ circuit_failures = 1000000
     let (status, _) = sigterm(&mut herald.0, Duration::from_secs(40));
     assert!(status.success());
 }
+
+/// The read API on real servers: users (a merged id answers with its `merged_into`),
+/// messages, a user's messages paged newest first, 401 without a valid key; then schemathesis
+/// (PyPI) generates requests from the API's own OpenAPI document and checks every answer
+/// against it (no 5xx, documented codes, bodies and headers, auth enforced).
+#[test]
+fn the_read_api_answers_as_its_openapi_document_says() {
+    let names = Names::new("readapi", 2);
+    let sim_port = free_port();
+    let _sim = spawn_sim(
+        sim_port,
+        SECRET,
+        &[
+            "--fail-rate",
+            "0",
+            "--undelivered-rate",
+            "0",
+            "--latency-ms",
+            "2",
+        ],
+        &names.base,
+    );
+    let config = log_dir().join(format!("{}.toml", names.base));
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[campaigns]]
+id = "welcome"
+on_event = "signed_up"
+channel = "sms"
+template = "Hi {{{{traits.first_name}}}}!"
+
+[[providers]]
+name = "sim"
+channel = "sms"
+url = "http://127.0.0.1:{sim_port}/v1/messages"
+webhook_secret_env = "IT_SIM_SECRET"
+"#
+        ),
+    )
+    .unwrap();
+    let mut records = Vec::new();
+    let mut push = |user: &str, v: Value| records.push((0, user.to_string(), v.to_string()));
+    for u in 0..20 {
+        let user = format!("r-{u}");
+        push(
+            &user,
+            json!({"messageId": format!("{user}-0"), "type": "identify",
+            "userId": user, "timestamp": "2026-11-23T10:00:00Z",
+            "traits": {"phone": format!("+1444{u:06}"), "first_name": user}}),
+        );
+        for k in 1..=3 {
+            push(
+                &user,
+                json!({"messageId": format!("{user}-{k}"), "type": "track",
+                "userId": user, "timestamp": format!("2026-11-23T10:00:0{k}Z"),
+                "event": "signed_up"}),
+            );
+        }
+    }
+    push(
+        "r-anon",
+        json!({"messageId": "anon-0", "type": "identify", "userId": "r-anon",
+        "timestamp": "2026-11-23T09:00:00Z", "traits": {"seen_as": "anon"}}),
+    );
+    push(
+        "r-0",
+        json!({"messageId": "anon-1", "type": "alias", "previousId": "r-anon",
+        "userId": "r-0", "timestamp": "2026-11-23T10:01:00Z"}),
+    );
+    let want = oracle::replay(records.iter().map(|(_, _, p)| p.as_bytes()));
+    produce_to_partitions(&names, &records);
+    let api_port = free_port();
+    let api = format!("127.0.0.1:{api_port}");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut herald = spawn_herald_with_config(
+        &names,
+        &config,
+        &[
+            ("HERALD__HTTP__LISTEN", listen.as_str()),
+            ("HERALD__HTTP__API_LISTEN", api.as_str()),
+            ("HERALD_API_KEYS", "key-a, key-b"),
+            ("IT_SIM_SECRET", SECRET),
+        ],
+        "a",
+    );
+    block_on(eventually(
+        "60 messages delivered",
+        Duration::from_secs(90),
+        || async {
+            let docs = mongo_messages(&names).await;
+            docs.len() == 60
+                && docs
+                    .values()
+                    .all(|d| d.get_str("status") == Ok("delivered"))
+        },
+    ));
+    block_on(eventually(
+        "r-anon merged",
+        Duration::from_secs(60),
+        || async { mongo_merged(&names).await.contains_key("r-anon") },
+    ));
+    let base = format!("http://{api}");
+    let http = reqwest::Client::new();
+    let get = |path: String, key: Option<&'static str>| {
+        let mut request = http.get(format!("{base}{path}"));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        async move {
+            let answer = request.send().await.unwrap();
+            let code = answer.status().as_u16();
+            (code, answer.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    block_on(async {
+        let (code, user) = get("/v1/users/r-7".into(), Some("key-b")).await;
+        assert_eq!(code, 200, "{user}");
+        assert_eq!(profile_of(&user), want["r-7"]);
+        assert!(user.get("_herald").is_none() && user.get("version").is_none());
+        let (code, merged) = get("/v1/users/r-anon".into(), Some("key-a")).await;
+        assert_eq!(
+            (code, merged),
+            (200, json!({"_id": "r-anon", "merged_into": "r-0"}))
+        );
+        assert_eq!(get("/v1/users/nobody".into(), Some("key-a")).await.0, 404);
+        assert_eq!(get("/v1/users/r-7".into(), None).await.0, 401);
+        assert_eq!(get("/v1/users/r-7".into(), Some("key-c")).await.0, 401);
+        assert_eq!(
+            get("/v1/users/r-7/messages?limit=0".into(), Some("key-a"))
+                .await
+                .0,
+            400
+        );
+
+        // Paged one by one, newest first, each message once; the same as one page of 100.
+        let stored = mongo_messages(&names).await;
+        let mut want_ids: Vec<(i64, String)> = stored
+            .iter()
+            .filter(|(_, d)| d.get_str("user_id") == Ok("r-7"))
+            .map(|(id, d)| {
+                (
+                    d.get_datetime("created_at").unwrap().timestamp_millis(),
+                    id.clone(),
+                )
+            })
+            .collect();
+        want_ids.sort_by(|a, b| b.cmp(a));
+        let want_ids: Vec<String> = want_ids.into_iter().map(|(_, id)| id).collect();
+        assert_eq!(want_ids.len(), 3);
+        let mut paged = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let query = match &cursor {
+                Some(c) => format!("?limit=1&cursor={c}"),
+                None => "?limit=1".into(),
+            };
+            let (code, page) = get(format!("/v1/users/r-7/messages{query}"), Some("key-a")).await;
+            assert_eq!(code, 200, "{page}");
+            for m in page["messages"].as_array().unwrap() {
+                paged.push(m["_id"].as_str().unwrap().to_string());
+            }
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_string()),
+                None => break,
+            }
+            assert!(paged.len() <= 3, "paging does not end: {paged:?}");
+        }
+        assert_eq!(paged, want_ids);
+        let (_, whole) = get("/v1/users/r-7/messages?limit=100".into(), Some("key-a")).await;
+        let whole: Vec<&str> = whole["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(whole, want_ids);
+        let (code, m) = get(format!("/v1/messages/{}", want_ids[0]), Some("key-a")).await;
+        assert_eq!(code, 200);
+        assert_eq!(m["status"], json!("delivered"));
+        assert_eq!(m["user_id"], json!("r-7"));
+        assert_eq!(m["body"], json!("Hi r-7!"));
+    });
+
+    let settings = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/schemathesis.toml");
+    let out = std::process::Command::new(tools().join("venv/bin/schemathesis"))
+        .args(["--config-file", settings])
+        .args(["run", &format!("{base}/v1/openapi.json")])
+        .args(["--header", "Authorization: Bearer key-a"])
+        .args(["--checks", "all", "--max-examples", "40", "--workers", "1"])
+        .args(["--seed", "7", "--no-color", "--generation-deterministic"])
+        .output()
+        .expect("run schemathesis");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "schemathesis found problems:\n{report}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, _) = sigterm(&mut herald.0, Duration::from_secs(40));
+    assert!(status.success());
+}

@@ -1267,7 +1267,7 @@ pub fn tools() -> PathBuf {
         });
     let tools = cache.join("provider-tools");
     assert!(
-        tools.join("venv/.complete-3").exists()
+        tools.join("venv/.complete-4").exists()
             && tools.join("node_modules/.bin/prism").exists()
             && tools.join("node_modules/@segment/analytics-node").exists(),
         "provider tools missing under {}: run scripts/backends.sh up",

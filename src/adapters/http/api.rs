@@ -47,10 +47,10 @@ pub fn start(
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
-            .route("/v1/openapi.json", web::get().to(openapi))
-            .route("/v1/users/{id}/messages", web::get().to(user_messages))
-            .route("/v1/users/{id}", web::get().to(user))
-            .route("/v1/messages/{id}", web::get().to(message))
+            .service(get_only("/v1/openapi.json").route(web::get().to(openapi)))
+            .service(get_only("/v1/users/{id}/messages").route(web::get().to(user_messages)))
+            .service(get_only("/v1/users/{id}").route(web::get().to(user)))
+            .service(get_only("/v1/messages/{id}").route(web::get().to(message)))
             .default_service(web::to(|| async { error(404, "no such resource") }))
     })
     .workers(workers)
@@ -61,6 +61,17 @@ pub fn start(
     let handle = server.handle();
     actix_web::rt::spawn(server);
     Ok(handle)
+}
+
+/// A resource that answers other methods than GET with 405 and `Allow: GET`.
+fn get_only(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(|| async {
+        let mut answer = error(405, "only GET is allowed here");
+        answer
+            .headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static("GET"));
+        answer
+    }))
 }
 
 fn error(code: u16, what: &str) -> HttpResponse {

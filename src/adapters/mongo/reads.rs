@@ -45,9 +45,13 @@ impl ReadStore for MongoDocumentStore {
         async move {
             let filter = match after {
                 None => doc! {"user_id": &user},
-                Some(a) => doc! {"user_id": &user, "$or": [
-                    {"created_at": {"$lt": date(a.created_at)}},
-                    {"created_at": date(a.created_at), "_id": {"$lt": &a.id}},
+                // `$and` spelled out: the MongoDB-protocol test server drops a field beside `$or`.
+                Some(a) => doc! {"$and": [
+                    {"user_id": &user},
+                    {"$or": [
+                        {"created_at": {"$lt": date(a.created_at)}},
+                        {"created_at": date(a.created_at), "_id": {"$lt": &a.id}},
+                    ]},
                 ]},
             };
             let docs: Vec<Document> = db
