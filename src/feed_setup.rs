@@ -1,14 +1,18 @@
-//! Builds the downstream feeds `[changelog]` turns on: the topics (created when missing),
-//! one changelog writer per user shard, the messages topic's producer. Both go to Kafka
-//! whichever broker the events come from.
+//! Builds the downstream feeds the configuration turns on: the `[changelog]` topics (created
+//! when missing; Kafka whichever broker the events come from), one changelog writer per user
+//! shard, the messages topic's producer, and the `[[feedback]]` webhooks.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::actors::feedback;
 use crate::adapters::kafka::changelog::{ensure_feed_topics, ChangelogSettings, KafkaChangelog};
 use crate::adapters::kafka::message_feed::KafkaMessageFeed;
+use crate::adapters::mongo::feedback::MongoFeedback;
 use crate::config::Config;
-use crate::ports::{ChangelogWriter, MessageObserver};
+use crate::domain::feedback::FeedbackHook;
+use crate::domain::message::{MessageRecord, MessageStatus};
+use crate::ports::{ChangelogWriter, Clock, MessageObserver};
 use crate::service::within;
 use crate::telemetry::Metrics;
 
@@ -18,17 +22,79 @@ pub struct Feeds {
     pub messages: Option<Arc<dyn MessageObserver>>,
 }
 
+/// Tells each of several observers.
+struct Observers(Vec<Arc<dyn MessageObserver>>);
+
+impl MessageObserver for Observers {
+    fn changed(&self, record: &MessageRecord) {
+        for o in &self.0 {
+            o.changed(record);
+        }
+    }
+}
+
 pub async fn start(
     config: &Config,
     startup: Duration,
     metrics: Arc<Metrics>,
+    db: &mongodb::Database,
+    clock: Arc<dyn Clock>,
 ) -> anyhow::Result<Feeds> {
+    let mut observers: Vec<Arc<dyn MessageObserver>> = Vec::new();
+    if !config.feedback.is_empty() {
+        let hooks = config
+            .feedback
+            .iter()
+            .map(|f| {
+                let secret = std::env::var(&f.secret_env).map_err(|_| {
+                    anyhow::anyhow!(
+                        "feedback {}: secret_env names ${}, which is not set",
+                        f.url,
+                        f.secret_env
+                    )
+                })?;
+                Ok(FeedbackHook {
+                    url: f.url.clone(),
+                    secret: secret.into_bytes(),
+                    // Checked by `Config::load`.
+                    statuses: f
+                        .statuses
+                        .iter()
+                        .filter_map(|s| MessageStatus::parse(s))
+                        .collect(),
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let timeout = config
+            .feedback
+            .iter()
+            .map(|f| f.timeout_ms)
+            .max()
+            .unwrap_or(5_000);
+        let store = within("MongoDB (the feedback schedule)", startup, || {
+            MongoFeedback::new(db.clone())
+        })
+        .await?;
+        let policy = crate::domain::retry::RetryPolicy {
+            base_ms: config.retry.base_ms,
+            max_delay_ms: config.retry.max_delay_ms,
+            max_attempts: u32::MAX,
+        };
+        observers.push(feedback::start(
+            hooks,
+            Duration::from_millis(timeout),
+            policy,
+            Arc::new(store),
+            clock,
+            metrics.clone(),
+        ));
+    }
     let users = config.changelog.users_topic();
     let messages = config.changelog.messages_topic();
     if users.is_none() && messages.is_none() {
         return Ok(Feeds {
             changelog: Vec::new(),
-            messages: None,
+            messages: observe(observers),
         });
     }
     let kafka = &config.kafka;
@@ -76,17 +142,24 @@ pub async fn start(
         }
         None => Vec::new(),
     };
-    let messages = match messages {
-        Some(topic) => Some(Arc::new(KafkaMessageFeed::new(
+    if let Some(topic) = messages {
+        observers.push(Arc::new(KafkaMessageFeed::new(
             &kafka.brokers,
             &options,
             topic,
             metrics,
-        )?) as Arc<dyn MessageObserver>),
-        None => None,
-    };
+        )?));
+    }
     Ok(Feeds {
         changelog,
-        messages,
+        messages: observe(observers),
     })
+}
+
+fn observe(mut observers: Vec<Arc<dyn MessageObserver>>) -> Option<Arc<dyn MessageObserver>> {
+    match observers.len() {
+        0 => None,
+        1 => observers.pop(),
+        _ => Some(Arc::new(Observers(observers))),
+    }
 }

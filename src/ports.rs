@@ -298,6 +298,36 @@ pub trait ReadStore: Send + Sync + 'static {
     ) -> BoxFut<Result<Vec<MessageRecord>, StoreError>>;
 }
 
+/// A feedback webhook call waiting in the durable schedule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedbackJob {
+    /// One per event and hook ([`crate::domain::feedback::job_id`]).
+    pub id: String,
+    pub url: String,
+    pub body: Vec<u8>,
+    /// Calls made so far.
+    pub attempts: u32,
+    pub due_ms: i64,
+}
+
+/// The durable schedule of feedback webhook calls (MongoDB in production).
+pub trait FeedbackStore: Send + Sync + 'static {
+    /// Adds jobs not there yet (a job already scheduled is left as it is).
+    fn enqueue(&self, jobs: Vec<FeedbackJob>) -> BoxFut<Result<(), StoreError>>;
+    /// Up to `limit` jobs due at `now_ms`, each taken for `lease_ms` (moved out of reach of
+    /// other instances until then: if this one dies, the job is due again after it).
+    fn claim_due(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: usize,
+    ) -> BoxFut<Result<Vec<FeedbackJob>, StoreError>>;
+    /// The hook answered 2xx: the job is done.
+    fn done(&self, id: String) -> BoxFut<Result<(), StoreError>>;
+    /// The call failed: due again at `due_ms`, `attempts` made.
+    fn retry_at(&self, id: String, attempts: u32, due_ms: i64) -> BoxFut<Result<(), StoreError>>;
+}
+
 /// The `users` and `messages` collections (MongoDB in production).
 pub trait DocumentStore: Send + Sync + 'static {
     /// The users' documents, read by `_id`, one entry per requested user, in order.

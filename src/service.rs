@@ -257,7 +257,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let source = RunningSource::start(&config, startup).await?;
 
     let metrics = Metrics::shared();
-    let feeds = crate::feed_setup::start(&config, startup, metrics.clone()).await?;
+    let feeds = crate::feed_setup::start(
+        &config,
+        startup,
+        metrics.clone(),
+        docs.database(),
+        Arc::new(SystemClock),
+    )
+    .await?;
     let docs = match &feeds.messages {
         Some(observer) => docs.observed(observer.clone()),
         None => docs,

@@ -159,7 +159,7 @@ impl Metrics {
         );
         registry.register(
             "herald_feedback",
-            "Feedback webhook calls by outcome (delivered, retried, refused)",
+            "Feedback webhook calls by outcome: delivered (2xx), retried (another answer, or none)",
             feedback.clone(),
         );
         let messages_held = Gauge::default();
@@ -407,9 +407,11 @@ impl Metrics {
         }
         for feed in ["changelog", "messages"] {
             one(&self.feed_records, "feed", feed);
+        }
+        for feed in ["messages", "feedback"] {
             one(&self.feed_dropped, "feed", feed);
         }
-        for outcome in ["delivered", "retried", "refused"] {
+        for outcome in ["delivered", "retried"] {
             one(&self.feedback, "outcome", outcome);
         }
         for code in INGEST_CODES {

@@ -603,3 +603,216 @@ webhook_secret_env = "IT_SIM_SECRET"
     let (status, _) = sigterm(&mut herald.0, Duration::from_secs(40));
     assert!(status.success());
 }
+
+/// A webhook receiver on `port`: records each call (headers lower-cased, body) and answers
+/// 500 to the first `fail_first`, 204 after.
+fn feedback_receiver(
+    port: u16,
+    fail_first: usize,
+) -> std::sync::Arc<std::sync::Mutex<Vec<(BTreeMap<String, String>, Vec<u8>)>>> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = calls.clone();
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut headers = BTreeMap::new();
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                continue;
+            }
+            loop {
+                line.clear();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some((k, v)) = line.trim_end().split_once(':') {
+                    headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+                }
+            }
+            let n: usize = headers
+                .get("content-length")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let mut body = vec![0; n];
+            if reader.read_exact(&mut body).is_err() {
+                continue;
+            }
+            let count = {
+                let mut calls = seen.lock().unwrap();
+                calls.push((headers, body));
+                calls.len()
+            };
+            let status = if count <= fail_first {
+                "500 Internal Server Error"
+            } else {
+                "204 No Content"
+            };
+            let _ = stream.write_all(
+                format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .as_bytes(),
+            );
+        }
+    });
+    calls
+}
+
+/// Feedback webhooks: the hook is down while 120 messages are sent and delivered (the
+/// pipeline does not wait for it), then comes up failing its first 25 calls: every delivered
+/// message's event arrives, signed (checked with an HMAC computed here), its `event_id` the
+/// same on every repeat.
+#[test]
+fn feedback_webhooks_arrive_signed_at_least_once_and_never_hold_up_the_pipeline() {
+    use hmac::{Hmac, Mac};
+    let names = Names::new("feedback", 2);
+    let sim_port = free_port();
+    let _sim = spawn_sim(
+        sim_port,
+        SECRET,
+        &[
+            "--fail-rate",
+            "0",
+            "--undelivered-rate",
+            "0",
+            "--latency-ms",
+            "2",
+        ],
+        &names.base,
+    );
+    let hook_port = free_port();
+    let config = log_dir().join(format!("{}.toml", names.base));
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[retry]
+base_ms = 200
+max_delay_ms = 1000
+
+[[campaigns]]
+id = "welcome"
+on_event = "signed_up"
+channel = "sms"
+template = "Hi {{{{traits.first_name}}}}!"
+
+[[providers]]
+name = "sim"
+channel = "sms"
+url = "http://127.0.0.1:{sim_port}/v1/messages"
+webhook_secret_env = "IT_SIM_SECRET"
+
+[[feedback]]
+url = "http://127.0.0.1:{hook_port}/herald-feedback"
+secret_env = "IT_FEEDBACK_SECRET"
+statuses = ["delivered", "failed"]
+timeout_ms = 1000
+"#
+        ),
+    )
+    .unwrap();
+    let mut records = Vec::new();
+    for u in 0..120 {
+        let user = format!("f-{u}");
+        records.push((
+            u % names.partitions,
+            user.clone(),
+            json!({"messageId": format!("{user}-0"),
+            "type": "identify", "userId": user, "timestamp": "2026-11-23T10:00:00Z",
+            "traits": {"phone": format!("+1333{u:06}"), "first_name": user}})
+            .to_string(),
+        ));
+        records.push((
+            u % names.partitions,
+            user.clone(),
+            json!({"messageId": format!("{user}-1"),
+            "type": "track", "userId": user, "timestamp": "2026-11-23T10:00:01Z",
+            "event": "signed_up"})
+            .to_string(),
+        ));
+    }
+    produce_to_partitions(&names, &records);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut herald = spawn_herald_with_config(
+        &names,
+        &config,
+        &[
+            ("HERALD__HTTP__LISTEN", listen.as_str()),
+            ("IT_SIM_SECRET", SECRET),
+            ("IT_FEEDBACK_SECRET", "hook-secret"),
+        ],
+        "a",
+    );
+    // The hook is down: ingestion and dispatch go on regardless.
+    block_on(eventually(
+        "120 messages delivered",
+        Duration::from_secs(90),
+        || async {
+            let docs = mongo_messages(&names).await;
+            docs.len() == 120
+                && docs
+                    .values()
+                    .all(|d| d.get_str("status") == Ok("delivered"))
+        },
+    ));
+    wait_fully_committed(&names, Duration::from_secs(60));
+    let calls = feedback_receiver(hook_port, 25);
+    let started = Instant::now();
+    let events = loop {
+        let events: BTreeMap<String, Value> = calls
+            .lock()
+            .unwrap()
+            .iter()
+            .skip(25)
+            .map(|(_, body)| {
+                let v: Value = serde_json::from_slice(body).unwrap();
+                (v["event_id"].as_str().unwrap().to_string(), v)
+            })
+            .collect();
+        if events.len() >= 120 {
+            break events;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "{} of 120 events delivered within 90 s",
+            events.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let stored = block_on(mongo_messages(&names));
+    let mut by_message: BTreeMap<String, String> = BTreeMap::new();
+    for (event_id, v) in &events {
+        let m = &v["message"];
+        let id = m["_id"].as_str().unwrap();
+        assert_eq!(m["status"], json!("delivered"), "{v}");
+        assert_eq!(m["user_id"], json!(stored[id].get_str("user_id").unwrap()));
+        assert!(by_message
+            .insert(id.to_string(), event_id.clone())
+            .is_none());
+    }
+    assert_eq!(by_message.len(), 120);
+    let calls = calls.lock().unwrap();
+    let mut repeated: BTreeMap<String, usize> = BTreeMap::new();
+    for (headers, body) in calls.iter() {
+        let ts = &headers["x-herald-timestamp"];
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"hook-secret").unwrap();
+        mac.update(ts.as_bytes());
+        mac.update(b".");
+        mac.update(body);
+        let want = format!("v1={}", hex::encode(mac.finalize().into_bytes()));
+        assert_eq!(headers["x-herald-signature"], want);
+        let v: Value = serde_json::from_slice(body).unwrap();
+        let event = v["event_id"].as_str().unwrap();
+        assert!(
+            events.contains_key(event),
+            "an event never delivered: {event}"
+        );
+        *repeated.entry(event.to_string()).or_default() += 1;
+    }
+    // The 25 refused calls were made again with the same event ids.
+    assert!(calls.len() >= 145, "{} calls", calls.len());
+    assert!(repeated.values().any(|n| *n > 1));
+    let (status, _) = sigterm(&mut herald.0, Duration::from_secs(40));
+    assert!(status.success());
+}

@@ -9,6 +9,7 @@ pub mod callback_handler;
 pub mod callback_journal;
 pub mod context;
 pub mod dispatcher;
+pub mod feedback;
 pub mod held;
 pub mod lanes;
 pub mod messages;

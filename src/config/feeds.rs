@@ -1,5 +1,6 @@
 //! `[changelog]`: the Kafka topics downstream systems read at their own pace — the users'
-//! states (compacted) and the messages' transitions.
+//! states (compacted) and the messages' transitions; `[[feedback]]`: signed webhooks telling
+//! an application of its messages' statuses.
 
 use serde::Deserialize;
 
@@ -52,4 +53,23 @@ fn default_min_compaction_lag_ms() -> u64 {
 
 fn default_transaction_timeout_ms() -> u64 {
     10_000
+}
+
+/// One `[[feedback]]` hook.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedbackConfig {
+    /// Where the events are POSTed.
+    pub url: String,
+    /// The environment variable holding the signing secret.
+    pub secret_env: String,
+    /// The message statuses this hook is told of.
+    pub statuses: Vec<String>,
+    /// How long a call may take before it counts as failed (and is tried again).
+    #[serde(default = "default_feedback_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_feedback_timeout_ms() -> u64 {
+    5_000
 }

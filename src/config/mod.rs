@@ -29,7 +29,7 @@ mod source;
 mod stores;
 
 pub use demo::{DemoConfig, SimulatorConfig};
-pub use feeds::ChangelogConfig;
+pub use feeds::{ChangelogConfig, FeedbackConfig};
 pub use http::{HttpConfig, IngestConfig};
 pub use mask::mask_url_password;
 pub use messaging::{
@@ -111,6 +111,8 @@ pub struct Config {
     pub frequency_caps: Vec<FrequencyCapConfig>,
     #[serde(default)]
     pub providers: Vec<ProviderConfig>,
+    #[serde(default)]
+    pub feedback: Vec<FeedbackConfig>,
     /// Validated campaigns, built by [`Config::load`].
     #[serde(skip)]
     pub parsed_campaigns: Vec<Campaign>,
@@ -434,6 +436,47 @@ impl Config {
                     "providers",
                     format!(
                         "{}: rate_per_sec, timeout_ms and max_concurrency must be greater than 0",
+                        key("*")
+                    ),
+                ));
+            }
+        }
+        for (i, f) in self.feedback.iter().enumerate() {
+            let key = |k: &str| format!("feedback[{i}].{k}");
+            if !(f.url.starts_with("http://") || f.url.starts_with("https://")) {
+                return Err(err(
+                    "feedback",
+                    format!(
+                        "{}: must be an http:// or https:// URL, got {:?}",
+                        key("url"),
+                        f.url
+                    ),
+                ));
+            }
+            if f.statuses.is_empty() {
+                return Err(err(
+                    "feedback",
+                    format!("{}: names no status", key("statuses")),
+                ));
+            }
+            if let Some(bad) = f
+                .statuses
+                .iter()
+                .find(|s| crate::domain::message::MessageStatus::parse(s).is_none())
+            {
+                return Err(err(
+                    "feedback",
+                    format!(
+                        "{}: {bad:?} is not a status (queued, held, sent, retrying, delivered, failed, skipped)",
+                        key("statuses")
+                    ),
+                ));
+            }
+            if f.secret_env.trim().is_empty() || f.timeout_ms == 0 {
+                return Err(err(
+                    "feedback",
+                    format!(
+                        "{}: secret_env must name a variable and timeout_ms be greater than 0",
                         key("*")
                     ),
                 ));

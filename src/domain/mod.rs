@@ -5,6 +5,7 @@ pub mod campaign;
 pub mod dedup;
 pub mod event;
 pub mod feed;
+pub mod feedback;
 pub mod identity;
 pub mod keys;
 pub mod merge;
