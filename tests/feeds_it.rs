@@ -604,12 +604,12 @@ webhook_secret_env = "IT_SIM_SECRET"
     assert!(status.success());
 }
 
-/// A webhook receiver on `port`: records each call (headers lower-cased, body) and answers
-/// 500 to the first `fail_first`, 204 after.
-fn feedback_receiver(
-    port: u16,
-    fail_first: usize,
-) -> std::sync::Arc<std::sync::Mutex<Vec<(BTreeMap<String, String>, Vec<u8>)>>> {
+/// The calls a receiver got: headers (names lower-cased) and body.
+type Calls = std::sync::Arc<std::sync::Mutex<Vec<(BTreeMap<String, String>, Vec<u8>)>>>;
+
+/// A webhook receiver on `port`: records each call and answers 500 to the first
+/// `fail_first`, 204 after.
+fn feedback_receiver(port: u16, fail_first: usize) -> Calls {
     use std::io::{BufRead, BufReader, Read, Write};
     let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = calls.clone();
