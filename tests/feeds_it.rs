@@ -262,6 +262,54 @@ fn the_changelog_ends_at_every_users_state_across_a_fenced_owner_and_a_sigkill()
         topic_config(&changelog, "cleanup.policy").as_deref(),
         Some("compact")
     );
+
+    // The documented slow reader (examples/changelog_reader.py, Confluent's Python client)
+    // ends with a table equal to the users.
+    let db = log_dir().join(format!("{}.sqlite", names.base));
+    let python = tools().join("venv/bin/python");
+    let reader = std::process::Command::new(&python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/changelog_reader.py"
+        ))
+        .args([
+            "--brokers",
+            BROKERS,
+            "--topic",
+            &changelog,
+            "--rate",
+            "1000",
+        ])
+        .args([
+            "--group",
+            &format!("{}_reader", names.base),
+            "--until-caught-up",
+        ])
+        .arg("--db")
+        .arg(&db)
+        .output()
+        .expect("run the example reader");
+    assert!(
+        reader.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reader.stderr)
+    );
+    let dump = std::process::Command::new(&python)
+        .args([
+            "-c",
+            "import sqlite3,sys; [print(r[0]) for r in sqlite3.connect(sys.argv[1]).execute('SELECT doc FROM users')]",
+        ])
+        .arg(&db)
+        .output()
+        .unwrap();
+    let table: BTreeMap<String, UserProfile> = String::from_utf8_lossy(&dump.stdout)
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (v["_id"].as_str().unwrap().to_string(), profile_of(&v))
+        })
+        .collect();
+    assert_users_equal(&table, &want);
 }
 
 #[test]
