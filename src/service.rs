@@ -171,50 +171,41 @@ fn redis_name(target: &RedisTarget) -> String {
     }
 }
 
+/// Binds an optional listener (a taken port is a one-line error before anything starts).
+fn bind(
+    addr: Option<std::net::SocketAddr>,
+    what: &str,
+) -> anyhow::Result<Option<std::net::TcpListener>> {
+    addr.map(|addr| {
+        std::net::TcpListener::bind(addr)
+            .map_err(|e| anyhow!("{what}: cannot listen on {addr}: {e}"))
+    })
+    .transpose()
+}
+
+/// The comma-separated keys of the environment variable `var`, named by the key `key`: set
+/// and holding at least one key.
+fn keys_from_env(key: &str, var: &str) -> anyhow::Result<std::collections::HashSet<String>> {
+    let value = std::env::var(var).map_err(|_| anyhow!("{key} names ${var}, which is not set"))?;
+    let keys = http::key_list(&value);
+    if keys.is_empty() {
+        bail!("{key} names ${var}, which holds no key");
+    }
+    Ok(keys)
+}
+
 /// Runs the service until SIGINT/SIGTERM, then drains and commits (G6).
 pub async fn run(config: Config) -> anyhow::Result<()> {
     // The port first: a taken port is a one-line error before anything else starts.
     let listeners = Listeners::bind(config.http.listen, config.http.metrics_listen)?;
-    let ingest_listener = config
-        .ingest
-        .listen
-        .map(|addr| {
-            std::net::TcpListener::bind(addr)
-                .map_err(|e| anyhow!("ingest: cannot listen on {addr}: {e}"))
-        })
-        .transpose()?;
+    let ingest_listener = bind(config.ingest.listen, "ingest")?;
     let write_keys = match &ingest_listener {
-        Some(_) => {
-            let var = &config.ingest.write_keys_env;
-            let keys = std::env::var(var)
-                .map_err(|_| anyhow!("ingest.write_keys_env names ${var}, which is not set"))?;
-            let keys = http::ingest::write_keys_from(&keys);
-            if keys.is_empty() {
-                bail!("ingest.write_keys_env names ${var}, which holds no write key");
-            }
-            keys
-        }
+        Some(_) => keys_from_env("ingest.write_keys_env", &config.ingest.write_keys_env)?,
         None => Default::default(),
     };
-    let api_listener = config
-        .http
-        .api_listen
-        .map(|addr| {
-            std::net::TcpListener::bind(addr)
-                .map_err(|e| anyhow!("read API: cannot listen on {addr}: {e}"))
-        })
-        .transpose()?;
+    let api_listener = bind(config.http.api_listen, "read API")?;
     let api_keys = match &api_listener {
-        Some(_) => {
-            let var = &config.http.api_keys_env;
-            let keys = std::env::var(var)
-                .map_err(|_| anyhow!("http.api_keys_env names ${var}, which is not set"))?;
-            let keys = http::api::keys_from(&keys);
-            if keys.is_empty() {
-                bail!("http.api_keys_env names ${var}, which holds no key");
-            }
-            keys
-        }
+        Some(_) => keys_from_env("http.api_keys_env", &config.http.api_keys_env)?,
         None => Default::default(),
     };
     let providers = provider_setup::providers(&config)?;

@@ -312,35 +312,18 @@ fn the_changelog_ends_at_every_users_state_across_a_fenced_owner_and_a_sigkill()
     assert_users_equal(&table, &want);
 }
 
-#[test]
-fn the_messages_topic_has_every_transition_of_every_message_in_order() {
-    let names = Names::new("msgfeed", 2);
-    let topic = format!("{}.messages", names.base);
+/// A `herald provider-sim` for the welcome campaign (`args`: its failure rates) and a config
+/// file with that campaign, the simulator as its provider, and `extra` TOML after them.
+fn welcome_rig(names: &Names, args: &[&str], extra: &str) -> (Private, std::path::PathBuf) {
     let sim_port = free_port();
-    let _sim = spawn_sim(
-        sim_port,
-        SECRET,
-        &[
-            "--fail-rate",
-            "0.2",
-            "--undelivered-rate",
-            "0.1",
-            "--latency-ms",
-            "5",
-        ],
-        &names.base,
-    );
+    let mut sim_args = vec!["--latency-ms", "2"];
+    sim_args.extend_from_slice(args);
+    let sim = spawn_sim(sim_port, SECRET, &sim_args, &names.base);
     let config = log_dir().join(format!("{}.toml", names.base));
     std::fs::write(
         &config,
         format!(
             r#"
-[retry]
-base_ms = 200
-max_delay_ms = 1000
-max_attempts = 12
-sweep_ms = 200
-
 [[campaigns]]
 id = "welcome"
 on_event = "signed_up"
@@ -353,30 +336,42 @@ channel = "sms"
 url = "http://127.0.0.1:{sim_port}/v1/messages"
 webhook_secret_env = "IT_SIM_SECRET"
 circuit_failures = 1000000
+{extra}
 "#
         ),
     )
     .unwrap();
+    (sim, config)
+}
+
+/// `users` users named `<prefix>-<u>`, each an identify with a phone then a `signed_up`
+/// track (one welcome message), a user's records on partition `u % partitions`.
+fn signed_up_users(prefix: &str, users: i32, partitions: i32) -> Vec<(i32, String, String)> {
     let mut records = Vec::new();
-    for u in 0..150 {
-        let user = format!("m-{u}");
-        records.push((
-            u % names.partitions,
-            user.clone(),
-            json!({"messageId": format!("{user}-0"),
-            "type": "identify", "userId": user, "timestamp": "2026-11-23T10:00:00Z",
-            "traits": {"phone": format!("+1555{u:06}"), "first_name": user}})
-            .to_string(),
-        ));
-        records.push((
-            u % names.partitions,
-            user.clone(),
-            json!({"messageId": format!("{user}-1"),
-            "type": "track", "userId": user, "timestamp": "2026-11-23T10:00:01Z",
-            "event": "signed_up"})
-            .to_string(),
-        ));
+    for u in 0..users {
+        let user = format!("{prefix}-{u}");
+        let identify = json!({"messageId": format!("{user}-0"), "type": "identify",
+            "userId": user, "timestamp": "2026-11-23T10:00:00Z",
+            "traits": {"phone": format!("+1555{u:06}"), "first_name": user}});
+        let track = json!({"messageId": format!("{user}-1"), "type": "track",
+            "userId": user, "timestamp": "2026-11-23T10:00:01Z", "event": "signed_up"});
+        for r in [identify, track] {
+            records.push((u % partitions, user.clone(), r.to_string()));
+        }
     }
+    records
+}
+
+#[test]
+fn the_messages_topic_has_every_transition_of_every_message_in_order() {
+    let names = Names::new("msgfeed", 2);
+    let topic = format!("{}.messages", names.base);
+    let (_sim, config) = welcome_rig(
+        &names,
+        &["--fail-rate", "0.2", "--undelivered-rate", "0.1"],
+        "[retry]\nbase_ms = 200\nmax_delay_ms = 1000\nmax_attempts = 12\nsweep_ms = 200\n",
+    );
+    let records = signed_up_users("m", 150, names.partitions);
     produce_to_partitions(&names, &records);
     // The provider calls back to the listener it is given.
     let listen = format!("127.0.0.1:{}", free_port());
@@ -456,40 +451,7 @@ circuit_failures = 1000000
 #[test]
 fn the_read_api_answers_as_its_openapi_document_says() {
     let names = Names::new("readapi", 2);
-    let sim_port = free_port();
-    let _sim = spawn_sim(
-        sim_port,
-        SECRET,
-        &[
-            "--fail-rate",
-            "0",
-            "--undelivered-rate",
-            "0",
-            "--latency-ms",
-            "2",
-        ],
-        &names.base,
-    );
-    let config = log_dir().join(format!("{}.toml", names.base));
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[[campaigns]]
-id = "welcome"
-on_event = "signed_up"
-channel = "sms"
-template = "Hi {{{{traits.first_name}}}}!"
-
-[[providers]]
-name = "sim"
-channel = "sms"
-url = "http://127.0.0.1:{sim_port}/v1/messages"
-webhook_secret_env = "IT_SIM_SECRET"
-"#
-        ),
-    )
-    .unwrap();
+    let (_sim, config) = welcome_rig(&names, &["--fail-rate", "0", "--undelivered-rate", "0"], "");
     let mut records = Vec::new();
     let mut push = |user: &str, v: Value| records.push((0, user.to_string(), v.to_string()));
     for u in 0..20 {
@@ -715,41 +677,15 @@ fn feedback_receiver(port: u16, fail_first: usize) -> Calls {
 fn feedback_webhooks_arrive_signed_at_least_once_and_never_hold_up_the_pipeline() {
     use hmac::{Hmac, Mac};
     let names = Names::new("feedback", 2);
-    let sim_port = free_port();
-    let _sim = spawn_sim(
-        sim_port,
-        SECRET,
-        &[
-            "--fail-rate",
-            "0",
-            "--undelivered-rate",
-            "0",
-            "--latency-ms",
-            "2",
-        ],
-        &names.base,
-    );
     let hook_port = free_port();
-    let config = log_dir().join(format!("{}.toml", names.base));
-    std::fs::write(
-        &config,
-        format!(
+    let (_sim, config) = welcome_rig(
+        &names,
+        &["--fail-rate", "0", "--undelivered-rate", "0"],
+        &format!(
             r#"
 [retry]
 base_ms = 200
 max_delay_ms = 1000
-
-[[campaigns]]
-id = "welcome"
-on_event = "signed_up"
-channel = "sms"
-template = "Hi {{{{traits.first_name}}}}!"
-
-[[providers]]
-name = "sim"
-channel = "sms"
-url = "http://127.0.0.1:{sim_port}/v1/messages"
-webhook_secret_env = "IT_SIM_SECRET"
 
 [[feedback]]
 url = "http://127.0.0.1:{hook_port}/herald-feedback"
@@ -758,28 +694,8 @@ statuses = ["delivered", "failed"]
 timeout_ms = 1000
 "#
         ),
-    )
-    .unwrap();
-    let mut records = Vec::new();
-    for u in 0..120 {
-        let user = format!("f-{u}");
-        records.push((
-            u % names.partitions,
-            user.clone(),
-            json!({"messageId": format!("{user}-0"),
-            "type": "identify", "userId": user, "timestamp": "2026-11-23T10:00:00Z",
-            "traits": {"phone": format!("+1333{u:06}"), "first_name": user}})
-            .to_string(),
-        ));
-        records.push((
-            u % names.partitions,
-            user.clone(),
-            json!({"messageId": format!("{user}-1"),
-            "type": "track", "userId": user, "timestamp": "2026-11-23T10:00:01Z",
-            "event": "signed_up"})
-            .to_string(),
-        ));
-    }
+    );
+    let records = signed_up_users("f", 120, names.partitions);
     produce_to_partitions(&names, &records);
     let listen = format!("127.0.0.1:{}", free_port());
     let mut herald = spawn_herald_with_config(

@@ -27,16 +27,6 @@ pub struct ApiState {
     pub keys: HashSet<String>,
 }
 
-/// The keys in `http.api_keys_env`'s variable (comma-separated, blanks ignored).
-pub fn keys_from(value: &str) -> HashSet<String> {
-    value
-        .split(',')
-        .map(str::trim)
-        .filter(|k| !k.is_empty())
-        .map(str::to_string)
-        .collect()
-}
-
 /// Serves in the current actix system until the returned server is stopped.
 pub fn start(
     state: ApiState,
@@ -293,12 +283,5 @@ mod tests {
         let page = parse_page(&format!("limit=5&cursor={}", encode_cursor(&after))).unwrap();
         assert_eq!(page.after, Some(after));
         assert_eq!(percent_decode("a%20b%2"), "a b%2");
-    }
-
-    #[test]
-    fn keys_are_comma_separated() {
-        let keys = keys_from(" a, b ,,c");
-        assert_eq!(keys.len(), 3);
-        assert!(keys.contains("b"));
     }
 }

@@ -72,16 +72,6 @@ impl IngestState {
     }
 }
 
-/// Write keys from the comma-separated value of the environment variable `var`.
-pub fn write_keys_from(value: &str) -> HashSet<String> {
-    value
-        .split(',')
-        .map(str::trim)
-        .filter(|k| !k.is_empty())
-        .map(str::to_string)
-        .collect()
-}
-
 /// Serves in the current actix system until the returned server is stopped.
 pub fn start(
     state: IngestState,
@@ -392,17 +382,5 @@ async fn ingest(
                 ),
             )
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn write_keys_are_split_and_trimmed() {
-        let keys = write_keys_from(" a, b ,,c");
-        assert_eq!(keys.len(), 3);
-        assert!(keys.contains("b"));
     }
 }
