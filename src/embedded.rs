@@ -79,7 +79,6 @@ impl EmbeddedRig {
             clock: self.clock.clone(),
             metrics: self.metrics.clone(),
             changelog: Vec::new(),
-            message_observer: None,
         }
     }
 

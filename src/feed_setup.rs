@@ -11,25 +11,30 @@ use crate::adapters::kafka::message_feed::KafkaMessageFeed;
 use crate::adapters::mongo::feedback::MongoFeedback;
 use crate::config::Config;
 use crate::domain::feedback::FeedbackHook;
-use crate::domain::message::{MessageRecord, MessageStatus};
-use crate::ports::{ChangelogWriter, Clock, MessageObserver};
+use crate::domain::message::MessageStatus;
+use crate::ports::{BoxFut, ChangelogWriter, Clock, FeedError, FeedSink, MessageChange};
 use crate::service::within;
 use crate::telemetry::Metrics;
 
 /// The feeds of a running service (each empty or `None` when off).
 pub struct Feeds {
     pub changelog: Vec<Arc<dyn ChangelogWriter>>,
-    pub messages: Option<Arc<dyn MessageObserver>>,
+    /// Where the messages' changes go (the messages topic, feedback webhooks), if anywhere.
+    pub messages: Option<Arc<dyn FeedSink>>,
 }
 
-/// Tells each of several observers.
-struct Observers(Vec<Arc<dyn MessageObserver>>);
+/// Publishes to each of several sinks; the changes are published once all took them.
+struct Sinks(Vec<Arc<dyn FeedSink>>);
 
-impl MessageObserver for Observers {
-    fn changed(&self, record: &MessageRecord) {
-        for o in &self.0 {
-            o.changed(record);
-        }
+impl FeedSink for Sinks {
+    fn publish(&self, changes: Arc<Vec<MessageChange>>) -> BoxFut<Result<(), FeedError>> {
+        let sinks = self.0.clone();
+        Box::pin(async move {
+            for sink in sinks {
+                sink.publish(changes.clone()).await?;
+            }
+            Ok(())
+        })
     }
 }
 
@@ -40,7 +45,7 @@ pub async fn start(
     db: &mongodb::Database,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<Feeds> {
-    let mut observers: Vec<Arc<dyn MessageObserver>> = Vec::new();
+    let mut sinks: Vec<Arc<dyn FeedSink>> = Vec::new();
     if !config.feedback.is_empty() {
         let hooks = config
             .feedback
@@ -80,7 +85,7 @@ pub async fn start(
             max_delay_ms: config.retry.max_delay_ms,
             max_attempts: u32::MAX,
         };
-        observers.push(feedback::start(
+        sinks.push(feedback::start(
             hooks,
             Duration::from_millis(timeout),
             policy,
@@ -94,7 +99,7 @@ pub async fn start(
     if users.is_none() && messages.is_none() {
         return Ok(Feeds {
             changelog: Vec::new(),
-            messages: observe(observers),
+            messages: combine(sinks),
         });
     }
     let kafka = &config.kafka;
@@ -143,7 +148,7 @@ pub async fn start(
         None => Vec::new(),
     };
     if let Some(topic) = messages {
-        observers.push(Arc::new(KafkaMessageFeed::new(
+        sinks.push(Arc::new(KafkaMessageFeed::new(
             &kafka.brokers,
             &options,
             topic,
@@ -152,14 +157,14 @@ pub async fn start(
     }
     Ok(Feeds {
         changelog,
-        messages: observe(observers),
+        messages: combine(sinks),
     })
 }
 
-fn observe(mut observers: Vec<Arc<dyn MessageObserver>>) -> Option<Arc<dyn MessageObserver>> {
-    match observers.len() {
+fn combine(mut sinks: Vec<Arc<dyn FeedSink>>) -> Option<Arc<dyn FeedSink>> {
+    match sinks.len() {
         0 => None,
-        1 => observers.pop(),
-        _ => Some(Arc::new(Observers(observers))),
+        1 => sinks.pop(),
+        _ => Some(Arc::new(Sinks(sinks))),
     }
 }

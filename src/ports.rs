@@ -268,10 +268,19 @@ pub trait ChangelogWriter: Send + Sync + 'static {
     fn abort(&self) -> BoxFut<()>;
 }
 
-/// Told of each durable change of a message — created, or a status transition — in the
-/// order this instance made them (the messages topic). Never blocks: it enqueues.
-pub trait MessageObserver: Send + Sync + 'static {
-    fn changed(&self, record: &MessageRecord);
+/// One change of a message, for the feeds: its state right after the change and the change's
+/// place in its `history` (`0`: created).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessageChange {
+    pub record: MessageRecord,
+    pub seq: u32,
+}
+
+/// Where the durable changes of messages go (the messages topic, feedback webhooks).
+pub trait FeedSink: Send + Sync + 'static {
+    /// Publishes the changes, in order, and answers once they are durable downstream. Called
+    /// again with the same changes after a failure or a crash: a change may repeat, in order.
+    fn publish(&self, changes: Arc<Vec<MessageChange>>) -> BoxFut<Result<(), FeedError>>;
 }
 
 /// Where the read API's next page of a user's messages starts: after this message (its
@@ -360,6 +369,12 @@ pub trait DocumentStore: Send + Sync + 'static {
         messages: Vec<MessageRecord>,
         token: u64,
     ) -> BoxFut<Result<InsertedMessages, StoreError>>;
+    /// Whether message changes go to feeds ([`DocumentStore::feed_created`] does something).
+    fn feeds(&self) -> bool {
+        false
+    }
+    /// Hands the messages a flush created (documents at version 0) to the feeds.
+    fn feed_created(&self, _records: Vec<MessageRecord>) {}
     /// Applies a status change if the status machine allows it.
     fn transition(
         &self,

@@ -257,7 +257,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     )
     .await?;
     let docs = match &feeds.messages {
-        Some(observer) => docs.observed(observer.clone()),
+        Some(sink) => docs.with_feeds(sink.clone()),
         None => docs,
     };
     metrics.declare_providers(config.providers.iter().map(|p| p.name.as_str()));
@@ -272,7 +272,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         clock: clock.clone(),
         metrics: metrics.clone(),
         changelog: feeds.changelog,
-        message_observer: feeds.messages,
     };
     let spec = PipelineSpec {
         settings: Settings::from_config(&config),

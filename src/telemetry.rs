@@ -142,7 +142,7 @@ impl Metrics {
         let feed_dropped = Family::<Labels, Counter>::default();
         registry.register(
             "herald_feed_dropped",
-            "Records a feed could not publish (its producer's queue full, or refused by the broker)",
+            "Records the broker did not acknowledge or the producer's queue refused (published again by the feed sweep)",
             feed_dropped.clone(),
         );
         let changelog_aborted = Counter::default();
@@ -408,7 +408,7 @@ impl Metrics {
         for feed in ["changelog", "messages"] {
             one(&self.feed_records, "feed", feed);
         }
-        for feed in ["messages", "feedback"] {
+        for feed in ["messages"] {
             one(&self.feed_dropped, "feed", feed);
         }
         for outcome in ["delivered", "retried"] {

@@ -362,8 +362,11 @@ fn signed_up_users(prefix: &str, users: i32, partitions: i32) -> Vec<(i32, Strin
     records
 }
 
+/// The messages topic with Herald SIGKILLed while sends and callbacks flow: once the
+/// restarted instance's sweep has published what the killed one had not, each message's
+/// records, repeats dropped by `seq`, are its `history`, in order.
 #[test]
-fn the_messages_topic_has_every_transition_of_every_message_in_order() {
+fn the_messages_topic_has_every_transition_of_every_message_in_order_across_a_sigkill() {
     let names = Names::new("msgfeed", 2);
     let topic = format!("{}.messages", names.base);
     let (_sim, config) = welcome_rig(
@@ -371,27 +374,38 @@ fn the_messages_topic_has_every_transition_of_every_message_in_order() {
         &["--fail-rate", "0.2", "--undelivered-rate", "0.1"],
         "[retry]\nbase_ms = 200\nmax_delay_ms = 1000\nmax_attempts = 12\nsweep_ms = 200\n",
     );
-    let records = signed_up_users("m", 150, names.partitions);
+    let records = signed_up_users("m", 300, names.partitions);
     produce_to_partitions(&names, &records);
     // The provider calls back to the listener it is given.
     let listen = format!("127.0.0.1:{}", free_port());
-    let mut herald = spawn_herald_with_config(
-        &names,
-        &config,
-        &[
-            ("HERALD__HTTP__LISTEN", listen.as_str()),
-            ("HERALD__CHANGELOG__MESSAGES_TOPIC", topic.as_str()),
-            ("IT_SIM_SECRET", SECRET),
-        ],
-        "a",
-    );
+    let extra = [
+        ("HERALD__HTTP__LISTEN", listen.as_str()),
+        ("HERALD__CHANGELOG__MESSAGES_TOPIC", topic.as_str()),
+        ("HERALD__KAFKA__GROUP_INSTANCE_ID", "msgfeed"),
+        ("IT_SIM_SECRET", SECRET),
+    ];
+    let mut herald = spawn_herald_with_config(&names, &config, &extra, "a");
+    // Killed with sends, retries and callbacks in flight.
+    block_on(eventually(
+        "50 messages delivered",
+        Duration::from_secs(60),
+        || async {
+            let docs = mongo_messages(&names).await;
+            docs.values()
+                .filter(|d| d.get_str("status") == Ok("delivered"))
+                .count()
+                >= 50
+        },
+    ));
+    kill9(&mut herald.0);
+    let mut herald = spawn_herald_with_config(&names, &config, &extra, "b");
     // Every message settles: delivered, or failed for good (undelivered).
     block_on(eventually(
-        "150 messages settled",
+        "300 messages settled",
         Duration::from_secs(120),
         || async {
             let docs = mongo_messages(&names).await;
-            docs.len() == 150
+            docs.len() == 300
                 && docs
                     .values()
                     .all(|d| matches!(d.get_str("status"), Ok("delivered" | "failed")))
@@ -416,22 +430,37 @@ fn the_messages_topic_has_every_transition_of_every_message_in_order() {
             (id.clone(), statuses)
         })
         .collect();
-    // The topic catches up with the last transitions (published once written).
+    // The topic catches up: the killed instance's last changes come from the sweep, once
+    // they have been idle for its grace period (30 s).
     let started = Instant::now();
-    let got = loop {
+    let (got, out_of_order) = loop {
         let mut got: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut out_of_order = Vec::new();
         for (_, key, value) in read_topic(&topic, names.partitions, &format!("{}_m", names.base)) {
             assert_eq!(value["_id"], json!(key));
             assert_eq!(value["campaign"], json!("welcome"));
-            got.entry(key)
-                .or_default()
-                .push(value["status"].as_str().unwrap().to_string());
+            let seq = value["seq"].as_u64().unwrap() as usize;
+            let seen = got.entry(key.clone()).or_default();
+            if seq < seen.len() {
+                // A repeat (published again after the kill): the same change.
+                assert_eq!(seen[seq], value["status"].as_str().unwrap(), "{key} #{seq}");
+            } else if seq == seen.len() {
+                seen.push(value["status"].as_str().unwrap().to_string());
+            } else {
+                out_of_order.push(format!("{key}: #{seq} after #{}", seen.len()));
+            }
         }
-        if got == want || started.elapsed() > Duration::from_secs(30) {
-            break got;
+        let done = got == want;
+        if done || started.elapsed() > Duration::from_secs(90) {
+            break (got, out_of_order);
         }
-        std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(Duration::from_millis(1000));
     };
+    assert!(
+        out_of_order.is_empty(),
+        "{:?}",
+        &out_of_order[..out_of_order.len().min(5)]
+    );
     let differ: Vec<_> = want
         .iter()
         .filter(|(id, w)| got.get(*id) != Some(w))

@@ -254,9 +254,15 @@ async fn write(shared: Arc<Shared>, shard: usize, batch: WriteBatch) -> WriteOut
     ports
         .metrics
         .documents_written("messages", created.len() as u64);
-    if let Some(observer) = &ports.message_observer {
-        for r in records.iter().filter(|r| created.contains(&r.id)) {
-            observer.changed(r);
+    // The feeds take the created messages (their documents' cursors make it durable).
+    if ports.docs.feeds() {
+        let fed: Vec<MessageRecord> = records
+            .iter()
+            .filter(|r| created.contains(&r.id))
+            .cloned()
+            .collect();
+        if !fed.is_empty() {
+            ports.docs.feed_created(fed);
         }
     }
     for id in created.iter().filter(|id| suppressed_ids.contains(*id)) {

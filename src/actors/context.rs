@@ -10,9 +10,7 @@ use crate::config::Config;
 use crate::domain::campaign::{Campaign, Channel};
 use crate::domain::retry::RetryPolicy;
 use crate::domain::user::DedupLimits;
-use crate::ports::{
-    ChangelogWriter, Clock, DocumentStore, MessageObserver, RetrySchedule, Source, StateCache,
-};
+use crate::ports::{ChangelogWriter, Clock, DocumentStore, RetrySchedule, Source, StateCache};
 use crate::telemetry::Metrics;
 
 use super::dispatcher::Dispatcher;
@@ -138,8 +136,6 @@ pub struct Ports {
     pub metrics: Arc<Metrics>,
     /// The users' changelog, one writer per user shard (empty: off).
     pub changelog: Vec<Arc<dyn ChangelogWriter>>,
-    /// Told of the messages each flush creates (transitions are told by `docs` itself).
-    pub message_observer: Option<Arc<dyn MessageObserver>>,
 }
 
 /// Shared by every actor of a pipeline.

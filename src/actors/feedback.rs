@@ -1,61 +1,70 @@
 //! Feedback webhooks: each durable message change a `[[feedback]]` hook asked for becomes a
-//! job in the durable schedule ([`FeedbackStore`]); a sender takes due jobs and POSTs them,
+//! job in the durable schedule ([`FeedbackStore`]) before the change counts as fed (the
+//! document store's feed cursor); a sender takes due jobs and POSTs them,
 //! signed like provider callbacks (`X-Herald-Timestamp`, `X-Herald-Signature`), until the
-//! hook answers 2xx, backing off as send retries do. Both run on their own tasks, bounded:
-//! a hook that is down or slow never holds up ingestion or dispatch.
+//! hook answers 2xx, backing off as send retries do. The sender runs on its own task: a hook
+//! that is down or slow never holds up ingestion or dispatch.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
-use tokio::sync::mpsc;
+use futures::FutureExt;
 
 use crate::domain::feedback::{body, event_id, hooks_for, job_id, retry_delay_ms, FeedbackHook};
-use crate::domain::message::MessageRecord;
 use crate::domain::retry::RetryPolicy;
 use crate::domain::signature::sign;
-use crate::ports::{Clock, FeedbackJob, FeedbackStore, MessageObserver};
+use crate::ports::{BoxFut, Clock, FeedError, FeedSink, FeedbackJob, FeedbackStore, MessageChange};
 use crate::telemetry::Metrics;
 
-/// Jobs waiting to be written to the schedule; past it, new ones are dropped and counted.
-const QUEUE: usize = 100_000;
 /// Jobs taken per round.
 const CLAIM: usize = 64;
 
-/// Turns message changes into scheduled calls (the [`MessageObserver`] side).
+/// Turns message changes into scheduled calls (the [`FeedSink`] side).
 pub struct FeedbackEnqueuer {
     hooks: Arc<Vec<FeedbackHook>>,
-    jobs: mpsc::Sender<FeedbackJob>,
+    store: Arc<dyn FeedbackStore>,
     clock: Arc<dyn Clock>,
-    metrics: Arc<Metrics>,
 }
 
-impl MessageObserver for FeedbackEnqueuer {
-    fn changed(&self, record: &MessageRecord) {
-        let mut hooks = hooks_for(&self.hooks, record).peekable();
-        if hooks.peek().is_none() {
-            return;
-        }
-        let event = event_id(record);
-        let payload = body(&event, record);
-        for hook in hooks {
-            let job = FeedbackJob {
-                id: job_id(&event, hook),
-                url: hook.url.clone(),
-                body: payload.clone(),
-                attempts: 0,
-                due_ms: self.clock.now_ms(),
-            };
-            if self.jobs.try_send(job).is_err() {
-                tracing::error!(event = %event, url = %hook.url, "the feedback queue is full; an event was not scheduled");
-                self.metrics.feed_dropped("feedback");
+impl FeedSink for FeedbackEnqueuer {
+    fn publish(&self, changes: Arc<Vec<MessageChange>>) -> BoxFut<Result<(), FeedError>> {
+        let now = self.clock.now_ms();
+        let mut jobs = Vec::new();
+        for change in changes.iter() {
+            let record = &change.record;
+            let mut hooks = hooks_for(&self.hooks, record).peekable();
+            if hooks.peek().is_none() {
+                continue;
+            }
+            let event = event_id(record, change.seq);
+            let payload = body(&event, record);
+            for hook in hooks {
+                jobs.push(FeedbackJob {
+                    id: job_id(&event, hook),
+                    url: hook.url.clone(),
+                    body: payload.clone(),
+                    attempts: 0,
+                    due_ms: now,
+                });
             }
         }
+        let store = self.store.clone();
+        async move {
+            if jobs.is_empty() {
+                return Ok(());
+            }
+            store
+                .enqueue(jobs)
+                .await
+                .map_err(|e| FeedError(format!("feedback schedule: {e}")))
+        }
+        .boxed()
     }
 }
 
-/// Starts the writer of the schedule and the sender; answers the observer to register.
+/// Starts the sender; answers the sink that schedules calls.
 pub fn start(
     hooks: Vec<FeedbackHook>,
     timeout: Duration,
@@ -65,41 +74,19 @@ pub fn start(
     metrics: Arc<Metrics>,
 ) -> Arc<FeedbackEnqueuer> {
     let hooks = Arc::new(hooks);
-    let (tx, rx) = mpsc::channel(QUEUE);
-    tokio::spawn(write_jobs(rx, store.clone()));
     tokio::spawn(send_due(
         hooks.clone(),
         timeout,
         policy,
-        store,
+        store.clone(),
         clock.clone(),
-        metrics.clone(),
+        metrics,
     ));
     Arc::new(FeedbackEnqueuer {
         hooks,
-        jobs: tx,
+        store,
         clock,
-        metrics,
     })
-}
-
-/// Writes queued jobs in groups, retrying while the store is away.
-async fn write_jobs(mut rx: mpsc::Receiver<FeedbackJob>, store: Arc<dyn FeedbackStore>) {
-    while let Some(first) = rx.recv().await {
-        let mut group = vec![first];
-        while group.len() < 500 {
-            match rx.try_recv() {
-                Ok(job) => group.push(job),
-                Err(_) => break,
-            }
-        }
-        let mut delay = Duration::from_millis(50);
-        while let Err(e) = store.enqueue(group.clone()).await {
-            tracing::warn!(error = %e, jobs = group.len(), retry_in_ms = delay.as_millis() as u64, "feedback jobs not scheduled yet");
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
-        }
-    }
 }
 
 /// Takes due jobs and calls their hooks, for as long as the process runs.

@@ -89,6 +89,14 @@ pub fn message_event_json(m: &MessageRecord) -> Value {
     })
 }
 
+/// A change of a message as the messages topic carries it: its state after the change, and
+/// `seq`, the change's place in the message's `history` (a repeat after a crash has the same).
+pub fn message_change_json(m: &MessageRecord, seq: u32) -> Value {
+    let mut v = message_event_json(m);
+    v["seq"] = json!(seq);
+    v
+}
+
 /// A message as its `messages` document reads (the read API).
 pub fn message_json(m: &MessageRecord) -> Value {
     let history: Vec<Value> = m

@@ -15,10 +15,10 @@ pub struct FeedbackHook {
     pub statuses: Vec<MessageStatus>,
 }
 
-/// A message change's id: the same for every repeat of its delivery (a message reaches a
-/// status once per attempt).
-pub fn event_id(m: &MessageRecord) -> String {
-    format!("{}:{}:{}", m.id, m.status.as_str(), m.attempts)
+/// A message change's id: the message, the change's place in its `history` and the status it
+/// reached — the same for every repeat of its delivery.
+pub fn event_id(m: &MessageRecord, seq: u32) -> String {
+    format!("{}:{seq}:{}", m.id, m.status.as_str())
 }
 
 /// A delivery's id in the schedule: one per event and hook.
@@ -73,7 +73,7 @@ mod tests {
             lookup_at: None,
             held_until: None,
         };
-        assert_eq!(event_id(&m), "welcome:u1-1:delivered:2");
+        assert_eq!(event_id(&m, 3), "welcome:u1-1:3:delivered");
         let hooks = vec![
             FeedbackHook {
                 url: "http://a/x".into(),

@@ -1,16 +1,16 @@
-//! The messages topic: each durable change of a message, keyed by the message id, enqueued
-//! on an idempotent producer in the order this instance made the changes (so in order per
-//! message, one partition per key). The producer retries while the broker is away; its
-//! queue is bounded (G7), and what does not fit is dropped, logged and counted
-//! (`herald_feed_dropped_total{feed="messages"}`) rather than slowing sends and callbacks.
+//! The messages topic: each durable change of a message, keyed by the message id, sent on an
+//! idempotent producer in the order given (so in order per message, one partition per key),
+//! answered once the broker acknowledged them all. What is not acknowledged — the broker away
+//! longer than `message.timeout.ms`, the producer's bounded queue full (G7) — fails the
+//! publication, and the document store's feed sweep publishes it again later.
 
 use std::sync::Arc;
 
+use futures::FutureExt;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use crate::domain::feed::message_event_json;
-use crate::domain::message::MessageRecord;
-use crate::ports::{FeedError, MessageObserver};
+use crate::domain::feed::message_change_json;
+use crate::ports::{BoxFut, FeedError, FeedSink, MessageChange};
 use crate::telemetry::Metrics;
 
 use super::source::client_config;
@@ -32,8 +32,8 @@ impl KafkaMessageFeed {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5")
-            // Retried until the broker is back: the bound is the queue below.
-            .set("message.timeout.ms", "0")
+            // Not acknowledged within a minute: the publication fails and is done again.
+            .set("message.timeout.ms", "60000")
             .set("queue.buffering.max.messages", "200000")
             .set("queue.buffering.max.kbytes", "131072")
             .create()
@@ -46,33 +46,41 @@ impl KafkaMessageFeed {
     }
 }
 
-impl MessageObserver for KafkaMessageFeed {
-    fn changed(&self, record: &MessageRecord) {
-        let value = serde_json::to_vec(&message_event_json(record)).unwrap_or_default();
-        let sent = self.producer.send_result(
-            FutureRecord::to(&self.topic)
-                .key(record.id.as_bytes())
-                .payload(&value),
-        );
-        match sent {
-            Ok(delivery) => {
-                let metrics = self.metrics.clone();
-                let id = record.id.clone();
-                tokio::spawn(async move {
-                    match delivery.await {
-                        Ok(Ok(_)) => metrics.feed_records("messages", 1),
-                        Ok(Err((e, _))) => {
-                            tracing::error!(message = %id, error = %e, "a message transition was not published");
-                            metrics.feed_dropped("messages");
-                        }
-                        Err(_) => metrics.feed_dropped("messages"),
+impl FeedSink for KafkaMessageFeed {
+    fn publish(&self, changes: Arc<Vec<MessageChange>>) -> BoxFut<Result<(), FeedError>> {
+        let producer = self.producer.clone();
+        let topic = self.topic.clone();
+        let metrics = self.metrics.clone();
+        async move {
+            let mut deliveries = Vec::with_capacity(changes.len());
+            for change in changes.iter() {
+                let value = serde_json::to_vec(&message_change_json(&change.record, change.seq))
+                    .unwrap_or_default();
+                let record = FutureRecord::to(&topic)
+                    .key(change.record.id.as_bytes())
+                    .payload(&value);
+                match producer.send_result(record) {
+                    Ok(d) => deliveries.push(d),
+                    Err((e, _)) => {
+                        metrics.feed_dropped("messages");
+                        return Err(FeedError(format!("messages topic: cannot enqueue: {e}")));
                     }
-                });
+                }
             }
-            Err((e, _)) => {
-                tracing::error!(message = %record.id, error = %e, "the messages topic's queue is full; a transition was not published");
-                self.metrics.feed_dropped("messages");
+            let n = deliveries.len() as u64;
+            for delivery in futures::future::join_all(deliveries).await {
+                match delivery {
+                    Ok(Ok(_)) => {}
+                    Ok(Err((e, _))) => {
+                        metrics.feed_dropped("messages");
+                        return Err(FeedError(format!("messages topic: not acknowledged: {e}")));
+                    }
+                    Err(_) => return Err(FeedError("messages topic: a record was dropped".into())),
+                }
             }
+            metrics.feed_records("messages", n);
+            Ok(())
         }
+        .boxed()
     }
 }

@@ -17,10 +17,11 @@ use crate::domain::campaign::Channel;
 use crate::domain::message::{HistoryEntry, MessageRecord, MessageStatus, StatusChange};
 use crate::domain::suppression::{normalise_address, Suppression, SuppressionReason};
 use crate::ports::{
-    BoxFut, Callback, DocumentStore, EarlyCallback, InsertedMessages, MessageObserver, StalledFrom,
-    StoreError, StoredUser, TransitionResult, UserSnapshot, UsersWritten,
+    BoxFut, Callback, DocumentStore, EarlyCallback, FeedSink, InsertedMessages, MessageChange,
+    StalledFrom, StoreError, StoredUser, TransitionResult, UserSnapshot, UsersWritten,
 };
 
+use super::feed_cursor::{pending_fields, FeedCursor, Publication};
 use super::transitions::{self, transition_alone, Codec, Job, ReadJob};
 use super::users;
 use super::{bson_i64, ids_with_token, transient};
@@ -38,14 +39,18 @@ pub struct MongoDocumentStore {
     transitions: mpsc::UnboundedSender<Job>,
     /// The grouped reader of single messages.
     reads: mpsc::UnboundedSender<ReadJob>,
-    observer: Option<Arc<dyn MessageObserver>>,
+    /// With feeds on: the cursor every message write carries, and their publisher.
+    feeds: Option<FeedCursor>,
 }
 
 impl MongoDocumentStore {
-    /// Tells `observer` of every status transition once it is written (the messages topic).
-    pub fn observed(mut self, observer: Arc<dyn MessageObserver>) -> Self {
-        self.transitions = transitions::spawn(self.db.clone(), codec(), Some(observer.clone()));
-        self.observer = Some(observer);
+    /// Hands every change of a message to `sink` once written, durably: each write carries the
+    /// feed cursor (`adapters/mongo/feed_cursor.rs`), so a change a crash kept from the feeds
+    /// is published by the sweep.
+    pub fn with_feeds(mut self, sink: Arc<dyn FeedSink>) -> Self {
+        let feeds = FeedCursor::start(self.db.clone(), sink, system_now_ms);
+        self.transitions = transitions::spawn(self.db.clone(), codec(), Some(feeds.clone()));
+        self.feeds = Some(feeds);
         self
     }
 
@@ -71,7 +76,7 @@ impl MongoDocumentStore {
             reads: transitions::spawn_reader(db.clone(), codec()),
             write_concern: write_concern_document(write_concern),
             db,
-            observer: None,
+            feeds: None,
         })
     }
 
@@ -254,6 +259,13 @@ fn message_document(m: &MessageRecord, version: i64) -> Document {
         d.insert("lookup_at", date(at));
     }
     d
+}
+
+/// The wall clock in milliseconds (the feed sweep's idea of "idle").
+fn system_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Up to `limit` `messages` matching `filter`, in `sort` order.
@@ -445,6 +457,7 @@ impl DocumentStore for MongoDocumentStore {
     ) -> BoxFut<Result<InsertedMessages, StoreError>> {
         let db = self.db.clone();
         let write_concern = self.write_concern.clone();
+        let feeds = self.feeds.is_some();
         async move {
             let ids: Vec<String> = messages.iter().map(|m| m.id.clone()).collect();
             let statements: Vec<Document> = messages
@@ -452,6 +465,9 @@ impl DocumentStore for MongoDocumentStore {
                 .map(|m| {
                     let mut created = message_document(m, 0);
                     created.insert(INSERTED_BY, token as i64);
+                    if feeds {
+                        created.extend(pending_fields(0));
+                    }
                     doc! {
                         "q": { "_id": &m.id },
                         "u": { "$setOnInsert": created },
@@ -487,6 +503,26 @@ impl DocumentStore for MongoDocumentStore {
         .boxed()
     }
 
+    fn feeds(&self) -> bool {
+        self.feeds.is_some()
+    }
+
+    fn feed_created(&self, records: Vec<MessageRecord>) {
+        let Some(feeds) = &self.feeds else { return };
+        let cursors = records
+            .iter()
+            .map(|r| (r.id.clone(), 0, r.history.len() as i64))
+            .collect();
+        let changes = records
+            .into_iter()
+            .map(|record| MessageChange {
+                seq: record.history.len().saturating_sub(1) as u32,
+                record,
+            })
+            .collect();
+        feeds.offer(Publication { changes, cursors });
+    }
+
     fn transition(
         &self,
         id: String,
@@ -499,19 +535,16 @@ impl DocumentStore for MongoDocumentStore {
             reply,
         });
         let db = self.db.clone();
-        let observer = self.observer.clone();
+        let feeds = self.feeds.clone();
         async move {
             if queued.is_ok() {
                 if let Ok(result) = answer.await {
                     return result;
                 }
             }
-            // The writer's runtime is gone (a store used across runtimes): apply it alone.
-            let result = transition_alone(&db, &codec(), &id, &change).await;
-            if let (Some(observer), Ok(TransitionResult::Applied(record))) = (&observer, &result) {
-                observer.changed(record);
-            }
-            result
+            // The writer's runtime is gone (a store used across runtimes): apply it alone (its
+            // cursor stays pending; the sweep publishes it).
+            transition_alone(&db, &codec(), &id, &change, feeds.is_some()).await
         }
         .boxed()
     }

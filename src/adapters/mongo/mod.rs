@@ -10,6 +10,7 @@ use crate::ports::StoreError;
 
 pub mod caps;
 pub mod docs;
+pub mod feed_cursor;
 pub mod feedback;
 pub mod reads;
 pub mod transitions;

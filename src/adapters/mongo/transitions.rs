@@ -8,7 +8,6 @@
 //! alone, through the same read-check-replace loop.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
@@ -17,7 +16,9 @@ use rand::Rng;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::domain::message::{ApplyResult, MessageRecord, StatusChange};
-use crate::ports::{MessageObserver, StoreError, TransitionResult};
+use crate::ports::{MessageChange, StoreError, TransitionResult};
+
+use super::feed_cursor::{pending_fields, FeedCursor, Publication};
 
 use super::{bson_i64, ids_with_token, transient};
 
@@ -36,15 +37,12 @@ pub struct Codec {
     pub render: fn(&MessageRecord, i64) -> Document,
 }
 
-/// Starts the writer on the current runtime; it ends when every sender is dropped. The
-/// observer is told of each applied change once it is written, in the order applied.
-pub fn spawn(
-    db: Database,
-    codec: Codec,
-    observer: Option<Arc<dyn MessageObserver>>,
-) -> mpsc::UnboundedSender<Job> {
+/// Starts the writer on the current runtime; it ends when every sender is dropped. With
+/// feeds, each write carries the feed cursor and the applied changes are offered to the feeds
+/// once written, in the order applied.
+pub fn spawn(db: Database, codec: Codec, feeds: Option<FeedCursor>) -> mpsc::UnboundedSender<Job> {
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(writer(db, codec, observer, rx));
+    tokio::spawn(writer(db, codec, feeds, rx));
     tx
 }
 
@@ -64,20 +62,26 @@ async fn next_group<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> Option<Vec<T>> {
 async fn writer(
     db: Database,
     codec: Codec,
-    observer: Option<Arc<dyn MessageObserver>>,
+    feeds: Option<FeedCursor>,
     mut rx: mpsc::UnboundedReceiver<Job>,
 ) {
     while let Some(jobs) = next_group(&mut rx).await {
-        let results = match apply_group(&db, &codec, &jobs).await {
-            Ok(results) => results,
-            Err(e) => jobs.iter().map(|_| Err(e.clone())).collect(),
+        let (results, cursors) = match apply_group(&db, &codec, &jobs, feeds.is_some()).await {
+            Ok(written) => written,
+            Err(e) => (jobs.iter().map(|_| Err(e.clone())).collect(), Vec::new()),
         };
-        if let Some(observer) = &observer {
-            for result in &results {
-                if let Ok(TransitionResult::Applied(record)) = result {
-                    observer.changed(record);
-                }
-            }
+        if let Some(feeds) = &feeds {
+            let changes = results
+                .iter()
+                .filter_map(|r| match r {
+                    Ok(TransitionResult::Applied(record)) => Some(MessageChange {
+                        seq: record.history.len().saturating_sub(1) as u32,
+                        record: (**record).clone(),
+                    }),
+                    _ => None,
+                })
+                .collect();
+            feeds.offer(Publication { changes, cursors });
         }
         for (job, result) in jobs.into_iter().zip(results) {
             let _ = job.reply.send(result);
@@ -89,14 +93,24 @@ async fn writer(
 struct Slot {
     record: MessageRecord,
     version: i64,
+    /// The feed cursor as read (a document without one: every entry it had is fed).
+    fed: i64,
     dirty: bool,
 }
+
+/// Each job's result, and the feed cursors of the documents this group wrote:
+/// `(_id, version written, history entries)`.
+type GroupWritten = (
+    Vec<Result<TransitionResult, StoreError>>,
+    Vec<(String, i64, i64)>,
+);
 
 async fn apply_group(
     db: &Database,
     codec: &Codec,
     jobs: &[Job],
-) -> Result<Vec<Result<TransitionResult, StoreError>>, StoreError> {
+    feeds: bool,
+) -> Result<GroupWritten, StoreError> {
     let coll = db.collection::<Document>("messages");
     let mut ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
     ids.sort_unstable();
@@ -119,11 +133,16 @@ async fn apply_group(
                 continue;
             }
         };
+        let fed = d
+            .get("fed")
+            .and_then(bson_i64)
+            .unwrap_or(record.history.len() as i64);
         slots.insert(
             record.id.clone(),
             Slot {
                 record,
                 version,
+                fed,
                 dirty: false,
             },
         );
@@ -155,6 +174,9 @@ async fn apply_group(
             let mut replacement = (codec.render)(&s.record, s.version + 1);
             replacement.insert("_id", &s.record.id);
             replacement.insert("w", token);
+            if feeds {
+                replacement.extend(pending_fields(s.fed));
+            }
             doc! {
                 "q": {"_id": &s.record.id, "version": version_filter(s.version)},
                 "u": replacement,
@@ -163,15 +185,23 @@ async fn apply_group(
         })
         .collect();
     if statements.is_empty() {
-        return Ok(results);
+        return Ok((results, Vec::new()));
     }
+    let cursor = |s: &Slot| {
+        (
+            s.record.id.clone(),
+            s.version + 1,
+            s.record.history.len() as i64,
+        )
+    };
     let reply = db
         .run_command(doc! {"update": "messages", "updates": &statements, "ordered": false})
         .await
         .map_err(transient)?;
     let matched = reply.get("n").and_then(bson_i64).unwrap_or(0);
     if matched as usize == statements.len() {
-        return Ok(results);
+        let cursors = slots.values().filter(|s| s.dirty).map(cursor).collect();
+        return Ok((results, cursors));
     }
     // Someone else wrote some of these first: find which, and redo their changes alone.
     let dirty: Vec<&str> = slots
@@ -186,10 +216,16 @@ async fn apply_group(
             .get(&job.id)
             .is_some_and(|s| s.dirty && !ours.contains(job.id.as_str()));
         if lost {
-            *result = transition_alone(db, codec, &job.id, &job.change).await;
+            // Written alone, its cursor is left pending: the sweep publishes it again.
+            *result = transition_alone(db, codec, &job.id, &job.change, feeds).await;
         }
     }
-    Ok(results)
+    let cursors = slots
+        .values()
+        .filter(|s| s.dirty && ours.contains(s.record.id.as_str()))
+        .map(cursor)
+        .collect();
+    Ok((results, cursors))
 }
 
 /// Matches a message document still at `version` (read as 0 when it has none: a document
@@ -208,6 +244,7 @@ pub async fn transition_alone(
     codec: &Codec,
     id: &str,
     change: &StatusChange,
+    feeds: bool,
 ) -> Result<TransitionResult, StoreError> {
     let coll = db.collection::<Document>("messages");
     for _ in 0..16 {
@@ -215,15 +252,23 @@ pub async fn transition_alone(
             return Ok(TransitionResult::NotFound);
         };
         let (mut record, version) = (codec.parse)(&found)?;
+        let fed = found
+            .get("fed")
+            .and_then(bson_i64)
+            .unwrap_or(record.history.len() as i64);
         match record.apply(change) {
             ApplyResult::Ignored => return Ok(TransitionResult::Ignored(record.status)),
             ApplyResult::NotReady => return Ok(TransitionResult::NotReady),
             ApplyResult::Applied => {}
         }
+        let mut replacement = (codec.render)(&record, version + 1);
+        if feeds {
+            replacement.extend(pending_fields(fed));
+        }
         let replaced = coll
             .replace_one(
                 doc! {"_id": id, "version": version_filter(version)},
-                (codec.render)(&record, version + 1),
+                replacement,
             )
             .await
             .map_err(transient)?;
