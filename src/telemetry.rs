@@ -408,9 +408,7 @@ impl Metrics {
         for feed in ["changelog", "messages"] {
             one(&self.feed_records, "feed", feed);
         }
-        for feed in ["messages"] {
-            one(&self.feed_dropped, "feed", feed);
-        }
+        one(&self.feed_dropped, "feed", "messages");
         for outcome in ["delivered", "retried"] {
             one(&self.feedback, "outcome", outcome);
         }

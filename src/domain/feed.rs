@@ -4,7 +4,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::message::MessageRecord;
+use super::message::{HistoryEntry, MessageRecord};
 use super::profile::Profile;
 use super::segment::rfc3339_ms;
 
@@ -129,6 +129,28 @@ pub fn message_json(m: &MessageRecord) -> Value {
     })
 }
 
+/// The state of a message right after history entry `seq`, as the document tells it (the
+/// status, time, provider and detail of that entry; the rest as the document stands).
+pub fn state_at(record: &MessageRecord, seq: usize) -> MessageRecord {
+    let mut state = record.clone();
+    if let Some(HistoryEntry {
+        status,
+        at,
+        provider,
+        detail,
+    }) = record.history.get(seq)
+    {
+        state.status = *status;
+        state.updated_at = *at;
+        state.provider = provider.clone().or(state.provider);
+        if seq + 1 < record.history.len() {
+            state.error = detail.clone();
+        }
+        state.history.truncate(seq + 1);
+    }
+    state
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,5 +189,46 @@ mod tests {
         let read = user_json("u0", &Profile::default(), None, 0, None);
         assert_eq!(read["first_seen"], Value::Null);
         assert!(read.get("version").is_none());
+    }
+
+    #[test]
+    fn a_change_reads_as_its_history_entry() {
+        use crate::domain::campaign::Channel;
+        use crate::domain::message::MessageStatus;
+        let entry = |status, at, detail: Option<&str>| HistoryEntry {
+            status,
+            at,
+            provider: Some("sim".into()),
+            detail: detail.map(str::to_string),
+        };
+        let m = MessageRecord {
+            id: "w:1".into(),
+            user_id: "u".into(),
+            campaign: "w".into(),
+            channel: Channel::Sms,
+            to: None,
+            body: "hi".into(),
+            subject: None,
+            provider: Some("sim".into()),
+            status: MessageStatus::Delivered,
+            attempts: 2,
+            provider_message_id: Some("p".into()),
+            error: None,
+            created_at: 1,
+            updated_at: 9,
+            history: vec![
+                entry(MessageStatus::Queued, 1, None),
+                entry(MessageStatus::Retrying, 4, Some("503")),
+                entry(MessageStatus::Delivered, 9, None),
+            ],
+            lookup_at: None,
+            held_until: None,
+        };
+        let at1 = state_at(&m, 1);
+        assert_eq!((at1.status, at1.updated_at), (MessageStatus::Retrying, 4));
+        assert_eq!(at1.error.as_deref(), Some("503"));
+        assert_eq!(at1.history.len(), 2);
+        let last = state_at(&m, 2);
+        assert_eq!(last, m, "the last entry is the document as it stands");
     }
 }

@@ -25,6 +25,7 @@ use super::feed_cursor::{pending_fields, FeedCursor, Publication};
 use super::transitions::{self, transition_alone, Codec, Job, ReadJob};
 use super::users;
 use super::{bson_i64, ids_with_token, transient};
+use crate::domain::feed::state_at;
 use tokio::sync::{mpsc, oneshot};
 
 /// Statements per `update` command (the test server's sweet spot; real MongoDB takes more).
@@ -509,17 +510,18 @@ impl DocumentStore for MongoDocumentStore {
 
     fn feed_created(&self, records: Vec<MessageRecord>) {
         let Some(feeds) = &self.feeds else { return };
-        let cursors = records
-            .iter()
-            .map(|r| (r.id.clone(), 0, r.history.len() as i64))
-            .collect();
-        let changes = records
-            .into_iter()
-            .map(|record| MessageChange {
-                seq: record.history.len().saturating_sub(1) as u32,
-                record,
-            })
-            .collect();
+        let mut changes = Vec::new();
+        let mut cursors = Vec::new();
+        for record in records {
+            let len = record.history.len() as u32;
+            cursors.push((record.id.clone(), 0, len as i64));
+            for seq in feeds.plan(&record.id, 0, len)..len {
+                changes.push(MessageChange {
+                    record: state_at(&record, seq as usize),
+                    seq,
+                });
+            }
+        }
         feeds.offer(Publication { changes, cursors });
     }
 

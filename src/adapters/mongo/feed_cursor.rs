@@ -15,7 +15,7 @@ use mongodb::bson::{doc, Document};
 use mongodb::Database;
 use tokio::sync::mpsc;
 
-use crate::domain::message::{HistoryEntry, MessageRecord};
+use crate::domain::feed::state_at;
 use crate::ports::{FeedSink, MessageChange};
 
 use super::docs::{date, parse_message};
@@ -39,7 +39,15 @@ pub struct Publication {
 #[derive(Clone)]
 pub struct FeedCursor {
     tx: mpsc::Sender<Publication>,
+    /// Per message, the entries this process has queued (the next `seq` to queue): what is
+    /// queued is published in order before anything queued later, so a later change need
+    /// not queue it again.
+    queued: Arc<parking_lot::Mutex<std::collections::HashMap<String, u32>>>,
 }
+
+/// Most messages [`FeedCursor::plan`] remembers; past it, it forgets them all (a change then
+/// publishes again from the document's cursor: repeats, never gaps).
+const REMEMBERED: usize = 200_000;
 
 impl FeedCursor {
     /// Starts the publisher and the sweep on the current runtime.
@@ -47,12 +55,39 @@ impl FeedCursor {
         let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(publish_queued(db.clone(), sink.clone(), rx));
         tokio::spawn(sweep(db, sink, now_ms));
-        FeedCursor { tx }
+        FeedCursor {
+            tx,
+            queued: Arc::default(),
+        }
     }
 
-    /// Queues a publication; a full queue leaves it to the sweep.
+    /// The first entry of message `id` to queue now, its document's cursor read as `fed` and
+    /// its history `len` entries long: what neither the cursor nor this process's queue holds.
+    /// Records the entries up to `len` as queued.
+    pub fn plan(&self, id: &str, fed: u32, len: u32) -> u32 {
+        let mut queued = self.queued.lock();
+        if queued.len() >= REMEMBERED {
+            queued.clear();
+        }
+        let start = fed.max(queued.get(id).copied().unwrap_or(0)).min(len);
+        queued.insert(id.to_string(), len);
+        start
+    }
+
+    /// Queues a publication. A full queue leaves it to the sweep, and its messages' next
+    /// changes publish again from their cursors (so nothing after it goes out before it).
     pub fn offer(&self, p: Publication) {
-        if !p.changes.is_empty() && self.tx.try_send(p).is_err() {
+        if p.changes.is_empty() {
+            return;
+        }
+        if let Err(e) = self.tx.try_send(p) {
+            let p = match e {
+                mpsc::error::TrySendError::Full(p) | mpsc::error::TrySendError::Closed(p) => p,
+            };
+            let mut queued = self.queued.lock();
+            for c in &p.changes {
+                queued.remove(&c.record.id);
+            }
             tracing::debug!("feed queue full; the sweep publishes these changes");
         }
     }
@@ -69,14 +104,18 @@ async fn publish_queued(
     mut rx: mpsc::Receiver<Publication>,
 ) {
     while let Some(p) = rx.recv().await {
-        publish(&db, &sink, p).await;
+        let mut delay = Duration::from_millis(100);
+        while !publish(&db, &sink, &p).await {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(10));
+        }
     }
 }
 
 /// Publishes and moves the cursors; on a failure, leaves them (the sweep tries again).
 /// `true` if the feeds took the changes.
-async fn publish(db: &Database, sink: &Arc<dyn FeedSink>, p: Publication) -> bool {
-    if let Err(e) = sink.publish(Arc::new(p.changes)).await {
+async fn publish(db: &Database, sink: &Arc<dyn FeedSink>, p: &Publication) -> bool {
+    if let Err(e) = sink.publish(Arc::new(p.changes.clone())).await {
         tracing::warn!(error = %e, "feeds did not take these message changes; the sweep tries again");
         return false;
     }
@@ -101,28 +140,6 @@ async fn publish(db: &Database, sink: &Arc<dyn FeedSink>, p: Publication) -> boo
         tracing::warn!(error = %e, "feed cursors not moved; the sweep publishes these changes again");
     }
     true
-}
-
-/// The state of a message right after history entry `seq`, as the document tells it (the
-/// status, time, provider and detail of that entry; the rest as the document stands).
-pub fn state_at(record: &MessageRecord, seq: usize) -> MessageRecord {
-    let mut state = record.clone();
-    if let Some(HistoryEntry {
-        status,
-        at,
-        provider,
-        detail,
-    }) = record.history.get(seq)
-    {
-        state.status = *status;
-        state.updated_at = *at;
-        state.provider = provider.clone().or(state.provider);
-        if seq + 1 < record.history.len() {
-            state.error = detail.clone();
-        }
-        state.history.truncate(seq + 1);
-    }
-    state
 }
 
 async fn sweep(db: Database, sink: Arc<dyn FeedSink>, now_ms: fn() -> i64) {
@@ -187,7 +204,7 @@ async fn sweep_once(
     if n == 0 {
         return Ok(0);
     }
-    if !publish(db, sink, p).await {
+    if !publish(db, sink, &p).await {
         return Err(crate::ports::StoreError::Transient(
             "the feeds did not take the changes".into(),
         ));

@@ -19,6 +19,7 @@ use crate::domain::message::{ApplyResult, MessageRecord, StatusChange};
 use crate::ports::{MessageChange, StoreError, TransitionResult};
 
 use super::feed_cursor::{pending_fields, FeedCursor, Publication};
+use crate::domain::feed::state_at;
 
 use super::{bson_i64, ids_with_token, transient};
 
@@ -66,21 +67,28 @@ async fn writer(
     mut rx: mpsc::UnboundedReceiver<Job>,
 ) {
     while let Some(jobs) = next_group(&mut rx).await {
-        let (results, cursors) = match apply_group(&db, &codec, &jobs, feeds.is_some()).await {
-            Ok(written) => written,
-            Err(e) => (jobs.iter().map(|_| Err(e.clone())).collect(), Vec::new()),
-        };
+        let (results, cursors, written) =
+            match apply_group(&db, &codec, &jobs, feeds.is_some()).await {
+                Ok(written) => written,
+                Err(e) => (
+                    jobs.iter().map(|_| Err(e.clone())).collect(),
+                    Vec::new(),
+                    Vec::new(),
+                ),
+            };
         if let Some(feeds) = &feeds {
-            let changes = results
-                .iter()
-                .filter_map(|r| match r {
-                    Ok(TransitionResult::Applied(record)) => Some(MessageChange {
-                        seq: record.history.len().saturating_sub(1) as u32,
-                        record: (**record).clone(),
-                    }),
-                    _ => None,
-                })
-                .collect();
+            // Per message written here, the entries from what neither its cursor nor this
+            // process's queue holds, up to its last change: in order, never a gap.
+            let mut changes = Vec::new();
+            for (id, fed, record) in &written {
+                let len = record.history.len() as u32;
+                for seq in feeds.plan(id, *fed as u32, len)..len {
+                    changes.push(MessageChange {
+                        record: state_at(record, seq as usize),
+                        seq,
+                    });
+                }
+            }
             feeds.offer(Publication { changes, cursors });
         }
         for (job, result) in jobs.into_iter().zip(results) {
@@ -98,11 +106,13 @@ struct Slot {
     dirty: bool,
 }
 
-/// Each job's result, and the feed cursors of the documents this group wrote:
-/// `(_id, version written, history entries)`.
+/// Each job's result; the feed cursors of the documents this group wrote, `(_id, version
+/// written, history entries)`; and those documents, `(_id, cursor as read, as written)`.
+/// (Documents a lost race made this group write alone are left to the feed sweep.)
 type GroupWritten = (
     Vec<Result<TransitionResult, StoreError>>,
     Vec<(String, i64, i64)>,
+    Vec<(String, i64, MessageRecord)>,
 );
 
 async fn apply_group(
@@ -185,7 +195,7 @@ async fn apply_group(
         })
         .collect();
     if statements.is_empty() {
-        return Ok((results, Vec::new()));
+        return Ok((results, Vec::new(), Vec::new()));
     }
     let cursor = |s: &Slot| {
         (
@@ -199,9 +209,16 @@ async fn apply_group(
         .await
         .map_err(transient)?;
     let matched = reply.get("n").and_then(bson_i64).unwrap_or(0);
+    let documents = |keep: &dyn Fn(&Slot) -> bool| {
+        slots
+            .values()
+            .filter(|s| s.dirty && keep(s))
+            .map(|s| (s.record.id.clone(), s.fed, s.record.clone()))
+            .collect::<Vec<_>>()
+    };
     if matched as usize == statements.len() {
         let cursors = slots.values().filter(|s| s.dirty).map(cursor).collect();
-        return Ok((results, cursors));
+        return Ok((results, cursors, documents(&|_| true)));
     }
     // Someone else wrote some of these first: find which, and redo their changes alone.
     let dirty: Vec<&str> = slots
@@ -225,7 +242,8 @@ async fn apply_group(
         .filter(|s| s.dirty && ours.contains(s.record.id.as_str()))
         .map(cursor)
         .collect();
-    Ok((results, cursors))
+    let documents = documents(&|s: &Slot| ours.contains(s.record.id.as_str()));
+    Ok((results, cursors, documents))
 }
 
 /// Matches a message document still at `version` (read as 0 when it has none: a document
