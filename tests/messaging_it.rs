@@ -582,8 +582,15 @@ fn a_thousand_retries_fire_once_across_a_sigkill_and_two_instances() {
             assert!(*at + 5 >= *due_ms, "{key} fired {} ms early", *due_ms - at);
         }
         assert!(sim_sends(port_b).await.is_empty(), "no fallback was needed");
-        let left = retry_entries(&names).len();
-        assert_eq!(left, 0, "the schedule is empty once everything settled");
+        // A delivery callback can be applied before the sender has taken its entry off the
+        // schedule (it records the send, then removes the entry): the schedule empties just
+        // after, and must.
+        eventually(
+            "the schedule empty once everything settled",
+            Duration::from_secs(30),
+            || async { retry_entries(&names).is_empty() },
+        )
+        .await;
     });
 }
 
