@@ -69,20 +69,24 @@ impl CallbackHandler {
     pub async fn apply_kept(&self) -> Result<usize, StoreError> {
         use futures::StreamExt;
         let kept = self.ports.docs.early_callbacks(KEPT_PER_PASS).await?;
-        // One group per message, oldest first inside each; messages at once (their
-        // transitions are grouped by the store).
+        // One group per send (message and provider id), oldest first inside each; groups at
+        // once (their transitions are grouped by the store). Per send, not per message: a
+        // callback about a send that will never be recorded (made by an instance killed before
+        // it recorded it, then made again under a new id) must not hold back the callbacks of
+        // the send that was recorded.
         let mut groups: Vec<Vec<EarlyCallback>> = Vec::new();
-        let mut by_message: std::collections::HashMap<Option<String>, usize> = Default::default();
+        type Send = (String, Option<String>);
+        let mut by_send: std::collections::HashMap<Option<Send>, usize> = Default::default();
         for e in kept {
             let key = e
                 .callback
                 .as_ref()
                 .ok()
-                .and_then(|cb| cb.message_id.clone());
-            match by_message.get(&key) {
+                .and_then(|cb| Some((cb.message_id.clone()?, cb.provider_message_id.clone())));
+            match by_send.get(&key) {
                 Some(&g) if key.is_some() => groups[g].push(e),
                 _ => {
-                    by_message.insert(key, groups.len());
+                    by_send.insert(key, groups.len());
                     groups.push(vec![e]);
                 }
             }
@@ -95,7 +99,7 @@ impl CallbackHandler {
         results.into_iter().sum()
     }
 
-    /// One message's kept callbacks, in order, until one still cannot apply.
+    /// One send's kept callbacks, in order, until one still cannot apply.
     async fn apply_kept_group(&self, group: Vec<EarlyCallback>) -> Result<usize, StoreError> {
         let mut forgotten = 0;
         for e in group {
