@@ -209,10 +209,11 @@ async fn apply_group(
         .await
         .map_err(transient)?;
     let matched = reply.get("n").and_then(bson_i64).unwrap_or(0);
+    // Only the feeds need the written documents: without them, nothing is copied.
     let documents = |keep: &dyn Fn(&Slot) -> bool| {
         slots
             .values()
-            .filter(|s| s.dirty && keep(s))
+            .filter(|s| feeds && s.dirty && keep(s))
             .map(|s| (s.record.id.clone(), s.fed, s.record.clone()))
             .collect::<Vec<_>>()
     };
