@@ -98,7 +98,7 @@ pub fn run(config: Config, args: DemoArgs) -> anyhow::Result<DemoReport> {
             if ingest.is_some() && rig.quiescent() {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         bar.finish_and_clear();
         let elapsed = started.elapsed();

@@ -3,6 +3,7 @@
 
 pub mod actors;
 pub mod adapters;
+pub mod allocator;
 pub mod config;
 pub mod demo;
 pub mod domain;

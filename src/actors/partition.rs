@@ -16,7 +16,8 @@ use crate::ports::{DeadLetter, PartitionReader, Record, SourceError};
 
 use super::context::Shared;
 use super::messages::{
-    Abandon, ApplyBatch, Drain, PartitionFailed, PartitionLink, PartitionReport, UserRecord,
+    Abandon, ApplyBatch, Drain, FlushNow, PartitionFailed, PartitionLink, PartitionReport,
+    UserRecord,
 };
 use super::supervision::contain;
 
@@ -50,6 +51,9 @@ pub struct PartitionActor {
     lost: bool,
     /// The first offset this incarnation dispatched.
     first_offset: Option<u64>,
+    /// The last fetch found nothing new: once what was read is durable it is committed at
+    /// once, not at the next commit tick (a burst's end is not held back by the interval).
+    idle: bool,
 }
 
 impl PartitionActor {
@@ -78,6 +82,7 @@ impl PartitionActor {
             failed: false,
             lost: false,
             first_offset: None,
+            idle: false,
         }
     }
 
@@ -120,10 +125,20 @@ impl PartitionActor {
             match result {
                 Ok(batch) if batch.is_empty() => {
                     act.fetch_backoff = Duration::from_millis(10);
+                    if !act.idle {
+                        // The source has nothing more for now: the shards write what they
+                        // hold instead of waiting for a fuller batch.
+                        act.idle = true;
+                        for shard in act.shared.shards() {
+                            shard.flush.do_send(FlushNow);
+                        }
+                        act.commit_if_idle(ctx);
+                    }
                     ctx.run_later(IDLE_POLL, |act, ctx| act.pump(ctx));
                 }
                 Ok(batch) => {
                     act.fetch_backoff = Duration::from_millis(10);
+                    act.idle = false;
                     if let Err(cause) = contain(|| act.process(batch, ctx)) {
                         act.fail(ctx, "partition", cause);
                         return;
@@ -248,9 +263,17 @@ impl PartitionActor {
 
     fn after_progress(&mut self, ctx: &mut Context<Self>) {
         if self.draining.is_empty() {
+            self.commit_if_idle(ctx);
             self.pump(ctx);
         } else {
             self.try_finish_drain(ctx);
+        }
+    }
+
+    /// Commits now if the source is idle and everything read is durable.
+    fn commit_if_idle(&mut self, ctx: &mut Context<Self>) {
+        if self.idle && self.watermark.in_flight() == 0 {
+            self.commit(ctx);
         }
     }
 
@@ -301,6 +324,9 @@ impl PartitionActor {
             }
             if !act.draining.is_empty() {
                 act.try_finish_drain(ctx);
+            } else if act.watermark.committable() > act.last_committed {
+                // More became durable while this commit was out.
+                act.commit_if_idle(ctx);
             }
         }));
     }

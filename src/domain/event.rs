@@ -10,6 +10,8 @@ use std::fmt;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use super::event_fields::{Tags, TraitChanges};
+
 /// Maximum length of `messageId` and `userId`, in characters.
 pub const MAX_ID_CHARS: usize = 128;
 /// Maximum length of a track event name, in characters.
@@ -136,10 +138,9 @@ struct RawEvent<'a> {
     #[serde(default, borrow)]
     event: Option<Cow<'a, str>>,
     #[serde(default)]
-    traits: Option<Map<String, Value>>,
-    /// Kept generic: serde would also read a JSON array into a struct, by position.
+    traits: Option<TraitChanges>,
     #[serde(default)]
-    tags: Option<Value>,
+    tags: Tags,
     #[serde(default)]
     properties: Option<Map<String, Value>>,
     /// Only `context.traits` is read: RudderStack's libraries send an `identify`'s traits there
@@ -346,9 +347,11 @@ pub fn is_valid_event_name(name: &str) -> bool {
 
 /// Parses an RFC 3339 timestamp into milliseconds since the epoch.
 pub fn parse_timestamp(text: &str) -> Option<i64> {
-    chrono::DateTime::parse_from_rfc3339(text)
-        .ok()
-        .map(|t| t.timestamp_millis())
+    super::timestamp::utc_millis(text).or_else(|| {
+        chrono::DateTime::parse_from_rfc3339(text)
+            .ok()
+            .map(|t| t.timestamp_millis())
+    })
 }
 
 fn validate(raw: RawEvent<'_>) -> Result<Event, Rejection> {
@@ -382,10 +385,13 @@ fn validate(raw: RawEvent<'_>) -> Result<Event, Rejection> {
             format!("`timestamp` is not RFC 3339: {:?}", truncate(&ts_text, 64)),
         )
     })?;
-    let (tags_add, tags_remove) = tags(raw.tags)?;
+    let (tags_add, tags_remove) = raw.tags.0?;
     let kind = match kind.as_ref() {
         "identify" => EventKind::Identify {
-            traits: trait_changes(raw.traits.or(raw.context.0)),
+            traits: match (raw.traits, raw.context.0) {
+                (Some(traits), _) => traits.0,
+                (None, context) => trait_changes(context),
+            },
             tags_add,
             tags_remove,
         },
@@ -416,7 +422,7 @@ fn validate(raw: RawEvent<'_>) -> Result<Event, Rejection> {
         },
         "group" => EventKind::Group {
             group_id: check_id("groupId", required("groupId", raw.group_id)?)?,
-            traits: trait_changes(raw.traits),
+            traits: raw.traits.map(|t| t.0).unwrap_or_default(),
         },
         "alias" => EventKind::Alias {
             previous_id: check_id("previousId", required("previousId", raw.previous_id)?)?,
@@ -446,40 +452,6 @@ fn trait_changes(traits: Option<Map<String, Value>>) -> Vec<(String, Option<Valu
         .into_iter()
         .map(|(k, v)| (k, if v.is_null() { None } else { Some(v) }))
         .collect()
-}
-
-/// `tags`: an object with optional `add`/`remove` arrays of strings.
-fn tags(v: Option<Value>) -> Result<(Vec<String>, Vec<String>), Rejection> {
-    let mut map = match v {
-        None | Some(Value::Null) => return Ok((Vec::new(), Vec::new())),
-        Some(Value::Object(m)) => m,
-        Some(other) => {
-            return Err(Rejection::new(
-                RejectReason::BadField,
-                format!("`tags` must be an object, got {}", json_type(&other)),
-            ))
-        }
-    };
-    let mut part = |name: &str| -> Result<Vec<String>, Rejection> {
-        match map.remove(name) {
-            None | Some(Value::Null) => Ok(Vec::new()),
-            Some(Value::Array(items)) => items
-                .into_iter()
-                .map(|i| match i {
-                    Value::String(s) => Ok(s),
-                    other => Err(Rejection::new(
-                        RejectReason::BadField,
-                        format!("`tags.{name}` must hold strings, got {}", json_type(&other)),
-                    )),
-                })
-                .collect(),
-            Some(other) => Err(Rejection::new(
-                RejectReason::BadField,
-                format!("`tags.{name}` must be an array, got {}", json_type(&other)),
-            )),
-        }
-    };
-    Ok((part("add")?, part("remove")?))
 }
 
 fn truncate(s: &str, max_chars: usize) -> Cow<'_, str> {

@@ -4,6 +4,7 @@
 pub mod campaign;
 pub mod dedup;
 pub mod event;
+mod event_fields;
 pub mod feed;
 pub mod feedback;
 pub mod identity;
@@ -22,6 +23,7 @@ pub mod status_lookup;
 pub mod stored_state;
 pub mod suppression;
 pub mod template;
+mod timestamp;
 pub mod twilio;
 pub mod user;
 pub mod user_profile;

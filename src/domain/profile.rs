@@ -3,6 +3,7 @@
 //! It serialises to the same JSON shape as [`UserProfile`], the document view.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::de::{MapAccess, SeqAccess, Visitor};
 use serde::ser::{SerializeMap, SerializeSeq};
@@ -13,68 +14,112 @@ use super::event::{Event, EventKind};
 use super::names::{intern, Name};
 use super::user_profile::{EventStats, TraitLookup, UserProfile};
 
-/// A map from names to values, sorted by name, grown one slot at a time (no spare capacity).
+/// A map from names to values, sorted by name, copied on write: a profile's snapshot shares
+/// it, and the next change copies only the map it touches. Exactly as many slots as entries
+/// (one allocation), none when empty.
 #[derive(Debug, Clone, PartialEq)]
-pub struct NameMap<V>(Vec<(Name, V)>);
+pub struct NameMap<V>(Option<Arc<[(Name, V)]>>);
 
 impl<V> Default for NameMap<V> {
     fn default() -> Self {
-        NameMap(Vec::new())
+        NameMap(None)
     }
 }
 
 impl<V> NameMap<V> {
+    fn slots(&self) -> &[(Name, V)] {
+        self.0.as_deref().unwrap_or(&[])
+    }
+
     fn find(&self, key: &str) -> Result<usize, usize> {
-        self.0.binary_search_by(|(k, _)| (**k).cmp(key))
+        self.slots().binary_search_by(|(k, _)| (**k).cmp(key))
     }
 
     pub fn get(&self, key: &str) -> Option<&V> {
-        self.find(key).ok().map(|i| &self.0[i].1)
+        self.find(key).ok().map(|i| &self.slots()[i].1)
     }
 
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &V)> {
+        self.slots().iter().map(|(k, v)| (&**k, v))
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// Heap bytes held by this map's slots (names are shared, so not counted), with the
+    /// shared allocation's two counters.
+    pub fn heap_bytes(&self) -> usize {
+        self.0.as_ref().map_or(0, |s| {
+            2 * std::mem::size_of::<usize>() + std::mem::size_of_val::<[(Name, V)]>(s)
+        })
+    }
+
+    /// From entries in any order; of a name given twice, the last value.
+    fn from_entries(mut entries: Vec<(Name, V)>) -> Self {
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        // Of equal names (adjacent now, in their original order), the last one stays.
+        let mut kept: Vec<(Name, V)> = Vec::with_capacity(entries.len());
+        for e in entries {
+            match kept.last_mut() {
+                Some(last) if last.0 == e.0 => *last = e,
+                _ => kept.push(e),
+            }
+        }
+        NameMap((!kept.is_empty()).then(|| Arc::from(kept)))
+    }
+}
+
+impl<V: Clone> NameMap<V> {
     pub fn get_mut(&mut self, key: &str) -> Option<&mut V> {
-        self.find(key).ok().map(|i| &mut self.0[i].1)
+        let i = self.find(key).ok()?;
+        let slots = self.0.as_mut()?;
+        Some(&mut Arc::make_mut(slots)[i].1)
     }
 
     /// Sets `key`; interns the name only when the key is new.
     pub fn insert(&mut self, key: &str, value: V) {
         match self.find(key) {
-            Ok(i) => self.0[i].1 = value,
+            Ok(i) => {
+                if let Some(slots) = self.0.as_mut() {
+                    Arc::make_mut(slots)[i].1 = value;
+                }
+            }
             Err(i) => {
-                self.0.reserve_exact(1);
-                self.0.insert(i, (intern(key), value));
+                let old = self.slots();
+                let slots: Arc<[(Name, V)]> = old[..i]
+                    .iter()
+                    .cloned()
+                    .chain(std::iter::once((intern(key), value)))
+                    .chain(old[i..].iter().cloned())
+                    .collect();
+                self.0 = Some(slots);
             }
         }
     }
 
     pub fn remove(&mut self, key: &str) {
         if let Ok(i) = self.find(key) {
-            self.0.remove(i);
+            let old = self.slots();
+            self.0 = (old.len() > 1).then(|| {
+                old[..i]
+                    .iter()
+                    .chain(&old[i + 1..])
+                    .cloned()
+                    .collect::<Arc<[(Name, V)]>>()
+            });
         }
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &V)> {
-        self.0.iter().map(|(k, v)| (&**k, v))
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// Heap bytes held by this map's slots (names are shared, so not counted).
-    pub fn heap_bytes(&self) -> usize {
-        self.0.capacity() * std::mem::size_of::<(Name, V)>()
     }
 }
 
 impl<V: Serialize> Serialize for NameMap<V> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(Some(self.0.len()))?;
-        for (k, v) in &self.0 {
+        let mut map = s.serialize_map(Some(self.len()))?;
+        for (k, v) in self.slots() {
             map.serialize_entry(&**k, v)?;
         }
         map.end()
@@ -90,25 +135,28 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for NameMap<V> {
                 f.write_str("a map")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
-                let mut m = NameMap(Vec::with_capacity(a.size_hint().unwrap_or(0)));
+                let mut entries = Vec::with_capacity(a.size_hint().unwrap_or(0));
                 while let Some((k, v)) = a.next_entry::<std::borrow::Cow<'de, str>, V>()? {
-                    m.insert(&k, v);
+                    entries.push((intern(&k), v));
                 }
-                m.0.shrink_to_fit();
-                Ok(m)
+                Ok(NameMap::from_entries(entries))
             }
         }
         d.deserialize_map(V2(std::marker::PhantomData))
     }
 }
 
-/// A set of names, sorted.
+/// A set of names, sorted, copied on write like [`NameMap`].
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct NameSet(Vec<Name>);
+pub struct NameSet(Option<Arc<[Name]>>);
 
 impl NameSet {
+    fn names(&self) -> &[Name] {
+        self.0.as_deref().unwrap_or(&[])
+    }
+
     fn find(&self, key: &str) -> Result<usize, usize> {
-        self.0.binary_search_by(|k| (**k).cmp(key))
+        self.names().binary_search_by(|k| (**k).cmp(key))
     }
 
     pub fn contains(&self, key: &str) -> bool {
@@ -117,34 +165,49 @@ impl NameSet {
 
     pub fn insert(&mut self, key: &str) {
         if let Err(i) = self.find(key) {
-            self.0.reserve_exact(1);
-            self.0.insert(i, intern(key));
+            let old = self.names();
+            let names: Arc<[Name]> = old[..i]
+                .iter()
+                .cloned()
+                .chain(std::iter::once(intern(key)))
+                .chain(old[i..].iter().cloned())
+                .collect();
+            self.0 = Some(names);
         }
     }
 
     pub fn remove(&mut self, key: &str) {
         if let Ok(i) = self.find(key) {
-            self.0.remove(i);
+            let old = self.names();
+            self.0 =
+                (old.len() > 1).then(|| old[..i].iter().chain(&old[i + 1..]).cloned().collect());
         }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &str> {
-        self.0.iter().map(|k| &**k)
+        self.names().iter().map(|k| &**k)
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.names().len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.is_none()
+    }
+
+    /// Heap bytes of the shared allocation (counters and names).
+    pub fn heap_bytes(&self) -> usize {
+        self.0.as_ref().map_or(0, |s| {
+            2 * std::mem::size_of::<usize>() + std::mem::size_of_val::<[Name]>(s)
+        })
     }
 }
 
 impl Serialize for NameSet {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut seq = s.serialize_seq(Some(self.0.len()))?;
-        for k in &self.0 {
+        let mut seq = s.serialize_seq(Some(self.len()))?;
+        for k in self.names() {
             seq.serialize_element(&**k)?;
         }
         seq.end()
@@ -160,12 +223,13 @@ impl<'de> Deserialize<'de> for NameSet {
                 f.write_str("a list of strings")
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<NameSet, A::Error> {
-                let mut s = NameSet::default();
+                let mut names = Vec::with_capacity(a.size_hint().unwrap_or(0));
                 while let Some(k) = a.next_element::<std::borrow::Cow<'de, str>>()? {
-                    s.insert(&k);
+                    names.push(intern(&k));
                 }
-                s.0.shrink_to_fit();
-                Ok(s)
+                names.sort();
+                names.dedup();
+                Ok(NameSet((!names.is_empty()).then(|| Arc::from(names))))
             }
         }
         d.deserialize_seq(V)
@@ -356,7 +420,7 @@ impl Profile {
         }
         let groups: usize = self.groups.iter().map(|(_, g)| traits_bytes(g)).sum();
         traits_bytes(&self.traits)
-            + self.tags.0.capacity() * std::mem::size_of::<Name>()
+            + self.tags.heap_bytes()
             + self.events.heap_bytes()
             + self.groups.heap_bytes()
             + groups
@@ -396,7 +460,7 @@ mod tests {
             m.iter().map(|(k, _)| k).collect::<Vec<_>>(),
             ["a", "b", "c"]
         );
-        assert_eq!(m.0.capacity(), 3);
+        assert_eq!(m.len(), 3);
         m.remove("b");
         assert_eq!(m.get("b"), None);
         assert_eq!(m.get("c"), Some(&json!("c")));

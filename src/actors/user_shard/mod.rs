@@ -238,6 +238,9 @@ pub struct UserShard {
     republish: std::collections::HashSet<Arc<str>, ahash::RandomState>,
     acc: Batch,
     flushing: bool,
+    /// A source said it has nothing more for now (`FlushNow`): what is pending is written at
+    /// once rather than after `batch.max_wait_ms`, until records arrive again.
+    idle: bool,
     timer: Option<SpawnHandle>,
     /// How often each record whose application panicked did so, by (partition, offset,
     /// messageId fingerprint).
@@ -271,6 +274,7 @@ impl UserShard {
             republish: Default::default(),
             acc: Batch::default(),
             flushing: false,
+            idle: false,
             timer: None,
             panics: HashMap::default(),
             poison_rate,
@@ -296,6 +300,7 @@ impl UserShard {
         }
         let tick = self.now_tick();
         let now_ms = self.shared.ports.clock.now_ms();
+        self.idle = false;
         let mut counts = Counts::default();
         for record in batch.records {
             self.route(&batch.link, record, now_ms, tick, &mut counts);
@@ -770,6 +775,7 @@ impl UserShard {
         let waited = self.acc.since.map_or(Duration::ZERO, |s| s.elapsed());
         if self.acc.records >= self.shared.settings.batch_max_size
             || waited >= max_wait
+            || self.idle
             || self.acc.dirty.is_empty() && self.acc.dead.is_empty()
         {
             // (Replays and duplicates alone need no write: only the order of reports.)
@@ -978,6 +984,7 @@ impl Handler<FlushNow> for UserShard {
     type Result = ();
 
     fn handle(&mut self, _: FlushNow, ctx: &mut Context<Self>) {
+        self.idle = true;
         if !self.flushing && !self.acc.is_empty() {
             self.flush(ctx);
         }

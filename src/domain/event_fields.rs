@@ -1,0 +1,345 @@
+//! Fields of an input message decoded straight into what the domain keeps, without building a
+//! JSON tree first: `traits` into a list of changes, `tags` into its two lists of names.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
+
+use super::event::{RejectReason, Rejection};
+
+/// `traits` as changes, in the order of the object's keys: a non-null value sets, `null`
+/// removes. A key given twice keeps its first place and its last value, as a JSON object
+/// read into a map would.
+#[derive(Debug, Default)]
+pub struct TraitChanges(pub Vec<(String, Option<Value>)>);
+
+impl<'de> Deserialize<'de> for TraitChanges {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> Visitor<'de> for Visit {
+            type Value = TraitChanges;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TraitChanges, A::Error> {
+                let mut changes: Vec<(String, Option<Value>)> =
+                    Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    let value = map.next_value::<Value>()?;
+                    let value = (!value.is_null()).then_some(value);
+                    changes.push((key.into_owned(), value));
+                }
+                keep_last_per_key(&mut changes);
+                Ok(TraitChanges(changes))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
+}
+
+/// Merges repeated keys: the first place, the last value.
+fn keep_last_per_key(changes: &mut Vec<(String, Option<Value>)>) {
+    if changes.len() < 2 {
+        return;
+    }
+    let mut first: ahash::AHashMap<&str, usize> = ahash::AHashMap::with_capacity(changes.len());
+    let mut moves: Vec<(usize, usize)> = Vec::new();
+    for (i, (key, _)) in changes.iter().enumerate() {
+        match first.get(key.as_str()) {
+            Some(&at) => moves.push((at, i)),
+            None => {
+                first.insert(key.as_str(), i);
+            }
+        }
+    }
+    if moves.is_empty() {
+        return;
+    }
+    let mut repeated = vec![false; changes.len()];
+    for (at, i) in moves {
+        let value = changes[i].1.take();
+        changes[at].1 = value;
+        repeated[i] = true;
+    }
+    let mut i = 0;
+    changes.retain(|_| {
+        i += 1;
+        !repeated[i - 1]
+    });
+}
+
+/// `tags`: an object with optional `add` and `remove` arrays of strings (other keys are
+/// ignored). A `tags` of another shape is not a decoding error but this field's rejection,
+/// reported after the checks of the required fields.
+#[derive(Debug)]
+pub struct Tags(pub Result<(Vec<String>, Vec<String>), Rejection>);
+
+impl Default for Tags {
+    fn default() -> Self {
+        Tags(Ok((Vec::new(), Vec::new())))
+    }
+}
+
+/// What is wrong with one of `tags`' lists (the JSON type found).
+enum PartError {
+    NotArray(&'static str),
+    BadItem(&'static str),
+}
+
+struct Part(Result<Vec<String>, PartError>);
+
+impl<'de> Deserialize<'de> for Tags {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> Visitor<'de> for Visit {
+            type Value = Tags;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Tags, A::Error> {
+                let (mut add, mut remove) = (Part(Ok(Vec::new())), Part(Ok(Vec::new())));
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    match key.as_ref() {
+                        "add" => add = map.next_value()?,
+                        "remove" => remove = map.next_value()?,
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                let part = |name: &str, part: Part| {
+                    part.0.map_err(|e| {
+                        let detail = match e {
+                            PartError::NotArray(t) => {
+                                format!("`tags.{name}` must be an array, got {t}")
+                            }
+                            PartError::BadItem(t) => {
+                                format!("`tags.{name}` must hold strings, got {t}")
+                            }
+                        };
+                        Rejection {
+                            reason: RejectReason::BadField,
+                            detail,
+                        }
+                    })
+                };
+                Ok(Tags(
+                    part("add", add).and_then(|a| Ok((a, part("remove", remove)?))),
+                ))
+            }
+            fn visit_unit<E>(self) -> Result<Tags, E> {
+                Ok(Tags::default())
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Tags, A::Error> {
+                Ok(not_object(drain(seq)?))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Tags, E> {
+                Ok(not_object("a boolean"))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Tags, E> {
+                Ok(not_object("a number"))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Tags, E> {
+                Ok(not_object("a number"))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Tags, E> {
+                Ok(not_object("a number"))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Tags, E> {
+                Ok(not_object("a string"))
+            }
+        }
+        d.deserialize_any(Visit)
+    }
+}
+
+fn not_object(found: &'static str) -> Tags {
+    Tags(Err(Rejection {
+        reason: RejectReason::BadField,
+        detail: format!("`tags` must be an object, got {found}"),
+    }))
+}
+
+/// Skips the rest of an array; "an array".
+fn drain<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<&'static str, A::Error> {
+    while seq.next_element::<IgnoredAny>()?.is_some() {}
+    Ok("an array")
+}
+
+impl<'de> Deserialize<'de> for Part {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> Visitor<'de> for Visit {
+            type Value = Part;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Part, A::Error> {
+                let mut names = Vec::with_capacity(seq.size_hint().unwrap_or(2));
+                let mut bad = None;
+                while let Some(item) = seq.next_element::<Item>()? {
+                    match item.0 {
+                        Ok(name) if bad.is_none() => names.push(name),
+                        Ok(_) => {}
+                        Err(found) => {
+                            bad.get_or_insert(found);
+                        }
+                    }
+                }
+                Ok(Part(match bad {
+                    None => Ok(names),
+                    Some(found) => Err(PartError::BadItem(found)),
+                }))
+            }
+            fn visit_unit<E>(self) -> Result<Part, E> {
+                Ok(Part(Ok(Vec::new())))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Part, A::Error> {
+                Ok(Part(Err(PartError::NotArray(drain_map(map)?))))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Part, E> {
+                Ok(Part(Err(PartError::NotArray("a boolean"))))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Part, E> {
+                Ok(Part(Err(PartError::NotArray("a number"))))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Part, E> {
+                Ok(Part(Err(PartError::NotArray("a number"))))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Part, E> {
+                Ok(Part(Err(PartError::NotArray("a number"))))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Part, E> {
+                Ok(Part(Err(PartError::NotArray("a string"))))
+            }
+        }
+        d.deserialize_any(Visit)
+    }
+}
+
+/// Skips the rest of an object; "an object".
+fn drain_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<&'static str, A::Error> {
+    while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+    Ok("an object")
+}
+
+/// One element of a tag list: its text, or the JSON type it has instead.
+struct Item(Result<String, &'static str>);
+
+impl<'de> Deserialize<'de> for Item {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> Visitor<'de> for Visit {
+            type Value = Item;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Item, E> {
+                Ok(Item(Ok(v.to_string())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Item, E> {
+                Ok(Item(Ok(v)))
+            }
+            fn visit_unit<E>(self) -> Result<Item, E> {
+                Ok(Item(Err("null")))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Item, E> {
+                Ok(Item(Err("a boolean")))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Item, E> {
+                Ok(Item(Err("a number")))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Item, E> {
+                Ok(Item(Err("a number")))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Item, E> {
+                Ok(Item(Err("a number")))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Item, A::Error> {
+                Ok(Item(Err(drain(seq)?)))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Item, A::Error> {
+                Ok(Item(Err(drain_map(map)?)))
+            }
+        }
+        d.deserialize_any(Visit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn traits(json: &str) -> Vec<(String, Option<Value>)> {
+        serde_json::from_str::<TraitChanges>(json).unwrap().0
+    }
+
+    fn tags(json: &str) -> Result<(Vec<String>, Vec<String>), String> {
+        serde_json::from_str::<Tags>(json)
+            .unwrap()
+            .0
+            .map_err(|r| r.detail)
+    }
+
+    #[test]
+    fn traits_read_like_a_map_of_changes() {
+        assert_eq!(
+            traits(r#"{"a":1,"b":null,"c":"x"}"#),
+            vec![
+                ("a".into(), Some(Value::from(1))),
+                ("b".into(), None),
+                ("c".into(), Some(Value::from("x")))
+            ]
+        );
+        // A repeated key: its first place, its last value.
+        assert_eq!(
+            traits(r#"{"a":1,"b":2,"a":null,"c":3,"a":4}"#),
+            vec![
+                ("a".into(), Some(Value::from(4))),
+                ("b".into(), Some(Value::from(2))),
+                ("c".into(), Some(Value::from(3)))
+            ]
+        );
+        assert!(serde_json::from_str::<TraitChanges>("[1]").is_err());
+    }
+
+    #[test]
+    fn tags_name_what_is_wrong() {
+        let ok = |a: &[&str], r: &[&str]| {
+            Ok((
+                a.iter().map(|s| s.to_string()).collect(),
+                r.iter().map(|s| s.to_string()).collect(),
+            ))
+        };
+        assert_eq!(
+            tags(r#"{"add":["a","b"],"remove":["c"]}"#),
+            ok(&["a", "b"], &["c"])
+        );
+        assert_eq!(tags(r#"{"add":null,"x":[1]}"#), ok(&[], &[]));
+        assert_eq!(tags("null"), ok(&[], &[]));
+        assert_eq!(tags(r#"{"add":[1],"add":["z"]}"#), ok(&["z"], &[]));
+        assert_eq!(
+            tags(r#"["a"]"#),
+            Err("`tags` must be an object, got an array".into())
+        );
+        assert_eq!(
+            tags("7"),
+            Err("`tags` must be an object, got a number".into())
+        );
+        assert_eq!(
+            tags(r#"{"add":["a",{"b":1},2]}"#),
+            Err("`tags.add` must hold strings, got an object".into())
+        );
+        assert_eq!(
+            tags(r#"{"add":["a"],"remove":"x"}"#),
+            Err("`tags.remove` must be an array, got a string".into())
+        );
+        assert_eq!(
+            tags(r#"{"add":[null]}"#),
+            Err("`tags.add` must hold strings, got null".into())
+        );
+    }
+}
