@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use herald::domain::campaign::{Channel, TriggeredMessage};
-use herald::domain::event::{decode, Event, EventKind, RejectReason};
+use herald::domain::event::{decode, Event, EventKind, Properties, RejectReason};
 use herald::domain::message::{
     transition, ApplyResult, MessageRecord, MessageStatus, StatusChange, StatusEvent,
 };
@@ -1074,7 +1074,7 @@ fn expected_event(m: &Map<String, Value>) -> Event {
         EventKind::Track {
             event: s("event"),
             properties: match m.get("properties") {
-                Some(Value::Object(p)) if !p.is_empty() => Some(Box::new(p.clone())),
+                Some(Value::Object(p)) if !p.is_empty() => Properties::from_map(p),
                 _ => None,
             },
         }
@@ -1133,7 +1133,7 @@ fn event_to_json(e: &Event, offset_minutes: i32) -> Value {
             m.insert("type".into(), "track".into());
             m.insert("event".into(), event.clone().into());
             if let Some(p) = properties {
-                m.insert("properties".into(), Value::Object((**p).clone()));
+                m.insert("properties".into(), Value::Object(p.to_map()));
             }
         }
         EventKind::Group { group_id, traits } => {

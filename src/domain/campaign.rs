@@ -240,9 +240,10 @@ impl Campaign {
                 return Some(m);
             }
         }
+        let properties = properties.as_ref().map(|p| p.to_map());
         let trigger = TriggerEvent {
             name,
-            properties: properties.as_deref(),
+            properties: properties.as_ref(),
         };
         let rendered = self
             .template

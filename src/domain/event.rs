@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::event_fields::{Tags, TraitChanges};
+pub use super::event_fields::Properties;
 
 /// Maximum length of `messageId` and `userId`, in characters.
 pub const MAX_ID_CHARS: usize = 128;
@@ -41,7 +42,7 @@ pub enum EventKind {
         event: String,
         /// The event's `properties` (templates read them as `event.properties`), when it has
         /// any; not aggregated.
-        properties: Option<Box<Map<String, Value>>>,
+        properties: Option<Properties>,
     },
     /// `group`: the traits of one group the user belongs to (`users.groups.<group_id>`).
     Group {
@@ -142,7 +143,7 @@ struct RawEvent<'a> {
     #[serde(default)]
     tags: Tags,
     #[serde(default)]
-    properties: Option<Map<String, Value>>,
+    properties: Option<Properties>,
     /// Only `context.traits` is read: RudderStack's libraries send an `identify`'s traits there
     /// and not at the top level.
     #[serde(default)]
@@ -408,7 +409,7 @@ fn validate(raw: RawEvent<'_>) -> Result<Event, Rejection> {
             }
             EventKind::Track {
                 event: event.into_owned(),
-                properties: raw.properties.filter(|p| !p.is_empty()).map(Box::new),
+                properties: raw.properties.filter(|p| !p.is_empty()),
             }
         }
         // `name` and `properties` are validated by type only: the view counts, not what.

@@ -1,12 +1,14 @@
 //! Fields of an input message decoded straight into what the domain keeps, without building a
-//! JSON tree first: `traits` into a list of changes, `tags` into its two lists of names.
+//! JSON tree first: `traits` into a list of changes, `tags` into its two lists of names,
+//! `properties` kept as text.
 
 use std::borrow::Cow;
 use std::fmt;
 
 use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
-use serde_json::Value;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
 
 use super::event::{RejectReason, Rejection};
 
@@ -269,6 +271,49 @@ impl<'de> Deserialize<'de> for Item {
     }
 }
 
+/// A track event's `properties`: the JSON text of an object, checked as such while the
+/// message is decoded and parsed only when a template reads it.
+#[derive(Debug, Clone)]
+pub struct Properties(Box<RawValue>);
+
+impl Properties {
+    /// The properties of `map` (tests and other producers of events).
+    pub fn from_map(map: &Map<String, Value>) -> Option<Properties> {
+        serde_json::value::to_raw_value(map).ok().map(Properties)
+    }
+
+    /// The object. Its text was read as a JSON object, so it parses.
+    pub fn to_map(&self) -> Map<String, Value> {
+        serde_json::from_str(self.0.get()).unwrap_or_default()
+    }
+
+    /// `{}`, with any whitespace.
+    pub fn is_empty(&self) -> bool {
+        let text = self.0.get().trim();
+        text.len() >= 2 && text[1..text.len() - 1].trim().is_empty()
+    }
+}
+
+impl PartialEq for Properties {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_map() == other.to_map()
+    }
+}
+
+impl<'de> Deserialize<'de> for Properties {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = Box::<RawValue>::deserialize(d)?;
+        if raw.get().trim_start().starts_with('{') {
+            Ok(Properties(raw))
+        } else {
+            Err(serde::de::Error::invalid_type(
+                serde::de::Unexpected::Other("a JSON value that is not an object"),
+                &"an object",
+            ))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -304,6 +349,21 @@ mod tests {
             ]
         );
         assert!(serde_json::from_str::<TraitChanges>("[1]").is_err());
+    }
+
+    #[test]
+    fn properties_are_an_object_kept_as_text() {
+        let p: Properties = serde_json::from_str(r#"{"n": 1, "a": {"b": [true]}}"#).unwrap();
+        assert!(!p.is_empty());
+        assert_eq!(
+            Value::Object(p.to_map()),
+            serde_json::json!({"n": 1, "a": {"b": [true]}})
+        );
+        assert!(serde_json::from_str::<Properties>(" { \n } ").unwrap().is_empty());
+        for other in ["[1]", "1", r#""x""#, "true"] {
+            assert!(serde_json::from_str::<Properties>(other).is_err(), "{other}");
+        }
+        assert_eq!(Properties::from_map(&p.to_map()), Some(p));
     }
 
     #[test]

@@ -151,6 +151,17 @@ struct Batch {
 }
 
 impl Batch {
+    /// An empty batch with room for as much as `last` held (the next flush is likely as big:
+    /// its lists then do not grow, and reallocate, one doubling at a time).
+    fn sized_like(last: &Batch) -> Batch {
+        Batch {
+            dirty: Vec::with_capacity(last.dirty.len()),
+            messages: Vec::with_capacity(last.messages.len()),
+            applied: Vec::with_capacity(last.applied.len()),
+            ..Batch::default()
+        }
+    }
+
     /// Something was added that needs a write (the flush timer starts).
     fn touch(&mut self) {
         self.since.get_or_insert_with(Instant::now);
@@ -793,7 +804,8 @@ impl UserShard {
         if let Some(t) = self.timer.take() {
             ctx.cancel_future(t);
         }
-        let batch = std::mem::take(&mut self.acc);
+        let next = Batch::sized_like(&self.acc);
+        let batch = std::mem::replace(&mut self.acc, next);
         // The dedup window as stored: what is older than `dedup.window_ms` is dropped.
         let seen_since = self.shared.ports.clock.now_ms() - self.shared.settings.dedup.window_ms;
         let mut snapshots = Vec::with_capacity(batch.dirty.len());
