@@ -10,8 +10,8 @@ use std::fmt;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::event_fields::{Tags, TraitChanges};
 pub use super::event_fields::Properties;
+use super::event_fields::{Tags, TraitChanges};
 
 /// Maximum length of `messageId` and `userId`, in characters.
 pub const MAX_ID_CHARS: usize = 128;
@@ -551,12 +551,9 @@ mod tests {
             e.kind,
             EventKind::Track {
                 event: "signed_up".into(),
-                properties: Some(Box::new(
-                    serde_json::json!({"source": "web"})
-                        .as_object()
-                        .unwrap()
-                        .clone()
-                )),
+                properties: Properties::from_map(
+                    serde_json::json!({"source": "web"}).as_object().unwrap()
+                ),
             }
         );
     }

@@ -359,9 +359,14 @@ mod tests {
             Value::Object(p.to_map()),
             serde_json::json!({"n": 1, "a": {"b": [true]}})
         );
-        assert!(serde_json::from_str::<Properties>(" { \n } ").unwrap().is_empty());
+        assert!(serde_json::from_str::<Properties>(" { \n } ")
+            .unwrap()
+            .is_empty());
         for other in ["[1]", "1", r#""x""#, "true"] {
-            assert!(serde_json::from_str::<Properties>(other).is_err(), "{other}");
+            assert!(
+                serde_json::from_str::<Properties>(other).is_err(),
+                "{other}"
+            );
         }
         assert_eq!(Properties::from_map(&p.to_map()), Some(p));
     }

@@ -17,6 +17,7 @@ pub mod profile;
 pub mod rate_limit;
 pub mod retry;
 pub mod segment;
+mod segment_splice;
 pub mod sendgrid;
 pub mod signature;
 pub mod status_lookup;

@@ -156,6 +156,24 @@ pub fn prepare(
     if body.len() > MAX_REQUEST_BYTES {
         return Err(RequestError::TooLarge(body.len()));
     }
+    if route == Route::Batch {
+        if let Some(request) =
+            super::segment_splice::prepare(body, received_at_ms, max_message_bytes)
+        {
+            return Ok(request);
+        }
+    }
+    prepare_parsed(route, body, received_at_ms, header_key, max_message_bytes)
+}
+
+/// [`prepare`] on the request parsed into a JSON tree: every case.
+fn prepare_parsed(
+    route: Route,
+    body: &[u8],
+    received_at_ms: i64,
+    header_key: Option<&str>,
+    max_message_bytes: usize,
+) -> Result<Request, RequestError> {
     let value: Value =
         serde_json::from_slice(body).map_err(|e| RequestError::NotJson(e.to_string()))?;
     let Value::Object(mut outer) = value else {
@@ -513,6 +531,74 @@ mod tests {
             Err(RequestError::TooLarge(MAX_REQUEST_BYTES + 1))
         );
     }
+
+    /// Both paths' answers, payloads compared as JSON values.
+    fn both(body: &[u8]) -> (Option<Request>, Result<Request, RequestError>) {
+        let fast = super::super::segment_splice::prepare(body, NOW, 1 << 20);
+        (
+            fast,
+            prepare_parsed(Route::Batch, body, NOW, Some("k"), 1 << 20),
+        )
+    }
+
+    fn same(fast: &Request, general: &Request) {
+        assert_eq!(fast.write_key, general.write_key);
+        assert_eq!(fast.messages.len(), general.messages.len());
+        for (f, g) in fast.messages.iter().zip(&general.messages) {
+            assert_eq!(published(f), published(g));
+            assert_eq!((f.index, &f.key, &f.verdict), (g.index, &g.key, &g.verdict));
+        }
+    }
+
+    #[test]
+    fn the_spliced_path_publishes_what_the_general_one_does() {
+        let m = |extra: Value| {
+            let mut m = json!({"type": "track", "messageId": "m-1", "userId": "u",
+                "timestamp": "2026-11-23T09:59:00.000Z", "event": "e"});
+            for (k, v) in extra.as_object().unwrap() {
+                m[k] = v.clone();
+            }
+            m
+        };
+        let spliced = [
+            json!({"batch": [m(json!({}))]}),
+            json!({"batch": [m(json!({"userId": 5, "anonymousId": "a"})), m(json!({"properties": {"x": [1, {"y": null}]}}))], "writeKey": "wk", "sentAt": "x"}),
+            json!({"batch": [m(json!({}))], "context": {"library": {"name": "l"}, "ip": "1.2.3.4"}}),
+            json!({"batch": [m(json!({})), m(json!({"type": "nonsense"})), m(json!({"messageId": 7}))], "context": "not an object"}),
+            json!({"batch": []}),
+        ];
+        for body in spliced {
+            let text = body.to_string();
+            let (fast, general) = both(text.as_bytes());
+            let fast = fast.unwrap_or_else(|| panic!("not spliced: {text}"));
+            same(&fast, &general.unwrap());
+            // Whitespace as sent does not change what is published.
+            let pretty = serde_json::to_string_pretty(&body).unwrap();
+            let (fast, general) = both(pretty.as_bytes());
+            same(&fast.unwrap(), &general.unwrap());
+        }
+        let general_only = [
+            json!({"batch": [m(json!({"messageId": null}))]}),
+            json!({"batch": [m(json!({"timestamp": null}))]}),
+            json!({"batch": [m(json!({"receivedAt": "2020-01-01T00:00:00Z"}))]}),
+            json!({"batch": [m(json!({"writeKey": "w"}))]}),
+            json!({"batch": [m(json!({"context": {"a": 1}}))], "context": {"b": 2}}),
+            json!({"batch": [m(json!({"properties": {"p": "x".repeat(AS_SENT)}}))]}),
+            json!({"batch": ["not an object"]}),
+            json!({"batch": 5}),
+        ];
+        for body in general_only {
+            let text = body.to_string();
+            assert!(both(text.as_bytes()).0.is_none(), "spliced: {text}");
+        }
+        // A key given twice goes the general way too.
+        let twice = r#"{"batch":[{"type":"track","messageId":"a","messageId":"b","userId":"u","timestamp":"2026-11-23T09:59:00Z","event":"e"}]}"#;
+        assert!(both(twice.as_bytes()).0.is_none());
+        assert!(prepare(Route::Batch, twice.as_bytes(), NOW, Some("k"), 1 << 20).is_ok());
+    }
+
+    /// Bigger than the spliced path takes.
+    const AS_SENT: usize = MAX_MESSAGE_BYTES / 5;
 
     #[test]
     fn malformed_requests() {
