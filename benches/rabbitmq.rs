@@ -116,7 +116,6 @@ async fn consume_all(exchange: &str, total: usize) -> f64 {
 }
 
 fn main() {
-    herald::allocator::tune();
     let events = env_u64("HERALD_BENCH_EVENTS", 100_000);
     let users = env_u64("HERALD_BENCH_USERS", 10_000);
     let nanos = SystemTime::now()

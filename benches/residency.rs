@@ -273,7 +273,6 @@ fn run_child(users: usize, max_resident: usize) -> (f64, f64) {
 }
 
 fn main() {
-    herald::allocator::tune();
     if let Ok(spec) = std::env::var("HERALD_RESIDENCY_CHILD") {
         let (users, max) = spec.split_once(',').expect("users,max_resident");
         child(users.parse().unwrap(), max.parse().unwrap());

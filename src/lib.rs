@@ -3,7 +3,6 @@
 
 pub mod actors;
 pub mod adapters;
-pub mod allocator;
 pub mod config;
 pub mod demo;
 pub mod domain;

@@ -152,7 +152,6 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    herald::allocator::tune();
     // rustls is linked in with two crypto providers (ring and aws-lc-rs, through different
     // dependencies), so clients that take the process default (Redis' rediss://) need one
     // chosen; an error means one is installed already.
