@@ -47,6 +47,14 @@ fn keep_last_per_key(changes: &mut Vec<(String, Option<Value>)>) {
     if changes.len() < 2 {
         return;
     }
+    if changes.len() <= 16 {
+        // The usual handful of traits: a scan, no map.
+        let repeated =
+            (1..changes.len()).any(|i| changes[..i].iter().any(|(k, _)| *k == changes[i].0));
+        if !repeated {
+            return;
+        }
+    }
     let mut first: ahash::AHashMap<&str, usize> = ahash::AHashMap::with_capacity(changes.len());
     let mut moves: Vec<(usize, usize)> = Vec::new();
     for (i, (key, _)) in changes.iter().enumerate() {
