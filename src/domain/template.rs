@@ -151,6 +151,7 @@ pub struct TriggerEvent<'a> {
 
 impl Template {
     pub fn parse(text: &str) -> Result<Template, TemplateError> {
+        check_integer_literals(text)?;
         let liquid = quote_trait_names(text);
         let elements = liquid_core::parser::parse(&liquid, &LANGUAGE)
             .map_err(|e| TemplateError(e.to_string().trim().to_string()))?;
@@ -269,6 +270,94 @@ fn quote_trait_names(text: &str) -> std::borrow::Cow<'_, str> {
     }
     out.push_str(rest);
     std::borrow::Cow::Owned(out)
+}
+
+/// Refuses an integer literal inside `{{ }}` or `{% %}` that does not fit 64 bits: the `liquid`
+/// parser reads its integers with an `expect`, so `{{ 99999999999999999999 }}` would panic
+/// inside it instead of failing to compile. Quoted strings are skipped; digits that continue
+/// a name (`a1`), a path (`x.123`) or a float (`1.5`) are not integer literals.
+fn check_integer_literals(text: &str) -> Result<(), TemplateError> {
+    let mut rest = text;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let close = match after.as_bytes().first() {
+            Some(b'{') => "}}",
+            Some(b'%') => "%}",
+            _ => {
+                rest = after;
+                continue;
+            }
+        };
+        let body = &after[1..];
+        let end = find_markup_end(body, close).unwrap_or(body.len());
+        check_markup(&body[..end])?;
+        rest = &body[end..];
+    }
+    Ok(())
+}
+
+/// Where a markup's closing delimiter is, skipping quoted strings (as Liquid's lexer does).
+fn find_markup_end(body: &str, close: &str) -> Option<usize> {
+    let bytes = body.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            q @ (b'"' | b'\'') => match body[i + 1..].find(q as char) {
+                Some(n) => i += n + 2,
+                None => return None,
+            },
+            _ if bytes[i..].starts_with(close.as_bytes()) => return Some(i),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+fn check_markup(markup: &str) -> Result<(), TemplateError> {
+    let bytes = markup.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'"' || b == b'\'' {
+            i += markup[i + 1..]
+                .find(b as char)
+                .map_or(bytes.len(), |n| n + 2);
+            continue;
+        }
+        if !b.is_ascii_digit() {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < bytes.len() && bytes[i].is_ascii_digit() {
+            i += 1;
+        }
+        let before = start.checked_sub(1).map(|j| bytes[j]);
+        let continues_a_word = before.is_some_and(|c| {
+            c.is_ascii_alphanumeric()
+                || c == b'_'
+                || c == b'.'
+                || c == b'-' && start >= 2 && {
+                    let c2 = bytes[start - 2];
+                    c2.is_ascii_alphanumeric() || c2 == b'_'
+                }
+        });
+        let is_float =
+            bytes.get(i) == Some(&b'.') && bytes.get(i + 1).is_some_and(u8::is_ascii_digit);
+        if continues_a_word || is_float {
+            continue;
+        }
+        let signed = match before {
+            Some(b'-') => &markup[start - 1..i],
+            _ => &markup[start..i],
+        };
+        if signed.parse::<i64>().is_err() {
+            return Err(TemplateError(format!(
+                "the integer {signed} does not fit 64 bits (write it as a string or a float)"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn is_liquid_identifier(s: &str) -> bool {
@@ -395,6 +484,29 @@ mod tests {
             .unwrap(),
             "Hi Ada (u-1) 3"
         );
+    }
+
+    #[test]
+    fn an_integer_literal_past_64_bits_is_a_compile_error_not_a_panic() {
+        for t in [
+            "{{ 444444444444444444444444444444444444444444444444444444444444444444444 }}",
+            "{{ traits.n | plus: 9223372036854775808 }}",
+            "{% if traits.n > -9223372036854775809 %}x{% endif %}",
+            "{{ traits.list[99999999999999999999] }}",
+        ] {
+            let e = Template::parse(t).unwrap_err();
+            assert!(e.0.contains("does not fit 64 bits"), "{t}: {e}");
+        }
+        // Still integers, floats, names, paths and strings, and text outside the markup.
+        for t in [
+            "{{ traits.n | plus: 9223372036854775807 }}{{ -9223372036854775808 }}",
+            "{{ 99999999999999999999.5 }}{{ 1.99999999999999999999 }}",
+            "{{ traits.a99999999999999999999 }}{{ traits.x-99999999999999999999 }}",
+            "{{ \"99999999999999999999\" }}{% if traits.s == '99999999999999999999' %}{% endif %}",
+            "99999999999999999999 {{ userId }} 99999999999999999999",
+        ] {
+            Template::parse(t).unwrap_or_else(|e| panic!("{t}: {e}"));
+        }
     }
 
     #[test]
