@@ -313,8 +313,17 @@ fn find_markup_end(body: &str, close: &str) -> Option<usize> {
     None
 }
 
+/// Reads a markup's tokens as Liquid's grammar does (strings, names, numbers, the rest one
+/// character at a time) and checks each integer.
 fn check_markup(markup: &str) -> Result<(), TemplateError> {
     let bytes = markup.as_bytes();
+    let digit_at = |i: usize| bytes.get(i).is_some_and(u8::is_ascii_digit);
+    let digits_from = |mut i: usize| {
+        while digit_at(i) {
+            i += 1;
+        }
+        i
+    };
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
@@ -322,39 +331,31 @@ fn check_markup(markup: &str) -> Result<(), TemplateError> {
             i += markup[i + 1..]
                 .find(b as char)
                 .map_or(bytes.len(), |n| n + 2);
-            continue;
-        }
-        if !b.is_ascii_digit() {
+        } else if b.is_ascii_digit() || (b == b'-' || b == b'+') && digit_at(i + 1) {
+            // A literal: `[+-]digits` is an integer, `[+-]digits.digits` a float.
+            let start = i;
+            let end = digits_from(i + 1);
+            if bytes.get(end) == Some(&b'.') && digit_at(end + 1) {
+                i = digits_from(end + 1);
+                continue;
+            }
+            i = end;
+            let literal = &markup[start..end];
+            if literal.parse::<i64>().is_err() {
+                return Err(TemplateError(format!(
+                    "the integer {literal} does not fit 64 bits (write it as a string or a float)"
+                )));
+            }
+        } else if b.is_ascii_alphabetic() || b == b'_' || b == b'-' {
+            // A name: letters, digits, `_` and `-` (`a1`, `x-99` are names, not numbers).
             i += 1;
-            continue;
-        }
-        let start = i;
-        while i < bytes.len() && bytes[i].is_ascii_digit() {
+            while i < bytes.len()
+                && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_' || bytes[i] == b'-')
+            {
+                i += 1;
+            }
+        } else {
             i += 1;
-        }
-        let before = start.checked_sub(1).map(|j| bytes[j]);
-        let continues_a_word = before.is_some_and(|c| {
-            c.is_ascii_alphanumeric()
-                || c == b'_'
-                || c == b'.'
-                || c == b'-' && start >= 2 && {
-                    let c2 = bytes[start - 2];
-                    c2.is_ascii_alphanumeric() || c2 == b'_'
-                }
-        });
-        let is_float =
-            bytes.get(i) == Some(&b'.') && bytes.get(i + 1).is_some_and(u8::is_ascii_digit);
-        if continues_a_word || is_float {
-            continue;
-        }
-        let signed = match before {
-            Some(b'-') => &markup[start - 1..i],
-            _ => &markup[start..i],
-        };
-        if signed.parse::<i64>().is_err() {
-            return Err(TemplateError(format!(
-                "the integer {signed} does not fit 64 bits (write it as a string or a float)"
-            )));
         }
     }
     Ok(())
@@ -493,6 +494,8 @@ mod tests {
             "{{ traits.n | plus: 9223372036854775808 }}",
             "{% if traits.n > -9223372036854775809 %}x{% endif %}",
             "{{ traits.list[99999999999999999999] }}",
+            "{% for i in (1..99999999999999999999) %}{% endfor %}",
+            "{{ +9223372036854775808 }}",
         ] {
             let e = Template::parse(t).unwrap_err();
             assert!(e.0.contains("does not fit 64 bits"), "{t}: {e}");
@@ -502,6 +505,7 @@ mod tests {
             "{{ traits.n | plus: 9223372036854775807 }}{{ -9223372036854775808 }}",
             "{{ 99999999999999999999.5 }}{{ 1.99999999999999999999 }}",
             "{{ traits.a99999999999999999999 }}{{ traits.x-99999999999999999999 }}",
+            "{{ traits.a--99999999999999999999 }}{% for i in (1..3) %}{% endfor %}",
             "{{ \"99999999999999999999\" }}{% if traits.s == '99999999999999999999' %}{% endif %}",
             "99999999999999999999 {{ userId }} 99999999999999999999",
         ] {
