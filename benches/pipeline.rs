@@ -25,6 +25,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
 }
 
 fn main() {
+    herald::huge_pages::disable().expect("transparent huge pages off");
     let events = env_u64("HERALD_BENCH_EVENTS", 1_000_000);
     let users = env_u64("HERALD_BENCH_USERS", 100_000);
     let visitors: f64 = std::env::var("HERALD_BENCH_VISITORS")

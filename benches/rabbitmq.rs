@@ -116,6 +116,7 @@ async fn consume_all(exchange: &str, total: usize) -> f64 {
 }
 
 fn main() {
+    herald::huge_pages::disable().expect("transparent huge pages off");
     let events = env_u64("HERALD_BENCH_EVENTS", 100_000);
     let users = env_u64("HERALD_BENCH_USERS", 10_000);
     let nanos = SystemTime::now()

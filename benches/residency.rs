@@ -273,6 +273,7 @@ fn run_child(users: usize, max_resident: usize) -> (f64, f64) {
 }
 
 fn main() {
+    herald::huge_pages::disable().expect("transparent huge pages off");
     if let Ok(spec) = std::env::var("HERALD_RESIDENCY_CHILD") {
         let (users, max) = spec.split_once(',').expect("users,max_resident");
         child(users.parse().unwrap(), max.parse().unwrap());

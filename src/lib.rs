@@ -8,6 +8,7 @@ pub mod demo;
 pub mod domain;
 pub mod embedded;
 pub mod feed_setup;
+pub mod huge_pages;
 pub mod ports;
 pub mod produce;
 pub mod produce_http;

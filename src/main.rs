@@ -152,11 +152,16 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    // Before anything grows the heap (see `huge_pages`); failing is not fatal.
+    let thp = herald::huge_pages::disable();
     // rustls is linked in with two crypto providers (ring and aws-lc-rs, through different
     // dependencies), so clients that take the process default (Redis' rediss://) need one
     // chosen; an error means one is installed already.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
+    if let Err(e) = thp {
+        eprintln!("herald: transparent huge pages stay on for this process: {e}");
+    }
     match cli.command {
         Command::Demo {
             events,
