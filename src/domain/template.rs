@@ -290,7 +290,16 @@ fn check_integer_literals(text: &str) -> Result<(), TemplateError> {
         };
         let body = &after[1..];
         let end = find_markup_end(body, close).unwrap_or(body.len());
-        check_markup(&body[..end])?;
+        if let Some((at, literal)) = oversized_integer(&body[..end]) {
+            let offset = text.len() - body.len() + at;
+            let before = &text[..offset];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            return Err(TemplateError(format!(
+                "line {line}, column {column}: the integer {literal} does not fit 64 bits \
+                 (write it as a string or a float)"
+            )));
+        }
         rest = &body[end..];
     }
     Ok(())
@@ -314,8 +323,8 @@ fn find_markup_end(body: &str, close: &str) -> Option<usize> {
 }
 
 /// Reads a markup's tokens as Liquid's grammar does (strings, names, numbers, the rest one
-/// character at a time) and checks each integer.
-fn check_markup(markup: &str) -> Result<(), TemplateError> {
+/// character at a time): the first integer that does not fit an `i64`, with its offset.
+fn oversized_integer(markup: &str) -> Option<(usize, &str)> {
     let bytes = markup.as_bytes();
     let digit_at = |i: usize| bytes.get(i).is_some_and(u8::is_ascii_digit);
     let digits_from = |mut i: usize| {
@@ -342,9 +351,7 @@ fn check_markup(markup: &str) -> Result<(), TemplateError> {
             i = end;
             let literal = &markup[start..end];
             if literal.parse::<i64>().is_err() {
-                return Err(TemplateError(format!(
-                    "the integer {literal} does not fit 64 bits (write it as a string or a float)"
-                )));
+                return Some((start, literal));
             }
         } else if b.is_ascii_alphabetic() || b == b'_' || b == b'-' {
             // A name: letters, digits, `_` and `-` (`a1`, `x-99` are names, not numbers).
@@ -358,7 +365,7 @@ fn check_markup(markup: &str) -> Result<(), TemplateError> {
             i += 1;
         }
     }
-    Ok(())
+    None
 }
 
 fn is_liquid_identifier(s: &str) -> bool {
@@ -500,6 +507,13 @@ mod tests {
             let e = Template::parse(t).unwrap_err();
             assert!(e.0.contains("does not fit 64 bits"), "{t}: {e}");
         }
+        assert_eq!(
+            Template::parse("Hi\n  {{ traits.n | plus: 99999999999999999999 }}")
+                .unwrap_err()
+                .0,
+            "line 2, column 23: the integer 99999999999999999999 does not fit 64 bits \
+             (write it as a string or a float)"
+        );
         // Still integers, floats, names, paths and strings, and text outside the markup.
         for t in [
             "{{ traits.n | plus: 9223372036854775807 }}{{ -9223372036854775808 }}",
