@@ -13,6 +13,7 @@ use herald::domain::message::{
 };
 use herald::domain::retry::{RetryDecision, RetryPolicy};
 use herald::domain::template::Template;
+use herald::domain::trait_value::TraitValue;
 use herald::domain::user::{
     sequential_replay, ApplyOutcome, DedupLimits, Position, UserProfile, UserState,
 };
@@ -148,7 +149,7 @@ fn kind_strategy() -> impl Strategy<Value = EventKind> {
             .prop_map(|(traits, tags_add, tags_remove)| EventKind::Identify {
                 traits: traits
                     .into_iter()
-                    .map(|(k, v)| (k.to_string(), v))
+                    .map(|(k, v)| (k.to_string(), v.map(TraitValue::from)))
                     .collect(),
                 tags_add,
                 tags_remove,
@@ -165,7 +166,7 @@ fn kind_strategy() -> impl Strategy<Value = EventKind> {
                 group_id: group_id.to_string(),
                 traits: traits
                     .into_iter()
-                    .map(|(k, v)| (k.to_string(), if v.is_null() { None } else { Some(v) }))
+                    .map(|(k, v)| (k.to_string(), (!v.is_null()).then(|| TraitValue::from(v))))
                     .collect(),
             }),
     ]
@@ -345,6 +346,26 @@ impl Pipeline {
 
 proptest! {
     #![proptest_config(config(256))]
+
+    /// A resident trait value reads, writes and compares as the JSON value it came from:
+    /// decoded from text or converted from a tree, it is the same value, gives the tree back
+    /// and serialises to the same text (strings on both sides of the inline limit).
+    #[test]
+    fn compact_trait_values_are_json_values(
+        value in prop_oneof![json_value(), "(?s).{0,30}".prop_map(Value::String)],
+        other in json_value(),
+    ) {
+        let text = serde_json::to_string(&value).unwrap();
+        let decoded: TraitValue = serde_json::from_str(&text).unwrap();
+        prop_assert_eq!(&decoded, &TraitValue::from(&value));
+        prop_assert_eq!(decoded.to_value(), value.clone());
+        prop_assert_eq!(serde_json::to_string(&decoded).unwrap(), text);
+        prop_assert_eq!(
+            TraitValue::from(&value) == TraitValue::from(&other),
+            value == other,
+            "equality agrees with the tree's"
+        );
+    }
 
     /// Property 1: per-user application with increasing positions equals the reference replay,
     /// and each event is applied exactly when its (user, messageId) is new.
@@ -1082,7 +1103,7 @@ fn expected_event(m: &Map<String, Value>) -> Event {
         let traits = match non_null(m, "traits") {
             Some(Value::Object(t)) => t
                 .iter()
-                .map(|(k, v)| (k.clone(), if v.is_null() { None } else { Some(v.clone()) }))
+                .map(|(k, v)| (k.clone(), (!v.is_null()).then(|| TraitValue::from(v))))
                 .collect(),
             _ => Vec::new(),
         };
@@ -1121,7 +1142,12 @@ fn event_to_json(e: &Event, offset_minutes: i32) -> Value {
             m.insert("type".into(), "identify".into());
             let t: Map<String, Value> = traits
                 .iter()
-                .map(|(k, v)| (k.clone(), v.clone().unwrap_or(Value::Null)))
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        v.as_ref().map_or(Value::Null, TraitValue::to_value),
+                    )
+                })
                 .collect();
             m.insert("traits".into(), Value::Object(t));
             m.insert(
@@ -1141,7 +1167,12 @@ fn event_to_json(e: &Event, offset_minutes: i32) -> Value {
             m.insert("groupId".into(), group_id.clone().into());
             let t: Map<String, Value> = traits
                 .iter()
-                .map(|(k, v)| (k.clone(), v.clone().unwrap_or(Value::Null)))
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        v.as_ref().map_or(Value::Null, TraitValue::to_value),
+                    )
+                })
                 .collect();
             m.insert("traits".into(), Value::Object(t));
         }
@@ -1163,7 +1194,7 @@ fn valid_event() -> impl Strategy<Value = Event> {
             .prop_map(|(traits, tags_add, tags_remove)| EventKind::Identify {
                 traits: traits
                     .into_iter()
-                    .map(|(k, v)| (k, if v.is_null() { None } else { Some(v) }))
+                    .map(|(k, v)| (k, (!v.is_null()).then(|| TraitValue::from(v))))
                     .collect(),
                 tags_add,
                 tags_remove,
@@ -1458,7 +1489,7 @@ fn floats_survive_json() {
         panic!("not identify");
     };
     assert_eq!(
-        traits[0].1.as_ref().and_then(Value::as_f64),
+        traits[0].1.as_ref().and_then(|v| v.to_value().as_f64()),
         Some(exact),
         "decode"
     );
@@ -1466,7 +1497,10 @@ fn floats_survive_json() {
     let mut state = UserState::new();
     let mut event = event.clone();
     event.kind = EventKind::Identify {
-        traits: vec![("x".into(), Number::from_f64(exact).map(Value::Number))],
+        traits: vec![(
+            "x".into(),
+            Number::from_f64(exact).map(|n| TraitValue::from(Value::Number(n))),
+        )],
         tags_add: vec![],
         tags_remove: vec![],
     };
@@ -1538,7 +1572,10 @@ fn small_profile() -> impl Strategy<Value = herald::domain::profile::Profile> {
             .prop_map(|(traits, add, remove)| EventKind::Identify {
                 traits: traits
                     .into_iter()
-                    .map(|(k, v)| (k.to_string(), (v > 0).then(|| Value::from(v))))
+                    .map(|(k, v)| (
+                        k.to_string(),
+                        (v > 0).then(|| TraitValue::from(Value::from(v)))
+                    ))
                     .collect(),
                 tags_add: add.into_iter().map(String::from).collect(),
                 tags_remove: remove.into_iter().map(String::from).collect(),
@@ -1550,7 +1587,10 @@ fn small_profile() -> impl Strategy<Value = herald::domain::profile::Profile> {
         (select(vec!["g", "h"]), select(vec!["a", "b"]), 0i64..3).prop_map(|(g, k, v)| {
             EventKind::Group {
                 group_id: g.to_string(),
-                traits: vec![(k.to_string(), (v > 0).then(|| Value::from(v)))],
+                traits: vec![(
+                    k.to_string(),
+                    (v > 0).then(|| TraitValue::from(Value::from(v))),
+                )],
             }
         }),
     ];

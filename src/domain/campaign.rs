@@ -201,7 +201,7 @@ impl Campaign {
         }
         let address = profile
             .trait_value(self.channel.address_trait())
-            .and_then(address_text);
+            .and_then(|v| address_text(&v));
         let mut m = TriggeredMessage {
             id: message_id(&self.id, &event.message_id),
             user_id: event.user_id.clone(),
@@ -219,7 +219,7 @@ impl Campaign {
         let unmet = self
             .when_traits
             .iter()
-            .find(|(k, want)| profile.trait_value(k) != Some(want));
+            .find(|(k, want)| profile.trait_value(k).as_deref() != Some(want));
         if let Some((k, want)) = unmet {
             m.skipped = Some(format!("when_traits not met: traits.{k} is not {want}"));
             return Some(m);

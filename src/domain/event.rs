@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 
 pub use super::event_fields::Properties;
 use super::event_fields::{Tags, TraitChanges};
+use super::trait_value::TraitValue;
 
 /// Maximum length of `messageId` and `userId`, in characters.
 pub const MAX_ID_CHARS: usize = 128;
@@ -33,7 +34,7 @@ pub struct Event {
 pub enum EventKind {
     Identify {
         /// `Some(v)` sets the trait, `None` (JSON null) removes it.
-        traits: Vec<(String, Option<Value>)>,
+        traits: Vec<(String, Option<TraitValue>)>,
         tags_add: Vec<String>,
         tags_remove: Vec<String>,
     },
@@ -48,7 +49,7 @@ pub enum EventKind {
     Group {
         group_id: String,
         /// `Some(v)` sets the group trait, `None` (JSON null) removes it.
-        traits: Vec<(String, Option<Value>)>,
+        traits: Vec<(String, Option<TraitValue>)>,
     },
     /// `alias`: the profile of `previous_id` is merged into this user's (ARCHITECTURE.md,
     /// "Identity merge"); it changes no profile by itself.
@@ -447,11 +448,11 @@ fn validate(raw: RawEvent<'_>) -> Result<Event, Rejection> {
 }
 
 /// `traits` as changes: a non-null value sets, `null` removes.
-fn trait_changes(traits: Option<Map<String, Value>>) -> Vec<(String, Option<Value>)> {
+fn trait_changes(traits: Option<Map<String, Value>>) -> Vec<(String, Option<TraitValue>)> {
     traits
         .unwrap_or_default()
         .into_iter()
-        .map(|(k, v)| (k, if v.is_null() { None } else { Some(v) }))
+        .map(|(k, v)| (k, (!v.is_null()).then(|| TraitValue::from(v))))
         .collect()
 }
 
@@ -489,12 +490,15 @@ mod tests {
         let t = traits_of(format!(
             r#"{{{at},"type":"identify","context":{{"library":{{"name":"x"}},"traits":{{"plan":"pro"}}}}}}"#
         ));
-        assert_eq!(t, vec![("plan".to_string(), Some(Value::from("pro")))]);
+        assert_eq!(
+            t,
+            vec![("plan".to_string(), Some(TraitValue::string("pro")))]
+        );
         // Top-level traits win; context.traits is then not applied.
         let t = traits_of(format!(
             r#"{{{at},"type":"identify","traits":{{"a":1}},"context":{{"traits":{{"b":2}}}}}}"#
         ));
-        assert_eq!(t, vec![("a".to_string(), Some(Value::from(1)))]);
+        assert_eq!(t, vec![("a".to_string(), Some(TraitValue::PosInt(1)))]);
         // A context of any other shape is ignored, never a rejection.
         for context in [r#""text""#, "[1,2]", "null", "7", r#"{"traits":[1]}"#] {
             let t = traits_of(format!(r#"{{{at},"type":"identify","context":{context}}}"#));
@@ -529,7 +533,7 @@ mod tests {
                 assert!(traits.contains(&("plan".to_string(), None)));
                 assert!(traits.contains(&(
                     "email".to_string(),
-                    Some(Value::String("a@example.com".into()))
+                    Some(TraitValue::string("a@example.com"))
                 )));
                 assert_eq!(tags_add, vec!["vip"]);
                 assert_eq!(tags_remove, vec!["trial"]);
@@ -649,7 +653,7 @@ mod tests {
             EventKind::Group {
                 group_id: "g-1".into(),
                 traits: vec![
-                    ("name".into(), Some(Value::from("Acme"))),
+                    ("name".into(), Some(TraitValue::string("Acme"))),
                     ("plan".into(), None)
                 ],
             }

@@ -11,12 +11,13 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::event::{RejectReason, Rejection};
+use super::trait_value::TraitValue;
 
 /// `traits` as changes, in the order of the object's keys: a non-null value sets, `null`
 /// removes. A key given twice keeps its first place and its last value, as a JSON object
 /// read into a map would.
 #[derive(Debug, Default)]
-pub struct TraitChanges(pub Vec<(String, Option<Value>)>);
+pub struct TraitChanges(pub Vec<(String, Option<TraitValue>)>);
 
 impl<'de> Deserialize<'de> for TraitChanges {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -27,10 +28,10 @@ impl<'de> Deserialize<'de> for TraitChanges {
                 f.write_str("an object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TraitChanges, A::Error> {
-                let mut changes: Vec<(String, Option<Value>)> =
+                let mut changes: Vec<(String, Option<TraitValue>)> =
                     Vec::with_capacity(map.size_hint().unwrap_or(8));
                 while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                    let value = map.next_value::<Value>()?;
+                    let value = map.next_value::<TraitValue>()?;
                     let value = (!value.is_null()).then_some(value);
                     changes.push((key.into_owned(), value));
                 }
@@ -43,7 +44,7 @@ impl<'de> Deserialize<'de> for TraitChanges {
 }
 
 /// Merges repeated keys: the first place, the last value.
-fn keep_last_per_key(changes: &mut Vec<(String, Option<Value>)>) {
+fn keep_last_per_key(changes: &mut Vec<(String, Option<TraitValue>)>) {
     if changes.len() < 2 {
         return;
     }
@@ -326,7 +327,7 @@ impl<'de> Deserialize<'de> for Properties {
 mod tests {
     use super::*;
 
-    fn traits(json: &str) -> Vec<(String, Option<Value>)> {
+    fn traits(json: &str) -> Vec<(String, Option<TraitValue>)> {
         serde_json::from_str::<TraitChanges>(json).unwrap().0
     }
 
@@ -342,18 +343,18 @@ mod tests {
         assert_eq!(
             traits(r#"{"a":1,"b":null,"c":"x"}"#),
             vec![
-                ("a".into(), Some(Value::from(1))),
+                ("a".into(), Some(TraitValue::from(Value::from(1)))),
                 ("b".into(), None),
-                ("c".into(), Some(Value::from("x")))
+                ("c".into(), Some(TraitValue::from(Value::from("x"))))
             ]
         );
         // A repeated key: its first place, its last value.
         assert_eq!(
             traits(r#"{"a":1,"b":2,"a":null,"c":3,"a":4}"#),
             vec![
-                ("a".into(), Some(Value::from(4))),
-                ("b".into(), Some(Value::from(2))),
-                ("c".into(), Some(Value::from(3)))
+                ("a".into(), Some(TraitValue::from(Value::from(4)))),
+                ("b".into(), Some(TraitValue::from(Value::from(2)))),
+                ("c".into(), Some(TraitValue::from(Value::from(3))))
             ]
         );
         assert!(serde_json::from_str::<TraitChanges>("[1]").is_err());

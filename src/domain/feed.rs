@@ -29,8 +29,12 @@ pub fn user_json(
             o.insert("merged_into".into(), json!(into));
         }
         None => {
-            let traits = |t: &super::profile::NameMap<Value>| -> Value {
-                Value::Object(t.iter().map(|(k, v)| (k.to_string(), v.clone())).collect())
+            let traits = |t: &super::profile::NameMap<super::trait_value::TraitValue>| -> Value {
+                Value::Object(
+                    t.iter()
+                        .map(|(k, v)| (k.to_string(), v.to_value()))
+                        .collect(),
+                )
             };
             let events: Map<String, Value> = profile
                 .events
@@ -154,12 +158,13 @@ pub fn state_at(record: &MessageRecord, seq: usize) -> MessageRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::trait_value::TraitValue;
     use crate::domain::user_profile::EventStats;
 
     #[test]
     fn a_user_reads_as_its_document_with_dates_in_rfc3339_and_its_version() {
         let mut p = Profile::default();
-        p.traits.insert("plan", json!("pro"));
+        p.traits.insert("plan", TraitValue::string("pro"));
         p.tags.insert("vip");
         p.event_count = 2;
         p.events.insert(

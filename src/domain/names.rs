@@ -1,16 +1,18 @@
 //! Interned names: trait keys, tag values and event names repeat across millions of users, so
-//! a resident user holds a shared `Arc<str>` (16 bytes) per name instead of its own string.
+//! a resident user holds a shared [`ThinStr`] (8 bytes) per name instead of its own string.
 //!
 //! The table is bounded ([`MAX_INTERNED`]): beyond it a name is still correct, just not shared,
 //! so a stream of unbounded distinct names cannot grow this table without limit.
 
 use std::cell::RefCell;
 use std::collections::HashSet;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use parking_lot::RwLock;
 
-pub type Name = Arc<str>;
+use super::thin_str::ThinStr;
+
+pub type Name = ThinStr;
 
 /// Most names shared process-wide.
 pub const MAX_INTERNED: usize = 100_000;
@@ -42,7 +44,7 @@ pub fn intern(s: &str) -> Name {
             match write.get(s) {
                 Some(n) => n.clone(),
                 None => {
-                    let n: Name = Arc::from(s);
+                    let n = Name::new(s);
                     if write.len() < MAX_INTERNED {
                         write.insert(n.clone());
                     }
@@ -68,9 +70,9 @@ mod tests {
     fn equal_names_share_one_allocation() {
         let a = intern("plan");
         let b = intern("plan");
-        assert!(Arc::ptr_eq(&a, &b));
+        assert!(Name::ptr_eq(&a, &b));
         let c = std::thread::spawn(|| intern("plan")).join().unwrap();
-        assert!(Arc::ptr_eq(&a, &c));
+        assert!(Name::ptr_eq(&a, &c));
         assert_eq!(&*intern("other"), "other");
     }
 }

@@ -70,8 +70,7 @@ pub struct QuietHours {
 pub fn time_zone(profile: &impl TraitLookup, default: Tz) -> Tz {
     profile
         .trait_value("timezone")
-        .and_then(Value::as_str)
-        .and_then(|name| name.parse::<Tz>().ok())
+        .and_then(|v| v.as_str().and_then(|name| name.parse::<Tz>().ok()))
         .unwrap_or(default)
 }
 
@@ -249,8 +248,8 @@ mod tests {
 
     struct Traits(BTreeMap<String, Value>);
     impl TraitLookup for Traits {
-        fn trait_value(&self, key: &str) -> Option<&Value> {
-            self.0.get(key)
+        fn trait_value(&self, key: &str) -> Option<std::borrow::Cow<'_, Value>> {
+            self.0.get(key).map(std::borrow::Cow::Borrowed)
         }
         fn each_trait(&self, f: &mut dyn FnMut(&str, &Value)) {
             for (k, v) in &self.0 {

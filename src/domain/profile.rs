@@ -2,6 +2,7 @@
 //! B-tree maps of owned strings (a B-tree node is ~0.5 KB; five traits in a `Vec` are 240 B).
 //! It serialises to the same JSON shape as [`UserProfile`], the document view.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use serde_json::Value;
 
 use super::event::{Event, EventKind};
 use super::names::{intern, Name};
+use super::trait_value::TraitValue;
 use super::user_profile::{EventStats, TraitLookup, UserProfile};
 
 /// A map from names to values, sorted by name, copied on write: a profile's snapshot shares
@@ -240,7 +242,7 @@ impl<'de> Deserialize<'de> for NameSet {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Profile {
     #[serde(default)]
-    pub traits: NameMap<Value>,
+    pub traits: NameMap<TraitValue>,
     #[serde(default)]
     pub tags: NameSet,
     #[serde(default)]
@@ -253,7 +255,7 @@ pub struct Profile {
     pub last_seen: Option<i64>,
     /// Group id → that group's traits.
     #[serde(default, skip_serializing_if = "NameMap::is_empty")]
-    pub groups: NameMap<NameMap<Value>>,
+    pub groups: NameMap<NameMap<TraitValue>>,
 }
 
 /// Most bytes one applied event adds to a profile's JSON beyond what [`growth_bound`] counts
@@ -358,7 +360,7 @@ impl Profile {
             traits: self
                 .traits
                 .iter()
-                .map(|(k, v)| (k.to_string(), v.clone()))
+                .map(|(k, v)| (k.to_string(), v.to_value()))
                 .collect(),
             tags: self.tags.iter().map(str::to_string).collect(),
             event_count: self.event_count,
@@ -373,7 +375,7 @@ impl Profile {
                 .groups
                 .iter()
                 .map(|(id, traits)| {
-                    let traits = traits.iter().map(|(k, v)| (k.to_string(), v.clone()));
+                    let traits = traits.iter().map(|(k, v)| (k.to_string(), v.to_value()));
                     (id.to_string(), traits.collect())
                 })
                 .collect(),
@@ -388,7 +390,7 @@ impl Profile {
             ..Profile::default()
         };
         for (k, v) in &view.traits {
-            p.traits.insert(k, v.clone());
+            p.traits.insert(k, TraitValue::from(v));
         }
         for t in &view.tags {
             p.tags.insert(t);
@@ -399,7 +401,7 @@ impl Profile {
         for (id, traits) in &view.groups {
             let mut group = NameMap::default();
             for (k, v) in traits {
-                group.insert(k, v.clone());
+                group.insert(k, TraitValue::from(v));
             }
             p.groups.insert(id, group);
         }
@@ -408,15 +410,9 @@ impl Profile {
 
     /// Heap bytes of this profile (trait string values approximated by their length).
     pub fn heap_bytes(&self) -> usize {
-        fn traits_bytes(traits: &NameMap<Value>) -> usize {
-            let strings: usize = traits
-                .iter()
-                .map(|(_, v)| match v {
-                    Value::String(s) => s.capacity(),
-                    _ => 0,
-                })
-                .sum();
-            traits.heap_bytes() + strings
+        fn traits_bytes(traits: &NameMap<TraitValue>) -> usize {
+            let values: usize = traits.iter().map(|(_, v)| v.heap_bytes()).sum();
+            traits.heap_bytes() + values
         }
         let groups: usize = self.groups.iter().map(|(_, g)| traits_bytes(g)).sum();
         traits_bytes(&self.traits)
@@ -428,13 +424,13 @@ impl Profile {
 }
 
 impl TraitLookup for Profile {
-    fn trait_value(&self, key: &str) -> Option<&Value> {
-        self.traits.get(key)
+    fn trait_value(&self, key: &str) -> Option<Cow<'_, Value>> {
+        self.traits.get(key).map(TraitValue::as_json)
     }
 
     fn each_trait(&self, f: &mut dyn FnMut(&str, &Value)) {
         for (k, v) in self.traits.iter() {
-            f(k, v);
+            f(k, &v.as_json());
         }
     }
 
@@ -469,7 +465,7 @@ mod tests {
     #[test]
     fn serialises_like_the_document_view() {
         let mut p = Profile::default();
-        p.traits.insert("plan", json!("pro"));
+        p.traits.insert("plan", TraitValue::string("pro"));
         p.tags.insert("vip");
         p.events.insert(
             "buy",
@@ -481,7 +477,7 @@ mod tests {
         );
         p.event_count = 2;
         let mut group = NameMap::default();
-        group.insert("name", json!("Acme"));
+        group.insert("name", TraitValue::string("Acme"));
         p.groups.insert("g-1", group);
         let view = p.to_view();
         assert_eq!(

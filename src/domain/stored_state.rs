@@ -251,11 +251,12 @@ pub fn encode_legacy(profile: &Profile, positions: &[(u32, u64)]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::trait_value::TraitValue;
     use serde_json::json;
 
     fn profile() -> Profile {
         let mut p = Profile::default();
-        p.traits.insert("plan", json!("pro"));
+        p.traits.insert("plan", TraitValue::string("pro"));
         p.event_count = 3;
         p
     }
@@ -327,7 +328,7 @@ mod tests {
             "seen": [["m-1", 100], ["m-2", 101]]
         });
         let s = decode_legacy(&serde_json::to_vec(&v1).unwrap(), vec![]).unwrap();
-        assert_eq!(s.profile.traits.get("a"), Some(&json!(1)));
+        assert_eq!(s.profile.traits.get("a"), Some(&TraitValue::PosInt(1)));
         assert_eq!(s.positions, vec![(0, 3), (1, 10)]);
         assert!(s.seen.contains(message_fingerprint("m-2")));
         assert_eq!(s.seen.len(), 2);

@@ -155,6 +155,7 @@ pub fn sequential_replay<'a>(
 mod tests {
     use super::*;
     use crate::domain::event::EventKind;
+    use crate::domain::trait_value::TraitValue;
     use serde_json::{json, Value};
 
     fn identify(id: &str, t: i64, traits: Vec<(&str, Option<Value>)>) -> Event {
@@ -165,7 +166,7 @@ mod tests {
             kind: EventKind::Identify {
                 traits: traits
                     .into_iter()
-                    .map(|(k, v)| (k.to_string(), v))
+                    .map(|(k, v)| (k.to_string(), v.map(TraitValue::from)))
                     .collect(),
                 tags_add: vec!["vip".into(), "trial".into()],
                 tags_remove: vec!["trial".into()],
@@ -201,7 +202,7 @@ mod tests {
         );
         s.apply(None, &identify("2", 5, vec![("a", None)]), 0, limits);
         assert_eq!(s.profile.traits.get("a"), None);
-        assert_eq!(s.profile.traits.get("b"), Some(&json!("x")));
+        assert_eq!(s.profile.traits.get("b"), Some(&TraitValue::string("x")));
         assert_eq!(s.profile.tags.iter().collect::<Vec<_>>(), vec!["vip"]);
         assert_eq!(s.profile.first_seen, Some(5));
         assert_eq!(s.profile.last_seen, Some(10));

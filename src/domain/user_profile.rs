@@ -3,6 +3,7 @@
 //! [`TraitLookup`], through which campaigns read traits from either profile form. Re-exported
 //! from `domain::user`.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
@@ -90,7 +91,7 @@ impl UserProfile {
                 for (key, value) in traits {
                     match value {
                         Some(v) => {
-                            self.traits.insert(key.clone(), v.clone());
+                            self.traits.insert(key.clone(), v.to_value());
                         }
                         None => {
                             self.traits.remove(key);
@@ -133,7 +134,7 @@ impl UserProfile {
                 for (key, value) in traits {
                     match value {
                         Some(v) => {
-                            group.insert(key.clone(), v.clone());
+                            group.insert(key.clone(), v.to_value());
                         }
                         None => {
                             group.remove(key);
@@ -147,7 +148,7 @@ impl UserProfile {
 
 /// Reads a trait by name (the campaigns evaluate against either profile form).
 pub trait TraitLookup {
-    fn trait_value(&self, key: &str) -> Option<&Value>;
+    fn trait_value(&self, key: &str) -> Option<Cow<'_, Value>>;
     /// Every trait, in name order (templates see them all).
     fn each_trait(&self, f: &mut dyn FnMut(&str, &Value));
     /// Every event's statistics, in name order.
@@ -155,8 +156,8 @@ pub trait TraitLookup {
 }
 
 impl TraitLookup for UserProfile {
-    fn trait_value(&self, key: &str) -> Option<&Value> {
-        self.traits.get(key)
+    fn trait_value(&self, key: &str) -> Option<Cow<'_, Value>> {
+        self.traits.get(key).map(Cow::Borrowed)
     }
 
     fn each_trait(&self, f: &mut dyn FnMut(&str, &Value)) {

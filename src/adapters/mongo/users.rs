@@ -20,6 +20,7 @@ use crate::domain::dedup::DedupWindow;
 use crate::domain::identity::{Absorbing, Identity};
 use crate::domain::profile::{NameMap, Profile};
 use crate::domain::stored_state::{decode_seen, encode_seen};
+use crate::domain::trait_value::TraitValue;
 use crate::domain::user::{EventStats, UserProfile, UserState};
 use crate::ports::{StoreError, StoredUser, UserSnapshot};
 
@@ -35,17 +36,25 @@ fn date(ms: i64) -> Bson {
     Bson::DateTime(DateTime::from_millis(ms))
 }
 
+/// A trait's BSON value: strings and booleans directly, numbers and nested values as the
+/// `bson` crate converts their JSON.
+fn bson_trait(v: &TraitValue) -> Bson {
+    match v {
+        TraitValue::Null => Bson::Null,
+        TraitValue::Bool(b) => Bson::Boolean(*b),
+        TraitValue::Inline(_) | TraitValue::Shared(_) => {
+            Bson::String(v.as_str().unwrap_or_default().to_string())
+        }
+        other => Bson::try_from(other.as_json().into_owned()).unwrap_or(Bson::Null),
+    }
+}
+
 /// The profile fields of a `users` document (without `_id` and `_herald`).
 pub fn profile_document(profile: &Profile, updated_at: i64) -> Document {
-    let bson_traits = |traits: &NameMap<serde_json::Value>| -> Document {
+    let bson_traits = |traits: &NameMap<TraitValue>| -> Document {
         traits
             .iter()
-            .map(|(k, v)| {
-                (
-                    k.to_string(),
-                    Bson::try_from(v.clone()).unwrap_or(Bson::Null),
-                )
-            })
+            .map(|(k, v)| (k.to_string(), bson_trait(v)))
             .collect()
     };
     let events: Document = profile
