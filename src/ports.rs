@@ -131,7 +131,7 @@ pub struct UserSnapshot {
     /// document with bookkeeping yet) for the write to land.
     pub version: u64,
     pub profile: Profile,
-    pub positions: Vec<(u32, u64)>,
+    pub positions: crate::domain::positions::Positions,
     /// The whole dedup window, oldest first (what is older than `dedup.window_ms` left out).
     pub seen: Vec<(u64, i64)>,
     /// Its part in identity merges.

@@ -57,8 +57,8 @@ pub fn user_json(
             );
             o.insert("event_count".into(), json!(profile.event_count));
             o.insert("events".into(), Value::Object(events));
-            o.insert("first_seen".into(), date(profile.first_seen));
-            o.insert("last_seen".into(), date(profile.last_seen));
+            o.insert("first_seen".into(), date(profile.first_seen.get()));
+            o.insert("last_seen".into(), date(profile.last_seen.get()));
             o.insert("updated_at".into(), date(Some(updated_at)));
             if !profile.groups.is_empty() {
                 let groups: Map<String, Value> = profile
@@ -175,8 +175,8 @@ mod tests {
                 last_at: 1_500,
             },
         );
-        p.first_seen = Some(0);
-        p.last_seen = Some(1_500);
+        p.first_seen = Some(0).into();
+        p.last_seen = Some(1_500).into();
         let v = user_json("u1", &p, None, 2_000, Some(7));
         assert_eq!(
             v,

@@ -20,35 +20,33 @@ pub fn merge_into(target: &mut Profile, source: &Profile) {
     }
     target.event_count = target.event_count.saturating_add(source.event_count);
     for (name, theirs) in source.events.iter() {
-        match target.events.get_mut(name) {
-            Some(ours) => {
-                ours.count = ours.count.saturating_add(theirs.count);
-                ours.first_at = ours.first_at.min(theirs.first_at);
-                ours.last_at = ours.last_at.max(theirs.last_at);
-            }
-            None => target.events.insert(
-                name,
-                EventStats {
-                    count: theirs.count,
-                    first_at: theirs.first_at,
-                    last_at: theirs.last_at,
-                },
-            ),
+        let ours = target.events.update(name, |ours| {
+            ours.count = ours.count.saturating_add(theirs.count);
+            ours.first_at = ours.first_at.min(theirs.first_at);
+            ours.last_at = ours.last_at.max(theirs.last_at);
+        });
+        if !ours {
+            let copy = EventStats {
+                count: theirs.count,
+                first_at: theirs.first_at,
+                last_at: theirs.last_at,
+            };
+            target.events.insert(name, copy);
         }
     }
-    target.first_seen = earliest(target.first_seen, source.first_seen);
-    target.last_seen = latest(target.last_seen, source.last_seen);
+    target.first_seen = earliest(target.first_seen.get(), source.first_seen.get()).into();
+    target.last_seen = latest(target.last_seen.get(), source.last_seen.get()).into();
     for (group, theirs) in source.groups.iter() {
         if target.groups.get(group).is_none() {
             target.groups.insert(group, NameMap::default());
         }
-        if let Some(ours) = target.groups.get_mut(group) {
+        target.groups.update(group, |ours| {
             for (key, value) in theirs.iter() {
                 if ours.get(key).is_none() {
                     ours.insert(key, value.clone());
                 }
             }
-        }
+        });
     }
 }
 

@@ -4,7 +4,6 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::sync::Arc;
 
 use serde::de::{MapAccess, SeqAccess, Visitor};
 use serde::ser::{SerializeMap, SerializeSeq};
@@ -13,6 +12,8 @@ use serde_json::Value;
 
 use super::event::{Event, EventKind};
 use super::names::{intern, Name};
+use super::opt_ms::OptMs;
+use super::thin_slice::ThinSlice;
 use super::trait_value::TraitValue;
 use super::user_profile::{EventStats, TraitLookup, UserProfile};
 
@@ -20,17 +21,17 @@ use super::user_profile::{EventStats, TraitLookup, UserProfile};
 /// it, and the next change copies only the map it touches. Exactly as many slots as entries
 /// (one allocation), none when empty.
 #[derive(Debug, Clone, PartialEq)]
-pub struct NameMap<V>(Option<Arc<[(Name, V)]>>);
+pub struct NameMap<V>(ThinSlice<(Name, V)>);
 
 impl<V> Default for NameMap<V> {
     fn default() -> Self {
-        NameMap(None)
+        NameMap(ThinSlice::default())
     }
 }
 
 impl<V> NameMap<V> {
     fn slots(&self) -> &[(Name, V)] {
-        self.0.as_deref().unwrap_or(&[])
+        self.0.as_slice()
     }
 
     fn find(&self, key: &str) -> Result<usize, usize> {
@@ -50,15 +51,13 @@ impl<V> NameMap<V> {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_none()
+        self.0.is_empty()
     }
 
     /// Heap bytes held by this map's slots (names are shared, so not counted), with the
-    /// shared allocation's two counters.
+    /// shared allocation's counter and length.
     pub fn heap_bytes(&self) -> usize {
-        self.0.as_ref().map_or(0, |s| {
-            2 * std::mem::size_of::<usize>() + std::mem::size_of_val::<[(Name, V)]>(s)
-        })
+        self.0.heap_bytes()
     }
 
     /// From entries in any order; of a name given twice, the last value.
@@ -72,34 +71,35 @@ impl<V> NameMap<V> {
                 _ => kept.push(e),
             }
         }
-        NameMap((!kept.is_empty()).then(|| Arc::from(kept)))
+        NameMap(ThinSlice::from_exact(kept.len(), kept.into_iter()))
     }
 }
 
 impl<V: Clone> NameMap<V> {
-    pub fn get_mut(&mut self, key: &str) -> Option<&mut V> {
-        let i = self.find(key).ok()?;
-        let slots = self.0.as_mut()?;
-        Some(&mut Arc::make_mut(slots)[i].1)
+    /// Runs `f` on the value of `key`, if present (copying the map first if a snapshot
+    /// shares it); whether it was.
+    pub fn update(&mut self, key: &str, f: impl FnOnce(&mut V)) -> bool {
+        match self.find(key) {
+            Ok(i) => {
+                self.0.with_mut(|slots| f(&mut slots[i].1));
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     /// Sets `key`; interns the name only when the key is new.
     pub fn insert(&mut self, key: &str, value: V) {
         match self.find(key) {
-            Ok(i) => {
-                if let Some(slots) = self.0.as_mut() {
-                    Arc::make_mut(slots)[i].1 = value;
-                }
-            }
+            Ok(i) => self.0.with_mut(|slots| slots[i].1 = value),
             Err(i) => {
                 let old = self.slots();
-                let slots: Arc<[(Name, V)]> = old[..i]
+                let slots = old[..i]
                     .iter()
                     .cloned()
                     .chain(std::iter::once((intern(key), value)))
-                    .chain(old[i..].iter().cloned())
-                    .collect();
-                self.0 = Some(slots);
+                    .chain(old[i..].iter().cloned());
+                self.0 = ThinSlice::from_exact(old.len() + 1, slots);
             }
         }
     }
@@ -107,13 +107,8 @@ impl<V: Clone> NameMap<V> {
     pub fn remove(&mut self, key: &str) {
         if let Ok(i) = self.find(key) {
             let old = self.slots();
-            self.0 = (old.len() > 1).then(|| {
-                old[..i]
-                    .iter()
-                    .chain(&old[i + 1..])
-                    .cloned()
-                    .collect::<Arc<[(Name, V)]>>()
-            });
+            let kept = old[..i].iter().chain(&old[i + 1..]).cloned();
+            self.0 = ThinSlice::from_exact(old.len() - 1, kept);
         }
     }
 }
@@ -150,11 +145,11 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for NameMap<V> {
 
 /// A set of names, sorted, copied on write like [`NameMap`].
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct NameSet(Option<Arc<[Name]>>);
+pub struct NameSet(ThinSlice<Name>);
 
 impl NameSet {
     fn names(&self) -> &[Name] {
-        self.0.as_deref().unwrap_or(&[])
+        self.0.as_slice()
     }
 
     fn find(&self, key: &str) -> Result<usize, usize> {
@@ -168,21 +163,20 @@ impl NameSet {
     pub fn insert(&mut self, key: &str) {
         if let Err(i) = self.find(key) {
             let old = self.names();
-            let names: Arc<[Name]> = old[..i]
+            let names = old[..i]
                 .iter()
                 .cloned()
                 .chain(std::iter::once(intern(key)))
-                .chain(old[i..].iter().cloned())
-                .collect();
-            self.0 = Some(names);
+                .chain(old[i..].iter().cloned());
+            self.0 = ThinSlice::from_exact(old.len() + 1, names);
         }
     }
 
     pub fn remove(&mut self, key: &str) {
         if let Ok(i) = self.find(key) {
             let old = self.names();
-            self.0 =
-                (old.len() > 1).then(|| old[..i].iter().chain(&old[i + 1..]).cloned().collect());
+            let kept = old[..i].iter().chain(&old[i + 1..]).cloned();
+            self.0 = ThinSlice::from_exact(old.len() - 1, kept);
         }
     }
 
@@ -195,14 +189,12 @@ impl NameSet {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_none()
+        self.0.is_empty()
     }
 
-    /// Heap bytes of the shared allocation (counters and names).
+    /// Heap bytes of the shared allocation (counter, length and names).
     pub fn heap_bytes(&self) -> usize {
-        self.0.as_ref().map_or(0, |s| {
-            2 * std::mem::size_of::<usize>() + std::mem::size_of_val::<[Name]>(s)
-        })
+        self.0.heap_bytes()
     }
 }
 
@@ -231,7 +223,10 @@ impl<'de> Deserialize<'de> for NameSet {
                 }
                 names.sort();
                 names.dedup();
-                Ok(NameSet((!names.is_empty()).then(|| Arc::from(names))))
+                Ok(NameSet(ThinSlice::from_exact(
+                    names.len(),
+                    names.into_iter(),
+                )))
             }
         }
         d.deserialize_seq(V)
@@ -250,9 +245,9 @@ pub struct Profile {
     #[serde(default)]
     pub events: NameMap<EventStats>,
     #[serde(default)]
-    pub first_seen: Option<i64>,
+    pub first_seen: OptMs,
     #[serde(default)]
-    pub last_seen: Option<i64>,
+    pub last_seen: OptMs,
     /// Group id → that group's traits.
     #[serde(default, skip_serializing_if = "NameMap::is_empty")]
     pub groups: NameMap<NameMap<TraitValue>>,
@@ -297,8 +292,8 @@ impl Profile {
             return;
         }
         let t = event.timestamp_ms;
-        self.first_seen = Some(self.first_seen.map_or(t, |f| f.min(t)));
-        self.last_seen = Some(self.last_seen.map_or(t, |l| l.max(t)));
+        self.first_seen = Some(self.first_seen.get().map_or(t, |f| f.min(t))).into();
+        self.last_seen = Some(self.last_seen.get().map_or(t, |l| l.max(t))).into();
         match &event.kind {
             EventKind::Identify {
                 traits,
@@ -321,20 +316,18 @@ impl Profile {
             }
             EventKind::Track { event: name, .. } => {
                 self.event_count += 1;
-                match self.events.get_mut(name) {
-                    Some(stats) => {
-                        stats.count += 1;
-                        stats.first_at = stats.first_at.min(t);
-                        stats.last_at = stats.last_at.max(t);
-                    }
-                    None => self.events.insert(
-                        name,
-                        EventStats {
-                            count: 1,
-                            first_at: t,
-                            last_at: t,
-                        },
-                    ),
+                let seen = self.events.update(name, |stats| {
+                    stats.count += 1;
+                    stats.first_at = stats.first_at.min(t);
+                    stats.last_at = stats.last_at.max(t);
+                });
+                if !seen {
+                    let first = EventStats {
+                        count: 1,
+                        first_at: t,
+                        last_at: t,
+                    };
+                    self.events.insert(name, first);
                 }
             }
             EventKind::Alias { .. } => {}
@@ -342,14 +335,14 @@ impl Profile {
                 if self.groups.get(group_id).is_none() {
                     self.groups.insert(group_id, NameMap::default());
                 }
-                if let Some(group) = self.groups.get_mut(group_id) {
+                self.groups.update(group_id, |group| {
                     for (key, value) in traits {
                         match value {
                             Some(v) => group.insert(key, v.clone()),
                             None => group.remove(key),
                         }
                     }
-                }
+                });
             }
         }
     }
@@ -369,8 +362,8 @@ impl Profile {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.clone()))
                 .collect(),
-            first_seen: self.first_seen,
-            last_seen: self.last_seen,
+            first_seen: self.first_seen.get(),
+            last_seen: self.last_seen.get(),
             groups: self
                 .groups
                 .iter()
@@ -385,8 +378,8 @@ impl Profile {
     pub fn from_view(view: &UserProfile) -> Profile {
         let mut p = Profile {
             event_count: view.event_count,
-            first_seen: view.first_seen,
-            last_seen: view.last_seen,
+            first_seen: view.first_seen.into(),
+            last_seen: view.last_seen.into(),
             ..Profile::default()
         };
         for (k, v) in &view.traits {

@@ -125,7 +125,6 @@ pub fn decode_cached(bytes: &[u8]) -> Result<UserState, Unreadable> {
     for _ in 0..n {
         positions.push((r.u32()?, r.u64()?));
     }
-    positions.sort_unstable();
     let n = r.u32()? as usize;
     let seen = decode_seen(r.take(n.checked_mul(16).ok_or_else(truncated)?)?)?;
     let identity = if schema == SCHEMA {
@@ -146,7 +145,7 @@ pub fn decode_cached(bytes: &[u8]) -> Result<UserState, Unreadable> {
     Ok(UserState {
         version,
         profile,
-        positions,
+        positions: positions.into(),
         seen: DedupWindow::from_entries(seen),
         identity,
     })
@@ -219,13 +218,10 @@ pub fn decode_legacy(blob: &[u8], seen: Vec<(u64, i64)>) -> Result<UserState, Un
         entries.sort_by_key(|(_, at)| *at);
         entries.dedup_by_key(|(f, _)| *f);
     }
-    let mut positions = stored.positions;
-    positions.sort_unstable();
-    positions.shrink_to_fit();
     Ok(UserState {
         version: 0,
         profile: stored.profile,
-        positions,
+        positions: stored.positions.into(),
         seen: DedupWindow::from_entries(entries),
         identity: None,
     })

@@ -11,6 +11,7 @@ use super::dedup::DedupWindow;
 use super::event::Event;
 use super::identity::Identity;
 use super::keys::message_fingerprint;
+use super::positions::Positions;
 use super::profile::Profile;
 pub use super::user_profile::{EventStats, TraitLookup, UserProfile};
 
@@ -55,8 +56,7 @@ pub struct UserState {
     /// creates `version + 1` and is refused if the store moved past `version` meanwhile.
     pub version: u64,
     pub profile: Profile,
-    /// Last applied offset per partition, sorted by partition (few entries).
-    pub positions: Vec<(u32, u64)>,
+    pub positions: Positions,
     pub seen: DedupWindow,
     /// Its part in identity merges (boxed: most users have none).
     pub identity: Option<Box<Identity>>,
@@ -68,21 +68,7 @@ impl UserState {
     }
 
     pub fn last_position(&self, partition: u32) -> Option<u64> {
-        self.positions
-            .iter()
-            .find(|(p, _)| *p == partition)
-            .map(|(_, o)| *o)
-    }
-
-    fn advance_position(&mut self, pos: Position) {
-        match self.positions.iter_mut().find(|(p, _)| *p == pos.partition) {
-            Some(entry) => entry.1 = entry.1.max(pos.offset),
-            None => {
-                self.positions.reserve_exact(1);
-                self.positions.push((pos.partition, pos.offset));
-                self.positions.sort_unstable();
-            }
-        }
+        self.positions.last(partition)
     }
 
     /// Applies a message unless it is a replay (by position) or a duplicate (by id).
@@ -101,7 +87,7 @@ impl UserState {
             {
                 return ApplyOutcome::ReplayedPosition;
             }
-            self.advance_position(pos);
+            self.positions.advance(pos.partition, pos.offset);
         }
         let fingerprint = message_fingerprint(&event.message_id);
         if !self
@@ -126,7 +112,7 @@ impl UserState {
     /// Bytes this state holds on the heap (names are shared and not counted).
     pub fn heap_bytes(&self) -> usize {
         self.profile.heap_bytes()
-            + self.positions.capacity() * 16
+            + self.positions.heap_bytes()
             + self.seen.heap_bytes()
             + self.identity.as_ref().map_or(0, |i| {
                 std::mem::size_of::<Identity>()
@@ -204,8 +190,8 @@ mod tests {
         assert_eq!(s.profile.traits.get("a"), None);
         assert_eq!(s.profile.traits.get("b"), Some(&TraitValue::string("x")));
         assert_eq!(s.profile.tags.iter().collect::<Vec<_>>(), vec!["vip"]);
-        assert_eq!(s.profile.first_seen, Some(5));
-        assert_eq!(s.profile.last_seen, Some(10));
+        assert_eq!(s.profile.first_seen.get(), Some(5));
+        assert_eq!(s.profile.last_seen.get(), Some(10));
         assert_eq!(s.profile.event_count, 0);
     }
 

@@ -138,8 +138,8 @@ impl UserShard {
         let position = self.position_of(&record);
         let metrics = self.shared.ports.metrics.clone();
         let merge = &self.shared.settings.merge;
-        let target = self.slots[slot].key.clone();
-        let state = &self.slots[slot].entity.state;
+        let target = self.residents[slot].key.clone();
+        let state = &self.residents[slot].entity.state;
         if state.is_replay(position, &record.event.message_id) {
             self.acc.offset(link, record.raw.offset);
             return Applied::Skipped;
@@ -168,7 +168,7 @@ impl UserShard {
                 Applied::Skipped
             }
             AliasStep::Merge => {
-                let entity = &mut self.slots[slot].entity;
+                let entity = &mut self.residents[slot].entity;
                 entity.state.mark_absorbing(&previous, now_ms);
                 entity.job = Some(Box::new(MergeJob {
                     source: previous,
@@ -188,10 +188,10 @@ impl UserShard {
     /// After a flush: the merges whose marks it made durable ask for their seals (step 2).
     pub(super) fn ask_seals(&mut self, marked: Vec<Arc<str>>) {
         for target in marked {
-            let Some(&slot) = self.users.get(&target) else {
+            let Some(slot) = self.residents.find(&target) else {
                 continue;
             };
-            let Some(job) = self.slots[slot as usize].entity.job.as_mut() else {
+            let Some(job) = self.residents[slot].entity.job.as_mut() else {
                 continue;
             };
             if job.stage == Stage::Marking {
@@ -227,7 +227,7 @@ impl UserShard {
     /// A seal of `source` (step 2), in the source's order: behind its load if it is not
     /// resident.
     pub(super) fn handle_seal(&mut self, source: Arc<str>, request: SealRequest) {
-        if self.loading.contains_key(&source) || !self.users.contains_key(&source) {
+        if self.loading.contains_key(&source) || !self.residents.contains(&source) {
             self.seals.entry(source.clone()).or_default().push(request);
             if !self.loading.contains_key(&source) {
                 self.loading.insert(source.clone(), Vec::new());
@@ -249,12 +249,11 @@ impl UserShard {
     }
 
     fn seal_resident(&mut self, source: Arc<str>, request: SealRequest, now_ms: i64) {
-        let Some(&slot) = self.users.get(&source) else {
+        let Some(slot) = self.residents.find(&source) else {
             return;
         };
-        let slot = slot as usize;
         let ttl = self.shared.settings.merge.mark_ttl_ms;
-        let entity = &mut self.slots[slot].entity;
+        let entity = &mut self.residents[slot].entity;
         let into = request.into.clone();
         let reply = |answer| Reply {
             source: source.clone(),
@@ -283,7 +282,7 @@ impl UserShard {
             SealStep::AlreadySealed(handover) => SealAnswer::Sealed(handover),
             SealStep::Elsewhere(x) => SealAnswer::Elsewhere(Arc::from(x)),
         };
-        if self.slots[slot].entity.durable() {
+        if self.residents[slot].entity.durable() {
             self.send_answer(reply(answer));
         } else {
             self.acc.replies.push(reply(answer));
@@ -319,9 +318,9 @@ impl UserShard {
         }
         for source in sealed {
             let merging = self
-                .users
-                .get(&source)
-                .is_some_and(|&s| self.slots[s as usize].entity.job.is_some());
+                .residents
+                .find(&source)
+                .is_some_and(|s| self.residents[s].entity.job.is_some());
             if !merging {
                 self.resume(&source);
             }
@@ -336,14 +335,13 @@ impl UserShard {
         answer: SealAnswer,
         ctx: &mut Context<Self>,
     ) {
-        let Some(&slot) = self.users.get(&target) else {
+        let Some(slot) = self.residents.find(&target) else {
             // Reloaded meanwhile: its alias is applied again from the start.
             return;
         };
-        let slot = slot as usize;
         let metrics = self.shared.ports.metrics.clone();
         let now_ms = self.shared.ports.clock.now_ms();
-        let entity = &mut self.slots[slot].entity;
+        let entity = &mut self.residents[slot].entity;
         let Some(job) = entity.job.as_mut() else {
             return;
         };
@@ -400,10 +398,10 @@ impl UserShard {
     }
 
     fn after_backoff(&mut self, target: Arc<str>, source: Arc<str>) {
-        let Some(&slot) = self.users.get(&target) else {
+        let Some(slot) = self.residents.find(&target) else {
             return;
         };
-        let entity = &mut self.slots[slot as usize].entity;
+        let entity = &mut self.residents[slot].entity;
         let Some(job) = entity.job.as_mut() else {
             return;
         };
@@ -432,16 +430,16 @@ impl UserShard {
     fn finish(&mut self, slot: usize, handover: Option<Handover>, outcome: &'static str) {
         let now_ms = self.shared.ports.clock.now_ms();
         let dedup = self.shared.settings.dedup;
-        let key = self.slots[slot].key.clone();
-        let Some(job) = self.slots[slot].entity.job.take() else {
+        let key = self.residents[slot].key.clone();
+        let Some(job) = self.residents[slot].entity.job.take() else {
             return;
         };
         let position = self.position_of(&job.record);
-        let entity = &mut self.slots[slot].entity;
+        let entity = &mut self.residents[slot].entity;
         match &handover {
             Some(h) => {
                 entity.state.absorb(&job.source, h);
-                entity.size_bound = entity.state.profile.serialized_len();
+                entity.size_bound = super::saturate(entity.state.profile.serialized_len());
             }
             None => entity.state.clear_absorbing(),
         }
@@ -476,11 +474,11 @@ impl UserShard {
     /// yet wait for its reload.
     pub(super) fn unload(&mut self, key: &Arc<str>) -> Vec<Held> {
         let mut out = Vec::new();
-        if let Some(&slot) = self.users.get(key) {
-            if let Some(job) = self.slots[slot as usize].entity.job.take() {
+        if let Some(slot) = self.residents.find(key) {
+            if let Some(job) = self.residents[slot].entity.job.take() {
                 out.push(job.into_held(key.clone()));
             }
-            self.evict(slot as usize);
+            self.evict(slot);
         }
         if let Some(waiting) = self.paused.remove(key) {
             out.extend(waiting.into_iter().map(|(link, r)| Held {

@@ -28,6 +28,7 @@ use crate::domain::campaign::{evaluate_all, TriggerContext};
 use crate::domain::event::{decode, EventKind};
 use crate::domain::keys::message_fingerprint;
 use crate::domain::profile::growth_bound;
+use crate::domain::thin_str::ThinStr;
 use crate::domain::user::{ApplyOutcome, UserState};
 use crate::ports::{DeadLetter, LoadedState, Record, UserSnapshot};
 
@@ -40,8 +41,10 @@ use super::state_loader;
 use super::supervision::{contain, contain_async, RestartIntensity};
 
 mod merge;
+mod residents;
 
 use merge::{MergeJob, Reply, SealRequest};
+use residents::Residents;
 
 /// Users per load.
 const LOAD_CHUNK: usize = 1000;
@@ -60,7 +63,7 @@ struct Entity {
     state: UserState,
     /// Why its stored state cannot be read: its records are dead-lettered until an operator
     /// repairs it (the state is left in the store untouched).
-    quarantined: Option<Arc<str>>,
+    quarantined: Option<ThinStr>,
     /// Changed since its last snapshot.
     dirty: bool,
     /// A snapshot of it is being written.
@@ -72,15 +75,21 @@ struct Entity {
     /// An upper bound of its profile's JSON size: exact when measured, then grown by each
     /// applied record's [`growth_bound`]. Only when it nears `limits.max_profile_bytes` is the
     /// profile measured again, so the limit costs nothing for profiles far below it.
-    size_bound: usize,
+    /// 32 bits, saturating (`u32::MAX`: unknown), so the bookkeeping packs into one word.
+    size_bound: u32,
     /// A merge into this user under way (its records wait behind it).
     job: Option<Box<MergeJob>>,
 }
 
+/// A byte count in the entity's 32 bits, saturating (a bound only needs to stay an upper one).
+fn saturate(bytes: usize) -> u32 {
+    u32::try_from(bytes).unwrap_or(u32::MAX)
+}
+
 impl Entity {
-    fn new(state: UserState, quarantined: Option<Arc<str>>) -> Self {
+    fn new(state: UserState, quarantined: Option<ThinStr>) -> Self {
         Entity {
-            size_bound: state.profile.serialized_len(),
+            size_bound: saturate(state.profile.serialized_len()),
             state,
             quarantined,
             dirty: false,
@@ -231,8 +240,7 @@ pub struct UserShard {
     index: usize,
     shared: Arc<Shared>,
     batcher: Addr<Batcher>,
-    users: HashMap<Arc<str>, u32, ahash::RandomState>,
-    slots: Vec<Slot>,
+    residents: Residents,
     hand: usize,
     cap: usize,
     loading: HashMap<Arc<str>, Waiting, ahash::RandomState>,
@@ -272,8 +280,7 @@ impl UserShard {
             index,
             shared,
             batcher,
-            users: HashMap::default(),
-            slots: Vec::new(),
+            residents: Residents::default(),
             hand: 0,
             cap,
             loading: HashMap::default(),
@@ -339,7 +346,7 @@ impl UserShard {
             waiting.push((link.clone(), record));
             return;
         }
-        let Some(&slot) = self.users.get(key) else {
+        let Some(slot) = self.residents.find(key) else {
             let key: Arc<str> = Arc::from(key);
             self.loading
                 .insert(key.clone(), vec![(link.clone(), record)]);
@@ -347,7 +354,7 @@ impl UserShard {
             return;
         };
         counts.earliest = counts.earliest.min(record.ts);
-        match self.apply_one(slot as usize, link, record, now_ms, tick) {
+        match self.apply_one(slot, link, record, now_ms, tick) {
             Applied::Changed => counts.applied += 1,
             Applied::Skipped => counts.skipped += 1,
             Applied::DeadLettered | Applied::Failed | Applied::Forwarded | Applied::Pending => {}
@@ -367,7 +374,7 @@ impl UserShard {
     /// The user in `slot` changed outside a record's application (a merge step): written
     /// with the next flush.
     fn mark_dirty(&mut self, slot: usize) {
-        let Slot { key, entity } = &mut self.slots[slot];
+        let Slot { key, entity } = &mut self.residents[slot];
         if !entity.dirty {
             entity.dirty = true;
             self.acc.dirty.push(key.clone());
@@ -386,7 +393,7 @@ impl UserShard {
     ) -> Applied {
         let position = self.position_of(&record);
         let shared = &self.shared;
-        let Slot { entity, .. } = &mut self.slots[slot];
+        let Slot { entity, .. } = &mut self.residents[slot];
         entity.last_active = tick;
         entity.hits = (entity.hits + 1).min(MAX_HITS);
         let offset = record.raw.offset;
@@ -416,10 +423,15 @@ impl UserShard {
             return self.alias(slot, link, record, previous, now_ms);
         }
         let shared = &self.shared;
-        let Slot { key, entity } = &mut self.slots[slot];
+        let Slot { key, entity } = &mut self.residents[slot];
         let limit = shared.settings.max_profile_bytes;
         let growth = growth_bound(record.raw.payload.len());
-        let near_limit = entity.size_bound.saturating_add(growth) > limit;
+        // A saturated bound is unknown: measured like one near the limit.
+        let bound = match entity.size_bound {
+            u32::MAX => usize::MAX,
+            b => b as usize,
+        };
+        let near_limit = bound.saturating_add(growth) > limit;
         let fault = shared.settings.fault_panic(&record.event.message_id);
         let applied = contain(|| {
             if fault {
@@ -435,7 +447,7 @@ impl UserShard {
                     too_large = Some(size);
                 } else {
                     entity.state = next;
-                    entity.size_bound = size;
+                    entity.size_bound = saturate(size);
                 }
                 outcome
             } else {
@@ -443,7 +455,7 @@ impl UserShard {
                     entity
                         .state
                         .apply(position, &record.event, now_ms, shared.settings.dedup);
-                entity.size_bound += growth;
+                entity.size_bound = entity.size_bound.saturating_add(saturate(growth));
                 outcome
             };
             let messages = if outcome == ApplyOutcome::Applied
@@ -707,15 +719,10 @@ impl UserShard {
                         "stored state cannot be read; quarantining the user (its records go to the dead-letter destination, the stored state is left as it is)"
                     );
                     self.shared.ports.metrics.state_unreadable();
-                    Entity::new(UserState::new(), Some(Arc::from(reason.as_str())))
+                    Entity::new(UserState::new(), Some(ThinStr::new(&reason)))
                 }
             };
-            let slot = self.slots.len();
-            self.slots.push(Slot {
-                key: key.clone(),
-                entity,
-            });
-            self.users.insert(key.clone(), slot as u32);
+            self.residents.push(key.clone(), entity);
             self.shared.ports.metrics.aggregators_changed(1);
             for (link, record) in waiting {
                 if link.is_alive() {
@@ -723,8 +730,8 @@ impl UserShard {
                 }
             }
             if self.republish.remove(&key) {
-                if let Some(&slot) = self.users.get(&key) {
-                    self.mark_dirty(slot as usize);
+                if let Some(slot) = self.residents.find(&key) {
+                    self.mark_dirty(slot);
                 }
             }
             self.seals_after_load(&key, now_ms);
@@ -733,25 +740,20 @@ impl UserShard {
     }
 
     fn evict(&mut self, slot: usize) {
-        let removed = self.slots.swap_remove(slot);
-        self.users.remove(&removed.key);
-        if slot < self.slots.len() {
-            let moved = self.slots[slot].key.clone();
-            self.users.insert(moved, slot as u32);
-        }
+        self.residents.swap_remove(slot);
         self.shared.ports.metrics.aggregators_changed(-1);
     }
 
     /// Passivates durable users until the shard is back at its cap: a CLOCK sweep, where a
     /// recently used user loses a second chance instead of its place.
     fn passivate_to_cap(&mut self) {
-        let mut budget = self.slots.len() * (MAX_HITS as usize + 1);
-        while self.slots.len() > self.cap && budget > 0 {
+        let mut budget = self.residents.len() * (MAX_HITS as usize + 1);
+        while self.residents.len() > self.cap && budget > 0 {
             budget -= 1;
-            if self.hand >= self.slots.len() {
+            if self.hand >= self.residents.len() {
                 self.hand = 0;
             }
-            let e = &mut self.slots[self.hand].entity;
+            let e = &mut self.residents[self.hand].entity;
             if !e.durable() {
                 self.hand += 1;
             } else if e.hits > 0 {
@@ -768,8 +770,8 @@ impl UserShard {
         let idle = self.shared.settings.aggregator_idle.as_secs() as u32;
         let now = self.now_tick();
         let mut i = 0;
-        while i < self.slots.len() {
-            let e = &self.slots[i].entity;
+        while i < self.residents.len() {
+            let e = &self.residents[i].entity;
             if e.durable() && now.saturating_sub(e.last_active) >= idle.max(1) {
                 self.evict(i);
             } else {
@@ -810,10 +812,10 @@ impl UserShard {
         let seen_since = self.shared.ports.clock.now_ms() - self.shared.settings.dedup.window_ms;
         let mut snapshots = Vec::with_capacity(batch.dirty.len());
         for key in &batch.dirty {
-            let Some(&slot) = self.users.get(key) else {
+            let Some(slot) = self.residents.find(key) else {
                 continue;
             };
-            let e = &mut self.slots[slot as usize].entity;
+            let e = &mut self.residents[slot].entity;
             if !e.dirty {
                 continue;
             }
@@ -925,8 +927,8 @@ impl UserShard {
             }
         }
         for snap in &snapshots {
-            if let Some(&slot) = self.users.get(&snap.user_id) {
-                let e = &mut self.slots[slot as usize].entity;
+            if let Some(slot) = self.residents.find(&snap.user_id) {
+                let e = &mut self.residents[slot].entity;
                 if e.in_flight && e.state.version + 1 == snap.version {
                     e.in_flight = false;
                     e.state.version = snap.version;
@@ -980,7 +982,7 @@ impl Actor for UserShard {
         self.shared
             .ports
             .metrics
-            .aggregators_changed(-(self.slots.len() as i64));
+            .aggregators_changed(-(self.residents.len() as i64));
     }
 }
 

@@ -76,8 +76,8 @@ pub fn profile_document(profile: &Profile, updated_at: i64) -> Document {
         "tags": profile.tags.iter().map(str::to_string).collect::<Vec<String>>(),
         "event_count": profile.event_count,
         "events": events,
-        "first_seen": profile.first_seen.map_or(Bson::Null, date),
-        "last_seen": profile.last_seen.map_or(Bson::Null, date),
+        "first_seen": profile.first_seen.get().map_or(Bson::Null, date),
+        "last_seen": profile.last_seen.get().map_or(Bson::Null, date),
         "updated_at": date(updated_at),
     };
     // Only users in a group carry `groups`.
@@ -268,7 +268,6 @@ pub fn parse_user(d: &Document) -> StoredUser {
             }
         }
     }
-    positions.sort_unstable();
     let seen = match herald.get("seen") {
         None | Some(Bson::Null) => Vec::new(),
         Some(Bson::String(text)) => {
@@ -301,7 +300,7 @@ pub fn parse_user(d: &Document) -> StoredUser {
     StoredUser::Found(UserState {
         version: version as u64,
         profile,
-        positions,
+        positions: positions.into(),
         seen: DedupWindow::from_entries(seen),
         identity,
     })
