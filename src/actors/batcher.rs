@@ -29,7 +29,7 @@ use crate::ports::{DeadLetter, FeedRecord, RetryEntry, StoreError, UsersWritten}
 
 use super::context::Shared;
 use super::dispatcher::{Dispatch, LEASE_MS};
-use super::messages::{WriteBatch, WriteOutcome};
+use super::messages::{Held, WriteBatch, WriteOutcome};
 use super::supervision::contain_async;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -300,12 +300,13 @@ async fn write(shared: Arc<Shared>, shard: usize, batch: WriteBatch) -> WriteOut
             .filter(|t| !outcome.refused.iter().any(|(u, _)| *u == t.user))
             .filter(|t| lettered.insert(t.trigger))
             .and_then(|t| {
-                batch
-                    .raw
-                    .iter()
-                    .find(|(user, r)| *user == t.user && (r.partition, r.offset) == t.trigger)
+                batch.applied.iter().find(|h| {
+                    h.user == t.user && (h.record.partition, h.record.offset) == t.trigger
+                })
             });
-        let Some((_, record)) = trigger else { continue };
+        let Some(Held { record, .. }) = trigger else {
+            continue;
+        };
         ports.metrics.store_refused(record.partition, detail);
         letters.push(DeadLetter {
             record: record.clone(),
@@ -313,7 +314,7 @@ async fn write(shared: Arc<Shared>, shard: usize, batch: WriteBatch) -> WriteOut
         });
     }
     if !outcome.refused.is_empty() {
-        for (user, record) in &batch.raw {
+        for Held { user, record, .. } in batch.applied.iter() {
             if let Some((_, detail)) = outcome.refused.iter().find(|(u, _)| u == user) {
                 ports.metrics.store_refused(record.partition, detail);
                 letters.push(DeadLetter {

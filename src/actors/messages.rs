@@ -137,12 +137,22 @@ pub struct Escalate {
 pub struct WriteBatch {
     pub snapshots: Vec<Arc<UserSnapshot>>,
     pub messages: Vec<Triggered>,
-    /// The applied records behind the snapshots, by user (dead-lettered if refused).
-    pub raw: Vec<(Arc<str>, Record)>,
+    /// The applied records behind the snapshots (dead-lettered if refused): the shard's own
+    /// list, shared — the shard takes it back once the write is settled.
+    pub applied: Arc<Vec<Held>>,
     /// Records to dead-letter with this flush (quarantined users, earlier refusals).
     pub dead: Vec<DeadLetter>,
     /// Events applied (for `herald_batch_size`).
     pub events: u64,
+}
+
+/// A record applied to a user, kept until the state holding it is durable: if that state
+/// turns out stale, the record is applied again to the newer one.
+#[derive(Clone)]
+pub struct Held {
+    pub user: Arc<str>,
+    pub link: Arc<PartitionLink>,
+    pub record: Record,
 }
 
 /// A message a record triggered, with the record's position (dead-lettered if the store

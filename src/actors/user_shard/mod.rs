@@ -30,12 +30,13 @@ use crate::domain::keys::message_fingerprint;
 use crate::domain::profile::growth_bound;
 use crate::domain::thin_str::ThinStr;
 use crate::domain::user::{ApplyOutcome, UserState};
-use crate::ports::{DeadLetter, LoadedState, Record, UserSnapshot};
+use crate::ports::{DeadLetter, LoadedState, UserSnapshot};
 
 use super::batcher::Batcher;
 use super::context::Shared;
 use super::messages::{
-    ApplyBatch, FlushNow, MergeStep, PartitionLink, Triggered, UserRecord, WriteBatch, WriteOutcome,
+    ApplyBatch, FlushNow, Held, MergeStep, PartitionLink, Triggered, UserRecord, WriteBatch,
+    WriteOutcome,
 };
 use super::state_loader;
 use super::supervision::{contain, contain_async, RestartIntensity};
@@ -129,14 +130,6 @@ enum Applied {
 
 /// Records of a user waiting for its state to load, in order.
 type Waiting = Vec<(Arc<PartitionLink>, UserRecord)>;
-
-/// A record applied to a user, kept until the state holding it is durable: if that state
-/// turns out stale, the record is applied again to the newer one.
-struct Held {
-    user: Arc<str>,
-    link: Arc<PartitionLink>,
-    record: Record,
-}
 
 /// What the next flush writes and reports.
 #[derive(Default)]
@@ -840,21 +833,16 @@ impl UserShard {
             return;
         }
         self.flushing = true;
-        let raw = batch
-            .applied
-            .iter()
-            .map(|h| (h.user.clone(), h.record.clone()))
-            .collect();
+        let applied = Arc::new(batch.applied);
         let write = WriteBatch {
             snapshots: snapshots.clone(),
             messages: batch.messages,
-            raw,
+            applied: applied.clone(),
             dead: batch.dead,
             events: batch.events,
         };
-        let rest = Batch {
+        let mut rest = Batch {
             offsets: batch.offsets,
-            applied: batch.applied,
             latency: batch.latency,
             events: batch.events,
             marks: batch.marks,
@@ -871,6 +859,8 @@ impl UserShard {
                     return;
                 }
             };
+            // The batcher has let go of the list by now; a copy only if it has not.
+            rest.applied = Arc::try_unwrap(applied).unwrap_or_else(|shared| (*shared).clone());
             act.after_flush(rest, snapshots, outcome, ctx);
         }));
     }

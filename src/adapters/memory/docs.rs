@@ -25,11 +25,10 @@ type UserShard = Mutex<HashMap<Arc<str>, (Arc<UserSnapshot>, u64, i64), ahash::R
 
 pub struct MemoryDocumentStore {
     users: Vec<UserShard>,
-    /// Hashed with aHash, not SipHash: the embedded pipeline inserts every triggered message
-    /// here (SipHash was 2 % of its threads' time).
-    messages: Mutex<HashMap<String, MessageRecord, ahash::RandomState>>,
-    /// The flush token each message was inserted by.
-    inserted_by: Mutex<HashMap<String, u64, ahash::RandomState>>,
+    /// Each message with the token of the flush that inserted it. Hashed with aHash, not
+    /// SipHash: the embedded pipeline inserts every triggered message here (SipHash was 2 %
+    /// of its threads' time).
+    messages: Mutex<HashMap<String, (MessageRecord, u64), ahash::RandomState>>,
     /// Kept callbacks by key (a counter): message id, callback, expiry.
     early_callbacks: Mutex<BTreeMap<u64, (String, Callback, i64)>>,
     early_next: std::sync::atomic::AtomicU64,
@@ -45,7 +44,6 @@ impl Default for MemoryDocumentStore {
                 .map(|_| Mutex::new(HashMap::default()))
                 .collect(),
             messages: Mutex::new(HashMap::default()),
-            inserted_by: Mutex::new(HashMap::default()),
             early_callbacks: Mutex::default(),
             early_next: Default::default(),
             suppressions: Mutex::new(HashMap::new()),
@@ -113,16 +111,16 @@ impl MemoryDocumentStore {
     }
 
     pub fn messages(&self) -> Vec<MessageRecord> {
-        self.messages.lock().values().cloned().collect()
+        self.messages.lock().values().map(|(m, _)| m.clone()).collect()
     }
 
     pub fn message(&self, id: &str) -> Option<MessageRecord> {
-        self.messages.lock().get(id).cloned()
+        self.messages.lock().get(id).map(|(m, _)| m.clone())
     }
 
     pub fn status_counts(&self) -> BTreeMap<&'static str, usize> {
         let mut out = BTreeMap::new();
-        for m in self.messages.lock().values() {
+        for (m, _) in self.messages.lock().values() {
             *out.entry(m.status.as_str()).or_insert(0) += 1;
         }
         out
@@ -138,7 +136,7 @@ impl MemoryDocumentStore {
         self.messages
             .lock()
             .values()
-            .filter(|m| !m.status.is_terminal() && m.status != MessageStatus::Held)
+            .filter(|(m, _)| !m.status.is_terminal() && m.status != MessageStatus::Held)
             .count()
     }
 
@@ -146,7 +144,7 @@ impl MemoryDocumentStore {
     /// `frequency_capped`, `no`, `when_traits`, …).
     pub fn skip_reasons(&self) -> BTreeMap<String, usize> {
         let mut out = BTreeMap::new();
-        for m in self.messages.lock().values() {
+        for (m, _) in self.messages.lock().values() {
             if m.status == MessageStatus::Skipped {
                 let reason = m.error.as_deref().unwrap_or("");
                 let word = reason
@@ -210,10 +208,8 @@ impl DocumentStore for MemoryDocumentStore {
         token: u64,
     ) -> BoxFut<Result<(), StoreError>> {
         let mut store = self.messages.lock();
-        let mut by = self.inserted_by.lock();
         for id in ids {
-            if by.get(&id) == Some(&token) {
-                by.remove(&id);
+            if store.get(&id).is_some_and(|(_, by)| *by == token) {
                 store.remove(&id);
             }
         }
@@ -229,6 +225,7 @@ impl DocumentStore for MemoryDocumentStore {
             .messages
             .lock()
             .values()
+            .map(|(m, _)| m)
             .filter(|m| m.status == MessageStatus::Sent)
             .filter(|m| m.lookup_at.is_some_and(|at| at <= now_ms))
             .cloned()
@@ -245,7 +242,7 @@ impl DocumentStore for MemoryDocumentStore {
         next_ms: Option<i64>,
     ) -> BoxFut<Result<bool, StoreError>> {
         let claimed = match self.messages.lock().get_mut(&id) {
-            Some(m) if m.status == MessageStatus::Sent && m.lookup_at == Some(due_ms) => {
+            Some((m, _)) if m.status == MessageStatus::Sent && m.lookup_at == Some(due_ms) => {
                 m.lookup_at = next_ms;
                 true
             }
@@ -262,16 +259,12 @@ impl DocumentStore for MemoryDocumentStore {
         // In-process the call cannot fail halfway, so what it inserts is what carries the
         // token.
         let mut store = self.messages.lock();
-        let mut by = self.inserted_by.lock();
         let mut inserted = Vec::with_capacity(messages.len());
         for m in messages {
-            let id = m.id.clone();
-            match store.entry(id.clone()) {
-                std::collections::hash_map::Entry::Occupied(_) => continue,
-                std::collections::hash_map::Entry::Vacant(v) => v.insert(m),
-            };
-            by.insert(id.clone(), token);
-            inserted.push(id);
+            if let std::collections::hash_map::Entry::Vacant(v) = store.entry(m.id.clone()) {
+                inserted.push(m.id.clone());
+                v.insert((m, token));
+            }
         }
         let inserted = InsertedMessages {
             created: inserted,
@@ -287,7 +280,7 @@ impl DocumentStore for MemoryDocumentStore {
     ) -> BoxFut<Result<TransitionResult, StoreError>> {
         let result = match self.messages.lock().get_mut(&id) {
             None => TransitionResult::NotFound,
-            Some(m) => match m.apply(&change) {
+            Some((m, _)) => match m.apply(&change) {
                 ApplyResult::Applied => TransitionResult::Applied(Box::new(m.clone())),
                 ApplyResult::Ignored => TransitionResult::Ignored(m.status),
                 ApplyResult::NotReady => TransitionResult::NotReady,
@@ -337,7 +330,7 @@ impl DocumentStore for MemoryDocumentStore {
     }
 
     fn get_message(&self, id: String) -> BoxFut<Result<Option<MessageRecord>, StoreError>> {
-        let m = self.messages.lock().get(&id).cloned();
+        let m = self.messages.lock().get(&id).map(|(m, _)| m.clone());
         async move { Ok(m) }.boxed()
     }
 
@@ -363,6 +356,7 @@ impl DocumentStore for MemoryDocumentStore {
             .messages
             .lock()
             .values()
+            .map(|(m, _)| m)
             .filter(|m| m.status == status)
             .count() as u64;
         Box::pin(async move { Ok(n) })
@@ -378,6 +372,7 @@ impl DocumentStore for MemoryDocumentStore {
             .messages
             .lock()
             .values()
+            .map(|(m, _)| m)
             .filter(|m| {
                 matches!(
                     m.status,
@@ -411,6 +406,7 @@ impl DocumentStore for MemoryDocumentStore {
             .messages
             .lock()
             .values()
+            .map(|(m, _)| m)
             .find(|m| {
                 m.provider.as_deref() == Some(provider.as_str())
                     && m.knows_provider_message_id(&provider_message_id)
