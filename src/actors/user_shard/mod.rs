@@ -134,7 +134,8 @@ type Waiting = Vec<(Arc<PartitionLink>, UserRecord)>;
 /// What the next flush writes and reports.
 #[derive(Default)]
 struct Batch {
-    dirty: Vec<Arc<str>>,
+    /// The dirty users and the slots they were in when they became dirty.
+    dirty: Vec<(Arc<str>, u32)>,
     /// The offsets this flush reports durable, per partition incarnation (replays,
     /// duplicates and dead letters included).
     offsets: Vec<(Arc<PartitionLink>, Vec<u64>)>,
@@ -192,7 +193,7 @@ impl Batch {
     /// reloaded state, and reported with that), and drops its messages (triggered by a state
     /// that is gone).
     fn take_user(&mut self, user: &str) -> Vec<Held> {
-        self.dirty.retain(|u| &**u != user);
+        self.dirty.retain(|(u, _)| &**u != user);
         self.messages.retain(|t| &*t.user != user);
         let mut taken = Vec::new();
         let mut kept = Vec::with_capacity(self.applied.len());
@@ -370,7 +371,7 @@ impl UserShard {
         let Slot { key, entity } = &mut self.residents[slot];
         if !entity.dirty {
             entity.dirty = true;
-            self.acc.dirty.push(key.clone());
+            self.acc.dirty.push((key.clone(), slot as u32));
         }
         self.acc.touch();
     }
@@ -500,7 +501,7 @@ impl UserShard {
                 // held like an applied record, its offset waits for that write.
                 if !entity.dirty {
                     entity.dirty = true;
-                    self.acc.dirty.push(key.clone());
+                    self.acc.dirty.push((key.clone(), slot as u32));
                 }
                 self.acc.applied.push(Held {
                     user: key.clone(),
@@ -513,7 +514,7 @@ impl UserShard {
         }
         if !entity.dirty {
             entity.dirty = true;
-            self.acc.dirty.push(key.clone());
+            self.acc.dirty.push((key.clone(), slot as u32));
         }
         for message in messages {
             self.acc.messages.push(Triggered {
@@ -733,27 +734,31 @@ impl UserShard {
     }
 
     fn evict(&mut self, slot: usize) {
-        self.residents.swap_remove(slot);
-        self.shared.ports.metrics.aggregators_changed(-1);
+        if self.residents.remove(slot).is_some() {
+            self.shared.ports.metrics.aggregators_changed(-1);
+        }
     }
 
     /// Passivates durable users until the shard is back at its cap: a CLOCK sweep, where a
     /// recently used user loses a second chance instead of its place.
     fn passivate_to_cap(&mut self) {
-        let mut budget = self.residents.len() * (MAX_HITS as usize + 1);
+        let mut budget = self.residents.span() * (MAX_HITS as usize + 1);
         while self.residents.len() > self.cap && budget > 0 {
             budget -= 1;
-            if self.hand >= self.residents.len() {
+            if self.hand >= self.residents.span() {
                 self.hand = 0;
             }
-            let e = &mut self.residents[self.hand].entity;
-            if !e.durable() {
-                self.hand += 1;
-            } else if e.hits > 0 {
-                e.hits -= 1;
-                self.hand += 1;
-            } else {
-                self.evict(self.hand);
+            let slot = self.hand;
+            self.hand += 1;
+            let Some(Slot { entity: e, .. }) = self.residents.get_mut(slot) else {
+                continue;
+            };
+            if e.durable() {
+                if e.hits > 0 {
+                    e.hits -= 1;
+                } else {
+                    self.evict(slot);
+                }
             }
         }
     }
@@ -762,13 +767,12 @@ impl UserShard {
     fn passivate_idle(&mut self) {
         let idle = self.shared.settings.aggregator_idle.as_secs() as u32;
         let now = self.now_tick();
-        let mut i = 0;
-        while i < self.residents.len() {
-            let e = &self.residents[i].entity;
-            if e.durable() && now.saturating_sub(e.last_active) >= idle.max(1) {
-                self.evict(i);
-            } else {
-                i += 1;
+        for slot in 0..self.residents.span() {
+            let idle = self.residents.get(slot).is_some_and(|s| {
+                s.entity.durable() && now.saturating_sub(s.entity.last_active) >= idle.max(1)
+            });
+            if idle {
+                self.evict(slot);
             }
         }
     }
@@ -804,10 +808,12 @@ impl UserShard {
         // The dedup window as stored: what is older than `dedup.window_ms` is dropped.
         let seen_since = self.shared.ports.clock.now_ms() - self.shared.settings.dedup.window_ms;
         let mut snapshots = Vec::with_capacity(batch.dirty.len());
-        for key in &batch.dirty {
-            let Some(slot) = self.residents.find(key) else {
+        let mut slots = Vec::with_capacity(batch.dirty.len());
+        for (key, slot) in &batch.dirty {
+            let Some(slot) = self.residents.locate(*slot, key) else {
                 continue;
             };
+            slots.push(slot as u32);
             let e = &mut self.residents[slot].entity;
             if !e.dirty {
                 continue;
@@ -829,7 +835,7 @@ impl UserShard {
             }));
         }
         if snapshots.is_empty() && batch.dead.is_empty() {
-            self.after_flush(batch, Vec::new(), WriteOutcome::default(), ctx);
+            self.after_flush(batch, Vec::new(), Vec::new(), WriteOutcome::default(), ctx);
             return;
         }
         self.flushing = true;
@@ -861,7 +867,7 @@ impl UserShard {
             };
             // The batcher has let go of the list by now; a copy only if it has not.
             rest.applied = Arc::try_unwrap(applied).unwrap_or_else(|shared| (*shared).clone());
-            act.after_flush(rest, snapshots, outcome, ctx);
+            act.after_flush(rest, snapshots, slots, outcome, ctx);
         }));
     }
 
@@ -870,6 +876,7 @@ impl UserShard {
         &mut self,
         mut batch: Batch,
         snapshots: Vec<Arc<UserSnapshot>>,
+        slots: Vec<u32>,
         outcome: WriteOutcome,
         ctx: &mut Context<Self>,
     ) {
@@ -916,8 +923,8 @@ impl UserShard {
                 });
             }
         }
-        for snap in &snapshots {
-            if let Some(slot) = self.residents.find(&snap.user_id) {
+        for (snap, slot) in snapshots.iter().zip(slots) {
+            if let Some(slot) = self.residents.locate(slot, &snap.user_id) {
                 let e = &mut self.residents[slot].entity;
                 if e.in_flight && e.state.version + 1 == snap.version {
                     e.in_flight = false;

@@ -1,6 +1,12 @@
 //! A shard's resident users: their slots in one vector, found by key through a hash table of
 //! slot numbers. The table holds 4 bytes per user and hashes the key where the slot keeps it
 //! (a map from key to slot would hold the 16-byte key a second time).
+//!
+//! A user keeps its slot while resident (a passivated user's slot is reused by a later one),
+//! so a flush can name its users by slot and find them again without hashing: [`locate`]
+//! checks the slot still holds the same key allocation, which costs no string comparison.
+//!
+//! [`locate`]: Residents::locate
 
 use std::ops::{Index, IndexMut};
 use std::sync::Arc;
@@ -11,7 +17,9 @@ use super::{Entity, Slot};
 
 #[derive(Default)]
 pub(super) struct Residents {
-    slots: Vec<Slot>,
+    slots: Vec<Option<Slot>>,
+    /// Empty slots, reused before the vector grows.
+    free: Vec<u32>,
     index: HashTable<u32>,
     hasher: ahash::RandomState,
 }
@@ -21,7 +29,7 @@ impl Residents {
     pub(super) fn find(&self, key: &str) -> Option<usize> {
         let hash = self.hasher.hash_one(key);
         self.index
-            .find(hash, |&s| &*self.slots[s as usize].key == key)
+            .find(hash, |&s| self.key_at(s) == Some(key))
             .map(|&s| s as usize)
     }
 
@@ -29,55 +37,83 @@ impl Residents {
         self.find(key).is_some()
     }
 
+    /// The slot of `key`: `slot` if it still holds this very key (the same allocation, as
+    /// the shard hands it out), else found by hashing.
+    pub(super) fn locate(&self, slot: u32, key: &Arc<str>) -> Option<usize> {
+        match self.slots.get(slot as usize) {
+            Some(Some(s)) if Arc::ptr_eq(&s.key, key) => Some(slot as usize),
+            _ => self.find(key),
+        }
+    }
+
     /// Makes `key` resident with `entity` (it must not be already); returns its slot.
     pub(super) fn push(&mut self, key: Arc<str>, entity: Entity) -> usize {
         debug_assert!(!self.contains(&key));
-        let slot = self.slots.len();
         let hash = self.hasher.hash_one(&*key);
-        self.slots.push(Slot { key, entity });
-        let (slots, hasher) = (&self.slots, &self.hasher);
-        self.index.insert_unique(hash, slot as u32, |&s| {
-            hasher.hash_one(&*slots[s as usize].key)
-        });
-        slot
-    }
-
-    /// Removes the user in `slot`; the last slot's user moves into it.
-    pub(super) fn swap_remove(&mut self, slot: usize) -> Slot {
-        let last = self.slots.len() - 1;
-        self.forget(slot);
-        if slot != last {
-            // The last user's entry now names the slot it moves into.
-            let hash = self.hasher.hash_one(&*self.slots[last].key);
-            if let Some(s) = self.index.find_mut(hash, |&s| s as usize == last) {
-                *s = slot as u32;
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.slots[s as usize] = Some(Slot { key, entity });
+                s
             }
-        }
-        self.slots.swap_remove(slot)
+            None => {
+                self.slots.push(Some(Slot { key, entity }));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        self.index.insert_unique(hash, slot, |&s| {
+            let key = slots[s as usize].as_ref().map_or("", |s| &*s.key);
+            hasher.hash_one(key)
+        });
+        slot as usize
     }
 
-    fn forget(&mut self, slot: usize) {
-        let hash = self.hasher.hash_one(&*self.slots[slot].key);
+    /// Removes the user in `slot` (its slot is free for the next one).
+    pub(super) fn remove(&mut self, slot: usize) -> Option<Slot> {
+        let gone = self.slots.get_mut(slot)?.take()?;
+        let hash = self.hasher.hash_one(&*gone.key);
         if let Ok(entry) = self.index.find_entry(hash, |&s| s as usize == slot) {
             entry.remove();
         }
+        self.free.push(slot as u32);
+        Some(gone)
     }
 
+    /// Resident users.
     pub(super) fn len(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    /// Slots, taken and free: what a sweep over [`Residents::get_mut`] covers.
+    pub(super) fn span(&self) -> usize {
         self.slots.len()
+    }
+
+    pub(super) fn get(&self, slot: usize) -> Option<&Slot> {
+        self.slots.get(slot)?.as_ref()
+    }
+
+    pub(super) fn get_mut(&mut self, slot: usize) -> Option<&mut Slot> {
+        self.slots.get_mut(slot)?.as_mut()
+    }
+
+    fn key_at(&self, slot: u32) -> Option<&str> {
+        self.get(slot as usize).map(|s| &*s.key)
     }
 }
 
+/// A slot known to be taken (from [`Residents::find`] or [`Residents::push`] since the last
+/// removal): anything else is a bug in the shard.
 impl Index<usize> for Residents {
     type Output = Slot;
     fn index(&self, slot: usize) -> &Slot {
-        &self.slots[slot]
+        self.get(slot).expect("a resident user's slot")
     }
 }
 
 impl IndexMut<usize> for Residents {
     fn index_mut(&mut self, slot: usize) -> &mut Slot {
-        &mut self.slots[slot]
+        self.get_mut(slot).expect("a resident user's slot")
     }
 }
 
@@ -86,28 +122,36 @@ mod tests {
     use super::*;
     use crate::domain::user::UserState;
 
-    fn keys(r: &Residents) -> Vec<String> {
-        (0..r.len()).map(|s| r[s].key.to_string()).collect()
+    fn user(i: usize) -> Arc<str> {
+        Arc::from(format!("u-{i}"))
     }
 
     #[test]
-    fn finds_every_resident_after_removals() {
+    fn slots_stay_put_and_are_reused() {
         let mut r = Residents::default();
-        for i in 0..100 {
-            let key: Arc<str> = Arc::from(format!("u-{i}"));
-            assert_eq!(r.push(key, Entity::new(UserState::new(), None)), i);
+        let keys: Vec<Arc<str>> = (0..100).map(user).collect();
+        for (i, key) in keys.iter().enumerate() {
+            assert_eq!(r.push(key.clone(), Entity::new(UserState::new(), None)), i);
         }
-        for slot in [0, 50, 97, 10, 10] {
-            let gone = r.swap_remove(slot);
+        for slot in [0, 50, 97, 10] {
+            let gone = r.remove(slot).expect("taken");
             assert!(r.find(&gone.key).is_none());
         }
-        assert_eq!(r.len(), 95);
-        for (slot, key) in keys(&r).iter().enumerate() {
-            assert_eq!(r.find(key), Some(slot), "{key}");
+        assert!(r.remove(10).is_none(), "already free");
+        assert_eq!((r.len(), r.span()), (96, 100));
+        for (slot, key) in keys.iter().enumerate() {
+            let want = (![0, 50, 97, 10].contains(&slot)).then_some(slot);
+            assert_eq!(r.find(key), want, "{key}");
+            assert_eq!(r.locate(slot as u32, key), want, "{key}");
         }
-        let last = r.len() - 1;
-        r.swap_remove(last);
-        assert_eq!(r.len(), 94);
-        assert!(keys(&r).iter().all(|k| r.contains(k)));
+        let again = r.push(user(1000), Entity::new(UserState::new(), None));
+        assert!([0, 50, 97, 10].contains(&again), "a free slot is reused");
+        assert_eq!(r.span(), 100);
+        // A slot reused by another user is not taken for the old key's; a copy of a key (not
+        // the shard's allocation) is found by hashing.
+        let old = &keys[again];
+        assert_eq!(r.locate(again as u32, old), None);
+        assert_eq!(r.locate(again as u32, &user(1000)), Some(again));
+        assert_eq!(r.locate(3, &user(1000)), Some(again));
     }
 }

@@ -111,7 +111,11 @@ impl MemoryDocumentStore {
     }
 
     pub fn messages(&self) -> Vec<MessageRecord> {
-        self.messages.lock().values().map(|(m, _)| m.clone()).collect()
+        self.messages
+            .lock()
+            .values()
+            .map(|(m, _)| m.clone())
+            .collect()
     }
 
     pub fn message(&self, id: &str) -> Option<MessageRecord> {
