@@ -5,7 +5,10 @@
 //! `aggregator.max_resident` = N, one with 2 × N; once every record is durable, each reads its
 //! RSS and the resident-user gauge. The input (the embedded source keeps its log) and every
 //! other cost are the same in both, so the RSS slope between them is what a resident user
-//! costs. The heap estimate of one state (`UserState::heap_bytes`) is printed beside it.
+//! costs. The pair runs twice: as the allocator is configured by default, and with freed
+//! memory returned to the system at once (`MIMALLOC_PURGE_DELAY=0`), which leaves out memory
+//! freed during the run that mimalloc keeps a while (it moves the first figure by ±100 B from
+//! run to run). The heap estimate of one state (`UserState::heap_bytes`) is printed beside it.
 //!
 //! Results go to `target/bench/residency.json`.
 
@@ -253,9 +256,15 @@ partitions = 4
     });
 }
 
-fn run_child(users: usize, max_resident: usize) -> (f64, f64) {
-    let out = std::process::Command::new(std::env::current_exe().expect("own path"))
-        .env("HERALD_RESIDENCY_CHILD", format!("{users},{max_resident}"))
+/// One measuring child; `purge_at_once` runs it with mimalloc returning freed memory to the
+/// system at once (`MIMALLOC_PURGE_DELAY=0`) instead of after its delay.
+fn run_child(users: usize, max_resident: usize, purge_at_once: bool) -> (f64, f64) {
+    let mut child = std::process::Command::new(std::env::current_exe().expect("own path"));
+    child.env("HERALD_RESIDENCY_CHILD", format!("{users},{max_resident}"));
+    if purge_at_once {
+        child.env("MIMALLOC_PURGE_DELAY", "0");
+    }
+    let out = child
         .output()
         .expect("run the measuring child");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -283,9 +292,15 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
-    let (first, r1) = run_child(2 * users, users);
-    let (second, r2) = run_child(2 * users, 2 * users);
+    let (first, r1) = run_child(2 * users, users, false);
+    let (second, r2) = run_child(2 * users, 2 * users, false);
     let per_user = (second - first) / (r2 - r1);
+    // The same with freed memory returned at once: what stays is what the resident users
+    // hold (with the allocator's size classes), not memory freed during the run that
+    // mimalloc keeps for a while before returning it.
+    let (first_live, l1) = run_child(2 * users, users, true);
+    let (second_live, l2) = run_child(2 * users, 2 * users, true);
+    let per_user_live = (second_live - first_live) / (l2 - l1);
 
     // The heap estimate of one typical state, applied as the shards apply it.
     let mut state = UserState::new();
@@ -301,9 +316,10 @@ fn main() {
     println!("resident users: {r1} → {r2}");
     println!("RSS: {first} → {second} bytes");
     println!("per resident user (RSS slope): {per_user:.0} bytes");
+    println!("per resident user, freed memory returned at once: {per_user_live:.0} bytes");
     println!("one state's own bytes (estimate): {heap} bytes");
     let json = format!(
-        "{{\"resident_first\":{r1},\"resident_second\":{r2},\"rss_first\":{first},\"rss_second\":{second},\"bytes_per_user\":{per_user:.0},\"state_estimate\":{heap}}}\n"
+        "{{\"resident_first\":{r1},\"resident_second\":{r2},\"rss_first\":{first},\"rss_second\":{second},\"bytes_per_user\":{per_user:.0},\"bytes_per_user_purged\":{per_user_live:.0},\"state_estimate\":{heap}}}\n"
     );
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     if std::fs::create_dir_all(&dir).is_ok() {
