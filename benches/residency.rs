@@ -264,9 +264,7 @@ fn run_child(users: usize, max_resident: usize, purge_at_once: bool) -> (f64, f6
     if purge_at_once {
         child.env("MIMALLOC_PURGE_DELAY", "0");
     }
-    let out = child
-        .output()
-        .expect("run the measuring child");
+    let out = child.output().expect("run the measuring child");
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text
         .lines()
