@@ -141,6 +141,34 @@ circuit_failures = 1000000
             .unwrap();
         let _: () = redis::cmd("FLUSHALL").query(&mut conn).unwrap();
     };
+    // Losses the instances logged so far (each instance writes its own log).
+    let noticed = || {
+        (0..=6)
+            .map(|i| {
+                let tag = if i == 0 {
+                    "0".to_string()
+                } else {
+                    i.to_string()
+                };
+                std::fs::read_to_string(log_dir().join(format!("{}-{tag}.log", names.base)))
+                    .unwrap_or_default()
+                    .matches("the retry schedule lost entries")
+                    .count()
+            })
+            .sum::<usize>()
+    };
+    // Each loss is noticed before the next fault: two losses before one sweep (a flush
+    // while the client still reconnects after the restart) would be one to the schedule.
+    let wait_noticed = |before: usize, step: usize| {
+        let started = std::time::Instant::now();
+        while noticed() <= before {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the schedule's loss at step {step} was not noticed within 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
     let mut obs = Observer::new(&names, 0);
     let mut child = spawn("0");
     let mut published = 0usize;
@@ -150,8 +178,12 @@ circuit_failures = 1000000
         obs.published(part.len() as u64);
         // Let some of it through, then break something while the rest is in flight.
         obs.wait_progress((published - part.len() / 2) as i64, Duration::from_secs(60));
+        let before = noticed();
         match i {
-            1 | 5 => flush(redis_port),
+            1 | 5 => {
+                flush(redis_port);
+                wait_noticed(before, i);
+            }
             2 | 6 => {
                 kill9(&mut child.0);
                 child = spawn(&format!("{i}"));
@@ -160,6 +192,7 @@ circuit_failures = 1000000
                 // Restarted without persistence: it comes back empty.
                 drop(redis);
                 redis = private_redis(redis_port);
+                wait_noticed(before, i);
             }
             _ => {}
         }
@@ -182,19 +215,7 @@ circuit_failures = 1000000
     let reconciled = sum(&scrape(http), "herald_messages_reconciled_total", &[]);
     let (status, _) = sigterm(&mut child.0, Duration::from_secs(40));
     assert!(status.success());
-    let noticed = (0..=6)
-        .map(|i| {
-            let tag = if i == 0 {
-                "0".to_string()
-            } else {
-                i.to_string()
-            };
-            std::fs::read_to_string(log_dir().join(format!("{}-{tag}.log", names.base)))
-                .unwrap_or_default()
-                .matches("the retry schedule lost entries")
-                .count()
-        })
-        .sum::<usize>();
+    let noticed = noticed();
     eprintln!("schedule losses noticed: {noticed}; messages adopted by the reconciler since the last start: {reconciled}");
     assert!(noticed >= 3, "the flushes and the restart were noticed");
     assert_users_equal(&block_on(mongo_users(&names)), &want);

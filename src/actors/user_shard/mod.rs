@@ -76,7 +76,7 @@ struct Entity {
     /// An upper bound of its profile's JSON size: exact when measured, then grown by each
     /// applied record's [`growth_bound`]. Only when it nears `limits.max_profile_bytes` is the
     /// profile measured again, so the limit costs nothing for profiles far below it.
-    /// 32 bits, saturating (`u32::MAX`: unknown), so the bookkeeping packs into one word.
+    /// 32 bits, saturating (`u32::MAX`: unknown), so the bookkeeping packs into 16 bytes.
     size_bound: u32,
     /// A merge into this user under way (its records wait behind it).
     job: Option<Box<MergeJob>>,
