@@ -37,7 +37,8 @@ fn halves(fingerprint: u64) -> [u32; 2] {
 #[derive(Debug, Clone, Default)]
 pub struct DedupWindow {
     order: VecDeque<Seen>,
-    /// What the entries' times count from: no later than the oldest entry's time.
+    /// What the entries' times count from: the oldest entry's time, unless the entries span
+    /// more than 32 bits of ms (then older ones are held as of the base: later, never earlier).
     base: i64,
     /// Boxed on purpose: 8 bytes in every resident user instead of a 48-byte empty set, for
     /// the few users whose window is large.
