@@ -13,6 +13,7 @@ pub mod merge;
 pub mod message;
 pub mod names;
 pub mod opt_ms;
+pub mod packed_state;
 pub mod policy;
 pub mod positions;
 pub mod profile;

@@ -16,6 +16,16 @@ impl OptMs {
     pub fn get(self) -> Option<i64> {
         (self.0 != NONE).then_some(self.0)
     }
+
+    /// The 8 bytes as they are (`i64::MIN`: none), for compact forms.
+    pub fn raw(self) -> i64 {
+        self.0
+    }
+
+    /// Reads [`OptMs::raw`].
+    pub fn from_raw(raw: i64) -> OptMs {
+        OptMs(raw)
+    }
 }
 
 impl Default for OptMs {

@@ -75,6 +75,16 @@ impl<V> NameMap<V> {
     }
 }
 
+impl<V> NameMap<V> {
+    /// From entries already sorted by name, each name once; `None` if they are not.
+    pub fn from_sorted(entries: Vec<(Name, V)>) -> Option<Self> {
+        entries
+            .windows(2)
+            .all(|w| w[0].0 < w[1].0)
+            .then(|| NameMap(ThinSlice::from_exact(entries.len(), entries.into_iter())))
+    }
+}
+
 impl<V: Clone> NameMap<V> {
     /// Runs `f` on the value of `key`, if present (copying the map first if a snapshot
     /// shares it); whether it was.
@@ -148,6 +158,14 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for NameMap<V> {
 pub struct NameSet(ThinSlice<Name>);
 
 impl NameSet {
+    /// From names already sorted, each once; `None` if they are not.
+    pub fn from_sorted(names: Vec<Name>) -> Option<Self> {
+        names
+            .windows(2)
+            .all(|w| w[0] < w[1])
+            .then(|| NameSet(ThinSlice::from_exact(names.len(), names.into_iter())))
+    }
+
     fn names(&self) -> &[Name] {
         self.0.as_slice()
     }

@@ -1,0 +1,488 @@
+//! A resident user's state packed into one allocation of compact bytes, for users idle long
+//! enough that their next record is not expected soon (`aggregator.pack_after_ms`). A live
+//! state is a tree of fixed-size parts — 16-byte trait values, 32-byte event statistics,
+//! 8-byte name pointers, a boxed state of 144 bytes — sized for changing it fast; packed, the
+//! same state is its content only: names as their bytes, integers as variable-length
+//! (LEB128) numbers, instants as differences from a nearby instant. A typical user (5 traits,
+//! 3 tags, 5 event names, 10 remembered ids) packs into ≈ 320 bytes, against ≈ 650 live.
+//!
+//! [`unpack`] gives back a state equal to the one packed (property-tested): the same names
+//! (interned again), the same trait value kinds, the same dedup entries and instants. A state
+//! with parts this form does not hold (a merge part, group traits, arrays or objects as trait
+//! values) is not packed and stays live.
+//!
+//! The form lives only in memory and only in this process: it is never stored or sent, so it
+//! has no schema version.
+//!
+//! Layout, in order: version; positions (count, then partition and offset); event count;
+//! `first_seen`, `last_seen` (as a difference from `first_seen`); traits (count, then name and
+//! value); tags (count, names); event statistics (count, then name, count, first instant as a
+//! difference from `first_seen`, last as a difference from the first); the dedup window
+//! (count, the first entry's instant, then each fingerprint as 8 bytes and its instant as a
+//! difference from the entry before). Unsigned numbers are LEB128, signed ones zigzag LEB128,
+//! names and strings a length and UTF-8 bytes. Differences wrap, so any `i64` survives.
+
+use std::fmt;
+
+use super::dedup::DedupWindow;
+use super::names::{intern, Name};
+use super::opt_ms::OptMs;
+use super::positions::Positions;
+use super::profile::{NameMap, NameSet, Profile};
+use super::stored_state::Unreadable;
+use super::thin_slice::ThinSlice;
+use super::thin_str::ThinStr;
+use super::trait_value::TraitValue;
+use super::user::{EventStats, UserState};
+
+/// Packed bytes behind an 8-byte pointer.
+pub struct PackedState(ThinSlice<u8>);
+
+const _: () = assert!(std::mem::size_of::<PackedState>() == 8);
+
+impl PackedState {
+    pub fn len(&self) -> usize {
+        self.0.as_slice().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes of its allocation (counter, length, the packed bytes).
+    pub fn heap_bytes(&self) -> usize {
+        self.0.heap_bytes()
+    }
+}
+
+impl fmt::Debug for PackedState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PackedState({} bytes)", self.len())
+    }
+}
+
+// Trait value kinds.
+const NULL: u8 = 0;
+const FALSE: u8 = 1;
+const TRUE: u8 = 2;
+const POS_INT: u8 = 3;
+const NEG_INT: u8 = 4;
+const FLOAT: u8 = 5;
+const INLINE: u8 = 6;
+const SHARED: u8 = 7;
+
+/// `state` packed, or `None` if it has a part the packed form does not hold.
+pub fn pack(state: &UserState) -> Option<PackedState> {
+    let p = &state.profile;
+    let packable = state.identity.is_none()
+        && p.groups.is_empty()
+        && p.traits.iter().all(|(_, v)| !matches!(v, TraitValue::Json(_)));
+    if !packable {
+        return None;
+    }
+    let mut w = Writer(Vec::with_capacity(256));
+    w.unsigned(state.version);
+    w.unsigned(state.positions.len() as u64);
+    for &(partition, offset) in state.positions.iter() {
+        w.unsigned(u64::from(partition));
+        w.unsigned(offset);
+    }
+    w.signed(p.event_count);
+    let first = p.first_seen.raw();
+    w.signed(first);
+    w.signed(p.last_seen.raw().wrapping_sub(first));
+    w.unsigned(p.traits.len() as u64);
+    for (name, value) in p.traits.iter() {
+        w.text(name);
+        match value {
+            TraitValue::Null => w.byte(NULL),
+            TraitValue::Bool(false) => w.byte(FALSE),
+            TraitValue::Bool(true) => w.byte(TRUE),
+            TraitValue::PosInt(n) => {
+                w.byte(POS_INT);
+                w.unsigned(*n);
+            }
+            TraitValue::NegInt(n) => {
+                w.byte(NEG_INT);
+                w.signed(*n);
+            }
+            TraitValue::Float(f) => {
+                w.byte(FLOAT);
+                w.0.extend_from_slice(&f.to_bits().to_le_bytes());
+            }
+            TraitValue::Inline(s) => {
+                w.byte(INLINE);
+                w.text(s.as_str());
+            }
+            TraitValue::Shared(s) => {
+                w.byte(SHARED);
+                w.text(s);
+            }
+            // Checked above.
+            TraitValue::Json(_) => return None,
+        }
+    }
+    w.unsigned(p.tags.len() as u64);
+    for tag in p.tags.iter() {
+        w.text(tag);
+    }
+    w.unsigned(p.events.len() as u64);
+    for (name, stats) in p.events.iter() {
+        w.text(name);
+        w.signed(stats.count);
+        w.signed(stats.first_at.wrapping_sub(first));
+        w.signed(stats.last_at.wrapping_sub(stats.first_at));
+    }
+    w.unsigned(state.seen.len() as u64);
+    let mut previous = None;
+    for (fingerprint, at) in state.seen.entries() {
+        w.0.extend_from_slice(&fingerprint.to_le_bytes());
+        match previous {
+            None => w.signed(at),
+            Some(p) => w.signed(at.wrapping_sub(p)),
+        }
+        previous = Some(at);
+    }
+    Some(PackedState(ThinSlice::from_slice(&w.0)))
+}
+
+/// The state [`pack`] packed. Bytes it did not write are [`Unreadable`] (never expected: the
+/// form is only ever written by `pack` in this process).
+pub fn unpack(packed: &PackedState) -> Result<UserState, Unreadable> {
+    let mut r = Reader(packed.0.as_slice());
+    let version = r.unsigned()?;
+    let positions = r.count()?;
+    let mut all = Vec::with_capacity(positions);
+    for _ in 0..positions {
+        let partition = u32::try_from(r.unsigned()?).map_err(|_| bad("a partition"))?;
+        all.push((partition, r.unsigned()?));
+    }
+    let event_count = r.signed()?;
+    let first = r.signed()?;
+    let last = first.wrapping_add(r.signed()?);
+    let traits = r.count()?;
+    let mut trait_slots: Vec<(Name, TraitValue)> = Vec::with_capacity(traits);
+    for _ in 0..traits {
+        let name = intern(r.text()?);
+        let value = match r.byte()? {
+            NULL => TraitValue::Null,
+            FALSE => TraitValue::Bool(false),
+            TRUE => TraitValue::Bool(true),
+            POS_INT => TraitValue::PosInt(r.unsigned()?),
+            NEG_INT => TraitValue::NegInt(r.signed()?),
+            FLOAT => TraitValue::Float(f64::from_bits(u64::from_le_bytes(r.array()?))),
+            INLINE => TraitValue::string(r.text()?),
+            SHARED => TraitValue::Shared(ThinStr::new(r.text()?)),
+            other => return Err(bad(&format!("trait value kind {other}"))),
+        };
+        trait_slots.push((name, value));
+    }
+    let tags = r.count()?;
+    let mut tag_names = Vec::with_capacity(tags);
+    for _ in 0..tags {
+        tag_names.push(intern(r.text()?));
+    }
+    let events = r.count()?;
+    let mut event_slots: Vec<(Name, EventStats)> = Vec::with_capacity(events);
+    for _ in 0..events {
+        let name = intern(r.text()?);
+        let count = r.signed()?;
+        let first_at = first.wrapping_add(r.signed()?);
+        let last_at = first_at.wrapping_add(r.signed()?);
+        event_slots.push((
+            name,
+            EventStats {
+                count,
+                first_at,
+                last_at,
+            },
+        ));
+    }
+    let seen = r.count()?;
+    let mut entries = Vec::with_capacity(seen);
+    let mut previous: Option<i64> = None;
+    for _ in 0..seen {
+        let fingerprint = u64::from_le_bytes(r.array()?);
+        let at = match previous {
+            None => r.signed()?,
+            Some(p) => p.wrapping_add(r.signed()?),
+        };
+        entries.push((fingerprint, at));
+        previous = Some(at);
+    }
+    if !r.0.is_empty() {
+        return Err(bad("bytes after the dedup window"));
+    }
+    let profile = Profile {
+        traits: NameMap::from_sorted(trait_slots).ok_or_else(|| bad("trait names' order"))?,
+        tags: NameSet::from_sorted(tag_names).ok_or_else(|| bad("tags' order"))?,
+        event_count,
+        events: NameMap::from_sorted(event_slots).ok_or_else(|| bad("event names' order"))?,
+        first_seen: OptMs::from_raw(first),
+        last_seen: OptMs::from_raw(last),
+        groups: NameMap::default(),
+    };
+    Ok(UserState {
+        version,
+        profile,
+        positions: Positions::from(all),
+        seen: DedupWindow::from_entries(entries),
+        identity: None,
+    })
+}
+
+fn bad(what: &str) -> Unreadable {
+    Unreadable(format!("a packed state does not read back: {what}"))
+}
+
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn byte(&mut self, b: u8) {
+        self.0.push(b);
+    }
+
+    fn unsigned(&mut self, mut n: u64) {
+        while n >= 0x80 {
+            self.0.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        self.0.push(n as u8);
+    }
+
+    /// Zigzag: small magnitudes of either sign take few bytes.
+    fn signed(&mut self, n: i64) {
+        self.unsigned(((n << 1) ^ (n >> 63)) as u64);
+    }
+
+    fn text(&mut self, s: &str) {
+        self.unsigned(s.len() as u64);
+        self.0.extend_from_slice(s.as_bytes());
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Unreadable> {
+        if self.0.len() < n {
+            return Err(bad("it ends early"));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn byte(&mut self) -> Result<u8, Unreadable> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], Unreadable> {
+        let mut out = [0; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
+    }
+
+    fn unsigned(&mut self) -> Result<u64, Unreadable> {
+        let mut n = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.byte()?;
+            n |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(n);
+            }
+        }
+        Err(bad("a number over 64 bits"))
+    }
+
+    fn signed(&mut self) -> Result<i64, Unreadable> {
+        let z = self.unsigned()?;
+        Ok(((z >> 1) as i64) ^ -((z & 1) as i64))
+    }
+
+    /// A count of items that each take at least one byte: no larger than what is left, so a
+    /// damaged count cannot make the reader reserve unbounded memory.
+    fn count(&mut self) -> Result<usize, Unreadable> {
+        let n = self.unsigned()?;
+        usize::try_from(n)
+            .ok()
+            .filter(|&n| n <= self.0.len())
+            .ok_or_else(|| bad("a count beyond its bytes"))
+    }
+
+    fn text(&mut self) -> Result<&'a str, Unreadable> {
+        let n = self.count()?;
+        std::str::from_utf8(self.take(n)?).map_err(|_| bad("text that is not UTF-8"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::event::decode;
+    use crate::domain::user::{DedupLimits, Position};
+    use proptest::prelude::*;
+
+    fn typical() -> UserState {
+        let mut state = UserState::new();
+        let user = "user-00000001";
+        for i in 0..2 {
+            let p = format!(
+                r#"{{"messageId":"{user}-i{i}","type":"identify","userId":"{user}","timestamp":"2026-11-23T10:00:0{i}Z","traits":{{"email":"{user}@example.com","phone":"+15550000001","first_name":"Ada{i}","plan":"pro","subscribed":true,"score":-3,"ratio":0.25,"nothing":null,"visits":12}},"tags":{{"add":["vip","beta","newsletter"]}}}}"#
+            );
+            let e = decode(p.as_bytes(), 1 << 20).unwrap();
+            let pos = Position {
+                partition: 3,
+                offset: i,
+            };
+            state.apply(Some(pos), &e, 1_700_000_000_000 + i as i64, DedupLimits::default());
+        }
+        for i in 0..8 {
+            let event = ["viewed", "clicked", "added_to_cart", "bought", "shared"][i % 5];
+            let p = format!(
+                r#"{{"messageId":"{user}-t{i}","type":"track","userId":"{user}","timestamp":"2026-11-23T10:01:0{i}Z","event":"{event}"}}"#
+            );
+            let e = decode(p.as_bytes(), 1 << 20).unwrap();
+            let pos = Position {
+                partition: 3,
+                offset: 10 + i as u64,
+            };
+            state.apply(Some(pos), &e, 1_700_000_100_000 + i as i64, DedupLimits::default());
+        }
+        state.version = 7;
+        state
+    }
+
+    #[test]
+    fn a_typical_user_packs_small_and_reads_back_equal() {
+        let state = typical();
+        let packed = pack(&state).expect("packable");
+        assert!(packed.len() < 420, "{} bytes", packed.len());
+        let back = unpack(&packed).unwrap();
+        assert_eq!(back, state);
+        assert_eq!(back.profile.traits.len(), 8, "a null trait is removed, not kept");
+        // And it goes on working: a duplicate is still one.
+        let mut back = back;
+        let dup = decode(
+            br#"{"messageId":"user-00000001-t3","type":"track","userId":"user-00000001","timestamp":"2026-11-23T10:01:03Z","event":"viewed"}"#,
+            1 << 20,
+        )
+        .unwrap();
+        let outcome = back.apply(None, &dup, 1_700_000_200_000, DedupLimits::default());
+        assert_eq!(outcome, crate::domain::user::ApplyOutcome::DuplicateId);
+    }
+
+    #[test]
+    fn an_empty_state_round_trips() {
+        let state = UserState::new();
+        assert_eq!(unpack(&pack(&state).unwrap()).unwrap(), state);
+    }
+
+    #[test]
+    fn parts_the_form_does_not_hold_stay_live() {
+        let mut state = typical();
+        state
+            .profile
+            .traits
+            .insert("list", TraitValue::from(serde_json::json!([1, 2])));
+        assert!(pack(&state).is_none());
+        let mut state = typical();
+        state.profile.groups.insert("g1", NameMap::default());
+        assert!(pack(&state).is_none());
+    }
+
+    #[test]
+    fn damaged_bytes_are_unreadable_not_a_panic() {
+        let bytes = pack(&typical()).unwrap().0.as_slice().to_vec();
+        for cut in 0..bytes.len() {
+            let short = PackedState(ThinSlice::from_slice(&bytes[..cut]));
+            assert!(unpack(&short).is_err(), "cut at {cut}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(unpack(&PackedState(ThinSlice::from_slice(&longer))).is_err());
+        // Every single-byte change reads back as something or as an error, never a panic.
+        for i in 0..bytes.len() {
+            for b in [0u8, 0x7f, 0x80, 0xff] {
+                let mut changed = bytes.clone();
+                changed[i] = b;
+                let _ = unpack(&PackedState(ThinSlice::from_slice(&changed)));
+            }
+        }
+    }
+
+    fn trait_value() -> impl Strategy<Value = TraitValue> {
+        prop_oneof![
+            Just(TraitValue::Null),
+            any::<bool>().prop_map(TraitValue::Bool),
+            any::<u64>().prop_map(TraitValue::PosInt),
+            (i64::MIN..0).prop_map(TraitValue::NegInt),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(TraitValue::Float),
+            "\\PC{0,30}".prop_map(|s| TraitValue::string(&s)),
+        ]
+    }
+
+    fn name() -> impl Strategy<Value = String> {
+        "[a-z_]{1,12}|\\PC{1,6}"
+    }
+
+    prop_compose! {
+        fn any_state()(
+            version in any::<u64>(),
+            positions in proptest::collection::vec((any::<u32>(), any::<u64>()), 0..4),
+            event_count in any::<i64>(),
+            first in proptest::option::of(-250_000_000_000_000i64..250_000_000_000_000),
+            last in proptest::option::of(-250_000_000_000_000i64..250_000_000_000_000),
+            traits in proptest::collection::vec((name(), trait_value()), 0..8),
+            tags in proptest::collection::vec(name(), 0..5),
+            events in proptest::collection::vec((name(), any::<i64>(), any::<i64>(), any::<i64>()), 0..6),
+            seen in proptest::collection::vec((any::<u64>(), 0i64..5_000_000_000), 0..40),
+            seen_from in -1_000_000_000_000i64..2_000_000_000_000,
+        ) -> UserState {
+            let mut profile = Profile {
+                event_count,
+                first_seen: OptMs::from(first),
+                last_seen: OptMs::from(last),
+                ..Profile::default()
+            };
+            for (k, v) in traits {
+                profile.traits.insert(&k, v);
+            }
+            for t in tags {
+                profile.tags.insert(&t);
+            }
+            for (k, count, first_at, last_at) in events {
+                profile.events.insert(&k, EventStats { count, first_at, last_at });
+            }
+            let mut at = seen_from;
+            let entries = seen
+                .into_iter()
+                .map(|(f, gap)| {
+                    at += gap;
+                    (f, at)
+                })
+                .collect();
+            UserState {
+                version,
+                profile,
+                positions: Positions::from(positions),
+                seen: DedupWindow::from_entries(entries),
+                identity: None,
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn packed_states_read_back_equal(state in any_state()) {
+            let packed = pack(&state).expect("packable");
+            let back = unpack(&packed).unwrap();
+            prop_assert_eq!(&back, &state);
+            // Packing what was unpacked gives the same bytes.
+            let again = pack(&back).unwrap();
+            prop_assert_eq!(again.0.as_slice(), packed.0.as_slice());
+        }
+    }
+}
