@@ -39,6 +39,7 @@ pub struct Metrics {
     commit_offset: Family<Labels, Gauge>,
     pub aggregators_active: Gauge,
     users_resident: Gauge,
+    users_packed: Gauge,
     stale_writes: Counter,
     users_contended: Counter,
     drain_timeouts: Counter,
@@ -95,6 +96,7 @@ impl Metrics {
         let commit_offset = Family::<Labels, Gauge>::default();
         let aggregators_active = Gauge::default();
         let users_resident = Gauge::default();
+        let users_packed = Gauge::default();
         let stale_writes = Counter::default();
         let users_contended = Counter::default();
         let drain_timeouts = Counter::default();
@@ -103,6 +105,11 @@ impl Metrics {
             "herald_users_resident",
             "Users whose state is held in memory on this instance (at most aggregator.max_resident)",
             users_resident.clone(),
+        );
+        registry.register(
+            "herald_users_packed",
+            "Resident users held packed (idle for aggregator.pack_after_ms: their state as compact bytes, unpacked by their next record)",
+            users_packed.clone(),
         );
         registry.register(
             "herald_stale_writes",
@@ -333,6 +340,7 @@ impl Metrics {
             commit_offset,
             aggregators_active,
             users_resident,
+            users_packed,
             stale_writes,
             users_contended,
             drain_timeouts,
@@ -537,6 +545,15 @@ impl Metrics {
 
     pub fn users_resident(&self) -> i64 {
         self.aggregators.load(Ordering::Relaxed)
+    }
+
+    /// Packed resident users changed by `delta` (`herald_users_packed`).
+    pub fn packed_changed(&self, delta: i64) {
+        self.users_packed.inc_by(delta);
+    }
+
+    pub fn users_packed(&self) -> i64 {
+        self.users_packed.get()
     }
 
     /// A user write refused as stale (another owner wrote a newer version): the user is

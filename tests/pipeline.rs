@@ -581,6 +581,60 @@ fn aggregators_passivate_and_reactivate_with_their_state() {
     assert_eq!(rig.docs.users(), replay(&all));
 }
 
+#[test]
+fn packed_users_unpack_with_their_state_and_their_dedup_window() {
+    let cfg = config("[aggregator]\nidle_ms = 600000\npack_after_ms = 1\n");
+    let rig = EmbeddedRig::new(&cfg, 4);
+    let first = workload(3_000, 100, 6);
+    let second = workload(3_000, 100, 7);
+    // Re-published copies of the first half's valid records (new offsets, same messageIds):
+    // only a dedup window that survived packing tells them apart.
+    let republished: Vec<_> = first
+        .iter()
+        .filter(|(_, _, kind)| *kind != MessageKind::Invalid)
+        .step_by(7)
+        .cloned()
+        .collect();
+    let state = Arc::new(CountingState {
+        inner: rig.cache.clone(),
+        loads: AtomicUsize::new(0),
+        panics_left: AtomicU32::new(0),
+    });
+    rig.source
+        .append_all(first.iter().map(|(k, p, _)| (k.clone(), p.clone())));
+    run(async {
+        let pipeline = rig.start_with(&cfg, 4, rig.ports_with(Some(state.clone()), None));
+        rig.source.assign_all();
+        until("first half committed", 60, || rig.source.fully_committed()).await;
+        until("every resident user packed", 20, || {
+            let resident = rig.metrics.users_resident();
+            resident > 0 && rig.metrics.users_packed() == resident
+        })
+        .await;
+        let loads_before = state.loads.load(Ordering::SeqCst);
+        let duplicates_before = rig.metrics.duplicates.get();
+        rig.source.append_all(
+            republished
+                .iter()
+                .chain(second.iter())
+                .map(|(k, p, _)| (k.clone(), p.clone())),
+        );
+        until("second half committed", 60, || rig.source.fully_committed()).await;
+        assert_eq!(
+            state.loads.load(Ordering::SeqCst),
+            loads_before,
+            "packed users are unpacked, not reloaded"
+        );
+        assert!(
+            rig.metrics.duplicates.get() >= duplicates_before + republished.len() as u64,
+            "every re-published record is a duplicate"
+        );
+        finish(pipeline).await;
+    });
+    let all: Vec<_> = first.iter().chain(second.iter()).cloned().collect();
+    assert_eq!(rig.docs.users(), replay(&all));
+}
+
 /// A source that, at every commit, checks that each valid record below the committed position
 /// is reflected in the durable user state (its messageId is in the dedup window its document
 /// holds).

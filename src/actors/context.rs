@@ -26,6 +26,8 @@ pub struct Settings {
     pub batch_max_size: usize,
     pub batch_max_wait: Duration,
     pub aggregator_idle: Duration,
+    /// `aggregator.pack_after_ms` (`None`: 0, never).
+    pub pack_after: Option<Duration>,
     /// Most users resident in memory on this instance (all shards together).
     pub max_resident: usize,
     /// How long a revoked partition may take to drain before it is given up uncommitted.
@@ -76,6 +78,8 @@ impl Settings {
             batch_max_size: c.batch.max_size,
             batch_max_wait: Duration::from_millis(c.batch.max_wait_ms),
             aggregator_idle: Duration::from_millis(c.aggregator.idle_ms),
+            pack_after: (c.aggregator.pack_after_ms > 0)
+                .then(|| Duration::from_millis(c.aggregator.pack_after_ms)),
             max_resident: c.aggregator.max_resident,
             revoke_timeout: Duration::from_millis(c.pipeline.revoke_timeout_ms),
             max_in_flight_per_partition: c.pipeline.max_in_flight_per_partition,

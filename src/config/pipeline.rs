@@ -25,6 +25,10 @@ pub struct AggregatorConfig {
     /// Most users held in memory per instance; beyond it the least valuable durable ones are
     /// passivated.
     pub max_resident: usize,
+    /// A durable user idle this long is packed (its state kept as compact bytes, unpacked by
+    /// its next record); 0 never packs.
+    #[serde(default = "default_pack_after_ms")]
+    pub pack_after_ms: u64,
     /// Before users had one owner whatever their partition, the cap was per partition. Still
     /// accepted so old files load; ignored (see `max_resident`).
     #[serde(default)]
@@ -73,6 +77,10 @@ pub struct LimitsConfig {
     /// The longest rendered message body or subject; a longer one makes the message `failed`.
     #[serde(default = "default_max_message_body_bytes")]
     pub max_message_body_bytes: usize,
+}
+
+fn default_pack_after_ms() -> u64 {
+    10_000
 }
 
 fn default_max_profile_bytes() -> usize {

@@ -7,24 +7,27 @@
 //! 3 tags, 5 event names, 10 remembered ids) packs into ≈ 320 bytes, against ≈ 650 live.
 //!
 //! [`unpack`] gives back a state equal to the one packed (property-tested): the same names
-//! (interned again), the same trait value kinds, the same dedup entries and instants. A state
-//! with parts this form does not hold (a merge part, group traits, arrays or objects as trait
-//! values) is not packed and stays live.
+//! (interned again), the same trait value kinds, the same dedup entries and instants. The rare
+//! parts — arrays and objects as trait values, a merge part — are packed as their JSON text.
 //!
 //! The form lives only in memory and only in this process: it is never stored or sent, so it
 //! has no schema version.
 //!
 //! Layout, in order: version; positions (count, then partition and offset); event count;
 //! `first_seen`, `last_seen` (as a difference from `first_seen`); traits (count, then name and
-//! value); tags (count, names); event statistics (count, then name, count, first instant as a
-//! difference from `first_seen`, last as a difference from the first); the dedup window
-//! (count, the first entry's instant, then each fingerprint as 8 bytes and its instant as a
-//! difference from the entry before). Unsigned numbers are LEB128, signed ones zigzag LEB128,
-//! names and strings a length and UTF-8 bytes. Differences wrap, so any `i64` survives.
+//! value: a kind byte and its payload); tags (count, names); event statistics (count, then
+//! name, count, first instant as a difference from `first_seen`, last as a difference from the
+//! first); the dedup window (count, the first entry's instant, then each fingerprint as 8 bytes
+//! and its instant as a difference from the entry before); groups (count, then name and traits
+//! as above); the merge part (its JSON text, empty for none). Unsigned numbers are LEB128,
+//! signed ones zigzag LEB128, names and strings a length and UTF-8 bytes. Differences wrap, so
+//! any `i64` survives.
 
 use std::fmt;
+use std::sync::Arc;
 
 use super::dedup::DedupWindow;
+use super::identity::Identity;
 use super::names::{intern, Name};
 use super::opt_ms::OptMs;
 use super::positions::Positions;
@@ -70,16 +73,13 @@ const NEG_INT: u8 = 4;
 const FLOAT: u8 = 5;
 const INLINE: u8 = 6;
 const SHARED: u8 = 7;
+/// An array or an object, as JSON text.
+const JSON: u8 = 8;
 
-/// `state` packed, or `None` if it has a part the packed form does not hold.
+/// `state` packed (`None` only if its merge part or a JSON trait value does not serialise,
+/// which serde_json does not do for these types: the user then stays live).
 pub fn pack(state: &UserState) -> Option<PackedState> {
     let p = &state.profile;
-    let packable = state.identity.is_none()
-        && p.groups.is_empty()
-        && p.traits.iter().all(|(_, v)| !matches!(v, TraitValue::Json(_)));
-    if !packable {
-        return None;
-    }
     let mut w = Writer(Vec::with_capacity(256));
     w.unsigned(state.version);
     w.unsigned(state.positions.len() as u64);
@@ -91,37 +91,7 @@ pub fn pack(state: &UserState) -> Option<PackedState> {
     let first = p.first_seen.raw();
     w.signed(first);
     w.signed(p.last_seen.raw().wrapping_sub(first));
-    w.unsigned(p.traits.len() as u64);
-    for (name, value) in p.traits.iter() {
-        w.text(name);
-        match value {
-            TraitValue::Null => w.byte(NULL),
-            TraitValue::Bool(false) => w.byte(FALSE),
-            TraitValue::Bool(true) => w.byte(TRUE),
-            TraitValue::PosInt(n) => {
-                w.byte(POS_INT);
-                w.unsigned(*n);
-            }
-            TraitValue::NegInt(n) => {
-                w.byte(NEG_INT);
-                w.signed(*n);
-            }
-            TraitValue::Float(f) => {
-                w.byte(FLOAT);
-                w.0.extend_from_slice(&f.to_bits().to_le_bytes());
-            }
-            TraitValue::Inline(s) => {
-                w.byte(INLINE);
-                w.text(s.as_str());
-            }
-            TraitValue::Shared(s) => {
-                w.byte(SHARED);
-                w.text(s);
-            }
-            // Checked above.
-            TraitValue::Json(_) => return None,
-        }
-    }
+    w.traits(&p.traits)?;
     w.unsigned(p.tags.len() as u64);
     for tag in p.tags.iter() {
         w.text(tag);
@@ -143,6 +113,15 @@ pub fn pack(state: &UserState) -> Option<PackedState> {
         }
         previous = Some(at);
     }
+    w.unsigned(p.groups.len() as u64);
+    for (name, traits) in p.groups.iter() {
+        w.text(name);
+        w.traits(traits)?;
+    }
+    match &state.identity {
+        None => w.unsigned(0),
+        Some(identity) => w.bytes(&serde_json::to_vec(identity).ok()?),
+    }
     Some(PackedState(ThinSlice::from_slice(&w.0)))
 }
 
@@ -160,23 +139,7 @@ pub fn unpack(packed: &PackedState) -> Result<UserState, Unreadable> {
     let event_count = r.signed()?;
     let first = r.signed()?;
     let last = first.wrapping_add(r.signed()?);
-    let traits = r.count()?;
-    let mut trait_slots: Vec<(Name, TraitValue)> = Vec::with_capacity(traits);
-    for _ in 0..traits {
-        let name = intern(r.text()?);
-        let value = match r.byte()? {
-            NULL => TraitValue::Null,
-            FALSE => TraitValue::Bool(false),
-            TRUE => TraitValue::Bool(true),
-            POS_INT => TraitValue::PosInt(r.unsigned()?),
-            NEG_INT => TraitValue::NegInt(r.signed()?),
-            FLOAT => TraitValue::Float(f64::from_bits(u64::from_le_bytes(r.array()?))),
-            INLINE => TraitValue::string(r.text()?),
-            SHARED => TraitValue::Shared(ThinStr::new(r.text()?)),
-            other => return Err(bad(&format!("trait value kind {other}"))),
-        };
-        trait_slots.push((name, value));
-    }
+    let traits = r.traits()?;
     let tags = r.count()?;
     let mut tag_names = Vec::with_capacity(tags);
     for _ in 0..tags {
@@ -210,24 +173,37 @@ pub fn unpack(packed: &PackedState) -> Result<UserState, Unreadable> {
         entries.push((fingerprint, at));
         previous = Some(at);
     }
+    let groups = r.count()?;
+    let mut group_slots = Vec::with_capacity(groups);
+    for _ in 0..groups {
+        let name = intern(r.text()?);
+        group_slots.push((name, r.traits()?));
+    }
+    let identity = match r.count()? {
+        0 => None,
+        n => Some(Box::new(
+            serde_json::from_slice::<Identity>(r.take(n)?)
+                .map_err(|e| bad(&format!("the merge part: {e}")))?,
+        )),
+    };
     if !r.0.is_empty() {
-        return Err(bad("bytes after the dedup window"));
+        return Err(bad("bytes after the merge part"));
     }
     let profile = Profile {
-        traits: NameMap::from_sorted(trait_slots).ok_or_else(|| bad("trait names' order"))?,
+        traits,
         tags: NameSet::from_sorted(tag_names).ok_or_else(|| bad("tags' order"))?,
         event_count,
         events: NameMap::from_sorted(event_slots).ok_or_else(|| bad("event names' order"))?,
         first_seen: OptMs::from_raw(first),
         last_seen: OptMs::from_raw(last),
-        groups: NameMap::default(),
+        groups: NameMap::from_sorted(group_slots).ok_or_else(|| bad("group names' order"))?,
     };
     Ok(UserState {
         version,
         profile,
         positions: Positions::from(all),
         seen: DedupWindow::from_entries(entries),
-        identity: None,
+        identity,
     })
 }
 
@@ -256,8 +232,49 @@ impl Writer {
     }
 
     fn text(&mut self, s: &str) {
-        self.unsigned(s.len() as u64);
-        self.0.extend_from_slice(s.as_bytes());
+        self.bytes(s.as_bytes());
+    }
+
+    fn bytes(&mut self, b: &[u8]) {
+        self.unsigned(b.len() as u64);
+        self.0.extend_from_slice(b);
+    }
+
+    fn traits(&mut self, traits: &NameMap<TraitValue>) -> Option<()> {
+        self.unsigned(traits.len() as u64);
+        for (name, value) in traits.iter() {
+            self.text(name);
+            match value {
+                TraitValue::Null => self.byte(NULL),
+                TraitValue::Bool(false) => self.byte(FALSE),
+                TraitValue::Bool(true) => self.byte(TRUE),
+                TraitValue::PosInt(n) => {
+                    self.byte(POS_INT);
+                    self.unsigned(*n);
+                }
+                TraitValue::NegInt(n) => {
+                    self.byte(NEG_INT);
+                    self.signed(*n);
+                }
+                TraitValue::Float(f) => {
+                    self.byte(FLOAT);
+                    self.0.extend_from_slice(&f.to_bits().to_le_bytes());
+                }
+                TraitValue::Inline(s) => {
+                    self.byte(INLINE);
+                    self.text(s.as_str());
+                }
+                TraitValue::Shared(s) => {
+                    self.byte(SHARED);
+                    self.text(s);
+                }
+                TraitValue::Json(v) => {
+                    self.byte(JSON);
+                    self.bytes(&serde_json::to_vec(&**v).ok()?);
+                }
+            }
+        }
+        Some(())
     }
 }
 
@@ -314,6 +331,33 @@ impl<'a> Reader<'a> {
         let n = self.count()?;
         std::str::from_utf8(self.take(n)?).map_err(|_| bad("text that is not UTF-8"))
     }
+
+    fn traits(&mut self) -> Result<NameMap<TraitValue>, Unreadable> {
+        let n = self.count()?;
+        let mut slots: Vec<(Name, TraitValue)> = Vec::with_capacity(n);
+        for _ in 0..n {
+            let name = intern(self.text()?);
+            let value = match self.byte()? {
+                NULL => TraitValue::Null,
+                FALSE => TraitValue::Bool(false),
+                TRUE => TraitValue::Bool(true),
+                POS_INT => TraitValue::PosInt(self.unsigned()?),
+                NEG_INT => TraitValue::NegInt(self.signed()?),
+                FLOAT => TraitValue::Float(f64::from_bits(u64::from_le_bytes(self.array()?))),
+                INLINE => TraitValue::string(self.text()?),
+                SHARED => TraitValue::Shared(ThinStr::new(self.text()?)),
+                JSON => {
+                    let n = self.count()?;
+                    let v = serde_json::from_slice(self.take(n)?)
+                        .map_err(|e| bad(&format!("a JSON trait value: {e}")))?;
+                    TraitValue::Json(Arc::new(v))
+                }
+                other => return Err(bad(&format!("trait value kind {other}"))),
+            };
+            slots.push((name, value));
+        }
+        NameMap::from_sorted(slots).ok_or_else(|| bad("trait names' order"))
+    }
 }
 
 #[cfg(test)]
@@ -335,7 +379,12 @@ mod tests {
                 partition: 3,
                 offset: i,
             };
-            state.apply(Some(pos), &e, 1_700_000_000_000 + i as i64, DedupLimits::default());
+            state.apply(
+                Some(pos),
+                &e,
+                1_700_000_000_000 + i as i64,
+                DedupLimits::default(),
+            );
         }
         for i in 0..8 {
             let event = ["viewed", "clicked", "added_to_cart", "bought", "shared"][i % 5];
@@ -347,7 +396,12 @@ mod tests {
                 partition: 3,
                 offset: 10 + i as u64,
             };
-            state.apply(Some(pos), &e, 1_700_000_100_000 + i as i64, DedupLimits::default());
+            state.apply(
+                Some(pos),
+                &e,
+                1_700_000_100_000 + i as i64,
+                DedupLimits::default(),
+            );
         }
         state.version = 7;
         state
@@ -360,7 +414,11 @@ mod tests {
         assert!(packed.len() < 420, "{} bytes", packed.len());
         let back = unpack(&packed).unwrap();
         assert_eq!(back, state);
-        assert_eq!(back.profile.traits.len(), 8, "a null trait is removed, not kept");
+        assert_eq!(
+            back.profile.traits.len(),
+            8,
+            "a null trait is removed, not kept"
+        );
         // And it goes on working: a duplicate is still one.
         let mut back = back;
         let dup = decode(
@@ -379,16 +437,23 @@ mod tests {
     }
 
     #[test]
-    fn parts_the_form_does_not_hold_stay_live() {
+    fn rare_parts_pack_as_json_and_read_back_equal() {
         let mut state = typical();
+        let preferences = serde_json::json!({"sms": false, "categories": {"marketing": false}});
         state
             .profile
             .traits
-            .insert("list", TraitValue::from(serde_json::json!([1, 2])));
-        assert!(pack(&state).is_none());
-        let mut state = typical();
-        state.profile.groups.insert("g1", NameMap::default());
-        assert!(pack(&state).is_none());
+            .insert("preferences", TraitValue::from(preferences));
+        state
+            .profile
+            .traits
+            .insert("list", TraitValue::from(serde_json::json!([1, "two", 3.5])));
+        let mut group = NameMap::default();
+        group.insert("name", TraitValue::string("Acme"));
+        state.profile.groups.insert("g1", group);
+        state.identity = Some(Box::default());
+        let back = unpack(&pack(&state).unwrap()).unwrap();
+        assert_eq!(back, state);
     }
 
     #[test]
@@ -474,6 +539,25 @@ mod tests {
         }
     }
 
+    fn json_value() -> impl Strategy<Value = TraitValue> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            "\\PC{0,8}".prop_map(serde_json::Value::from),
+        ];
+        let tree = leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::Array),
+                proptest::collection::vec(("[a-z]{1,4}", inner), 0..4)
+                    .prop_map(|kv| serde_json::Value::Object(kv.into_iter().collect())),
+            ]
+        });
+        tree.prop_filter_map("an array or an object", |v| {
+            (v.is_array() || v.is_object()).then(|| TraitValue::from(v))
+        })
+    }
+
     proptest! {
         #[test]
         fn packed_states_read_back_equal(state in any_state()) {
@@ -483,6 +567,29 @@ mod tests {
             // Packing what was unpacked gives the same bytes.
             let again = pack(&back).unwrap();
             prop_assert_eq!(again.0.as_slice(), packed.0.as_slice());
+        }
+
+        #[test]
+        fn json_traits_and_groups_read_back_equal(
+            mut state in any_state(),
+            values in proptest::collection::vec((name(), json_value()), 1..4),
+            groups in proptest::collection::vec(
+                (name(), proptest::collection::vec((name(), trait_value()), 0..4)),
+                0..3,
+            ),
+        ) {
+            for (k, v) in values {
+                state.profile.traits.insert(&k, v);
+            }
+            for (g, traits) in groups {
+                let mut map = NameMap::default();
+                for (k, v) in traits {
+                    map.insert(&k, v);
+                }
+                state.profile.groups.insert(&g, map);
+            }
+            let back = unpack(&pack(&state).expect("packable")).unwrap();
+            prop_assert_eq!(&back, &state);
         }
     }
 }

@@ -61,7 +61,8 @@ const POISON_MEMORY: usize = 10_000;
 
 /// A resident user.
 struct Entity {
-    state: UserState,
+    /// Boxed: the slot stays small, so a packed user's slot is not a live state's size.
+    state: Box<UserState>,
     /// Why its stored state cannot be read: its records are dead-lettered until an operator
     /// repairs it (the state is left in the store untouched).
     quarantined: Option<ThinStr>,
@@ -89,14 +90,23 @@ fn saturate(bytes: usize) -> u32 {
 
 impl Entity {
     fn new(state: UserState, quarantined: Option<ThinStr>) -> Self {
+        let size_bound = saturate(state.profile.serialized_len());
         Entity {
-            size_bound: saturate(state.profile.serialized_len()),
-            state,
             quarantined,
+            ..Entity::new_sized(state, size_bound)
+        }
+    }
+
+    /// A durable user whose size bound is known (an unpacked one).
+    fn new_sized(state: UserState, size_bound: u32) -> Self {
+        Entity {
+            state: Box::new(state),
+            quarantined: None,
             dirty: false,
             in_flight: false,
             hits: 0,
             last_active: 0,
+            size_bound,
             job: None,
         }
     }
@@ -254,6 +264,8 @@ pub struct UserShard {
     /// A source said it has nothing more for now (`FlushNow`): what is pending is written at
     /// once rather than after `batch.max_wait_ms`, until records arrive again.
     idle: bool,
+    /// This shard's share of `herald_users_packed` as last reported.
+    packed_reported: i64,
     timer: Option<SpawnHandle>,
     /// How often each record whose application panicked did so, by (partition, offset,
     /// messageId fingerprint).
@@ -287,6 +299,7 @@ impl UserShard {
             acc: Batch::default(),
             flushing: false,
             idle: false,
+            packed_reported: 0,
             timer: None,
             panics: HashMap::default(),
             poison_rate,
@@ -734,8 +747,24 @@ impl UserShard {
     }
 
     fn evict(&mut self, slot: usize) {
-        if self.residents.remove(slot).is_some() {
+        if self.residents.remove(slot) {
             self.shared.ports.metrics.aggregators_changed(-1);
+        }
+        self.report_packed();
+    }
+
+    /// Brings `herald_users_packed` (and the resident count, for users passivated because
+    /// their packed bytes did not read back) up to date with this shard's residents.
+    fn report_packed(&mut self) {
+        let metrics = &self.shared.ports.metrics;
+        let lost = self.residents.take_lost();
+        if lost > 0 {
+            metrics.aggregators_changed(-(lost as i64));
+        }
+        let now = self.residents.packed() as i64;
+        if now != self.packed_reported {
+            metrics.packed_changed(now - self.packed_reported);
+            self.packed_reported = now;
         }
     }
 
@@ -750,12 +779,12 @@ impl UserShard {
             }
             let slot = self.hand;
             self.hand += 1;
-            let Some(Slot { entity: e, .. }) = self.residents.get_mut(slot) else {
+            let Some(user) = self.residents.standing(slot) else {
                 continue;
             };
-            if e.durable() {
-                if e.hits > 0 {
-                    e.hits -= 1;
+            if user.durable {
+                if *user.hits > 0 {
+                    *user.hits -= 1;
                 } else {
                     self.evict(slot);
                 }
@@ -763,18 +792,29 @@ impl UserShard {
         }
     }
 
-    /// Passivates durable users idle for `aggregator.idle_ms`.
-    fn passivate_idle(&mut self) {
-        let idle = self.shared.settings.aggregator_idle.as_secs() as u32;
+    /// Passivates durable users idle for `aggregator.idle_ms`, and packs those idle for
+    /// `aggregator.pack_after_ms`.
+    fn sweep_idle(&mut self) {
+        let settings = &self.shared.settings;
+        let idle = (settings.aggregator_idle.as_secs() as u32).max(1);
+        // Whole seconds, as `last_active` counts them: at least one.
+        let pack_after = settings.pack_after.map(|d| (d.as_secs() as u32).max(1));
         let now = self.now_tick();
         for slot in 0..self.residents.span() {
-            let idle = self.residents.get(slot).is_some_and(|s| {
-                s.entity.durable() && now.saturating_sub(s.entity.last_active) >= idle.max(1)
-            });
-            if idle {
+            let Some(user) = self.residents.standing(slot) else {
+                continue;
+            };
+            if !user.durable {
+                continue;
+            }
+            let quiet = now.saturating_sub(user.last_active);
+            if quiet >= idle {
                 self.evict(slot);
+            } else if !user.packed && pack_after.is_some_and(|after| quiet >= after) {
+                self.residents.pack(slot);
             }
         }
+        self.report_packed();
     }
 
     fn maybe_flush(&mut self, ctx: &mut Context<Self>) {
@@ -970,9 +1010,12 @@ impl Actor for UserShard {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let idle = self.shared.settings.aggregator_idle;
-        let sweep = (idle / 4).clamp(Duration::from_millis(250), Duration::from_secs(15));
-        ctx.run_interval(sweep, |act, _| act.passivate_idle());
+        let settings = &self.shared.settings;
+        let soonest = settings.pack_after.map_or(settings.aggregator_idle, |p| {
+            p.min(settings.aggregator_idle)
+        });
+        let sweep = (soonest / 4).clamp(Duration::from_millis(250), Duration::from_secs(15));
+        ctx.run_interval(sweep, |act, _| act.sweep_idle());
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
@@ -980,6 +1023,10 @@ impl Actor for UserShard {
             .ports
             .metrics
             .aggregators_changed(-(self.residents.len() as i64));
+        self.shared
+            .ports
+            .metrics
+            .packed_changed(-self.packed_reported);
     }
 }
 
