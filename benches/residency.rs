@@ -8,7 +8,10 @@
 //! costs. The pair runs twice: as the allocator is configured by default, and with freed
 //! memory returned to the system at once (`MIMALLOC_PURGE_DELAY=0`), which leaves out memory
 //! freed during the run that mimalloc keeps a while (it moves the first figure by ±100 B from
-//! run to run). The heap estimate of one state (`UserState::heap_bytes`) is printed beside it.
+//! run to run). Both pairs run with users live (`aggregator.pack_after_ms = 0`) and again with
+//! them packed (`pack_after_ms = 1`: measured once every resident user is packed). The heap
+//! estimate of one state (`UserState::heap_bytes`) and the size of its packed form are printed
+//! beside them.
 //!
 //! Results go to `target/bench/residency.json`.
 
@@ -195,7 +198,7 @@ fn rss_bytes() -> u64 {
         * 1024
 }
 
-async fn feed(rig: &EmbeddedRig, pipeline: &Pipeline, users: usize, resident: usize) {
+async fn feed(rig: &EmbeddedRig, pipeline: &Pipeline, users: usize, resident: usize, packed: bool) {
     for chunk_start in (0..users).step_by(10_000) {
         let records: Vec<_> = (chunk_start..(chunk_start + 10_000).min(users))
             .flat_map(typical_user)
@@ -209,8 +212,10 @@ async fn feed(rig: &EmbeddedRig, pipeline: &Pipeline, users: usize, resident: us
         tokio::time::sleep(Duration::from_millis(500)).await;
         let now = rig.metrics.users_resident();
         // Done: everything committed and the resident count settled (at `resident`, or at
-        // the shards' caps, which hash spread makes a little lower).
-        if rig.source.fully_committed() && now == last && now as usize <= resident {
+        // the shards' caps, which hash spread makes a little lower) — and, packing, every
+        // resident user packed.
+        let all_packed = !packed || rig.metrics.users_packed() == now;
+        if rig.source.fully_committed() && now == last && now as usize <= resident && all_packed {
             break;
         }
         last = now;
@@ -223,9 +228,10 @@ async fn feed(rig: &EmbeddedRig, pipeline: &Pipeline, users: usize, resident: us
     tokio::time::sleep(Duration::from_millis(500)).await;
 }
 
-/// One run (in this process): `users` users fed, at most `max_resident` resident; prints
-/// `rss <bytes> resident <n>`.
-fn child(users: usize, max_resident: usize) {
+/// One run (in this process): `users` users fed, at most `max_resident` resident, packed or
+/// live; prints `rss <bytes> resident <n>`.
+fn child(users: usize, max_resident: usize, packed: bool) {
+    let pack_after_ms = u8::from(packed);
     let toml = format!(
         r#"
 [source]
@@ -233,6 +239,7 @@ kind = "embedded"
 [aggregator]
 max_resident = {max_resident}
 idle_ms = 3600000
+pack_after_ms = {pack_after_ms}
 [demo]
 partitions = 4
 "#
@@ -246,7 +253,7 @@ partitions = 4
         );
         let pipeline = rig.start_with(&config, 1, ports);
         rig.source.assign_all();
-        feed(&rig, &pipeline, users, max_resident.min(users)).await;
+        feed(&rig, &pipeline, users, max_resident.min(users), packed).await;
         println!(
             "rss {} resident {}",
             rss_bytes(),
@@ -258,9 +265,12 @@ partitions = 4
 
 /// One measuring child; `purge_at_once` runs it with mimalloc returning freed memory to the
 /// system at once (`MIMALLOC_PURGE_DELAY=0`) instead of after its delay.
-fn run_child(users: usize, max_resident: usize, purge_at_once: bool) -> (f64, f64) {
+fn run_child(users: usize, max_resident: usize, purge_at_once: bool, packed: bool) -> (f64, f64) {
     let mut child = std::process::Command::new(std::env::current_exe().expect("own path"));
-    child.env("HERALD_RESIDENCY_CHILD", format!("{users},{max_resident}"));
+    child.env(
+        "HERALD_RESIDENCY_CHILD",
+        format!("{users},{max_resident},{}", u8::from(packed)),
+    );
     if purge_at_once {
         child.env("MIMALLOC_PURGE_DELAY", "0");
     }
@@ -282,23 +292,27 @@ fn run_child(users: usize, max_resident: usize, purge_at_once: bool) -> (f64, f6
 fn main() {
     herald::huge_pages::disable().expect("transparent huge pages off");
     if let Ok(spec) = std::env::var("HERALD_RESIDENCY_CHILD") {
-        let (users, max) = spec.split_once(',').expect("users,max_resident");
-        child(users.parse().unwrap(), max.parse().unwrap());
+        let parts: Vec<usize> = spec.split(',').map(|p| p.parse().unwrap()).collect();
+        child(parts[0], parts[1], parts[2] == 1);
         return;
     }
     let users: usize = std::env::var("HERALD_BENCH_USERS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
-    let (first, r1) = run_child(2 * users, users, false);
-    let (second, r2) = run_child(2 * users, 2 * users, false);
-    let per_user = (second - first) / (r2 - r1);
+    // The slope between a run with `users` resident and one with twice as many.
+    let slope = |purge_at_once: bool, packed: bool| {
+        let (first, r1) = run_child(2 * users, users, purge_at_once, packed);
+        let (second, r2) = run_child(2 * users, 2 * users, purge_at_once, packed);
+        ((second - first) / (r2 - r1), (r1, r2), (first, second))
+    };
+    let (per_user, (r1, r2), (first, second)) = slope(false, false);
     // The same with freed memory returned at once: what stays is what the resident users
     // hold (with the allocator's size classes), not memory freed during the run that
     // mimalloc keeps for a while before returning it.
-    let (first_live, l1) = run_child(2 * users, users, true);
-    let (second_live, l2) = run_child(2 * users, 2 * users, true);
-    let per_user_live = (second_live - first_live) / (l2 - l1);
+    let (per_user_live, _, _) = slope(true, false);
+    let (per_packed, _, _) = slope(false, true);
+    let (per_packed_live, _, _) = slope(true, true);
 
     // The heap estimate of one typical state, applied as the shards apply it.
     let mut state = UserState::new();
@@ -307,6 +321,7 @@ fn main() {
         state.apply(None, &e, 0, DedupLimits::default());
     }
     let heap = state.heap_bytes() + std::mem::size_of::<UserState>();
+    let packed_len = herald::domain::packed_state::pack(&state).map_or(0, |p| p.heap_bytes());
     println!(
         "input: {} typical users (10 messages each), the same in both runs",
         2 * users
@@ -315,9 +330,11 @@ fn main() {
     println!("RSS: {first} → {second} bytes");
     println!("per resident user (RSS slope): {per_user:.0} bytes");
     println!("per resident user, freed memory returned at once: {per_user_live:.0} bytes");
-    println!("one state's own bytes (estimate): {heap} bytes");
+    println!("per packed resident user (RSS slope): {per_packed:.0} bytes");
+    println!("per packed resident user, freed memory returned at once: {per_packed_live:.0} bytes");
+    println!("one state's own bytes (estimate): {heap} bytes; packed: {packed_len} bytes");
     let json = format!(
-        "{{\"resident_first\":{r1},\"resident_second\":{r2},\"rss_first\":{first},\"rss_second\":{second},\"bytes_per_user\":{per_user:.0},\"bytes_per_user_purged\":{per_user_live:.0},\"state_estimate\":{heap}}}\n"
+        "{{\"resident_first\":{r1},\"resident_second\":{r2},\"rss_first\":{first},\"rss_second\":{second},\"bytes_per_user\":{per_user:.0},\"bytes_per_user_purged\":{per_user_live:.0},\"bytes_per_packed_user\":{per_packed:.0},\"bytes_per_packed_user_purged\":{per_packed_live:.0},\"state_estimate\":{heap},\"packed_state\":{packed_len}}}\n"
     );
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     if std::fs::create_dir_all(&dir).is_ok() {

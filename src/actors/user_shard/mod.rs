@@ -55,6 +55,8 @@ const MAX_LOADS: usize = 4;
 const MAX_HITS: u8 = 3;
 /// Panics of one record before it is dead-lettered as poison.
 const POISON_AFTER: u8 = 2;
+/// Longest a packing pass holds the shard at a time (and the pause before it goes on).
+const PACK_SLICE: Duration = Duration::from_millis(5);
 /// Records whose panics are remembered (beyond it the memory is cleared: a record then needs
 /// two more panics).
 const POISON_MEMORY: usize = 10_000;
@@ -266,6 +268,8 @@ pub struct UserShard {
     idle: bool,
     /// This shard's share of `herald_users_packed` as last reported.
     packed_reported: i64,
+    /// A packing pass is under way (in slices).
+    packing: bool,
     timer: Option<SpawnHandle>,
     /// How often each record whose application panicked did so, by (partition, offset,
     /// messageId fingerprint).
@@ -300,6 +304,7 @@ impl UserShard {
             flushing: false,
             idle: false,
             packed_reported: 0,
+            packing: false,
             timer: None,
             panics: HashMap::default(),
             poison_rate,
@@ -750,7 +755,6 @@ impl UserShard {
         if self.residents.remove(slot) {
             self.shared.ports.metrics.aggregators_changed(-1);
         }
-        self.report_packed();
     }
 
     /// Brings `herald_users_packed` (and the resident count, for users passivated because
@@ -793,31 +797,59 @@ impl UserShard {
     }
 
     /// Passivates durable users idle for `aggregator.idle_ms`, and packs those idle for
-    /// `aggregator.pack_after_ms`.
-    fn sweep_idle(&mut self) {
-        let settings = &self.shared.settings;
-        let idle = (settings.aggregator_idle.as_secs() as u32).max(1);
-        // Whole seconds, as `last_active` counts them: at least one.
-        let pack_after = settings.pack_after.map(|d| (d.as_secs() as u32).max(1));
+    /// `aggregator.pack_after_ms` (in slices, see [`UserShard::pack_from`]).
+    fn sweep_idle(&mut self, ctx: &mut Context<Self>) {
+        let idle = (self.shared.settings.aggregator_idle.as_secs() as u32).max(1);
         let now = self.now_tick();
         for slot in 0..self.residents.span() {
-            let Some(user) = self.residents.standing(slot) else {
-                continue;
-            };
-            if !user.durable {
-                continue;
-            }
-            let quiet = now.saturating_sub(user.last_active);
-            if quiet >= idle {
+            let idle = self
+                .residents
+                .standing(slot)
+                .is_some_and(|u| u.durable && now.saturating_sub(u.last_active) >= idle);
+            if idle {
                 self.evict(slot);
-            } else if !user.packed && pack_after.is_some_and(|after| quiet >= after) {
-                self.residents.pack(slot);
             }
+        }
+        if !self.packing && self.shared.settings.pack_after.is_some() {
+            self.packing = true;
+            self.pack_from(0, ctx);
         }
         self.report_packed();
     }
 
+    /// Packs durable users idle for `aggregator.pack_after_ms`, from `slot` on, for at most
+    /// [`PACK_SLICE`] at a time: a shard with many users to pack goes on answering its
+    /// mailbox between slices instead of stalling its records for the whole pass.
+    fn pack_from(&mut self, mut slot: usize, ctx: &mut Context<Self>) {
+        // Whole seconds, as `last_active` counts them: at least one.
+        let Some(after) = self.shared.settings.pack_after else {
+            self.packing = false;
+            return;
+        };
+        let after = (after.as_secs() as u32).max(1);
+        let now = self.now_tick();
+        let started = Instant::now();
+        while slot < self.residents.span() {
+            if slot % 64 == 0 && started.elapsed() >= PACK_SLICE {
+                ctx.run_later(PACK_SLICE, move |act, ctx| act.pack_from(slot, ctx));
+                self.report_packed();
+                return;
+            }
+            let quiet = self.residents.standing(slot).is_some_and(|u| {
+                u.durable && !u.packed && now.saturating_sub(u.last_active) >= after
+            });
+            if quiet {
+                self.residents.pack(slot);
+            }
+            slot += 1;
+        }
+        self.packing = false;
+        self.report_packed();
+    }
+
     fn maybe_flush(&mut self, ctx: &mut Context<Self>) {
+        // Every handler ends here: users unpacked or passivated meanwhile are counted.
+        self.report_packed();
         if self.flushing || self.acc.is_empty() {
             return;
         }
@@ -1015,7 +1047,7 @@ impl Actor for UserShard {
             p.min(settings.aggregator_idle)
         });
         let sweep = (soonest / 4).clamp(Duration::from_millis(250), Duration::from_secs(15));
-        ctx.run_interval(sweep, |act, _| act.sweep_idle());
+        ctx.run_interval(sweep, |act, ctx| act.sweep_idle(ctx));
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
