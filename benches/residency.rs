@@ -224,8 +224,10 @@ async fn feed(rig: &EmbeddedRig, pipeline: &Pipeline, users: usize, resident: us
             "not settled in time"
         );
     }
-    // Let the allocator settle the freed hand-off buffers.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Let the allocator settle the freed hand-off buffers — and, packing, the live states
+    // packing freed, which mimalloc returns to the system after its purge delay.
+    let settle = if packed { 3_000 } else { 500 };
+    tokio::time::sleep(Duration::from_millis(settle)).await;
 }
 
 /// One run (in this process): `users` users fed, at most `max_resident` resident, packed or

@@ -48,6 +48,8 @@ pub struct DemoReport {
     pub retries_scheduled: u64,
     pub retries_fired: u64,
     pub restarts: u64,
+    /// Packed users made live again by a later record.
+    pub unpacked: u64,
     pub mismatches: Vec<String>,
 }
 
@@ -127,6 +129,7 @@ pub fn run(config: Config, args: DemoArgs) -> anyhow::Result<DemoReport> {
         retries_scheduled: rig.metrics.retries_scheduled.get(),
         retries_fired: rig.metrics.retries_fired.get(),
         restarts: rig.metrics.restarts_total(),
+        unpacked: rig.metrics.users_unpacked.get(),
         mismatches,
     })
 }
@@ -268,7 +271,10 @@ pub fn print_summary(r: &DemoReport) -> anyhow::Result<()> {
         "  end-to-end        p50 {} ms, p99 {} ms (record read → durable write)",
         r.latency_p50_ms, r.latency_p99_ms
     );
-    println!("  users written     {:>12}", r.users_written);
+    println!(
+        "  users written     {:>12} ({} packed users unpacked by a later record)",
+        r.users_written, r.unpacked
+    );
     println!(
         "  merged ids        {:>12} (aliases; {} records forwarded to where they merged)",
         r.merged, r.forwarded

@@ -40,6 +40,7 @@ pub struct Metrics {
     pub aggregators_active: Gauge,
     users_resident: Gauge,
     users_packed: Gauge,
+    pub users_unpacked: Counter,
     stale_writes: Counter,
     users_contended: Counter,
     drain_timeouts: Counter,
@@ -97,6 +98,7 @@ impl Metrics {
         let aggregators_active = Gauge::default();
         let users_resident = Gauge::default();
         let users_packed = Gauge::default();
+        let users_unpacked = Counter::default();
         let stale_writes = Counter::default();
         let users_contended = Counter::default();
         let drain_timeouts = Counter::default();
@@ -110,6 +112,11 @@ impl Metrics {
             "herald_users_packed",
             "Resident users held packed (idle for aggregator.pack_after_ms: their state as compact bytes, unpacked by their next record)",
             users_packed.clone(),
+        );
+        registry.register(
+            "herald_users_unpacked",
+            "Packed users unpacked by a record or a merge step (their state made live again)",
+            users_unpacked.clone(),
         );
         registry.register(
             "herald_stale_writes",
@@ -341,6 +348,7 @@ impl Metrics {
             aggregators_active,
             users_resident,
             users_packed,
+            users_unpacked,
             stale_writes,
             users_contended,
             drain_timeouts,

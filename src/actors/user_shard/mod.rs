@@ -757,13 +757,18 @@ impl UserShard {
         }
     }
 
-    /// Brings `herald_users_packed` (and the resident count, for users passivated because
-    /// their packed bytes did not read back) up to date with this shard's residents.
+    /// Brings `herald_users_packed`, `herald_users_unpacked` (and the resident count, for users
+    /// passivated because their packed bytes did not read back) up to date with this shard's
+    /// residents.
     fn report_packed(&mut self) {
         let metrics = &self.shared.ports.metrics;
         let lost = self.residents.take_lost();
         if lost > 0 {
             metrics.aggregators_changed(-(lost as i64));
+        }
+        let unpacked = self.residents.take_unpacked();
+        if unpacked > 0 {
+            metrics.users_unpacked.inc_by(unpacked as u64);
         }
         let now = self.residents.packed() as i64;
         if now != self.packed_reported {

@@ -69,6 +69,8 @@ pub(super) struct Residents {
     packed: usize,
     /// Packed users dropped because their bytes did not read back, not yet reported.
     lost: usize,
+    /// Packed users unpacked, not yet reported.
+    unpacked: usize,
 }
 
 impl Residents {
@@ -185,6 +187,7 @@ impl Residents {
                 entity.hits = p.hits;
                 self.slots[slot] = Cell::Live(Slot { key: p.key, entity });
                 self.packed -= 1;
+                self.unpacked += 1;
                 Some(slot)
             }
             Err(e) => {
@@ -213,6 +216,11 @@ impl Residents {
     /// Users passivated since the last call because their packed bytes did not read back.
     pub(super) fn take_lost(&mut self) -> usize {
         std::mem::take(&mut self.lost)
+    }
+
+    /// Users unpacked since the last call.
+    pub(super) fn take_unpacked(&mut self) -> usize {
+        std::mem::take(&mut self.unpacked)
     }
 
     /// Slots, taken and free: what a sweep over [`Residents::standing`] covers.
