@@ -256,6 +256,31 @@ struct CountingState {
     panics_left: AtomicU32,
 }
 
+impl CountingState {
+    fn over(rig: &EmbeddedRig) -> Arc<CountingState> {
+        Arc::new(CountingState {
+            inner: rig.cache.clone(),
+            loads: AtomicUsize::new(0),
+            panics_left: AtomicU32::new(0),
+        })
+    }
+}
+
+/// Starts the pipeline on `state` and waits until `first` is committed.
+async fn first_half(
+    rig: &EmbeddedRig,
+    cfg: &Config,
+    first: &[(String, Bytes, MessageKind)],
+    state: &Arc<CountingState>,
+) -> Pipeline {
+    rig.source
+        .append_all(first.iter().map(|(k, p, _)| (k.clone(), p.clone())));
+    let pipeline = rig.start_with(cfg, 4, rig.ports_with(Some(state.clone()), None));
+    rig.source.assign_all();
+    until("first half committed", 60, || rig.source.fully_committed()).await;
+    pipeline
+}
+
 impl StateCache for CountingState {
     fn load(&self, users: Vec<Arc<str>>) -> BoxFut<Result<Vec<Option<UserState>>, StoreError>> {
         self.loads.fetch_add(users.len(), Ordering::SeqCst);
@@ -552,17 +577,9 @@ fn aggregators_passivate_and_reactivate_with_their_state() {
     let rig = EmbeddedRig::new(&cfg, 4);
     let first = workload(3_000, 100, 4);
     let second = workload(3_000, 100, 5);
-    let state = Arc::new(CountingState {
-        inner: rig.cache.clone(),
-        loads: AtomicUsize::new(0),
-        panics_left: AtomicU32::new(0),
-    });
-    rig.source
-        .append_all(first.iter().map(|(k, p, _)| (k.clone(), p.clone())));
+    let state = CountingState::over(&rig);
     run(async {
-        let pipeline = rig.start_with(&cfg, 4, rig.ports_with(Some(state.clone()), None));
-        rig.source.assign_all();
-        until("first half committed", 60, || rig.source.fully_committed()).await;
+        let pipeline = first_half(&rig, &cfg, &first, &state).await;
         until("aggregators passivated", 10, || {
             rig.metrics.aggregators_active.get() == 0
         })
@@ -595,17 +612,9 @@ fn packed_users_unpack_with_their_state_and_their_dedup_window() {
         .step_by(7)
         .cloned()
         .collect();
-    let state = Arc::new(CountingState {
-        inner: rig.cache.clone(),
-        loads: AtomicUsize::new(0),
-        panics_left: AtomicU32::new(0),
-    });
-    rig.source
-        .append_all(first.iter().map(|(k, p, _)| (k.clone(), p.clone())));
+    let state = CountingState::over(&rig);
     run(async {
-        let pipeline = rig.start_with(&cfg, 4, rig.ports_with(Some(state.clone()), None));
-        rig.source.assign_all();
-        until("first half committed", 60, || rig.source.fully_committed()).await;
+        let pipeline = first_half(&rig, &cfg, &first, &state).await;
         until("every resident user packed", 20, || {
             let resident = rig.metrics.users_resident();
             resident > 0 && rig.metrics.users_packed() == resident
