@@ -14,7 +14,7 @@ secs="${1:-60}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(event_decode segment_request ingest_body callbacks config_load template_render)
+  targets=(event_decode segment_request ingest_body callbacks config_load template_render packed_state)
 fi
 if ! cargo fuzz --help >/dev/null 2>&1; then
   echo "fuzz: installing cargo-fuzz (crates.io)" >&2

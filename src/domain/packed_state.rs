@@ -44,6 +44,16 @@ pub struct PackedState(ThinSlice<u8>);
 const _: () = assert!(std::mem::size_of::<PackedState>() == 8);
 
 impl PackedState {
+    /// Bytes taken as a packed state as they are (for fuzzing [`unpack`]; Herald itself only
+    /// unpacks what [`pack`] wrote).
+    pub fn from_bytes(bytes: &[u8]) -> PackedState {
+        PackedState(ThinSlice::from_slice(bytes))
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_slice()
+    }
+
     pub fn len(&self) -> usize {
         self.0.as_slice().len()
     }
