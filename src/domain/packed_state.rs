@@ -352,8 +352,16 @@ impl<'a> Reader<'a> {
                 FALSE => TraitValue::Bool(false),
                 TRUE => TraitValue::Bool(true),
                 POS_INT => TraitValue::PosInt(self.unsigned()?),
-                NEG_INT => TraitValue::NegInt(self.signed()?),
-                FLOAT => TraitValue::Float(f64::from_bits(u64::from_le_bytes(self.array()?))),
+                // The forms the decoder makes: a negative integer, a finite float (JSON has
+                // no NaN or infinity, and a NaN would not equal itself once read back).
+                NEG_INT => match self.signed()? {
+                    n if n < 0 => TraitValue::NegInt(n),
+                    _ => return Err(bad("a negative integer that is not")),
+                },
+                FLOAT => match f64::from_bits(u64::from_le_bytes(self.array()?)) {
+                    f if f.is_finite() => TraitValue::Float(f),
+                    _ => return Err(bad("a float that is not finite")),
+                },
                 INLINE => TraitValue::string(self.text()?),
                 SHARED => TraitValue::Shared(ThinStr::new(self.text()?)),
                 JSON => {
@@ -483,6 +491,38 @@ mod tests {
                 changed[i] = b;
                 let _ = unpack(&PackedState(ThinSlice::from_slice(&changed)));
             }
+        }
+    }
+
+    /// Found by the `packed_state` fuzz target: a float trait whose bits are a NaN read back
+    /// as a state that did not equal itself. Such floats, and non-negative "negative"
+    /// integers, are now unreadable: the decoder never makes them.
+    #[test]
+    fn floats_that_are_not_finite_and_negatives_that_are_not_are_unreadable() {
+        // One trait and nothing else: the value is followed by five zero counts (tags,
+        // events, dedup entries, groups, merge part).
+        let only = |value: TraitValue| {
+            let mut state = UserState::new();
+            state.profile.traits.insert("x", value);
+            let bytes = pack(&state).unwrap().0.as_slice().to_vec();
+            assert_eq!(unpack(&PackedState::from_bytes(&bytes)).unwrap(), state);
+            (bytes.len() - 5, bytes)
+        };
+        let (end, bytes) = only(TraitValue::Float(0.5));
+        assert_eq!(bytes[end - 9], FLOAT);
+        for f in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let mut changed = bytes.clone();
+            changed[end - 8..end].copy_from_slice(&f.to_bits().to_le_bytes());
+            let err = unpack(&PackedState::from_bytes(&changed)).unwrap_err();
+            assert!(err.0.contains("not finite"), "{err:?}");
+        }
+        let (end, bytes) = only(TraitValue::NegInt(-3));
+        assert_eq!(bytes[end - 2], NEG_INT);
+        for zigzag in [0u8, 4] {
+            let mut changed = bytes.clone();
+            changed[end - 1] = zigzag; // 0 and +2
+            let err = unpack(&PackedState::from_bytes(&changed)).unwrap_err();
+            assert!(err.0.contains("negative"), "{err:?}");
         }
     }
 
