@@ -9,6 +9,7 @@ pub mod domain;
 pub mod embedded;
 pub mod feed_setup;
 pub mod huge_pages;
+pub mod ingest_tier;
 pub mod ports;
 pub mod produce;
 pub mod produce_http;

@@ -12,20 +12,18 @@ use crate::actors::callback_journal::Journal;
 use crate::actors::context::{Ports, Settings};
 use crate::actors::{Pipeline, PipelineSpec};
 use crate::adapters::http;
-use crate::adapters::http::ingest::IngestState;
 use crate::adapters::http::server::{HttpState, Listeners};
-use crate::adapters::kafka::publisher::KafkaPublisher;
 use crate::adapters::kafka::source::{KafkaSettings, KafkaSource};
 use crate::adapters::mongo::docs::MongoDocumentStore;
 use crate::adapters::rabbitmq;
-use crate::adapters::rabbitmq::publisher::RabbitPublisher;
 use crate::adapters::rabbitmq::source::{RabbitSettings, RabbitSource};
 use crate::adapters::redis::connection::RedisTarget;
 use crate::adapters::redis::journal::RedisCallbackJournal;
 use crate::adapters::redis::retry::{listen_for_wakeups, RedisRetrySchedule};
 use crate::adapters::redis::state::RedisStateCache;
 use crate::config::{mask_url_password, Config, SourceKind};
-use crate::ports::{BoxFut, Clock, EventPublisher, Probe, Source, SystemClock};
+use crate::ingest_tier;
+use crate::ports::{BoxFut, Clock, Probe, Source, SystemClock};
 use crate::provider_setup;
 use crate::telemetry::Metrics;
 
@@ -172,7 +170,7 @@ fn redis_name(target: &RedisTarget) -> String {
 }
 
 /// Binds an optional listener (a taken port is a one-line error before anything starts).
-fn bind(
+pub(crate) fn bind(
     addr: Option<std::net::SocketAddr>,
     what: &str,
 ) -> anyhow::Result<Option<std::net::TcpListener>> {
@@ -185,7 +183,10 @@ fn bind(
 
 /// The comma-separated keys of the environment variable `var`, named by the key `key`: set
 /// and holding at least one key.
-fn keys_from_env(key: &str, var: &str) -> anyhow::Result<std::collections::HashSet<String>> {
+pub(crate) fn keys_from_env(
+    key: &str,
+    var: &str,
+) -> anyhow::Result<std::collections::HashSet<String>> {
     let value = std::env::var(var).map_err(|_| anyhow!("{key} names ${var}, which is not set"))?;
     let keys = http::key_list(&value);
     if keys.is_empty() {
@@ -196,6 +197,9 @@ fn keys_from_env(key: &str, var: &str) -> anyhow::Result<std::collections::HashS
 
 /// Runs the service until SIGINT/SIGTERM, then drains and commits (G6).
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    if config.ingest.only {
+        return ingest_tier::run_alone(config).await;
+    }
     // The port first: a taken port is a one-line error before anything else starts.
     let listeners = Listeners::bind(config.http.listen, config.http.metrics_listen)?;
     let ingest_listener = bind(config.ingest.listen, "ingest")?;
@@ -296,24 +300,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     ];
     let ingest = match ingest_listener {
         Some(listener) => {
-            let publisher = IngestPublisher::new(&config)?;
-            probes.push(Arc::new(publisher.clone()));
-            let ingest_state = IngestState::new(
-                publisher.port(),
+            let (server, probe) = ingest_tier::start(
+                &config,
+                listener,
                 write_keys,
-                config.ingest.rate_per_sec_per_key,
-                config.ingest.rate_per_sec_per_peer,
-                Duration::from_millis(config.ingest.timeout_ms),
-                config.limits.max_message_bytes,
-                config.ingest.max_in_flight_bytes,
                 clock.clone(),
                 metrics.clone(),
-            );
-            let bound = listener
-                .local_addr()
-                .map_or_else(|_| "?".to_string(), |a| a.to_string());
-            let server = http::ingest::start(ingest_state, listener, 2)?;
-            tracing::info!(listen = %bound, "HTTP ingest listening (Segment's Tracking API)");
+            )?;
+            probes.push(probe);
             Some(server)
         }
         None => None,
@@ -401,61 +395,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The ingest's publisher, to the configured source's broker.
-#[derive(Clone)]
-enum IngestPublisher {
-    Kafka(KafkaPublisher),
-    Rabbit(RabbitPublisher),
-}
-
-impl IngestPublisher {
-    fn new(config: &Config) -> anyhow::Result<Self> {
-        let timeout = Duration::from_millis(config.ingest.timeout_ms);
-        Ok(match config.source.kind {
-            SourceKind::Kafka => IngestPublisher::Kafka(KafkaPublisher::new(
-                &config.kafka.brokers,
-                &config.kafka.option_strings(),
-                &config.kafka.topic,
-                timeout,
-            )?),
-            SourceKind::Rabbitmq => {
-                IngestPublisher::Rabbit(RabbitPublisher::new(rabbit_settings(config)))
-            }
-            SourceKind::Embedded => bail!("the ingest needs source.kind kafka or rabbitmq"),
-        })
-    }
-
-    fn port(&self) -> Arc<dyn EventPublisher> {
-        match self {
-            IngestPublisher::Kafka(p) => Arc::new(p.clone()),
-            IngestPublisher::Rabbit(p) => Arc::new(p.clone()),
-        }
-    }
-}
-
-impl Probe for IngestPublisher {
-    fn name(&self) -> &'static str {
-        "ingest"
-    }
-    fn check(&self) -> BoxFut<Result<(), String>> {
-        match self {
-            IngestPublisher::Kafka(p) => {
-                let p = p.clone();
-                async move {
-                    tokio::task::spawn_blocking(move || p.check_broker())
-                        .await
-                        .map_err(|e| e.to_string())?
-                }
-                .boxed()
-            }
-            IngestPublisher::Rabbit(p) => {
-                let p = p.clone();
-                async move { p.check_broker().await }.boxed()
-            }
-        }
-    }
-}
-
 struct SourceProbe(RunningSource);
 struct RedisProbe(Arc<RedisStateCache>);
 struct MongoProbe(Arc<MongoDocumentStore>);
@@ -503,7 +442,7 @@ impl Probe for MongoProbe {
     }
 }
 
-async fn shutdown_signal() -> String {
+pub(crate) async fn shutdown_signal() -> String {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,

@@ -587,6 +587,99 @@ fn the_official_segment_and_rudderstack_clients_land_every_message_once() {
     kill9(&mut herald);
 }
 
+/// `ingest.only`: an instance with Redis and MongoDB unreachable (closed ports) and a topic
+/// that does not exist yet still takes a client library's traffic — it connects to the broker
+/// only, creates the topics — answers no webhooks, counts what it published, and drains on
+/// SIGTERM; an engine started afterwards applies exactly what the client sent (the oracle's
+/// replay) and dead-letters the one invalid message.
+#[test]
+fn an_ingest_only_instance_needs_only_its_broker_and_an_engine_applies_what_it_took() {
+    ingest_only_on(Bus::Kafka);
+}
+
+#[test]
+fn on_rabbitmq_an_ingest_only_instance_declares_its_queues_and_an_engine_applies_what_it_took() {
+    ingest_only_on(Bus::Rabbit);
+}
+
+fn ingest_only_on(bus: Bus) {
+    let names = Names::on(bus, "ingest_only", 4);
+    let (ingest, http) = (free_port(), free_port());
+    let (ingest_listen, http_listen) = (format!("127.0.0.1:{ingest}"), format!("127.0.0.1:{http}"));
+    let closed = free_port();
+    let (redis, mongo) = (
+        format!("redis://127.0.0.1:{closed}/0"),
+        format!("mongodb://127.0.0.1:{closed}/?serverSelectionTimeoutMS=500"),
+    );
+    let mut tier = spawn_herald(
+        &names,
+        &[
+            ("HERALD__INGEST__ONLY", "true"),
+            ("HERALD__INGEST__LISTEN", ingest_listen.as_str()),
+            ("HERALD__HTTP__LISTEN", http_listen.as_str()),
+            ("HERALD_INGEST_WRITE_KEYS", KEYS),
+            ("HERALD__REDIS__URL", redis.as_str()),
+            ("HERALD__REDIS__CLUSTER_NODES", ""),
+            ("HERALD__MONGO__URL", mongo.as_str()),
+            ("HERALD__STARTUP__TIMEOUT_MS", "5000"),
+        ],
+        "tier",
+    );
+    wait_port(ingest, Duration::from_secs(60));
+    block_on(eventually(
+        "the tier ready",
+        Duration::from_secs(30),
+        || async {
+            reqwest::get(format!("http://127.0.0.1:{http}/readyz"))
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        },
+    ));
+    let (mut sent, invalid) = calls("tier", 20);
+    let expected = sent.clone();
+    sent.insert(5, invalid.clone());
+    // The tier created the destinations: nothing else declared them before this.
+    run_client("segment", ingest, "key-one", &sent);
+    let observer = Observer::new(&names, sent.len() as u64);
+    let webhook = block_on(async {
+        reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{http}/webhooks/twilio"))
+            .body("MessageSid=SM1&MessageStatus=delivered")
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    });
+    assert_eq!(webhook, 404, "an ingest-only instance takes no callbacks");
+    let metrics = scrape(http);
+    let count = |outcome| {
+        sum(
+            &metrics,
+            "herald_ingest_messages_total",
+            &[("outcome", outcome)],
+        )
+    };
+    assert_eq!(count("published"), expected.len() as f64);
+    assert_eq!(count("rejected"), 1.0);
+    let (status, _) = sigterm(&mut tier, Duration::from_secs(20));
+    assert!(
+        status.success(),
+        "the tier exits cleanly on SIGTERM: {status}"
+    );
+    // Nothing was consumed: an engine on the same topic applies all of it.
+    let mut engine = spawn_herald(&names, &[], "engine");
+    block_on(users_become(&names, &expected, Duration::from_secs(90)));
+    let dead: Vec<Value> = observer
+        .dead_letters()
+        .iter()
+        .map(|(p, _)| serde_json::from_slice(p).unwrap())
+        .collect();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["messageId"], invalid["messageId"]);
+    kill9(&mut engine);
+}
+
 #[test]
 fn every_message_a_client_saw_200_for_survives_a_sigkill_of_herald() {
     let names = Names::new("ingest_kill", 4);

@@ -43,6 +43,10 @@ fn default_api_keys_env() -> String {
 pub struct IngestConfig {
     #[serde(default)]
     pub listen: Option<SocketAddr>,
+    /// The instance runs the ingest alone: no pipeline, no Redis or MongoDB (an ingest tier
+    /// scaled apart from the engine instances that consume what it publishes).
+    #[serde(default)]
+    pub only: bool,
     /// The environment variable holding the comma-separated write keys.
     #[serde(default = "default_write_keys_env")]
     pub write_keys_env: String,
@@ -65,6 +69,7 @@ impl Default for IngestConfig {
     fn default() -> Self {
         IngestConfig {
             listen: None,
+            only: false,
             write_keys_env: default_write_keys_env(),
             timeout_ms: default_ingest_timeout_ms(),
             rate_per_sec_per_key: None,

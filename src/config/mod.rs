@@ -482,6 +482,12 @@ impl Config {
                 ));
             }
         }
+        if self.ingest.only && self.ingest.listen.is_none() {
+            return Err(err(
+                "ingest.only",
+                "an instance that runs only the ingest needs ingest.listen".into(),
+            ));
+        }
         if let Some(rate) = self.ingest.rate_per_sec_per_key {
             if !(rate.is_finite() && rate > 0.0) {
                 return Err(err(
@@ -726,6 +732,23 @@ mod tests {
         assert_eq!(c.batch.max_size, 20);
         assert_eq!(c.batch.max_wait_ms, 7);
         assert_eq!(c.kafka.brokers, "10.0.0.1:9092");
+    }
+
+    #[test]
+    fn an_ingest_only_instance_needs_its_listener() {
+        let e = load(&[], &[("HERALD__INGEST__ONLY", "true")]).unwrap_err();
+        assert_eq!(e.key, "ingest.only");
+        assert!(e.problem.contains("ingest.listen"), "{e}");
+        let c = load(
+            &[],
+            &[
+                ("HERALD__INGEST__ONLY", "true"),
+                ("HERALD__INGEST__LISTEN", "127.0.0.1:8088"),
+            ],
+        )
+        .unwrap();
+        assert!(c.ingest.only);
+        assert!(!load(&[], &[]).unwrap().ingest.only);
     }
 
     #[test]
