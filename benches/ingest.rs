@@ -11,9 +11,10 @@
 //!    the time each was due, so a slow answer delays nothing it should not), p50 / p99.
 //! 4. Durable check: the topic's end offsets hold at least every message answered 200.
 //!
-//! `herald run` also runs its pipeline on what the ingest publishes (Redis, MongoDB), on the same
-//! 2 cores: the ingest is measured as deployed. Results in `target/bench/ingest.json`, the
-//! `herald run` log in `target/bench/logs/`.
+//! Steps 2–4 run for two deployments, each on its own topic: `herald run` with its engine (its
+//! pipeline applies what the ingest publishes, with Redis and MongoDB, on the same 2 cores),
+//! then `herald run` with `ingest.only` (the ingest tier alone; nothing consumes). Results in
+//! `target/bench/ingest.json`, the `herald run` logs in `target/bench/logs/`.
 //!
 //! Size: HERALD_BENCH_EVENTS (default 200,000), HERALD_BENCH_USERS (default 20,000),
 //! HERALD_BENCH_IN_FLIGHT (default 16), HERALD_BENCH_SECS (default 10).
@@ -119,7 +120,7 @@ fn end_offsets(topic: &str) -> i64 {
         .sum()
 }
 
-fn spawn_herald(base: &str, http: u16, ingest: u16) -> Kill {
+fn spawn_herald(base: &str, http: u16, ingest: u16, only: bool) -> Kill {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench/logs");
     std::fs::create_dir_all(&dir).unwrap();
     let log = std::fs::File::create(dir.join(format!("{base}.log"))).unwrap();
@@ -132,6 +133,7 @@ fn spawn_herald(base: &str, http: u16, ingest: u16) -> Kill {
         .env("HERALD__REDIS__PREFIX", format!("{base}:"))
         .env("HERALD__HTTP__LISTEN", format!("127.0.0.1:{http}"))
         .env("HERALD__INGEST__LISTEN", format!("127.0.0.1:{ingest}"))
+        .env("HERALD__INGEST__ONLY", only.to_string())
         .env("HERALD_INGEST_WRITE_KEYS", KEY)
         .env("HERALD__LOG__FORMAT", "json")
         .env("RUST_LOG", "warn")
@@ -272,10 +274,16 @@ fn main() {
         .as_millis();
     let base = format!("bench_ingest_{stamp}");
     let raw = format!("{base}_kafka");
+    let deployments = [
+        ("with its engine", false, format!("{base}_engine")),
+        ("ingest only", true, format!("{base}_only")),
+    ];
+    let mut topics = vec![(raw.as_str(), PARTITIONS)];
+    topics.extend(deployments.iter().map(|d| (d.2.as_str(), PARTITIONS)));
     rt().block_on(ensure_topics(
         BROKERS,
         &[],
-        &[(base.as_str(), PARTITIONS), (raw.as_str(), PARTITIONS)],
+        &topics,
         Duration::from_secs(30),
     ))
     .unwrap();
@@ -291,29 +299,10 @@ fn main() {
     let kafka = kafka_rate(&raw, &msgs);
     println!("Kafka's own produce rate (idempotent, acks=all): {kafka:.0} events/s");
 
-    let (http, ingest) = (free_port(), free_port());
-    let herald = spawn_herald(&base, http, ingest);
-    let url = format!("http://127.0.0.1:{ingest}/v1/batch");
-    // Warm-up: connections, the producer's metadata.
-    let _ = max_rate(&url, &bodies[..bodies.len().min(20)], 4, 10);
-    let warm = end_offsets(&base);
-    let (ok, refused, rate) = max_rate(&url, &bodies, in_flight, secs);
-    println!(
-        "ingest, {in_flight} requests in flight: {rate:.0} events/s ({ok} answered 200, {refused} requests refused)"
-    );
-    let half = rate / 2.0;
-    let (half_ok, half_refused, p50, p99) = latency_at(&url, &bodies, half, secs);
-    println!(
-        "ingest at {half:.0} events/s: p50 {p50:.1} ms, p99 {p99:.1} ms ({half_ok} answered 200, {half_refused} refused)"
-    );
-    let in_kafka = end_offsets(&base) - warm;
-    let answered = (ok + half_ok) as i64;
-    println!("durable: {in_kafka} records in the topic for {answered} messages answered 200");
-    assert!(
-        in_kafka >= answered,
-        "messages answered 200 are missing from Kafka"
-    );
-    drop(herald);
+    let mut passes = Vec::new();
+    for (deployment, only, topic) in &deployments {
+        passes.push(measure(deployment, topic, *only, &bodies, in_flight, secs));
+    }
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
@@ -321,18 +310,57 @@ fn main() {
         serde_json::to_vec_pretty(&serde_json::json!({
             "messages": msgs.len(),
             "batch": BATCH,
+            "in_flight": in_flight,
             "kafka_produce_per_sec": kafka,
-            "ingest_per_sec": rate,
-            "ingest_in_flight": in_flight,
-            "ingest_refused_requests": refused,
-            "half_rate_per_sec": half,
-            "half_rate_p50_ms": p50,
-            "half_rate_p99_ms": p99,
-            "half_rate_refused_requests": half_refused,
-            "records_in_kafka": in_kafka,
-            "answered_200": answered,
+            "passes": passes,
         }))
         .unwrap(),
     )
     .unwrap();
+}
+
+/// One deployment's passes: the rate with `in_flight` requests, the latency at half of it,
+/// the durable check.
+fn measure(
+    deployment: &str,
+    topic: &str,
+    only: bool,
+    bodies: &[Body],
+    in_flight: usize,
+    secs: u64,
+) -> serde_json::Value {
+    let (http, ingest) = (free_port(), free_port());
+    let herald = spawn_herald(topic, http, ingest, only);
+    let url = format!("http://127.0.0.1:{ingest}/v1/batch");
+    // Warm-up: connections, the producer's metadata.
+    let _ = max_rate(&url, &bodies[..bodies.len().min(20)], 4, 10);
+    let warm = end_offsets(topic);
+    let (ok, refused, rate) = max_rate(&url, bodies, in_flight, secs);
+    println!(
+        "ingest {deployment}, {in_flight} requests in flight: {rate:.0} events/s ({ok} answered 200, {refused} requests refused)"
+    );
+    let half = rate / 2.0;
+    let (half_ok, half_refused, p50, p99) = latency_at(&url, bodies, half, secs);
+    println!(
+        "ingest {deployment} at {half:.0} events/s: p50 {p50:.1} ms, p99 {p99:.1} ms ({half_ok} answered 200, {half_refused} refused)"
+    );
+    let in_kafka = end_offsets(topic) - warm;
+    let answered = (ok + half_ok) as i64;
+    println!("durable: {in_kafka} records in the topic for {answered} messages answered 200");
+    assert!(
+        in_kafka >= answered,
+        "messages answered 200 are missing from Kafka"
+    );
+    drop(herald);
+    serde_json::json!({
+        "deployment": deployment,
+        "ingest_per_sec": rate,
+        "ingest_refused_requests": refused,
+        "half_rate_per_sec": half,
+        "half_rate_p50_ms": p50,
+        "half_rate_p99_ms": p99,
+        "half_rate_refused_requests": half_refused,
+        "records_in_kafka": in_kafka,
+        "answered_200": answered,
+    })
 }
