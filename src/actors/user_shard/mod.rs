@@ -55,8 +55,8 @@ const MAX_LOADS: usize = 4;
 const MAX_HITS: u8 = 3;
 /// Panics of one record before it is dead-lettered as poison.
 const POISON_AFTER: u8 = 2;
-/// Longest a packing pass holds the shard at a time (and the pause before it goes on).
-const PACK_SLICE: Duration = Duration::from_millis(5);
+/// Longest an idle sweep holds the shard at a time (and the pause before it goes on).
+const SWEEP_SLICE: Duration = Duration::from_millis(5);
 /// Records whose panics are remembered (beyond it the memory is cleared: a record then needs
 /// two more panics).
 const POISON_MEMORY: usize = 10_000;
@@ -268,8 +268,8 @@ pub struct UserShard {
     idle: bool,
     /// This shard's share of `herald_users_packed` as last reported.
     packed_reported: i64,
-    /// A packing pass is under way (in slices).
-    packing: bool,
+    /// An idle sweep is under way (in slices).
+    sweeping: bool,
     timer: Option<SpawnHandle>,
     /// How often each record whose application panicked did so, by (partition, offset,
     /// messageId fingerprint).
@@ -304,7 +304,7 @@ impl UserShard {
             flushing: false,
             idle: false,
             packed_reported: 0,
-            packing: false,
+            sweeping: false,
             timer: None,
             panics: HashMap::default(),
             poison_rate,
@@ -801,54 +801,51 @@ impl UserShard {
         }
     }
 
-    /// Passivates durable users idle for `aggregator.idle_ms`, and packs those idle for
-    /// `aggregator.pack_after_ms` (in slices, see [`UserShard::pack_from`]).
+    /// Starts a pass over the residents (in slices, see [`UserShard::sweep_from`]) unless one
+    /// is under way.
     fn sweep_idle(&mut self, ctx: &mut Context<Self>) {
-        let idle = (self.shared.settings.aggregator_idle.as_secs() as u32).max(1);
-        let now = self.now_tick();
-        for slot in 0..self.residents.span() {
-            let idle = self
-                .residents
-                .standing(slot)
-                .is_some_and(|u| u.durable && now.saturating_sub(u.last_active) >= idle);
-            if idle {
-                self.evict(slot);
-            }
-        }
-        if !self.packing && self.shared.settings.pack_after.is_some() {
-            self.packing = true;
-            self.pack_from(0, ctx);
+        if !self.sweeping {
+            self.sweeping = true;
+            self.sweep_from(0, ctx);
         }
         self.report_packed();
     }
 
-    /// Packs durable users idle for `aggregator.pack_after_ms`, from `slot` on, for at most
-    /// [`PACK_SLICE`] at a time: a shard with many users to pack goes on answering its
-    /// mailbox between slices instead of stalling its records for the whole pass.
-    fn pack_from(&mut self, mut slot: usize, ctx: &mut Context<Self>) {
+    /// From `slot` on, passivates durable users idle for `aggregator.idle_ms` and packs those
+    /// quiet for `aggregator.pack_after_ms`, for at most [`SWEEP_SLICE`] at a time: a shard
+    /// with a million residents goes on answering its mailbox between slices instead of
+    /// stalling its records for the whole pass. A user touched between two slices has a
+    /// newer `last_active` when the pass reaches it, so it is left as it is.
+    fn sweep_from(&mut self, mut slot: usize, ctx: &mut Context<Self>) {
         // Whole seconds, as `last_active` counts them: at least one.
-        let Some(after) = self.shared.settings.pack_after else {
-            self.packing = false;
-            return;
-        };
-        let after = (after.as_secs() as u32).max(1);
+        let idle = (self.shared.settings.aggregator_idle.as_secs() as u32).max(1);
+        let pack_after = self
+            .shared
+            .settings
+            .pack_after
+            .map(|after| (after.as_secs() as u32).max(1));
         let now = self.now_tick();
         let started = Instant::now();
         while slot < self.residents.span() {
-            if slot % 64 == 0 && started.elapsed() >= PACK_SLICE {
-                ctx.run_later(PACK_SLICE, move |act, ctx| act.pack_from(slot, ctx));
+            if slot % 64 == 0 && started.elapsed() >= SWEEP_SLICE {
+                ctx.run_later(SWEEP_SLICE, move |act, ctx| act.sweep_from(slot, ctx));
                 self.report_packed();
                 return;
             }
-            let quiet = self.residents.standing(slot).is_some_and(|u| {
-                u.durable && !u.packed && now.saturating_sub(u.last_active) >= after
-            });
-            if quiet {
-                self.residents.pack(slot);
+            let quiet_for = match self.residents.standing(slot) {
+                Some(u) if u.durable => Some((now.saturating_sub(u.last_active), u.packed)),
+                _ => None,
+            };
+            match quiet_for {
+                Some((quiet, _)) if quiet >= idle => self.evict(slot),
+                Some((quiet, false)) if pack_after.is_some_and(|after| quiet >= after) => {
+                    self.residents.pack(slot);
+                }
+                _ => {}
             }
             slot += 1;
         }
-        self.packing = false;
+        self.sweeping = false;
         self.report_packed();
     }
 
