@@ -19,11 +19,13 @@ use crate::adapters::kafka::publisher::KafkaPublisher;
 use crate::adapters::kafka::source::ensure_topics;
 use crate::adapters::rabbitmq;
 use crate::adapters::rabbitmq::publisher::RabbitPublisher;
-use crate::config::{mask_url_password, Config, SourceKind};
+use crate::config::{Config, SourceKind};
 use crate::ports::{
     BoxFut, Callback, CallbackError, CallbackSink, Clock, EventPublisher, Probe, SystemClock,
 };
-use crate::service::{bind, keys_from_env, rabbit_settings, shutdown_signal, within};
+use crate::service::{
+    bind, connect_rabbit, keys_from_env, off_the_runtime, rabbit_settings, shutdown_signal, within,
+};
 use crate::telemetry::Metrics;
 
 /// The ingest's server on `listener`, and the probe `/readyz` asks about its broker.
@@ -113,14 +115,7 @@ async fn create_destinations(config: &Config) -> anyhow::Result<()> {
             .await
         }
         SourceKind::Rabbitmq => {
-            let settings = rabbit_settings(config);
-            let url = settings.url.clone();
-            let conn = within(
-                &format!("RabbitMQ at {}", mask_url_password(&url)),
-                startup,
-                || rabbitmq::source::connect(&url, "herald-ingest-setup"),
-            )
-            .await?;
+            let (settings, conn) = connect_rabbit(config, startup, "herald-ingest-setup").await?;
             let channel = conn.create_channel().await?;
             // Not retried: a missing plugin or a conflicting queue does not fix itself.
             rabbitmq::source::declare_topology(&channel, &settings).await?;
@@ -185,12 +180,7 @@ impl Probe for IngestPublisher {
         match self {
             IngestPublisher::Kafka(p) => {
                 let p = p.clone();
-                async move {
-                    tokio::task::spawn_blocking(move || p.check_broker())
-                        .await
-                        .map_err(|e| e.to_string())?
-                }
-                .boxed()
+                off_the_runtime(move || p.check_broker())
             }
             IngestPublisher::Rabbit(p) => {
                 let p = p.clone();

@@ -82,6 +82,24 @@ pub(crate) fn rabbit_settings(config: &Config) -> RabbitSettings {
     }
 }
 
+/// The RabbitMQ settings of `config` and a connection named `name` to its broker, retried for
+/// up to `startup`.
+pub(crate) async fn connect_rabbit(
+    config: &Config,
+    startup: Duration,
+    name: &str,
+) -> anyhow::Result<(RabbitSettings, lapin::Connection)> {
+    let settings = rabbit_settings(config);
+    let url = settings.url.clone();
+    let conn = within(
+        &format!("RabbitMQ at {}", mask_url_password(&url)),
+        startup,
+        || rabbitmq::source::connect(&url, name),
+    )
+    .await?;
+    Ok((settings, conn))
+}
+
 /// The running source, whichever it is.
 #[derive(Clone)]
 enum RunningSource {
@@ -104,14 +122,7 @@ impl RunningSource {
                 Ok(RunningSource::Kafka(source))
             }
             SourceKind::Rabbitmq => {
-                let settings = rabbit_settings(config);
-                let url = settings.url.clone();
-                let conn = within(
-                    &format!("RabbitMQ at {}", mask_url_password(&url)),
-                    startup,
-                    || rabbitmq::source::connect(&url, "herald"),
-                )
-                .await?;
+                let (settings, conn) = connect_rabbit(config, startup, "herald").await?;
                 // Not retried: a missing plugin or a conflicting queue does not fix itself.
                 let source = RabbitSource::start(settings, conn).await?;
                 tracing::info!(exchange = %config.rabbitmq.exchange, queues = config.rabbitmq.queues, "herald running");
@@ -396,6 +407,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 struct SourceProbe(RunningSource);
+/// A blocking check (librdkafka's metadata request) run on the blocking pool.
+pub(crate) fn off_the_runtime(
+    check: impl FnOnce() -> Result<(), String> + Send + 'static,
+) -> BoxFut<Result<(), String>> {
+    async move {
+        tokio::task::spawn_blocking(check)
+            .await
+            .map_err(|e| e.to_string())?
+    }
+    .boxed()
+}
+
 struct RedisProbe(Arc<RedisStateCache>);
 struct MongoProbe(Arc<MongoDocumentStore>);
 
@@ -410,12 +433,7 @@ impl Probe for SourceProbe {
         match &self.0 {
             RunningSource::Kafka(source) => {
                 let source = source.clone();
-                async move {
-                    tokio::task::spawn_blocking(move || source.check_broker())
-                        .await
-                        .map_err(|e| e.to_string())?
-                }
-                .boxed()
+                off_the_runtime(move || source.check_broker())
             }
             RunningSource::Rabbit(source) => futures::future::ready(source.check_broker()).boxed(),
         }
