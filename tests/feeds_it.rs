@@ -25,30 +25,37 @@ const SECRET: &str = "it-feeds-secret";
 
 /// Every record of `topic` from the start, as a `read_committed` reader sees them: (partition,
 /// key, value) in each partition's order. Reads until every partition's position reaches its
-/// end (an open transaction of a killed instance holds readers back until the broker aborts
-/// it).
+/// high watermark, so an open transaction of a killed instance holds the read back until the
+/// broker aborts it, and what was committed after it is read too.
 fn read_topic(topic: &str, partitions: i32, group: &str) -> Vec<(i32, String, Value)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", BROKERS)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .create()
-        .unwrap();
+    let client = |isolation: &str| -> BaseConsumer {
+        ClientConfig::new()
+            .set("bootstrap.servers", BROKERS)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", isolation)
+            .create()
+            .unwrap()
+    };
+    // The ends as written, open transactions included: a `read_committed` client's
+    // watermark query answers the last stable offset, which stops before an open
+    // transaction and so before everything committed after it.
+    let uncommitted = client("read_uncommitted");
+    let ends: Vec<i64> = (0..partitions)
+        .map(|p| {
+            uncommitted
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap()
+                .1
+        })
+        .collect();
+    let consumer = client("read_committed");
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition_offset(topic, p, Offset::Beginning)
             .unwrap();
     }
     consumer.assign(&tpl).unwrap();
-    let ends: Vec<i64> = (0..partitions)
-        .map(|p| {
-            consumer
-                .fetch_watermarks(topic, p, Duration::from_secs(10))
-                .unwrap()
-                .1
-        })
-        .collect();
     let mut out = Vec::new();
     let started = Instant::now();
     loop {
