@@ -44,6 +44,7 @@ fn the_compose_file_is_valid() {
         "redis",
         "mongo",
         "herald",
+        "ingest",
         "provider-sim",
         "twilio-sim",
         "sendgrid-sim",
@@ -101,6 +102,65 @@ fn the_compose_config_is_valid_with_the_stack_environment() {
     assert_eq!(
         key,
         herald::provider_sim::sendgrid_public_key(b"compose-sendgrid-secret")
+    );
+}
+
+/// The `ingest` service's own settings (`HERALD__…` lines of its `environment`).
+fn compose_ingest_overrides() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(repo("docker-compose.yml")).unwrap();
+    text.lines()
+        .skip_while(|l| *l != "  ingest:")
+        .skip(1)
+        .take_while(|l| l.is_empty() || l.starts_with("   ") || l.starts_with("  #"))
+        .filter_map(|l| {
+            let (name, value) = l.trim().split_once(": ")?;
+            name.starts_with("HERALD__")
+                .then(|| (name.to_string(), value.trim_matches('"').to_string()))
+        })
+        .collect()
+}
+
+/// The stack's ingest tier is an `ingest.only` instance whose configuration passes
+/// `herald check-config` (its listener set, its write keys in the stack's environment).
+#[test]
+fn the_compose_ingest_tier_config_is_valid() {
+    let overrides = compose_ingest_overrides();
+    assert!(
+        overrides.contains(&("HERALD__INGEST__ONLY".into(), "true".into())),
+        "{overrides:?}"
+    );
+    let env: Vec<(String, String)> = compose_herald_env().into_iter().chain(overrides).collect();
+    assert!(env
+        .iter()
+        .any(|(k, v)| k == "HERALD_INGEST_WRITE_KEYS" && !v.is_empty()));
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["check-config", "--config", "config/compose.toml"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "check-config: {text}");
+    // Without its listener the same settings are refused: the overrides were applied.
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["check-config", "--config", "config/compose.toml"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_clear()
+        .envs(
+            env.iter()
+                .filter(|(k, _)| k != "HERALD__INGEST__LISTEN")
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        )
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "ingest.only without a listener passed"
     );
 }
 
