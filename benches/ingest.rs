@@ -263,6 +263,50 @@ fn latency_at(url: &str, bodies: &[Body], rate: f64, secs: u64) -> (u64, u64, f6
     (ok, refused, pct(0.50), pct(0.99))
 }
 
+/// `herald_ingest_request_seconds`'s cumulative buckets from Herald's `/metrics`: (upper
+/// bound in ms, requests at most that long).
+fn server_buckets(http: u16) -> Vec<(f64, f64)> {
+    let text = rt()
+        .block_on(async {
+            reqwest::get(format!("http://127.0.0.1:{http}/metrics"))
+                .await?
+                .text()
+                .await
+        })
+        .expect("Herald's /metrics");
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("herald_ingest_request_seconds_bucket{le=\"")?;
+            let (le, count) = rest.split_once("\"} ")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse::<f64>().ok()? * 1000.0
+            };
+            Some((le, count.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+fn delta(after: &[(f64, f64)], before: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    after
+        .iter()
+        .map(|(le, n)| {
+            let was = before.iter().find(|b| b.0 == *le).map_or(0.0, |b| b.1);
+            (*le, n - was)
+        })
+        .collect()
+}
+
+/// The smallest bucket bound within which a share `q` of the requests were answered.
+fn upper_bound(buckets: &[(f64, f64)], q: f64) -> f64 {
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    buckets
+        .iter()
+        .find(|(_, n)| *n >= q * total)
+        .map_or(f64::NAN, |b| b.0)
+}
+
 fn main() {
     let events = env_u64("HERALD_BENCH_EVENTS", 200_000);
     let users = env_u64("HERALD_BENCH_USERS", 20_000);
@@ -340,9 +384,12 @@ fn measure(
         "ingest {deployment}, {in_flight} requests in flight: {rate:.0} events/s ({ok} answered 200, {refused} requests refused)"
     );
     let half = rate / 2.0;
+    let before = server_buckets(http);
     let (half_ok, half_refused, p50, p99) = latency_at(&url, bodies, half, secs);
+    let during = delta(&server_buckets(http), &before);
+    let (server_p50, server_p99) = (upper_bound(&during, 0.5), upper_bound(&during, 0.99));
     println!(
-        "ingest {deployment} at {half:.0} events/s: p50 {p50:.1} ms, p99 {p99:.1} ms ({half_ok} answered 200, {half_refused} refused)"
+        "ingest {deployment} at {half:.0} events/s: p50 {p50:.1} ms, p99 {p99:.1} ms ({half_ok} answered 200, {half_refused} refused); in Herald (herald_ingest_request_seconds): p50 <= {server_p50} ms, p99 <= {server_p99} ms"
     );
     let in_kafka = end_offsets(topic) - warm;
     let answered = (ok + half_ok) as i64;
@@ -359,6 +406,8 @@ fn measure(
         "half_rate_per_sec": half,
         "half_rate_p50_ms": p50,
         "half_rate_p99_ms": p99,
+        "half_rate_server_p50_ms_at_most": server_p50,
+        "half_rate_server_p99_ms_at_most": server_p99,
         "half_rate_refused_requests": half_refused,
         "records_in_kafka": in_kafka,
         "answered_200": answered,

@@ -65,6 +65,7 @@ pub struct Metrics {
     feedback: Family<Labels, Counter>,
     pub messages_held: Gauge,
     ingest_requests: Family<Labels, Counter>,
+    ingest_request_seconds: Histogram,
     ingest_messages: Family<Labels, Counter>,
     actor_restarts: Family<Labels, Counter>,
     /// Exact latency percentiles for the demo summary (milliseconds).
@@ -178,6 +179,7 @@ impl Metrics {
         );
         let messages_held = Gauge::default();
         let ingest_requests = Family::<Labels, Counter>::default();
+        let ingest_request_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
         let ingest_messages = Family::<Labels, Counter>::default();
         let actor_restarts = Family::<Labels, Counter>::default();
         registry.register(
@@ -324,6 +326,12 @@ impl Metrics {
             ingest_requests.clone(),
         );
         registry.register(
+            "herald_ingest_request_seconds",
+            "HTTP ingest requests, from their headers to their answer (the body read, the \
+             checks and the broker's acknowledgement of every message)",
+            ingest_request_seconds.clone(),
+        );
+        registry.register(
             "herald_ingest_messages",
             "HTTP ingest messages: published to the source, or rejected (dead-lettered)",
             ingest_messages.clone(),
@@ -373,6 +381,7 @@ impl Metrics {
             feedback,
             messages_held,
             ingest_requests,
+            ingest_request_seconds,
             ingest_messages,
             actor_restarts,
             latency_ms: Mutex::new(
@@ -731,6 +740,10 @@ impl Metrics {
         self.ingest_requests
             .get_or_create(&vec![("code", code.to_string())])
             .inc();
+    }
+
+    pub fn ingest_request_took(&self, seconds: f64) {
+        self.ingest_request_seconds.observe(seconds);
     }
 
     /// `outcome`: `published` or `rejected`.

@@ -321,6 +321,11 @@ fn every_rule_of_the_tracking_api() {
     let metrics = scrape(http);
     assert!(sum(&metrics, "herald_ingest_requests_total", &[("code", "200")]) >= 5.0);
     assert!(sum(&metrics, "herald_ingest_requests_total", &[("code", "401")]) >= 3.0);
+    // Every request answered is timed, whatever its answer.
+    assert_eq!(
+        sum(&metrics, "herald_ingest_request_seconds", &[]),
+        sum(&metrics, "herald_ingest_requests_total", &[])
+    );
     assert_eq!(
         sum(
             &metrics,

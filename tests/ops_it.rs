@@ -317,7 +317,7 @@ fn readyz_names_the_backend_that_is_down_and_recovers() {
 }
 
 /// Every §7 (and built §13) name, as its first sample line starts.
-const EXPORTED_NAMES: [&str; 21] = [
+const EXPORTED_NAMES: [&str; 22] = [
     "herald_events_consumed_total",
     "herald_events_applied_total",
     "herald_events_duplicate_total",
@@ -335,6 +335,7 @@ const EXPORTED_NAMES: [&str; 21] = [
     "herald_webhook_requests_total",
     "herald_actor_restarts_total",
     "herald_ingest_requests_total",
+    "herald_ingest_request_seconds_count",
     "herald_ingest_messages_total",
     "herald_suppressed_total",
     "herald_users_resident",

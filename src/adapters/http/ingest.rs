@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix_web::http::header;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
@@ -245,7 +245,22 @@ fn broker_busy(state: &IngestState) -> HttpResponse {
 /// rate-limited by its client address before its body is read, and its write key (in the body)
 /// checked once parsed. Every body must arrive within `ingest.timeout_ms` (else 408).
 /// 401s say no more than "unauthorized" (which key was wrong helps only a guesser).
+/// Times every request, whatever its answer (`herald_ingest_request_seconds`).
 async fn ingest(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<IngestState>,
+) -> HttpResponse {
+    let started = Instant::now();
+    let response = handle(req, path, payload, state.clone()).await;
+    state
+        .metrics
+        .ingest_request_took(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn handle(
     req: HttpRequest,
     path: web::Path<String>,
     payload: web::Payload,
