@@ -238,13 +238,6 @@ fn broker_busy(state: &IngestState) -> HttpResponse {
     )
 }
 
-/// A request's order of checks is cheapest first, so that what a client cannot be served
-/// costs the least: a write key in the header is checked and rate-limited before the body is
-/// read, and the body's bytes are reserved from `ingest.max_in_flight_bytes` (by its
-/// `Content-Length`) before they are read. A request without a key in its header is
-/// rate-limited by its client address before its body is read, and its write key (in the body)
-/// checked once parsed. Every body must arrive within `ingest.timeout_ms` (else 408).
-/// 401s say no more than "unauthorized" (which key was wrong helps only a guesser).
 /// Times every request, whatever its answer (`herald_ingest_request_seconds`).
 async fn ingest(
     req: HttpRequest,
@@ -260,6 +253,13 @@ async fn ingest(
     response
 }
 
+/// A request's order of checks is cheapest first, so that what a client cannot be served
+/// costs the least: a write key in the header is checked and rate-limited before the body is
+/// read, and the body's bytes are reserved from `ingest.max_in_flight_bytes` (by its
+/// `Content-Length`) before they are read. A request without a key in its header is
+/// rate-limited by its client address before its body is read, and its write key (in the body)
+/// checked once parsed. Every body must arrive within `ingest.timeout_ms` (else 408).
+/// 401s say no more than "unauthorized" (which key was wrong helps only a guesser).
 async fn handle(
     req: HttpRequest,
     path: web::Path<String>,
