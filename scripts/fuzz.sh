@@ -2,6 +2,7 @@
 # Runs Herald's fuzz targets (fuzz/, cargo fuzz with libFuzzer) for a given time each.
 #
 #   scripts/fuzz.sh [SECONDS_EACH] [TARGET...]     (default: 60 s, every target)
+#   scripts/fuzz.sh build                          (only build every target, as a run would)
 #
 # Installs cargo-fuzz from crates.io when missing. Builds on the stable toolchain with
 # AddressSanitizer (RUSTC_BOOTSTRAP=1 lets stable rustc take the sanitizer flag; set
@@ -22,6 +23,11 @@ if ! cargo fuzz --help >/dev/null 2>&1; then
 fi
 sanitizer="${FUZZ_SANITIZER:-address}"
 export RUSTC_BOOTSTRAP=1
+if [ "$secs" = build ]; then
+  # The same build options as `cargo fuzz run` below, so the runs find it done.
+  cargo fuzz build --sanitizer "$sanitizer"
+  exit 0
+fi
 mkdir -p fuzz/target/logs
 for t in "${targets[@]}"; do
   mkdir -p "fuzz/target/corpus/$t"
