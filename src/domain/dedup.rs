@@ -7,7 +7,9 @@
 //! seen over 49 days apart) is moved later, never earlier: an id may be remembered a little
 //! longer than `window_ms`, never forgotten sooner.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
+
+use super::ring::Ring;
 
 /// Above this many ids a hash index backs the lookups; below it a scan is faster and smaller.
 const INDEX_ABOVE: usize = 32;
@@ -17,7 +19,7 @@ const GROWTH_DIVISOR: usize = 8;
 
 /// One remembered id: its fingerprint in two halves (so the entry is 4-aligned, 12 bytes) and
 /// when it was seen, in ms after the window's base.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Seen {
     fingerprint: [u32; 2],
     after_base: u32,
@@ -36,7 +38,7 @@ fn halves(fingerprint: u64) -> [u32; 2] {
 /// Fingerprints seen within `window_ms` of processing time, oldest first, at most `max_ids`.
 #[derive(Debug, Clone, Default)]
 pub struct DedupWindow {
-    order: VecDeque<Seen>,
+    order: Ring<Seen>,
     /// What the entries' times count from: the oldest entry's time, unless the entries span
     /// more than 32 bits of ms (then older ones are held as of the base: later, never earlier).
     base: i64,
@@ -53,7 +55,7 @@ impl DedupWindow {
         let oldest = entries.iter().map(|(_, at)| *at).min().unwrap_or(0);
         let base = oldest.max(newest.saturating_sub(i64::from(u32::MAX)));
         let mut w = DedupWindow {
-            order: VecDeque::with_capacity(entries.len()),
+            order: Ring::with_capacity(entries.len()),
             base,
             index: None,
         };
@@ -149,7 +151,7 @@ impl DedupWindow {
     fn rebase(&mut self, now_ms: i64) {
         let base = now_ms.saturating_sub(i64::from(u32::MAX));
         let old = self.base;
-        for s in &mut self.order {
+        for s in self.order.iter_mut() {
             let at = old.saturating_add(i64::from(s.after_base));
             s.after_base = at.saturating_sub(base).clamp(0, i64::from(u32::MAX)) as u32;
         }

@@ -19,6 +19,7 @@ pub mod positions;
 pub mod profile;
 pub mod rate_limit;
 pub mod retry;
+pub mod ring;
 pub mod segment;
 mod segment_splice;
 pub mod sendgrid;

@@ -1,7 +1,7 @@
 //! A resident user's state packed into one allocation of compact bytes, for users idle long
 //! enough that their next record is not expected soon (`aggregator.pack_after_ms`). A live
 //! state is a tree of fixed-size parts — 16-byte trait values, 32-byte event statistics,
-//! 8-byte name pointers, a boxed state of 144 bytes — sized for changing it fast; packed, the
+//! 8-byte name pointers, a boxed state of 128 bytes — sized for changing it fast; packed, the
 //! same state is its content only: names as their bytes, integers as variable-length
 //! (LEB128) numbers, instants as differences from a nearby instant. A typical user (5 traits,
 //! 3 tags, 5 event names, 10 remembered ids) packs into ≈ 320 bytes, against ≈ 650 live.
@@ -93,7 +93,7 @@ pub fn pack(state: &UserState) -> Option<PackedState> {
     let mut w = Writer(Vec::with_capacity(256));
     w.unsigned(state.version);
     w.unsigned(state.positions.len() as u64);
-    for &(partition, offset) in state.positions.iter() {
+    for (partition, offset) in state.positions.iter() {
         w.unsigned(u64::from(partition));
         w.unsigned(offset);
     }

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::dedup::DedupWindow;
 use super::identity::Identity;
 use super::keys::message_fingerprint;
+use super::positions::Positions;
 use super::profile::Profile;
 use super::user::UserState;
 
@@ -70,7 +71,7 @@ pub fn decode_seen(bytes: &[u8]) -> Result<Vec<(u64, i64)>, Unreadable> {
 pub fn encode_cached(
     version: u64,
     profile: &Profile,
-    positions: &[(u32, u64)],
+    positions: &Positions,
     seen: &[(u64, i64)],
     identity: Option<&Identity>,
 ) -> Vec<u8> {
@@ -93,7 +94,7 @@ pub fn encode_cached(
     out.push(SCHEMA);
     out.extend_from_slice(&version.to_be_bytes());
     out.extend_from_slice(&(positions.len() as u32).to_be_bytes());
-    for (p, o) in positions {
+    for (p, o) in positions.iter() {
         out.extend_from_slice(&p.to_be_bytes());
         out.extend_from_slice(&o.to_be_bytes());
     }
@@ -260,7 +261,13 @@ mod tests {
     #[test]
     fn cache_entries_round_trip() {
         let p = profile();
-        let blob = encode_cached(4, &p, &[(1, 9), (0, 7)], &[(9, 1), (10, 2)], None);
+        let blob = encode_cached(
+            4,
+            &p,
+            &Positions::from(vec![(1, 9), (0, 7)]),
+            &[(9, 1), (10, 2)],
+            None,
+        );
         let s = decode_cached(&blob).unwrap();
         assert_eq!(s.version, 4);
         assert_eq!(s.profile, p);
@@ -269,7 +276,13 @@ mod tests {
         assert_eq!(s.identity, None);
         let mut sealed = s.clone();
         sealed.seal("b");
-        let blob = encode_cached(5, &sealed.profile, &[], &[], sealed.identity.as_deref());
+        let blob = encode_cached(
+            5,
+            &sealed.profile,
+            &Positions::default(),
+            &[],
+            sealed.identity.as_deref(),
+        );
         let back = decode_cached(&blob).unwrap();
         assert_eq!(back.merged_into(), Some("b"));
         assert_eq!(back.handed_over().profile, p);
@@ -277,7 +290,13 @@ mod tests {
 
     #[test]
     fn broken_or_foreign_cache_entries_are_unreadable() {
-        let blob = encode_cached(4, &profile(), &[(0, 7)], &[(9, 1)], None);
+        let blob = encode_cached(
+            4,
+            &profile(),
+            &Positions::from(vec![(0, 7)]),
+            &[(9, 1)],
+            None,
+        );
         for cut in [0, 1, 3, 10, 20, 30] {
             assert!(decode_cached(&blob[..cut]).is_err(), "cut at {cut}");
         }

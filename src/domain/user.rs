@@ -62,6 +62,10 @@ pub struct UserState {
     pub identity: Option<Box<Identity>>,
 }
 
+// A live user's state is boxed in its shard: 128 bytes is an allocator size class, and one
+// byte more takes the next (160).
+const _: () = assert!(std::mem::size_of::<UserState>() == 128);
+
 impl UserState {
     pub fn new() -> Self {
         UserState::default()

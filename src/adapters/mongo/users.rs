@@ -107,7 +107,7 @@ pub fn user_document(u: &UserSnapshot, token: u64, updated_at: i64) -> Document 
     let positions: Document = u
         .positions
         .iter()
-        .map(|(p, o)| (p.to_string(), Bson::Int64(*o as i64)))
+        .map(|(p, o)| (p.to_string(), Bson::Int64(o as i64)))
         .collect();
     let mut herald = doc! {
         "v": u.version as i64,
