@@ -75,27 +75,27 @@ impl<T: Copy + Default> Ring<T> {
 
     /// Oldest first.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> + '_ {
-        let head = self.head as usize;
-        let len = self.len();
-        let cap = self.capacity();
-        let first_len = len.min(cap - head.min(cap));
-        let (before, from_head) = self.slots.split_at_mut(head.min(cap));
+        let (head, first_len, wrapped) = self.spans();
+        let (before, from_head) = self.slots.split_at_mut(head);
         from_head[..first_len]
             .iter_mut()
-            .chain(before[..len - first_len].iter_mut())
+            .chain(before[..wrapped].iter_mut())
     }
 
     /// The items as two slices, oldest first: from the first index to the storage's end, then
     /// from its start.
     fn halves(&self) -> (&[T], &[T]) {
-        let head = self.head as usize;
-        let len = self.len();
+        let (head, first_len, wrapped) = self.spans();
+        (&self.slots[head..head + first_len], &self.slots[..wrapped])
+    }
+
+    /// Where the items lie: the first index, how many follow it up to the storage's end, and
+    /// how many wrapped around to its start.
+    fn spans(&self) -> (usize, usize, usize) {
         let cap = self.capacity();
-        let first_len = len.min(cap - head.min(cap));
-        (
-            &self.slots[head.min(cap)..head.min(cap) + first_len],
-            &self.slots[..len - first_len],
-        )
+        let head = (self.head as usize).min(cap);
+        let first_len = self.len().min(cap - head);
+        (head, first_len, self.len() - first_len)
     }
 
     fn physical(&self, index: usize) -> usize {
