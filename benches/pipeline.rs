@@ -6,6 +6,8 @@
 //! Size: HERALD_BENCH_EVENTS (default 1,000,000) and HERALD_BENCH_USERS (default 100,000);
 //! HERALD_BENCH_VISITORS, the share of anonymous visitors' messages and their aliases (default
 //! 0: the identify/track workload; `herald demo` runs 0.05): with it, merges per second too.
+//! `HERALD__SECTION__KEY` variables and a TOML file named by HERALD_BENCH_CONFIG change the
+//! demo's configuration (e.g. `campaigns = []`: the engine without messages).
 
 use std::time::Instant;
 
@@ -52,10 +54,23 @@ fn main() {
     let decode_rate = events as f64 / decode_secs;
 
     // (b) the full pipeline on the same bytes (same workload spec and seed).
-    let env: Vec<(String, String)> = Vec::new();
+    // `HERALD__SECTION__KEY` variables tune the pipeline's configuration as they do `herald demo`'s.
+    let env: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("HERALD__"))
+        .collect();
     let demo_toml = include_str!("../config/demo.toml");
-    let config =
-        Config::load_with(&[], &[("config/demo.toml", demo_toml)], &env).expect("demo config");
+    // HERALD_BENCH_CONFIG names a TOML file layered over the demo's (e.g. `campaigns = []`).
+    let extra = std::env::var("HERALD_BENCH_CONFIG").ok().map(|path| {
+        (
+            std::fs::read_to_string(&path).expect("HERALD_BENCH_CONFIG"),
+            path,
+        )
+    });
+    let mut layers = vec![("config/demo.toml", demo_toml)];
+    if let Some((text, path)) = &extra {
+        layers.push((path.as_str(), text.as_str()));
+    }
+    let config = Config::load_with(&[], &layers, &env).expect("demo config");
     let report = demo::run(
         config,
         DemoArgs {
@@ -87,9 +102,14 @@ fn main() {
         "merges (visitors {visitors}):      {:>12} ids merged, {merges_per_sec:.0}/s alongside; {} records forwarded",
         report.merged, report.forwarded
     );
+    let messages: usize = report.statuses.values().sum();
+    println!(
+        "messages:                     {messages:>12} triggered, {} sends",
+        report.sends
+    );
     let json = format!(
-        "{{\"events\":{events},\"users\":{users},\"cores\":{cores},\"decode_events_per_sec\":{decode_rate:.0},\"pipeline_events_per_sec\":{pipeline_rate:.0},\"ratio\":{ratio:.4},\"latency_p50_ms\":{},\"latency_p99_ms\":{},\"visitors\":{visitors},\"merged\":{},\"forwarded\":{}}}\n",
-        report.latency_p50_ms, report.latency_p99_ms, report.merged, report.forwarded
+        "{{\"events\":{events},\"users\":{users},\"cores\":{cores},\"decode_events_per_sec\":{decode_rate:.0},\"pipeline_events_per_sec\":{pipeline_rate:.0},\"ratio\":{ratio:.4},\"latency_p50_ms\":{},\"latency_p99_ms\":{},\"visitors\":{visitors},\"merged\":{},\"forwarded\":{},\"messages\":{messages},\"sends\":{}}}\n",
+        report.latency_p50_ms, report.latency_p99_ms, report.merged, report.forwarded, report.sends
     );
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     if std::fs::create_dir_all(&dir).is_ok() {

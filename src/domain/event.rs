@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 
 pub use super::event_fields::Properties;
 use super::event_fields::{Tags, TraitChanges};
+use super::json_str::{opt_cow, Str};
 use super::trait_value::TraitValue;
 
 /// Maximum length of `messageId` and `userId`, in characters.
@@ -123,21 +124,21 @@ impl Rejection {
 
 #[derive(Deserialize)]
 struct RawEvent<'a> {
-    #[serde(rename = "messageId", default, borrow)]
+    #[serde(rename = "messageId", default, borrow, deserialize_with = "opt_cow")]
     message_id: Option<Cow<'a, str>>,
-    #[serde(rename = "type", default, borrow)]
+    #[serde(rename = "type", default, borrow, deserialize_with = "opt_cow")]
     kind: Option<Cow<'a, str>>,
-    #[serde(rename = "userId", default, borrow)]
+    #[serde(rename = "userId", default, borrow, deserialize_with = "opt_cow")]
     user_id: Option<Cow<'a, str>>,
-    #[serde(rename = "anonymousId", default, borrow)]
+    #[serde(rename = "anonymousId", default, borrow, deserialize_with = "opt_cow")]
     anonymous_id: Option<Cow<'a, str>>,
-    #[serde(rename = "groupId", default, borrow)]
+    #[serde(rename = "groupId", default, borrow, deserialize_with = "opt_cow")]
     group_id: Option<Cow<'a, str>>,
-    #[serde(rename = "previousId", default, borrow)]
+    #[serde(rename = "previousId", default, borrow, deserialize_with = "opt_cow")]
     previous_id: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "opt_cow")]
     timestamp: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "opt_cow")]
     event: Option<Cow<'a, str>>,
     #[serde(default)]
     traits: Option<TraitChanges>,
@@ -169,8 +170,8 @@ impl<'de> Deserialize<'de> for ContextTraits {
                 mut map: A,
             ) -> Result<Self::Value, A::Error> {
                 let mut traits = None;
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                    if key == "traits" {
+                while let Some(key) = map.next_key::<Str<'de>>()? {
+                    if &*key == "traits" {
                         if let Value::Object(t) = map.next_value::<Value>()? {
                             traits = Some(t);
                         }

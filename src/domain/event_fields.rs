@@ -2,7 +2,6 @@
 //! JSON tree first: `traits` into a list of changes, `tags` into its two lists of names,
 //! `properties` kept as text.
 
-use std::borrow::Cow;
 use std::fmt;
 
 use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -11,6 +10,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::event::{RejectReason, Rejection};
+use super::json_str::Str;
 use super::trait_value::TraitValue;
 
 /// `traits` as changes, in the order of the object's keys: a non-null value sets, `null`
@@ -30,10 +30,10 @@ impl<'de> Deserialize<'de> for TraitChanges {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TraitChanges, A::Error> {
                 let mut changes: Vec<(String, Option<TraitValue>)> =
                     Vec::with_capacity(map.size_hint().unwrap_or(8));
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                while let Some(key) = map.next_key::<Str<'de>>()? {
                     let value = map.next_value::<TraitValue>()?;
                     let value = (!value.is_null()).then_some(value);
-                    changes.push((key.into_owned(), value));
+                    changes.push((key.0.into_owned(), value));
                 }
                 keep_last_per_key(&mut changes);
                 Ok(TraitChanges(changes))
@@ -112,8 +112,8 @@ impl<'de> Deserialize<'de> for Tags {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Tags, A::Error> {
                 let (mut add, mut remove) = (Part(Ok(Vec::new())), Part(Ok(Vec::new())));
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                    match key.as_ref() {
+                while let Some(key) = map.next_key::<Str<'de>>()? {
+                    match &*key {
                         "add" => add = map.next_value()?,
                         "remove" => remove = map.next_value()?,
                         _ => {

@@ -143,7 +143,7 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for NameMap<V> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
                 let mut entries = Vec::with_capacity(a.size_hint().unwrap_or(0));
-                while let Some((k, v)) = a.next_entry::<std::borrow::Cow<'de, str>, V>()? {
+                while let Some((k, v)) = a.next_entry::<super::json_str::Str<'de>, V>()? {
                     entries.push((intern(&k), v));
                 }
                 Ok(NameMap::from_entries(entries))
@@ -236,7 +236,7 @@ impl<'de> Deserialize<'de> for NameSet {
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<NameSet, A::Error> {
                 let mut names = Vec::with_capacity(a.size_hint().unwrap_or(0));
-                while let Some(k) = a.next_element::<std::borrow::Cow<'de, str>>()? {
+                while let Some(k) = a.next_element::<super::json_str::Str<'de>>()? {
                     names.push(intern(&k));
                 }
                 names.sort();
