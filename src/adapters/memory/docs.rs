@@ -192,14 +192,21 @@ impl DocumentStore for MemoryDocumentStore {
         let mut written = UsersWritten::default();
         for u in users {
             let mut shard = self.users[owner_shard(&u.user_id, SHARDS)].lock();
-            let (stored, by) = shard
-                .get(&*u.user_id)
-                .map_or((0, 0), |(s, by, _)| (s.version, *by));
             // Fenced as in MongoDB: only over the version the writer loaded (or its own
-            // write of this version, retried).
-            if stored + 1 == u.version {
-                shard.insert(u.user_id.clone(), (u.clone(), token, now_ms));
-            } else if !(stored == u.version && by == token) {
+            // write of this version, retried). One lookup: the document is replaced in place.
+            let (stored, by) = match shard.get_mut(&*u.user_id) {
+                Some(doc) if doc.0.version + 1 == u.version => {
+                    *doc = (u, token, now_ms);
+                    continue;
+                }
+                Some((s, by, _)) => (s.version, *by),
+                None if u.version == 1 => {
+                    shard.insert(u.user_id.clone(), (u, token, now_ms));
+                    continue;
+                }
+                None => (0, 0),
+            };
+            if !(stored == u.version && by == token) {
                 written.stale.push(u.user_id.clone());
             }
         }
@@ -441,5 +448,59 @@ impl DocumentStore for MemoryDocumentStore {
             .filter_map(|id| store.get(&id).map(|s| (id, s.reason)))
             .collect();
         async move { Ok(found) }.boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(store: &MemoryDocumentStore, user: &str, version: u64, token: u64) -> bool {
+        let state = UserState {
+            version,
+            ..UserState::default()
+        };
+        let snapshot = Arc::new(UserSnapshot::of_state(Arc::from(user), &state));
+        let written =
+            futures::executor::block_on(store.upsert_users(vec![snapshot], token, 0)).unwrap();
+        written.stale.is_empty()
+    }
+
+    fn stored_version(store: &MemoryDocumentStore, user: &str) -> Option<u64> {
+        let loaded = futures::executor::block_on(store.load_users(vec![Arc::from(user)]));
+        match loaded.unwrap().pop() {
+            Some(StoredUser::Found(state)) => Some(state.version),
+            _ => None,
+        }
+    }
+
+    /// The fence MongoDB's statements apply: a document is replaced only at the version its
+    /// writer loaded, and a retried statement of the same flush is not stale.
+    #[test]
+    fn users_are_replaced_only_over_the_version_their_writer_loaded() {
+        let store = MemoryDocumentStore::default();
+        assert!(
+            !write(&store, "u", 2, 1),
+            "no document: only version 1 lands"
+        );
+        assert_eq!(stored_version(&store, "u"), None);
+        assert!(write(&store, "u", 1, 1));
+        assert!(
+            write(&store, "u", 1, 1),
+            "the same flush again is not stale"
+        );
+        assert!(
+            !write(&store, "u", 1, 2),
+            "another writer of the same version is"
+        );
+        assert!(!write(&store, "u", 3, 3), "a version skipped is stale");
+        assert_eq!(stored_version(&store, "u"), Some(1));
+        assert!(write(&store, "u", 2, 4));
+        assert_eq!(stored_version(&store, "u"), Some(2));
+        for late in [1, 2] {
+            assert!(!write(&store, "u", late, 5), "late writer at {late}");
+        }
+        assert_eq!(stored_version(&store, "u"), Some(2));
+        assert!(write(&store, "v", 1, 5), "other users are their own");
     }
 }
