@@ -571,6 +571,26 @@ fn stalled_document_store_bounds_memory_and_the_pipeline_resumes() {
     assert_eq!(rig.docs.users(), replay(&msgs));
 }
 
+/// A batch larger than the partitions may hold in flight can never fill: a partition at its
+/// cap reads nothing more until something is durable. The shards then write what they hold at
+/// once; with `batch.max_wait_ms` at ten minutes, nothing would be written before the deadline
+/// below if they waited for it.
+#[test]
+fn partitions_at_their_in_flight_cap_have_the_shards_write_what_they_hold() {
+    let cfg = config("[batch]\nmax_size = 1000000\nmax_wait_ms = 600000\n");
+    let rig = EmbeddedRig::new(&cfg, 7);
+    let msgs = workload(20_000, 1_000, 7);
+    rig.source
+        .append_all(msgs.iter().map(|(k, p, _)| (k.clone(), p.clone())));
+    run(async {
+        let pipeline = rig.start_with(&cfg, 7, rig.ports_with(None, None));
+        rig.source.assign_all();
+        until("all committed", 60, || rig.source.fully_committed()).await;
+        finish(pipeline).await;
+    });
+    assert_eq!(rig.docs.users(), replay(&msgs));
+}
+
 #[test]
 fn aggregators_passivate_and_reactivate_with_their_state() {
     let cfg = config("[aggregator]\nidle_ms = 30\n");

@@ -212,7 +212,8 @@ pub enum SealAnswer {
     Unreadable(String),
 }
 
-/// Flush whatever is pending now (used on shutdown and by tests).
+/// Flush whatever is pending now: a partition found nothing more to read, or reached its
+/// in-flight cap (nothing more comes until something is durable), or the pipeline shuts down.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct FlushNow;

@@ -54,6 +54,9 @@ pub struct PartitionActor {
     /// The last fetch found nothing new: once what was read is durable it is committed at
     /// once, not at the next commit tick (a burst's end is not held back by the interval).
     idle: bool,
+    /// Reading is paused at `max_in_flight_per_partition` and the shards were asked to write
+    /// what they hold.
+    capped: bool,
 }
 
 impl PartitionActor {
@@ -83,6 +86,7 @@ impl PartitionActor {
             lost: false,
             first_offset: None,
             idle: false,
+            capped: false,
         }
     }
 
@@ -101,9 +105,19 @@ impl PartitionActor {
             return;
         }
         if self.watermark.in_flight() >= self.settings().max_in_flight_per_partition {
-            // Resumed by the next `Durable`: a slow store pauses the source (G7).
+            // Resumed by the next `Durable`: a slow store pauses the source (G7). Nothing more
+            // is read until something is durable, so the shards write what they hold now
+            // rather than wait out `batch.max_wait_ms` for a batch that cannot fill (one
+            // larger than the partitions may hold in flight).
+            if !self.capped {
+                self.capped = true;
+                for shard in self.shared.shards() {
+                    shard.flush.do_send(FlushNow);
+                }
+            }
             return;
         }
+        self.capped = false;
         self.fetching = true;
         let fut = self.reader.fetch(self.settings().fetch_max_records);
         ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {

@@ -263,8 +263,9 @@ pub struct UserShard {
     republish: std::collections::HashSet<Arc<str>, ahash::RandomState>,
     acc: Batch,
     flushing: bool,
-    /// A source said it has nothing more for now (`FlushNow`): what is pending is written at
-    /// once rather than after `batch.max_wait_ms`, until records arrive again.
+    /// A partition said it has nothing more for now, or can read no more until something is
+    /// durable (`FlushNow`): what is pending is written at once rather than after
+    /// `batch.max_wait_ms`, until records arrive again.
     idle: bool,
     /// This shard's share of `herald_users_packed` as last reported.
     packed_reported: i64,
