@@ -163,9 +163,9 @@ pub struct Dispatcher {
     writes: usize,
     /// The retry leases of the jobs being marked, sent or having their outcome written
     /// (queued ones are in `queue`): extended until the outcome is durable.
-    sending_leases: std::collections::HashMap<HeldKey, RetryEntry>,
+    sending_leases: std::collections::HashMap<HeldKey, RetryEntry, ahash::RandomState>,
     /// Every attempt held here, from acceptance until its outcome is durable.
-    held: std::collections::HashSet<HeldKey>,
+    held: std::collections::HashSet<HeldKey, ahash::RandomState>,
     drains: Vec<oneshot::Sender<bool>>,
 }
 
@@ -194,8 +194,8 @@ impl Dispatcher {
             pump_scheduled: false,
             rng: Arc::new(Mutex::new(SmallRng::seed_from_u64(seed))),
             writes: 0,
-            sending_leases: std::collections::HashMap::new(),
-            held: std::collections::HashSet::new(),
+            sending_leases: std::collections::HashMap::default(),
+            held: std::collections::HashSet::default(),
             drains: Vec::new(),
         }
     }

@@ -32,9 +32,9 @@ pub struct MemoryDocumentStore {
     /// Kept callbacks by key (a counter): message id, callback, expiry.
     early_callbacks: Mutex<BTreeMap<u64, (String, Callback, i64)>>,
     early_next: std::sync::atomic::AtomicU64,
-    suppressions: Mutex<HashMap<String, Suppression>>,
+    suppressions: Mutex<HashMap<String, Suppression, ahash::RandomState>>,
     /// Frequency-cap windows by `<channel>:<user>`.
-    caps: Mutex<HashMap<String, crate::domain::policy::CapWindow>>,
+    caps: Mutex<HashMap<String, crate::domain::policy::CapWindow, ahash::RandomState>>,
 }
 
 impl Default for MemoryDocumentStore {
@@ -46,7 +46,7 @@ impl Default for MemoryDocumentStore {
             messages: Mutex::new(HashMap::default()),
             early_callbacks: Mutex::default(),
             early_next: Default::default(),
-            suppressions: Mutex::new(HashMap::new()),
+            suppressions: Mutex::new(HashMap::default()),
             caps: Mutex::default(),
         }
     }

@@ -11,10 +11,10 @@ use crate::ports::{BoxFut, RetryEntry, RetrySchedule, StoreError};
 #[derive(Default)]
 struct Inner {
     by_due: BTreeSet<(i64, String)>,
-    entries: HashMap<String, RetryEntry>,
+    entries: HashMap<String, RetryEntry, ahash::RandomState>,
     /// Leased entries (claimed or held), and whether their send was marked started: such
     /// an entry claimed again has lapsed.
-    leased: HashMap<String, bool>,
+    leased: HashMap<String, bool, ahash::RandomState>,
 }
 
 #[derive(Default)]

@@ -34,7 +34,7 @@ pub struct SimulatedProvider {
     sink: OnceLock<Arc<dyn CallbackSink>>,
     next_id: AtomicU64,
     /// Sends seen per idempotency key (to prove "at most one send per attempt").
-    sends: Mutex<HashMap<String, u32>>,
+    sends: Mutex<HashMap<String, u32, ahash::RandomState>>,
     accepted: AtomicU64,
 }
 
@@ -46,7 +46,7 @@ impl SimulatedProvider {
             rng: Mutex::new(SmallRng::seed_from_u64(seed)),
             sink: OnceLock::new(),
             next_id: AtomicU64::new(1),
-            sends: Mutex::new(HashMap::new()),
+            sends: Mutex::new(HashMap::default()),
             accepted: AtomicU64::new(0),
         })
     }
