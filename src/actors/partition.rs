@@ -99,6 +99,14 @@ impl PartitionActor {
         self.link.as_ref().is_some_and(|l| l.is_alive())
     }
 
+    /// Nothing more comes from this partition for now: the shards write what they hold
+    /// rather than wait for a fuller batch.
+    fn ask_shards_to_flush(&self) {
+        for shard in self.shared.shards() {
+            shard.flush.do_send(FlushNow);
+        }
+    }
+
     /// Reads the next batch unless paused (draining, too much in flight, retired).
     fn pump(&mut self, ctx: &mut Context<Self>) {
         if self.fetching || !self.draining.is_empty() || self.failed || self.lost || !self.alive() {
@@ -111,9 +119,7 @@ impl PartitionActor {
             // larger than the partitions may hold in flight).
             if !self.capped {
                 self.capped = true;
-                for shard in self.shared.shards() {
-                    shard.flush.do_send(FlushNow);
-                }
+                self.ask_shards_to_flush();
             }
             return;
         }
@@ -143,9 +149,7 @@ impl PartitionActor {
                         // The source has nothing more for now: the shards write what they
                         // hold instead of waiting for a fuller batch.
                         act.idle = true;
-                        for shard in act.shared.shards() {
-                            shard.flush.do_send(FlushNow);
-                        }
+                        act.ask_shards_to_flush();
                         act.commit_if_idle(ctx);
                     }
                     ctx.run_later(IDLE_POLL, |act, ctx| act.pump(ctx));
