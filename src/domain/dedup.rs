@@ -67,6 +67,11 @@ impl DedupWindow {
         w
     }
 
+    /// Where its ids live, read without touching them: a hint for prefetching.
+    pub fn storage_addr(&self) -> *const u8 {
+        self.order.storage_addr()
+    }
+
     pub fn entries(&self) -> impl Iterator<Item = (u64, i64)> + '_ {
         self.order.iter().map(|s| (s.fingerprint(), self.at(*s)))
     }

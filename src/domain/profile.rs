@@ -34,6 +34,11 @@ impl<V> NameMap<V> {
         self.0.as_slice()
     }
 
+    /// Where its entries live, read without touching them: a hint for prefetching.
+    pub fn storage_addr(&self) -> *const u8 {
+        self.0.heap_addr()
+    }
+
     fn find(&self, key: &str) -> Result<usize, usize> {
         self.slots().binary_search_by(|(k, _)| (**k).cmp(key))
     }
@@ -158,6 +163,11 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for NameMap<V> {
 pub struct NameSet(ThinSlice<Name>);
 
 impl NameSet {
+    /// Where its names live, read without touching them: a hint for prefetching.
+    pub fn storage_addr(&self) -> *const u8 {
+        self.0.heap_addr()
+    }
+
     /// From names already sorted, each once; `None` if they are not.
     pub fn from_sorted(names: Vec<Name>) -> Option<Self> {
         names

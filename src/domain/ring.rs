@@ -29,6 +29,11 @@ impl<T: Copy + Default> Ring<T> {
         self.len == 0
     }
 
+    /// Where the storage lives, read without touching it: a hint for prefetching.
+    pub fn storage_addr(&self) -> *const u8 {
+        self.slots.as_ptr().cast()
+    }
+
     pub fn capacity(&self) -> usize {
         self.slots.len()
     }

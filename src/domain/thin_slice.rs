@@ -24,6 +24,14 @@ impl<T> ThinSlice<T> {
         self.0.is_none()
     }
 
+    /// Where the shared allocation lives (null when empty), read without touching it: a hint
+    /// for prefetching, never dereferenced.
+    pub fn heap_addr(&self) -> *const u8 {
+        self.0
+            .as_ref()
+            .map_or(std::ptr::null(), |a| a.heap_ptr().cast())
+    }
+
     /// Bytes of the shared allocation: its counter and length, then the items.
     pub fn heap_bytes(&self) -> usize {
         self.0.as_ref().map_or(0, |a| {
@@ -112,6 +120,18 @@ impl<I: Iterator> ExactSizeIterator for Exact<I> {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_heap_address_is_the_shared_allocation_and_null_when_empty() {
+        assert!(ThinSlice::<u64>::default().heap_addr().is_null());
+        let a = ThinSlice::from_slice(&[1u64, 2, 3]);
+        let b = a.clone();
+        assert_eq!(a.heap_addr(), b.heap_addr(), "a clone shares the allocation");
+        let items = a.as_slice().as_ptr() as usize;
+        let heap = a.heap_addr() as usize;
+        assert!(heap < items && items - heap <= 64, "the items follow the header");
+        assert_ne!(ThinSlice::from_slice(&[1u64]).heap_addr(), a.heap_addr());
+    }
 
     #[test]
     fn copies_on_write_only_when_shared() {

@@ -67,6 +67,18 @@ pub struct UserState {
 const _: () = assert!(std::mem::size_of::<UserState>() == 128);
 
 impl UserState {
+    /// Where the parts an event reads and changes, or a snapshot shares, live (its event
+    /// counts, traits, tags and remembered ids), read without touching them: hints for
+    /// prefetching.
+    pub fn storage_addrs(&self) -> [*const u8; 4] {
+        [
+            self.profile.events.storage_addr(),
+            self.profile.traits.storage_addr(),
+            self.profile.tags.storage_addr(),
+            self.seen.storage_addr(),
+        ]
+    }
+
     pub fn new() -> Self {
         UserState::default()
     }

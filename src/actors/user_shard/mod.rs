@@ -42,6 +42,7 @@ use super::state_loader;
 use super::supervision::{contain, contain_async, RestartIntensity};
 
 mod merge;
+mod prefetch;
 mod residents;
 
 use merge::{MergeJob, Reply, SealRequest};
@@ -278,6 +279,8 @@ pub struct UserShard {
     /// Poison records in the last minute: beyond `pipeline.max_poison_per_minute`, a fault.
     poison_rate: RestartIntensity,
     started: Instant,
+    /// The slots [`UserShard::warm`] found (kept to reuse its allocation).
+    warm_slots: Vec<u32>,
 }
 
 impl UserShard {
@@ -310,6 +313,7 @@ impl UserShard {
             panics: HashMap::default(),
             poison_rate,
             started: Instant::now(),
+            warm_slots: Vec::new(),
         }
     }
 
@@ -332,6 +336,7 @@ impl UserShard {
         let tick = self.now_tick();
         let now_ms = self.shared.ports.clock.now_ms();
         self.idle = false;
+        self.warm(&batch.records);
         let mut counts = Counts::default();
         for record in batch.records {
             self.route(&batch.link, record, now_ms, tick, &mut counts);
@@ -339,6 +344,32 @@ impl UserShard {
         self.count(counts);
         self.start_loads(ctx);
         self.maybe_flush(ctx);
+    }
+
+    /// Asks for the batch's resident users before applying it (`prefetch.rs`): their lookups
+    /// first, overlapping, then the parts their records change.
+    fn warm(&mut self, records: &[UserRecord]) {
+        let mut slots = std::mem::take(&mut self.warm_slots);
+        slots.clear();
+        slots.extend(records.iter().filter_map(|r| self.residents.warm(r.key())));
+        for &slot in &slots {
+            self.residents.warm_parts(slot);
+        }
+        self.warm_slots = slots;
+    }
+
+    /// Going through `items` (each naming a slot) at `i`: asks for what the items a few
+    /// places ahead will need, each step of [`Residents::warm_slot`] at its own distance.
+    fn warm_ahead<T>(&self, items: &[T], i: usize, slot: impl Fn(&T) -> u32) {
+        if let Some(item) = items.get(i + 12) {
+            self.residents.warm_slot(slot(item));
+        }
+        if let Some(item) = items.get(i + 6) {
+            self.residents.warm_state(slot(item));
+        }
+        if let Some(item) = items.get(i + 3) {
+            self.residents.warm_parts(slot(item));
+        }
     }
 
     /// Applies a record to its resident user, or queues it behind the user's load.
@@ -884,7 +915,8 @@ impl UserShard {
         let seen_since = self.shared.ports.clock.now_ms() - self.shared.settings.dedup.window_ms;
         let mut snapshots = Vec::with_capacity(batch.dirty.len());
         let mut slots = Vec::with_capacity(batch.dirty.len());
-        for (key, slot) in &batch.dirty {
+        for (i, (key, slot)) in batch.dirty.iter().enumerate() {
+            self.warm_ahead(&batch.dirty, i, |(_, slot)| *slot);
             let Some(slot) = self.residents.locate(*slot, key) else {
                 continue;
             };
@@ -998,7 +1030,8 @@ impl UserShard {
                 });
             }
         }
-        for (snap, slot) in snapshots.iter().zip(slots) {
+        for (i, (snap, &slot)) in snapshots.iter().zip(&slots).enumerate() {
+            self.warm_ahead(&slots, i, |slot| *slot);
             if let Some(slot) = self.residents.locate(slot, &snap.user_id) {
                 let e = &mut self.residents[slot].entity;
                 if e.in_flight && e.state.version + 1 == snap.version {

@@ -21,7 +21,9 @@ use std::sync::Arc;
 use hashbrown::HashTable;
 
 use crate::domain::packed_state::{pack, unpack, PackedState};
+use crate::domain::user::UserState;
 
+use super::prefetch::{prefetch, prefetch_bytes};
 use super::{Entity, Slot};
 
 /// A slot of the vector.
@@ -85,6 +87,48 @@ impl Residents {
         self.index
             .find(hash, |&s| self.key_at(s) == Some(key))
             .map(|&s| s as usize)
+    }
+
+    /// Prefetching: the slot of `key` if resident and live, its boxed state asked for (see
+    /// `prefetch.rs`). Changes nothing; the slot is only good until the residents change.
+    pub(super) fn warm(&self, key: &str) -> Option<u32> {
+        let slot = self.find_any(key)?;
+        let Cell::Live(s) = &self.slots[slot] else {
+            return None;
+        };
+        let state: *const UserState = &*s.entity.state;
+        prefetch_bytes(state.cast(), std::mem::size_of::<UserState>());
+        Some(slot as u32)
+    }
+
+    /// Prefetching, by slot number (see `prefetch.rs`), in three steps a few slots apart so
+    /// each finds what the one before asked for: the slot itself (its address needs no
+    /// load), then its boxed state, then the parts an event or a snapshot touches.
+    pub(super) fn warm_slot(&self, slot: u32) {
+        let slots = self.slots.as_ptr();
+        if (slot as usize) < self.slots.len() {
+            prefetch_bytes(
+                slots.wrapping_add(slot as usize).cast(),
+                std::mem::size_of::<Cell>(),
+            );
+        }
+    }
+
+    /// The second step of [`Residents::warm_slot`]: the live state in `slot`.
+    pub(super) fn warm_state(&self, slot: u32) {
+        if let Some(Cell::Live(s)) = self.slots.get(slot as usize) {
+            let state: *const UserState = &*s.entity.state;
+            prefetch_bytes(state.cast(), std::mem::size_of::<UserState>());
+        }
+    }
+
+    /// The last step: the parts of the live state in `slot` that an event reads and changes.
+    pub(super) fn warm_parts(&self, slot: u32) {
+        if let Some(Cell::Live(s)) = self.slots.get(slot as usize) {
+            for addr in s.entity.state.storage_addrs() {
+                prefetch(addr);
+            }
+        }
     }
 
     /// Resident, packed or not (nothing is unpacked).
