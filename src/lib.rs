@@ -11,6 +11,7 @@ pub mod feed_setup;
 pub mod huge_pages;
 pub mod ingest_tier;
 pub mod ports;
+pub mod prefetch;
 pub mod produce;
 pub mod produce_http;
 pub mod provider_setup;

@@ -139,6 +139,17 @@ pub struct UserSnapshot {
 }
 
 impl UserSnapshot {
+    /// Where the parts its drop releases live (its event counts, traits, tags and remembered
+    /// ids), read without touching them: hints for prefetching.
+    pub fn storage_addrs(&self) -> [*const u8; 4] {
+        [
+            self.profile.events.storage_addr(),
+            self.profile.traits.storage_addr(),
+            self.profile.tags.storage_addr(),
+            self.seen.as_ptr().cast(),
+        ]
+    }
+
     /// A loaded state as it stands (at its own version): for refilling a cache.
     pub fn of_state(user_id: Arc<str>, state: &UserState) -> UserSnapshot {
         UserSnapshot {

@@ -126,10 +126,17 @@ mod tests {
         assert!(ThinSlice::<u64>::default().heap_addr().is_null());
         let a = ThinSlice::from_slice(&[1u64, 2, 3]);
         let b = a.clone();
-        assert_eq!(a.heap_addr(), b.heap_addr(), "a clone shares the allocation");
+        assert_eq!(
+            a.heap_addr(),
+            b.heap_addr(),
+            "a clone shares the allocation"
+        );
         let items = a.as_slice().as_ptr() as usize;
         let heap = a.heap_addr() as usize;
-        assert!(heap < items && items - heap <= 64, "the items follow the header");
+        assert!(
+            heap < items && items - heap <= 64,
+            "the items follow the header"
+        );
         assert_ne!(ThinSlice::from_slice(&[1u64]).heap_addr(), a.heap_addr());
     }
 

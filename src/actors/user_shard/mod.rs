@@ -42,7 +42,6 @@ use super::state_loader;
 use super::supervision::{contain, contain_async, RestartIntensity};
 
 mod merge;
-mod prefetch;
 mod residents;
 
 use merge::{MergeJob, Reply, SealRequest};
@@ -346,8 +345,9 @@ impl UserShard {
         self.maybe_flush(ctx);
     }
 
-    /// Asks for the batch's resident users before applying it (`prefetch.rs`): their lookups
-    /// first, overlapping, then the parts their records change.
+    /// Asks for the batch's resident users before applying it (`crate::prefetch`): their
+    /// lookups first, in a loop of their own so that they overlap in the processor, then the
+    /// parts their records change.
     fn warm(&mut self, records: &[UserRecord]) {
         let mut slots = std::mem::take(&mut self.warm_slots);
         slots.clear();

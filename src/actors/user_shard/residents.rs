@@ -22,8 +22,8 @@ use hashbrown::HashTable;
 
 use crate::domain::packed_state::{pack, unpack, PackedState};
 use crate::domain::user::UserState;
+use crate::prefetch::{prefetch, prefetch_bytes};
 
-use super::prefetch::{prefetch, prefetch_bytes};
 use super::{Entity, Slot};
 
 /// A slot of the vector.
@@ -90,7 +90,7 @@ impl Residents {
     }
 
     /// Prefetching: the slot of `key` if resident and live, its boxed state asked for (see
-    /// `prefetch.rs`). Changes nothing; the slot is only good until the residents change.
+    /// `crate::prefetch`). Changes nothing; the slot is only good until the residents change.
     pub(super) fn warm(&self, key: &str) -> Option<u32> {
         let slot = self.find_any(key)?;
         let Cell::Live(s) = &self.slots[slot] else {
@@ -101,7 +101,7 @@ impl Residents {
         Some(slot as u32)
     }
 
-    /// Prefetching, by slot number (see `prefetch.rs`), in three steps a few slots apart so
+    /// Prefetching, by slot number (see `crate::prefetch`), in three steps a few slots apart so
     /// each finds what the one before asked for: the slot itself (its address needs no
     /// load), then its boxed state, then the parts an event or a snapshot touches.
     pub(super) fn warm_slot(&self, slot: u32) {
