@@ -352,6 +352,7 @@ impl UserShard {
     /// Asks for the batch's resident users before applying it (`crate::prefetch`): their
     /// lookups first, in a loop of their own so that they overlap in the processor, then the
     /// parts their records change.
+    ///
     /// Below [`WARM_ABOVE`] resident users they stay in the processor's caches, and the
     /// lookups done twice would only cost.
     fn warm(&mut self, records: &[UserRecord]) {
