@@ -142,12 +142,8 @@ impl UserSnapshot {
     /// Where the parts its drop releases live (its event counts, traits, tags and remembered
     /// ids), read without touching them: hints for prefetching.
     pub fn storage_addrs(&self) -> [*const u8; 4] {
-        [
-            self.profile.events.storage_addr(),
-            self.profile.traits.storage_addr(),
-            self.profile.tags.storage_addr(),
-            self.seen.as_ptr().cast(),
-        ]
+        let [events, traits, tags] = self.profile.storage_addrs();
+        [events, traits, tags, self.seen.as_ptr().cast()]
     }
 
     /// A loaded state as it stands (at its own version): for refilling a cache.

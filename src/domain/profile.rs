@@ -293,6 +293,16 @@ pub fn growth_bound(payload_len: usize) -> usize {
 }
 
 impl Profile {
+    /// Where its event counts, traits and tags live, read without touching them: hints for
+    /// prefetching.
+    pub fn storage_addrs(&self) -> [*const u8; 3] {
+        [
+            self.events.storage_addr(),
+            self.traits.storage_addr(),
+            self.tags.storage_addr(),
+        ]
+    }
+
     /// Bytes of the profile serialized as JSON — what `limits.max_profile_bytes` bounds —
     /// counted without building the text.
     pub fn serialized_len(&self) -> usize {

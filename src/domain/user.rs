@@ -71,12 +71,8 @@ impl UserState {
     /// counts, traits, tags and remembered ids), read without touching them: hints for
     /// prefetching.
     pub fn storage_addrs(&self) -> [*const u8; 4] {
-        [
-            self.profile.events.storage_addr(),
-            self.profile.traits.storage_addr(),
-            self.profile.tags.storage_addr(),
-            self.seen.storage_addr(),
-        ]
+        let [events, traits, tags] = self.profile.storage_addrs();
+        [events, traits, tags, self.seen.storage_addr()]
     }
 
     pub fn new() -> Self {
