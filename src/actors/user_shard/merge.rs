@@ -463,7 +463,7 @@ impl UserShard {
         let mut counts = Counts::default();
         for (link, record) in waiting {
             if link.is_alive() {
-                self.route(&link, record, now_ms, tick, &mut counts);
+                self.route(&link, record, None, now_ms, tick, &mut counts);
             }
         }
         self.count(counts);

@@ -89,6 +89,9 @@ struct Entity {
 /// ~800 bytes each, 8,192 of them fill ~6.5 MB, past what the processor's own caches hold.
 const WARM_ABOVE: usize = 8192;
 
+/// In the list of a batch's slots: the record's user was not found resident and live.
+const NO_SLOT: u32 = u32::MAX;
+
 /// A byte count in the entity's 32 bits, saturating (a bound only needs to stay an upper one).
 fn saturate(bytes: usize) -> u32 {
     u32::try_from(bytes).unwrap_or(u32::MAX)
@@ -339,11 +342,13 @@ impl UserShard {
         let tick = self.now_tick();
         let now_ms = self.shared.ports.clock.now_ms();
         self.idle = false;
-        self.warm(&batch.records);
+        let hints = self.warm(&batch.records);
         let mut counts = Counts::default();
-        for record in batch.records {
-            self.route(&batch.link, record, now_ms, tick, &mut counts);
+        for (i, record) in batch.records.into_iter().enumerate() {
+            let hint = hints.get(i).copied().filter(|&s| s != NO_SLOT);
+            self.route(&batch.link, record, hint, now_ms, tick, &mut counts);
         }
+        self.warm_slots = hints;
         self.count(counts);
         self.start_loads(ctx);
         self.maybe_flush(ctx);
@@ -353,19 +358,25 @@ impl UserShard {
     /// lookups first, in a loop of their own so that they overlap in the processor, then the
     /// parts their records change.
     ///
-    /// Below [`WARM_ABOVE`] resident users they stay in the processor's caches, and the
-    /// lookups done twice would only cost.
-    fn warm(&mut self, records: &[UserRecord]) {
-        if self.residents.len() < WARM_ABOVE {
-            return;
-        }
+    /// Returns each record's slot as its lookup found it ([`NO_SLOT`]: not resident and
+    /// live), so that applying the record need not hash and probe again; the list is handed
+    /// back to `warm_slots` for the next batch. Empty below [`WARM_ABOVE`] resident users:
+    /// they stay in the processor's caches, and a loop of their own would only cost.
+    fn warm(&mut self, records: &[UserRecord]) -> Vec<u32> {
         let mut slots = std::mem::take(&mut self.warm_slots);
         slots.clear();
-        slots.extend(records.iter().filter_map(|r| self.residents.warm(r.key())));
-        for &slot in &slots {
+        if self.residents.len() < WARM_ABOVE {
+            return slots;
+        }
+        slots.extend(
+            records
+                .iter()
+                .map(|r| self.residents.warm(r.key()).unwrap_or(NO_SLOT)),
+        );
+        for &slot in slots.iter().filter(|&&s| s != NO_SLOT) {
             self.residents.warm_parts(slot);
         }
-        self.warm_slots = slots;
+        slots
     }
 
     /// Going through `items` (each naming a slot) at `i`: asks for what the items a few
@@ -382,11 +393,13 @@ impl UserShard {
         }
     }
 
-    /// Applies a record to its resident user, or queues it behind the user's load.
+    /// Applies a record to its resident user, or queues it behind the user's load. `hint`:
+    /// the slot the user was found in before the batch, taken if it still holds this key.
     fn route(
         &mut self,
         link: &Arc<PartitionLink>,
         record: UserRecord,
+        hint: Option<u32>,
         now_ms: i64,
         tick: u32,
         counts: &mut Counts,
@@ -400,7 +413,11 @@ impl UserShard {
             waiting.push((link.clone(), record));
             return;
         }
-        let Some(slot) = self.residents.find(key) else {
+        let found = match hint {
+            Some(slot) if self.residents.holds(slot, key) => Some(slot as usize),
+            _ => self.residents.find(key),
+        };
+        let Some(slot) = found else {
             let key: Arc<str> = Arc::from(key);
             self.loading
                 .insert(key.clone(), vec![(link.clone(), record)]);
@@ -780,7 +797,7 @@ impl UserShard {
             self.shared.ports.metrics.aggregators_changed(1);
             for (link, record) in waiting {
                 if link.is_alive() {
-                    self.route(&link, record, now_ms, tick, &mut counts);
+                    self.route(&link, record, None, now_ms, tick, &mut counts);
                 }
             }
             if self.republish.remove(&key) {

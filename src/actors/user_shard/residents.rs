@@ -131,6 +131,13 @@ impl Residents {
         }
     }
 
+    /// Whether `slot` holds `key`'s user, live: a slot [`Residents::warm`] found is taken
+    /// this way later in the batch, with one comparison of the (warmed) key instead of a
+    /// lookup. Anything that changed the slot in between fails it.
+    pub(super) fn holds(&self, slot: u32, key: &str) -> bool {
+        matches!(self.slots.get(slot as usize), Some(Cell::Live(s)) if *s.key == *key)
+    }
+
     /// Resident, packed or not (nothing is unpacked).
     pub(super) fn contains(&self, key: &str) -> bool {
         self.find_any(key).is_some()
@@ -353,6 +360,9 @@ mod tests {
             assert_eq!(r.find(key), want, "{key}");
             assert_eq!(r.locate(slot as u32, key), want, "{key}");
         }
+        assert!(r.holds(1, &user(1)) && !r.holds(1, &user(2)));
+        assert!(!r.holds(50, &user(50)), "a freed slot holds nobody");
+        assert!(!r.holds(1000, &user(1)), "past the end");
         let again = r.push(user(1000), Entity::new(UserState::new(), None));
         assert!([0, 50, 97, 10].contains(&again), "a free slot is reused");
         assert_eq!(r.span(), 100);
@@ -390,6 +400,7 @@ mod tests {
         assert!(!r.pack(4), "already packed");
         assert_eq!((r.len(), r.packed()), (10, 1));
         assert!(r.get(4).is_none(), "a packed slot is not handed out");
+        assert!(!r.holds(4, &keys[4]), "nor taken as a hint");
         assert!(r.contains(&keys[4]));
         let standing = r.standing(4).unwrap();
         assert!(standing.durable && standing.packed);
