@@ -139,7 +139,7 @@ fn main() {
     let mut count = 0;
     for (i, m) in msgs.iter().enumerate() {
         if let Ok(e) = decode(&m.payload, 1 << 20) {
-            let s = states.entry(e.user_id.clone()).or_default();
+            let s = states.entry(String::from(&e.user_id)).or_default();
             s.apply(
                 Some(Position {
                     partition: 0,
@@ -149,7 +149,7 @@ fn main() {
                 0,
                 limits,
             );
-            touched.insert(e.user_id.clone(), ());
+            touched.insert(String::from(&e.user_id), ());
             count += 1;
         }
         if count >= BATCH || i + 1 == msgs.len() {

@@ -184,7 +184,7 @@ fn verify(
             if from != into {
                 let source = expected.remove(&from).unwrap_or_default();
                 expected.entry(into).or_default().absorb(&source);
-                merged.insert(from, event.user_id.clone());
+                merged.insert(from, event.user_id.as_str().to_owned());
             }
             continue;
         }

@@ -156,7 +156,7 @@ fn kind_strategy() -> impl Strategy<Value = EventKind> {
             }),
         select(&EVENT_NAMES[..]).prop_map(|n| EventKind::Track {
             properties: None,
-            event: n.to_string()
+            event: n.into()
         }),
         (
             select(&GROUP_IDS[..]),
@@ -267,14 +267,14 @@ fn stream_strategy() -> impl Strategy<Value = Stream> {
                         events[ix.index(events.len())].clone()
                     }
                     IdChoice::Pool(p) => Event {
-                        message_id: format!("dup-{p}"),
-                        user_id,
+                        message_id: format!("dup-{p}").into(),
+                        user_id: user_id.into(),
                         timestamp_ms,
                         kind,
                     },
                     _ => Event {
-                        message_id: format!("m-{i}"),
-                        user_id,
+                        message_id: format!("m-{i}").into(),
+                        user_id: user_id.clone().into(),
                         timestamp_ms,
                         kind,
                     },
@@ -309,12 +309,10 @@ struct Pipeline {
 impl Pipeline {
     fn apply(&mut self, pos: Position, event: &Event) -> ApplyOutcome {
         self.now_ms += 250;
-        self.states.entry(event.user_id.clone()).or_default().apply(
-            Some(pos),
-            event,
-            self.now_ms,
-            LIMITS,
-        )
+        self.states
+            .entry(String::from(&event.user_id))
+            .or_default()
+            .apply(Some(pos), event, self.now_ms, LIMITS)
     }
 
     fn apply_all<'a>(&mut self, items: impl IntoIterator<Item = &'a (Position, Event)>) {
@@ -1093,7 +1091,7 @@ fn expected_event(m: &Map<String, Value>) -> Event {
     let ts = chrono::DateTime::parse_from_rfc3339(&s("timestamp")).unwrap();
     let kind = if s("type") == "track" {
         EventKind::Track {
-            event: s("event"),
+            event: s("event").into(),
             properties: match m.get("properties") {
                 Some(Value::Object(p)) if !p.is_empty() => Properties::from_map(p),
                 _ => None,
@@ -1115,8 +1113,8 @@ fn expected_event(m: &Map<String, Value>) -> Event {
         }
     };
     Event {
-        message_id: s("messageId"),
-        user_id: s("userId"),
+        message_id: s("messageId").into(),
+        user_id: s("userId").into(),
         timestamp_ms: ts.timestamp_millis(),
         kind,
     }
@@ -1130,8 +1128,8 @@ fn event_to_json(e: &Event, offset_minutes: i32) -> Value {
         .with_timezone(&offset)
         .to_rfc3339_opts(SecondsFormat::Millis, true);
     let mut m = Map::new();
-    m.insert("messageId".into(), e.message_id.clone().into());
-    m.insert("userId".into(), e.user_id.clone().into());
+    m.insert("messageId".into(), e.message_id.as_str().into());
+    m.insert("userId".into(), e.user_id.as_str().into());
     m.insert("timestamp".into(), ts.into());
     match &e.kind {
         EventKind::Identify {
@@ -1157,7 +1155,7 @@ fn event_to_json(e: &Event, offset_minutes: i32) -> Value {
         }
         EventKind::Track { event, properties } => {
             m.insert("type".into(), "track".into());
-            m.insert("event".into(), event.clone().into());
+            m.insert("event".into(), event.as_str().into());
             if let Some(p) = properties {
                 m.insert("properties".into(), Value::Object(p.to_map()));
             }
@@ -1200,7 +1198,7 @@ fn valid_event() -> impl Strategy<Value = Event> {
                 tags_remove,
             }),
         "[A-Za-z0-9_ -]{1,64}".prop_map(|event| EventKind::Track {
-            event,
+            event: event.into(),
             properties: None
         }),
         "(?s).{1,128}".prop_map(|previous_id| EventKind::Alias { previous_id }),
@@ -1213,8 +1211,8 @@ fn valid_event() -> impl Strategy<Value = Event> {
         kind,
     )
         .prop_map(|(message_id, user_id, timestamp_ms, kind)| Event {
-            message_id,
-            user_id,
+            message_id: message_id.into(),
+            user_id: user_id.into(),
             timestamp_ms,
             kind,
         })
@@ -1582,7 +1580,7 @@ fn small_profile() -> impl Strategy<Value = herald::domain::profile::Profile> {
             }),
         select(vec!["p", "q", "r"]).prop_map(|e| EventKind::Track {
             properties: None,
-            event: e.to_string()
+            event: e.into()
         }),
         (select(vec!["g", "h"]), select(vec!["a", "b"]), 0i64..3).prop_map(|(g, k, v)| {
             EventKind::Group {
@@ -1598,7 +1596,7 @@ fn small_profile() -> impl Strategy<Value = herald::domain::profile::Profile> {
         let mut p = herald::domain::profile::Profile::default();
         for (i, (kind, ts)) in events.into_iter().enumerate() {
             p.apply(&Event {
-                message_id: format!("m{i}"),
+                message_id: format!("m{i}").into(),
                 user_id: "u".into(),
                 timestamp_ms: ts,
                 kind,

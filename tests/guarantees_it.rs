@@ -327,7 +327,7 @@ fn committed_never_passes_what_is_durable(bus: Bus) {
             continue;
         };
         let state = states
-            .get(&e.user_id)
+            .get(e.user_id.as_str())
             .unwrap_or_else(|| panic!("no state for {} ({})", e.user_id, e.message_id));
         assert!(
             remembers(state, &e.message_id),
@@ -335,7 +335,7 @@ fn committed_never_passes_what_is_durable(bus: Bus) {
             e.message_id
         );
         assert!(
-            users.contains_key(&e.user_id),
+            users.contains_key(e.user_id.as_str()),
             "user {} committed but not in MongoDB",
             e.user_id
         );
@@ -519,7 +519,9 @@ fn produced_copies(events: u64, users: u64, seed: u64) -> BTreeMap<String, (Stri
     let mut out: BTreeMap<String, (String, usize)> = BTreeMap::new();
     for m in Workload::new(WorkloadSpec::new(events, users, seed)) {
         if let Ok(e) = herald::domain::event::decode(&m.payload, 1 << 20) {
-            out.entry(e.message_id).or_insert((e.user_id, 0)).1 += 1;
+            out.entry(e.message_id.into())
+                .or_insert((e.user_id.into(), 0))
+                .1 += 1;
         }
     }
     out

@@ -53,7 +53,7 @@ fn metrics_after_traffic_hold_every_contract_metric_with_plausible_values() {
     produce(&names, EVENTS, 300, 31);
     let valid: Vec<String> = Workload::new(WorkloadSpec::new(EVENTS, 300, 31))
         .filter_map(|m| herald::domain::event::decode(&m.payload, 1 << 20).ok())
-        .map(|e| e.message_id)
+        .map(|e| String::from(e.message_id))
         .collect();
     let distinct: BTreeSet<&String> = valid.iter().collect();
     let invalid = EVENTS as usize - valid.len();

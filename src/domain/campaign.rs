@@ -204,7 +204,7 @@ impl Campaign {
             .and_then(|v| address_text(&v));
         let mut m = TriggeredMessage {
             id: message_id(&self.id, &event.message_id),
-            user_id: event.user_id.clone(),
+            user_id: event.user_id.as_str().to_owned(),
             campaign: self.id.clone(),
             channel: self.channel,
             to: address,

@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 
 pub use super::event_fields::Properties;
 use super::event_fields::{Tags, TraitChanges};
+use super::inline_str::SmallStr;
 use super::json_str::{opt_cow, Str};
 use super::trait_value::TraitValue;
 
@@ -23,9 +24,9 @@ pub const MAX_EVENT_NAME_CHARS: usize = 64;
 /// A validated input message.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
-    pub message_id: String,
+    pub message_id: SmallStr,
     /// The user's key: `userId`, else `anonymousId` (the `users` `_id`).
-    pub user_id: String,
+    pub user_id: SmallStr,
     /// Event time, milliseconds since the Unix epoch (BSON dates have millisecond precision).
     pub timestamp_ms: i64,
     pub kind: EventKind,
@@ -41,7 +42,7 @@ pub enum EventKind {
     },
     /// `track`, and `page` / `screen` as the events [`PAGE_VIEWED`] / [`SCREEN_VIEWED`].
     Track {
-        event: String,
+        event: SmallStr,
         /// The event's `properties` (templates read them as `event.properties`), when it has
         /// any; not aggregated.
         properties: Option<Properties>,
@@ -328,7 +329,10 @@ fn required<'a>(field: &'static str, v: Option<Cow<'a, str>>) -> Result<Cow<'a, 
     v.ok_or_else(|| Rejection::new(RejectReason::MissingField, format!("`{field}` is required")))
 }
 
-fn check_id(field: &'static str, v: Cow<'_, str>) -> Result<String, Rejection> {
+fn check_id<'a, T: From<Cow<'a, str>>>(
+    field: &'static str,
+    v: Cow<'a, str>,
+) -> Result<T, Rejection> {
     let n = v.chars().count();
     if n == 0 || n > MAX_ID_CHARS {
         return Err(Rejection::new(
@@ -336,7 +340,7 @@ fn check_id(field: &'static str, v: Cow<'_, str>) -> Result<String, Rejection> {
             format!("`{field}` must be 1-{MAX_ID_CHARS} characters, got {n}"),
         ));
     }
-    Ok(v.into_owned())
+    Ok(T::from(v))
 }
 
 /// `^[A-Za-z0-9_ -]{1,64}$`
@@ -358,7 +362,7 @@ pub fn parse_timestamp(text: &str) -> Option<i64> {
 }
 
 fn validate(raw: RawEvent<'_>) -> Result<Event, Rejection> {
-    let message_id = check_id("messageId", required("messageId", raw.message_id)?)?;
+    let message_id: SmallStr = check_id("messageId", required("messageId", raw.message_id)?)?;
     if let Some(c) = message_id.chars().find(|c| c.is_control()) {
         // It becomes part of the `Idempotency-Key` header, where a control character is
         // not allowed: refused here rather than failing every send of its message.
@@ -410,17 +414,17 @@ fn validate(raw: RawEvent<'_>) -> Result<Event, Rejection> {
                 ));
             }
             EventKind::Track {
-                event: event.into_owned(),
+                event: SmallStr::from(event),
                 properties: raw.properties.filter(|p| !p.is_empty()),
             }
         }
         // `name` and `properties` are validated by type only: the view counts, not what.
         "page" => EventKind::Track {
-            event: PAGE_VIEWED.to_string(),
+            event: SmallStr::new(PAGE_VIEWED),
             properties: None,
         },
         "screen" => EventKind::Track {
-            event: SCREEN_VIEWED.to_string(),
+            event: SmallStr::new(SCREEN_VIEWED),
             properties: None,
         },
         "group" => EventKind::Group {

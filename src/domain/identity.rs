@@ -268,11 +268,11 @@ mod tests {
             s.apply(
                 None,
                 &Event {
-                    message_id: format!("m-{i}"),
+                    message_id: format!("m-{i}").into(),
                     user_id: "x".into(),
                     timestamp_ms: *t,
                     kind: EventKind::Track {
-                        event: name.to_string(),
+                        event: (*name).into(),
                         properties: None,
                     },
                 },

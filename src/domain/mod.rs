@@ -8,6 +8,7 @@ mod event_fields;
 pub mod feed;
 pub mod feedback;
 pub mod identity;
+pub mod inline_str;
 mod json_str;
 pub mod keys;
 pub mod merge;

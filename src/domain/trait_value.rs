@@ -17,6 +17,7 @@ use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
 
+use super::inline_str::InlineStr;
 use super::thin_str::ThinStr;
 
 /// Longest string kept inside the value.
@@ -32,7 +33,7 @@ pub enum TraitValue {
     NegInt(i64),
     /// A finite float.
     Float(f64),
-    Inline(InlineStr),
+    Inline(InlineStr<INLINE_MAX>),
     /// A string longer than [`INLINE_MAX`] bytes, shared.
     Shared(ThinStr),
     /// An array or an object.
@@ -40,33 +41,6 @@ pub enum TraitValue {
 }
 
 const _: () = assert!(std::mem::size_of::<TraitValue>() == 16);
-
-/// A string of at most [`INLINE_MAX`] bytes, stored in place.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct InlineStr {
-    len: u8,
-    bytes: [u8; INLINE_MAX],
-}
-
-impl InlineStr {
-    fn new(s: &str) -> Option<InlineStr> {
-        (s.len() <= INLINE_MAX).then(|| {
-            let mut bytes = [0; INLINE_MAX];
-            bytes[..s.len()].copy_from_slice(s.as_bytes());
-            InlineStr {
-                len: s.len() as u8,
-                bytes,
-            }
-        })
-    }
-
-    pub fn as_str(&self) -> &str {
-        let bytes = &self.bytes[..usize::from(self.len)];
-        // SAFETY: `new` is the only constructor and copies a whole `&str`, so these bytes are
-        // that string's UTF-8, unchanged (the fields are private and never written after).
-        unsafe { std::str::from_utf8_unchecked(bytes) }
-    }
-}
 
 impl TraitValue {
     /// A string value (inline when short enough).

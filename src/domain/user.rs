@@ -143,7 +143,10 @@ pub fn sequential_replay<'a>(
     let mut users: BTreeMap<String, UserProfile> = BTreeMap::new();
     for e in events {
         if seen.insert((e.user_id.as_str(), e.message_id.as_str())) {
-            users.entry(e.user_id.clone()).or_default().apply(e);
+            users
+                .entry(e.user_id.as_str().to_owned())
+                .or_default()
+                .apply(e);
         }
     }
     users

@@ -110,7 +110,7 @@ impl UserProfile {
             }
             EventKind::Track { event: name, .. } => {
                 self.event_count += 1;
-                match self.events.get_mut(name) {
+                match self.events.get_mut(name.as_str()) {
                     Some(stats) => {
                         stats.count += 1;
                         stats.first_at = stats.first_at.min(t);
@@ -118,7 +118,7 @@ impl UserProfile {
                     }
                     None => {
                         self.events.insert(
-                            name.clone(),
+                            name.as_str().to_owned(),
                             EventStats {
                                 count: 1,
                                 first_at: t,
