@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use herald::domain::campaign::{Channel, TriggeredMessage};
 use herald::domain::event::{decode, Event, EventKind, Properties, RejectReason};
+use herald::domain::inline_str::SmallStr;
 use herald::domain::message::{
     transition, ApplyResult, MessageRecord, MessageStatus, StatusChange, StatusEvent,
 };
@@ -149,10 +150,10 @@ fn kind_strategy() -> impl Strategy<Value = EventKind> {
             .prop_map(|(traits, tags_add, tags_remove)| EventKind::Identify {
                 traits: traits
                     .into_iter()
-                    .map(|(k, v)| (k.to_string(), v.map(TraitValue::from)))
+                    .map(|(k, v)| (k.into(), v.map(TraitValue::from)))
                     .collect(),
-                tags_add,
-                tags_remove,
+                tags_add: tags_add.into_iter().map(SmallStr::from).collect(),
+                tags_remove: tags_remove.into_iter().map(SmallStr::from).collect(),
             }),
         select(&EVENT_NAMES[..]).prop_map(|n| EventKind::Track {
             properties: None,
@@ -166,7 +167,7 @@ fn kind_strategy() -> impl Strategy<Value = EventKind> {
                 group_id: group_id.to_string(),
                 traits: traits
                     .into_iter()
-                    .map(|(k, v)| (k.to_string(), (!v.is_null()).then(|| TraitValue::from(v))))
+                    .map(|(k, v)| (k.into(), (!v.is_null()).then(|| TraitValue::from(v))))
                     .collect(),
             }),
     ]
@@ -1075,11 +1076,11 @@ fn violations(m: &Map<String, Value>) -> Vec<RejectReason> {
     v
 }
 
-fn strings_of(v: Option<&Value>) -> Vec<String> {
+fn strings_of(v: Option<&Value>) -> Vec<SmallStr> {
     match v {
         Some(Value::Array(items)) => items
             .iter()
-            .filter_map(|i| i.as_str().map(str::to_string))
+            .filter_map(|i| i.as_str().map(SmallStr::new))
             .collect(),
         _ => Vec::new(),
     }
@@ -1101,7 +1102,12 @@ fn expected_event(m: &Map<String, Value>) -> Event {
         let traits = match non_null(m, "traits") {
             Some(Value::Object(t)) => t
                 .iter()
-                .map(|(k, v)| (k.clone(), (!v.is_null()).then(|| TraitValue::from(v))))
+                .map(|(k, v)| {
+                    (
+                        SmallStr::new(k),
+                        (!v.is_null()).then(|| TraitValue::from(v)),
+                    )
+                })
                 .collect(),
             _ => Vec::new(),
         };
@@ -1142,7 +1148,7 @@ fn event_to_json(e: &Event, offset_minutes: i32) -> Value {
                 .iter()
                 .map(|(k, v)| {
                     (
-                        k.clone(),
+                        String::from(k),
                         v.as_ref().map_or(Value::Null, TraitValue::to_value),
                     )
                 })
@@ -1167,7 +1173,7 @@ fn event_to_json(e: &Event, offset_minutes: i32) -> Value {
                 .iter()
                 .map(|(k, v)| {
                     (
-                        k.clone(),
+                        String::from(k),
                         v.as_ref().map_or(Value::Null, TraitValue::to_value),
                     )
                 })
@@ -1192,10 +1198,10 @@ fn valid_event() -> impl Strategy<Value = Event> {
             .prop_map(|(traits, tags_add, tags_remove)| EventKind::Identify {
                 traits: traits
                     .into_iter()
-                    .map(|(k, v)| (k, (!v.is_null()).then(|| TraitValue::from(v))))
+                    .map(|(k, v)| (k.into(), (!v.is_null()).then(|| TraitValue::from(v))))
                     .collect(),
-                tags_add,
-                tags_remove,
+                tags_add: tags_add.into_iter().map(SmallStr::from).collect(),
+                tags_remove: tags_remove.into_iter().map(SmallStr::from).collect(),
             }),
         "[A-Za-z0-9_ -]{1,64}".prop_map(|event| EventKind::Track {
             event: event.into(),
@@ -1571,12 +1577,12 @@ fn small_profile() -> impl Strategy<Value = herald::domain::profile::Profile> {
                 traits: traits
                     .into_iter()
                     .map(|(k, v)| (
-                        k.to_string(),
+                        SmallStr::new(k),
                         (v > 0).then(|| TraitValue::from(Value::from(v)))
                     ))
                     .collect(),
-                tags_add: add.into_iter().map(String::from).collect(),
-                tags_remove: remove.into_iter().map(String::from).collect(),
+                tags_add: add.into_iter().map(SmallStr::from).collect(),
+                tags_remove: remove.into_iter().map(SmallStr::from).collect(),
             }),
         select(vec!["p", "q", "r"]).prop_map(|e| EventKind::Track {
             properties: None,
@@ -1586,7 +1592,7 @@ fn small_profile() -> impl Strategy<Value = herald::domain::profile::Profile> {
             EventKind::Group {
                 group_id: g.to_string(),
                 traits: vec![(
-                    k.to_string(),
+                    SmallStr::new(k),
                     (v > 0).then(|| TraitValue::from(Value::from(v))),
                 )],
             }

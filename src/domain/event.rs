@@ -36,9 +36,9 @@ pub struct Event {
 pub enum EventKind {
     Identify {
         /// `Some(v)` sets the trait, `None` (JSON null) removes it.
-        traits: Vec<(String, Option<TraitValue>)>,
-        tags_add: Vec<String>,
-        tags_remove: Vec<String>,
+        traits: Vec<(SmallStr, Option<TraitValue>)>,
+        tags_add: Vec<SmallStr>,
+        tags_remove: Vec<SmallStr>,
     },
     /// `track`, and `page` / `screen` as the events [`PAGE_VIEWED`] / [`SCREEN_VIEWED`].
     Track {
@@ -51,7 +51,7 @@ pub enum EventKind {
     Group {
         group_id: String,
         /// `Some(v)` sets the group trait, `None` (JSON null) removes it.
-        traits: Vec<(String, Option<TraitValue>)>,
+        traits: Vec<(SmallStr, Option<TraitValue>)>,
     },
     /// `alias`: the profile of `previous_id` is merged into this user's (ARCHITECTURE.md,
     /// "Identity merge"); it changes no profile by itself.
@@ -453,11 +453,16 @@ fn validate(raw: RawEvent<'_>) -> Result<Event, Rejection> {
 }
 
 /// `traits` as changes: a non-null value sets, `null` removes.
-fn trait_changes(traits: Option<Map<String, Value>>) -> Vec<(String, Option<TraitValue>)> {
+fn trait_changes(traits: Option<Map<String, Value>>) -> Vec<(SmallStr, Option<TraitValue>)> {
     traits
         .unwrap_or_default()
         .into_iter()
-        .map(|(k, v)| (k, (!v.is_null()).then(|| TraitValue::from(v))))
+        .map(|(k, v)| {
+            (
+                SmallStr::from(k),
+                (!v.is_null()).then(|| TraitValue::from(v)),
+            )
+        })
         .collect()
 }
 
@@ -495,15 +500,12 @@ mod tests {
         let t = traits_of(format!(
             r#"{{{at},"type":"identify","context":{{"library":{{"name":"x"}},"traits":{{"plan":"pro"}}}}}}"#
         ));
-        assert_eq!(
-            t,
-            vec![("plan".to_string(), Some(TraitValue::string("pro")))]
-        );
+        assert_eq!(t, vec![("plan".into(), Some(TraitValue::string("pro")))]);
         // Top-level traits win; context.traits is then not applied.
         let t = traits_of(format!(
             r#"{{{at},"type":"identify","traits":{{"a":1}},"context":{{"traits":{{"b":2}}}}}}"#
         ));
-        assert_eq!(t, vec![("a".to_string(), Some(TraitValue::PosInt(1)))]);
+        assert_eq!(t, vec![("a".into(), Some(TraitValue::PosInt(1)))]);
         // A context of any other shape is ignored, never a rejection.
         for context in [r#""text""#, "[1,2]", "null", "7", r#"{"traits":[1]}"#] {
             let t = traits_of(format!(r#"{{{at},"type":"identify","context":{context}}}"#));
@@ -535,11 +537,10 @@ mod tests {
                 tags_add,
                 tags_remove,
             } => {
-                assert!(traits.contains(&("plan".to_string(), None)));
-                assert!(traits.contains(&(
-                    "email".to_string(),
-                    Some(TraitValue::string("a@example.com"))
-                )));
+                assert!(traits.contains(&("plan".into(), None)));
+                assert!(
+                    traits.contains(&("email".into(), Some(TraitValue::string("a@example.com"))))
+                );
                 assert_eq!(tags_add, vec!["vip"]);
                 assert_eq!(tags_remove, vec!["trial"]);
             }

@@ -10,6 +10,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::event::{RejectReason, Rejection};
+use super::inline_str::SmallStr;
 use super::json_str::Str;
 use super::trait_value::TraitValue;
 
@@ -17,7 +18,7 @@ use super::trait_value::TraitValue;
 /// removes. A key given twice keeps its first place and its last value, as a JSON object
 /// read into a map would.
 #[derive(Debug, Default)]
-pub struct TraitChanges(pub Vec<(String, Option<TraitValue>)>);
+pub struct TraitChanges(pub Vec<(SmallStr, Option<TraitValue>)>);
 
 impl<'de> Deserialize<'de> for TraitChanges {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -28,12 +29,12 @@ impl<'de> Deserialize<'de> for TraitChanges {
                 f.write_str("an object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TraitChanges, A::Error> {
-                let mut changes: Vec<(String, Option<TraitValue>)> =
+                let mut changes: Vec<(SmallStr, Option<TraitValue>)> =
                     Vec::with_capacity(map.size_hint().unwrap_or(8));
                 while let Some(key) = map.next_key::<Str<'de>>()? {
                     let value = map.next_value::<TraitValue>()?;
                     let value = (!value.is_null()).then_some(value);
-                    changes.push((key.0.into_owned(), value));
+                    changes.push((SmallStr::from(key.0), value));
                 }
                 keep_last_per_key(&mut changes);
                 Ok(TraitChanges(changes))
@@ -44,7 +45,7 @@ impl<'de> Deserialize<'de> for TraitChanges {
 }
 
 /// Merges repeated keys: the first place, the last value.
-fn keep_last_per_key(changes: &mut Vec<(String, Option<TraitValue>)>) {
+fn keep_last_per_key(changes: &mut Vec<(SmallStr, Option<TraitValue>)>) {
     if changes.len() < 2 {
         return;
     }
@@ -86,7 +87,7 @@ fn keep_last_per_key(changes: &mut Vec<(String, Option<TraitValue>)>) {
 /// ignored). A `tags` of another shape is not a decoding error but this field's rejection,
 /// reported after the checks of the required fields.
 #[derive(Debug)]
-pub struct Tags(pub Result<(Vec<String>, Vec<String>), Rejection>);
+pub struct Tags(pub Result<(Vec<SmallStr>, Vec<SmallStr>), Rejection>);
 
 impl Default for Tags {
     fn default() -> Self {
@@ -100,7 +101,7 @@ enum PartError {
     BadItem(&'static str),
 }
 
-struct Part(Result<Vec<String>, PartError>);
+struct Part(Result<Vec<SmallStr>, PartError>);
 
 impl<'de> Deserialize<'de> for Tags {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -238,7 +239,7 @@ fn drain_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<&'static str, A::Erro
 }
 
 /// One element of a tag list: its text, or the JSON type it has instead.
-struct Item(Result<String, &'static str>);
+struct Item(Result<SmallStr, &'static str>);
 
 impl<'de> Deserialize<'de> for Item {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -249,10 +250,10 @@ impl<'de> Deserialize<'de> for Item {
                 f.write_str("any JSON value")
             }
             fn visit_str<E>(self, v: &str) -> Result<Item, E> {
-                Ok(Item(Ok(v.to_string())))
+                Ok(Item(Ok(SmallStr::new(v))))
             }
             fn visit_string<E>(self, v: String) -> Result<Item, E> {
-                Ok(Item(Ok(v)))
+                Ok(Item(Ok(SmallStr::from(v))))
             }
             fn visit_unit<E>(self) -> Result<Item, E> {
                 Ok(Item(Err("null")))
@@ -327,14 +328,16 @@ impl<'de> Deserialize<'de> for Properties {
 mod tests {
     use super::*;
 
-    fn traits(json: &str) -> Vec<(String, Option<TraitValue>)> {
+    fn traits(json: &str) -> Vec<(SmallStr, Option<TraitValue>)> {
         serde_json::from_str::<TraitChanges>(json).unwrap().0
     }
 
     fn tags(json: &str) -> Result<(Vec<String>, Vec<String>), String> {
+        let strings = |v: Vec<SmallStr>| v.into_iter().map(String::from).collect();
         serde_json::from_str::<Tags>(json)
             .unwrap()
             .0
+            .map(|(add, remove)| (strings(add), strings(remove)))
             .map_err(|r| r.detail)
     }
 

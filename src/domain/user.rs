@@ -167,7 +167,12 @@ mod tests {
             kind: EventKind::Identify {
                 traits: traits
                     .into_iter()
-                    .map(|(k, v)| (k.to_string(), v.map(TraitValue::from)))
+                    .map(|(k, v)| {
+                        (
+                            crate::domain::inline_str::SmallStr::new(k),
+                            v.map(TraitValue::from),
+                        )
+                    })
                     .collect(),
                 tags_add: vec!["vip".into(), "trial".into()],
                 tags_remove: vec!["trial".into()],

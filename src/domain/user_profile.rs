@@ -91,21 +91,21 @@ impl UserProfile {
                 for (key, value) in traits {
                     match value {
                         Some(v) => {
-                            self.traits.insert(key.clone(), v.to_value());
+                            self.traits.insert(String::from(key), v.to_value());
                         }
                         None => {
-                            self.traits.remove(key);
+                            self.traits.remove(key.as_str());
                         }
                     }
                 }
                 // Add is applied before remove (REFERENCE.md §2).
                 for tag in tags_add {
-                    if !self.tags.contains(tag) {
-                        self.tags.insert(tag.clone());
+                    if !self.tags.contains(tag.as_str()) {
+                        self.tags.insert(String::from(tag));
                     }
                 }
                 for tag in tags_remove {
-                    self.tags.remove(tag);
+                    self.tags.remove(tag.as_str());
                 }
             }
             EventKind::Track { event: name, .. } => {
@@ -134,10 +134,10 @@ impl UserProfile {
                 for (key, value) in traits {
                     match value {
                         Some(v) => {
-                            group.insert(key.clone(), v.to_value());
+                            group.insert(String::from(key), v.to_value());
                         }
                         None => {
-                            group.remove(key);
+                            group.remove(key.as_str());
                         }
                     }
                 }
