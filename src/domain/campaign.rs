@@ -240,7 +240,13 @@ impl Campaign {
                 return Some(m);
             }
         }
-        let properties = properties.as_ref().map(|p| p.to_map());
+        // Parsed from their text only for a template that can read them.
+        let reads_event =
+            self.template.reads_event() || self.subject.as_ref().is_some_and(|t| t.reads_event());
+        let properties = properties
+            .as_ref()
+            .filter(|_| reads_event)
+            .map(|p| p.to_map());
         let trigger = TriggerEvent {
             name,
             properties: properties.as_ref(),

@@ -30,6 +30,7 @@ pub mod status_lookup;
 pub mod stored_state;
 pub mod suppression;
 pub mod template;
+mod template_reach;
 pub mod thin_slice;
 pub mod thin_str;
 mod timestamp;

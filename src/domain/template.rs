@@ -18,6 +18,7 @@ use liquid_core::runtime::{PartialStore, Registers, Renderable, Runtime, Runtime
 use liquid_lib::stdlib;
 use serde_json::Map;
 
+use super::template_reach::{reach, Reach};
 use super::user_profile::TraitLookup;
 
 /// The tags, blocks and filters of Liquid's standard library, without `include` and `render`.
@@ -109,10 +110,11 @@ static LANGUAGE: LazyLock<Language> = LazyLock::new(|| {
 pub struct Template {
     source: Arc<str>,
     compiled: Arc<liquid_core::runtime::Template>,
-    /// Which of the (costlier) globals the source can reach: a root variable is named
-    /// literally in the source, or it cannot be read.
-    needs_traits: bool,
-    needs_events: bool,
+    /// Which of the (costlier) globals the source can reach, and of `traits` and `events`
+    /// which members (`template_reach`): a root variable is named literally in the source,
+    /// or it cannot be read.
+    traits: Reach,
+    events: Reach,
     needs_event: bool,
 }
 
@@ -158,14 +160,19 @@ impl Template {
         Ok(Template {
             source: Arc::from(text),
             compiled: Arc::new(liquid_core::runtime::Template::new(elements)),
-            needs_traits: text.contains("traits"),
-            needs_events: text.contains("events"),
+            traits: reach(&liquid, "traits"),
+            events: reach(&liquid, "events"),
             needs_event: text.contains("event"),
         })
     }
 
     pub fn source(&self) -> &str {
         &self.source
+    }
+
+    /// Whether the source can read the triggering event (`event.name`, `event.properties`).
+    pub fn reads_event(&self) -> bool {
+        self.needs_event
     }
 
     /// Renders for `user_id` with `profile` (as it stands right after the trigger) and the
@@ -179,16 +186,33 @@ impl Template {
     ) -> Result<String, RenderError> {
         let mut globals = Object::new();
         globals.insert("userId".into(), Value::scalar(user_id.to_string()));
-        if self.needs_traits {
-            let mut traits = Object::new();
-            profile.each_trait(&mut |k, v| {
-                traits.insert(KString::from_ref(k), json_value(v));
-            });
-            globals.insert("traits".into(), Value::Object(traits));
+        match &self.traits {
+            Reach::Nothing => {}
+            Reach::Members(names) => {
+                let mut traits = Object::new();
+                for name in names {
+                    if let Some(v) = profile.trait_value(name) {
+                        traits.insert(KString::from_ref(name), json_value(&v));
+                    }
+                }
+                globals.insert("traits".into(), Value::Object(traits));
+            }
+            Reach::Everything => {
+                let mut traits = Object::new();
+                profile.each_trait(&mut |k, v| {
+                    traits.insert(KString::from_ref(k), json_value(v));
+                });
+                globals.insert("traits".into(), Value::Object(traits));
+            }
         }
-        if self.needs_events {
+        if self.events != Reach::Nothing {
             let mut events = Object::new();
             profile.each_event(&mut |name, stats| {
+                if let Reach::Members(names) = &self.events {
+                    if !names.iter().any(|n| n == name) {
+                        return;
+                    }
+                }
                 let mut o = Object::new();
                 o.insert("count".into(), Value::scalar(stats.count));
                 o.insert("first_at".into(), Value::scalar(rfc3339(stats.first_at)));
@@ -535,6 +559,56 @@ mod tests {
             render("{{traits.日本}}-{{ traits.first name }}-{{traits.n}}", &p).unwrap(),
             "x-Ada-12.5"
         );
+    }
+
+    #[test]
+    fn a_template_handed_only_the_members_it_names_renders_as_with_all_of_them() {
+        let mut p = profile(json!({
+            "first_name": "Ada", "address": {"city": "Oslo"}, "日本": "x", "vip": true,
+            "n": 3, "size": 9, "tags": ["a", "b"], "first name": "Ada L."
+        }));
+        for (name, count) in [("bought", 2), ("signed_up", 1), ("size", 5)] {
+            let stats = EventStats {
+                count,
+                first_at: 0,
+                last_at: 1_000,
+            };
+            p.events.insert(name.into(), stats);
+        }
+        let sources = [
+            "Hi {{traits.first_name}}, {{ traits.address.city }} {{ traits.日本 }}",
+            "{{traits.first name}} {{ traits['日本'] }} {{ traits.missing | default: \"there\" }}",
+            "{% if traits.vip %}VIP {{ traits.n | plus: 1 }}{% endif %} {{ traits.tags | join: \",\" }}",
+            "{{ traits.size }} {{ traits.first }} {{ events.size.count }} {{ events.bought.count }}",
+            // (Liquid's objects iterate in no fixed order: the loops pick a member.)
+            "{% for t in traits %}{% if t[0] == \"vip\" %}{{ t[1] }}{% endif %}{% endfor %}",
+            "{% for e in events %}{% if e[0] == \"bought\" %}{{ e[1].count }}{% endif %}{% endfor %} {{ events.signed_up.last_at }}",
+            "{{ events.bought.count }} {{ events.signed_up.first_at }} {{ events.none.count }}",
+            "{% assign k = \"vip\" %}{{ traits[k] }} {{ traits | size }}",
+            "your traits: {{ traits.first_name }}",
+        ];
+        for source in sources {
+            let narrow = Template::parse(source).unwrap();
+            let wide = Template {
+                traits: Reach::Everything,
+                events: Reach::Everything,
+                ..narrow.clone()
+            };
+            assert_eq!(
+                narrow.render("u-1", &p, None, 1000),
+                wide.render("u-1", &p, None, 1000),
+                "{source}"
+            );
+        }
+        // The first ones do reach less (else this test would show nothing).
+        assert!(matches!(
+            Template::parse(sources[0]).unwrap().traits,
+            Reach::Members(_)
+        ));
+        assert!(matches!(
+            Template::parse(sources[6]).unwrap().events,
+            Reach::Members(_)
+        ));
     }
 
     #[test]
