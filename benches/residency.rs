@@ -101,7 +101,7 @@ impl herald::ports::DocumentStore for NoDocs {
     fn get_message(
         &self,
         id: String,
-    ) -> BoxFut<Result<Option<herald::domain::message::MessageRecord>, StoreError>> {
+    ) -> BoxFut<Result<Option<Arc<herald::domain::message::MessageRecord>>, StoreError>> {
         self.0.get_message(id)
     }
     fn take_cap_slot(

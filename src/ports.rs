@@ -242,7 +242,8 @@ pub enum StalledFrom {
 /// The result of a conditional status transition.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TransitionResult {
-    Applied(Box<MessageRecord>),
+    /// The record as it stands after the change (shared: an in-process store keeps it too).
+    Applied(Arc<MessageRecord>),
     /// The status machine refused it; the message stays in this status.
     Ignored(MessageStatus),
     /// A callback about a send the document does not know yet: ask for it again later.
@@ -402,7 +403,8 @@ pub trait DocumentStore: Send + Sync + 'static {
     fn early_callbacks(&self, limit: usize) -> BoxFut<Result<Vec<EarlyCallback>, StoreError>>;
     /// Forgets a kept callback (applied, refused or expired).
     fn drop_early_callback(&self, key: String) -> BoxFut<Result<(), StoreError>>;
-    fn get_message(&self, id: String) -> BoxFut<Result<Option<MessageRecord>, StoreError>>;
+    /// The message's record (shared: an in-process store keeps it too).
+    fn get_message(&self, id: String) -> BoxFut<Result<Option<Arc<MessageRecord>>, StoreError>>;
     /// Counts message `message_id` against the frequency cap `key` (`<channel>:<user>`) at
     /// `now_ms`: [`Slot::Taken`] if fewer than `max` messages were counted in the `per_ms`
     /// before, [`Slot::AlreadyCounted`] if this message was, else [`Slot::Full`]. Exact with

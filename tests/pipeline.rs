@@ -188,7 +188,7 @@ impl DocumentStore for FaultyDocs {
     fn drop_early_callback(&self, key: String) -> BoxFut<Result<(), StoreError>> {
         self.inner.drop_early_callback(key)
     }
-    fn get_message(&self, id: String) -> BoxFut<Result<Option<MessageRecord>, StoreError>> {
+    fn get_message(&self, id: String) -> BoxFut<Result<Option<Arc<MessageRecord>>, StoreError>> {
         self.inner.get_message(id)
     }
     fn take_cap_slot(
@@ -377,7 +377,7 @@ impl DocumentStore for RefusingDocs {
     fn drop_early_callback(&self, key: String) -> BoxFut<Result<(), StoreError>> {
         self.inner.drop_early_callback(key)
     }
-    fn get_message(&self, id: String) -> BoxFut<Result<Option<MessageRecord>, StoreError>> {
+    fn get_message(&self, id: String) -> BoxFut<Result<Option<Arc<MessageRecord>>, StoreError>> {
         self.inner.get_message(id)
     }
     fn take_cap_slot(

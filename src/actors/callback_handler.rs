@@ -178,15 +178,14 @@ impl CallbackHandler {
     async fn find(
         ports: &DispatcherPorts,
         cb: &Callback,
-    ) -> Result<Option<MessageRecord>, CallbackError> {
+    ) -> Result<Option<Arc<MessageRecord>>, CallbackError> {
         Ok(match (&cb.message_id, &cb.provider_message_id) {
             (Some(id), _) => ports.docs.get_message(id.clone()).await?,
-            (None, Some(pid)) => {
-                ports
-                    .docs
-                    .find_by_provider_message_id(cb.provider.clone(), pid.clone())
-                    .await?
-            }
+            (None, Some(pid)) => ports
+                .docs
+                .find_by_provider_message_id(cb.provider.clone(), pid.clone())
+                .await?
+                .map(Arc::new),
             (None, None) => None,
         })
     }
@@ -222,7 +221,7 @@ impl CallbackHandler {
         cb: &Callback,
         record: &MessageRecord,
         pid: &str,
-    ) -> Result<Option<MessageRecord>, CallbackError> {
+    ) -> Result<Option<Arc<MessageRecord>>, CallbackError> {
         if record.status != MessageStatus::Retrying {
             return Ok(None);
         }
@@ -245,7 +244,7 @@ impl CallbackHandler {
         match ports.docs.transition(record.id.clone(), change).await? {
             TransitionResult::Applied(adopted) => {
                 tracing::info!(message = %record.id, attempt = entry.attempt, "a callback answered an attempt whose answer was lost; its resend is cancelled");
-                Ok(Some(*adopted))
+                Ok(Some(adopted))
             }
             _ => Ok(None),
         }
@@ -356,7 +355,7 @@ impl CallbackHandler {
                 ports,
                 policy,
                 rng,
-                record.id,
+                record.id.clone(),
                 record.attempts.max(1),
                 0,
                 Some(cb.provider),

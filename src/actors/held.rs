@@ -21,7 +21,7 @@ use super::context::Shared;
 /// What firing a held message came to.
 pub enum Fired {
     /// Released: send it now (it reads `queued`).
-    Send(Box<MessageRecord>),
+    Send(Arc<MessageRecord>),
     /// Skipped, held anew, or settled by someone else: nothing to send.
     Settled,
 }
@@ -98,7 +98,7 @@ pub async fn fire(
         // Released by another claimer meanwhile: send it as that claim would.
         (TransitionResult::Ignored(MessageStatus::Queued), _) => {
             match ports.docs.get_message(record.id.clone()).await {
-                Ok(Some(r)) if r.status == MessageStatus::Queued => Ok(Fired::Send(Box::new(r))),
+                Ok(Some(r)) if r.status == MessageStatus::Queued => Ok(Fired::Send(r)),
                 Ok(_) => Ok(Fired::Settled),
                 Err(e) => Err(e.to_string()),
             }

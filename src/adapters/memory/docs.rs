@@ -28,7 +28,7 @@ pub struct MemoryDocumentStore {
     /// Each message with the token of the flush that inserted it. Hashed with aHash, not
     /// SipHash: the embedded pipeline inserts every triggered message here (SipHash was 2 %
     /// of its threads' time).
-    messages: Mutex<HashMap<String, (MessageRecord, u64), ahash::RandomState>>,
+    messages: Mutex<HashMap<String, (Arc<MessageRecord>, u64), ahash::RandomState>>,
     /// Kept callbacks by key (a counter): message id, callback, expiry.
     early_callbacks: Mutex<BTreeMap<u64, (String, Callback, i64)>>,
     early_next: std::sync::atomic::AtomicU64,
@@ -114,12 +114,15 @@ impl MemoryDocumentStore {
         self.messages
             .lock()
             .values()
-            .map(|(m, _)| m.clone())
+            .map(|(m, _)| MessageRecord::clone(m))
             .collect()
     }
 
     pub fn message(&self, id: &str) -> Option<MessageRecord> {
-        self.messages.lock().get(id).map(|(m, _)| m.clone())
+        self.messages
+            .lock()
+            .get(id)
+            .map(|(m, _)| MessageRecord::clone(m))
     }
 
     pub fn status_counts(&self) -> BTreeMap<&'static str, usize> {
@@ -239,7 +242,7 @@ impl DocumentStore for MemoryDocumentStore {
             .map(|(m, _)| m)
             .filter(|m| m.status == MessageStatus::Sent)
             .filter(|m| m.lookup_at.is_some_and(|at| at <= now_ms))
-            .cloned()
+            .map(|m| MessageRecord::clone(m))
             .collect();
         due.sort_by_key(|m| m.lookup_at);
         due.truncate(limit);
@@ -254,7 +257,7 @@ impl DocumentStore for MemoryDocumentStore {
     ) -> BoxFut<Result<bool, StoreError>> {
         let claimed = match self.messages.lock().get_mut(&id) {
             Some((m, _)) if m.status == MessageStatus::Sent && m.lookup_at == Some(due_ms) => {
-                m.lookup_at = next_ms;
+                Arc::make_mut(m).lookup_at = next_ms;
                 true
             }
             _ => false,
@@ -274,7 +277,7 @@ impl DocumentStore for MemoryDocumentStore {
         for m in messages {
             if let std::collections::hash_map::Entry::Vacant(v) = store.entry(m.id.clone()) {
                 inserted.push(m.id.clone());
-                v.insert((m, token));
+                v.insert((Arc::new(m), token));
             }
         }
         let inserted = InsertedMessages {
@@ -291,8 +294,9 @@ impl DocumentStore for MemoryDocumentStore {
     ) -> BoxFut<Result<TransitionResult, StoreError>> {
         let result = match self.messages.lock().get_mut(&id) {
             None => TransitionResult::NotFound,
-            Some((m, _)) => match m.apply(&change) {
-                ApplyResult::Applied => TransitionResult::Applied(Box::new(m.clone())),
+            // A copy only if a caller still holds the record as it was.
+            Some((m, _)) => match Arc::make_mut(m).apply(&change) {
+                ApplyResult::Applied => TransitionResult::Applied(m.clone()),
                 ApplyResult::Ignored => TransitionResult::Ignored(m.status),
                 ApplyResult::NotReady => TransitionResult::NotReady,
             },
@@ -340,7 +344,7 @@ impl DocumentStore for MemoryDocumentStore {
         async { Ok(()) }.boxed()
     }
 
-    fn get_message(&self, id: String) -> BoxFut<Result<Option<MessageRecord>, StoreError>> {
+    fn get_message(&self, id: String) -> BoxFut<Result<Option<Arc<MessageRecord>>, StoreError>> {
         let m = self.messages.lock().get(&id).map(|(m, _)| m.clone());
         async move { Ok(m) }.boxed()
     }
@@ -397,7 +401,7 @@ impl DocumentStore for MemoryDocumentStore {
                         }
                     }
             })
-            .cloned()
+            .map(|m| MessageRecord::clone(m))
             .collect();
         match from {
             StalledFrom::Tied { .. } => v.sort_by(|a, b| a.id.cmp(&b.id)),
@@ -422,7 +426,7 @@ impl DocumentStore for MemoryDocumentStore {
                 m.provider.as_deref() == Some(provider.as_str())
                     && m.knows_provider_message_id(&provider_message_id)
             })
-            .cloned();
+            .map(|m| MessageRecord::clone(m));
         async move { Ok(found) }.boxed()
     }
 

@@ -630,7 +630,7 @@ impl DocumentStore for MongoDocumentStore {
         .boxed()
     }
 
-    fn get_message(&self, id: String) -> BoxFut<Result<Option<MessageRecord>, StoreError>> {
+    fn get_message(&self, id: String) -> BoxFut<Result<Option<Arc<MessageRecord>>, StoreError>> {
         let db = self.db.clone();
         let (reply, answer) = oneshot::channel();
         let queued = self.reads.send(ReadJob {
@@ -640,7 +640,7 @@ impl DocumentStore for MongoDocumentStore {
         async move {
             if queued.is_ok() {
                 if let Ok(result) = answer.await {
-                    return result;
+                    return result.map(|found| found.map(Arc::new));
                 }
             }
             let found = db
@@ -648,7 +648,9 @@ impl DocumentStore for MongoDocumentStore {
                 .find_one(doc! {"_id": &id})
                 .await
                 .map_err(transient)?;
-            found.map(|d| parse_message(&d).map(|(r, _)| r)).transpose()
+            found
+                .map(|d| parse_message(&d).map(|(r, _)| Arc::new(r)))
+                .transpose()
         }
         .boxed()
     }

@@ -1,6 +1,8 @@
 //! The read API's queries: a user's document, a message, a user's messages newest first
 //! (through the index `{user_id, created_at}`; ties in one millisecond by `_id`).
 
+use std::sync::Arc;
+
 use futures::{FutureExt, TryStreamExt};
 use mongodb::bson::{doc, Document};
 
@@ -32,7 +34,8 @@ impl ReadStore for MongoDocumentStore {
     }
 
     fn message(&self, id: String) -> BoxFut<Result<Option<MessageRecord>, StoreError>> {
-        self.get_message(id)
+        let found = self.get_message(id);
+        async move { Ok(found.await?.map(Arc::unwrap_or_clone)) }.boxed()
     }
 
     fn user_messages(

@@ -9,6 +9,8 @@
 
 use std::collections::HashMap;
 
+use std::sync::Arc;
+
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::Database;
@@ -172,7 +174,7 @@ async fn apply_group(
             ApplyResult::NotReady => TransitionResult::NotReady,
             ApplyResult::Applied => {
                 slot.dirty = true;
-                TransitionResult::Applied(Box::new(slot.record.clone()))
+                TransitionResult::Applied(Arc::new(slot.record.clone()))
             }
         }));
     }
@@ -292,7 +294,7 @@ pub async fn transition_alone(
             .await
             .map_err(transient)?;
         if replaced.matched_count == 1 {
-            return Ok(TransitionResult::Applied(Box::new(record)));
+            return Ok(TransitionResult::Applied(Arc::new(record)));
         }
     }
     Err(StoreError::Transient(format!(
