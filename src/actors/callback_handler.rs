@@ -365,8 +365,12 @@ impl CallbackHandler {
             .await?;
             return Ok(());
         }
-        match ports.docs.transition(record.id.clone(), change).await? {
-            TransitionResult::NotReady => Self::later(&ports, early, &cb, &record.id, keep).await,
+        // Let go of the record first: an in-process store then changes its own in place
+        // rather than copying it for this reader.
+        let id = record.id.clone();
+        drop(record);
+        match ports.docs.transition(id.clone(), change).await? {
+            TransitionResult::NotReady => Self::later(&ports, early, &cb, &id, keep).await,
             TransitionResult::Applied(_)
             | TransitionResult::Ignored(_)
             | TransitionResult::NotFound => Ok(()),
