@@ -186,24 +186,20 @@ impl Template {
     ) -> Result<String, RenderError> {
         let mut globals = Object::new();
         globals.insert("userId".into(), Value::scalar(user_id.to_string()));
-        match &self.traits {
-            Reach::Nothing => {}
-            Reach::Members(names) => {
-                let mut traits = Object::new();
+        if self.traits != Reach::Nothing {
+            let mut traits = Object::new();
+            if let Reach::Members(names) = &self.traits {
                 for name in names {
                     if let Some(v) = profile.trait_value(name) {
                         traits.insert(KString::from_ref(name), json_value(&v));
                     }
                 }
-                globals.insert("traits".into(), Value::Object(traits));
-            }
-            Reach::Everything => {
-                let mut traits = Object::new();
+            } else {
                 profile.each_trait(&mut |k, v| {
                     traits.insert(KString::from_ref(k), json_value(v));
                 });
-                globals.insert("traits".into(), Value::Object(traits));
             }
+            globals.insert("traits".into(), Value::Object(traits));
         }
         if self.events != Reach::Nothing {
             let mut events = Object::new();
