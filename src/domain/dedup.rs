@@ -13,9 +13,12 @@ use super::ring::Ring;
 
 /// Above this many ids a hash index backs the lookups; below it a scan is faster and smaller.
 const INDEX_ABOVE: usize = 32;
-/// Growth in steps of an eighth of the window (at least one id): a busy user's window does
-/// not reallocate per id, a quiet one holds at most one id's room unused below eight.
+/// Growth: doubling up to eight ids (1, 2, 4, 8), then in steps of an eighth of the window
+/// (at least one id). A new user's first ids do not reallocate one by one, a busy user's
+/// window does not reallocate per id, and a window of ten ids still holds exactly ten.
 const GROWTH_DIVISOR: usize = 8;
+/// Below this many ids the window doubles.
+const DOUBLE_BELOW: usize = 8;
 
 /// One remembered id: its fingerprint in two halves (so the entry is 4-aligned, 12 bytes) and
 /// when it was seen, in ms after the window's base.
@@ -94,7 +97,12 @@ impl DedupWindow {
             self.rebase(now_ms);
         }
         if self.order.len() == self.order.capacity() {
-            let step = (self.order.len() / GROWTH_DIVISOR).max(1);
+            let len = self.order.len();
+            let step = if len < DOUBLE_BELOW {
+                len.max(1)
+            } else {
+                len / GROWTH_DIVISOR
+            };
             let room = step
                 .min(max_ids.max(1).saturating_sub(self.order.len()))
                 .max(1);
@@ -238,8 +246,18 @@ mod tests {
         assert_eq!(
             w.order.capacity(),
             10,
-            "exact below eight, one id at a time"
+            "1, 2, 4, 8, then one id at a time up to sixteen"
         );
+        let mut five = DedupWindow::default();
+        for i in 0..5 {
+            five.insert(i, i as i64, 1_000, 100);
+        }
+        assert_eq!(five.order.capacity(), 8, "doubling below eight");
+        let mut capped = DedupWindow::default();
+        for i in 0..3 {
+            capped.insert(i, i as i64, 1_000, 3);
+        }
+        assert_eq!(capped.order.capacity(), 3, "never past max_ids");
         for i in 10..64 {
             w.insert(i, i as i64, 1_000, 100);
         }
