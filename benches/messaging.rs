@@ -430,7 +430,9 @@ fn store_sent(base: &str, n: usize, provider: &str, kind: Kind) -> MongoDocument
             })
             .collect();
         for chunk in records.chunks(5000) {
-            docs.insert_messages(chunk.to_vec(), 1).await.unwrap();
+            docs.insert_messages(chunk.iter().cloned().map(std::sync::Arc::new).collect(), 1)
+                .await
+                .unwrap();
         }
         docs
     })

@@ -68,7 +68,7 @@ impl herald::ports::DocumentStore for NoDocs {
     }
     fn insert_messages(
         &self,
-        m: Vec<herald::domain::message::MessageRecord>,
+        m: Vec<Arc<herald::domain::message::MessageRecord>>,
         token: u64,
     ) -> BoxFut<Result<herald::ports::InsertedMessages, StoreError>> {
         self.0.insert_messages(m, token)

@@ -374,7 +374,7 @@ pub trait DocumentStore: Send + Sync + 'static {
     /// is someone's already); and the documents the store refused (bad data: never written).
     fn insert_messages(
         &self,
-        messages: Vec<MessageRecord>,
+        messages: Vec<Arc<MessageRecord>>,
         token: u64,
     ) -> BoxFut<Result<InsertedMessages, StoreError>>;
     /// Whether message changes go to feeds ([`DocumentStore::feed_created`] does something).

@@ -161,7 +161,7 @@ impl DocumentStore for FaultyDocs {
     }
     fn insert_messages(
         &self,
-        m: Vec<MessageRecord>,
+        m: Vec<Arc<MessageRecord>>,
         token: u64,
     ) -> BoxFut<Result<InsertedMessages, StoreError>> {
         self.inner.insert_messages(m, token)
@@ -340,7 +340,7 @@ impl DocumentStore for RefusingDocs {
     }
     fn insert_messages(
         &self,
-        m: Vec<MessageRecord>,
+        m: Vec<Arc<MessageRecord>>,
         token: u64,
     ) -> BoxFut<Result<InsertedMessages, StoreError>> {
         let (bad, good): (Vec<_>, Vec<_>) = m.into_iter().partition(|m| m.body.contains("poison"));
@@ -349,7 +349,7 @@ impl DocumentStore for RefusingDocs {
             let mut inserted = insert.await?;
             inserted.refused.extend(
                 bad.into_iter()
-                    .map(|m| (m.id, "document failed validation".to_string())),
+                    .map(|m| (m.id.clone(), "document failed validation".to_string())),
             );
             Ok(inserted)
         }

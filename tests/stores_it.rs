@@ -395,7 +395,7 @@ fn mongo_messages_follow_the_status_machine() {
         // it asks again after a lost answer; another flush finds it existing.
         assert_eq!(
             store
-                .insert_messages(vec![record.clone()], 7)
+                .insert_messages(vec![record.clone().into()], 7)
                 .await
                 .unwrap()
                 .created,
@@ -403,14 +403,14 @@ fn mongo_messages_follow_the_status_machine() {
         );
         assert_eq!(
             store
-                .insert_messages(vec![record.clone()], 7)
+                .insert_messages(vec![record.clone().into()], 7)
                 .await
                 .unwrap()
                 .created,
             vec![record.id.clone()]
         );
         assert!(store
-            .insert_messages(vec![record.clone()], 8)
+            .insert_messages(vec![record.clone().into()], 8)
             .await
             .unwrap()
             .created
@@ -519,7 +519,7 @@ fn mongo_messages_follow_the_status_machine() {
         );
         let mut later = record.clone();
         later.id = "welcome:m9".into();
-        store.insert_messages(vec![later], 9).await.unwrap();
+        store.insert_messages(vec![later.into()], 9).await.unwrap();
         let early = store
             .get_message("welcome:m9".into())
             .await
@@ -577,7 +577,10 @@ fn mongo_lists_stalled_messages_in_pages() {
         // 0..10 stored at t = 1,000; 10..12 at t = 9,000 (too recent).
         let mut records: Vec<_> = (0..10).map(|i| record(i, 1_000)).collect();
         records.extend((10..12).map(|i| record(i, 9_000)));
-        store.insert_messages(records, 1).await.unwrap();
+        store
+            .insert_messages(records.into_iter().map(Into::into).collect(), 1)
+            .await
+            .unwrap();
         let change = |event, attempt| StatusChange {
             event,
             at: 2_000,
@@ -833,7 +836,9 @@ fn grouped_transitions_from_two_writers_apply_each_change_once() {
                 )
             })
             .collect();
-        a.insert_messages(records, 1).await.unwrap();
+        a.insert_messages(records.into_iter().map(Into::into).collect(), 1)
+            .await
+            .unwrap();
         let change = |event, pid: Option<&str>, expect: Option<&str>| StatusChange {
             event,
             at: 3,

@@ -79,19 +79,25 @@ async fn write(shared: Arc<Shared>, shard: usize, batch: WriteBatch) -> WriteOut
     // 1. Messages. One record per message id: a trigger applied twice within one flush (its
     // dedup id evicted by the user's events in between) names the same message twice.
     let now = ports.clock.now_ms();
-    let mut ids: AHashSet<&str> = AHashSet::default();
-    let mut records: Vec<MessageRecord> = batch
-        .messages
-        .iter()
-        .filter(|t| ids.insert(&t.message.id))
-        .map(|t| MessageRecord::from_triggered(&t.message, now))
-        .collect();
+    // The lists are sized up front: a filter's collect grows a vector a doubling at a time.
+    let mut ids: AHashSet<&str> =
+        AHashSet::with_capacity_and_hasher(batch.messages.len(), Default::default());
+    let mut records: Vec<MessageRecord> = Vec::with_capacity(batch.messages.len());
+    records.extend(
+        batch
+            .messages
+            .iter()
+            .filter(|t| ids.insert(&t.message.id))
+            .map(|t| MessageRecord::from_triggered(&t.message, now)),
+    );
     // Suppressed addresses: the message is stored `skipped`, never sent.
-    let asked: Vec<String> = records
-        .iter()
-        .filter(|r| matches!(r.status, MessageStatus::Queued | MessageStatus::Held))
-        .filter_map(|r| Some(suppression_id(r.channel, r.to.as_deref()?)))
-        .collect();
+    let mut asked: Vec<String> = Vec::with_capacity(records.len());
+    asked.extend(
+        records
+            .iter()
+            .filter(|r| matches!(r.status, MessageStatus::Queued | MessageStatus::Held))
+            .filter_map(|r| Some(suppression_id(r.channel, r.to.as_deref()?))),
+    );
     let mut suppressed_ids: AHashSet<String> = AHashSet::default();
     if !asked.is_empty() {
         let suppressed: AHashMap<String, SuppressionReason> =
@@ -116,7 +122,11 @@ async fn write(shared: Arc<Shared>, shard: usize, batch: WriteBatch) -> WriteOut
     // Only what this flush created is dispatched: a trigger applied again (its dedup id
     // evicted, a replay after a crash before the user's document was written) finds its
     // message stored — sent, or being sent, by whoever created it.
-    let mut created: AHashSet<String> = AHashSet::default();
+    // Shared from here on: the store keeps what it inserts (in-process) and the dispatch takes
+    // what it sends, without a copy of every record for the insert.
+    let records: Vec<Arc<MessageRecord>> = records.into_iter().map(Arc::new).collect();
+    let mut created: AHashSet<String> =
+        AHashSet::with_capacity_and_hasher(records.len(), Default::default());
     let mut refused_messages: Vec<(String, String)> = Vec::new();
     if !records.is_empty() {
         let inserted = retry(&shared, shard, "messages", || {
@@ -259,7 +269,7 @@ async fn write(shared: Arc<Shared>, shard: usize, batch: WriteBatch) -> WriteOut
         let fed: Vec<MessageRecord> = records
             .iter()
             .filter(|r| created.contains(&r.id))
-            .cloned()
+            .map(|r| MessageRecord::clone(r))
             .collect();
         if !fed.is_empty() {
             ports.docs.feed_created(fed);
@@ -350,7 +360,7 @@ async fn write(shared: Arc<Shared>, shard: usize, batch: WriteBatch) -> WriteOut
     // it). A dispatcher whose queue is full parks the job (left to its lease, fired by the
     // sweep later): a slow or down provider never slows the flushes (G7 holds by the queue's
     // bound, the rest waits in the schedule).
-    let (held, due): (Vec<MessageRecord>, Vec<MessageRecord>) = records
+    let (held, due): (Vec<Arc<MessageRecord>>, Vec<Arc<MessageRecord>>) = records
         .into_iter()
         .filter(|r| !r.status.is_terminal() && created.contains(&r.id))
         .filter(|r| !shared.dispatchers_for(r.channel).is_empty())
@@ -404,7 +414,8 @@ async fn write(shared: Arc<Shared>, shard: usize, batch: WriteBatch) -> WriteOut
             Some(first.send(Dispatch {
                 resend: 0,
                 attempt: lease.attempt,
-                record: r,
+                // A copy only where the store kept the record too (in-process).
+                record: Arc::unwrap_or_clone(r),
                 provider_index: 0,
                 lease: Some(lease),
                 park_if_full: true,

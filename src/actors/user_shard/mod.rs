@@ -170,6 +170,8 @@ struct Batch {
     marks: Vec<Arc<str>>,
     /// Seal answers sent once this flush is durable.
     replies: Vec<Reply>,
+    /// Room for one partition's offsets, from the last flush (see `sized_like`).
+    offsets_hint: usize,
 }
 
 impl Batch {
@@ -180,6 +182,7 @@ impl Batch {
             dirty: Vec::with_capacity(last.dirty.len()),
             messages: Vec::with_capacity(last.messages.len()),
             applied: Vec::with_capacity(last.applied.len()),
+            offsets_hint: last.offsets.iter().map(|(_, o)| o.len()).max().unwrap_or(0),
             ..Batch::default()
         }
     }
@@ -196,7 +199,11 @@ impl Batch {
             Some((l, v)) if Arc::ptr_eq(l, link) => v.push(offset),
             _ => match self.offsets.iter_mut().find(|(l, _)| Arc::ptr_eq(l, link)) {
                 Some((_, v)) => v.push(offset),
-                None => self.offsets.push((link.clone(), vec![offset])),
+                None => {
+                    let mut offsets = Vec::with_capacity(self.offsets_hint.max(1));
+                    offsets.push(offset);
+                    self.offsets.push((link.clone(), offsets));
+                }
             },
         }
     }
@@ -959,12 +966,12 @@ impl UserShard {
                 version: e.state.version + 1,
                 profile: e.state.profile.clone(),
                 positions: e.state.positions.clone(),
-                seen: e
-                    .state
-                    .seen
-                    .entries()
-                    .filter(|(_, at)| *at >= seen_since)
-                    .collect(),
+                seen: {
+                    // Sized up front: a filter's collect grows its vector a doubling at a time.
+                    let mut seen = Vec::with_capacity(e.state.seen.len());
+                    seen.extend(e.state.seen.entries().filter(|(_, at)| *at >= seen_since));
+                    seen
+                },
                 identity: e.state.identity.clone(),
             }));
         }

@@ -12,6 +12,7 @@ use crate::domain::keys::owner_shard;
 use crate::domain::message::{ApplyResult, MessageRecord, MessageStatus, StatusChange};
 use crate::domain::suppression::{Suppression, SuppressionReason};
 use crate::domain::user::{UserProfile, UserState};
+use super::shards::for_each_shard;
 use crate::ports::{
     BoxFut, Callback, DocumentStore, EarlyCallback, InsertedMessages, StalledFrom, StoreError,
     StoredUser, TransitionResult, UserSnapshot, UsersWritten,
@@ -193,26 +194,31 @@ impl DocumentStore for MemoryDocumentStore {
         now_ms: i64,
     ) -> BoxFut<Result<UsersWritten, StoreError>> {
         let mut written = UsersWritten::default();
-        for u in users {
-            let mut shard = self.users[owner_shard(&u.user_id, SHARDS)].lock();
-            // Fenced as in MongoDB: only over the version the writer loaded (or its own
-            // write of this version, retried). One lookup: the document is replaced in place.
-            let (stored, by) = match shard.get_mut(&*u.user_id) {
-                Some(doc) if doc.0.version + 1 == u.version => {
-                    *doc = (u, token, now_ms);
-                    continue;
+        let ids = users.iter().map(|u| &*u.user_id);
+        for_each_shard(ids, SHARDS, |shard, run| {
+            let mut shard = self.users[shard].lock();
+            for &i in run {
+                let u = &users[i as usize];
+                // Fenced as in MongoDB: only over the version the writer loaded (or its own
+                // write of this version, retried). One lookup: the document is replaced in
+                // place.
+                let (stored, by) = match shard.get_mut(&*u.user_id) {
+                    Some(doc) if doc.0.version + 1 == u.version => {
+                        *doc = (u.clone(), token, now_ms);
+                        continue;
+                    }
+                    Some((s, by, _)) => (s.version, *by),
+                    None if u.version == 1 => {
+                        shard.insert(u.user_id.clone(), (u.clone(), token, now_ms));
+                        continue;
+                    }
+                    None => (0, 0),
+                };
+                if !(stored == u.version && by == token) {
+                    written.stale.push(u.user_id.clone());
                 }
-                Some((s, by, _)) => (s.version, *by),
-                None if u.version == 1 => {
-                    shard.insert(u.user_id.clone(), (u, token, now_ms));
-                    continue;
-                }
-                None => (0, 0),
-            };
-            if !(stored == u.version && by == token) {
-                written.stale.push(u.user_id.clone());
             }
-        }
+        });
         async { Ok(written) }.boxed()
     }
 
@@ -267,17 +273,18 @@ impl DocumentStore for MemoryDocumentStore {
 
     fn insert_messages(
         &self,
-        messages: Vec<MessageRecord>,
+        messages: Vec<Arc<MessageRecord>>,
         token: u64,
     ) -> BoxFut<Result<InsertedMessages, StoreError>> {
         // In-process the call cannot fail halfway, so what it inserts is what carries the
-        // token.
+        // token. The records are kept as shared: a later change copies one only while the
+        // writer still holds it.
         let mut store = self.messages.lock();
         let mut inserted = Vec::with_capacity(messages.len());
         for m in messages {
             if let std::collections::hash_map::Entry::Vacant(v) = store.entry(m.id.clone()) {
                 inserted.push(m.id.clone());
-                v.insert((Arc::new(m), token));
+                v.insert((m, token));
             }
         }
         let inserted = InsertedMessages {

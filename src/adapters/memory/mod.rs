@@ -3,5 +3,6 @@
 
 pub mod docs;
 pub mod retry;
+mod shards;
 pub mod source;
 pub mod state;

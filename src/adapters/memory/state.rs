@@ -13,6 +13,7 @@ use parking_lot::Mutex;
 use crate::domain::dedup::DedupWindow;
 use crate::domain::keys::owner_shard;
 use crate::domain::user::UserState;
+use super::shards::for_each_shard;
 use crate::ports::{BoxFut, StateCache, StoreError, UserSnapshot};
 use crate::prefetch::{arc_allocation, drop_ahead};
 
@@ -132,18 +133,21 @@ impl StateCache for MemoryStateCache {
 
     fn begin_writes(&self, users: Vec<Arc<str>>) -> BoxFut<Result<(), StoreError>> {
         let out = self.check().map(|()| {
-            for u in users {
-                let mut shard = self.shard(&u).lock();
-                if let Some(entry) = shard.get_mut(&*u) {
-                    entry.in_flux = true;
-                } else {
-                    let entry = Entry {
-                        snapshot: None,
-                        in_flux: true,
-                    };
-                    shard.insert(u, entry);
+            for_each_shard(users.iter().map(|u| &**u), SHARDS, |shard, run| {
+                let mut shard = self.shards[shard].lock();
+                for &i in run {
+                    let u = &users[i as usize];
+                    if let Some(entry) = shard.get_mut(&**u) {
+                        entry.in_flux = true;
+                    } else {
+                        let entry = Entry {
+                            snapshot: None,
+                            in_flux: true,
+                        };
+                        shard.insert(u.clone(), entry);
+                    }
                 }
-            }
+            });
         });
         async move { out }.boxed()
     }
@@ -153,18 +157,22 @@ impl StateCache for MemoryStateCache {
             // The snapshots replaced are cold by now: dropped together afterwards, each asked
             // for a few ahead, rather than one cache miss after another inside the loop.
             let mut replaced = Vec::with_capacity(users.len());
-            for u in users {
-                let mut shard = self.shard(&u.user_id).lock();
-                let saved = |snapshot| Entry {
-                    snapshot: Some(snapshot),
-                    in_flux: false,
-                };
-                if let Some(entry) = shard.get_mut(&*u.user_id) {
-                    replaced.extend(std::mem::replace(entry, saved(u)).snapshot);
-                } else {
-                    shard.insert(u.user_id.clone(), saved(u));
+            let ids = users.iter().map(|u| &*u.user_id);
+            for_each_shard(ids, SHARDS, |shard, run| {
+                let mut shard = self.shards[shard].lock();
+                for &i in run {
+                    let u = &users[i as usize];
+                    let saved = Entry {
+                        snapshot: Some(u.clone()),
+                        in_flux: false,
+                    };
+                    if let Some(entry) = shard.get_mut(&*u.user_id) {
+                        replaced.extend(std::mem::replace(entry, saved).snapshot);
+                    } else {
+                        shard.insert(u.user_id.clone(), saved);
+                    }
                 }
-            }
+            });
             drop_ahead(replaced, arc_allocation, |s| s.storage_addrs());
         });
         async move { out }.boxed()

@@ -453,7 +453,7 @@ impl DocumentStore for MongoDocumentStore {
 
     fn insert_messages(
         &self,
-        messages: Vec<MessageRecord>,
+        messages: Vec<Arc<MessageRecord>>,
         token: u64,
     ) -> BoxFut<Result<InsertedMessages, StoreError>> {
         let db = self.db.clone();
