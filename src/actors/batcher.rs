@@ -79,16 +79,22 @@ async fn write(shared: Arc<Shared>, shard: usize, batch: WriteBatch) -> WriteOut
     // 1. Messages. One record per message id: a trigger applied twice within one flush (its
     // dedup id evicted by the user's events in between) names the same message twice.
     let now = ports.clock.now_ms();
-    // The lists are sized up front: a filter's collect grows a vector a doubling at a time.
-    let mut ids: AHashSet<&str> =
-        AHashSet::with_capacity_and_hasher(batch.messages.len(), Default::default());
-    let mut records: Vec<MessageRecord> = Vec::with_capacity(batch.messages.len());
+    let mut messages = batch.messages;
+    let first: Vec<bool> = {
+        let mut ids: AHashSet<&str> =
+            AHashSet::with_capacity_and_hasher(messages.len(), Default::default());
+        messages.iter().map(|t| ids.insert(&t.message.id)).collect()
+    };
+    // The texts move into the records (what is read of `messages` below: ids, users,
+    // triggers, policy reasons, stays). Lists are sized up front: a filter's collect grows a
+    // vector a doubling at a time.
+    let mut records: Vec<MessageRecord> = Vec::with_capacity(messages.len());
     records.extend(
-        batch
-            .messages
-            .iter()
-            .filter(|t| ids.insert(&t.message.id))
-            .map(|t| MessageRecord::from_triggered(&t.message, now)),
+        messages
+            .iter_mut()
+            .zip(first)
+            .filter(|(_, first)| *first)
+            .map(|(t, _)| MessageRecord::take_triggered(&mut t.message, now)),
     );
     // Suppressed addresses: the message is stored `skipped`, never sent.
     let mut asked: Vec<String> = Vec::with_capacity(records.len());
@@ -143,7 +149,7 @@ async fn write(shared: Arc<Shared>, shard: usize, batch: WriteBatch) -> WriteOut
         }
         created.extend(inserted.created);
         // Counted when the document is created, so a replayed trigger is not counted again.
-        for t in &batch.messages {
+        for t in &messages {
             if let Some(reason) = t.message.policy_skip {
                 if created.contains(&t.message.id) {
                     ports.metrics.policy_skipped(reason);
@@ -301,8 +307,7 @@ async fn write(shared: Arc<Shared>, shard: usize, batch: WriteBatch) -> WriteOut
     let mut letters: Vec<DeadLetter> = batch.dead;
     let mut lettered: AHashSet<(u32, u64)> = AHashSet::default();
     for (id, detail) in &refused_messages {
-        let trigger = batch
-            .messages
+        let trigger = messages
             .iter()
             .find(|t| &t.message.id == id)
             // Once per record (it may trigger several campaigns), and not when its user's

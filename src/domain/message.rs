@@ -187,10 +187,17 @@ impl MessageRecord {
     /// The initial document of a triggered message: `queued`; `held` until its quiet hours
     /// end; `skipped` or `failed` (its template did not render) with the reason.
     pub fn from_triggered(m: &TriggeredMessage, now_ms: i64) -> MessageRecord {
+        MessageRecord::take_triggered(&mut m.clone(), now_ms)
+    }
+
+    /// [`MessageRecord::from_triggered`], moving the message's texts into the record instead
+    /// of copying them: `m` keeps its id, channel, policy reason and times; its user,
+    /// campaign, address, body, subject and skip or failure reason are left empty.
+    pub fn take_triggered(m: &mut TriggeredMessage, now_ms: i64) -> MessageRecord {
         let (status, error) = if m.skipped.is_some() {
-            (MessageStatus::Skipped, m.skipped.clone())
+            (MessageStatus::Skipped, m.skipped.take())
         } else if m.failed.is_some() {
-            (MessageStatus::Failed, m.failed.clone())
+            (MessageStatus::Failed, m.failed.take())
         } else if m.held_until.is_some() {
             (MessageStatus::Held, None)
         } else {
@@ -198,12 +205,12 @@ impl MessageRecord {
         };
         MessageRecord {
             id: m.id.clone(),
-            user_id: m.user_id.clone(),
-            campaign: m.campaign.clone(),
+            user_id: std::mem::take(&mut m.user_id),
+            campaign: std::mem::take(&mut m.campaign),
             channel: m.channel,
-            to: m.to.clone(),
-            body: m.body.clone(),
-            subject: m.subject.clone(),
+            to: m.to.take(),
+            body: std::mem::take(&mut m.body),
+            subject: m.subject.take(),
             provider: None,
             status,
             attempts: 0,

@@ -233,7 +233,9 @@ impl Template {
         }
         let runtime = Lax(RuntimeBuilder::new().set_globals(&globals).build());
         let mut out = Capped {
-            buf: Vec::new(),
+            // Room for about what the source holds (placeholders replaced by short values):
+            // the text is not grown a doubling at a time from a few bytes.
+            buf: Vec::with_capacity((self.source.len() + self.source.len() / 2).min(max_bytes)),
             max: max_bytes,
             over: false,
         };

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use futures::FutureExt;
 use parking_lot::Mutex;
 
+use super::shards::for_each_shard;
 use crate::domain::dedup::DedupWindow;
 use crate::domain::keys::owner_shard;
 use crate::domain::message::{ApplyResult, MessageRecord, MessageStatus, StatusChange};
 use crate::domain::suppression::{Suppression, SuppressionReason};
 use crate::domain::user::{UserProfile, UserState};
-use super::shards::for_each_shard;
 use crate::ports::{
     BoxFut, Callback, DocumentStore, EarlyCallback, InsertedMessages, StalledFrom, StoreError,
     StoredUser, TransitionResult, UserSnapshot, UsersWritten,

@@ -166,7 +166,9 @@ impl PartitionReader for EmbeddedReader {
                 .map(|(i, (key, payload))| Record {
                     partition: self.partition,
                     offset: (from_idx + i) as u64,
-                    key: Some(key.clone()),
+                    // A key is a few bytes: copied, not shared (sharing a buffer made from a
+                    // `Vec` allocates its counter at the first clone, and both drops touch it).
+                    key: Some(Bytes::copy_from_slice(key)),
                     payload: payload.clone(),
                     timestamp_ms: Some(now),
                 })

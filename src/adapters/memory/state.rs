@@ -10,10 +10,10 @@ use std::sync::Arc;
 use futures::FutureExt;
 use parking_lot::Mutex;
 
+use super::shards::for_each_shard;
 use crate::domain::dedup::DedupWindow;
 use crate::domain::keys::owner_shard;
 use crate::domain::user::UserState;
-use super::shards::for_each_shard;
 use crate::ports::{BoxFut, StateCache, StoreError, UserSnapshot};
 use crate::prefetch::{arc_allocation, drop_ahead};
 
