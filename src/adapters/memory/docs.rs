@@ -7,7 +7,6 @@ use std::sync::Arc;
 use futures::FutureExt;
 use parking_lot::Mutex;
 
-use super::shards::for_each_shard;
 use crate::domain::dedup::DedupWindow;
 use crate::domain::keys::owner_shard;
 use crate::domain::message::{ApplyResult, MessageRecord, MessageStatus, StatusChange};
@@ -194,31 +193,26 @@ impl DocumentStore for MemoryDocumentStore {
         now_ms: i64,
     ) -> BoxFut<Result<UsersWritten, StoreError>> {
         let mut written = UsersWritten::default();
-        let ids = users.iter().map(|u| &*u.user_id);
-        for_each_shard(ids, SHARDS, |shard, run| {
-            let mut shard = self.users[shard].lock();
-            for &i in run {
-                let u = &users[i as usize];
-                // Fenced as in MongoDB: only over the version the writer loaded (or its own
-                // write of this version, retried). One lookup: the document is replaced in
-                // place.
-                let (stored, by) = match shard.get_mut(&*u.user_id) {
-                    Some(doc) if doc.0.version + 1 == u.version => {
-                        *doc = (u.clone(), token, now_ms);
-                        continue;
-                    }
-                    Some((s, by, _)) => (s.version, *by),
-                    None if u.version == 1 => {
-                        shard.insert(u.user_id.clone(), (u.clone(), token, now_ms));
-                        continue;
-                    }
-                    None => (0, 0),
-                };
-                if !(stored == u.version && by == token) {
-                    written.stale.push(u.user_id.clone());
+        for u in users {
+            let mut shard = self.users[owner_shard(&u.user_id, SHARDS)].lock();
+            // Fenced as in MongoDB: only over the version the writer loaded (or its own
+            // write of this version, retried). One lookup: the document is replaced in place.
+            let (stored, by) = match shard.get_mut(&*u.user_id) {
+                Some(doc) if doc.0.version + 1 == u.version => {
+                    *doc = (u, token, now_ms);
+                    continue;
                 }
+                Some((s, by, _)) => (s.version, *by),
+                None if u.version == 1 => {
+                    shard.insert(u.user_id.clone(), (u, token, now_ms));
+                    continue;
+                }
+                None => (0, 0),
+            };
+            if !(stored == u.version && by == token) {
+                written.stale.push(u.user_id.clone());
             }
-        });
+        }
         async { Ok(written) }.boxed()
     }
 

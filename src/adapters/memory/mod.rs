@@ -3,6 +3,5 @@
 
 pub mod docs;
 pub mod retry;
-mod shards;
 pub mod source;
 pub mod state;

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use futures::FutureExt;
 use parking_lot::Mutex;
 
-use super::shards::for_each_shard;
 use crate::domain::dedup::DedupWindow;
 use crate::domain::keys::owner_shard;
 use crate::domain::user::UserState;
@@ -133,21 +132,18 @@ impl StateCache for MemoryStateCache {
 
     fn begin_writes(&self, users: Vec<Arc<str>>) -> BoxFut<Result<(), StoreError>> {
         let out = self.check().map(|()| {
-            for_each_shard(users.iter().map(|u| &**u), SHARDS, |shard, run| {
-                let mut shard = self.shards[shard].lock();
-                for &i in run {
-                    let u = &users[i as usize];
-                    if let Some(entry) = shard.get_mut(&**u) {
-                        entry.in_flux = true;
-                    } else {
-                        let entry = Entry {
-                            snapshot: None,
-                            in_flux: true,
-                        };
-                        shard.insert(u.clone(), entry);
-                    }
+            for u in users {
+                let mut shard = self.shard(&u).lock();
+                if let Some(entry) = shard.get_mut(&*u) {
+                    entry.in_flux = true;
+                } else {
+                    let entry = Entry {
+                        snapshot: None,
+                        in_flux: true,
+                    };
+                    shard.insert(u, entry);
                 }
-            });
+            }
         });
         async move { out }.boxed()
     }
@@ -157,22 +153,18 @@ impl StateCache for MemoryStateCache {
             // The snapshots replaced are cold by now: dropped together afterwards, each asked
             // for a few ahead, rather than one cache miss after another inside the loop.
             let mut replaced = Vec::with_capacity(users.len());
-            let ids = users.iter().map(|u| &*u.user_id);
-            for_each_shard(ids, SHARDS, |shard, run| {
-                let mut shard = self.shards[shard].lock();
-                for &i in run {
-                    let u = &users[i as usize];
-                    let saved = Entry {
-                        snapshot: Some(u.clone()),
-                        in_flux: false,
-                    };
-                    if let Some(entry) = shard.get_mut(&*u.user_id) {
-                        replaced.extend(std::mem::replace(entry, saved).snapshot);
-                    } else {
-                        shard.insert(u.user_id.clone(), saved);
-                    }
+            for u in users {
+                let mut shard = self.shard(&u.user_id).lock();
+                let saved = |snapshot| Entry {
+                    snapshot: Some(snapshot),
+                    in_flux: false,
+                };
+                if let Some(entry) = shard.get_mut(&*u.user_id) {
+                    replaced.extend(std::mem::replace(entry, saved(u)).snapshot);
+                } else {
+                    shard.insert(u.user_id.clone(), saved(u));
                 }
-            });
+            }
             drop_ahead(replaced, arc_allocation, |s| s.storage_addrs());
         });
         async move { out }.boxed()
