@@ -75,6 +75,12 @@ impl DedupWindow {
         self.order.storage_addr()
     }
 
+    /// Where its ids live and how many bytes they take: applying an event scans them all
+    /// (the oldest for expiry, each for a duplicate), so a prefetch asks for every line.
+    pub fn storage_span(&self) -> (*const u8, usize) {
+        (self.order.storage_addr(), self.order.storage_bytes())
+    }
+
     pub fn entries(&self) -> impl Iterator<Item = (u64, i64)> + '_ {
         self.order.iter().map(|s| (s.fingerprint(), self.at(*s)))
     }

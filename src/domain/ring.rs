@@ -34,6 +34,11 @@ impl<T: Copy + Default> Ring<T> {
         self.slots.as_ptr().cast()
     }
 
+    /// Bytes of the storage from [`Ring::storage_addr`] (for prefetching all of it).
+    pub fn storage_bytes(&self) -> usize {
+        std::mem::size_of_val::<[T]>(&self.slots)
+    }
+
     pub fn capacity(&self) -> usize {
         self.slots.len()
     }

@@ -128,6 +128,9 @@ impl Residents {
             for addr in s.entity.state.storage_addrs() {
                 prefetch(addr);
             }
+            // The dedup window is read whole: its first four lines (21 ids) are asked for.
+            let (seen, bytes) = s.entity.state.seen.storage_span();
+            prefetch_bytes(seen, bytes.min(4 * 64));
         }
     }
 
