@@ -81,7 +81,7 @@ fn message(id: String, campaign: &str) -> MessageRecord {
 
 fn dispatch(record: MessageRecord) -> Dispatch {
     Dispatch {
-        record,
+        record: Arc::new(record),
         attempt: 1,
         resend: 0,
         provider_index: 0,

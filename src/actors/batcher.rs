@@ -28,7 +28,7 @@ use crate::domain::suppression::{suppression_id, SuppressionReason};
 use crate::ports::{DeadLetter, FeedRecord, RetryEntry, StoreError, UsersWritten};
 
 use super::context::Shared;
-use super::dispatcher::{Dispatch, LEASE_MS};
+use super::dispatcher::{Dispatch, DispatchAll, Dispatcher, LEASE_MS};
 use super::messages::{Held, WriteBatch, WriteOutcome};
 use super::supervision::contain_async;
 
@@ -409,25 +409,35 @@ async fn write(shared: Arc<Shared>, shard: usize, batch: WriteBatch) -> WriteOut
         ports.retries.hold(leases.clone(), true)
     })
     .await;
-    let sends: Vec<_> = due
-        .into_iter()
-        .zip(leases)
-        .zip(held)
-        .filter(|(_, held)| *held)
-        .filter_map(|((r, lease), _)| {
-            let first = shared.dispatchers_for(r.channel).first()?.clone();
-            Some(first.send(Dispatch {
-                resend: 0,
-                attempt: lease.attempt,
-                // A copy only where the store kept the record too (in-process).
-                record: Arc::unwrap_or_clone(r),
-                provider_index: 0,
-                lease: Some(lease),
-                park_if_full: true,
-            }))
-        })
-        .collect();
-    join_all(sends).await;
+    // One hand-off per provider, not one per message: its dispatcher takes them together
+    // and marks their sends started in one call.
+    let mut sends: Vec<(Addr<Dispatcher>, Vec<Dispatch>)> = Vec::new();
+    for ((record, lease), held) in due.into_iter().zip(leases).zip(held) {
+        if !held {
+            continue;
+        }
+        let Some(first) = shared.dispatchers_for(record.channel).first() else {
+            continue;
+        };
+        let job = Dispatch {
+            resend: 0,
+            attempt: lease.attempt,
+            record,
+            provider_index: 0,
+            lease: Some(lease),
+            park_if_full: true,
+        };
+        match sends.iter_mut().find(|(addr, _)| addr == first) {
+            Some((_, jobs)) => jobs.push(job),
+            None => sends.push((first.clone(), vec![job])),
+        }
+    }
+    join_all(
+        sends
+            .into_iter()
+            .map(|(addr, jobs)| addr.send(DispatchAll(jobs))),
+    )
+    .await;
     outcome
 }
 

@@ -53,7 +53,10 @@ const LEASE_EXTEND_EVERY: Duration = Duration::from_millis(LEASE_MS as u64 / 3);
 #[derive(Message)]
 #[rtype(result = "bool")]
 pub struct Dispatch {
-    pub record: MessageRecord,
+    /// Shared with whoever built the job (a flush's records, the document store in process):
+    /// the dispatcher only reads it, and lets go of it before recording an outcome, so a
+    /// store that holds the same record changes it in place.
+    pub record: Arc<MessageRecord>,
     pub attempt: u32,
     /// 0, or how many times attempt `attempt` is being sent again after an unknown outcome
     /// (same `Idempotency-Key`).
@@ -66,6 +69,13 @@ pub struct Dispatch {
     /// never wait for a provider; ARCHITECTURE.md, "A send under outages").
     pub park_if_full: bool,
 }
+
+/// Several `Dispatch`es at once (a flush's sends for this provider): each is taken as a
+/// `Dispatch` alone would be, then the queue is pumped once, so their sends are marked
+/// started in one call to the retry schedule. Resolves once every job is accepted or parked.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DispatchAll(pub Vec<Dispatch>);
 
 /// The channel's dispatchers in fallback order and this one's place in it (set once all
 /// are started).
@@ -535,8 +545,11 @@ impl Dispatcher {
         let docs = self.ports.docs.clone();
         let retries = self.ports.retries.clone();
         let key = held_key(&job);
-        let id = job.record.id;
+        let id = job.record.id.clone();
         let lease = job.lease;
+        // The record is let go of here, before the write runs: an in-process store then
+        // changes its own copy in place rather than copying it for this reader.
+        drop(job.record);
         let write = async move {
             write_with_retry(|| docs.transition(id.clone(), change.clone())).await;
             complete_lease(retries, lease).await;
@@ -979,23 +992,31 @@ impl Handler<DrainSends> for Dispatcher {
     }
 }
 
-impl Handler<Dispatch> for Dispatcher {
-    type Result = ResponseFuture<bool>;
+/// How a dispatcher took a job.
+enum Taken {
+    /// Answered at once: `true` taken (held here already, or failed in doubt), `false`
+    /// parked (left to its lease).
+    Settled(bool),
+    /// Queued in this lane.
+    Queued(Priority),
+}
 
-    fn handle(&mut self, msg: Dispatch, ctx: &mut Context<Self>) -> ResponseFuture<bool> {
+impl Dispatcher {
+    /// Takes one job into the queue (or settles it at once); the caller pumps.
+    fn take(&mut self, msg: Dispatch, ctx: &mut Context<Self>) -> Taken {
         let key = held_key(&msg);
         if self.held.contains(&key) {
             // This very attempt is queued, being sent or recorded here already: the schedule
             // handed it out again (its lease ran out in a stall and this process's own sweep
             // claimed it). One send of it.
             tracing::debug!(provider = self.provider.name(), message = %msg.record.id, attempt = msg.attempt, "an attempt held already is not taken twice");
-            return Box::pin(async { true });
+            return Taken::Settled(true);
         }
         let lapsed = msg.lease.as_ref().is_some_and(|l| l.lapsed);
         if lapsed && self.settings.on_unknown_outcome == UnknownOutcome::Fail {
             self.held.insert(key);
             self.fail_in_doubt(msg, ctx);
-            return Box::pin(async { true });
+            return Taken::Settled(true);
         }
         let lane = self.lane_of(&msg);
         if self.queue.len_of(lane) >= QUEUE_LIMIT && msg.park_if_full && msg.lease.is_some() {
@@ -1003,19 +1024,65 @@ impl Handler<Dispatch> for Dispatcher {
             self.ports
                 .metrics
                 .dispatch_outcome(self.provider.name(), "parked");
-            return Box::pin(async { false });
+            return Taken::Settled(false);
         }
         self.held.insert(key);
         self.queue.push_back(lane, msg);
-        self.pump(ctx);
-        if self.queue.len_of(lane) < QUEUE_LIMIT {
-            return Box::pin(async { true });
+        Taken::Queued(lane)
+    }
+
+    /// After a pump: a sender whose job went into a lane that is still full waits until the
+    /// lanes have room (`release_waiters`).
+    fn room(&mut self, lanes: &[Priority]) -> Option<oneshot::Receiver<()>> {
+        if lanes.iter().all(|l| self.queue.len_of(*l) < QUEUE_LIMIT) {
+            return None;
         }
         let (tx, rx) = oneshot::channel();
         self.waiting.push(tx);
-        Box::pin(async move {
-            let _ = rx.await;
-            true
-        })
+        Some(rx)
+    }
+}
+
+impl Handler<Dispatch> for Dispatcher {
+    type Result = ResponseFuture<bool>;
+
+    fn handle(&mut self, msg: Dispatch, ctx: &mut Context<Self>) -> ResponseFuture<bool> {
+        let lane = match self.take(msg, ctx) {
+            Taken::Settled(taken) => return Box::pin(async move { taken }),
+            Taken::Queued(lane) => lane,
+        };
+        self.pump(ctx);
+        match self.room(&[lane]) {
+            None => Box::pin(async { true }),
+            Some(rx) => Box::pin(async move {
+                let _ = rx.await;
+                true
+            }),
+        }
+    }
+}
+
+impl Handler<DispatchAll> for Dispatcher {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, msg: DispatchAll, ctx: &mut Context<Self>) -> ResponseFuture<()> {
+        let mut lanes = Vec::new();
+        for job in msg.0 {
+            if let Taken::Queued(lane) = self.take(job, ctx) {
+                if !lanes.contains(&lane) {
+                    lanes.push(lane);
+                }
+            }
+        }
+        if lanes.is_empty() {
+            return Box::pin(async {});
+        }
+        self.pump(ctx);
+        match self.room(&lanes) {
+            None => Box::pin(async {}),
+            Some(rx) => Box::pin(async move {
+                let _ = rx.await;
+            }),
+        }
     }
 }

@@ -28,7 +28,7 @@ pub enum Fired {
 
 pub async fn fire(
     shared: &Shared,
-    record: MessageRecord,
+    record: Arc<MessageRecord>,
     entry: &RetryEntry,
 ) -> Result<Fired, String> {
     let ports = &shared.ports;
@@ -71,9 +71,12 @@ pub async fn fire(
         expect_provider_message_id: None,
         look_up_at: until,
     };
+    // Let go of the record first: an in-process store then changes its own in place.
+    let id = record.id.clone();
+    drop(record);
     let result = ports
         .docs
-        .transition(record.id.clone(), change)
+        .transition(id.clone(), change)
         .await
         .map_err(|e| e.to_string())?;
     match (result, decision) {
@@ -97,7 +100,7 @@ pub async fn fire(
         }
         // Released by another claimer meanwhile: send it as that claim would.
         (TransitionResult::Ignored(MessageStatus::Queued), _) => {
-            match ports.docs.get_message(record.id.clone()).await {
+            match ports.docs.get_message(id).await {
                 Ok(Some(r)) if r.status == MessageStatus::Queued => Ok(Fired::Send(r)),
                 Ok(_) => Ok(Fired::Settled),
                 Err(e) => Err(e.to_string()),

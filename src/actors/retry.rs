@@ -103,7 +103,7 @@ impl RetryActor {
                 let mut parked = false;
                 for entry in due {
                     let record = match ports.docs.get_message(entry.message_id.clone()).await {
-                        Ok(Some(r)) => Arc::unwrap_or_clone(r),
+                        Ok(Some(r)) => r,
                         Ok(None) => {
                             let _ = ports.retries.complete(entry).await;
                             continue;
@@ -133,7 +133,7 @@ impl RetryActor {
                     // A held message's window ended: its policy decides again first.
                     let record = if record.status == MessageStatus::Held {
                         match fire_held(&shared, record, &entry).await {
-                            Ok(Fired::Send(record)) => Arc::unwrap_or_clone(record),
+                            Ok(Fired::Send(record)) => record,
                             Ok(Fired::Settled) => continue,
                             Err(e) => {
                                 tracing::warn!(error = %e, id = entry.message_id, "a held message could not be released; it fires again after its lease");
