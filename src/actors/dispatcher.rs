@@ -1086,3 +1086,7 @@ impl Handler<DispatchAll> for Dispatcher {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "dispatcher_tests.rs"]
+mod tests;

@@ -22,6 +22,8 @@ pub struct MemoryRetrySchedule {
     inner: Mutex<Inner>,
     /// Entries were lost since `lost_entries` last answered.
     lost: std::sync::atomic::AtomicBool,
+    /// Calls to `mark_sending` answered (for tests).
+    pub mark_calls: std::sync::atomic::AtomicUsize,
 }
 
 impl MemoryRetrySchedule {
@@ -172,6 +174,8 @@ impl RetrySchedule for MemoryRetrySchedule {
     }
 
     fn mark_sending(&self, entries: Vec<RetryEntry>) -> BoxFut<Result<Vec<String>, StoreError>> {
+        self.mark_calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut inner = self.inner.lock();
         let mut lost = Vec::new();
         for entry in entries {
