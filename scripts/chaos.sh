@@ -28,7 +28,8 @@ for f in "${filters[@]}"; do
     >"$out/$f.log" 2>&1 || { status=1; echo "chaos: $f FAILED (log: $out/$f.log)" >&2; }
   grep -o 'chaos: {.*' "$out/$f.log" | tail -1 || true
 done
-python3 - "$out/results.jsonl" RELIABILITY.md <<'PY'
+partial=$([ $# -gt 0 ] && echo partial || echo full)
+python3 - "$out/results.jsonl" RELIABILITY.md "$partial" <<'PY'
 import json, sys, datetime, re
 # The latest row of each scenario (a partial rerun replaces its rows), in scenario order.
 latest = {}
@@ -37,22 +38,34 @@ for l in open(sys.argv[1]):
         r = json.loads(l)
         latest[(r["scenario"], r["what"])] = r
 rows = sorted(latest.values(), key=lambda r: (int(r["scenario"][1:]), r["what"]))
-lines = [
-    f"One run of `scripts/chaos.sh` on {datetime.date.today()} (this machine: 2 cores, every server on loopback).",
-    "",
+table = [
     "| scenario | faults | events | lost | doubled | users differing | dead-lettered (expected) | users = replay after the last fault | |",
     "|---|---|---|---|---|---|---|---|---|",
 ]
-notes = []
+rowlines, notes = [], []
 for r in rows:
     ok = "pass" if r["passed"] else "**FAIL**"
-    lines.append(
+    rowlines.append(
         f"| {r['scenario']}: {r['what']} | {r['faults']} | {r['events']:,} | {r['lost']} | {r['doubled']} "
         f"| {r['users_differing']} | {r['dead_lettered']:,} ({r['dead_expected']:,}) | {r['recover_s']:.1f} s | {ok} |")
     notes.append(f"- {r['scenario']}: {r['notes']}")
-body = "\n".join(lines + [""] + notes)
 text = open(sys.argv[2]).read()
 begin, end = "<!-- chaos:begin -->", "<!-- chaos:end -->"
+head = f"One run of `scripts/chaos.sh` on {datetime.date.today()} (this machine: 2 cores, every server on loopback)."
+if sys.argv[3] == "partial" and begin in text:
+    # A partial run replaces the rows and notes of the scenarios it ran and keeps the others
+    # as the table has them (its results file may hold only this run's).
+    old = text.split(begin, 1)[1].split(end, 1)[0]
+    ran = {r["scenario"] for r in rows}
+    sid = lambda line: re.match(r"[|-] (R\d+):", line).group(1)
+    kept_rows = [l for l in old.splitlines() if re.match(r"\| R\d+:", l) and sid(l) not in ran]
+    kept_notes = [l for l in old.splitlines() if re.match(r"- R\d+:", l) and sid(l) not in ran]
+    order = lambda line: int(sid(line)[1:])
+    rowlines = sorted(kept_rows + rowlines, key=order)
+    notes = sorted(kept_notes + notes, key=order)
+    head = (f"Runs of `scripts/chaos.sh` (this machine: 2 cores, every server on loopback), the latest of "
+            f"each scenario; {', '.join(sorted(ran, key=lambda x: int(x[1:])))} on {datetime.date.today()}.")
+body = "\n".join([head, ""] + table + rowlines + [""] + notes)
 if begin in text:
     text = re.sub(re.escape(begin) + ".*?" + re.escape(end), begin + "\n" + body + "\n" + end, text, flags=re.S)
 else:
