@@ -10,28 +10,14 @@ use super::*;
 use crate::adapters::memory::docs::MemoryDocumentStore;
 use crate::adapters::memory::retry::MemoryRetrySchedule;
 use crate::adapters::providers::sim::{SimBehaviour, SimulatedProvider};
-use crate::domain::campaign::Channel;
+use crate::domain::message::tests::queued_record;
 use crate::ports::SystemClock;
 
 fn queued(id: &str) -> MessageRecord {
     MessageRecord {
         id: id.into(),
         user_id: format!("user-{id}"),
-        campaign: "welcome".into(),
-        channel: Channel::Sms,
-        to: Some("+15550100".into()),
-        body: "hi".into(),
-        subject: None,
-        provider: None,
-        status: MessageStatus::Queued,
-        attempts: 0,
-        provider_message_id: None,
-        error: None,
-        created_at: 0,
-        updated_at: 0,
-        history: Vec::new(),
-        lookup_at: None,
-        held_until: None,
+        ..queued_record()
     }
 }
 

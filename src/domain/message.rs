@@ -409,12 +409,12 @@ pub fn names_send(named: &str, send_id: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use MessageStatus::*;
 
-    /// A freshly triggered SMS, `queued`.
-    fn queued_record() -> MessageRecord {
+    /// A freshly triggered SMS, `queued` (also the actor tests' record).
+    pub(crate) fn queued_record() -> MessageRecord {
         let m = crate::domain::campaign::TriggeredMessage {
             id: "c:m".into(),
             user_id: "u".into(),
