@@ -168,6 +168,8 @@ pub struct Dispatcher {
     refilled: Instant,
     breaker: Breaker,
     pump_scheduled: bool,
+    /// A pump is due once the completions ready now are handled (`pump_soon`).
+    pump_soon: bool,
     rng: Arc<Mutex<SmallRng>>,
     /// Outcome writes (status transitions, retry schedules, leases) still running.
     writes: usize,
@@ -202,6 +204,7 @@ impl Dispatcher {
                 open_until: None,
             },
             pump_scheduled: false,
+            pump_soon: false,
             rng: Arc::new(Mutex::new(SmallRng::seed_from_u64(seed))),
             writes: 0,
             sending_leases: std::collections::HashMap::default(),
@@ -289,6 +292,19 @@ impl Dispatcher {
                 act.pump_scheduled = false;
                 act.pump(ctx);
             });
+        }
+    }
+
+    /// Pumps once every completion ready now has been handled (the context polls the
+    /// future spawned here after the ones already ready): the slots they free are filled
+    /// together, and their sends marked started in one call rather than one per completion.
+    fn pump_soon(&mut self, ctx: &mut Context<Self>) {
+        if !self.pump_soon {
+            self.pump_soon = true;
+            ctx.spawn(actix::fut::ready(()).map(|(), act: &mut Self, ctx| {
+                act.pump_soon = false;
+                act.pump(ctx);
+            }));
         }
     }
 
@@ -534,7 +550,7 @@ impl Dispatcher {
                     act.schedule_pump(ctx, Duration::from_millis(500));
                 }
             }
-            act.pump(ctx);
+            act.pump_soon(ctx);
             act.settle_drains();
         }));
     }

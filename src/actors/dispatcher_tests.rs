@@ -21,11 +21,11 @@ fn queued(id: &str) -> MessageRecord {
     }
 }
 
-fn settings() -> DispatcherSettings {
+fn settings(max_concurrency: usize) -> DispatcherSettings {
     DispatcherSettings {
         rate_per_sec: 100_000,
         timeout: Duration::from_secs(5),
-        max_concurrency: 256,
+        max_concurrency,
         circuit_failures: 1_000,
         circuit_open: Duration::from_secs(5),
         retry: RetryPolicy::default(),
@@ -40,16 +40,14 @@ fn settings() -> DispatcherSettings {
     }
 }
 
-/// A flush's sends handed over together are each sent once — an attempt given twice in the
-/// batch included — and their starts are marked in one call to the retry schedule, not one
-/// per send.
-#[test]
-fn sends_handed_over_together_go_once_each_and_are_marked_started_in_one_call() {
-    const SENDS: usize = 40;
+/// Hands `sends` stored, leased messages (and, with `again`, the first one's attempt a second
+/// time) to one dispatcher in one `DispatchAll`, waits until every one is `sent` and its lease
+/// settled, and answers the provider's sends and the schedule's mark calls.
+fn hand_over(sends: usize, max_concurrency: usize, again: bool) -> (Arc<SimulatedProvider>, usize) {
     let docs = MemoryDocumentStore::new();
     let retries = MemoryRetrySchedule::new();
     let provider = SimulatedProvider::new("sim", SimBehaviour::default(), 7);
-    let records: Vec<Arc<MessageRecord>> = (0..SENDS)
+    let records: Vec<Arc<MessageRecord>> = (0..sends)
         .map(|i| Arc::new(queued(&format!("m{i}"))))
         .collect();
     let leases: Vec<RetryEntry> = records
@@ -67,27 +65,18 @@ fn sends_handed_over_together_go_once_each_and_are_marked_started_in_one_call() 
         let held = retries.hold(leases.clone(), true).await.unwrap();
         assert!(held.iter().all(|h| *h), "every lease is taken");
     });
-    let mut jobs: Vec<Dispatch> = records
-        .iter()
-        .zip(&leases)
-        .map(|(r, lease)| Dispatch {
-            record: r.clone(),
-            attempt: 1,
-            resend: 0,
-            provider_index: 0,
-            lease: Some(lease.clone()),
-            park_if_full: true,
-        })
-        .collect();
-    // The same attempt again in the same hand-off: held already, not sent twice.
-    jobs.push(Dispatch {
-        record: records[0].clone(),
+    let job = |i: usize| Dispatch {
+        record: records[i].clone(),
         attempt: 1,
         resend: 0,
         provider_index: 0,
-        lease: Some(leases[0].clone()),
+        lease: Some(leases[i].clone()),
         park_if_full: true,
-    });
+    };
+    let mut jobs: Vec<Dispatch> = (0..sends).map(job).collect();
+    if again {
+        jobs.push(job(0));
+    }
     drop(records);
 
     let ports = DispatcherPorts {
@@ -99,7 +88,7 @@ fn sends_handed_over_together_go_once_each_and_are_marked_started_in_one_call() 
     let sim = provider.clone();
     let schedule = retries.clone();
     System::new().block_on(async move {
-        let addr = Dispatcher::new(sim, settings(), ports, 1).start();
+        let addr = Dispatcher::new(sim, settings(max_concurrency), ports, 1).start();
         addr.send(DispatchAll(jobs)).await.unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -109,21 +98,39 @@ fn sends_handed_over_together_go_once_each_and_are_marked_started_in_one_call() 
                 .filter(|m| m.status == MessageStatus::Sent)
                 .count();
             let settled = futures::executor::block_on(schedule.pending()).unwrap() == 0;
-            if sent == SENDS && settled {
+            if sent == sends && settled {
                 break;
             }
             assert!(
                 Instant::now() < deadline,
-                "{sent} of {SENDS} sent, leases settled: {settled}"
+                "{sent} of {sends} sent, leases settled: {settled}"
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     });
-    assert_eq!(provider.sends(), SENDS as u64, "one send per message");
+    (provider, retries.mark_calls.load(Ordering::Relaxed))
+}
+
+/// A flush's sends handed over together are each sent once — an attempt given twice in the
+/// batch included — and their starts are marked in one call to the retry schedule, not one
+/// per send.
+#[test]
+fn sends_handed_over_together_go_once_each_and_are_marked_started_in_one_call() {
+    let (provider, marks) = hand_over(40, 256, true);
+    assert_eq!(provider.sends(), 40, "one send per message");
     assert!(provider.repeated_keys().is_empty(), "no attempt sent twice");
-    assert_eq!(
-        retries.mark_calls.load(Ordering::Relaxed),
-        1,
-        "the hand-off's sends are marked started together"
+    assert_eq!(marks, 1, "the hand-off's sends are marked started together");
+}
+
+/// Past the concurrency cap, the slots that completions ready together free are filled
+/// together: 40 sends four at a time take about ten mark calls, not one per completion.
+#[test]
+fn slots_freed_together_are_filled_and_marked_together() {
+    let (provider, marks) = hand_over(40, 4, false);
+    assert_eq!(provider.sends(), 40, "one send per message");
+    assert!(provider.repeated_keys().is_empty(), "no attempt sent twice");
+    assert!(
+        marks <= 12,
+        "{marks} mark calls for 40 sends, four at a time"
     );
 }
