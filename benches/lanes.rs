@@ -48,10 +48,10 @@ impl Provider for Instant0 {
     fn send(&self, request: SendRequest) -> BoxFut<SendOutcome> {
         self.sent
             .lock()
-            .insert(request.message_id.clone(), Instant::now());
+            .insert(request.message_id().to_owned(), Instant::now());
         Box::pin(async move {
             SendOutcome::Accepted {
-                provider_message_id: format!("pm-{}", request.message_id),
+                provider_message_id: format!("pm-{}", request.message_id()),
             }
         })
     }

@@ -462,23 +462,42 @@ pub trait DocumentStore: Send + Sync + 'static {
     ) -> BoxFut<Result<Vec<(String, SuppressionReason)>, StoreError>>;
 }
 
-/// What to send through a provider.
+/// What to send through a provider: one attempt of a stored message (shared with the
+/// dispatcher's job, not copied for each send).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SendRequest {
-    pub message_id: String,
+    pub message: Arc<MessageRecord>,
     pub attempt: u32,
-    pub to: String,
-    pub body: String,
-    /// Email subject (rendered from the campaign's `subject`).
-    pub subject: Option<String>,
-    pub channel: Channel,
-    pub callback_url: String,
+    /// Where the provider posts its delivery callbacks (one per provider, shared).
+    pub callback_url: Arc<str>,
 }
 
 impl SendRequest {
+    pub fn message_id(&self) -> &str {
+        &self.message.id
+    }
+
+    /// The address (a queued message always has one; empty otherwise).
+    pub fn to(&self) -> &str {
+        self.message.to.as_deref().unwrap_or_default()
+    }
+
+    pub fn body(&self) -> &str {
+        &self.message.body
+    }
+
+    /// Email subject (rendered from the campaign's `subject`).
+    pub fn subject(&self) -> Option<&str> {
+        self.message.subject.as_deref()
+    }
+
+    pub fn channel(&self) -> Channel {
+        self.message.channel
+    }
+
     /// `Idempotency-Key: <message id>:<attempt>` (REFERENCE.md §5).
     pub fn idempotency_key(&self) -> String {
-        format!("{}:{}", self.message_id, self.attempt)
+        format!("{}:{}", self.message.id, self.attempt)
     }
 }
 

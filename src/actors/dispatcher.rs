@@ -171,6 +171,8 @@ pub struct Dispatcher {
     /// A pump is due once the completions ready now are handled (`pump_soon`).
     pump_soon: bool,
     rng: Arc<Mutex<SmallRng>>,
+    /// `<callback_base_url>/<provider>`, where its provider posts callbacks.
+    callback_url: Arc<str>,
     /// Outcome writes (status transitions, retry schedules, leases) still running.
     writes: usize,
     /// The retry leases of the jobs being marked, sent or having their outcome written
@@ -188,8 +190,10 @@ impl Dispatcher {
         ports: DispatcherPorts,
         seed: u64,
     ) -> Self {
+        let callback_url = format!("{}/{}", settings.callback_base_url, provider.name()).into();
         Dispatcher {
             provider,
+            callback_url,
             tokens: settings.rate_per_sec.max(1) as f64,
             settings,
             ports,
@@ -484,26 +488,18 @@ impl Dispatcher {
         if let Some(lease) = &job.lease {
             self.sending_leases.insert(held_key(&job), lease.clone());
         }
-        let Some(to) = job.record.to.clone() else {
+        if job.record.to.is_none() {
             // Cannot happen for a queued message (no address means skipped), but never panic.
             self.in_flight -= 1;
             let retries = self.ports.retries.clone();
             let key = held_key(&job);
             self.spawn_write(key, complete_lease(retries, job.lease), |_| {}, ctx);
             return;
-        };
+        }
         let request = SendRequest {
-            message_id: job.record.id.clone(),
+            message: job.record.clone(),
             attempt: job.attempt,
-            to,
-            body: job.record.body.clone(),
-            subject: job.record.subject.clone(),
-            channel: job.record.channel,
-            callback_url: format!(
-                "{}/{}",
-                self.settings.callback_base_url,
-                self.provider.name()
-            ),
+            callback_url: self.callback_url.clone(),
         };
         let provider = self.provider.clone();
         let timeout = self.settings.timeout;

@@ -10,7 +10,7 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
-use crate::domain::event::decode;
+use crate::domain::event::decode_record;
 use crate::domain::watermark::Watermark;
 use crate::ports::{DeadLetter, PartitionReader, Record, SourceError};
 use crate::prefetch::prefetch_bytes;
@@ -227,7 +227,7 @@ impl PartitionActor {
                 return;
             }
             self.first_offset.get_or_insert(record.offset);
-            match decode(&record.payload, max_bytes) {
+            match decode_record(&record.payload, max_bytes) {
                 Ok(event) => {
                     let ts = record.timestamp_ms.unwrap_or(event.timestamp_ms);
                     let shard = shared.shard_index(&event.user_id);

@@ -7,11 +7,12 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 pub use super::event_fields::Properties;
-use super::event_fields::{Tags, TraitChanges};
+use super::event_fields::{RawProperties, Tags, TraitChanges};
 use super::inline_str::SmallStr;
 use super::json_str::{opt_cow, Str};
 use super::trait_value::TraitValue;
@@ -145,8 +146,8 @@ struct RawEvent<'a> {
     traits: Option<TraitChanges>,
     #[serde(default)]
     tags: Tags,
-    #[serde(default)]
-    properties: Option<Properties>,
+    #[serde(default, borrow)]
+    properties: Option<RawProperties<'a>>,
     /// Only `context.traits` is read: RudderStack's libraries send an `identify`'s traits there
     /// and not at the top level.
     #[serde(default)]
@@ -214,6 +215,20 @@ impl<'de> Deserialize<'de> for ContextTraits {
 
 /// Decodes one raw message. `max_bytes` is `limits.max_message_bytes`.
 pub fn decode(bytes: &[u8], max_bytes: usize) -> Result<Event, Rejection> {
+    decode_within(bytes, None, max_bytes)
+}
+
+/// [`decode`] for a record's payload: the event's `properties` share its bytes rather than
+/// copying them.
+pub fn decode_record(payload: &Bytes, max_bytes: usize) -> Result<Event, Rejection> {
+    decode_within(payload, Some(payload), max_bytes)
+}
+
+fn decode_within(
+    bytes: &[u8],
+    payload: Option<&Bytes>,
+    max_bytes: usize,
+) -> Result<Event, Rejection> {
     if bytes.len() > max_bytes {
         return Err(Rejection::new(
             RejectReason::TooLarge,
@@ -237,7 +252,7 @@ pub fn decode(bytes: &[u8], max_bytes: usize) -> Result<Event, Rejection> {
         });
     }
     match serde_json::from_str::<RawEvent<'_>>(text) {
-        Ok(raw) => validate(raw),
+        Ok(raw) => validate(raw, payload),
         Err(err) => Err(classify_serde_error(text, &err)),
     }
 }
@@ -361,7 +376,7 @@ pub fn parse_timestamp(text: &str) -> Option<i64> {
     })
 }
 
-fn validate(raw: RawEvent<'_>) -> Result<Event, Rejection> {
+fn validate(raw: RawEvent<'_>, payload: Option<&Bytes>) -> Result<Event, Rejection> {
     let message_id: SmallStr = check_id("messageId", required("messageId", raw.message_id)?)?;
     if let Some(c) = message_id.chars().find(|c| c.is_control()) {
         // It becomes part of the `Idempotency-Key` header, where a control character is
@@ -415,7 +430,10 @@ fn validate(raw: RawEvent<'_>) -> Result<Event, Rejection> {
             }
             EventKind::Track {
                 event: SmallStr::from(event),
-                properties: raw.properties.filter(|p| !p.is_empty()),
+                properties: raw
+                    .properties
+                    .filter(|p| !p.is_empty())
+                    .map(|p| p.keep(payload)),
             }
         }
         // `name` and `properties` are validated by type only: the view counts, not what.
@@ -566,6 +584,24 @@ mod tests {
                 ),
             }
         );
+    }
+
+    #[test]
+    fn a_records_properties_share_its_payload() {
+        let payload = Bytes::from_static(
+            br#"{"messageId":"m","type":"track","userId":"u","timestamp":"2026-11-23T10:00:00Z","event":"e","properties":{"n":1}}"#,
+        );
+        let EventKind::Track {
+            properties: Some(p),
+            ..
+        } = decode_record(&payload, MAX).unwrap().kind
+        else {
+            panic!("a track event with properties");
+        };
+        assert_eq!(p.text(), br#"{"n":1}"#);
+        let within = payload.as_ptr_range();
+        assert!(within.contains(&p.text().as_ptr()), "a share, not a copy");
+        assert_eq!(decode(&payload, MAX), decode_record(&payload, MAX));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+use bytes::Bytes;
 use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
@@ -281,46 +282,75 @@ impl<'de> Deserialize<'de> for Item {
     }
 }
 
-/// A track event's `properties`: the JSON text of an object, checked as such while the
-/// message is decoded and parsed only when a template reads it.
-#[derive(Debug, Clone)]
-pub struct Properties(Box<RawValue>);
+/// A track event's `properties` as the message holds them: the JSON text of an object, borrowed
+/// from the message while it is decoded.
+pub struct RawProperties<'a>(&'a str);
 
-impl Properties {
-    /// The properties of `map` (tests and other producers of events).
-    pub fn from_map(map: &Map<String, Value>) -> Option<Properties> {
-        serde_json::value::to_raw_value(map).ok().map(Properties)
-    }
-
-    /// The object. Its text was read as a JSON object, so it parses.
-    pub fn to_map(&self) -> Map<String, Value> {
-        serde_json::from_str(self.0.get()).unwrap_or_default()
-    }
-
+impl<'a> RawProperties<'a> {
     /// `{}`, with any whitespace.
     pub fn is_empty(&self) -> bool {
-        let text = self.0.get().trim();
+        let text = self.0.trim();
         text.len() >= 2 && text[1..text.len() - 1].trim().is_empty()
     }
-}
 
-impl PartialEq for Properties {
-    fn eq(&self, other: &Self) -> bool {
-        self.to_map() == other.to_map()
+    /// Kept beyond the message's decoding: a share of `payload` when the text lies within it
+    /// (no copy), else a copy.
+    pub fn keep(self, payload: Option<&Bytes>) -> Properties {
+        let text = self.0.as_bytes();
+        let within = payload.filter(|p| {
+            let start = p.as_ptr() as usize;
+            let at = text.as_ptr() as usize;
+            at >= start && at + text.len() <= start + p.len()
+        });
+        Properties(match within {
+            Some(p) => p.slice_ref(text),
+            None => Bytes::copy_from_slice(text),
+        })
     }
 }
 
-impl<'de> Deserialize<'de> for Properties {
+impl<'de: 'a, 'a> Deserialize<'de> for RawProperties<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let raw = Box::<RawValue>::deserialize(d)?;
+        let raw = <&'de RawValue>::deserialize(d)?;
         if raw.get().trim_start().starts_with('{') {
-            Ok(Properties(raw))
+            Ok(RawProperties(raw.get()))
         } else {
             Err(serde::de::Error::invalid_type(
                 serde::de::Unexpected::Other("a JSON value that is not an object"),
                 &"an object",
             ))
         }
+    }
+}
+
+/// A track event's `properties`: the JSON text of an object, checked as such while the
+/// message was decoded and parsed only when a template reads it. It shares the record's
+/// bytes where the decoder had them (`event::decode_record`).
+#[derive(Debug, Clone)]
+pub struct Properties(Bytes);
+
+impl Properties {
+    /// The properties of `map` (tests and other producers of events).
+    pub fn from_map(map: &Map<String, Value>) -> Option<Properties> {
+        serde_json::to_vec(map)
+            .ok()
+            .map(|text| Properties(Bytes::from(text)))
+    }
+
+    /// The object. Its text was read as a JSON object, so it parses.
+    pub fn to_map(&self) -> Map<String, Value> {
+        serde_json::from_slice(&self.0).unwrap_or_default()
+    }
+
+    /// The JSON text.
+    pub fn text(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl PartialEq for Properties {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_map() == other.to_map()
     }
 }
 
@@ -365,22 +395,34 @@ mod tests {
 
     #[test]
     fn properties_are_an_object_kept_as_text() {
-        let p: Properties = serde_json::from_str(r#"{"n": 1, "a": {"b": [true]}}"#).unwrap();
+        let raw = |json: &'static str| serde_json::from_str::<RawProperties<'static>>(json);
+        let text = r#"{"n": 1, "a": {"b": [true]}}"#;
+        let p = raw(text).unwrap();
         assert!(!p.is_empty());
+        let p = p.keep(None);
         assert_eq!(
             Value::Object(p.to_map()),
             serde_json::json!({"n": 1, "a": {"b": [true]}})
         );
-        assert!(serde_json::from_str::<Properties>(" { \n } ")
-            .unwrap()
-            .is_empty());
+        assert!(raw(" { \n } ").unwrap().is_empty());
         for other in ["[1]", "1", r#""x""#, "true"] {
-            assert!(
-                serde_json::from_str::<Properties>(other).is_err(),
-                "{other}"
-            );
+            assert!(raw(other).is_err(), "{other}");
         }
         assert_eq!(Properties::from_map(&p.to_map()), Some(p));
+    }
+
+    #[test]
+    fn kept_properties_share_the_message_they_lie_in_and_copy_otherwise() {
+        let message = Bytes::from_static(br#"{"properties":{"n":1}}"#);
+        let text = std::str::from_utf8(&message[14..21]).unwrap();
+        let shared = RawProperties(text).keep(Some(&message));
+        assert_eq!(shared.text(), br#"{"n":1}"#);
+        assert_eq!(shared.text().as_ptr(), message[14..].as_ptr(), "no copy");
+        let elsewhere = Bytes::from_static(b"{}");
+        let copied = RawProperties(text).keep(Some(&elsewhere));
+        assert_eq!(copied.text(), br#"{"n":1}"#);
+        assert_ne!(copied.text().as_ptr(), message[14..].as_ptr());
+        assert_eq!(copied, shared);
     }
 
     #[test]

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use crate::domain::campaign::{evaluate_all, TriggerContext};
-use crate::domain::event::{decode, EventKind};
+use crate::domain::event::{decode_record, EventKind};
 use crate::domain::keys::message_fingerprint;
 use crate::domain::profile::growth_bound;
 use crate::domain::thin_str::ThinStr;
@@ -687,7 +687,7 @@ impl UserShard {
                 // Its incarnation is gone: the successor reads it again from the commit.
                 continue;
             }
-            match decode(&h.record.payload, max_bytes) {
+            match decode_record(&h.record.payload, max_bytes) {
                 Ok(event) => {
                     let ts = h.record.timestamp_ms.unwrap_or(event.timestamp_ms);
                     let mut record = UserRecord::new(event, ts, h.record);

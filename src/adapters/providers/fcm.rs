@@ -223,9 +223,9 @@ impl Provider for FcmProvider {
         let url = self.send_url.clone();
         let body = json!({
             "message": {
-                "token": request.to,
-                "notification": { "body": request.body },
-                "data": { "herald_message_id": request.message_id },
+                "token": request.to(),
+                "notification": { "body": request.body() },
+                "data": { "herald_message_id": request.message_id() },
             }
         });
         async move {

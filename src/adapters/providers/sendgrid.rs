@@ -43,21 +43,20 @@ impl SendGridProvider {
 /// The Mail Send body of one message.
 pub fn mail_body(request: &SendRequest, from: &str) -> serde_json::Value {
     let subject = request
-        .subject
-        .as_deref()
+        .subject()
         .filter(|s| !s.is_empty())
         .unwrap_or(NO_SUBJECT);
     json!({
         "personalizations": [{
-            "to": [{ "email": request.to }],
+            "to": [{ "email": request.to() }],
             "custom_args": {
-                "herald_message_id": request.message_id,
+                "herald_message_id": request.message_id(),
                 "herald_attempt": request.attempt.to_string(),
             },
         }],
         "from": { "email": from },
         "subject": subject,
-        "content": [{ "type": "text/plain", "value": request.body }],
+        "content": [{ "type": "text/plain", "value": request.body() }],
     })
 }
 

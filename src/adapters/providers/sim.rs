@@ -141,7 +141,7 @@ impl Provider for SimulatedProvider {
                     if let Some(sink) = sink {
                         let callback = Callback {
                             provider: name,
-                            message_id: Some(request.message_id.clone()),
+                            message_id: Some(request.message_id().to_owned()),
                             provider_message_id: Some(provider_message_id.clone()),
                             status: if undelivered {
                                 CallbackStatus::Undelivered

@@ -131,16 +131,15 @@ impl SmtpProvider {
 
     fn message(&self, request: &SendRequest) -> Result<Message, String> {
         let to: Mailbox = request
-            .to
+            .to()
             .parse()
-            .map_err(|e| format!("not an email address {:?}: {e}", request.to))?;
+            .map_err(|e| format!("not an email address {:?}: {e}", request.to()))?;
         let subject = request
-            .subject
-            .as_deref()
+            .subject()
             .filter(|s| !s.is_empty())
             .unwrap_or(NO_SUBJECT);
         let mut builder = Message::builder()
-            .message_id(Some(format!("<{}@herald>", request.message_id)))
+            .message_id(Some(format!("<{}@herald>", request.message_id())))
             .from(self.from.clone())
             .to(to)
             .subject(subject)
@@ -149,7 +148,7 @@ impl SmtpProvider {
             builder = builder.header(ListUnsubscribe(url.clone()));
         }
         builder
-            .body(request.body.clone())
+            .body(request.body().to_owned())
             .map_err(|e| format!("cannot build the message: {e}"))
     }
 }

@@ -162,13 +162,13 @@ impl Provider for TwilioProvider {
             "{}?{}",
             request.callback_url,
             form_urlencoded::Serializer::new(String::new())
-                .append_pair(MESSAGE_ID_PARAM, &request.message_id)
+                .append_pair(MESSAGE_ID_PARAM, request.message_id())
                 .finish()
         );
         let form = [
-            ("To", request.to.as_str()),
+            ("To", request.to()),
             sender,
-            ("Body", request.body.as_str()),
+            ("Body", request.body()),
             ("StatusCallback", status_callback.as_str()),
         ];
         let builder = self

@@ -100,10 +100,10 @@ impl Provider for HttpProvider {
 
     fn send(&self, request: SendRequest) -> BoxFut<SendOutcome> {
         let body = SendBody {
-            id: &request.message_id,
-            to: &request.to,
-            body: &request.body,
-            channel: request.channel.as_str(),
+            id: request.message_id(),
+            to: request.to(),
+            body: request.body(),
+            channel: request.channel().as_str(),
             callback_url: &request.callback_url,
         };
         let mut builder = self
