@@ -348,14 +348,27 @@ fn check_id<'a, T: From<Cow<'a, str>>>(
     field: &'static str,
     v: Cow<'a, str>,
 ) -> Result<T, Rejection> {
-    let n = v.chars().count();
-    if n == 0 || n > MAX_ID_CHARS {
+    // A string has no more characters than bytes: only one longer than the limit in bytes
+    // needs its characters counted.
+    let fits = !v.is_empty() && (v.len() <= MAX_ID_CHARS || v.chars().count() <= MAX_ID_CHARS);
+    if !fits {
+        let n = v.chars().count();
         return Err(Rejection::new(
             RejectReason::BadField,
             format!("`{field}` must be 1-{MAX_ID_CHARS} characters, got {n}"),
         ));
     }
     Ok(T::from(v))
+}
+
+/// The first control character (Unicode `Cc`: U+0000–U+001F, U+007F–U+009F) of `s`. A
+/// string none of whose bytes can start one (below 0x20, 0x7F, or 0xC2, the lead byte of
+/// U+0080–U+00BF) has none, and most ids are such strings: they skip decoding characters.
+fn first_control(s: &str) -> Option<char> {
+    if s.bytes().all(|b| b >= 0x20 && b != 0x7f && b != 0xc2) {
+        return None;
+    }
+    s.chars().find(|c| c.is_control())
 }
 
 /// `^[A-Za-z0-9_ -]{1,64}$`
@@ -378,7 +391,7 @@ pub fn parse_timestamp(text: &str) -> Option<i64> {
 
 fn validate(raw: RawEvent<'_>, payload: Option<&Bytes>) -> Result<Event, Rejection> {
     let message_id: SmallStr = check_id("messageId", required("messageId", raw.message_id)?)?;
-    if let Some(c) = message_id.chars().find(|c| c.is_control()) {
+    if let Some(c) = first_control(&message_id) {
         // It becomes part of the `Idempotency-Key` header, where a control character is
         // not allowed: refused here rather than failing every send of its message.
         return Err(Rejection::new(
@@ -584,6 +597,21 @@ mod tests {
                 ),
             }
         );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_control_character_scan_agrees_with_char_is_control(s in "\\PC*|(?s).{0,40}") {
+            proptest::prop_assert_eq!(first_control(&s), s.chars().find(|c| c.is_control()));
+        }
+    }
+
+    #[test]
+    fn control_characters_are_found_in_every_range() {
+        for c in ['\u{0}', '\u{1f}', '\u{7f}', '\u{80}', '\u{9f}'] {
+            assert_eq!(first_control(&format!("ab£{c}é")), Some(c));
+        }
+        assert_eq!(first_control("ab£ ¿é\u{a0}"), None);
     }
 
     #[test]
