@@ -297,10 +297,10 @@ impl<'a> RawProperties<'a> {
     /// (no copy), else a copy.
     pub fn keep(self, payload: Option<&Bytes>) -> Properties {
         let text = self.0.as_bytes();
+        let span = text.as_ptr_range();
         let within = payload.filter(|p| {
-            let start = p.as_ptr() as usize;
-            let at = text.as_ptr() as usize;
-            at >= start && at + text.len() <= start + p.len()
+            let buffer = p.as_ptr_range();
+            buffer.start <= span.start && span.end <= buffer.end
         });
         Properties(match within {
             Some(p) => p.slice_ref(text),
